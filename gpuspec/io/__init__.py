@@ -1,0 +1,1 @@
+"""FITS input/output in the DESI layouts (see docs/data-model)."""

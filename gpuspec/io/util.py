@@ -1,0 +1,223 @@
+"""Low-level FITS helpers shared by every reader and writer.
+
+- :func:`atomic_output` writes to a temporary name beside the target and
+  renames on success, so that a failed write never leaves a partial file.
+- :func:`parse_sec` turns a FITS section string into numpy slices.
+- :func:`open_fits`, :func:`read_image_hdu`, :func:`require_keyword` give errors
+  that name the file, the HDU and the keyword.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from typing import Iterator, Mapping
+
+import fitsio
+import numpy as np
+
+from ..backend import native
+from ..errors import (BadSectionError, InputError, MissingFileError, MissingHDUError,
+                      MissingKeywordError)
+
+__all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
+           "read_image_hdu", "read_table_hdu", "has_hdu", "fitsheader_to_dict",
+           "header_records"]
+
+_SEC_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
+
+
+def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | None = None,
+              path: str | None = None, hdu: str | None = None) -> tuple[slice, slice]:
+    """Parse a FITS section ``'[x1:x2,y1:y2]'`` (1-indexed, inclusive) into numpy slices.
+
+    Parameters
+    ----------
+    sec : str
+        The section, e.g. ``'[7:56,51:4146]'``.
+    keyword, path, hdu : str, optional
+        Used in error messages.
+    shape : (ny, nx), optional
+        When given, the section must lie inside an image of this shape.
+
+    Returns
+    -------
+    (slice, slice)
+        ``(yslice, xslice)``, so ``image[yslice, xslice]`` is the section.
+        ``'[7:56,51:4146]'`` gives ``(slice(50, 4146), slice(6, 56))``.
+
+    Raises
+    ------
+    BadSectionError
+        Unparsable, reversed, zero-based or out-of-range section.
+    """
+    if not isinstance(sec, str):
+        raise BadSectionError(f"section must be a string like '[x1:x2,y1:y2]', got {sec!r}",
+                              path=path, hdu=hdu, keyword=keyword)
+    m = _SEC_RE.match(sec)
+    if m is None:
+        raise BadSectionError(f"cannot parse section {sec!r}; expected '[x1:x2,y1:y2]'",
+                              path=path, hdu=hdu, keyword=keyword)
+    x1, x2, y1, y2 = (int(v) for v in m.groups())
+    if x1 < 1 or y1 < 1 or x2 < x1 or y2 < y1:
+        raise BadSectionError(f"invalid section {sec!r}: FITS sections are 1-indexed with "
+                              "x1<=x2 and y1<=y2", path=path, hdu=hdu, keyword=keyword)
+    if shape is not None:
+        ny, nx = shape
+        if x2 > nx or y2 > ny:
+            raise BadSectionError(f"section {sec!r} exceeds the image shape (ny={ny}, nx={nx})",
+                                  path=path, hdu=hdu, keyword=keyword)
+    return slice(y1 - 1, y2), slice(x1 - 1, x2)
+
+
+def format_sec(yslice: slice, xslice: slice) -> str:
+    """Inverse of :func:`parse_sec`: numpy slices to ``'[x1:x2,y1:y2]'``."""
+    return f"[{xslice.start + 1}:{xslice.stop},{yslice.start + 1}:{yslice.stop}]"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str]:
+    """Context manager yielding a temporary path to write; renamed to ``path`` on success.
+
+    The temporary file lives in the target directory (same filesystem, so the
+    rename is atomic) and keeps the extension, so fitsio/astropy recognise it.
+    On any exception it is removed and the target is left untouched.
+    """
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(d, exist_ok=True)
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path} exists and overwrite=False")
+    base = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + _ext(base), dir=d)
+    os.close(fd)
+    os.remove(tmp)  # fitsio refuses to write over an existing (empty) file
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _ext(base: str) -> str:
+    for e in (".fits.fz", ".fits.gz", ".fits", ".fz"):
+        if base.endswith(e):
+            return e
+    return ""
+
+
+def open_fits(path: str | os.PathLike) -> fitsio.FITS:
+    """Open a FITS file read-only, with errors that name the file.
+
+    Raises
+    ------
+    MissingFileError
+        The file does not exist.
+    InputError
+        The file is not a readable FITS file (e.g. truncated).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MissingFileError("no such file", path=path)
+    try:
+        fx = fitsio.FITS(path, "r")
+    except Exception as exc:  # OSError from CFITSIO
+        raise InputError(f"not a readable FITS file ({exc})", path=path) from exc
+    return fx
+
+
+def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
+    """True if ``fx`` has HDU ``ext`` (EXTNAME, case-insensitive, or index)."""
+    try:
+        return ext in fx
+    except Exception:
+        return False
+
+
+def require_keyword(hdr: Mapping, key: str, path: str | None = None, hdu: str | None = None):
+    """Return ``hdr[key]`` or raise :class:`MissingKeywordError` naming file, HDU and keyword."""
+    try:
+        if key in hdr:
+            return hdr[key]
+    except Exception:
+        pass
+    raise MissingKeywordError("required keyword is missing", path=path, hdu=hdu, keyword=key)
+
+
+def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
+                   header: bool = False, dtype=None):
+    """Read an image HDU as a native-byte-order array (optionally with its header).
+
+    Raises :class:`MissingHDUError` or :class:`InputError` naming the file and HDU.
+    """
+    path = path or fx._filename
+    if not has_hdu(fx, ext):
+        raise MissingHDUError("HDU is missing", path=path, hdu=ext)
+    try:
+        data = fx[ext].read()
+        hdr = fx[ext].read_header() if header else None
+    except Exception as exc:
+        raise InputError(f"cannot read image data ({exc})", path=path, hdu=ext) from exc
+    if data is None:
+        raise InputError("HDU has no data", path=path, hdu=ext)
+    data = native(data)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return (data, hdr) if header else data
+
+
+def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
+                   header: bool = False):
+    """Read a binary table HDU as a native-byte-order structured array."""
+    path = path or fx._filename
+    if not has_hdu(fx, ext):
+        raise MissingHDUError("HDU is missing", path=path, hdu=ext)
+    try:
+        data = fx[ext].read()
+        hdr = fx[ext].read_header() if header else None
+    except Exception as exc:
+        raise InputError(f"cannot read table ({exc})", path=path, hdu=ext) from exc
+    data = native(data)
+    return (data, hdr) if header else data
+
+
+def fitsheader_to_dict(hdr) -> dict:
+    """A plain ``{KEY: value}`` dict from a fitsio/astropy header or a mapping."""
+    if hdr is None:
+        return {}
+    if isinstance(hdr, fitsio.FITSHDR):
+        return {r["name"]: r["value"] for r in hdr.records()
+                if r.get("name") and r["name"] not in ("COMMENT", "HISTORY", "")}
+    return {k: hdr[k] for k in hdr.keys() if k not in ("COMMENT", "HISTORY", "")}
+
+
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "EXTEND",
+               "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS", "ZIMAGE", "ZBITPIX", "ZNAXIS",
+               "ZNAXIS1", "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0",
+               "ZSIMPLE", "ZTENSION", "ZEXTEND", "ZPCOUNT", "ZGCOUNT", "CHECKSUM", "DATASUM",
+               "ZHECKSUM", "ZDATASUM", "EXTNAME", "BZERO", "BSCALE", "COMMENT", "HISTORY"}
+
+
+def header_records(meta) -> list[dict]:
+    """fitsio header records from a header or dict, dropping structural keywords.
+
+    Long keyword names (>8 characters, e.g. SATURLEVA) are written by fitsio as
+    HIERARCH cards.
+    """
+    out = []
+    if meta is None:
+        return out
+    items = fitsheader_to_dict(meta).items() if not isinstance(meta, dict) else meta.items()
+    for k, v in items:
+        if k is None or k.upper() in _STRUCTURAL or k.startswith("TTYPE") or \
+                k.startswith("TFORM") or k.startswith("TDIM") or k.startswith("ZNAME") or \
+                k.startswith("ZVAL"):
+            continue
+        if isinstance(v, (np.generic,)):
+            v = v.item()
+        out.append({"name": k, "value": v})
+    return out

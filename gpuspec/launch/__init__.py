@@ -1,0 +1,1 @@
+"""Production launcher: YAML manifest -> task graph -> MPI/one-process execution."""

@@ -1,0 +1,54 @@
+"""Multi-band spectra (desispec ``Spectra``): the input and output of coadds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Spectra"]
+
+
+@dataclass
+class Spectra:
+    """Spectra of many fibers/exposures in one or more bands.
+
+    Attributes
+    ----------
+    bands : list of str
+        Band names, lower case (``b``, ``r``, ``z``, ``brz``).
+    wave, flux, ivar, mask, resolution_data : dict of band -> ndarray
+        ``wave[b]`` is (nwave,); ``flux[b]``, ``ivar[b]``, ``mask[b]`` are
+        (nspec, nwave); ``resolution_data[b]`` is (nspec, ndiag, nwave).
+        ``mask`` and ``resolution_data`` may be None.
+    fibermap : structured ndarray
+        One row per spectrum (per target for a coadd).
+    exp_fibermap : structured ndarray, optional
+        Per-exposure rows of a coadd.
+    meta : dict
+        Primary header keywords.
+    scores : structured ndarray, optional
+    extra_hdus : dict of name -> ndarray, optional
+        Any other HDU read from the file (e.g. ``TRUTH`` in test inputs).
+    """
+
+    bands: list
+    wave: dict
+    flux: dict
+    ivar: dict
+    mask: dict | None = None
+    resolution_data: dict | None = None
+    fibermap: np.ndarray | None = None
+    exp_fibermap: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None
+    extra_hdus: dict = field(default_factory=dict)
+
+    @property
+    def num_spectra(self) -> int:
+        return self.flux[self.bands[0]].shape[0]
+
+    @property
+    def target_ids(self):
+        return None if self.fibermap is None else self.fibermap["TARGETID"]

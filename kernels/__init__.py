@@ -1,0 +1,1 @@
+"""CUDA sources of gpuspec (shipped in the wheel as gpuspec.cuda)."""
