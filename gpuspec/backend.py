@@ -47,6 +47,7 @@ __all__ = [
     "select_device",
     "bind_device",
     "device_name",
+    "scipy_module",
 ]
 
 _BACKENDS = ("auto", "numpy", "cupy")
@@ -321,3 +322,16 @@ def device_name(xp: types.ModuleType | None = None) -> str:
         return f"{name} (device {dev.id})"
     except Exception:
         return "cuda"
+
+
+def scipy_module(xp: types.ModuleType, name: str) -> types.ModuleType:
+    """``scipy.<name>`` for numpy, ``cupyx.scipy.<name>`` for cupy (e.g. ``special``, ``ndimage``).
+
+    The two expose the same functions, so code stays on one path:
+    ``special = scipy_module(xp, "special"); special.erf(u)``.
+    """
+    import importlib
+
+    if xp is np:
+        return importlib.import_module(f"scipy.{name}")
+    return importlib.import_module(f"cupyx.scipy.{name}")  # pragma: no cover - GPU only
