@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "gpuspec.coadd.cli",      # group, coadd
     "gpuspec.launch.status",  # status, tasks, retry
     "gpuspec.io.cli",         # info
+    "gpuspec.demo",           # demo
 )
 
 
