@@ -24,7 +24,7 @@ from ..errors import (BadSectionError, InputError, MissingFileError, MissingHDUE
 
 __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
            "read_image_hdu", "read_table_hdu", "has_hdu", "fitsheader_to_dict",
-           "header_records"]
+           "header_records", "header_dict", "hdu_names", "check_complete"]
 
 _SEC_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -126,8 +126,54 @@ def open_fits(path: str | os.PathLike) -> fitsio.FITS:
     try:
         fx = fitsio.FITS(path, "r")
     except Exception as exc:  # OSError from CFITSIO
-        raise InputError(f"not a readable FITS file ({exc})", path=path) from exc
+        raise InputError(f"not a readable FITS file ({_short(exc)})", path=path) from exc
+    try:
+        check_complete(fx, path)
+    except BaseException:
+        fx.close()
+        raise
     return fx
+
+
+def _short(exc: BaseException) -> str:
+    """First line of a (possibly multi-line CFITSIO) error message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
+    """Raise :class:`InputError` if an open FITS file is truncated.
+
+    A FITS file is a whole number of 2880-byte blocks and its last HDU's data
+    must end inside the file. CFITSIO opens a truncated file happily and fails
+    (or silently drops HDUs) only later, so readers check this up front.
+    Gzip-compressed files (``.gz``) are not checked.
+    """
+    path = os.fspath(path or fx._filename)
+    if path.endswith(".gz"):
+        return
+    size = os.path.getsize(path)
+    if size == 0 or size % 2880 != 0:
+        raise InputError(f"truncated or corrupt FITS file: size {size} bytes is not a "
+                         "multiple of 2880", path=path)
+    try:
+        end = max(h.get_offsets()["data_end"] for h in fx)
+    except Exception as exc:
+        raise InputError(f"corrupt FITS file ({_short(exc)})", path=path) from exc
+    if end > size:
+        raise InputError(f"truncated FITS file: the last HDU ends at byte {end} but the file "
+                         f"has {size} bytes", path=path)
+
+
+def hdu_names(fx: fitsio.FITS) -> list[str]:
+    """Upper-case EXTNAME of every HDU, in file order (``""`` when unnamed)."""
+    out = []
+    for h in fx:
+        try:
+            out.append((h.get_extname() or "").strip().upper())
+        except Exception:
+            out.append("")
+    return out
 
 
 def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
@@ -193,6 +239,41 @@ def fitsheader_to_dict(hdr) -> dict:
         return {r["name"]: r["value"] for r in hdr.records()
                 if r.get("name") and r["name"] not in ("COMMENT", "HISTORY", "")}
     return {k: hdr[k] for k in hdr.keys() if k not in ("COMMENT", "HISTORY", "")}
+
+
+_COMPRESSION_RE = re.compile(r"^(ZIMAGE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZCMPTYPE|ZNAME\d+|ZVAL\d+|"
+                             r"ZQUANTIZ|ZDITHER0|ZSIMPLE|ZTENSION|ZEXTEND|ZPCOUNT|ZGCOUNT|"
+                             r"ZHECKSUM|ZDATASUM|ZBLANK|ZSCALE|ZZERO|ZMASKCMP|"
+                             r"TTYPE\d+|TFORM\d+|TDIM\d+|TUNIT\d+|TNULL\d+|TSCAL\d+|TZERO\d+|"
+                             r"NAXIS\d*)$")
+
+
+def header_dict(hdr, keep_extname: bool = False) -> dict:
+    """Keyword dict of a header read from a file, in card order, without layout cards.
+
+    Drops the cards that describe the on-disk layout (SIMPLE, BITPIX, NAXISn,
+    XTENSION, PCOUNT, GCOUNT, EXTEND, BZERO/BSCALE, checksums, tile-compression
+    and table-column cards), COMMENT and HISTORY, and EXTNAME unless
+    ``keep_extname``. Long (HIERARCH) names such as ``SATURLEVA`` are kept
+    under their plain name.
+
+    Parameters
+    ----------
+    hdr : fitsio.FITSHDR, astropy Header or mapping
+    keep_extname : bool
+        Keep the EXTNAME card.
+    """
+    d = fitsheader_to_dict(hdr)
+    out = {}
+    for k, v in d.items():
+        ku = k.upper()
+        if ku == "EXTNAME" and keep_extname:
+            out[k] = v
+            continue
+        if ku in _STRUCTURAL or _COMPRESSION_RE.match(ku):
+            continue
+        out[k] = v
+    return out
 
 
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "EXTEND",

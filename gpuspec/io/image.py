@@ -1,0 +1,172 @@
+"""Preprocessed images: ``preproc-{camera}-{EXPID:08d}.fits`` in the desispec layout.
+
+HDUs (the primary HDU is empty):
+
+- ``IMAGE``: float32 (ny, nx), electrons; its header is ``image.meta``
+  (CAMERA, NIGHT, EXPID, EXPTIME, GAINx, OVERSCNx, OBSRDNx, ...);
+- ``IVAR``: float32, electron⁻²;
+- ``MASK``: ``ccdmask`` bits, RICE tile-compressed int16 like desispec (int32
+  when a value does not fit in int16, so no bit is ever lost);
+- ``READNOISE``: float32, electrons per pixel (a scalar read noise goes to the
+  ``RDNOISE`` keyword of IMAGE instead, like desispec);
+- ``FIBERMAP``: binary table, when ``image.fibermap`` is set.
+
+desispec's ``read_image`` reads these files and gpuspec's :func:`read_image`
+reads desispec's (and the float64/int32 reference files of Case A).
+Host only (NumPy); device arrays given to the writer are copied to the host.
+"""
+
+from __future__ import annotations
+
+import os
+
+import fitsio
+import numpy as np
+
+from ..backend import native, to_host
+from ..errors import BadDataError, MissingKeywordError
+from ..image import Image
+from ..profiling import nvtx_range
+from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
+    read_image_hdu, read_table_hdu
+
+__all__ = ["write_image", "read_image"]
+
+_I16 = np.iinfo(np.int16)
+
+
+def _host(a, name, shape=None, path=None):
+    a = native(to_host(a))
+    if shape is not None and a.shape != tuple(shape):
+        raise BadDataError(f"{name} has shape {a.shape}, expected {tuple(shape)} like the "
+                           "image", path=path, hdu=name)
+    return a
+
+
+def _mask_for_disk(mask) -> np.ndarray:
+    if mask.dtype.kind not in "iub":
+        if not np.all(np.isfinite(mask)) or np.any(mask != np.round(mask)):
+            raise BadDataError("MASK must hold integer bit values", hdu="MASK")
+    if mask.size == 0 or (mask.min() >= _I16.min and mask.max() <= _I16.max):
+        return mask.astype(np.int16)
+    if mask.min() < np.iinfo(np.int32).min or mask.max() > np.iinfo(np.int32).max:
+        raise BadDataError("MASK values exceed the int32 range", hdu="MASK")
+    return mask.astype(np.int32)
+
+
+def _fibermap_array(fm):
+    from .fibermap import as_fibermap_array
+
+    return as_fibermap_array(fm)
+
+
+@nvtx_range("write_image")
+def write_image(path: str | os.PathLike, image: Image, meta: dict | None = None) -> str:
+    """Write a preprocessed image in the desispec preproc layout.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output file, written atomically.
+    image : gpuspec.Image
+        Arrays may be numpy or cupy (copied to the host). ``image.camera`` or
+        ``meta['CAMERA']`` must give the camera.
+    meta : dict, optional
+        Header to use instead of ``image.meta``.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    BadDataError
+        Inconsistent shapes, no camera, or a mask that is not integer.
+    """
+    path = os.fspath(path)
+    hdr = dict(image.meta if meta is None else meta)
+    camera = image.camera or hdr.get("CAMERA")
+    if not camera:
+        raise BadDataError("image has no camera (set image.camera or meta['CAMERA'])",
+                           path=path)
+    camera = str(camera).strip().lower()
+    hdr = {k: v for k, v in hdr.items() if str(k).upper() != "CAMERA"}
+    hdr = {"CAMERA": camera, **hdr}
+    hdr.setdefault("BUNIT", "electron")
+    pix = _host(image.pix, "IMAGE", path=path)
+    if pix.ndim != 2:
+        raise BadDataError(f"image must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")
+    ivar = _host(image.ivar, "IVAR", pix.shape, path)
+    mask = image.mask
+    mask = np.zeros(pix.shape, np.int16) if mask is None else _host(mask, "MASK", pix.shape,
+                                                                       path)
+    mask = _mask_for_disk(mask)
+    rdn = image.readnoise
+    rdn_arr = None
+    if rdn is not None:
+        if np.ndim(to_host(rdn)) == 0:
+            hdr.setdefault("RDNOISE", float(to_host(rdn)))
+        else:
+            rdn_arr = _host(rdn, "READNOISE", pix.shape, path).astype(np.float32)
+    fm = None if image.fibermap is None else _fibermap_array(image.fibermap)
+    with atomic_output(path) as tmp:
+        with fitsio.FITS(tmp, "rw", clobber=True) as fx:
+            fx.write(None)
+            fx.write(pix.astype(np.float32), extname="IMAGE", header=header_records(hdr))
+            fx.write(ivar.astype(np.float32), extname="IVAR",
+                     header=[{"name": "BUNIT", "value": "electron^-2"}])
+            fx.write(mask, extname="MASK", compress="RICE")
+            if rdn_arr is not None:
+                fx.write(rdn_arr, extname="READNOISE",
+                         header=[{"name": "BUNIT", "value": "electron"}])
+            if fm is not None:
+                fx.write(fm, extname="FIBERMAP")
+    return path
+
+
+@nvtx_range("read_image")
+def read_image(path: str | os.PathLike) -> Image:
+    """Read a preprocessed image (gpuspec or desispec layout).
+
+    Returns
+    -------
+    gpuspec.Image
+        ``pix``, ``ivar``, ``readnoise`` float64 and ``mask`` int32 numpy arrays
+        in native byte order; ``camera`` lower case; ``meta`` the IMAGE header
+        as a dict; ``fibermap`` when the file has a FIBERMAP HDU. Without a
+        READNOISE HDU, ``readnoise`` is the RDNOISE keyword (a float) or None.
+
+    Raises
+    ------
+    MissingFileError, InputError, MissingHDUError (IMAGE, IVAR or MASK missing),
+    MissingKeywordError (no CAMERA), BadDataError (shapes differ).
+    """
+    path = os.fspath(path)
+    with open_fits(path) as fx:
+        names = hdu_names(fx)
+        pix, h = read_image_hdu(fx, "IMAGE", path, header=True)
+        meta = header_dict(h)
+        ivar = read_image_hdu(fx, "IVAR", path)
+        mask = read_image_hdu(fx, "MASK", path)
+        readnoise = read_image_hdu(fx, "READNOISE", path) if "READNOISE" in names else None
+        fibermap = read_table_hdu(fx, "FIBERMAP", path) if "FIBERMAP" in names else None
+    if pix.ndim != 2:
+        raise BadDataError(f"IMAGE must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")
+    for name, a in (("IVAR", ivar), ("MASK", mask), ("READNOISE", readnoise)):
+        if a is not None and a.shape != pix.shape:
+            raise BadDataError(f"shape {a.shape} differs from IMAGE {pix.shape}", path=path,
+                               hdu=name)
+    camera = meta.get("CAMERA")
+    if camera is None:
+        raise MissingKeywordError("required keyword is missing", path=path, hdu="IMAGE",
+                                  keyword="CAMERA")
+    if readnoise is None and meta.get("RDNOISE") is not None:
+        readnoise = float(meta["RDNOISE"])
+    else:
+        readnoise = None if readnoise is None else readnoise.astype(np.float64)
+    if mask.dtype.kind == "f":
+        mask = mask.astype(np.int64)
+    return Image(pix=pix.astype(np.float64), ivar=ivar.astype(np.float64),
+                 mask=mask.astype(np.int32), readnoise=readnoise,
+                 camera=str(camera).strip().lower(), meta=meta, fibermap=fibermap)

@@ -1,0 +1,412 @@
+"""Raw DESI exposures: ``desi-{EXPID:08d}.fits[.fz]``, one image HDU per camera.
+
+Layout (see ``docs/io.md``):
+
+- HDU 0: primary header (EXPID, NIGHT, EXPTIME, OBSTYPE, ...), usually no data;
+- one integer (ADU) image HDU per camera, EXTNAME ``B0`` … ``Z9``, usually
+  RICE tile-compressed in ``.fz`` files. Its header carries ``CAMERA`` and, per
+  amplifier x (``A``–``D``, or ``1``–``4`` in old files; some nights use only two),
+  ``BIASSECx``, ``DATASECx``, ``CCDSECx``, ``GAINx`` and optionally ``PRESECx``,
+  ``ORSECx``, ``SATURLEVx``, ``RDNOISEx``.
+
+Every reader validates the header and raises :mod:`gpuspec.errors` exceptions
+that name the file, the HDU and the keyword at fault. All functions here are
+host-side (NumPy); the images they return go to a device with
+:func:`gpuspec.backend.to_device`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Mapping
+
+import fitsio
+import numpy as np
+
+from ..backend import native, to_host
+from ..errors import BadDataError, BadSectionError, InputError, MissingHDUError, \
+    MissingKeywordError
+from ..profiling import nvtx_range
+from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
+    parse_sec, require_keyword
+
+__all__ = ["read_raw", "write_raw", "find_cameras", "validate_raw_header", "amp_ids",
+           "trimmed_shape", "normalize_camera"]
+
+_CAMERA_RE = re.compile(r"^[brz][0-9]$")
+_AMP_KEY_RE = re.compile(r"^(BIASSEC|DATASEC|CCDSEC)([A-D1-4])$")
+
+
+def normalize_camera(camera: str, path: str | None = None) -> str:
+    """Lower-case camera name (``'B0'`` → ``'b0'``), checked against ``[brz][0-9]``."""
+    if not isinstance(camera, str) or not _CAMERA_RE.match(camera.strip().lower()):
+        raise InputError(f"invalid camera name {camera!r}; expected b0…b9, r0…r9 or z0…z9",
+                         path=path)
+    return camera.strip().lower()
+
+
+def _keys(header) -> list[str]:
+    if header is None:
+        return []
+    keys = header.keys() if hasattr(header, "keys") else header
+    return [str(k).upper() for k in keys if k]
+
+
+def _get(header: Mapping | None, key: str):
+    """``header[key]`` (case-insensitive for dicts) or None."""
+    if header is None:
+        return None
+    try:
+        if key in header:
+            return header[key]
+    except Exception:
+        pass
+    for k in header.keys():
+        if isinstance(k, str) and k.upper() == key:
+            return header[k]
+    return None
+
+
+def amp_ids(header: Mapping, path: str | None = None, hdu: str | None = None) -> list[str]:
+    """Amplifier names present in a raw camera header.
+
+    The amps are those that have at least one of ``BIASSECx``, ``DATASECx`` or
+    ``CCDSECx``; x is ``A``–``D`` (current files) or ``1``–``4`` (old files).
+
+    Parameters
+    ----------
+    header : mapping
+        Camera header (dict, fitsio or astropy header).
+    path, hdu : str, optional
+        Used in error messages.
+
+    Returns
+    -------
+    list of str
+        E.g. ``['A', 'B', 'C', 'D']``, ``['A', 'D']`` (two-amp readout) or
+        ``['1', '2', '3', '4']``.
+
+    Raises
+    ------
+    MissingKeywordError
+        No amplifier section keyword at all.
+    InputError
+        The header mixes letter and digit amp names.
+    """
+    found = set()
+    for k in _keys(header):
+        m = _AMP_KEY_RE.match(k)
+        if m:
+            found.add(m.group(2))
+    letters = [a for a in "ABCD" if a in found]
+    digits = [a for a in "1234" if a in found]
+    if letters and digits:
+        raise InputError(f"header mixes amplifier names {letters} and {digits}",
+                         path=path, hdu=hdu)
+    amps = letters or digits
+    if not amps:
+        raise MissingKeywordError("no amplifier found: expected BIASSECx/DATASECx/CCDSECx "
+                                  "with x in A-D (or 1-4)", path=path, hdu=hdu,
+                                  keyword="DATASECA")
+    return amps
+
+
+def _sec_size(ys: slice, xs: slice) -> tuple[int, int]:
+    return ys.stop - ys.start, xs.stop - xs.start
+
+
+def trimmed_shape(header: Mapping, amps: list[str] | None = None, path: str | None = None,
+                  hdu: str | None = None) -> tuple[int, int]:
+    """Shape ``(ny, nx)`` of the trimmed (preprocessed) image: the extent of all CCDSECx."""
+    amps = amp_ids(header, path, hdu) if amps is None else amps
+    ny = nx = 0
+    for amp in amps:
+        key = "CCDSEC" + amp
+        ys, xs = parse_sec(require_keyword(header, key, path, hdu), key, path=path, hdu=hdu)
+        ny, nx = max(ny, ys.stop), max(nx, xs.stop)
+    return ny, nx
+
+
+def _as_float(value, key, path, hdu) -> float:
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BadDataError(f"value {value!r} is not a number", path=path, hdu=hdu,
+                           keyword=key) from None
+    if not math.isfinite(v):
+        raise BadDataError(f"value {value!r} is not finite", path=path, hdu=hdu, keyword=key)
+    return v
+
+
+def _night(value):
+    s = str(value).strip()
+    try:
+        return int(float(s))
+    except ValueError:
+        return s
+
+
+def validate_raw_header(header: Mapping, shape: tuple[int, int], path: str | None = None,
+                        hdu: str | None = None, primary_header: Mapping | None = None,
+                        trimmed: tuple[int, int] | None = None) -> list[str]:
+    """Check that a raw camera header describes a usable image; return its amps.
+
+    Works on a plain ``dict`` (as returned by :func:`read_raw`), a fitsio
+    ``FITSHDR`` or an astropy ``Header``.
+
+    Checks, for each amplifier x found by :func:`amp_ids`:
+
+    - ``BIASSECx``, ``DATASECx``, ``CCDSECx`` and ``GAINx`` exist;
+    - every section (also ``ORSECx``/``PRESECx`` when present) parses, and
+      BIASSEC/DATASEC/ORSEC/PRESEC lie inside the raw image ``shape``;
+    - CCDSECx has the same size as DATASECx, lies inside ``trimmed`` when
+      given, and the CCDSECs of different amps do not overlap;
+    - ``GAINx`` is a positive number, ``SATURLEVx`` (if present) a number;
+
+    and for the exposure: ``EXPTIME`` exists (camera or primary header) and is
+    >= 0; ``NIGHT`` agrees between the camera and primary headers when both
+    have it.
+
+    Parameters
+    ----------
+    header : mapping
+        Camera header.
+    shape : (ny, nx)
+        Shape of the raw image.
+    path, hdu : str, optional
+        Used in error messages.
+    primary_header : mapping, optional
+        Primary header of the raw file.
+    trimmed : (ny, nx), optional
+        Expected trimmed-image shape (e.g. of a calibration image).
+
+    Returns
+    -------
+    list of str
+        The amplifier names, e.g. ``['A', 'B', 'C', 'D']``.
+
+    Raises
+    ------
+    MissingKeywordError, BadSectionError, BadDataError, InputError
+    """
+    if header is None:
+        raise InputError("no camera header", path=path, hdu=hdu)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 2:
+        raise BadDataError(f"raw image must be 2-D, got shape {shape}", path=path, hdu=hdu)
+    amps = amp_ids(header, path, hdu)
+    ccd = {}
+    for amp in amps:
+        secs = {}
+        for base in ("BIASSEC", "DATASEC", "CCDSEC", "GAIN"):
+            require_keyword(header, base + amp, path, hdu)
+        for base in ("BIASSEC", "DATASEC", "ORSEC", "PRESEC"):
+            key = base + amp
+            value = _get(header, key)
+            if value is None:
+                continue
+            secs[base] = parse_sec(value, key, shape=shape, path=path, hdu=hdu)
+        key = "CCDSEC" + amp
+        secs["CCDSEC"] = parse_sec(_get(header, key), key, shape=trimmed, path=path, hdu=hdu)
+        dsize = _sec_size(*secs["DATASEC"])
+        csize = _sec_size(*secs["CCDSEC"])
+        if dsize != csize:
+            raise BadSectionError(
+                f"CCDSEC{amp}={_get(header, 'CCDSEC' + amp)!r} is {csize[0]}x{csize[1]} "
+                f"(ny x nx) but DATASEC{amp}={_get(header, 'DATASEC' + amp)!r} is "
+                f"{dsize[0]}x{dsize[1]}", path=path, hdu=hdu, keyword="CCDSEC" + amp)
+        ccd[amp] = secs["CCDSEC"]
+        gain = _as_float(_get(header, "GAIN" + amp), "GAIN" + amp, path, hdu)
+        if gain <= 0:
+            raise BadDataError(f"gain must be > 0, got {gain}", path=path, hdu=hdu,
+                               keyword="GAIN" + amp)
+        sat = _get(header, "SATURLEV" + amp)
+        if sat is not None:
+            _as_float(sat, "SATURLEV" + amp, path, hdu)
+    # CCDSECs of different amps must not overlap
+    for i, a in enumerate(amps):
+        for b in amps[i + 1:]:
+            (ya, xa), (yb, xb) = ccd[a], ccd[b]
+            if ya.start < yb.stop and yb.start < ya.stop and xa.start < xb.stop and \
+                    xb.start < xa.stop:
+                raise BadSectionError(f"CCDSEC{a} and CCDSEC{b} overlap", path=path, hdu=hdu,
+                                      keyword="CCDSEC" + b)
+    # exposure time
+    exptime = _get(header, "EXPTIME")
+    where = hdu
+    if exptime is None and primary_header is not None:
+        exptime, where = _get(primary_header, "EXPTIME"), "PRIMARY"
+    if exptime is None:
+        raise MissingKeywordError("required keyword is missing from the camera and primary "
+                                  "headers", path=path, hdu=hdu, keyword="EXPTIME")
+    exptime = _as_float(exptime, "EXPTIME", path, where)
+    if exptime < 0:
+        raise BadDataError(f"exposure time must be >= 0, got {exptime}", path=path, hdu=where,
+                           keyword="EXPTIME")
+    # night consistency
+    if primary_header is not None:
+        n1, n0 = _get(header, "NIGHT"), _get(primary_header, "NIGHT")
+        if n1 is not None and n0 is not None and _night(n1) != _night(n0):
+            raise BadDataError(f"NIGHT={n1!r} in the camera header but NIGHT={n0!r} in the "
+                               "primary header", path=path, hdu=hdu, keyword="NIGHT")
+    return amps
+
+
+def _camera_hdus(names: list[str]) -> list[str]:
+    return [n.lower() for n in names if _CAMERA_RE.match(n.lower())]
+
+
+def find_cameras(path: str | os.PathLike) -> list[str]:
+    """Lower-case names of the camera HDUs of a raw file, in file order."""
+    path = os.fspath(path)
+    with open_fits(path) as fx:
+        return _camera_hdus(hdu_names(fx))
+
+
+@nvtx_range("read_raw")
+def read_raw(path: str | os.PathLike, camera: str):
+    """Read and validate one camera of a raw exposure.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        ``desi-EXPID.fits.fz`` (tile-compressed) or ``.fits``.
+    camera : str
+        Camera name in any case (``'b0'``, ``'B0'``).
+
+    Returns
+    -------
+    image : ndarray (ny, nx)
+        Raw pixels in ADU, native byte order, the file's dtype (usually int32).
+    header : dict
+        Camera header keywords in file order (layout/compression cards dropped);
+        ``CAMERA`` is set (lower case) if the file lacks it.
+    primary_header : dict
+        Primary header keywords.
+
+    Raises
+    ------
+    MissingFileError, InputError (unreadable/truncated file), MissingHDUError
+    (camera absent: the message lists the cameras present), MissingKeywordError,
+    BadSectionError, BadDataError; see :func:`validate_raw_header`.
+
+    Notes
+    -----
+    Host only (NumPy); move the image with :func:`gpuspec.backend.to_device`.
+    """
+    path = os.fspath(path)
+    camera = normalize_camera(camera, path)
+    ext = camera.upper()
+    with open_fits(path) as fx:
+        names = hdu_names(fx)
+        if ext not in names:
+            present = _camera_hdus(names)
+            raise MissingHDUError(f"camera {camera} not in file; cameras present: "
+                                  f"{', '.join(present) if present else 'none'}",
+                                  path=path, hdu=ext)
+        idx = names.index(ext)
+        try:
+            primary = header_dict(fx[0].read_header())
+            hdr = header_dict(fx[idx].read_header())
+            image = fx[idx].read()
+        except Exception as exc:
+            raise InputError(f"cannot read raw image ({str(exc).strip().splitlines()[0]})",
+                             path=path, hdu=ext) from exc
+    if image is None or image.ndim != 2:
+        raise BadDataError("camera HDU has no 2-D image", path=path, hdu=ext)
+    hcam = _get(hdr, "CAMERA")
+    if hcam is None:
+        hdr["CAMERA"] = camera
+    elif str(hcam).strip().lower() != camera:
+        raise BadDataError(f"CAMERA={hcam!r} does not match the HDU name {ext}", path=path,
+                           hdu=ext, keyword="CAMERA")
+    validate_raw_header(hdr, image.shape, path=path, hdu=ext, primary_header=primary)
+    return native(image), hdr, primary
+
+
+def _raw_int32(image, camera: str) -> np.ndarray:
+    a = native(to_host(image))
+    if a.ndim != 2:
+        raise BadDataError(f"raw image of camera {camera} must be 2-D, got shape {a.shape}")
+    if a.dtype.kind in "iu":
+        if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+            raise BadDataError(f"raw image of camera {camera} exceeds the int32 range")
+        return a.astype(np.int32, copy=False)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)):
+            raise BadDataError(f"raw image of camera {camera} has non-finite pixels")
+        if np.any(a != np.round(a)):
+            raise BadDataError(f"raw image of camera {camera} has non-integer ADU values; "
+                               "round before writing")
+        if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+            raise BadDataError(f"raw image of camera {camera} exceeds the int32 range")
+        return a.astype(np.int32)
+    raise BadDataError(f"raw image of camera {camera} has unsupported dtype {a.dtype}")
+
+
+@nvtx_range("write_raw")
+def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping | None = None,
+              compress: str | bool | None = None, validate: bool = True) -> str:
+    """Write a raw exposure: one int32 image HDU per camera.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output file; written atomically (temporary name, renamed on success).
+    cameras : dict
+        ``{camera: (image, header)}``; ``image`` holds integer ADU values
+        (integer dtype, or floats with integral values); ``header`` is a dict of
+        camera keywords (``CAMERA`` is set from the key).
+    primary_header : dict, optional
+        Primary header keywords (EXPID, NIGHT, EXPTIME, ...).
+    compress : {None, "RICE", "GZIP", False}
+        Tile compression of the camera HDUs. None: RICE when ``path`` ends with
+        ``.fz``, else none.
+    validate : bool
+        Run :func:`validate_raw_header` on every camera before writing
+        (tests pass False to write deliberately broken files).
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    path = os.fspath(path)
+    if compress is None:
+        compress = "RICE" if path.endswith(".fz") else False
+    if compress is True:
+        compress = "RICE"
+    if not cameras:
+        raise InputError("no camera to write", path=path)
+    prepared = []
+    for cam, item in cameras.items():
+        cam = normalize_camera(cam, path)
+        try:
+            image, hdr = item
+        except (TypeError, ValueError):
+            raise InputError(f"cameras[{cam!r}] must be an (image, header) pair",
+                             path=path) from None
+        img = _raw_int32(image, cam)
+        hdr = dict(hdr or {})
+        hdr = {k: v for k, v in hdr.items() if str(k).upper() != "CAMERA"}
+        hdr = {"CAMERA": cam, **hdr}
+        if validate:
+            validate_raw_header(hdr, img.shape, path=path, hdu=cam.upper(),
+                                primary_header=primary_header)
+        prepared.append((cam.upper(), img, header_records(hdr)))
+    names = [p[0] for p in prepared]
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate cameras {names}", path=path)
+    with atomic_output(path) as tmp:
+        with fitsio.FITS(tmp, "rw", clobber=True) as fx:
+            fx.write(None, header=header_records(dict(primary_header or {})))
+            for ext, img, recs in prepared:
+                if compress:
+                    fx.write(img, extname=ext, header=recs, compress=compress)
+                else:
+                    fx.write(img, extname=ext, header=recs)
+    return path
