@@ -34,7 +34,7 @@ from ..io.util import parse_sec
 from ..maskbits import ccdmask
 from ..profiling import nvtx_range
 from .calib import check_shape, load_calibration
-from .cosmics import cosmic_mask
+from .cosmics import C2FUDGE, CFUDGE, NITER, NSIG, cosmic_mask
 from .header import add_missing_keys, amp_ids, require, require_number, set_dependency, to_dict
 from .overscan import OSTEP_BADREADNOISE, amp_overscan
 from .stats import clipped_stats
@@ -102,8 +102,8 @@ def _exptime(header: Mapping, primary: Mapping, required: bool, path=None):
 
 def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=None, mask=None,
             cosmics: bool = True, use_overscan_row: bool = False, backend: str = "auto",
-            cosmics_nsig: float = 6.0, cosmics_cfudge: float = 3.0,
-            cosmics_c2fudge: float = 0.5, cosmics_niter: int = 100,
+            cosmics_nsig: float = NSIG, cosmics_cfudge: float = CFUDGE,
+            cosmics_c2fudge: float = C2FUDGE, cosmics_niter: int = NITER,
             nogain: bool = False, camera: str | None = None,
             path: str | None = None) -> Image:
     """Preprocess one raw camera image into electrons, ivar, mask and read noise.

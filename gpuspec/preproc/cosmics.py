@@ -31,10 +31,16 @@ from ..maskbits import ccdmask
 from ..profiling import nvtx_range
 from .morphology import dilate3x3, repair_mask
 
-__all__ = ["PSF_GRADIENTS", "psf_gradients", "reject_single_pass", "reject_cosmic_rays",
+__all__ = ["NSIG", "CFUDGE", "C2FUDGE", "NITER", "PSF_GRADIENTS", "psf_gradients", "reject_single_pass", "reject_cosmic_rays",
            "cosmic_mask"]
 
 log = logging.getLogger(__name__)
+
+#: desispec defaults of preproc's cosmic-ray rejection.
+NSIG = 6.0
+CFUDGE = 3.0
+C2FUDGE = 0.5
+NITER = 100
 
 #: Mean PSF gradients along the four axes (horizontal, vertical, diagonal, anti-diagonal),
 #: per band, as used by desispec.
@@ -113,8 +119,8 @@ def reject_single_pass(pix, ivar, selection, gradients, nsig: float, cfudge: flo
     return rejected
 
 
-def reject_cosmic_rays(pix, ivar, mask, camera: str, nsig: float = 6.0, cfudge: float = 3.0,
-                       c2fudge: float = 0.5, niter: int = 100, dilate: bool = True):
+def reject_cosmic_rays(pix, ivar, mask, camera: str, nsig: float = NSIG, cfudge: float = CFUDGE,
+                       c2fudge: float = C2FUDGE, niter: int = NITER, dilate: bool = True):
     """Boolean map of the pixels hit by cosmic rays (desispec's ``reject_cosmic_rays_ala_sdss``).
 
     Parameters
@@ -142,7 +148,7 @@ def reject_cosmic_rays(pix, ivar, mask, camera: str, nsig: float = 6.0, cfudge: 
     xp = get_array_module(pix)
     gradients = psf_gradients(camera)
     if c2fudge is None:
-        c2fudge = 0.5
+        c2fudge = C2FUDGE
     tivar = ivar * (mask == 0) * (ivar > 0)
     with nvtx_range("preproc:cosmics:first_pass"):
         selection = (pix * xp.sqrt(tivar)) > nsig
@@ -163,8 +169,8 @@ def reject_cosmic_rays(pix, ivar, mask, camera: str, nsig: float = 6.0, cfudge: 
     return rejected
 
 
-def cosmic_mask(image, nsig: float = 6.0, cfudge: float = 3.0, c2fudge: float = 0.5,
-                niter: int = 100, dilate: bool = True):
+def cosmic_mask(image, nsig: float = NSIG, cfudge: float = CFUDGE, c2fudge: float = C2FUDGE,
+                niter: int = NITER, dilate: bool = True):
     """Set the COSMIC bit in ``image.mask`` (in place) and return the rejection map.
 
     ``image`` is a :class:`gpuspec.Image` whose arrays live on one device.

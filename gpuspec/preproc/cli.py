@@ -1,0 +1,154 @@
+"""``gpuspec preproc``: preprocess one or several cameras of a raw exposure.
+
+Examples
+--------
+One camera, explicit output file::
+
+    gpuspec preproc -i desi-00000123.fits.fz --camera b0 -o preproc-b0-00000123.fits \\
+        --bias calib/bias-b0.fits --dark calib/dark-b0.fits
+
+Several cameras of one exposure in one call (comma list or camword, ``a`` = b, r, z).
+``-o`` is then a directory (files named ``preproc-{camera}-{EXPID:08d}.fits``) or a
+pattern with ``{camera}`` (and optionally ``{expid}``); calibration arguments may be
+patterns with ``{camera}`` too, or use ``--calib-dir`` for
+``{bias,dark,pixflat,mask}-{camera}.fits``::
+
+    gpuspec preproc -i desi-00000123.fits.fz --cameras a0 -o out/ --calib-dir calib/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ..errors import GpuspecError, InputError
+
+__all__ = ["add_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+_CALIBS = ("bias", "dark", "pixflat", "mask")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``preproc`` subcommand to ``subparsers``."""
+    p = subparsers.add_parser(
+        "preproc", help="raw exposure -> preproc image(s) (overscan, bias, gain, dark, "
+                        "pixflat, masks, cosmics)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--infile", required=True, help="raw exposure file")
+    cam = p.add_mutually_exclusive_group(required=True)
+    cam.add_argument("--camera", help="one camera, e.g. b0")
+    cam.add_argument("--cameras", help="several cameras: comma list (b0,r0) or camword (a0b1)")
+    p.add_argument("-o", "--outfile", required=True,
+                   help="output file (one camera), or a directory / pattern with {camera} "
+                        "(several cameras)")
+    for c in _CALIBS:
+        p.add_argument(f"--{c}", default=None,
+                       help=f"{c} calibration file (may contain {{camera}})"
+                            + (" -- a dark-current rate in e-/s, scaled by EXPTIME"
+                               if c == "dark" else ""))
+    p.add_argument("--calib-dir", default=None,
+                   help="folder with {bias,dark,pixflat,mask}-{camera}.fits (used for the "
+                        "calibrations not given explicitly; missing files are skipped)")
+    p.add_argument("--fibermap", default=None, help="fibermap file to attach (FIBERMAP HDU)")
+    p.add_argument("--nocosmic", action="store_true", help="skip cosmic-ray rejection")
+    p.add_argument("--use-overscan-row", action="store_true",
+                   help="use the overscan rows (ORSEC) and allow per-row overscan")
+    p.add_argument("--no-gpu", action="store_true", help="run on the CPU (numpy)")
+    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                   help="array backend (default auto; --no-gpu forces numpy)")
+    p.add_argument("--cosmics-nsig", type=float, default=None,
+                   help="cosmic-ray detection threshold (default 6)")
+    p.add_argument("--cosmics-cfudge", type=float, default=None, help="default 3")
+    p.add_argument("--cosmics-c2fudge", type=float, default=None, help="default 0.5")
+    p.set_defaults(func=main)
+    return p
+
+
+def _cameras(args) -> list[str]:
+    from ..camword import parse_cameras
+
+    try:
+        if args.camera:
+            cams = parse_cameras(args.camera)
+            if len(cams) != 1:
+                raise ValueError(f"--camera takes one camera, got {args.camera!r}; "
+                                 "use --cameras for several")
+            return cams
+        return parse_cameras(args.cameras)
+    except ValueError as exc:
+        raise InputError(str(exc), keyword="--camera" if args.camera else "--cameras") from None
+
+
+def _expid(rawfile: str) -> int:
+    from ..io.util import open_fits
+
+    with open_fits(rawfile) as fx:
+        h = fx[0].read_header()
+        if "EXPID" in h:
+            return int(h["EXPID"])
+        for i in range(1, len(fx)):
+            h = fx[i].read_header()
+            if "EXPID" in h:
+                return int(h["EXPID"])
+    raise InputError("no EXPID keyword to name the output", path=rawfile, keyword="EXPID")
+
+
+def _outfile(args, camera: str, ncam: int, expid_cache: dict) -> str:
+    from .fileio import preproc_filename
+
+    out = args.outfile
+    if "{" in out:
+        fields = {"camera": camera}
+        if "{expid" in out:
+            fields["expid"] = expid_cache.setdefault("e", _expid(args.infile))
+        try:
+            return out.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InputError(f"bad output pattern {out!r} ({exc}); use {{camera}} and "
+                             "{expid}", keyword="-o") from None
+    if ncam > 1 or os.path.isdir(out) or out.endswith(os.sep):
+        return os.path.join(out, preproc_filename(camera, expid_cache.setdefault(
+            "e", _expid(args.infile))))
+    return out
+
+
+def _calib(args, name: str, camera: str):
+    value = getattr(args, name)
+    if value is not None:
+        return value.format(camera=camera) if "{camera" in value else value
+    if args.calib_dir:
+        path = os.path.join(args.calib_dir, f"{name}-{camera}.fits")
+        if os.path.exists(path):
+            return path
+        log.info("no %s calibration %s; not applied", name, path)
+    return None
+
+
+def main(args) -> int:
+    """Run ``gpuspec preproc``; returns 0 when every camera succeeded, else 1."""
+    from .fileio import preproc_file
+
+    backend = "numpy" if args.no_gpu else args.backend
+    cameras = _cameras(args)
+    expid_cache: dict = {}
+    failures = 0
+    for camera in cameras:
+        try:
+            out = _outfile(args, camera, len(cameras), expid_cache)
+            calibs = {c: _calib(args, c, camera) for c in _CALIBS}
+            extra = {k: getattr(args, k) for k in ("cosmics_nsig", "cosmics_cfudge",
+                                                   "cosmics_c2fudge")
+                     if getattr(args, k) is not None}
+            preproc_file(args.infile, camera, out, fibermap=args.fibermap,
+                         cosmics=not args.nocosmic, use_overscan_row=args.use_overscan_row,
+                         backend=backend, **calibs, **extra)
+            print(out)
+        except GpuspecError as exc:
+            if len(cameras) == 1:
+                raise
+            failures += 1
+            log.error("camera %s failed: %s", camera, exc)
+    return 1 if failures else 0
