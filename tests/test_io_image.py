@@ -167,3 +167,25 @@ def test_read_reference_desispec_preproc():
     assert r.camera == "b0" and r.pix.shape == (240, 300)
     assert r.meta["OMETHA"] in ("AVERAGE", "PER_ROW")
     assert "OBSRDNA" in r.meta
+
+
+def test_header_value_types_round_trip(tmp_path):
+    im = make_image()
+    im.meta = {"CAMERA": "r3", "LONGSTR": "x" * 150, "FLAG": True, "UNDEF": None,
+               "I64": np.int64(5), "F32": np.float32(1.5), "DEP-VER10": "1.2.3",
+               "HIERARCH LONG_NAME_KEY": 7, "SATURLEVA": 65000.0}
+    r = imio.read_image(imio.write_image(str(tmp_path / "p.fits"), im))
+    assert r.meta["LONGSTR"] == "x" * 150
+    assert r.meta["FLAG"] is True and r.meta["UNDEF"] is None
+    assert r.meta["I64"] == 5 and r.meta["F32"] == 1.5 and r.meta["DEP-VER10"] == "1.2.3"
+    assert r.meta["LONG_NAME_KEY"] == 7 and r.meta["SATURLEVA"] == 65000.0
+    with fits.open(str(tmp_path / "p.fits")) as hl:
+        assert hl["IMAGE"].header["LONG_NAME_KEY"] == 7
+
+
+def test_unwritable_keyword_leaves_nothing(tmp_path):
+    im = make_image()
+    im.meta = {"CAMERA": "r3", "HIERARCHX": 1}
+    with pytest.raises(errors.InputError, match="HIERARCHX"):
+        imio.write_image(str(tmp_path / "p.fits"), im)
+    assert os.listdir(tmp_path) == []

@@ -78,9 +78,10 @@ def test_missing_file(tmp_path):
         rawio.read_raw(p, "b0")
 
 
+@pytest.mark.parametrize("name", ["desi.fits", "desi.fits.fz"])
 @pytest.mark.parametrize("cut", [100, 4000, -3000, -1])
-def test_truncated_file_is_input_error(tmp_path, cut):
-    path, _, _ = make_raw(tmp_path)
+def test_truncated_file_is_input_error(tmp_path, cut, name):
+    path, _, _ = make_raw(tmp_path, name=name)
     data = open(path, "rb").read()
     bad = str(tmp_path / "trunc.fits")
     with open(bad, "wb") as f:

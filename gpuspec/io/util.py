@@ -294,6 +294,14 @@ def header_records(meta) -> list[dict]:
         return out
     items = fitsheader_to_dict(meta).items() if not isinstance(meta, dict) else meta.items()
     for k, v in items:
+        if isinstance(k, str) and k.upper().startswith("HIERARCH"):
+            # an astropy-style "HIERARCH NAME" key: fitsio adds HIERARCH itself, and a
+            # name that begins with HIERARCH produces a file CFITSIO cannot read back
+            stripped = k[8:].strip()
+            if not k[8:9].isspace() or not stripped:
+                raise InputError(f"header keyword {k!r} cannot be written (names may not "
+                                 "begin with HIERARCH)", keyword=k)
+            k = stripped
         if k is None or k.upper() in _STRUCTURAL or k.startswith("TTYPE") or \
                 k.startswith("TFORM") or k.startswith("TDIM") or k.startswith("ZNAME") or \
                 k.startswith("ZVAL"):
