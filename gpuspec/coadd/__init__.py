@@ -14,3 +14,7 @@ Public API (see docs/coadd.md)::
 from .plain import coadd  # noqa: F401
 
 __all__ = ["coadd"]
+from .decorrelate import decorrelate  # noqa: F401,E402
+from .spectroperf import coadd_spectroperf, spectroperf_resample  # noqa: F401,E402
+
+__all__ += ["decorrelate", "coadd_spectroperf", "spectroperf_resample"]
