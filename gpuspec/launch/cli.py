@@ -1,19 +1,153 @@
-"""``gpuspec-run``: run a production manifest (see docs/launch.md)."""
+"""``gpuspec-run``: run a production manifest (see docs/launch.md).
+
+Usage::
+
+    gpuspec-run manifest.yaml                    # one process (CPU or one GPU)
+    mpiexec -n 4 gpuspec-run manifest.yaml       # one rank per GPU, dynamic scheduling
+    srun -n 4 --gpus-per-task=1 gpuspec-run manifest.yaml
+    gpuspec-run manifest.yaml --dry-run          # tasks, states and re-run commands
+    gpuspec-run manifest.yaml --task NAME        # one task alone, log on the terminal
+    gpuspec-run manifest.yaml --check            # validate the manifest only
+
+Exit status: 0 only when every task is done; 1 when some task failed; 2 for a
+bad manifest, an unavailable step or a bad command line.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
+
+from ..errors import GpuspecError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpuspec-run",
+        description="Run a gpuspec production: YAML manifest -> task graph -> one process or "
+                    "MPI ranks (one per GPU), with a SQLite state database in the production.",
+        epilog="Follow a run with 'gpuspec status PROD'; list failures with "
+               "'gpuspec tasks PROD --state failed'; re-run one with 'gpuspec retry PROD TASK'.")
+    p.add_argument("manifest", help="production manifest (YAML), see docs/launch.md")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the tasks, their states and the command re-running each; run nothing")
+    p.add_argument("--check", action="store_true", help="validate the manifest and exit")
+    p.add_argument("--task", metavar="NAME",
+                   help="run this one task alone in this process, log on the terminal")
+    p.add_argument("--force", action="store_true",
+                   help="with --task: run even if its dependencies are not done")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mpi", action="store_true",
+                   help="use MPI (default: when started by mpiexec/srun with more than one rank)")
+    g.add_argument("--no-mpi", action="store_true", help="never use MPI")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--schema", action="store_true",
+                   help="print every manifest key with its type and meaning, then exit")
+    return p
+
+
+def _err(msg: str) -> None:
+    print(f"gpuspec-run: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _load(args):
+    """Rank-0 loader: (Plan, None) or (None, exit code)."""
+    from .manifest import load_manifest
+    from .runner import plan
+    from .steps import StepUnavailable, get_registry
+
+    try:
+        m = load_manifest(args.manifest)
+        reg = get_registry(m.data["registry"])
+    except (GpuspecError, StepUnavailable) as exc:
+        _err(str(exc))
+        return None, 2
+    missing = reg.unavailable(m.steps)
+    if missing:
+        for step, why in missing.items():
+            _err(f"step {step!r} cannot run: {why}")
+        _err(f"remove the step(s) from 'steps' in {m.path} (line {m.line('steps')}) or install "
+             "their implementation")
+        if not args.dry_run:
+            return None, 2
+    try:
+        p = plan(m, reg, write_db=not args.dry_run)
+    except GpuspecError as exc:
+        _err(str(exc))
+        return None, 2
+    return p, None
+
+
+def _dry_run(p) -> int:
+    width = max((len(t.name) for t in p.tasks), default=10)
+    print(f"# production {p.manifest.production}: {len(p.tasks)} tasks (registry "
+          f"{p.registry.name})")
+    for t in p.tasks:
+        deps = f" <- {len(t.deps)} dep(s)" if t.deps else ""
+        print(f"{t.name:<{width}}  {p.states[t.name]:<7}  {t.command}{deps}")
+    return 0
 
 
 def main(argv=None) -> int:
-    """Entry point of ``gpuspec-run``.
+    """Entry point of ``gpuspec-run``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.schema:
+        from .manifest import describe_schema
 
-    The manifest-driven launcher is being built (issue: gpuspec-run). Until it
-    lands this command says so and exits with status 2 rather than pretending.
-    """
-    print("gpuspec-run: the manifest launcher is not implemented yet; run the steps with "
-          "'gpuspec <step>' (see 'gpuspec --help')", file=sys.stderr)
-    return 2
+        describe_schema(emit=print)
+        return 0
+    if args.check or args.task:
+        from .manifest import load_manifest
+
+        try:
+            m = load_manifest(args.manifest)
+        except GpuspecError as exc:
+            _err(str(exc))
+            return 2
+        if args.check:
+            from .graph import build_graph
+            from .steps import get_registry
+
+            try:
+                reg = get_registry(m.data["registry"])
+                n = len(build_graph(m, ext=reg.ext))
+            except Exception as exc:
+                _err(str(exc))
+                return 2
+            for step, why in reg.unavailable(m.steps).items():
+                _err(f"step {step!r} cannot run: {why}")
+                return 2
+            print(f"{m.path}: valid; {n} tasks")
+            return 0
+        from .runner import run_one
+
+        return run_one(m, args.task, force=args.force)
+
+    from .runner import mpi_environment, run_mpi, run_serial
+
+    use_mpi = args.mpi or (not args.no_mpi and mpi_environment() > 1)
+    comm = None
+    if use_mpi:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        if comm.Get_size() == 1:
+            comm = None
+    if args.dry_run:
+        if comm is not None and comm.Get_rank() != 0:
+            return 0
+        p, code = _load(args)
+        return code if p is None else _dry_run(p)
+    if comm is None:
+        p, code = _load(args)
+        if p is None:
+            return code
+        return run_serial(p, verbose=not args.quiet)
+    return run_mpi(comm, args.manifest, lambda path: _load(args), verbose=not args.quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

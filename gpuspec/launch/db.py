@@ -1,0 +1,200 @@
+"""SQLite state database of a production (``PROD/run/state.sqlite3``).
+
+One row per task: its step, state (``waiting``, ``ready``, ``running``, ``done``,
+``failed``), dependencies, where and when it last ran (host, rank, device,
+start, end), the error, the log file and the command that re-runs it alone.
+A ``meta`` table keeps the manifest path and text of the last run.
+
+During a run rank 0 is the only writer; readers (``gpuspec status``/``tasks``)
+open the file read-only. The default rollback journal is used (no WAL), which is
+safe on network file systems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Iterable
+
+__all__ = ["STATES", "StateDB", "db_path", "run_dir"]
+
+STATES = ("waiting", "ready", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY,
+    step TEXT NOT NULL,
+    ord INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    deps TEXT NOT NULL DEFAULT '[]',
+    outputs TEXT NOT NULL DEFAULT '[]',
+    command TEXT,
+    log TEXT,
+    host TEXT,
+    rank INTEGER,
+    device TEXT,
+    start REAL,
+    end REAL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_RUN_COLS = ("host", "rank", "device", "start", "end", "error", "log", "attempts")
+
+
+def run_dir(production: str) -> str:
+    """``PROD/run``: state database and logs."""
+    return os.path.join(production, "run")
+
+
+def db_path(production: str) -> str:
+    """Path of the state database of a production."""
+    return os.path.join(run_dir(production), "state.sqlite3")
+
+
+class StateDB:
+    """The task table of one production.
+
+    Parameters
+    ----------
+    path : str
+        Database file (see :func:`db_path`).
+    readonly : bool
+        Open read-only (status commands); the file must exist.
+    """
+
+    def __init__(self, path: str, readonly: bool = False):
+        self.path = path
+        self.readonly = readonly
+        if readonly:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no state database at {path} (has gpuspec-run been "
+                                        "run on this production?)")
+            uri = "file:" + os.path.abspath(path) + "?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.conn = sqlite3.connect(path, timeout=60.0)
+            with self.conn:
+                self.conn.executescript(_SCHEMA)
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # ---------------------------------------------------------------- meta
+    def set_meta(self, **values) -> None:
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                  [(k, json.dumps(v)) for k, v in values.items()])
+
+    def get_meta(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # ---------------------------------------------------------------- tasks
+    def sync_tasks(self, tasks: Iterable, states: dict[str, str]) -> None:
+        """Make the table hold exactly ``tasks`` with the given states.
+
+        Static columns (step, order, deps, outputs, command) are refreshed; the
+        run records (host, rank, ...) of tasks that keep their state are kept.
+        Tasks no longer in the graph are deleted.
+        """
+        tasks = list(tasks)
+        names = {t.name for t in tasks}
+        with self.conn:
+            old = {r["name"]: r["state"] for r in
+                   self.conn.execute("SELECT name, state FROM tasks")}
+            gone = [(n,) for n in old if n not in names]
+            self.conn.executemany("DELETE FROM tasks WHERE name = ?", gone)
+            self.conn.executemany(
+                "INSERT INTO tasks(name, step, ord, state, deps, outputs, command) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "step = excluded.step, ord = excluded.ord, state = excluded.state, "
+                "deps = excluded.deps, outputs = excluded.outputs, command = excluded.command",
+                [(t.name, t.step, t.order, states[t.name], json.dumps(t.deps),
+                  json.dumps(t.outputs), t.command) for t in tasks])
+            # a task whose state changed from failed keeps its error only if still failed
+            self.conn.execute("UPDATE tasks SET error = NULL WHERE state IN ('waiting', 'ready', "
+                              "'done') AND error LIKE 'dependency % failed%'")
+
+    def update(self, name: str, state: str | None = None, **cols) -> None:
+        """Set the state and/or run columns of one task."""
+        self.update_many([name], state, **cols)
+
+    def update_many(self, names: Iterable[str], state: str | None = None, **cols) -> None:
+        sets, vals = [], []
+        if state is not None:
+            if state not in STATES:
+                raise ValueError(f"unknown state {state!r}")
+            sets.append("state = ?")
+            vals.append(state)
+        for k, v in cols.items():
+            if k not in _RUN_COLS:
+                raise ValueError(f"unknown column {k!r}")
+            sets.append(f"{k} = ?")
+            vals.append(v)
+        if not sets:
+            return
+        sql = f"UPDATE tasks SET {', '.join(sets)} WHERE name = ?"
+        with self.conn:
+            self.conn.executemany(sql, [(*vals, n) for n in names])
+
+    def bump_attempts(self, name: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE tasks SET attempts = attempts + 1 WHERE name = ?", (name,))
+
+    def get(self, name: str) -> dict | None:
+        r = self.conn.execute("SELECT * FROM tasks WHERE name = ?", (name,)).fetchone()
+        return None if r is None else _row(r)
+
+    def rows(self, state: str | None = None, step: str | None = None) -> list[dict]:
+        """Tasks (as dicts) in graph order, optionally filtered by state and step."""
+        sql, args = "SELECT * FROM tasks", []
+        where = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if step is not None:
+            where.append("step = ?")
+            args.append(step)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ord, name"
+        return [_row(r) for r in self.conn.execute(sql, args)]
+
+    def states(self) -> dict[str, dict]:
+        return {r["name"]: r for r in self.rows()}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{step: {state: count}}`` for the steps present, every state listed."""
+        out: dict[str, dict[str, int]] = {}
+        order: dict[str, int] = {}
+        for r in self.conn.execute("SELECT step, state, COUNT(*) AS n, MIN(ord) AS o "
+                                   "FROM tasks GROUP BY step, state"):
+            out.setdefault(r["step"], {s: 0 for s in STATES})[r["state"]] = r["n"]
+            order[r["step"]] = min(order.get(r["step"], r["o"]), r["o"])
+        return {s: out[s] for s in sorted(out, key=lambda s: order[s])}
+
+
+def _row(r: sqlite3.Row) -> dict:
+    d = dict(r)
+    d["deps"] = json.loads(d["deps"])
+    d["outputs"] = json.loads(d["outputs"])
+    return d
+
+
+def now() -> float:
+    return time.time()

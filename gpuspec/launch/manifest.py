@@ -1,0 +1,587 @@
+"""Production manifest: YAML schema, validation with line numbers, input checks.
+
+The manifest is read with PyYAML's composer (:func:`yaml.compose` with the
+``SafeLoader``), which keeps a position mark on every node, and validated
+against the schema :data:`SCHEMA` written here. Every error is a
+:class:`ManifestError` naming the file, the line and the dotted key, e.g.::
+
+    manifest.yaml line 12: steps.extract.bundels: unknown key (allowed: after, bundles, ...)
+
+The keys are documented in ``docs/launch.md``; :func:`describe_schema` prints them.
+
+Checks made by :func:`load_manifest`
+------------------------------------
+- unknown keys, missing required keys, wrong types, values out of range;
+- camera lists and camwords (``a0123b5``) that do not parse;
+- input files (raw exposures, fibermaps, PSFs, calibration files) that do not exist;
+- cycles among the steps (each step's ``after`` list adds dependencies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import yaml
+
+from ..camword import parse_cameras
+from ..errors import GpuspecError
+
+__all__ = ["ManifestError", "Field", "SCHEMA", "STEPS", "STEP_CHAIN", "Manifest",
+           "load_manifest", "parse_manifest", "describe_schema", "DEFAULT_WAVELENGTH"]
+
+#: Step names in data-flow order.
+STEPS = ("preproc", "extract", "frame", "group", "coadd")
+#: Built-in dependencies between steps (step -> the step it consumes).
+STEP_CHAIN = {"extract": "preproc", "frame": "extract", "group": "frame", "coadd": "group"}
+
+#: Default extraction wavelength grids per arm (desi_extract defaults): (min, max, step) Å.
+DEFAULT_WAVELENGTH = {"b": (3600.0, 5800.0, 0.8), "r": (5760.0, 7620.0, 0.8),
+                      "z": (7520.0, 9824.0, 0.8)}
+
+
+class ManifestError(GpuspecError, ValueError):
+    """A manifest is malformed; the message names the file, line and key."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None):
+        where = []
+        if path:
+            where.append(str(path))
+        if line is not None:
+            where.append(f"line {line}")
+        head = " ".join(where)
+        if key:
+            head = f"{head}: {key}" if head else key
+        super().__init__(f"{head}: {message}" if head else message)
+        self.path, self.line, self.key = path, line, key
+
+
+# --------------------------------------------------------------------------- schema
+
+@dataclasses.dataclass
+class Field:
+    """One manifest key.
+
+    Parameters
+    ----------
+    kind : str
+        ``str``, ``int``, ``float``, ``bool``, ``path``, ``map`` (fixed keys, see
+        ``schema``), ``dict`` (free mapping of options), ``list`` (of ``items``),
+        ``cameras`` (camword string or list of camera names), ``wavelength``,
+        ``steps``.
+    required : bool
+    default : any
+        Used when the key is absent (and not required).
+    doc : str
+        One-line description (``describe_schema``, docs/launch.md).
+    schema : dict, optional
+        Sub-keys of a ``map``.
+    items : Field, optional
+        Element type of a ``list``.
+    choices : tuple, optional
+        Allowed values.
+    minimum : number, optional
+        Smallest allowed value of an ``int``/``float``.
+    """
+
+    kind: str
+    required: bool = False
+    default: Any = None
+    doc: str = ""
+    schema: dict | None = None
+    items: "Field | None" = None
+    choices: tuple | None = None
+    minimum: float | None = None
+
+
+def _step_schema(**extra: Field) -> dict:
+    s = {
+        "after": Field("list", items=Field("str"), default=[],
+                       doc="extra steps whose tasks must all finish before this step starts"),
+        "options": Field("dict", default={},
+                         doc="keyword arguments passed to the step function"),
+    }
+    s.update(extra)
+    return s
+
+
+_PATH_DOC = "path, relative to the manifest's folder; may contain {camera}"
+
+SCHEMA: dict[str, Field] = {
+    "production": Field("path", required=True,
+                        doc="production folder (outputs, state database, logs); created if needed"),
+    "registry": Field("str", default="desi",
+                      doc="step implementations: 'desi' (gpuspec steps), 'toy' (tiny fake "
+                          "steps for tests) or 'module:attribute'"),
+    "backend": Field("str", default="auto", choices=("auto", "numpy", "cupy"),
+                     doc="array backend of every task"),
+    "inputs": Field("map", required=True, doc="raw data and calibrations", schema={
+        "rawdir": Field("path", doc="raw data root: {rawdir}/{NIGHT}/{EXPID:08d}/desi-{EXPID:08d}"
+                                    ".fits.fz and fibermap-{EXPID:08d}.fits"),
+        "cameras": Field("cameras", required=True,
+                         doc="cameras: camword ('a0123', 'a0b1') or list ([b0, r0])"),
+        "exposures": Field("list", required=True, doc="exposures to process", items=Field(
+            "map", schema={
+                "night": Field("int", required=True, minimum=0, doc="YEARMMDD"),
+                "expid": Field("int", required=True, minimum=0, doc="exposure id"),
+                "raw": Field("path", doc="raw file (default from rawdir)"),
+                "fibermap": Field("path", doc="fibermap file (default from rawdir)"),
+                "cameras": Field("cameras", doc="cameras of this exposure (default inputs.cameras)"),
+            })),
+        "psf": Field("path", doc="PSF per camera, " + _PATH_DOC),
+        "calib": Field("map", default={}, doc="calibration images, " + _PATH_DOC, schema={
+            "bias": Field("path", doc="bias image"),
+            "dark": Field("path", doc="dark image"),
+            "pixflat": Field("path", doc="pixel flat"),
+            "mask": Field("path", doc="bad pixel mask"),
+        }),
+    }),
+    "steps": Field("steps", required=True,
+                   doc="steps to run (a list of names, or a mapping name -> settings)", schema={
+        "preproc": Field("map", default={}, schema=_step_schema(),
+                         doc="raw -> preproc/{NIGHT}/{EXPID}/preproc-{cam}-{EXPID}.fits"),
+        "extract": Field("map", default={}, doc="preproc -> per-bundle partial frames",
+                         schema=_step_schema(
+            bundles=Field("list", items=Field("int", minimum=0),
+                          doc="bundles to extract (default: all nbundles)"),
+            nbundles=Field("int", default=20, minimum=1, doc="bundles per camera"),
+            fibers_per_bundle=Field("int", default=25, minimum=1, doc="fibers per bundle"),
+            bundles_per_task=Field("int", default=1, minimum=1,
+                                   doc="bundles extracted by one task (task sizing)"),
+            wavelength=Field("wavelength", default="default",
+                             doc="'default' (DESI grids), 'psf' (the PSF's range) or "
+                                 "{b: [min, max, step], r: ..., z: ...}"))),
+        "frame": Field("map", default={}, schema=_step_schema(),
+                       doc="merge partial frames -> exposures/{NIGHT}/{EXPID}/frame-{cam}-{EXPID}.fits"),
+        "group": Field("map", default={}, doc="frames -> healpix spectra", schema=_step_schema(
+            nside=Field("int", default=64, minimum=1, doc="HEALPix nside (NESTED)"),
+            survey=Field("str", default="sim", doc="survey name in the healpix paths"),
+            program=Field("str", default="all", doc="program name in the healpix paths"))),
+        "coadd": Field("map", default={}, schema=_step_schema(),
+                       doc="spectra -> healpix coadd"),
+    }),
+    "run": Field("map", default={}, doc="execution settings", schema={
+        "progress_interval": Field("float", default=10.0, minimum=0,
+                                   doc="seconds between rank 0 progress lines"),
+        "rank0_works": Field("bool", default=True,
+                             doc="rank 0 runs tasks too (in its main thread) besides scheduling"),
+        "fail_tasks": Field("list", items=Field("str"), default=[],
+                            doc="task names made to fail on purpose (tests, drills)"),
+        "sleep": Field("float", default=0.0, minimum=0,
+                       doc="seconds each task sleeps before running (tests, drills)"),
+    }),
+}
+
+_YAML_TAGS = {
+    "tag:yaml.org,2002:str": "string", "tag:yaml.org,2002:int": "integer",
+    "tag:yaml.org,2002:float": "number", "tag:yaml.org,2002:bool": "boolean",
+    "tag:yaml.org,2002:null": "null", "tag:yaml.org,2002:map": "mapping",
+    "tag:yaml.org,2002:seq": "list",
+}
+
+
+class _Validator:
+    def __init__(self, path: str, basedir: str):
+        self.path = path
+        self.basedir = basedir
+        self.lines: dict[str, int] = {}
+        self._loader = yaml.SafeLoader("")
+
+    def error(self, node, key, msg):
+        line = node.start_mark.line + 1 if node is not None else None
+        raise ManifestError(msg, self.path, line, key)
+
+    def scalar(self, node):
+        return self._loader.construct_object(node, deep=True)
+
+    def typename(self, node) -> str:
+        return _YAML_TAGS.get(node.tag, node.tag)
+
+    def check(self, node, field: Field, key: str):
+        self.lines[key] = node.start_mark.line + 1
+        kind = field.kind
+        if kind in ("map", "steps"):
+            if kind == "steps" and isinstance(node, yaml.SequenceNode):
+                out = {}
+                for i, item in enumerate(node.value):
+                    name = self._plain(item, f"{key}[{i}]", "a step name")
+                    if name not in field.schema:
+                        self.error(item, f"{key}[{i}]", f"unknown step {name!r} "
+                                   f"(allowed: {', '.join(field.schema)})")
+                    out[name] = self._defaults(field.schema[name].schema, f"{key}.{name}")
+                    self.lines[f"{key}.{name}"] = item.start_mark.line + 1
+                return out
+            if node.tag == "tag:yaml.org,2002:null" and not field.required:
+                return self._defaults(field.schema, key)
+            if not isinstance(node, yaml.MappingNode):
+                self.error(node, key, f"expected a mapping, got {self.typename(node)}")
+            seen = {}
+            for knode, vnode in node.value:
+                name = self._plain(knode, key, "a key")
+                sub = f"{key}.{name}" if key else name
+                if name in seen:
+                    self.error(knode, sub, "duplicate key")
+                if name not in field.schema:
+                    self.error(knode, sub, f"unknown key (allowed: {', '.join(field.schema)})")
+                seen[name] = vnode
+            out = {}
+            for name, sf in field.schema.items():
+                sub = f"{key}.{name}" if key else name
+                if name in seen:
+                    out[name] = self.check(seen[name], sf, sub)
+                elif kind == "steps":
+                    continue  # a step not listed is not run
+                elif sf.required:
+                    self.error(node, sub, "missing required key")
+                else:
+                    out[name] = self._default_of(sf, sub)
+            return out
+        if kind == "dict":
+            if node.tag == "tag:yaml.org,2002:null":
+                return {}
+            if not isinstance(node, yaml.MappingNode):
+                self.error(node, key, f"expected a mapping of options, got {self.typename(node)}")
+            out = {}
+            for knode, vnode in node.value:
+                name = self._plain(knode, key, "an option name")
+                out[name] = self.scalar(vnode)
+                self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
+            return out
+        if kind == "list":
+            if node.tag == "tag:yaml.org,2002:null" and not field.required:
+                return []
+            if not isinstance(node, yaml.SequenceNode):
+                self.error(node, key, f"expected a list, got {self.typename(node)}")
+            return [self.check(item, field.items, f"{key}[{i}]")
+                    for i, item in enumerate(node.value)]
+        if kind == "cameras":
+            if isinstance(node, yaml.SequenceNode):
+                value = [self._plain(item, f"{key}[{i}]", "a camera name")
+                         for i, item in enumerate(node.value)]
+            elif isinstance(node, yaml.ScalarNode):
+                value = self.scalar(node)
+                if not isinstance(value, str):
+                    self.error(node, key, f"expected a camword or a list of cameras, got "
+                               f"{self.typename(node)} {value!r}")
+            else:
+                self.error(node, key, f"expected a camword or a list of cameras, got "
+                           f"{self.typename(node)}")
+            try:
+                return parse_cameras(value)
+            except ValueError as exc:
+                self.error(node, key, str(exc))
+        if kind == "wavelength":
+            return self._wavelength(node, key)
+        # scalars
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, key, f"expected {self._kind_word(kind)}, got {self.typename(node)}")
+        value = self.scalar(node)
+        if kind in ("str", "path"):
+            if not isinstance(value, str) or value == "":
+                self.error(node, key, f"expected {self._kind_word(kind)}, got "
+                           f"{self.typename(node)} {value!r}")
+            if kind == "path":
+                value = os.path.normpath(os.path.join(self.basedir, os.path.expanduser(value)))
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.error(node, key, f"expected an integer, got {self.typename(node)} {value!r}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.error(node, key, f"expected a number, got {self.typename(node)} {value!r}")
+            value = float(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                self.error(node, key, f"expected true or false, got {self.typename(node)} {value!r}")
+        if field.choices is not None and value not in field.choices:
+            self.error(node, key, f"{value!r} is not one of {', '.join(map(str, field.choices))}")
+        if field.minimum is not None and value < field.minimum:
+            self.error(node, key, f"{value!r} is below the minimum {field.minimum}")
+        return value
+
+    def _wavelength(self, node, key):
+        if isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node)
+            if value in ("default", "psf"):
+                return value
+            self.error(node, key, f"expected 'default', 'psf' or a mapping arm -> [min, max, step]"
+                       f", got {value!r}")
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping arm -> [min, max, step], got "
+                       f"{self.typename(node)}")
+        out = {}
+        for knode, vnode in node.value:
+            arm = self._plain(knode, key, "an arm (b, r or z)")
+            sub = f"{key}.{arm}"
+            if arm not in ("b", "r", "z"):
+                self.error(knode, sub, "unknown arm (allowed: b, r, z)")
+            vals = self.scalar(vnode)
+            ok = (isinstance(vals, list) and len(vals) == 3
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals))
+            if not ok:
+                self.error(vnode, sub, f"expected [min, max, step] (three numbers), got {vals!r}")
+            wmin, wmax, step = (float(v) for v in vals)
+            if not (wmax > wmin and step > 0):
+                self.error(vnode, sub, f"need min < max and step > 0, got {vals!r}")
+            out[arm] = (wmin, wmax, step)
+            self.lines[sub] = vnode.start_mark.line + 1
+        return out
+
+    def _plain(self, node, key, what):
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, key, f"expected {what}, got {self.typename(node)}")
+        v = self.scalar(node)
+        if not isinstance(v, str):
+            self.error(node, key, f"expected {what} (a string), got {self.typename(node)} {v!r}")
+        return v
+
+    @staticmethod
+    def _kind_word(kind):
+        return {"str": "a string", "path": "a path (string)", "int": "an integer",
+                "float": "a number", "bool": "true or false"}.get(kind, kind)
+
+    def _default_of(self, sf: Field, key: str):
+        if sf.kind == "map":
+            return self._defaults(sf.schema, key)
+        if isinstance(sf.default, (list, dict)):
+            return type(sf.default)(sf.default)
+        return sf.default
+
+    def _defaults(self, schema, key):
+        return {name: self._default_of(sf, f"{key}.{name}") for name, sf in schema.items()}
+
+
+# --------------------------------------------------------------------------- manifest
+
+@dataclasses.dataclass
+class Manifest:
+    """A validated manifest.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the YAML file ("<string>" when parsed from text).
+    data : dict
+        Validated values with defaults filled in; paths are absolute.
+    lines : dict
+        Dotted key (``inputs.exposures[0].expid``) -> line number, for error messages.
+    text : str
+        The YAML text as read.
+    """
+
+    path: str
+    data: dict
+    lines: dict
+    text: str
+
+    @property
+    def production(self) -> str:
+        return self.data["production"]
+
+    @property
+    def steps(self) -> list[str]:
+        """Steps to run, in data-flow order."""
+        return [s for s in STEPS if s in self.data["steps"]]
+
+    def line(self, key: str) -> int | None:
+        """Line of a dotted key, or of its closest ancestor that has one."""
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            cut = max(key.rfind("."), key.rfind("["))
+            key = key[:cut] if cut > 0 else ""
+        return None
+
+    def error(self, key: str, message: str) -> ManifestError:
+        """A :class:`ManifestError` for ``key`` (not raised)."""
+        return ManifestError(message, self.path, self.line(key), key)
+
+    def step(self, name: str) -> dict:
+        return self.data["steps"].get(name, {})
+
+    def exposures(self) -> list[dict]:
+        """Exposures with resolved ``raw``, ``fibermap`` and ``cameras`` (and their keys)."""
+        inputs = self.data["inputs"]
+        out = []
+        for i, e in enumerate(inputs["exposures"]):
+            key = f"inputs.exposures[{i}]"
+            night, expid = e["night"], e["expid"]
+            raw, fmap = e.get("raw"), e.get("fibermap")
+            rawdir = inputs.get("rawdir")
+            if rawdir is not None:
+                d = os.path.join(rawdir, str(night), f"{expid:08d}")
+                raw = raw or os.path.join(d, f"desi-{expid:08d}.fits.fz")
+                fmap = fmap or os.path.join(d, f"fibermap-{expid:08d}.fits")
+            out.append(dict(night=night, expid=expid, raw=raw, fibermap=fmap,
+                            cameras=e.get("cameras") or inputs["cameras"], key=key))
+        return out
+
+    def camera_file(self, what: str, camera: str) -> str | None:
+        """Per-camera input path: ``what`` is ``psf`` or a calib kind (``bias`` ...)."""
+        inputs = self.data["inputs"]
+        tmpl = inputs.get("psf") if what == "psf" else inputs.get("calib", {}).get(what)
+        if tmpl is None:
+            return None
+        return tmpl.replace("{camera}", camera)
+
+
+def _check_cycles(m: Manifest) -> None:
+    """Raise ManifestError if the step dependencies (chain + ``after``) have a cycle."""
+    steps = m.steps
+    deps: dict[str, list[tuple[str, str]]] = {s: [] for s in steps}
+    for s in steps:
+        up = STEP_CHAIN.get(s)
+        if up in steps:
+            deps[s].append((up, f"steps.{s}"))
+        for j, a in enumerate(m.step(s).get("after", [])):
+            key = f"steps.{s}.after[{j}]"
+            if a not in STEPS:
+                raise m.error(key, f"unknown step {a!r} (allowed: {', '.join(STEPS)})")
+            if a not in steps:
+                raise m.error(key, f"step {a!r} is not among the steps to run")
+            deps[s].append((a, key))
+    state: dict[str, int] = {}
+    stack: list[tuple[str, str]] = []
+
+    def visit(s):
+        state[s] = 1
+        for d, key in deps[s]:
+            stack.append((s, key))
+            if state.get(d) == 1:
+                i = next(k for k, (n, _) in enumerate(stack) if n == d)
+                chain = [n for n, _ in stack[i:]] + [d]
+                bad = next((k for _, k in reversed(stack[i:]) if ".after[" in k), key)
+                raise m.error(bad, "dependency cycle between steps: "
+                              + " -> ".join(reversed(chain)))
+            if state.get(d) is None:
+                visit(d)
+            stack.pop()
+        state[s] = 2
+
+    for s in steps:
+        if s not in state:
+            visit(s)
+
+
+def _check_files(m: Manifest) -> None:
+    """Raise ManifestError naming the key and line of the first missing input file."""
+    steps = set(m.steps)
+    inputs = m.data["inputs"]
+    if "preproc" in steps:
+        for e in m.exposures():
+            if e["raw"] is None:
+                raise m.error(e["key"], "no raw file: give 'raw' or inputs.rawdir")
+            if not os.path.exists(e["raw"]):
+                k = e["key"] + ".raw" if (e["key"] + ".raw") in m.lines else e["key"]
+                raise m.error(k, f"raw file not found: {e['raw']}")
+            for kind in ("bias", "dark", "pixflat", "mask"):
+                for cam in e["cameras"]:
+                    p = m.camera_file(kind, cam)
+                    if p is not None and not os.path.exists(p):
+                        raise m.error(f"inputs.calib.{kind}", f"{kind} file not found for "
+                                      f"camera {cam}: {p}")
+    if "extract" in steps:
+        if inputs.get("psf") is None:
+            raise m.error("inputs", "missing required key inputs.psf (the extract step needs it)")
+        for e in m.exposures():
+            for cam in e["cameras"]:
+                p = m.camera_file("psf", cam)
+                if not os.path.exists(p):
+                    raise m.error("inputs.psf", f"PSF not found for camera {cam}: {p}")
+    if "group" in steps or "preproc" in steps:
+        for e in m.exposures():
+            fm = e["fibermap"]
+            if fm is None:
+                if "group" in steps:
+                    raise m.error(e["key"], "no fibermap: give 'fibermap' or inputs.rawdir "
+                                  "(the group step needs it)")
+                continue
+            if not os.path.exists(fm) and ("group" in steps or m.lines.get(e["key"] + ".fibermap")):
+                raise m.error(e["key"] + (".fibermap" if m.lines.get(e["key"] + ".fibermap")
+                                          else ""), f"fibermap not found: {fm}")
+    ext = m.step("extract")
+    if "extract" in steps and ext.get("bundles") is not None:
+        for j, b in enumerate(ext["bundles"]):
+            if b >= ext["nbundles"]:
+                raise m.error(f"steps.extract.bundles[{j}]",
+                              f"bundle {b} out of range (nbundles={ext['nbundles']})")
+    seen = set()
+    for e in m.exposures():
+        if e["expid"] in seen:
+            raise m.error(e["key"] + ".expid", f"exposure {e['expid']} listed twice")
+        seen.add(e["expid"])
+
+
+def parse_manifest(text: str, path: str = "<string>", basedir: str | None = None,
+                   check_files: bool = True) -> Manifest:
+    """Validate manifest YAML text; see :func:`load_manifest`."""
+    if basedir is None:
+        basedir = os.path.dirname(os.path.abspath(path)) if path != "<string>" else os.getcwd()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise ManifestError(f"not valid YAML: {exc.problem or exc}", path,
+                            mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not valid YAML: {exc}", path) from None
+    if root is None:
+        raise ManifestError("empty manifest", path)
+    v = _Validator(path, basedir)
+    data = v.check(root, Field("map", required=True, schema=SCHEMA), "")
+    if not data["steps"]:
+        raise ManifestError("no steps to run", path, v.lines.get("steps"), "steps")
+    m = Manifest(path=path, data=data, lines=v.lines, text=text)
+    _check_cycles(m)
+    if check_files:
+        _check_files(m)
+    return m
+
+
+def load_manifest(path: str, check_files: bool = True) -> Manifest:
+    """Read and validate a manifest file.
+
+    Parameters
+    ----------
+    path : str
+        YAML file. Relative paths inside it are relative to its folder.
+    check_files : bool
+        Also check that the input files exist.
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ManifestError
+        With the file, line and key of the first problem.
+    """
+    path = os.path.abspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest: {exc.strerror}", path) from None
+    return parse_manifest(text, path, check_files=check_files)
+
+
+def describe_schema(schema: dict | None = None, prefix: str = "",
+                    emit: Callable[[str], None] | None = None) -> list[str]:
+    """Lines ``key (kind, required/default): doc`` for every key of the schema."""
+    schema = SCHEMA if schema is None else schema
+    lines: list[str] = []
+    for name, f in schema.items():
+        key = f"{prefix}{name}"
+        req = "required" if f.required else (f"default {f.default!r}"
+                                             if f.default not in (None, {}, []) else "optional")
+        lines.append(f"{key} ({f.kind}, {req}): {f.doc}")
+        if f.schema:
+            lines += describe_schema(f.schema, key + ".")
+        if f.items is not None and f.items.schema:
+            lines += describe_schema(f.items.schema, key + "[].")
+    if emit:
+        for ln in lines:
+            emit(ln)
+    return lines
