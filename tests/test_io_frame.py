@@ -271,3 +271,40 @@ def test_reference_calib_images(name, kind, shape):
     path = require_reference("caseA_preproc", name)
     got, _ = calib.read_calib_image(path, expected_shape=shape, kind=kind)
     np.testing.assert_array_equal(got, fitsio.read(path))
+
+
+def test_write_fibermap_failure_leaves_nothing(tmp_path, monkeypatch):
+    real = fitsio.FITS.write
+
+    def failing(self, *args, **kw):
+        if kw.get("extname") == "FIBERMAP":
+            raise OSError("simulated")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(fitsio.FITS, "write", failing)
+    with pytest.raises(OSError):
+        fmio.write_fibermap(str(tmp_path / "fm.fits"), fmio.empty_fibermap(3))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.gpu
+def test_writers_accept_device_arrays(tmp_path):
+    """Frames, images and calibrations held on the GPU are written like their host twins."""
+    from gpuspec import Image, backend
+    from gpuspec.io import image as imio
+
+    cp = backend.get_xp("cupy")
+    fr = make_frame()
+    dev = Frame(wave=cp.asarray(fr.wave), flux=cp.asarray(fr.flux), ivar=cp.asarray(fr.ivar),
+                mask=cp.asarray(fr.mask), resolution_data=cp.asarray(fr.resolution_data),
+                chi2pix=cp.asarray(fr.chi2pix), fibermap=fr.fibermap, meta=fr.meta)
+    a = frio.read_frame(frio.write_frame(str(tmp_path / "host.fits"), fr))
+    b = frio.read_frame(frio.write_frame(str(tmp_path / "dev.fits"), dev))
+    for name in ("wave", "flux", "ivar", "mask", "resolution_data", "chi2pix"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    im = Image(pix=cp.ones((4, 5)), ivar=cp.ones((4, 5)), mask=cp.zeros((4, 5), cp.int32),
+               readnoise=cp.full((4, 5), 3.0), camera="b0")
+    r = imio.read_image(imio.write_image(str(tmp_path / "p.fits"), im))
+    np.testing.assert_array_equal(r.readnoise, 3.0)
+    got, _ = calib.read_bias(calib.write_bias(str(tmp_path / "b.fits"), cp.ones((3, 3))))
+    np.testing.assert_array_equal(got, 1.0)
