@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..backend import get_xp, is_cupy, to_device
-from ..errors import BadDataError, InputError
+from ..errors import BadDataError, InputError, MissingKeywordError
 from ..image import Image
 from ..io.util import parse_sec
 from ..maskbits import ccdmask
@@ -57,6 +57,10 @@ def _sections(header: Mapping, amps: list[str], raw_shape: tuple, path=None, hdu
     """Parsed sections per amp and the trimmed image shape (errors name the keyword)."""
     secs = {}
     ny = nx = 0
+    for amp in ("A", "B", "C", "D", "1", "2", "3", "4"):
+        if amp not in amps and ("DATASEC" + amp in header or "CCDSEC" + amp in header):
+            raise MissingKeywordError(f"amplifier {amp} has DATASEC/CCDSEC but no BIASSEC",
+                                      path=path, hdu=hdu, keyword="BIASSEC" + amp)
     for amp in amps:
         s = {}
         for key in ("BIASSEC", "DATASEC", "CCDSEC"):
