@@ -1,0 +1,200 @@
+"""Coadd parity with desispec (shared/reference/public/caseC_coadd) and GPU-vs-CPU checks."""
+
+from __future__ import annotations
+
+import os
+
+import fitsio
+import numpy as np
+import pytest
+
+from conftest import require_reference
+
+from gpuspec.coadd import coadd, coadd_spectroperf, decorrelate, spectroperf_resample
+from gpuspec.io.spectra import read_spectra
+from gpuspec.maskbits import fibermask
+from gpuspec.resolution import apply as rapply
+
+CASE = "caseC_coadd"
+
+
+def _ref(name):
+    return require_reference(CASE, name)
+
+
+def _relmax(a, r):
+    """max |a - r| relative to the largest |r| of each spectrum."""
+    a, r = np.asarray(a, float), np.asarray(r, float)
+    ax = tuple(range(1, r.ndim))
+    return float(np.max(np.max(np.abs(a - r), axis=ax) / np.max(np.abs(r), axis=ax)))
+
+
+def _check_table(got, ref, rtol=1e-5):
+    assert got.dtype.names == ref.dtype.names
+    for k in ref.dtype.names:
+        if ref.dtype[k].kind == "f":
+            np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=1e-12, err_msg=k)
+        else:
+            assert np.array_equal(got[k], ref[k]), k
+
+
+@pytest.fixture(scope="module")
+def inp():
+    return read_spectra(_ref("input_spectra.fits"))
+
+
+def test_coadd_nonorm_parity(inp):
+    ref = read_spectra(_ref("coadd_nonorm.fits"))
+    c = coadd(inp, cosmics_nsig=4.0, onetile=True, no_normalize=True, backend="numpy")
+    assert _relmax(c.flux["r"], ref.flux["r"]) < 1e-5
+    assert _relmax(c.ivar["r"], ref.ivar["r"]) < 1e-5
+    assert _relmax(c.resolution_data["r"], ref.resolution_data["r"]) < 1e-5
+    assert np.array_equal(c.mask["r"], ref.mask["r"])
+    _check_table(c.fibermap, ref.fibermap)
+    _check_table(c.exp_fibermap, ref.exp_fibermap)
+    _check_table(c.scores, ref.scores)
+    # the cosmic of target 1 must have been rejected: without rejection the coadd differs there
+    c0 = coadd(inp, cosmics_nsig=0, onetile=True, no_normalize=True, backend="numpy")
+    assert _relmax(c0.flux["r"][1:2], ref.flux["r"][1:2]) > 1e-3
+
+
+def test_coadd_does_not_modify_input(inp):
+    before = inp.flux["r"].copy(), inp.fibermap.copy()
+    coadd(inp, onetile=True, backend="numpy")
+    assert np.array_equal(inp.flux["r"], before[0])
+    assert np.array_equal(inp.fibermap, before[1])
+
+
+def test_coadd_default_variable_bit_and_unscaled_targets(inp):
+    ref = read_spectra(_ref("coadd_default.fits"))
+    c = coadd(inp, onetile=True, backend="numpy")
+    # VARIABLE exactly on the exposures of the scaled target, as in the reference
+    var = fibermask.VARIABLE
+    assert var == 2 ** 20
+    assert np.array_equal(c.exp_fibermap["FIBERSTATUS"] & var, ref.exp_fibermap["FIBERSTATUS"] & var)
+    assert np.array_equal(c.fibermap["COADD_FIBERSTATUS"], ref.fibermap["COADD_FIBERSTATUS"])
+    keep = ref.exp_fibermap["COADD_NORM"] == 1.0
+    np.testing.assert_array_equal(c.exp_fibermap["COADD_NORM"][keep], 1.0)
+    # targets without normalisation: full parity
+    t = np.nonzero(ref.fibermap["COADD_FIBERSTATUS"] & var == 0)[0]
+    for key in ("flux", "ivar", "resolution_data"):
+        assert _relmax(getattr(c, key)["r"][t], getattr(ref, key)["r"][t]) < 1e-5
+    assert np.array_equal(c.mask["r"], ref.mask["r"])
+    # the scaled target: factors close to the reference (see docs/coadd.md)
+    np.testing.assert_allclose(c.exp_fibermap["COADD_NORM"], ref.exp_fibermap["COADD_NORM"],
+                               rtol=1e-2)
+
+
+def test_coadd_default_parity_given_reference_norms(inp):
+    """With desispec's COADD_NORM factors, everything else of the default coadd matches."""
+    ref = read_spectra(_ref("coadd_default.fits"))
+    c = coadd(inp, onetile=True, coadd_norm=ref.exp_fibermap["COADD_NORM"], backend="numpy")
+    for key in ("flux", "ivar", "resolution_data"):
+        assert _relmax(getattr(c, key)["r"], getattr(ref, key)["r"]) < 1e-5, key
+    assert np.array_equal(c.mask["r"], ref.mask["r"])
+    np.testing.assert_allclose(c.exp_fibermap["COADD_NORM"], ref.exp_fibermap["COADD_NORM"],
+                               rtol=1e-5)
+    assert np.array_equal(c.exp_fibermap["FIBERSTATUS"], ref.exp_fibermap["FIBERSTATUS"])
+    _check_table(c.scores, ref.scores)
+
+
+@pytest.mark.xfail(reason="desispec's exact COADD_NORM estimator at the reference commit is not "
+                          "reproduced (weighted LS estimate within 0.5%); see docs/coadd.md",
+                   strict=True)
+def test_coadd_default_norm_exact(inp):
+    ref = read_spectra(_ref("coadd_default.fits"))
+    c = coadd(inp, onetile=True, backend="numpy")
+    np.testing.assert_allclose(c.exp_fibermap["COADD_NORM"], ref.exp_fibermap["COADD_NORM"],
+                               rtol=1e-5)
+    assert _relmax(c.flux["r"], ref.flux["r"]) < 1e-5
+
+
+def test_decorrelate_parity():
+    path = _ref("decorrelate.fits")
+    with fitsio.FITS(path) as fx:
+        wavebin = fx[0].read_header()["WAVEBIN"]
+        cb, cf = fx["CINV_BAND"].read(), fx["CINVF"].read()
+        rf, ri, rr = fx["FLUX"].read(), fx["IVAR"].read(), fx["RDATA"].read()
+    f, iv, rd = decorrelate(cb, cf, wavebin, ndiag=rr.shape[1], backend="numpy")
+    assert _relmax(f, rf) < 1e-6
+    assert _relmax(iv, ri) < 1e-6
+    assert _relmax(rd, rr) < 1e-6
+
+
+@pytest.mark.parametrize("inp_name,out_name", [("input_spectra.fits", "resample_single.fits"),
+                                               ("resample_twoband_input.fits",
+                                                "resample_twoband.fits")])
+def test_resample_parity(inp_name, out_name):
+    s = read_spectra(_ref(inp_name))
+    ref = read_spectra(_ref(out_name))
+    b = ref.bands[0]
+    r = spectroperf_resample(s, ref.wave[b], backend="numpy")
+    assert r.bands == [b]
+    assert _relmax(r.flux[b], ref.flux[b]) < 1e-6
+    assert _relmax(r.ivar[b], ref.ivar[b]) < 1e-6
+    assert _relmax(r.resolution_data[b], ref.resolution_data[b]) < 1e-6
+
+
+def test_spectroperf_coadd_vs_truth(inp):
+    """chi2 per bin of the decorrelated coadd against R·TRUTH on the clean targets."""
+    truth = inp.extra_hdus["TRUTH"]
+    c = coadd_spectroperf(inp, inp.wave["r"], backend="numpy")
+    b = c.bands[0]
+    assert c.flux[b].shape == truth.shape
+    model = rapply(c.resolution_data[b], truth)
+    edge = 15
+    clean = [0, 2, 4]  # target 1 has a cosmic, target 3 a scaled exposure
+    for t in clean:
+        chi2 = np.mean(((c.flux[b][t] - model[t]) ** 2 * c.ivar[b][t])[edge:-edge])
+        assert 0.8 < chi2 < 1.2, (t, chi2)
+    # the scaled target is not consistent with truth (the test can fail)
+    chi2 = np.mean(((c.flux[b][3] - model[3]) ** 2 * c.ivar[b][3])[edge:-edge])
+    assert chi2 > 2
+
+
+def test_spectroperf_coadd_single_exposure_equals_resample(inp):
+    """One exposure per target: the coadd equals the per-row resampling of that row."""
+    sub = _subset(inp, np.arange(0, 15, 3))
+    w = inp.wave["r"]
+    a = coadd_spectroperf(sub, w, backend="numpy")
+    r = spectroperf_resample(sub, w, backend="numpy")
+    # masks are applied in the coadd, not in resample: these rows have mask==0 everywhere
+    assert _relmax(a.flux["r"], r.flux["r"]) < 1e-10
+    assert _relmax(a.ivar["r"], r.ivar["r"]) < 1e-10
+
+
+def _subset(s, rows):
+    from gpuspec.spectra import Spectra
+    return Spectra(bands=list(s.bands), wave=dict(s.wave),
+                   flux={b: s.flux[b][rows] for b in s.bands},
+                   ivar={b: s.ivar[b][rows] for b in s.bands},
+                   mask={b: s.mask[b][rows] for b in s.bands},
+                   resolution_data={b: s.resolution_data[b][rows] for b in s.bands},
+                   fibermap=s.fibermap[rows], meta=dict(s.meta))
+
+
+# ---------------------------------------------------------------- GPU vs CPU
+@pytest.mark.gpu
+def test_gpu_cpu_plain(inp):
+    a = coadd(inp, onetile=True, backend="numpy")
+    g = coadd(inp, onetile=True, backend="cupy")
+    for key in ("flux", "ivar", "resolution_data"):
+        assert _relmax(getattr(g, key)["r"], getattr(a, key)["r"]) < 1e-5
+    assert np.array_equal(g.mask["r"], a.mask["r"])
+    assert np.array_equal(g.exp_fibermap, a.exp_fibermap)
+
+
+@pytest.mark.gpu
+def test_gpu_cpu_spectroperf():
+    s = read_spectra(_ref("resample_twoband_input.fits"))
+    ref = read_spectra(_ref("resample_twoband.fits"))
+    b = ref.bands[0]
+    g = spectroperf_resample(s, ref.wave[b], backend="cupy")
+    for key in ("flux", "ivar", "resolution_data"):
+        assert _relmax(getattr(g, key)[b], getattr(ref, key)[b]) < 1e-6
+    path = _ref("decorrelate.fits")
+    with fitsio.FITS(path) as fx:
+        wavebin = fx[0].read_header()["WAVEBIN"]
+        cb, cf, rf = fx["CINV_BAND"].read(), fx["CINVF"].read(), fx["FLUX"].read()
+    f, _, _ = decorrelate(cb, cf, wavebin, backend="cupy")
+    assert _relmax(f.get(), rf) < 1e-6
