@@ -173,7 +173,8 @@ def _summary_psf(fx, path, names, headers) -> list[str]:
         nspec = "?"
     out.append(f"  nspec {nspec}; wavelength {merged.get('WAVEMIN', '?')} - "
                f"{merged.get('WAVEMAX', '?')} A")
-    out.append(f"  {_kv(merged, ('NPIX_X', 'NPIX_Y', 'HSIZEX', 'HSIZEY', 'GHDEGX', 'GHDEGY', 'LEGDEG'))}")
+    geom = ("NPIX_X", "NPIX_Y", "HSIZEX", "HSIZEY", "GHDEGX", "GHDEGY", "LEGDEG")
+    out.append(f"  {_kv(merged, geom)}")
     out.append(f"  parameters: {fx['PSF'].get_nrows()}")
     return out
 
