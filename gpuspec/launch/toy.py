@@ -23,7 +23,7 @@ import os
 from ..io.util import atomic_output
 from .steps import Registry, StepSpec
 
-__all__ = ["TOY"]
+__all__ = ["TOY", "make_toy_inputs", "toy_manifest_text"]
 
 
 def _digest(*parts) -> str:
@@ -117,3 +117,66 @@ TOY = Registry("toy", {
     "group": StepSpec(toy_group, doc="fibers of one healpix pixel"),
     "coadd": StepSpec(toy_coadd, doc="mean per fiber"),
 }, ext="json")
+
+
+# --------------------------------------------------------------------------- toy inputs
+
+def make_toy_inputs(root: str, nights_expids=((20250101, 1), (20250101, 2)), petals=(0, 1),
+                    nfibers: int = 500, seed: int = 1) -> dict:
+    """Write a tiny fake night for the toy registry; return the paths.
+
+    Files: ``root/raw/{NIGHT}/{EXPID:08d}/desi-{EXPID:08d}.fits.fz`` (a few bytes),
+    ``fibermap-{EXPID:08d}.fits`` (real FITS: FIBER, TARGET_RA, TARGET_DEC over
+    ~2 degrees per petal, petals 5 degrees apart, so that the
+    fibers span several HEALPix pixels and each petal has pixels of its own), ``root/psf/psf-{cam}.fits``
+    and ``root/calib/bias-{cam}.fits`` (a few bytes).
+    """
+    import fitsio
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    cams = [f"{arm}{p}" for p in petals for arm in "brz"]
+    nfib_tot = nfibers * (max(petals) + 1)
+    for night, expid in nights_expids:
+        d = os.path.join(root, "raw", str(night), f"{expid:08d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"desi-{expid:08d}.fits.fz"), "wb") as f:
+            f.write(f"toy raw {night} {expid}".encode())
+        t = np.zeros(nfib_tot, dtype=[("FIBER", "i4"), ("TARGET_RA", "f8"),
+                                      ("TARGET_DEC", "f8")])
+        t["FIBER"] = np.arange(nfib_tot)
+        # each petal on its own patch of sky: a petal's frames feed their own pixels
+        t["TARGET_RA"] = 150.0 + 5.0 * (t["FIBER"] // nfibers) + rng.uniform(0, 2.0, nfib_tot)
+        t["TARGET_DEC"] = 2.0 + rng.uniform(0, 2.0, nfib_tot)
+        fitsio.write(os.path.join(d, f"fibermap-{expid:08d}.fits"), t, extname="FIBERMAP",
+                     clobber=True)
+    for sub, kind in (("psf", "psf"), ("calib", "bias")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        for c in cams:
+            with open(os.path.join(root, sub, f"{kind}-{c}.fits"), "w") as f:
+                f.write(f"toy {kind} {c}")
+    return dict(rawdir=os.path.join(root, "raw"), cameras=cams,
+                psf=os.path.join(root, "psf", "psf-{camera}.fits"),
+                bias=os.path.join(root, "calib", "bias-{camera}.fits"),
+                exposures=[dict(night=n, expid=e) for n, e in nights_expids])
+
+
+def toy_manifest_text(inputs: dict, production: str, *, bundles=(0, 1, 2), bundles_per_task=2,
+                      nside=16, fail_tasks=(), sleep=0.0, progress_interval=0.0) -> str:
+    """YAML of a toy manifest for :func:`make_toy_inputs` output."""
+    import yaml
+
+    doc = {
+        "production": production,
+        "registry": "toy",
+        "backend": "numpy",
+        "inputs": {"rawdir": inputs["rawdir"], "cameras": list(inputs["cameras"]),
+                   "exposures": inputs["exposures"], "psf": inputs["psf"],
+                   "calib": {"bias": inputs["bias"]}},
+        "steps": {"preproc": {}, "extract": {"bundles": list(bundles),
+                                             "bundles_per_task": bundles_per_task},
+                  "frame": {}, "group": {"nside": nside}, "coadd": {}},
+        "run": {"progress_interval": progress_interval, "fail_tasks": list(fail_tasks),
+                "sleep": sleep},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)

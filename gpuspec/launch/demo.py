@@ -1,0 +1,170 @@
+"""Manifest for a simulated night (``gpuspec simulate --out D``).
+
+:func:`make_demo_manifest` looks at the simulator's output folder (layout in
+docs/design.md, "Simulated night layout")::
+
+    D/raw/{NIGHT}/{EXPID:08d}/desi-{EXPID:08d}.fits.fz   (+ fibermap-{EXPID:08d}.fits)
+    D/calib/{bias,dark,pixflat,mask}-{camera}.fits
+    D/psf/psf-{camera}.fits
+
+and writes a manifest running the gpuspec steps on it, for example the README
+demo: one exposure, three cameras, a few bundles, one process, SQLite state::
+
+    from gpuspec.launch.demo import make_demo_manifest
+    path = make_demo_manifest("sim", "prod", bundles=[0, 1])
+    # then: gpuspec-run prod/manifest.yaml
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import yaml
+
+from ..camword import cameras_to_camword, is_camera
+from .manifest import STEPS, load_manifest
+
+__all__ = ["make_demo_manifest", "find_exposures", "find_cameras"]
+
+
+def find_exposures(simdir: str) -> list[tuple[int, int]]:
+    """``(night, expid)`` of every ``raw/{NIGHT}/{EXPID}/desi-{EXPID}.fits.fz`` (or ``.fits``)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(simdir, "raw", "*", "*", "desi-*.fits*"))):
+        m = re.search(r"raw/(\d+)/(\d{8})/desi-(\d{8})\.fits(\.fz)?$", path.replace(os.sep, "/"))
+        if m and m.group(2) == m.group(3):
+            out.append((int(m.group(1)), int(m.group(2))))
+    return sorted(set(out))
+
+
+def find_cameras(simdir: str) -> list[str]:
+    """Cameras that have a PSF ``psf/psf-{camera}.fits``."""
+    cams = []
+    for path in glob.glob(os.path.join(simdir, "psf", "psf-*.fits")):
+        c = os.path.basename(path)[4:-5]
+        if is_camera(c):
+            cams.append(c)
+    return sorted(cams)
+
+
+def _available_steps(registry: str) -> list[str]:
+    from .steps import get_registry
+
+    reg = get_registry(registry)
+    missing = reg.unavailable(STEPS)
+    steps = []
+    for s in STEPS:  # stop at the first step that cannot run: the later ones need its outputs
+        if s in missing:
+            break
+        steps.append(s)
+    return steps
+
+
+def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None,
+                       exposures: list | None = None, cameras=None, bundles=(0, 1, 2),
+                       bundles_per_task: int = 1, nbundles: int = 20,
+                       fibers_per_bundle: int = 25, steps: list | None = None,
+                       backend: str = "auto", wavelength="psf", nside: int = 64,
+                       registry: str = "desi", progress_interval: float = 10.0) -> str:
+    """Write a manifest that reduces a simulated night; return its path.
+
+    Parameters
+    ----------
+    simdir : str
+        Output folder of the simulator.
+    proddir : str
+        Production folder to create.
+    manifest : str, optional
+        Where to write the manifest (default ``{proddir}/manifest.yaml``).
+    exposures : list of (night, expid) or of expid, optional
+        Default: every exposure found under ``simdir/raw``.
+    cameras : camword or list, optional
+        Default: every camera with a PSF under ``simdir/psf``.
+    bundles : sequence of int or None
+        Bundles to extract (None: all ``nbundles``).
+    bundles_per_task, nbundles, fibers_per_bundle : int
+        Task sizing and the bundle geometry.
+    steps : list of str, optional
+        Default: the steps whose implementation is installed, in data-flow order
+        up to the first missing one.
+    backend : {"auto", "numpy", "cupy"}
+    wavelength : "psf", "default" or {arm: [min, max, step]}
+    nside : int
+        HEALPix nside of the group step.
+    registry : str
+        Step registry (``desi``).
+    progress_interval : float
+        Seconds between progress lines.
+
+    Returns
+    -------
+    str
+        Path of the manifest; it has been validated with
+        :func:`gpuspec.launch.manifest.load_manifest`.
+    """
+    simdir = os.path.abspath(simdir)
+    proddir = os.path.abspath(proddir)
+    found = find_exposures(simdir)
+    if not found:
+        raise FileNotFoundError(f"no raw exposure under {simdir}/raw/NIGHT/EXPID/")
+    if exposures is None:
+        chosen = found
+    else:
+        chosen = []
+        for e in exposures:
+            if isinstance(e, (tuple, list)):
+                chosen.append((int(e[0]), int(e[1])))
+            else:
+                match = [f for f in found if f[1] == int(e)]
+                if not match:
+                    raise FileNotFoundError(f"exposure {e} not found under {simdir}/raw")
+                chosen.append(match[0])
+    if cameras is None:
+        cams = find_cameras(simdir)
+        if not cams:
+            raise FileNotFoundError(f"no PSF under {simdir}/psf/psf-CAMERA.fits")
+    elif isinstance(cameras, str):
+        cams = cameras
+    else:
+        cams = list(cameras)
+    camword = cams if isinstance(cams, str) else cameras_to_camword(cams)
+    steps = list(steps) if steps is not None else _available_steps(registry)
+    calib = {}
+    for kind in ("bias", "dark", "pixflat", "mask"):
+        if glob.glob(os.path.join(simdir, "calib", f"{kind}-*.fits")):
+            calib[kind] = os.path.join(simdir, "calib", f"{kind}-{{camera}}.fits")
+    doc = {
+        "production": proddir,
+        "registry": registry,
+        "backend": backend,
+        "inputs": {
+            "rawdir": os.path.join(simdir, "raw"),
+            "cameras": camword,
+            "exposures": [{"night": n, "expid": e} for n, e in chosen],
+            "psf": os.path.join(simdir, "psf", "psf-{camera}.fits"),
+            "calib": calib,
+        },
+        "steps": {},
+        "run": {"progress_interval": float(progress_interval)},
+    }
+    for s in steps:
+        doc["steps"][s] = {}
+    if "extract" in steps:
+        doc["steps"]["extract"] = {
+            "nbundles": int(nbundles), "fibers_per_bundle": int(fibers_per_bundle),
+            "bundles_per_task": int(bundles_per_task), "wavelength": wavelength}
+        if bundles is not None:
+            doc["steps"]["extract"]["bundles"] = [int(b) for b in bundles]
+    if "group" in steps:
+        doc["steps"]["group"] = {"nside": int(nside)}
+    path = manifest or os.path.join(proddir, "manifest.yaml")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = ("# gpuspec-run manifest for the simulated night in " + simdir + "\n"
+            "# run: gpuspec-run " + os.path.abspath(path) + "\n"
+            + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    load_manifest(path)  # validate what was written
+    return os.path.abspath(path)
