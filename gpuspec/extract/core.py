@@ -1,0 +1,457 @@
+"""Spectroperfectionism extraction of bundles and frames (one ``xp`` code path).
+
+How a bundle is computed (all on the array backend, batched over patches):
+
+1. :func:`~gpuspec.extract.geometry.plan_bundle` lays out specter's patches
+   (subbundles × wavelength steps, with padding) on the host.
+2. The PSF spots of the bundle's fibers on the padded wavelength grid are built once,
+   on the device (``psf.spots``).
+3. Patches are processed in chunks bounded in memory. For a chunk, every fiber of
+   every patch gets a pixel *window* (the patch rows × the columns its spots can
+   touch). The projection matrix is scattered into these windows, for the fiber
+   itself and its right-hand neighbours whose spots reach the window, giving a dense
+   array ``A[p, f, pixel, d, λ]``. Then, batched over patches and fibers:
+
+   * normal equations ``M = AᵀWA`` and ``b = AᵀWp`` with one batched matmul,
+     plus specter's minimum-weight regularisation;
+   * ``C = M⁻¹`` (Cholesky-based), deconvolved flux ``f = C b``;
+   * per-fiber blocks ``C_ii`` → ``Q = C_ii^(-1/2)`` (batched ``eigh``), ``R``, ivar,
+     decorrelated flux ``R f``;
+   * model, pixel χ² with the PSF error term, chi2pix and the masked fraction.
+
+4. Core results are scattered into the bundle's output arrays; nothing goes back to
+   the host until the bundle is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from .. import backend as _backend
+from ..errors import InputError
+from ..frame import Frame
+from ..maskbits import specmask
+from ..profiling import nvtx_range
+from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
+from .solve import decorrelate, regularize_normal, spd_inverse
+
+__all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
+
+log = logging.getLogger(__name__)
+
+#: chi2pix above this sets BAD2DFIT (desispec's extraction script).
+BAD2DFIT_CHI2 = 100.0
+
+
+def _origin(image_shape, xyorigin, xyrange):
+    ny, nx = image_shape
+    if xyrange is not None:
+        xmin, xmax, ymin, ymax = (int(v) for v in xyrange)
+        if (ymax - ymin, xmax - xmin) != (ny, nx):
+            raise InputError(f"xyrange {tuple(xyrange)} does not match the image shape "
+                             f"{image_shape}")
+        return xmin, ymin
+    if xyorigin is None:
+        return 0, 0
+    return int(xyorigin[0]), int(xyorigin[1])
+
+
+class _Context:
+    """Everything shared by the bundles of one extraction call."""
+
+    def __init__(self, image, ivar, psf, wave, *, nsubbundles, nwavestep, wavepad_frac,
+                 pixpad_frac, regularize, psferr, xyorigin, xyrange, model, backend,
+                 chunk_mb):
+        self.xp = xp = _backend.get_xp(backend)
+        image_np_shape = tuple(np.shape(image))
+        if len(image_np_shape) != 2 or tuple(np.shape(ivar)) != image_np_shape:
+            raise InputError(f"image {image_np_shape} and ivar {np.shape(ivar)} must be 2-D "
+                             "arrays of the same shape")
+        self.wave = np.asarray(_backend.to_host(wave), dtype=np.float64)
+        self.dw = check_wave(self.wave)
+        self.psf = psf
+        self.x0, self.y0 = _origin(image_np_shape, xyorigin, xyrange)
+        self.shape = image_np_shape
+        self.image = _backend.to_device(image, xp, dtype=np.float64)
+        iv = _backend.to_device(ivar, xp, dtype=np.float64)
+        # negative or non-finite ivar, or non-finite pixels, are unusable
+        bad = ~xp.isfinite(iv) | (iv < 0) | ~xp.isfinite(self.image)
+        self.ivar = xp.where(bad, 0.0, iv)
+        self.image = xp.where(bad, 0.0, self.image)
+        self.nsubbundles = int(nsubbundles)
+        self.nwavestep = int(nwavestep)
+        self.wavepad_frac = float(wavepad_frac)
+        self.pixpad_frac = float(pixpad_frac)
+        self.regularize = float(regularize)
+        if psferr is None:
+            psferr = getattr(psf, "psferr", None)
+        self.psferr = 0.01 if psferr is None else float(psferr)
+        self.model = bool(model)
+        self.ndiag = resolution_halfwidth(psf, self.dw)
+        if chunk_mb is None:
+            chunk_mb = 64 if xp is np else 2048
+        self.chunk_bytes = int(chunk_mb * 2 ** 20)
+        self.image_box = (self.x0, self.x0 + self.shape[1], self.y0, self.y0 + self.shape[0])
+
+
+def _empty_results(xp, nb, nwave, ndiag):
+    return dict(
+        flux=xp.zeros((nb, nwave)),
+        ivar=xp.zeros((nb, nwave)),
+        rdata=xp.zeros((nb, nwave, 2 * ndiag + 1)),
+        chi2pix=xp.zeros((nb, nwave)),
+        pixmask_fraction=xp.zeros((nb, nwave)),
+    )
+
+
+def _chunk_dims(patches, xc, yc, b0, kmin, nxs):
+    """Host-side common dimensions and per-patch window offsets of a chunk."""
+    P = len(patches)
+    F = max(p.nspec for p in patches)
+    NW = max(p.nwave for p in patches)
+    WY = max(p.box[3] - p.box[2] for p in patches)
+    xw = np.zeros((P, F), dtype=np.int64)
+    nf = np.array([p.nspec for p in patches])
+    wx = 1
+    for i, p in enumerate(patches):
+        k0 = p.kfirst - kmin
+        for f in range(p.nspec):
+            xs = xc[p.speclo - b0 + f, k0:k0 + p.nwave]
+            xw[i, f] = xs.min()
+            wx = max(wx, int(xs.max()) + nxs - int(xs.min()))
+        xw[i, p.nspec:] = xw[i, p.nspec - 1]
+    # largest fiber offset whose windows overlap
+    D = 0
+    for i, p in enumerate(patches):
+        for d in range(1, p.nspec):
+            a, b = xw[i, : p.nspec - d], xw[i, d: p.nspec]
+            if np.any((b < a + wx) & (a < b + wx)):
+                D = d
+    return P, F, NW, WY, wx, D + 1, xw, nf
+
+
+@nvtx_range("extract:chunk")
+def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc, stamps):
+    """Solve a chunk of patches; returns device arrays indexed [p, f, ...]."""
+    xp = ctx.xp
+    nys, nxs = stamps.shape[-2:]
+    P, F, NW, WY, WX, ND, xw, nf = _chunk_dims(patches, xc, yc, b0, kmin, nxs)
+    Q = WY * WX
+    nw = np.array([p.nwave for p in patches])
+    k0 = np.array([p.kfirst - kmin for p in patches])
+    fb0 = np.array([p.speclo - b0 for p in patches])
+    bx0 = np.array([p.box[0] for p in patches])
+    bx1 = np.array([p.box[1] for p in patches])
+    by0 = np.array([p.box[2] for p in patches])
+    bh = np.array([p.box[3] - p.box[2] for p in patches])
+
+    with nvtx_range("extract:projection"):
+        # ---- which spot goes to (p, f, d, j): fiber g = f + d, wavelength j (host ints)
+        f_ = np.arange(F)[None, :, None, None]
+        d_ = np.arange(ND)[None, None, :, None]
+        j_ = np.arange(NW)[None, None, None, :]
+        g = f_ + d_
+        okspot = (g < nf[:, None, None, None]) & (j_ < nw[:, None, None, None])
+        sf = fb0[:, None, None, None] + np.minimum(g, nf[:, None, None, None] - 1)
+        sk = k0[:, None, None, None] + np.minimum(j_, nw[:, None, None, None] - 1)
+        sf, sk = np.broadcast_arrays(sf, sk)
+        xcg = xc[sf, sk]
+        ycg = yc[sf, sk]
+        oy = ycg - by0[:, None, None, None]                  # row of stamp row 0 in window
+        ox = xcg - xw[:, :, None, None]                      # column of stamp col 0 in window
+        base = ((np.arange(P)[:, None, None, None] * F + f_) * WY) * WX
+        tail = d_ * NW + j_
+        # lower / upper crop limits (box columns) in window coordinates
+        cx_lo = bx0[:, None, None, None] - xw[:, :, None, None]
+        cx_hi = bx1[:, None, None, None] - xw[:, :, None, None]
+        hh = bh[:, None, None, None]
+        # to device: small (P, F, ND, NW) integer arrays
+        dv = {k: xp.asarray(np.ascontiguousarray(np.broadcast_to(v, okspot.shape)))
+              for k, v in dict(oy=oy, ox=ox, base=base, tail=tail, lo=cx_lo, hi=cx_hi,
+                              hh=hh, ok=okspot).items()}
+        sy = xp.arange(nys)[:, None]
+        sx = xp.arange(nxs)[None, :]
+        yy = dv["oy"][..., None, None] + sy                 # (P,F,ND,NW,nys,1)
+        uu = dv["ox"][..., None, None] + sx                 # (P,F,ND,NW,1,nxs)
+        valid = (dv["ok"][..., None, None] & (yy >= 0) & (yy < dv["hh"][..., None, None])
+                 & (uu >= 0) & (uu < WX) & (uu >= dv["lo"][..., None, None])
+                 & (uu < dv["hi"][..., None, None]))
+        size = P * F * Q * ND * NW
+        flat = (dv["base"][..., None, None] + yy * WX + uu) * (ND * NW) + dv["tail"][..., None, None]
+        flat = xp.where(valid, flat, size)
+        vals = stamps[xp.asarray(sf), xp.asarray(sk)]      # (P,F,ND,NW,nys,nxs)
+        Aflat = xp.zeros(size + 1)
+        Aflat[flat.reshape(-1)] = vals.reshape(-1)
+        A = Aflat[:size].reshape(P, F, Q, ND * NW)
+        A0 = A.reshape(P, F, Q, ND, NW)[:, :, :, 0, :]     # own-fiber columns
+
+        # ---- image and ivar in each fiber window
+        yw = xp.arange(WY)[:, None]
+        uw = xp.arange(WX)[None, :]
+        rows = xp.asarray(by0)[:, None, None, None] + yw              # (P,1,WY,1)
+        cols = xp.asarray(xw)[:, :, None, None] + uw                 # (P,F,1,WX)
+        inbox = ((yw < xp.asarray(bh)[:, None, None, None])
+                 & (cols >= xp.asarray(bx0)[:, None, None, None])
+                 & (cols < xp.asarray(bx1)[:, None, None, None]))
+        iy = rows - ctx.y0
+        ix = cols - ctx.x0
+        inimg = (iy >= 0) & (iy < ctx.shape[0]) & (ix >= 0) & (ix < ctx.shape[1])
+        inwin = inbox & inimg
+        iyc = xp.clip(iy, 0, ctx.shape[0] - 1)
+        ixc = xp.clip(ix, 0, ctx.shape[1] - 1)
+        Ww = xp.where(inwin, ctx.ivar[iyc, ixc], 0.0).reshape(P, F, Q)
+        Pw = xp.where(inwin, ctx.image[iyc, ixc], 0.0).reshape(P, F, Q)
+
+    with nvtx_range("extract:normal"):
+        AW = A0 * Ww[..., None]                                    # (P,F,Q,NW)
+        AWt = xp.swapaxes(AW, -1, -2)
+        Mb = xp.matmul(AWt, A).reshape(P, F, NW, ND, NW)
+        bvec = xp.matmul(AWt, Pw[..., None])[..., 0]              # (P,F,NW)
+        fw = AW.sum(axis=2)                                        # (P,F,NW)
+        n = F * NW
+        M = xp.zeros((P, n, n))
+        for f in range(F):
+            for d in range(ND):
+                gg = f + d
+                if gg >= F:
+                    break
+                blk = Mb[:, f, :, d, :]
+                M[:, f * NW:(f + 1) * NW, gg * NW:(gg + 1) * NW] = blk
+                if d > 0:
+                    M[:, gg * NW:(gg + 1) * NW, f * NW:(f + 1) * NW] = xp.swapaxes(blk, -1, -2)
+        validu = xp.asarray((np.arange(F)[None, :, None] < nf[:, None, None])
+                            & (np.arange(NW)[None, None, :] < nw[:, None, None])).reshape(P, n)
+        regularize_normal(M, fw.reshape(P, n), validu, ctx.regularize)
+
+    with nvtx_range("extract:solve"):
+        C = spd_inverse(M)
+        xflux = xp.matmul(C, bvec.reshape(P, n, 1))[..., 0]       # deconvolved flux
+        Cb = xp.diagonal(C.reshape(P, F, NW, F, NW), axis1=1, axis2=3)   # (P,NW,NW,F)
+        Cb = xp.ascontiguousarray(xp.moveaxis(Cb, -1, 1))                # (P,F,NW,NW)
+        R, ivar = decorrelate(Cb)
+        x3 = xflux.reshape(P, F, NW)
+        flux = xp.matmul(R, x3[..., None])[..., 0]
+        h = ctx.ndiag
+        jj = xp.arange(NW)
+        ri = jj[None, :] - h + xp.arange(2 * h + 1)[:, None]           # (2h+1, NW)
+        rok = (ri >= 0) & (ri < NW)
+        rd = R[:, :, xp.clip(ri, 0, NW - 1), jj[None, :]] * rok        # (P,F,2h+1,NW)
+
+    with nvtx_range("extract:chi2"):
+        m_own = xp.matmul(A0, x3[..., None])[..., 0]                    # (P,F,Q)
+        # full model in each fiber window: own + neighbours' own-window models
+        e_ = np.arange(-(ND - 1), ND)
+        gidx = np.arange(F)[None, :, None] + e_[None, None, :]          # (1,F,E)
+        gok = (gidx >= 0) & (gidx < nf[:, None, None])
+        gcl = np.clip(gidx, 0, F - 1)
+        shift = np.where(gok, xw[:, :, None] - np.take_along_axis(
+            xw, np.broadcast_to(gcl, (P, F, e_.size)).reshape(P, -1), axis=1).reshape(P, F, -1), 0)
+        gbase = (np.arange(P)[:, None, None] * F + gcl) * Q             # (P,F,E)
+        uu2 = xp.asarray(shift)[..., None, None] + uw                     # (P,F,E,1,WX)
+        ok2 = xp.asarray(gok)[..., None, None] & (uu2 >= 0) & (uu2 < WX)
+        idx2 = xp.asarray(gbase)[..., None, None] + yw * WX + uu2        # (P,F,E,WY,WX)
+        msize = P * F * Q
+        idx2 = xp.where(ok2, idx2, msize)
+        mext = xp.concatenate([m_own.reshape(-1), xp.zeros(1)])
+        mwin = mext[idx2].sum(axis=2).reshape(P, F, Q)
+        good = Ww > 0
+        tot = xp.where(good, 1.0 / ((mwin * ctx.psferr + 1e-32) ** 2
+                                    + 1.0 / xp.where(good, Ww, 1.0)), 0.0)
+        chi2 = (Pw - mwin) ** 2 * tot
+        A0t = xp.swapaxes(A0, -1, -2)
+        num = xp.matmul(A0t, chi2[..., None])[..., 0]
+        psfw = xp.matmul(A0t, (tot > 0).astype(A0.dtype)[..., None])[..., 0]
+        bad = psfw == 0
+        chi2pix = xp.where(bad, 0.0, num / xp.where(bad, 1.0, psfw))
+        pixmask = 1.0 - xp.matmul(A0t, good.astype(A0.dtype)[..., None])[..., 0]
+
+    boxmodel = None
+    if ctx.model:
+        BW = int(max(bx1 - bx0))
+        bsize = P * WY * BW
+        box = xp.zeros(bsize + 1)
+        for f in range(F):
+            colb = xp.asarray(xw[:, f] - bx0)[:, None, None] + uw       # (P,1,WX)
+            okb = ((colb >= 0) & (colb < xp.asarray(bx1 - bx0)[:, None, None])
+                   & (yw < xp.asarray(bh)[:, None, None]) & xp.asarray(f < nf)[:, None, None])
+            idxb = (xp.arange(P)[:, None, None] * WY + yw) * BW + colb
+            idxb = xp.where(okb, idxb, bsize).reshape(-1)
+            box[idxb] += m_own[:, f].reshape(-1)
+        boxmodel = box[:bsize].reshape(P, WY, BW)
+
+    return dict(flux=flux, ivar=ivar, rd=rd, chi2pix=chi2pix, pixmask=pixmask,
+                boxmodel=boxmodel, F=F, NW=NW)
+
+
+def _chunks(patches, per_patch_bytes, budget):
+    n = max(1, int(budget // max(per_patch_bytes, 1)))
+    for i in range(0, len(patches), n):
+        yield patches[i:i + n]
+
+
+@nvtx_range("extract:bundle")
+def _extract_range(ctx: _Context, b0: int, b1: int, modelimage=None):
+    """Extract fibers [b0, b1) as one bundle; returns device arrays (nb, nwave, ...)."""
+    xp = ctx.xp
+    psf = ctx.psf
+    nwave = ctx.wave.size
+    patches = plan_bundle(psf, ctx.wave, b0, b1, nsubbundles=ctx.nsubbundles,
+                          nwavestep=ctx.nwavestep, pixpad_frac=ctx.pixpad_frac,
+                          wavepad_frac=ctx.wavepad_frac, ndiag=ctx.ndiag,
+                          image_box=ctx.image_box)
+    kmin = min(p.kfirst for p in patches)
+    kmax = max(p.kfirst + p.nwave for p in patches)
+    wave_ext = ctx.wave[0] + np.arange(kmin, kmax) * ctx.dw
+    with nvtx_range("extract:spots"):
+        xc_d, yc_d, stamps = psf.spots(np.arange(b0, b1), wave_ext, xp=xp)
+        xc = _backend.to_host(xc_d).astype(np.int64)
+        yc = _backend.to_host(yc_d).astype(np.int64)
+    nb = b1 - b0
+    out = _empty_results(xp, nb, nwave, ctx.ndiag)
+    nys, nxs = stamps.shape[-2:]
+    # memory per patch of the dominant array A[p, f, pixel, d, λ] (rough upper bound)
+    F = max(p.nspec for p in patches)
+    NW = max(p.nwave for p in patches)
+    WY = max(p.box[3] - p.box[2] for p in patches)
+    per_patch = 8 * F * WY * (nxs + 4) * 3 * NW * 3
+    for chunk in _chunks(patches, per_patch, ctx.chunk_bytes):
+        res = _solve_chunk(ctx, chunk, b0, kmin, xc, yc, stamps)
+        Fc, NWc = res["F"], res["NW"]
+        # ---- host index lists of the kept core bins, then one scatter per output
+        src, dst = [], []
+        for i, p in enumerate(chunk):
+            for f in np.nonzero(p.keep)[0]:
+                j = np.arange(p.nlo, p.nlo + p.nout)
+                src.append((i * Fc + f) * NWc + j)
+                dst.append((p.speclo - b0 + f) * nwave + p.iwave + np.arange(p.nout))
+        src = xp.asarray(np.concatenate(src))
+        dst = xp.asarray(np.concatenate(dst))
+        out["flux"].reshape(-1)[dst] = res["flux"].reshape(-1)[src]
+        out["ivar"].reshape(-1)[dst] = res["ivar"].reshape(-1)[src]
+        out["chi2pix"].reshape(-1)[dst] = res["chi2pix"].reshape(-1)[src]
+        out["pixmask_fraction"].reshape(-1)[dst] = res["pixmask"].reshape(-1)[src]
+        rd = xp.moveaxis(res["rd"], 2, -1).reshape(-1, 2 * ctx.ndiag + 1)
+        out["rdata"].reshape(-1, 2 * ctx.ndiag + 1)[dst] = rd[src]
+        if modelimage is not None:
+            bm = res["boxmodel"]
+            for i, p in enumerate(chunk):  # specter order: later patches overwrite
+                x0, x1, y0, y1 = p.box
+                modelimage[y0 - ctx.y0:y1 - ctx.y0, x0 - ctx.x0:x1 - ctx.x0] = \
+                    bm[i, :y1 - y0, :x1 - x0]
+    return out
+
+
+def _finish(ctx: _Context, results, specmin, meta=None, modelimage=None) -> Frame:
+    xp = ctx.xp
+    flux = xp.concatenate([r["flux"] for r in results]) / ctx.dw
+    ivar = xp.concatenate([r["ivar"] for r in results]) * ctx.dw ** 2
+    rdata = xp.concatenate([r["rdata"] for r in results])
+    chi2pix = xp.concatenate([r["chi2pix"] for r in results])
+    pixmask = xp.concatenate([r["pixmask_fraction"] for r in results])
+    mask = xp.zeros(flux.shape, dtype=xp.int32)
+    mask |= xp.where(pixmask > 0.5, specmask.SOMEBADPIX, 0).astype(xp.int32)
+    mask |= xp.where(pixmask == 1.0, specmask.ALLBADPIX, 0).astype(xp.int32)
+    mask |= xp.where(chi2pix > BAD2DFIT_CHI2, specmask.BAD2DFIT, 0).astype(xp.int32)
+    h = _backend.to_host
+    m = dict(meta or {})
+    m["SPECMIN"] = int(specmin)
+    m["NSPEC"] = int(flux.shape[0])
+    m.setdefault("BUNIT", "electron/Angstrom")
+    return Frame(wave=ctx.wave.copy(), flux=h(flux), ivar=h(ivar), mask=h(mask),
+                 resolution_data=np.ascontiguousarray(np.moveaxis(h(rdata), -1, 1)),
+                 chi2pix=h(chi2pix), meta=m, pixmask_fraction=h(pixmask),
+                 modelimage=None if modelimage is None else h(modelimage))
+
+
+def _make_context(image, ivar, psf, wave, kw):
+    return _Context(image, ivar, psf, wave, **kw)
+
+
+def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=25,
+                  nsubbundles=5, nwavestep=50, wavepad_frac=0.2, pixpad_frac=0.8,
+                  regularize=0.0, psferr=None, xyorigin=None, xyrange=None, model=False,
+                  full_output=None, backend="auto", chunk_mb=None, meta=None) -> Frame:
+    """Spectroperfectionism extraction of fibers ``[specmin, specmin + nspec)``.
+
+    Parameters
+    ----------
+    image, ivar : array (ny, nx)
+        Pixels (electrons) and inverse variance (0 where masked); numpy or cupy, any
+        byte order. A sub-image is allowed: give its CCD origin with ``xyorigin`` or
+        ``xyrange``.
+    psf : GaussHermitePSF
+    wave : array (nwave,)
+        Linear wavelength grid, Å.
+    specmin : int
+        First fiber (index into the PSF).
+    nspec : int, optional
+        Number of fibers (default: to the end of the PSF).
+    bundlesize : int
+        Fibers per bundle, counted from ``specmin`` as in specter (25 for DESI).
+    nsubbundles, nwavestep, wavepad_frac, pixpad_frac, regularize
+        specter ``ex2d`` settings (``wavesize`` = ``nwavestep``).
+    psferr : float, optional
+        Fractional PSF model error for chi2pix (default ``psf.psferr``, else 0.01).
+    xyorigin : (x0, y0), optional
+        CCD coordinates of ``image[0, 0]``.
+    xyrange : (xmin, xmax, ymin, ymax), optional
+        specter's form: the image is the CCD cut-out ``[ymin:ymax, xmin:xmax]``.
+    model : bool
+        Also return the model image (specter's: each patch's ``A·f`` over its pixel
+        box, later patches overwriting earlier ones).
+    full_output : bool, optional
+        Alias of ``model`` (specter's name).
+    backend : {"auto", "numpy", "cupy"}
+    chunk_mb : float, optional
+        Memory budget of one batch of patches (default 64 MB on CPU, 2 GB on GPU).
+    meta : dict, optional
+        Header keywords copied to the frame.
+
+    Returns
+    -------
+    Frame
+        flux (electron/Å), ivar, mask (SOMEBADPIX where more than half of a bin's PSF
+        weight falls on masked pixels, ALLBADPIX where all does, BAD2DFIT where
+        chi2pix > 100), resolution_data (nspec, 2·ndiag+1, nwave), chi2pix,
+        pixmask_fraction and optionally modelimage. Host (numpy) arrays.
+
+    Backends: numpy, cupy.
+    """
+    if full_output is not None:
+        model = model or bool(full_output)
+    if nspec is None:
+        nspec = psf.nspec - specmin
+    if specmin < 0 or nspec <= 0 or specmin + nspec > psf.nspec:
+        raise InputError(f"fibers {specmin}..{specmin + nspec - 1} are outside the PSF's "
+                         f"0..{psf.nspec - 1}")
+    ctx = _make_context(image, ivar, psf, wave, dict(
+        nsubbundles=nsubbundles, nwavestep=nwavestep, wavepad_frac=wavepad_frac,
+        pixpad_frac=pixpad_frac, regularize=regularize, psferr=psferr, xyorigin=xyorigin,
+        xyrange=xyrange, model=model, backend=backend, chunk_mb=chunk_mb))
+    modelimage = ctx.xp.zeros(ctx.shape) if model else None
+    results = []
+    with nvtx_range("extract:frame"):
+        for b0 in range(specmin, specmin + nspec, bundlesize):
+            b1 = min(b0 + bundlesize, specmin + nspec)
+            results.append(_extract_range(ctx, b0, b1, modelimage))
+        return _finish(ctx, results, specmin, meta, modelimage)
+
+
+def extract_bundle(image, ivar, psf, wave, bundle, *, bundlesize=25, **kwargs) -> Frame:
+    """Extract one bundle: fibers ``[bundle·bundlesize, (bundle+1)·bundlesize)``.
+
+    The unit of work the launcher distributes; the result is a partial frame with
+    ``SPECMIN``/``NSPEC`` set (merge with :func:`gpuspec.extract.merge_frames`).
+    Keyword arguments are those of :func:`extract_frame`.
+
+    Backends: numpy, cupy.
+    """
+    b0 = int(bundle) * int(bundlesize)
+    if b0 < 0 or b0 >= psf.nspec:
+        raise InputError(f"bundle {bundle} (bundlesize {bundlesize}) is outside the PSF's "
+                         f"{psf.nspec} fibers")
+    nspec = min(int(bundlesize), psf.nspec - b0)
+    return extract_frame(image, ivar, psf, wave, b0, nspec, bundlesize=bundlesize, **kwargs)
