@@ -18,3 +18,7 @@ from .decorrelate import decorrelate  # noqa: F401,E402
 from .spectroperf import coadd_spectroperf, spectroperf_resample  # noqa: F401,E402
 
 __all__ += ["decorrelate", "coadd_spectroperf", "spectroperf_resample"]
+from .cameras import coadd_cameras  # noqa: F401,E402
+from .group import coadd_file, group_frames  # noqa: F401,E402
+
+__all__ += ["coadd_cameras", "coadd_file", "group_frames"]

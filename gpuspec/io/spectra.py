@@ -37,6 +37,7 @@ __all__ = ["read_spectra", "write_spectra"]
 
 _BAND_RE = re.compile(r"^([A-Z]+)_(WAVELENGTH|WAVE|FLUX|IVAR|MASK|RESOLUTION)$")
 _TABLES = ("FIBERMAP", "EXP_FIBERMAP", "SCORES")
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "EXTNAME", "CHECKSUM", "DATASUM"}
 
 
 def _extname(h) -> str:
@@ -72,7 +73,8 @@ def read_spectra(path) -> Spectra:
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
-        meta = fitsheader_to_dict(fx[0].read_header())
+        meta = {k: v for k, v in fitsheader_to_dict(fx[0].read_header()).items()
+                if k not in _STRUCTURAL}
         names = [_extname(h) for h in fx]
         data: dict[str, dict[str, np.ndarray]] = {}
         order: list[str] = []

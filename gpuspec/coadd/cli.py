@@ -1,0 +1,62 @@
+"""``gpuspec group`` and ``gpuspec coadd`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser"]
+
+
+def _group(args) -> int:
+    from .group import group_frames
+
+    files = group_frames(args.infiles, args.outdir, nside=args.nside, survey=args.survey,
+                         program=args.program)
+    for f in files:
+        print(f)
+    return 0
+
+
+def _coadd(args) -> int:
+    from .group import coadd_file
+
+    backend = "numpy" if args.no_gpu else "auto"
+    coadd_file(args.infile, args.outfile, spectroperf=args.spectroperf, lin_step=args.lin_step,
+               wave_min=args.wave_min, wave_max=args.wave_max,
+               coadd_cameras=args.coadd_cameras, cosmics_nsig=args.nsig,
+               no_normalize=args.no_normalize, backend=backend)
+    print(args.outfile)
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``group`` and ``coadd`` to the ``gpuspec`` command."""
+    g = subparsers.add_parser("group", help="regroup frames into per-HEALPix spectra files",
+                              description="Regroup frames into spectra-SURVEY-PROGRAM-PIXEL.fits "
+                                          "files (HEALPix NESTED on TARGET_RA/DEC).")
+    g.add_argument("-i", "--infiles", nargs="+", required=True, metavar="FRAME",
+                   help="frame files")
+    g.add_argument("-o", "--outdir", required=True, help="output folder")
+    g.add_argument("--nside", type=int, default=64, help="HEALPix nside (default 64)")
+    g.add_argument("--survey", default="main")
+    g.add_argument("--program", default="dark")
+    g.set_defaults(func=_group)
+
+    c = subparsers.add_parser("coadd", help="coadd a spectra file",
+                              description="Coadd the exposures of each target (plain ivar-"
+                                          "weighted, or spectroperfectionism with --spectroperf).")
+    c.add_argument("-i", "--infile", required=True, metavar="SPECTRA")
+    c.add_argument("-o", "--outfile", required=True, metavar="COADD")
+    c.add_argument("--spectroperf", action="store_true",
+                   help="decorrelated spectroperfectionism coadd (one spectrum per target)")
+    c.add_argument("--lin-step", type=float, default=None, metavar="DW",
+                   help="linear output grid step in Angstrom")
+    c.add_argument("--wave-min", type=float, default=None, metavar="W")
+    c.add_argument("--wave-max", type=float, default=None, metavar="W")
+    c.add_argument("--coadd-cameras", action="store_true", help="also combine b,r,z into brz")
+    c.add_argument("--nsig", type=float, default=None, help="cosmic rejection nsigma (default 4)")
+    c.add_argument("--no-normalize", action="store_true",
+                   help="no per-exposure normalisation")
+    c.add_argument("--no-gpu", action="store_true", help="run on the CPU (numpy)")
+    c.set_defaults(func=_coadd)
+    return c

@@ -1,0 +1,221 @@
+"""HEALPix regrouping of frames into spectra files, and the file-level coadd step.
+
+:func:`group_frames` reads frames (any cameras, any exposures), assigns every
+fiber to the HEALPix pixel of its TARGET_RA/TARGET_DEC (healpy, NESTED, default
+nside 64, as desispec) and writes one ``spectra-{SURVEY}-{PROGRAM}-{HPXPIXEL}.fits``
+per pixel in the desispec spectra layout: one row per (exposure, fiber) and one
+band per camera arm.
+
+:func:`coadd_file` reads a spectra file, coadds it (plain or
+spectroperfectionism) and writes the coadd file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ..errors import InputError
+from ..profiling import nvtx_range
+from ..spectra import Spectra
+
+__all__ = ["group_frames", "coadd_file", "healpix_pixels"]
+
+log = logging.getLogger(__name__)
+
+_EXPCOLS = (("NIGHT", "i4"), ("EXPID", "i4"), ("TILEID", "i4"), ("MJD", "f8"),
+            ("EXPTIME", "f4"))
+
+
+def healpix_pixels(ra, dec, nside: int = 64):
+    """NESTED HEALPix pixel of each (RA, Dec) in degrees."""
+    import healpy
+
+    return healpy.ang2pix(int(nside), np.asarray(ra, float), np.asarray(dec, float),
+                          nest=True, lonlat=True)
+
+
+def _with_exposure_columns(fm, meta):
+    """Fibermap with NIGHT/EXPID/TILEID/MJD/EXPTIME filled from the frame header when absent."""
+    names = fm.dtype.names
+    add = [(c, t) for c, t in _EXPCOLS if c not in names]
+    if not add:
+        return fm
+    out = np.zeros(len(fm), dtype=fm.dtype.descr + list(add))
+    for c in names:
+        out[c] = fm[c]
+    for c, _ in add:
+        key = "MJD-OBS" if c == "MJD" and "MJD" not in meta else c
+        out[c] = meta.get(key, -1)
+    return out
+
+
+def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
+                 program: str = "dark") -> list[str]:
+    """Regroup frames into per-HEALPix spectra files.
+
+    Parameters
+    ----------
+    framefiles : list of str
+        Frame files (``gpuspec.io.read_frame``), any mix of cameras and exposures.
+        All frames of one camera arm must share a wavelength grid.
+    outdir : str
+        Output folder (created).
+    nside : int
+        HEALPix nside (NESTED).
+    survey, program : str
+        Used in the file names and headers.
+
+    Returns
+    -------
+    list of str
+        Written files, sorted by pixel.
+
+    Raises
+    ------
+    InputError
+        A frame without CAMERA or FIBERMAP, or inconsistent grids of one arm.
+    """
+    from ..io import read_frame
+    from ..io.spectra import write_spectra
+
+    frames = []
+    with nvtx_range("group.read"):
+        for f in framefiles:
+            fr = read_frame(f)
+            cam = str(fr.meta.get("CAMERA", "")).strip().lower()
+            if not cam:
+                raise InputError("frame has no CAMERA keyword", path=f, hdu="FLUX",
+                                 keyword="CAMERA")
+            if fr.fibermap is None:
+                raise InputError("frame has no FIBERMAP", path=f, hdu="FIBERMAP")
+            frames.append((f, cam[0], fr))
+    bands = [b for b in "brz" if any(x[1] == b for x in frames)] + \
+        sorted({x[1] for x in frames} - set("brz"))
+    waves = {}
+    for f, b, fr in frames:
+        if b not in waves:
+            waves[b] = fr.wave
+        elif fr.wave.shape != waves[b].shape or np.any(np.abs(fr.wave - waves[b]) > 1e-4):
+            raise InputError(f"wavelength grid differs from other {b!r} frames", path=f,
+                             hdu="WAVELENGTH")
+    # rows: unique (NIGHT, EXPID, FIBER)
+    keys = {}
+    fmrows = []
+    for f, b, fr in frames:
+        fm = _with_exposure_columns(fr.fibermap, fr.meta)
+        for i in range(len(fm)):
+            k = (int(fm["EXPID"][i]), int(fm["NIGHT"][i]), int(fm["FIBER"][i]) if "FIBER" in
+                 fm.dtype.names else i)
+            if k not in keys:
+                keys[k] = len(keys)
+                fmrows.append(fm[i:i + 1])
+    nrow = len(keys)
+    dts = [r.dtype for r in fmrows]
+    base = max(dts, key=lambda d: len(d.names))
+    fmap = np.zeros(nrow, dtype=base)
+    for j, r in enumerate(fmrows):
+        for c in r.dtype.names:
+            if c in base.names:
+                fmap[c][j] = r[c][0]
+    flux = {b: np.zeros((nrow, waves[b].size)) for b in bands}
+    ivar = {b: np.zeros((nrow, waves[b].size)) for b in bands}
+    mask = {b: np.zeros((nrow, waves[b].size), np.int32) for b in bands}
+    ndiag = {b: max((fr.resolution_data.shape[1] for _, bb, fr in frames
+                     if bb == b and fr.resolution_data is not None), default=1) for b in bands}
+    res = {b: np.zeros((nrow, ndiag[b], waves[b].size)) for b in bands}
+    from ..maskbits import specmask
+    for b in bands:
+        mask[b][:] = specmask.NODATA
+    for f, b, fr in frames:
+        fm = _with_exposure_columns(fr.fibermap, fr.meta)
+        idx = np.array([keys[(int(fm["EXPID"][i]), int(fm["NIGHT"][i]),
+                              int(fm["FIBER"][i]) if "FIBER" in fm.dtype.names else i)]
+                        for i in range(len(fm))])
+        flux[b][idx] = fr.flux
+        ivar[b][idx] = fr.ivar
+        mask[b][idx] = fr.mask
+        if fr.resolution_data is not None:
+            nd = fr.resolution_data.shape[1]
+            off = (ndiag[b] - nd) // 2
+            res[b][idx, off:off + nd] = fr.resolution_data
+    ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])
+    pix = np.full(nrow, -1)
+    pix[ok] = healpix_pixels(fmap["TARGET_RA"][ok], fmap["TARGET_DEC"][ok], nside)
+    os.makedirs(outdir, exist_ok=True)
+    written = []
+    with nvtx_range("group.write"):
+        for p in np.unique(pix[pix >= 0]):
+            rows = np.nonzero(pix == p)[0]
+            meta = {"SPGRP": "healpix", "SPGRPVAL": int(p), "HPXPIXEL": int(p),
+                    "HPXNSIDE": int(nside), "HPXNEST": True, "SURVEY": survey,
+                    "PROGRAM": program}
+            sp = Spectra(bands=list(bands), wave={b: waves[b] for b in bands},
+                         flux={b: flux[b][rows] for b in bands},
+                         ivar={b: ivar[b][rows] for b in bands},
+                         mask={b: mask[b][rows] for b in bands},
+                         resolution_data={b: res[b][rows] for b in bands},
+                         fibermap=fmap[rows], meta=meta)
+            path = os.path.join(outdir, f"spectra-{survey}-{program}-{int(p)}.fits")
+            written.append(write_spectra(path, sp))
+    log.info("wrote %d spectra files from %d frames", len(written), len(frames))
+    return written
+
+
+def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: float | None = None,
+               wave_min: float | None = None, wave_max: float | None = None,
+               coadd_cameras: bool = False, cosmics_nsig: float | None = None,
+               no_normalize: bool = False, backend="auto") -> str:
+    """Coadd a spectra file and write the coadd (desispec layout).
+
+    Parameters
+    ----------
+    spectrafile, outfile : str
+    spectroperf : bool
+        Spectroperfectionism coadd (one decorrelated spectrum per target on a
+        common grid) instead of the plain per-band coadd.
+    lin_step : float, optional
+        Output grid step (Å) of a linear grid from ``wave_min`` to ``wave_max``
+        (defaults: the input range). With the plain coadd the per-band coadds are
+        then spectroperf-resampled onto that grid.
+    coadd_cameras : bool
+        Plain coadd only: also combine the bands (b, r, z → brz).
+    cosmics_nsig, no_normalize : see :func:`gpuspec.coadd.coadd`.
+    backend : {"auto", "numpy", "cupy"}
+
+    Returns
+    -------
+    str
+        ``outfile``.
+    """
+    from ..io.spectra import read_spectra, write_spectra
+    from .cameras import coadd_cameras as _cameras
+    from .plain import coadd
+    from .spectroperf import coadd_spectroperf, spectroperf_resample
+
+    sp = read_spectra(spectrafile)
+    onetile = "TILEID" in sp.fibermap.dtype.names and len(np.unique(sp.fibermap["TILEID"])) == 1
+    wave_out = None
+    if lin_step is not None:
+        lo = min(float(np.min(sp.wave[b])) for b in sp.bands) if wave_min is None else wave_min
+        hi = max(float(np.max(sp.wave[b])) for b in sp.bands) if wave_max is None else wave_max
+        n = int(np.floor((hi - lo) / lin_step + 1e-6)) + 1
+        wave_out = lo + lin_step * np.arange(n)
+    elif wave_min is not None or wave_max is not None:
+        raise InputError("--wave-min/--wave-max need --lin-step", path=spectrafile)
+    if spectroperf:
+        out = coadd_spectroperf(sp, wave_out, onetile=onetile, backend=backend)
+    else:
+        out = coadd(sp, cosmics_nsig=cosmics_nsig, onetile=onetile, no_normalize=no_normalize,
+                    backend=backend)
+        if wave_out is not None:
+            r = spectroperf_resample(out, wave_out, backend=backend)
+            r.fibermap, r.exp_fibermap, r.scores = out.fibermap, out.exp_fibermap, out.scores
+            out = r
+        elif coadd_cameras:
+            out = _cameras(out, backend=backend)
+    out.meta = dict(sp.meta)
+    out.meta["COADDTYP"] = "spectroperf" if spectroperf else "plain"
+    return write_spectra(outfile, out)
