@@ -1,7 +1,8 @@
 """SDSS-style cosmic-ray rejection on a preprocessed image (desispec behaviour), through ``xp``.
 
-Every step is an array expression over the whole image (shifted views for the
-neighbours), so it runs on the GPU without copying pixels to the host:
+Every step is an array expression (candidate pixels gathered by flat index,
+neighbours read at fixed offsets), so it runs on the GPU without copying pixels
+to the host:
 
 1. Candidates: ``pix·sqrt(ivar) > nsig`` with ``ivar`` zeroed where the mask is set.
 2. For each candidate not on the image border, and each of four axes
@@ -63,15 +64,14 @@ def psf_gradients(camera: str) -> tuple:
     return PSF_GRADIENTS[band]
 
 
-def _shift(a, dy: int, dx: int):
-    """View of ``a`` at offset (dy, dx) relative to the interior ``a[1:-1, 1:-1]``."""
-    ny, nx = a.shape
-    return a[1 + dy:ny - 1 + dy, 1 + dx:nx - 1 + dx]
-
-
 def reject_single_pass(pix, ivar, selection, gradients, nsig: float, cfudge: float,
                        c2fudge: float):
     """One pass of the SDSS criteria on the selected pixels.
+
+    Only the candidates are evaluated: their flat indices are gathered once (one
+    ``nonzero``, i.e. one size synchronisation on a GPU) and the eight neighbours
+    are read at fixed index offsets, so the cost scales with the number of
+    candidates, not with the image size.
 
     Parameters
     ----------
@@ -90,33 +90,40 @@ def reject_single_pass(pix, ivar, selection, gradients, nsig: float, cfudge: flo
     """
     xp = get_array_module(pix)
     ny, nx = pix.shape
-    rejected = xp.zeros((ny, nx), dtype=bool)
+    rejected = xp.zeros(ny * nx, dtype=bool)
     if ny < 3 or nx < 3:
-        return rejected
-    c = pix[1:-1, 1:-1]
-    civ = ivar[1:-1, 1:-1]
-    ok = selection[1:-1, 1:-1] & (civ > 0)
-    cerr = 1.0 / xp.sqrt(xp.where(civ > 0, civ, 1.0))
+        return rejected.reshape(ny, nx)
+    inner = xp.zeros((ny, nx), dtype=bool)
+    inner[1:-1, 1:-1] = selection[1:-1, 1:-1] & (ivar[1:-1, 1:-1] > 0)
+    idx = xp.flatnonzero(inner)
+    if idx.size == 0:
+        return rejected.reshape(ny, nx)
+    p = pix.reshape(-1)
+    v = ivar.reshape(-1)
+    c = p[idx]
+    cerr = 1.0 / xp.sqrt(v[idx])
     cvar = cerr ** 2
-    first = xp.zeros(c.shape, dtype=xp.int8)
-    second = xp.zeros(c.shape, dtype=bool)
+    first = xp.zeros(idx.shape, dtype=xp.int8)
+    second = xp.zeros(idx.shape, dtype=bool)
     for a, (dy, dx) in enumerate(_AXES):
+        off = dy * nx + dx
         val = None
         var = None
         for sgn in (-1, 1):
-            p = _shift(pix, sgn * dy, sgn * dx)
-            iv = _shift(ivar, sgn * dy, sgn * dx)
+            j = idx + sgn * off
+            pn = p[j]
+            iv = v[j]
             good = iv > 0
-            v = xp.where(good, p, c)
-            e = xp.where(good, 1.0 / xp.where(good, iv, 1.0), cvar)
-            val = v if val is None else val + v
-            var = e if var is None else var + e
+            vn = xp.where(good, pn, c)
+            en = xp.where(good, 1.0 / xp.where(good, iv, 1.0), cvar)
+            val = vn if val is None else val + vn
+            var = en if var is None else var + en
         val = val * 0.5
         err = xp.sqrt(var) * 0.5
         first += (c > val + nsig * cerr)
         second |= ((c - cfudge * cerr) * c2fudge * gradients[a]) > (val + cfudge * err)
-    rejected[1:-1, 1:-1] = ok & (first >= 2) & second
-    return rejected
+    rejected[idx] = (first >= 2) & second
+    return rejected.reshape(ny, nx)
 
 
 def reject_cosmic_rays(pix, ivar, mask, camera: str, nsig: float = NSIG, cfudge: float = CFUDGE,

@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""Benchmark of gpuspec preproc on a full-size DESI-like raw camera, numpy against cupy.
+
+A raw camera is synthesised here (4 amps, trimmed 4128 x 4114 pixels, 7 prescan
+and 64 overscan columns, 32 overscan rows per amp, sky + 500 fibre traces +
+cosmic rays + bias structure + read noise, integer ADU), with a master bias,
+dark rate, pixflat and bad-pixel mask of the right shapes.
+
+Timed, per backend (warm-up runs, then the median of N runs; the device is
+synchronised before each clock read):
+
+- ``preproc_full``: preproc with all calibrations and cosmic-ray rejection
+  (host → device upload of the raw image included, result left on the device);
+- ``preproc_nocosmic``: the same without cosmic-ray rejection;
+- ``cosmics``: cosmic-ray rejection alone on the preprocessed image.
+
+Writes ``perf/results/preproc-<host>-<backend>.json`` with the machine, the
+device name, library versions and the git commit.
+
+Usage::
+
+    python perf/bench_preproc.py [--backends numpy,cupy] [--repeat 5] [--warmup 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from gpuspec import __version__, backend  # noqa: E402
+from gpuspec.preproc import preproc, reject_cosmic_rays  # noqa: E402
+
+NDY, NDX = 2064, 2057        # data rows/columns per amp -> trimmed 4128 x 4114
+NPRE, NOV, NOVR = 7, 64, 32  # prescan cols, overscan cols, overscan rows per amp
+
+
+def synth_camera(seed: int = 42, camera: str = "r3"):
+    """A full-size raw camera: (raw int32, header, primary, calibrations dict)."""
+    rng = np.random.default_rng(seed)
+    ny_t, nx_t = 2 * NDY, 2 * NDX
+    # true signal in electrons: sky + 500 fibre traces with a smooth spectrum
+    y = np.arange(ny_t, dtype=np.float64)[:, None]
+    x = np.arange(nx_t, dtype=np.float64)
+    xc = 20 + np.arange(500) * (nx_t - 40) / 499.0
+    prof = np.zeros(nx_t)
+    for c in xc:
+        lo, hi = int(c) - 5, int(c) + 6
+        prof[lo:hi] += np.exp(-0.5 * ((x[lo:hi] - c) / 1.1) ** 2)
+    spec = 40 + 25 * np.sin(y / 97.0) ** 2
+    signal = 12.0 + spec * prof[None, :]
+    exptime = 900.0
+    dark_rate = np.full((ny_t, nx_t), 0.0015, np.float32)
+    hot = rng.integers(0, [ny_t, nx_t], size=(400, 2))
+    dark_rate[hot[:, 0], hot[:, 1]] = rng.uniform(0.05, 0.5, 400).astype(np.float32)
+    pixflat = (1 + 0.01 * rng.standard_normal((ny_t, nx_t))).astype(np.float32)
+    electrons = rng.poisson(signal + dark_rate * exptime).astype(np.float64) * pixflat
+    # cosmic rays: single hits and short tracks
+    for _ in range(3000):
+        yy, xx = rng.integers(2, ny_t - 12), rng.integers(2, nx_t - 12)
+        n = rng.integers(1, 9)
+        ang = rng.uniform(0, np.pi)
+        for k in range(n):
+            electrons[int(yy + k * np.sin(ang)), int(xx + k * np.cos(ang))] += rng.uniform(400, 4000)
+    mask = np.zeros((ny_t, nx_t), np.int32)
+    mask[:, 1500][1000:1800] = 1
+    # raw layout: [pre A][data A][ov A][ov B][data B][pre B], rows [A/B][orsec A/B][orsec C/D][C/D]
+    nx_r = 2 * (NPRE + NDX + NOV)
+    ny_r = 2 * (NDY + NOVR)
+    hdr = {"CAMERA": camera, "DETECTOR": "SIM", "EXPID": 1234, "NIGHT": 20250101,
+           "EXPTIME": exptime}
+    raw = np.zeros((ny_r, nx_r))
+    # fixed bias structure (the master bias sees it too, with its own small noise)
+    struct = 0.3 * rng.standard_normal((ny_r, nx_r))
+    bias = struct + 0.05 * rng.standard_normal((ny_r, nx_r))
+    gains = {"A": 1.55, "B": 1.62, "C": 1.48, "D": 1.7}
+    rdn = {"A": 3.1, "B": 2.9, "C": 3.3, "D": 3.0}
+    off = {"A": 1012.3, "B": 987.6, "C": 1104.9, "D": 1050.2}
+    for amp in "ABCD":
+        top = amp in "CD"
+        left = amp in "AC"
+        y0 = NDY + 2 * NOVR if top else 0
+        ry = slice(y0, y0 + NDY)
+        orow = slice(NDY + NOVR, NDY + 2 * NOVR) if top else slice(NDY, NDY + NOVR)
+        if left:
+            pre, data, ov = (slice(0, NPRE), slice(NPRE, NPRE + NDX),
+                             slice(NPRE + NDX, NPRE + NDX + NOV))
+        else:
+            ov = slice(nx_r // 2, nx_r // 2 + NOV)
+            data = slice(ov.stop, ov.stop + NDX)
+            pre = slice(data.stop, nx_r)
+        cy = slice(NDY, 2 * NDY) if top else slice(0, NDY)
+        cx = slice(0, NDX) if left else slice(NDX, 2 * NDX)
+        g = gains[amp]
+        full_rows = slice(min(ry.start, orow.start), max(ry.stop, orow.stop))
+        raw[ry, data] = electrons[cy, cx] / g
+        xs = slice(0, nx_r // 2) if left else slice(nx_r // 2, nx_r)
+        raw[full_rows, xs] += off[amp] + struct[full_rows, xs] + \
+            rng.normal(0, rdn[amp] / g, size=(full_rows.stop - full_rows.start, nx_r // 2))
+
+        def sec(ys, xs_):
+            return f"[{xs_.start + 1}:{xs_.stop},{ys.start + 1}:{ys.stop}]"
+
+        hdr.update({f"PRESEC{amp}": sec(ry, pre), f"DATASEC{amp}": sec(ry, data),
+                    f"BIASSEC{amp}": sec(ry, ov), f"ORSEC{amp}": sec(orow, data),
+                    f"CCDSEC{amp}": sec(cy, cx), f"GAIN{amp}": g, f"RDNOISE{amp}": rdn[amp],
+                    f"SATURLEV{amp}": 65000.0})
+    raw = np.clip(np.round(raw), 0, 65535).astype(np.int32)
+    prim = {"EXPID": 1234, "NIGHT": 20250101, "EXPTIME": exptime, "OBSTYPE": "SCIENCE"}
+    calib = {"bias": bias, "dark": dark_rate, "pixflat": pixflat, "mask": mask}
+    return raw, hdr, prim, calib
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
+                                       stderr=subprocess.DEVNULL).decode().strip()
+    except Exception:
+        return "unknown"
+
+
+def _versions(xp) -> dict:
+    import scipy
+
+    v = {"python": platform.python_version(), "numpy": np.__version__,
+         "scipy": scipy.__version__, "gpuspec": __version__}
+    if xp is not np:
+        v["cupy"] = xp.__version__
+        try:
+            v["cuda_runtime"] = xp.cuda.runtime.runtimeGetVersion()
+            v["cuda_driver"] = xp.cuda.runtime.driverGetVersion()
+        except Exception:
+            pass
+    return v
+
+
+def _time(fn, xp, warmup: int, repeat: int) -> dict:
+    for _ in range(warmup):
+        fn()
+        backend.synchronize(xp)
+    ts = []
+    for _ in range(repeat):
+        backend.synchronize(xp)
+        t0 = time.perf_counter()
+        fn()
+        backend.synchronize(xp)
+        ts.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+            "runs_s": ts, "repeat": repeat, "warmup": warmup}
+
+
+def bench(backend_name: str, warmup: int, repeat: int, data) -> dict:
+    xp = backend.get_xp(backend_name)
+    raw, hdr, prim, calib = data
+    cal_dev = {k: backend.to_device(v, xp) for k, v in calib.items()}
+    npix = 2 * NDY * 2 * NDX
+
+    def full():
+        return preproc(raw, hdr, prim, backend=backend_name, **cal_dev)
+
+    def nocosmic():
+        return preproc(raw, hdr, prim, backend=backend_name, cosmics=False, **cal_dev)
+
+    img = nocosmic()
+
+    def cosmics():
+        return reject_cosmic_rays(img.pix, img.ivar, img.mask, img.camera)
+
+    res = {}
+    for name, fn in (("preproc_full", full), ("preproc_nocosmic", nocosmic),
+                     ("cosmics", cosmics)):
+        r = _time(fn, xp, warmup, repeat)
+        r["mpix_per_s"] = npix / r["median_s"] / 1e6
+        res[name] = r
+        print(f"{backend_name:6s} {name:18s} median {r['median_s']:.3f} s "
+              f"({r['mpix_per_s']:.1f} Mpix/s)", flush=True)
+    ncos = int(backend.to_host(cosmics()).sum())
+    return {
+        "benchmark": "preproc",
+        "backend": backend_name,
+        "device": backend.device_name(xp),
+        "machine": {"host": socket.gethostname(), "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count()},
+        "versions": _versions(xp),
+        "git_commit": _git_commit(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "image": {"raw_shape": list(raw.shape), "trimmed_shape": [2 * NDY, 2 * NDX],
+                  "cosmic_pixels_flagged": ncos},
+        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
+                                                       "OPENBLAS_NUM_THREADS")},
+        "timings": res,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default=None,
+                   help="comma list (default: numpy, plus cupy when usable)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--outdir", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    names = args.backends.split(",") if args.backends else \
+        ["numpy"] + (["cupy"] if backend.resolve("auto") == "cupy" else [])
+    data = synth_camera()
+    os.makedirs(args.outdir, exist_ok=True)
+    host = socket.gethostname().split(".")[0]
+    for name in names:
+        out = bench(name, args.warmup, args.repeat, data)
+        fn = os.path.join(args.outdir, f"preproc-{host}-{name}.json")
+        with open(fn, "w") as f:
+            json.dump(out, f, indent=1)
+        print("wrote", fn)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
