@@ -1,0 +1,319 @@
+"""Orchestration: simulate a DESI-like night and write it in the documented layout.
+
+::
+
+    D/raw/{NIGHT}/{EXPID:08d}/desi-{EXPID:08d}.fits.fz       raw, one HDU per camera
+    D/raw/{NIGHT}/{EXPID:08d}/fibermap-{EXPID:08d}.fits      fibermap
+    D/calib/{bias,dark,pixflat,mask}-{camera}.fits           calibration images
+    D/psf/psf-{camera}.fits                                   Gauss–Hermite PSF per camera
+    D/truth/truth-{EXPID:08d}.fits                            true spectra per camera
+    D/simulation.json                                         parameters and files
+
+See ``docs/simulator.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .. import __version__, backend
+from ..camword import cameras_to_camword
+from ..errors import InputError
+from ..io.calib import write_bias, write_dark, write_mask, write_pixflat
+from ..io.fibermap import write_fibermap
+from ..io.raw import write_raw
+from ..io.util import atomic_output
+from ..psf import read_psf, write_psf
+from ..profiling import nvtx_range
+from .camera import setup_camera, simulate_exposure
+from .cameras import PRODUCTION_WAVE, WAVE_STEP, parse_cameras
+from .fibermap import make_fibermap
+from .geometry import AMPS
+from .psfs import camera_psf, default_template_path, load_template
+from .spectra import exposure_conditions, make_sky
+from .targets import Targets, Tile, make_targets
+from .truth import write_truth
+
+__all__ = ["simulate_night", "DEFAULT_NIGHT", "DEFAULT_EXPID0", "layout"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NIGHT = 20250115
+DEFAULT_EXPID0 = 100
+_OVERHEAD_S = 180.0  # seconds between exposures (readout, slew)
+
+
+def layout(outdir: str, night: int, expid: int | None = None, camera: str | None = None) -> dict:
+    """Paths of a simulated night (see the module docstring)."""
+    d = {"simulation": os.path.join(outdir, "simulation.json")}
+    if expid is not None:
+        e = f"{expid:08d}"
+        rawdir = os.path.join(outdir, "raw", str(night), e)
+        d["raw"] = os.path.join(rawdir, f"desi-{e}.fits.fz")
+        d["fibermap"] = os.path.join(rawdir, f"fibermap-{e}.fits")
+        d["truth"] = os.path.join(outdir, "truth", f"truth-{e}.fits")
+    if camera is not None:
+        for k in ("bias", "dark", "pixflat", "mask"):
+            d[k] = os.path.join(outdir, "calib", f"{k}-{camera}.fits")
+        d["psf"] = os.path.join(outdir, "psf", f"psf-{camera}.fits")
+    return d
+
+
+def _dateobs(night: int, index: int, exptime: float) -> tuple[str, float]:
+    """DATE-OBS (UTC, ISO) and MJD-OBS of exposure ``index`` of ``night``."""
+    try:
+        d = _dt.datetime.strptime(str(int(night)), "%Y%m%d")
+    except ValueError:
+        raise InputError(f"night must be YYYYMMDD, got {night!r}") from None
+    t = d + _dt.timedelta(days=1, hours=3) + _dt.timedelta(seconds=index * (exptime + _OVERHEAD_S))
+    mjd = (t - _dt.datetime(1858, 11, 17)).total_seconds() / 86400.0
+    return t.strftime("%Y-%m-%dT%H:%M:%S.000"), mjd
+
+
+def _wave_ranges(cameras, wave_ranges, psfs) -> dict:
+    out = {}
+    given = {}
+    if wave_ranges is not None:
+        if isinstance(wave_ranges, Mapping):
+            given = {str(k).lower(): v for k, v in wave_ranges.items()}
+        else:
+            lo, hi = wave_ranges
+            given = {b: (lo, hi) for b in "brz"}
+    for cam in cameras:
+        band = cam[0]
+        rng = given.get(cam, given.get(band, PRODUCTION_WAVE[band]))
+        try:
+            lo, hi = float(rng[0]), float(rng[1])
+        except Exception:
+            raise InputError(f"wavelength range for {cam} must be (wmin, wmax), got {rng!r}") \
+                from None
+        psf = psfs[band]
+        if not (psf.wmin <= lo < hi <= psf.wmax):
+            raise InputError(f"wavelength range {lo}-{hi} for camera {cam} must satisfy "
+                             f"{psf.wmin:.1f} <= wmin < wmax <= {psf.wmax:.1f} (PSF domain)")
+        out[cam] = (lo, hi)
+    return out
+
+
+def _targets_table(targets: dict[int, Targets], tile: Tile) -> np.ndarray:
+    rows = []
+    for p in sorted(targets):
+        t = targets[p]
+        a = np.zeros(t.nspec, dtype=[("FIBER", "i4"), ("PETAL_LOC", "i2"), ("TARGETID", "i8"),
+                                     ("TRUETYPE", "S3"), ("OBJTYPE", "S3"), ("TRUEZ", "f8"),
+                                     ("MAG_R", "f4"), ("FLUX_G", "f4"), ("FLUX_R", "f4"),
+                                     ("FLUX_Z", "f4"), ("FIBER_THRU", "f8")])
+        a["FIBER"] = t.fiber
+        a["PETAL_LOC"] = p
+        a["TARGETID"] = t.targetid(tile.tileid)
+        a["TRUETYPE"] = t.kind
+        a["OBJTYPE"] = np.where(t.kind == "SKY", "SKY", "TGT")
+        a["TRUEZ"] = t.z
+        a["MAG_R"] = t.mag_r
+        a["FLUX_G"], a["FLUX_R"], a["FLUX_Z"] = t.flux_g, t.flux_r, t.flux_z
+        a["FIBER_THRU"] = t.fiber_thru
+        rows.append(a)
+    return np.concatenate(rows)
+
+
+def _check(nspec, nexp, exptime, seed, expid0):
+    if not isinstance(nspec, (int, np.integer)) or nspec < 25 or nspec > 500 or nspec % 25:
+        raise InputError(f"nspec must be a multiple of 25 between 25 and 500, got {nspec!r}")
+    if int(nexp) < 1:
+        raise InputError(f"nexp must be >= 1, got {nexp!r}")
+    if not float(exptime) > 0:
+        raise InputError(f"exptime must be > 0 s, got {exptime!r}")
+    if int(seed) < 0:
+        raise InputError(f"seed must be >= 0, got {seed!r}")
+    if int(expid0) < 0:
+        raise InputError(f"expid must be >= 0, got {expid0!r}")
+
+
+@nvtx_range("simulate_night")
+def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec: int = 50,
+                   nexp: int = 1, seed: int = 1, night: int = DEFAULT_NIGHT,
+                   expid0: int = DEFAULT_EXPID0, full_size: bool = False,
+                   wave_ranges=None, exptime: float = 900.0, backend_name: str = "auto",
+                   tile: Tile | None = None, template: str | None = None) -> dict:
+    """Simulate a night of DESI-like exposures and write them under ``outdir``.
+
+    Parameters
+    ----------
+    outdir : str
+        Output folder (created); see :func:`layout` for the files.
+    cameras : str or list of str
+        Camword (``"a0"``) or camera list (``"b0,r0,z0"``, ``["b0", "r0"]``).
+    nspec : int
+        Fibers 0..nspec-1 of each petal are lit (a multiple of 25, ≤ 500).
+    nexp : int
+        Number of exposures (EXPIDs ``expid0 … expid0+nexp-1``), same tile and targets.
+    seed : int
+        Random seed; outputs are identical for identical arguments and backend.
+    night : int
+        NIGHT (YYYYMMDD).
+    expid0 : int
+        First EXPID.
+    full_size : bool
+        Full 4128 × 4114 trimmed CCDs; otherwise a crop anchored at pixel (0, 0)
+        covering the lit fibers and the wavelength range (+16 px margin).
+    wave_ranges : (wmin, wmax) or {band or camera: (wmin, wmax)}, optional
+        Wavelength range per band, default the production grids b 3600–5800,
+        r 5760–7620, z 7520–9824 Å. Sets the cropped image rows; light of all
+        wavelengths that reach the image is rendered.
+    exptime : float
+        Exposure time in seconds.
+    backend_name : {"auto", "numpy", "cupy"}
+        Where the PSF rendering runs (random draws are always on the host).
+    tile : Tile, optional
+        Tile pointing (default TILEID 1000 at RA 150.1, Dec 2.2).
+    template : str, optional
+        Template PSF file (default: the real r0 PSF of shared/reference).
+
+    Returns
+    -------
+    dict
+        The content of ``simulation.json`` (parameters, per-camera geometry,
+        relative file paths, timings) plus ``outdir``.
+
+    Notes
+    -----
+    Rendering backends: numpy and cupy. Everything else is host NumPy.
+    """
+    t_start = time.perf_counter()
+    _check(nspec, nexp, exptime, seed, expid0)
+    nspec, nexp, seed, night, expid0 = int(nspec), int(nexp), int(seed), int(night), int(expid0)
+    exptime = float(exptime)
+    cams = parse_cameras(cameras)
+    tile = tile or Tile()
+    xp = backend.get_xp(backend_name)
+    outdir = os.fspath(outdir)
+    os.makedirs(outdir, exist_ok=True)
+    files: list[str] = []
+    timing: dict = {}
+
+    def rel(p):
+        return os.path.relpath(p, outdir)
+
+    # --- PSFs: write per camera, render with what was written (read back)
+    template_path = template or default_template_path()
+    tmpl = load_template(template_path)
+    band_psf_model = {b: camera_psf(b + "0", tmpl) for b in sorted({c[0] for c in cams})}
+    ranges = _wave_ranges(cams, wave_ranges, band_psf_model)
+    psfs = {}
+    for cam in cams:
+        p = layout(outdir, night, camera=cam)["psf"]
+        write_psf(p, band_psf_model[cam[0]], extra_meta={"CAMERA": cam, "SIMTMPL":
+                                                          os.path.basename(template_path)})
+        files.append(rel(p))
+        psfs[cam] = read_psf(p)
+
+    # --- night-level inputs
+    petals = sorted({int(c[1]) for c in cams})
+    targets = {p: make_targets(seed, p, nspec, tile) for p in petals}
+    sky = make_sky(seed)
+    expids = [expid0 + i for i in range(nexp)]
+    conds = {e: exposure_conditions(seed, e) for e in expids}
+    dates = {e: _dateobs(night, i, exptime) for i, e in enumerate(expids)}
+    raws: dict = {e: {} for e in expids}
+    truths: dict = {e: {} for e in expids}
+    caminfo: dict = {}
+
+    for cam in cams:
+        t0 = time.perf_counter()
+        setup = setup_camera(seed, cam, psfs[cam], targets[int(cam[1])], sky, ranges[cam],
+                             full_size, exptime, xp=xp)
+        t_render = time.perf_counter() - t0
+        lay = layout(outdir, night, camera=cam)
+        calhdr = {"CAMERA": cam, "NIGHT": night, "DETECTOR": f"SIM-{cam}"}
+        write_bias(lay["bias"], setup.calib.bias, calhdr)
+        write_dark(lay["dark"], setup.calib.dark, calhdr)
+        write_pixflat(lay["pixflat"], setup.calib.pixflat, calhdr)
+        write_mask(lay["mask"], setup.calib.mask, calhdr)
+        files += [rel(lay[k]) for k in ("bias", "dark", "pixflat", "mask")]
+        for e in expids:
+            raw, truth = simulate_exposure(setup, seed, e, conds[e])
+            dateobs, mjd = dates[e]
+            hdr = {"CAMERA": cam, "DETECTOR": f"SIM-{cam}", "FEEVER": "SIM",
+                   "SPECGRPH": int(cam[1]), "NIGHT": night, "EXPID": e, "EXPTIME": exptime,
+                   "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE",
+                   "FLAVOR": "science", "TILEID": tile.tileid, "TILERA": tile.ra,
+                   "TILEDEC": tile.dec, "CCDSIZE": f"{setup.geom.ny},{setup.geom.nx}"}
+            hdr.update(setup.geom.header())
+            hdr.update(setup.elec.header())
+            raws[e][cam] = (raw.astype(np.uint16), hdr)
+            truths[e][cam] = {"wave": setup.wave, "dw": setup.dw, "fibermin": 500 * setup.petal,
+                              "phot": truth["phot"], "skyphot": truth["skyphot"],
+                              "calib": setup.calibvec, "cosmics": truth["cosmics"],
+                              "saturated": truth["saturated"]}
+        g = setup.geom
+        caminfo[cam] = {
+            "wave_range": list(ranges[cam]),
+            "truth_wave": [float(setup.wave[0]), float(setup.wave[-1]), int(setup.wave.size)],
+            "psf_domain": [float(psfs[cam].wmin), float(psfs[cam].wmax)],
+            "ccd_shape": [g.ny, g.nx], "raw_shape": list(g.raw_shape),
+            "npre": g.npre, "nover": g.nover, "norow": g.norow,
+            "gain": setup.elec.gain, "rdnoise": setup.elec.rdnoise,
+            "bias_level": setup.elec.offset,
+            "n_hot": int(len(setup.calib.defects["hot_rate"])),
+            "n_dead": int(len(setup.calib.defects["dead_pixels"])),
+            "bad_column": [int(v) for v in setup.calib.defects["bad_column"]],
+        }
+        timing[cam] = {"render_s": round(t_render, 3),
+                       "total_s": round(time.perf_counter() - t0, 3)}
+        log.info("simulated %s: %dx%d CCD, %d fibers x %d wavelengths, %.1f s", cam, g.ny, g.nx,
+                 nspec, setup.wave.size, time.perf_counter() - t0)
+        del setup
+
+    # --- per-exposure files
+    t0 = time.perf_counter()
+    ttable = _targets_table(targets, tile)
+    for i, e in enumerate(expids):
+        lay = layout(outdir, night, expid=e)
+        dateobs, mjd = dates[e]
+        primary = {"EXPID": e, "NIGHT": night, "EXPTIME": exptime, "DATE-OBS": dateobs,
+                   "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE", "FLAVOR": "science",
+                   "PROGRAM": "dark", "SURVEY": "main", "TILEID": tile.tileid,
+                   "TILERA": tile.ra, "TILEDEC": tile.dec, "SKYRA": tile.ra, "SKYDEC": tile.dec,
+                   "AIRMASS": 1.1, "INSTRUME": "DESI", "OBSERVAT": "KPNO", "DOSVER": "SIM",
+                   "SIMSEED": seed, "CAMWORD": cameras_to_camword(raws[e].keys())}
+        write_raw(lay["raw"], raws[e], primary)
+        fm = make_fibermap(targets, tile, seed, night, e, mjd, exptime)
+        write_fibermap(lay["fibermap"], fm, {"EXPID": e, "NIGHT": night, "TILEID": tile.tileid,
+                                             "TILERA": tile.ra, "TILEDEC": tile.dec,
+                                             "EXPTIME": exptime, "SURVEY": "main",
+                                             "PROGRAM": "dark"})
+        tmeta = {"NIGHT": night, "EXPID": e, "EXPTIME": exptime, "TILEID": tile.tileid,
+                 "SEED": seed, "SKYSCALE": conds[e]["sky_scale"],
+                 "TRANSP": conds[e]["transparency"], "DW": WAVE_STEP}
+        write_truth(lay["truth"], tmeta, ttable, truths[e])
+        files += [rel(lay["raw"]), rel(lay["fibermap"]), rel(lay["truth"])]
+        raws[e] = truths[e] = None
+    timing["write_exposures_s"] = round(time.perf_counter() - t0, 3)
+    timing["total_s"] = round(time.perf_counter() - t_start, 3)
+
+    info = {
+        "gpuspec_version": __version__,
+        "seed": seed, "night": night, "expids": expids, "cameras": cams, "nspec": nspec,
+        "nexp": nexp, "exptime": exptime, "full_size": bool(full_size),
+        "wave_step": WAVE_STEP, "backend": backend.resolve(backend_name),
+        "tile": {"tileid": tile.tileid, "ra": tile.ra, "dec": tile.dec},
+        "template_psf": os.path.abspath(template_path),
+        "conditions": {str(e): {k: conds[e][k] for k in ("sky_scale", "transparency")}
+                       for e in expids},
+        "camera_info": caminfo, "amps": list(AMPS),
+        "files": files, "timing": timing,
+    }
+    sim_path = layout(outdir, night)["simulation"]
+    with atomic_output(sim_path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(info, fh, indent=1)
+    out = dict(info)
+    out["outdir"] = os.path.abspath(outdir)
+    return out
