@@ -198,6 +198,7 @@ def bench(backend_name: str, warmup: int, repeat: int, data) -> dict:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "image": {"raw_shape": list(raw.shape), "trimmed_shape": [2 * NDY, 2 * NDX],
                   "cosmic_pixels_flagged": ncos},
+        "loadavg_after": list(os.getloadavg()),
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
                                                        "OPENBLAS_NUM_THREADS")},
         "timings": res,

@@ -109,3 +109,20 @@ def test_preproc_help_lists_options(capsys):
     for opt in ("--camera", "--cameras", "--bias", "--dark", "--pixflat", "--mask",
                 "--nocosmic", "--use-overscan-row", "--no-gpu"):
         assert opt in out
+
+
+def test_cli_fibermap_petal_rows(tmp_path):
+    from gpuspec.io import empty_fibermap, read_image, write_fibermap
+
+    rawfn = _two_camera_raw(tmp_path)
+    fm = np.concatenate([empty_fibermap(500, specmin=0, petal=0),
+                         empty_fibermap(500, specmin=500, petal=1)])
+    fmfn = str(tmp_path / "fibermap-00271828.fits")
+    write_fibermap(fmfn, fm)
+    out = str(tmp_path / "p.fits")
+    rc = main(["preproc", "-i", rawfn, "--camera", "r0", "-o", out, "--fibermap", fmfn,
+               "--no-gpu", "--nocosmic"])
+    assert rc == 0
+    img = read_image(out)
+    assert img.fibermap is not None and len(img.fibermap) == 500
+    assert np.all(img.fibermap["PETAL_LOC"] == 0)

@@ -87,21 +87,25 @@ def _sections(header: Mapping, amps: list[str], raw_shape: tuple, path=None, hdu
 
 
 def _exptime(header: Mapping, primary: Mapping, required: bool, path=None):
-    """EXPTIME from the primary header (else the camera header); negative is an error."""
-    src = primary if "EXPTIME" in primary else header
-    if "EXPTIME" not in src:
+    """EXPTIME (primary header first, else the camera header); negative anywhere is an error."""
+    values = []
+    for where, src in (("PRIMARY", primary), (None, header)):
+        if "EXPTIME" not in src:
+            continue
+        try:
+            t = float(src["EXPTIME"])
+        except (TypeError, ValueError):
+            raise BadDataError(f"EXPTIME={src['EXPTIME']!r} is not a number", path=path,
+                               hdu=where, keyword="EXPTIME") from None
+        if not np.isfinite(t) or t < 0:
+            raise BadDataError(f"EXPTIME={t} must be a finite number >= 0", path=path,
+                               hdu=where, keyword="EXPTIME")
+        values.append(t)
+    if not values:
         if required:
             raise InputError("EXPTIME is needed to scale the dark", path=path, keyword="EXPTIME")
         return None
-    try:
-        t = float(src["EXPTIME"])
-    except (TypeError, ValueError):
-        raise BadDataError(f"EXPTIME={src['EXPTIME']!r} is not a number", path=path,
-                           keyword="EXPTIME") from None
-    if not np.isfinite(t) or t < 0:
-        raise BadDataError(f"EXPTIME={t} must be a finite number >= 0", path=path,
-                           keyword="EXPTIME")
-    return t
+    return values[0]
 
 
 def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=None, mask=None,
