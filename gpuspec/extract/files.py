@@ -1,0 +1,208 @@
+"""File-level extraction: preproc file + PSF file → frame file, and merging of
+per-bundle partial frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ..errors import BadDataError, InputError
+from ..frame import Frame
+from ..profiling import nvtx_range
+from .core import extract_frame
+
+__all__ = ["extract_file", "merge_frames", "wave_grid", "HEADER_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: Preproc header keywords copied to the frame header (when present).
+HEADER_KEYS = ("CAMERA", "NIGHT", "EXPID", "EXPTIME", "MJD-OBS", "DATE-OBS", "TILEID",
+               "FLAVOR", "PROGRAM", "OBSTYPE", "SPECGRPH", "DETECTOR", "TELRA", "TELDEC",
+               "AIRMASS", "INSTRUME")
+
+
+def wave_grid(wave) -> np.ndarray:
+    """The extraction wavelength grid.
+
+    Parameters
+    ----------
+    wave : (wmin, wmax, dw) or array
+        A triple as in desispec (``np.arange(wmin, wmax + dw/2, dw)``: wmax included
+        when it falls on the grid) or an explicit 1-D grid.
+    """
+    w = np.asarray(wave, dtype=np.float64)
+    if w.ndim == 1 and w.size == 3 and w[2] > 0 and w[1] > w[0] and w[2] < (w[1] - w[0]):
+        wmin, wmax, dw = (float(v) for v in w)
+        return np.arange(wmin, wmax + dw / 2.0, dw)
+    if w.ndim != 1 or w.size < 2:
+        raise InputError(f"wavelength must be (wmin, wmax, dw) or a 1-D grid, got {wave!r}")
+    return w
+
+
+def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
+    if bundles is not None:
+        b = sorted(int(x) for x in np.atleast_1d(bundles))
+        if any(y != x + 1 for x, y in zip(b, b[1:])):
+            raise InputError(f"bundles {b} must be contiguous (extract them separately and "
+                             "use merge_frames)")
+        lo = b[0] * bundlesize
+        hi = min((b[-1] + 1) * bundlesize, psf.nspec)
+        if lo < 0 or lo >= psf.nspec:
+            raise InputError(f"bundles {b} outside the PSF's {psf.nspec} fibers")
+        return lo, hi - lo
+    if nspec is None:
+        nspec = psf.nspec - specmin
+    return int(specmin), int(nspec)
+
+
+@nvtx_range("extract:file")
+def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, bundles=None,
+                 bundlesize=25, nsubbundles=5, nwavestep=50, wavepad_frac=0.2,
+                 pixpad_frac=0.8, regularize=0.0, psferr=None, model=None,
+                 backend="auto") -> str:
+    """Extract a preproc file into a frame file (desispec layout).
+
+    Parameters
+    ----------
+    preprocfile, psffile, outfile : str
+        Inputs and output (written atomically).
+    wave : (wmin, wmax, dw) or array
+        Wavelength grid, see :func:`wave_grid`.
+    specmin, nspec : int
+        Fibers ``[specmin, specmin + nspec)``; ignored when ``bundles`` is given.
+    bundles : int or list of int, optional
+        Contiguous bundle indices (fibers ``b·bundlesize …``) for a partial frame.
+    bundlesize, nsubbundles, nwavestep, wavepad_frac, pixpad_frac, regularize, psferr
+        See :func:`gpuspec.extract.extract_frame`.
+    model : str, optional
+        Also write the model image to this FITS file (HDU ``MODEL``).
+    backend : {"auto", "numpy", "cupy"}
+
+    Returns
+    -------
+    str
+        ``outfile``.
+
+    Pixels with a non-zero preproc MASK get ivar 0. The FIBERMAP of the preproc
+    file, when present, is propagated (its rows ``specmin … specmin+nspec-1``).
+    The frame header carries CAMERA, NIGHT, EXPID (and other exposure keywords of the
+    preproc header), SPECMIN, NSPEC and the extraction settings.
+
+    Backends: numpy, cupy.
+    """
+    from .. import io as gio
+    from ..psf import read_psf
+
+    image = gio.read_image(preprocfile)
+    psf = read_psf(psffile)
+    w = wave_grid(wave)
+    specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
+    if image.pix.shape != (psf.npix_y, psf.npix_x):
+        log.warning("preproc image shape %s differs from the PSF's CCD (%d, %d)",
+                    image.pix.shape, psf.npix_y, psf.npix_x)
+    ivar = np.asarray(image.ivar, dtype=np.float64)
+    if image.mask is not None:
+        ivar = ivar * (np.asarray(image.mask) == 0)
+    meta = {k: image.meta[k] for k in HEADER_KEYS if k in image.meta}
+    if image.camera and "CAMERA" not in meta:
+        meta["CAMERA"] = image.camera
+    meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
+                 "INFILE": os.path.basename(os.fspath(preprocfile)),
+                 "NSUBBUN": int(nsubbundles), "NWAVESTP": int(nwavestep),
+                 "BUNDLSZ": int(bundlesize)})
+    frame = extract_frame(image.pix, ivar, psf, w, specmin, nspec, bundlesize=bundlesize,
+                          nsubbundles=nsubbundles, nwavestep=nwavestep,
+                          wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac,
+                          regularize=regularize, psferr=psferr, model=model is not None,
+                          backend=backend, meta=meta)
+    if image.fibermap is not None:
+        fm = image.fibermap
+        if len(fm) >= specmin + nspec:
+            frame.fibermap = fm[specmin:specmin + nspec]
+        else:
+            log.warning("%s: FIBERMAP has %d rows, fewer than fibers %d..%d; not propagated",
+                        preprocfile, len(fm), specmin, specmin + nspec - 1)
+    modelimage = frame.modelimage
+    frame.modelimage = None
+    gio.write_frame(outfile, frame)
+    if model is not None:
+        _write_model(model, modelimage, frame.meta)
+    return os.fspath(outfile)
+
+
+def _write_model(path, modelimage, meta):
+    import fitsio
+
+    from ..io.util import atomic_output, header_records
+
+    hdr = {k: meta[k] for k in ("CAMERA", "NIGHT", "EXPID", "SPECMIN", "NSPEC") if k in meta}
+    with atomic_output(path) as tmp:
+        with fitsio.FITS(tmp, "rw", clobber=True) as fx:
+            fx.write(np.asarray(modelimage, dtype=np.float32), extname="MODEL",
+                     header=header_records(hdr))
+
+
+@nvtx_range("extract:merge")
+def merge_frames(partfiles, outfile) -> str:
+    """Merge partial frames (e.g. one per bundle) into one frame file.
+
+    Parameters
+    ----------
+    partfiles : list of str
+        Frame files whose fibers (``SPECMIN`` … ``SPECMIN+NSPEC-1``) tile a contiguous
+        range without overlap, on the same wavelength grid.
+    outfile : str
+        Output frame (atomic).
+
+    Returns
+    -------
+    str
+        ``outfile``.
+
+    Raises
+    ------
+    InputError
+        No inputs, different wavelength grids, gaps/overlaps in the fibers, or some
+        parts with and some without an optional HDU.
+    """
+    from .. import io as gio
+
+    if not partfiles:
+        raise InputError("merge_frames: no input frames")
+    frames = [(gio.read_frame(p), os.fspath(p)) for p in partfiles]
+    frames.sort(key=lambda t: int(t[0].meta.get("SPECMIN", 0)))
+    first, fpath = frames[0]
+    nxt = int(first.meta.get("SPECMIN", 0))
+    for fr, p in frames:
+        s = int(fr.meta.get("SPECMIN", 0))
+        if s != nxt:
+            raise InputError(f"fibers {nxt}..{s - 1} missing or overlapping (next part starts "
+                             f"at SPECMIN={s})", path=p, keyword="SPECMIN")
+        nxt = s + fr.nspec
+        if fr.wave.shape != first.wave.shape or not np.allclose(fr.wave, first.wave):
+            raise InputError(f"wavelength grid differs from {fpath}", path=p, hdu="WAVELENGTH")
+
+    def cat(name):
+        vals = [getattr(fr, name) for fr, _ in frames]
+        have = [v is not None for v in vals]
+        if not any(have):
+            return None
+        if not all(have):
+            raise InputError(f"{name.upper()} present in some parts only",
+                             path=frames[have.index(False)][1])
+        return np.concatenate(vals)
+
+    ndiag = {fr.resolution_data.shape[1] for fr, _ in frames if fr.resolution_data is not None}
+    if len(ndiag) > 1:
+        raise BadDataError(f"parts have different numbers of resolution diagonals {ndiag}")
+    meta = dict(first.meta)
+    meta["SPECMIN"] = int(first.meta.get("SPECMIN", 0))
+    meta["NSPEC"] = nxt - meta["SPECMIN"]
+    merged = Frame(wave=first.wave, flux=cat("flux"), ivar=cat("ivar"), mask=cat("mask"),
+                   resolution_data=cat("resolution_data"), chi2pix=cat("chi2pix"),
+                   fibermap=cat("fibermap"), meta=meta,
+                   pixmask_fraction=cat("pixmask_fraction"))
+    return gio.write_frame(outfile, merged)
