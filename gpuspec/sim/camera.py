@@ -112,11 +112,12 @@ def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
                         dw=dw, targets=targets, objflux=objflux, skyflux=skyflux,
                         calibvec=calibvec, exptime=float(exptime))
     thru = targets.fiber_thru[:, None]
-    for name, ph in (("obj", objflux * calibvec[None, :] * thru),
-                     ("sky", skyflux[None, :] * calibvec[None, :] * thru)):
-        img = render_spectra(psf, setup.fibers, wave, ph, (ny, nx), xp=xp)
-        setup.images[name] = backend.to_host(img)
-        del img
+    ph = np.stack([objflux * calibvec[None, :] * thru,
+                   np.broadcast_to(skyflux[None, :] * calibvec[None, :] * thru, objflux.shape)])
+    img = render_spectra(psf, setup.fibers, wave, ph, (ny, nx), xp=xp)
+    setup.images["obj"] = backend.to_host(img[0])
+    setup.images["sky"] = backend.to_host(img[1])
+    del img
     backend.free_memory(xp)
     return setup
 

@@ -244,7 +244,7 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
                    "SPECGRPH": int(cam[1]), "NIGHT": night, "EXPID": e, "EXPTIME": exptime,
                    "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE",
                    "FLAVOR": "science", "TILEID": tile.tileid, "TILERA": tile.ra,
-                   "TILEDEC": tile.dec, "CCDSIZE": f"{setup.geom.ny},{setup.geom.nx}"}
+                   "TILEDEC": tile.dec}
             hdr.update(setup.geom.header())
             hdr.update(setup.elec.header())
             raws[e][cam] = (raw.astype(np.uint16), hdr)

@@ -22,8 +22,8 @@ __all__ = ["render_spectra", "spot_fraction_inside"]
 
 @nvtx_range("sim_render")
 def render_spectra(psf, fibers, wave, phot, shape, xp=np, fiber_chunk: int | None = None,
-                   wave_chunk: int | None = None, out=None):
-    """Noiseless image of spectra projected through ``psf``.
+                   wave_chunk: int | None = None):
+    """Noiseless image(s) of spectra projected through ``psf``.
 
     Parameters
     ----------
@@ -32,8 +32,9 @@ def render_spectra(psf, fibers, wave, phot, shape, xp=np, fiber_chunk: int | Non
         PSF fiber indices (0–499 within the petal).
     wave : array (nwave,)
         Wavelengths (Å) of the photon bins (shared by all fibers).
-    phot : array (nfib, nwave)
-        Photo-electrons per bin (≥ 0).
+    phot : array (nfib, nwave) or (ncomp, nfib, nwave)
+        Photo-electrons per bin (≥ 0). With a leading component axis, one image
+        per component is rendered from the same spots (e.g. object and sky).
     shape : (ny, nx)
         Image shape; image pixel (y, x) is CCD pixel (y, x) (crop anchored at 0, 0).
     xp : module
@@ -41,12 +42,10 @@ def render_spectra(psf, fibers, wave, phot, shape, xp=np, fiber_chunk: int | Non
     fiber_chunk, wave_chunk : int, optional
         Chunk sizes (spots per chunk = their product). Defaults: 10 × 1024 on
         numpy (cache-friendly), 25 × 8192 on cupy (fewer, larger kernels).
-    out : array (ny, nx), optional
-        Image to add into (on ``xp``); a new float64 zero image otherwise.
 
     Returns
     -------
-    array (ny, nx)
+    array (ny, nx) or (ncomp, ny, nx)
         float64 electrons on ``xp``.
     """
     ny, nx = int(shape[0]), int(shape[1])
@@ -56,16 +55,20 @@ def render_spectra(psf, fibers, wave, phot, shape, xp=np, fiber_chunk: int | Non
     fibers = np.asarray(backend.to_host(fibers)).astype(int)
     wave_h = np.asarray(backend.to_host(wave), dtype=np.float64)
     phot_d = backend.to_device(phot, xp, dtype=np.float64)
-    if phot_d.shape != (len(fibers), len(wave_h)):
-        raise ValueError(f"phot has shape {phot_d.shape}, expected ({len(fibers)}, {len(wave_h)})")
-    img = xp.zeros((ny, nx), dtype=xp.float64) if out is None else out
+    single = phot_d.ndim == 2
+    if single:
+        phot_d = phot_d[None]
+    if phot_d.ndim != 3 or phot_d.shape[1:] != (len(fibers), len(wave_h)):
+        raise ValueError(f"phot has shape {tuple(phot.shape)}, expected ([ncomp,] "
+                         f"{len(fibers)}, {len(wave_h)})")
+    ncomp = phot_d.shape[0]
+    img = xp.zeros((ncomp, ny, nx), dtype=xp.float64)
     sy, sx = 2 * psf.hsizey + 1, 2 * psf.hsizex + 1
     ay = xp.arange(sy)[:, None]
     ax = xp.arange(sx)[None, :]
     for f0 in range(0, len(fibers), fiber_chunk):
         fsel = fibers[f0:f0 + fiber_chunk]
         for w0 in range(0, len(wave_h), wave_chunk):
-            ph = phot_d[f0:f0 + fiber_chunk, w0:w0 + wave_chunk]
             xc, yc, st = psf.spots(fsel, wave_h[w0:w0 + wave_chunk], xp=xp)
             # bounding box of the chunk, clipped to the image (one host sync per chunk)
             x0, x1 = int(xc.min()), int(xc.max()) + sx
@@ -75,14 +78,22 @@ def render_spectra(psf, fibers, wave, phot, shape, xp=np, fiber_chunk: int | Non
             if bx0 >= bx1 or by0 >= by1:
                 continue
             bw, bh = bx1 - bx0, by1 - by0
-            iy = yc[:, :, None, None] + ay - by0        # (nf, nw, sy, 1)
-            ix = xc[:, :, None, None] + ax - bx0        # (nf, nw, 1, sx)
-            ok = (iy >= 0) & (iy < bh) & (ix >= 0) & (ix < bw)
-            idx = xp.where(ok, iy * bw + ix, 0).ravel()
-            wt = xp.where(ok, st * ph[:, :, None, None], 0.0).ravel()
-            img[by0:by1, bx0:bx1] += xp.bincount(idx, weights=wt,
-                                                 minlength=bw * bh).reshape(bh, bw)
-    return img
+            # flattened index of each stamp pixel inside the box
+            corner = (yc - by0) * bw + (xc - bx0)                     # (nf, nw)
+            idx = corner[:, :, None, None] + (ay * bw + ax)           # (nf, nw, sy, sx)
+            if x0 < 0 or y0 < 0 or x1 > nx or y1 > ny:                # some spots cross the edge
+                iy = yc[:, :, None, None] + ay - by0
+                ix = xc[:, :, None, None] + ax - bx0
+                ok = (iy >= 0) & (iy < bh) & (ix >= 0) & (ix < bw)
+                idx = xp.where(ok, idx, 0)
+                st = xp.where(ok, st, 0.0)
+            idx = idx.ravel()
+            for c in range(ncomp):
+                ph = phot_d[c, f0:f0 + fiber_chunk, w0:w0 + wave_chunk]
+                wt = (st * ph[:, :, None, None]).ravel()
+                img[c, by0:by1, bx0:bx1] += xp.bincount(idx, weights=wt,
+                                                        minlength=bw * bh).reshape(bh, bw)
+    return img[0] if single else img
 
 
 def spot_fraction_inside(psf, fibers, wave, shape, xp=np):
