@@ -377,13 +377,12 @@ def test_sigkill_then_resume(inputs, tmp_path, reference):
             os.killpg(proc.pid, signal.SIGKILL)
     time.sleep(0.5)  # let orphaned ranks (if any) die
     states = _states(prod)
-    assert "running" in states.values() and set(states.values()) != {"done"}
-    # what an interrupted atomic write leaves behind
-    frame = glob.glob(os.path.join(prod, "exposures", "*", "*", "frame-b0-*.json"))
-    d = os.path.dirname(frame[0]) if frame else os.path.join(prod, "exposures", "20250101",
-                                                              "00000002")
-    os.makedirs(d, exist_ok=True)
-    stale = os.path.join(d, ".frame-b0-00000002.json.abc123.tmp.json")
+    assert "running" in states.values() and set(states.values()) != {"done"}, states
+    # what an interrupted atomic write leaves behind (beside the output of an unfinished task)
+    todo = [t for t in build_graph(load_manifest(path), "json") if states[t.name] != "done"]
+    out = todo[-1].outputs[0]
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    stale = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.abc123.tmp.json")
     with open(stale, "w") as f:
         f.write("{partial")
     r = subprocess.run(_mpiexec_cmd(3, path), env=_env(), capture_output=True, text=True,
