@@ -12,7 +12,9 @@ synchronised before each clock read):
 - ``preproc_full``: preproc with all calibrations and cosmic-ray rejection
   (host → device upload of the raw image included, result left on the device);
 - ``preproc_nocosmic``: the same without cosmic-ray rejection;
-- ``cosmics``: cosmic-ray rejection alone on the preprocessed image.
+- ``cosmics``: cosmic-ray rejection alone on the preprocessed image;
+- ``cli_file`` (once, not a median): ``gpuspec preproc`` on the camera written to a
+  RICE-compressed raw file with calibration files (read + preproc + write).
 
 Writes ``perf/results/preproc-<host>-<backend>.json`` with the machine, the
 device name, library versions and the git commit.
@@ -160,7 +162,41 @@ def _time(fn, xp, warmup: int, repeat: int) -> dict:
             "runs_s": ts, "repeat": repeat, "warmup": warmup}
 
 
-def bench(backend_name: str, warmup: int, repeat: int, data) -> dict:
+def write_inputs(folder: str, data) -> tuple:
+    """Write the synthetic camera as desi-00001234.fits.fz and its calibration files."""
+    import fitsio
+
+    from gpuspec.io import write_raw
+
+    raw, hdr, prim, calib = data
+    rawfn = os.path.join(folder, "desi-00001234.fits.fz")
+    write_raw(rawfn, {hdr["CAMERA"]: (raw, hdr)}, prim)
+    cal = {}
+    for name, arr in calib.items():
+        fn = os.path.join(folder, f"{name}-{hdr['CAMERA']}.fits")
+        fitsio.write(fn, arr.astype(np.int32 if name == "mask" else np.float32), clobber=True)
+        cal[name] = fn
+    return rawfn, cal
+
+
+def cli_run(backend_name: str, folder: str, rawfn: str, camera: str) -> dict:
+    """Time ``gpuspec preproc`` once on the written files."""
+    from gpuspec.cli import main as gmain
+    from gpuspec.io import read_image
+
+    out = os.path.join(folder, f"preproc-{camera}-{backend_name}.fits")
+    argv = ["preproc", "-i", rawfn, "--camera", camera, "-o", out, "--calib-dir", folder,
+            "--backend", backend_name]
+    t0 = time.perf_counter()
+    rc = gmain(argv)
+    dt = time.perf_counter() - t0
+    img = read_image(out)
+    return {"seconds": dt, "rc": rc, "command": " ".join(["gpuspec"] + argv),
+            "output_shape": list(img.pix.shape),
+            "cosmic_pixels": int(np.sum((img.mask & 16) != 0))}
+
+
+def bench(backend_name: str, warmup: int, repeat: int, data, files=None) -> dict:
     xp = backend.get_xp(backend_name)
     raw, hdr, prim, calib = data
     cal_dev = {k: backend.to_device(v, xp) for k, v in calib.items()}
@@ -186,6 +222,10 @@ def bench(backend_name: str, warmup: int, repeat: int, data) -> dict:
         print(f"{backend_name:6s} {name:18s} median {r['median_s']:.3f} s "
               f"({r['mpix_per_s']:.1f} Mpix/s)", flush=True)
     ncos = int(backend.to_host(cosmics()).sum())
+    if files is not None:
+        res["cli_file"] = cli_run(backend_name, *files, camera=hdr["CAMERA"])
+        print(f"{backend_name:6s} cli_file           {res['cli_file']['seconds']:.3f} s "
+              "(read + preproc + write, one run)", flush=True)
     return {
         "benchmark": "preproc",
         "backend": backend_name,
@@ -213,14 +253,23 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--outdir", default=os.path.join(HERE, "results"))
+    p.add_argument("--no-cli", action="store_true",
+                   help="skip the file-level gpuspec preproc run")
     args = p.parse_args(argv)
     names = args.backends.split(",") if args.backends else \
         ["numpy"] + (["cupy"] if backend.resolve("auto") == "cupy" else [])
     data = synth_camera()
     os.makedirs(args.outdir, exist_ok=True)
     host = socket.gethostname().split(".")[0]
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_preproc_")
+    files = None
+    if not args.no_cli:
+        rawfn, _ = write_inputs(tmp.name, data)
+        files = (tmp.name, rawfn)
     for name in names:
-        out = bench(name, args.warmup, args.repeat, data)
+        out = bench(name, args.warmup, args.repeat, data, files)
         fn = os.path.join(args.outdir, f"preproc-{host}-{name}.json")
         with open(fn, "w") as f:
             json.dump(out, f, indent=1)

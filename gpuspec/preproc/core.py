@@ -193,9 +193,9 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
     exptime = _exptime(hdr, prim, required=dark is not None and dark is not False, path=path)
 
     with nvtx_range("preproc:upload"):
-        rawimg = to_device(raw, xp, dtype=np.float64)
-        if rawimg is raw:
-            rawimg = rawimg.copy()
+        # upload in the file's dtype (int32: half the bytes), convert on the device;
+        # astype copies, so the caller's array is never touched
+        rawimg = to_device(raw, xp).astype(xp.float64)
     if not bool(xp.isfinite(rawimg).all()):
         nbad = int((~xp.isfinite(rawimg)).sum())
         raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", **where)

@@ -146,5 +146,5 @@ def amp_overscan(raw, ov_sec, per_row_allowed: bool, nsigma: float = 5.0,
         _, rd = clipped_stats(block - levels[:, None], nsigma=nsigma, niter=niter)
         return OverscanResult(levels, float(rd), ostep, "PER_ROW", nbad)
     level, rd = clipped_stats(block, nsigma=nsigma, niter=niter)
-    return OverscanResult(xp.full(nrows, level, dtype=xp.float64), float(rd), ostep,
+    return OverscanResult(xp.zeros(nrows, dtype=xp.float64) + level, float(rd), ostep,
                           "AVERAGE", nbad)
