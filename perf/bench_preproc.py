@@ -74,7 +74,8 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
         n = rng.integers(1, 9)
         ang = rng.uniform(0, np.pi)
         for k in range(n):
-            electrons[int(yy + k * np.sin(ang)), int(xx + k * np.cos(ang))] += rng.uniform(400, 4000)
+            yk, xk = int(yy + k * np.sin(ang)), int(xx + k * np.cos(ang))
+            electrons[yk, xk] += rng.uniform(400, 4000)
     mask = np.zeros((ny_t, nx_t), np.int32)
     mask[:, 1500][1000:1800] = 1
     # raw layout: [pre A][data A][ov A][ov B][data B][pre B], rows [A/B][orsec A/B][orsec C/D][C/D]

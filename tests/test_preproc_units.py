@@ -27,7 +27,8 @@ def _calc_overscan_loop(pix, nsigma=5.0, niter=3):
         level = pix[good].mean()
         noise = pix[good].std()
     a = nsigma
-    bias = math.sqrt(1 - 2 * a * math.exp(-a * a / 2) / (math.sqrt(2 * math.pi) * math.erf(a / math.sqrt(2))))
+    bias = math.sqrt(1 - 2 * a * math.exp(-a * a / 2)
+                     / (math.sqrt(2 * math.pi) * math.erf(a / math.sqrt(2))))
     return level, noise / bias
 
 

@@ -22,7 +22,7 @@ Steps (see ``docs/preproc.md`` and desispec ``preproc.preproc``):
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 

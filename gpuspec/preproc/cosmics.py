@@ -32,7 +32,8 @@ from ..maskbits import ccdmask
 from ..profiling import nvtx_range
 from .morphology import dilate3x3, repair_mask
 
-__all__ = ["NSIG", "CFUDGE", "C2FUDGE", "NITER", "PSF_GRADIENTS", "psf_gradients", "reject_single_pass", "reject_cosmic_rays",
+__all__ = ["NSIG", "CFUDGE", "C2FUDGE", "NITER", "PSF_GRADIENTS", "psf_gradients",
+           "reject_single_pass", "reject_cosmic_rays",
            "cosmic_mask"]
 
 log = logging.getLogger(__name__)
