@@ -94,8 +94,11 @@ def mask_cosmics(wave, flux, ivar, valid, cosmics_nsig: float, xp):
     rowgood = valid & xp.any(good_pix, axis=-1)                           # (nt, ne)
     nspec = xp.sum(rowgood, axis=-1)                                      # (nt,)
     gp = good_pix & rowgood[..., None]
-    tflux = _interp_bad(wave, flux, gp, xp)
-    tivar = _interp_bad(wave, ivar, gp, xp)
+    if bool(xp.any(rowgood[..., None] & ~gp)):
+        tflux = _interp_bad(wave, flux, gp, xp)
+        tivar = _interp_bad(wave, ivar, gp, xp)
+    else:  # no masked pixel in any usable row: nothing to interpolate
+        tflux, tivar = flux, ivar
     tvar = 1.0 / (tivar + (tivar == 0))
     grad = tflux[..., 1:] - tflux[..., :-1]
     gradvar = tvar[..., 1:] + tvar[..., :-1]

@@ -93,6 +93,10 @@ def target_index_table(targetids, targets, use=None):
 
 def gather_rows(a, idx, xp):
     """``a[idx]`` with index ``nrows`` meaning a zero row. ``a`` is (nrows, ...)."""
-    pad = xp.zeros((1,) + tuple(a.shape[1:]), dtype=a.dtype)
-    full = xp.concatenate([a, pad], axis=0)
-    return full[xp.asarray(idx)]
+    n = a.shape[0]
+    idx = np.asarray(idx)
+    out = a[xp.asarray(np.clip(idx, 0, max(n - 1, 0)))]
+    pad = idx >= n
+    if pad.any():
+        out[xp.asarray(pad)] = 0
+    return out

@@ -55,9 +55,13 @@ def resolution_coadd(rdata, weights, xp):
     """
     ndiag, nwave = rdata.shape[-2:]
     h = ndiag // 2
-    ridx = (xp.arange(nwave)[None, :] + xp.arange(-h, h + 1)[:, None]) % nwave   # (ndiag, nwave)
-    w = weights[..., ridx]                                                        # (..., nexp, ndiag, nwave)
-    return xp.sum(w * rdata, axis=-3), xp.sum(w, axis=-3)
+    res = xp.zeros(rdata.shape[:-3] + (ndiag, nwave), dtype=np.result_type(rdata, weights))
+    norm = xp.zeros_like(res)
+    for d in range(ndiag):
+        w = xp.roll(weights, h - d, axis=-1)          # w[..., k] = weights[..., (k + d - h) % n]
+        res[..., d, :] = xp.sum(w * rdata[..., d, :], axis=-2)
+        norm[..., d, :] = xp.sum(w, axis=-2)
+    return res, norm
 
 
 def _or_reduce(m, valid, xp):
