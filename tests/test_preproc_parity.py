@@ -104,8 +104,7 @@ def test_preproc_parity(run, xp):
         if isinstance(val, str):
             assert got == val, key
         else:
-            tol = 1e-4 * max(1.0, abs(val))
-            assert abs(float(got) - val) <= tol, f"{run} {key}: {got} vs {val}"
+            assert abs(float(got) - val) <= 1e-4, f"{run} {key}: {got} vs {val}"
 
 
 def test_cosmics_found_where_injected():
