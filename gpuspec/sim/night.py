@@ -123,7 +123,7 @@ def _targets_table(targets: dict[int, Targets], tile: Tile) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def _check(nspec, nexp, exptime, seed, expid0):
+def _check(nspec, nexp, exptime, seed, expid0, night):
     if not isinstance(nspec, (int, np.integer)) or nspec < 25 or nspec > 500 or nspec % 25:
         raise InputError(f"nspec must be a multiple of 25 between 25 and 500, got {nspec!r}")
     if int(nexp) < 1:
@@ -134,6 +134,7 @@ def _check(nspec, nexp, exptime, seed, expid0):
         raise InputError(f"seed must be >= 0, got {seed!r}")
     if int(expid0) < 0:
         raise InputError(f"expid must be >= 0, got {expid0!r}")
+    _dateobs(night, 0, float(exptime))  # NIGHT must be a valid YYYYMMDD date
 
 
 @nvtx_range("simulate_night")
@@ -187,7 +188,7 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
     Rendering backends: numpy and cupy. Everything else is host NumPy.
     """
     t_start = time.perf_counter()
-    _check(nspec, nexp, exptime, seed, expid0)
+    _check(nspec, nexp, exptime, seed, expid0, night)
     nspec, nexp, seed, night, expid0 = int(nspec), int(nexp), int(seed), int(night), int(expid0)
     exptime = float(exptime)
     cams = parse_cameras(cameras)

@@ -27,7 +27,7 @@ from .targets import Targets, continuum
 __all__ = ["AREA_CM2", "throughput", "calib_vector", "bin_gauss", "object_flux", "SkyModel",
            "make_sky", "exposure_conditions"]
 
-HC_ERG_AA = 1.98644586e-8   # h·c in erg·Å
+HC_ERG_AA = 6.62607015e-27 * 2.99792458e18   # h·c in erg·Å (exact SI definitions)
 AREA_CM2 = 8.678e4          # Mayall collecting area used by the simulator (cm²)
 
 # system throughput (atmosphere × telescope × fiber × spectrograph × CCD QE), piecewise linear
