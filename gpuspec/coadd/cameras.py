@@ -88,7 +88,6 @@ def coadd_cameras(spectra: Spectra, backend="auto") -> Spectra:
             s0 = start[b]
             f = to_device(spectra.flux[b], xp, dtype=np.float64)
             iv = to_device(spectra.ivar[b], xp, dtype=np.float64)
-            n = f.shape[1]
             ov = oflag[b]
             no = np.nonzero(~ov)[0] + s0
             oo = np.nonzero(ov)[0] + s0
@@ -108,11 +107,10 @@ def coadd_cameras(spectra: Spectra, backend="auto") -> Spectra:
                 nd = r.shape[1]
                 off = (mnd - nd) // 2
                 racc, rn = resolution_coadd(r[:, None], iv[:, None], xp)
-                rdata[:, off:off + nd, s0 + np.nonzero(~ov)[0]] = r[:, :, noxl]
-                rnorm[:, off:off + nd, s0 + np.nonzero(~ov)[0]] = 1.0
-                rdata[:, off:off + nd, s0 + np.nonzero(ov)[0]] += racc[:, :, ovx]
-                rnorm[:, off:off + nd, s0 + np.nonzero(ov)[0]] += rn[:, :, ovx]
-            del n
+                rdata[:, off:off + nd, nox] = r[:, :, noxl]
+                rnorm[:, off:off + nd, nox] = 1.0
+                rdata[:, off:off + nd, oox] += racc[:, :, ovx]
+                rnorm[:, off:off + nd, oox] += rn[:, :, ovx]
         for b in bands:
             norm_pix[start[b]:start[b] + spectra.wave[b].size] = oflag[b]
         npx = xp.asarray(np.nonzero(norm_pix)[0])

@@ -136,6 +136,8 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     gidx_x = xp.asarray(gidx_c)
     real_x = xp.asarray(real)
     eye = xp.eye(m)
+    bi_x, li_x, gcore_x = xp.asarray(bi), xp.asarray(li), xp.asarray(gcore)
+    rr_x, okr_x = xp.asarray(rr_c), xp.asarray(okr)
     tchunk = max(1, int(max_blocks // max(nblk, 1)))
     with nvtx_range("coadd.decorrelate"):
         for t0 in range(0, nt, tchunk):
@@ -160,10 +162,10 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
             y = xp.matmul(V, vtc[..., None])[..., 0]
             fblk = y / sgood
             tR = Q / sgood[..., None]
-            flux[ts, gcore] = fblk[:, bi, li]
-            ivar[ts, gcore] = (s ** 2)[:, bi, li]
-            vals = tR[:, bi[:, None], rr_c, li[:, None]] * xp.asarray(okr)[None]  # (ntc, ncore, ndiag)
-            rdata[ts][:, :, gcore] = xp.moveaxis(vals, -1, 1)
+            flux[ts, gcore_x] = fblk[:, bi_x, li_x]
+            ivar[ts, gcore_x] = (s ** 2)[:, bi_x, li_x]
+            vals = tR[:, bi_x[:, None], rr_x, li_x[:, None]] * okr_x[None]   # (ntc, ncore, ndiag)
+            rdata[ts.start:ts.stop, :, gcore_x] = xp.moveaxis(vals, -1, 1)
     if squeeze:
         return flux[0], ivar[0], rdata[0]
     return flux, ivar, rdata
