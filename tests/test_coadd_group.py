@@ -45,6 +45,8 @@ def test_group_healpix(frames, tmp_path):
                                  (sp.fibermap["FIBER"] == s.fibermap["FIBER"][i]))[0][0]
                 np.testing.assert_allclose(s.flux[b][i], sp.flux[b][row].astype(np.float32))
     assert ntot == len(sp.fibermap)
+    one = group_frames(files, tmp_path / "one", nside=64, healpix=[int(pix[0])])
+    assert one == [str(tmp_path / "one" / f"spectra-main-dark-{pix[0]}.fits")]
 
 
 def test_cli_group_then_coadd_consistent_with_truth(frames, tmp_path):

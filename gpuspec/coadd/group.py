@@ -53,7 +53,7 @@ def _with_exposure_columns(fm, meta):
 
 
 def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
-                 program: str = "dark") -> list[str]:
+                 program: str = "dark", healpix=None) -> list[str]:
     """Regroup frames into per-HEALPix spectra files.
 
     Parameters
@@ -67,6 +67,8 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
         HEALPix nside (NESTED).
     survey, program : str
         Used in the file names and headers.
+    healpix : list of int, optional
+        Write only these pixels (default: every pixel with a fiber).
 
     Returns
     -------
@@ -147,7 +149,10 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
     os.makedirs(outdir, exist_ok=True)
     written = []
     with nvtx_range("group.write"):
-        for p in np.unique(pix[pix >= 0]):
+        wanted = np.unique(pix[pix >= 0])
+        if healpix is not None:
+            wanted = wanted[np.isin(wanted, np.asarray(list(healpix), dtype=int))]
+        for p in wanted:
             rows = np.nonzero(pix == p)[0]
             meta = {"SPGRP": "healpix", "SPGRPVAL": int(p), "HPXPIXEL": int(p),
                     "HPXNSIDE": int(nside), "HPXNEST": True, "SURVEY": survey,
