@@ -17,6 +17,7 @@ operations.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +76,7 @@ class CameraSetup:
     calibvec: np.ndarray             # (nwave,) photons per bin per unit f_λ (for exptime)
     exptime: float
     images: dict = field(default_factory=dict)   # {"obj", "sky"}: rendered host images
+    timing: dict = field(default_factory=dict)   # seconds per stage
 
     @property
     def fibers(self) -> np.ndarray:
@@ -94,6 +96,7 @@ def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
                  wave_range, full_size: bool, exptime: float, xp=np,
                  dw: float = WAVE_STEP) -> CameraSetup:
     """Build the night-level state of ``camera`` and render its object and sky images."""
+    t0 = time.perf_counter()
     band, petal = camera[0], int(camera[1])
     nspec = targets.nspec
     ny, nx = crop_shape(psf, nspec, wave_range, full_size)
@@ -101,6 +104,7 @@ def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
     elec = make_electronics(seed, camera)
     structure = bias_structure(seed, camera, geom, elec)
     cal = make_calib(seed, camera, geom, elec, structure)
+    t_cal = time.perf_counter() - t0
     anchor = PRODUCTION_WAVE[band][0]
     wave = trace_wave_range(psf, np.arange(nspec), -(psf.hsizey + 1.0), ny + psf.hsizey, dw,
                             anchor)
@@ -111,6 +115,7 @@ def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
                         wave_range=(float(wave_range[0]), float(wave_range[1])), wave=wave,
                         dw=dw, targets=targets, objflux=objflux, skyflux=skyflux,
                         calibvec=calibvec, exptime=float(exptime))
+    t1 = time.perf_counter()
     thru = targets.fiber_thru[:, None]
     ph = np.stack([objflux * calibvec[None, :] * thru,
                    np.broadcast_to(skyflux[None, :] * calibvec[None, :] * thru, objflux.shape)])
@@ -119,6 +124,8 @@ def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
     setup.images["sky"] = backend.to_host(img[1])
     del img
     backend.free_memory(xp)
+    setup.timing = {"calib_s": round(t_cal, 3), "spectra_s": round(t1 - t0 - t_cal, 3),
+                    "render_s": round(time.perf_counter() - t1, 3)}
     return setup
 
 

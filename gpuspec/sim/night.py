@@ -230,7 +230,6 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
         t0 = time.perf_counter()
         setup = setup_camera(seed, cam, psfs[cam], targets[int(cam[1])], sky, ranges[cam],
                              full_size, exptime, xp=xp)
-        t_render = time.perf_counter() - t0
         lay = layout(outdir, night, camera=cam)
         calhdr = {"CAMERA": cam, "NIGHT": night, "DETECTOR": f"SIM-{cam}"}
         write_bias(lay["bias"], setup.calib.bias, calhdr)
@@ -266,8 +265,7 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
             "n_dead": int(len(setup.calib.defects["dead_pixels"])),
             "bad_column": [int(v) for v in setup.calib.defects["bad_column"]],
         }
-        timing[cam] = {"render_s": round(t_render, 3),
-                       "total_s": round(time.perf_counter() - t0, 3)}
+        timing[cam] = dict(setup.timing, total_s=round(time.perf_counter() - t0, 3))
         log.info("simulated %s: %dx%d CCD, %d fibers x %d wavelengths, %.1f s", cam, g.ny, g.nx,
                  nspec, setup.wave.size, time.perf_counter() - t0)
         del setup
