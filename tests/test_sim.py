@@ -345,3 +345,35 @@ def test_targets_do_not_depend_on_nspec():
     for k in range(0, 500, 25):
         kinds = list(b.kind[k:k + 25])
         assert kinds.count("SKY") == 2 and kinds.count("STD") == 1
+
+
+def test_rendered_image_conserves_truth_photons(tmp_path):
+    """The simulator's noiseless image holds the truth photons of every fiber, up to the
+    parts of spots that fall outside the (cropped) CCD."""
+    from gpuspec.psf import read_psf
+    from gpuspec.sim import read_truth, render_spectra
+    from gpuspec.sim.camera import setup_camera
+    from gpuspec.sim.render import spot_fraction_inside
+    from gpuspec.sim.spectra import make_sky
+    from gpuspec.sim.targets import make_targets
+
+    info = _small(tmp_path / "D")
+    d = info["outdir"]
+    tr = read_truth(os.path.join(d, "truth", f"truth-{EXPID:08d}.fits"), "r0")
+    psf = read_psf(os.path.join(d, "psf", "psf-r0.fits"))
+    shape = tuple(info["camera_info"]["r0"]["ccd_shape"])
+    frac = spot_fraction_inside(psf, np.arange(25), tr["wave"], shape)
+    assert np.isclose(frac, 1, rtol=0, atol=1e-12).mean() > 0.5 and frac.min() < 1e-3  # top crop edge
+    # the simulator's own noiseless images, combined as for this exposure
+    setup = setup_camera(3, "r0", psf, make_targets(3, 0, 25), make_sky(3), (6000.0, 6300.0),
+                         False, 900.0)
+    cond = info["conditions"][str(EXPID)]
+    model = setup.images["obj"] * cond["transparency"] + setup.images["sky"] * cond["sky_scale"]
+    assert model.shape == shape
+    assert model.sum() == pytest.approx((tr["phot"] * frac).sum(), rel=1e-10)
+    # per fiber: the image of each fiber alone holds its photons
+    for f in (0, 7, 24):
+        one = render_spectra(psf, [f], tr["wave"], tr["phot"][f:f + 1], shape)
+        assert one.sum() == pytest.approx((tr["phot"][f] * frac[f]).sum(), rel=1e-10)
+        inside = np.isclose(frac[f], 1, rtol=0, atol=1e-12)
+        assert tr["phot"][f, inside].sum() > 0.5 * tr["phot"][f].sum()
