@@ -133,12 +133,76 @@ def _chunk_dims(patches, xc, yc, b0, kmin, nxs):
     return P, F, NW, WY, wx, D + 1, xw, nf
 
 
+def _scatter(xp, stamps, sf, sk, ok, win, col, oy, ox, rlo, rhi, clo, chi, nwin, wy, wx, K):
+    """Dense window matrices from spots: ``out[win, y, u, col] = stamp[y - oy, u - ox]``.
+
+    All item arrays (``sf`` … ``chi``) share one shape and are host ints: the spot
+    (fiber row ``sf``, wavelength ``sk``) of each item, whether it exists (``ok``),
+    the window and column it goes to, its origin in window coordinates and the
+    region (rows ``[rlo, rhi)``, columns ``[clo, chi)``) where pixels are kept (the
+    patch box). Returns a device array (nwin, wy * wx, K). No duplicates are written,
+    so a plain indexed assignment is exact on every backend.
+    """
+    nys, nxs = stamps.shape[-2:]
+    sy = xp.arange(nys)[:, None]
+    sx = xp.arange(nxs)[None, :]
+
+    def dev(a):
+        return xp.asarray(np.ascontiguousarray(a).reshape(-1))[:, None, None]
+
+    yy = dev(oy) + sy
+    uu = dev(ox) + sx
+    valid = (dev(ok) & (yy >= 0) & (yy < wy) & (yy >= dev(rlo)) & (yy < dev(rhi))
+             & (uu >= 0) & (uu < wx) & (uu >= dev(clo)) & (uu < dev(chi)))
+    size = nwin * wy * wx * K
+    flat = ((dev(win) * wy + yy) * wx + uu) * K + dev(col)
+    flat = xp.where(valid, flat, size)
+    vals = stamps[xp.asarray(np.ascontiguousarray(sf).reshape(-1)),
+                  xp.asarray(np.ascontiguousarray(sk).reshape(-1))]
+    out = xp.zeros(size + 1)
+    out[flat.reshape(-1)] = vals.reshape(-1)
+    return out[:size].reshape(nwin, wy * wx, K)
+
+
+def _window_pixels(ctx, rows0, cols0, nrow, ncol, rowmax, bx0, bx1):
+    """Gather image and ivar into windows (host-int origins ``rows0``/``cols0``).
+
+    ``rows0``, ``cols0``: (nwin,) CCD row/column of each window's pixel (0, 0);
+    ``rowmax``: (nwin,) last CCD row (exclusive) of the box; ``bx0``/``bx1``: box
+    columns. Pixels outside the box or the image get ivar 0. Returns (nwin, nrow*ncol)
+    device arrays (pix, ivar).
+    """
+    xp = ctx.xp
+    yw = xp.arange(nrow)[None, :, None]
+    uw = xp.arange(ncol)[None, None, :]
+    rows = xp.asarray(rows0)[:, None, None] + yw
+    cols = xp.asarray(cols0)[:, None, None] + uw
+    ok = ((rows < xp.asarray(rowmax)[:, None, None]) & (cols >= xp.asarray(bx0)[:, None, None])
+          & (cols < xp.asarray(bx1)[:, None, None]))
+    iy = rows - ctx.y0
+    ix = cols - ctx.x0
+    ok &= (iy >= 0) & (iy < ctx.shape[0]) & (ix >= 0) & (ix < ctx.shape[1])
+    iyc = xp.clip(iy, 0, ctx.shape[0] - 1)
+    ixc = xp.clip(ix, 0, ctx.shape[1] - 1)
+    n = len(rows0)
+    pix = xp.where(ok, ctx.image[iyc, ixc], 0.0).reshape(n, nrow * ncol)
+    iv = xp.where(ok, ctx.ivar[iyc, ixc], 0.0).reshape(n, nrow * ncol)
+    return pix, iv
+
+
+#: target number of wavelengths per tile of the normal-equation products
+TILE = 16
+
+
 @nvtx_range("extract:chunk")
 def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc, stamps):
     """Solve a chunk of patches; returns device arrays indexed [p, f, ...]."""
     xp = ctx.xp
     nys, nxs = stamps.shape[-2:]
-    P, F, NW, WY, WX, ND, xw, nf = _chunk_dims(patches, xc, yc, b0, kmin, nxs)
+    P, F, NW0, WY, WX, ND, xw, nf = _chunk_dims(patches, xc, yc, b0, kmin, nxs)
+    NT = max(1, math.ceil(NW0 / TILE))
+    T = math.ceil(NW0 / NT)
+    NW = NT * T                                   # padded wavelengths per fiber
     Q = WY * WX
     nw = np.array([p.nwave for p in patches])
     k0 = np.array([p.kfirst - kmin for p in patches])
@@ -147,83 +211,97 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
     bx1 = np.array([p.box[1] for p in patches])
     by0 = np.array([p.box[2] for p in patches])
     bh = np.array([p.box[3] - p.box[2] for p in patches])
+    # spot of (p, fiber f, wavelength j), clamped to valid ones; host ints
+    fI = np.arange(F)[None, :, None]
+    jI = np.arange(NW)[None, None, :]
+    okfj = (fI < nf[:, None, None]) & (jI < nw[:, None, None])             # (P,F,NW)
+    sf = fb0[:, None, None] + np.minimum(fI, nf[:, None, None] - 1)
+    sk = k0[:, None, None] + np.minimum(jI, nw[:, None, None] - 1)
+    sf, sk = np.broadcast_arrays(sf, sk)
+    ycs = yc[sf, sk] - by0[:, None, None]          # stamp row 0, box coordinates
+    xcs = xc[sf, sk]                               # stamp column 0, CCD
 
     with nvtx_range("extract:projection"):
-        # ---- which spot goes to (p, f, d, j): fiber g = f + d, wavelength j (host ints)
-        f_ = np.arange(F)[None, :, None, None]
-        d_ = np.arange(ND)[None, None, :, None]
-        j_ = np.arange(NW)[None, None, None, :]
-        g = f_ + d_
-        okspot = (g < nf[:, None, None, None]) & (j_ < nw[:, None, None, None])
-        sf = fb0[:, None, None, None] + np.minimum(g, nf[:, None, None, None] - 1)
-        sk = k0[:, None, None, None] + np.minimum(j_, nw[:, None, None, None] - 1)
-        sf, sk = np.broadcast_arrays(sf, sk)
-        xcg = xc[sf, sk]
-        ycg = yc[sf, sk]
-        oy = ycg - by0[:, None, None, None]                  # row of stamp row 0 in window
-        ox = xcg - xw[:, :, None, None]                      # column of stamp col 0 in window
-        base = ((np.arange(P)[:, None, None, None] * F + f_) * WY) * WX
-        tail = d_ * NW + j_
-        # lower / upper crop limits (box columns) in window coordinates
-        cx_lo = bx0[:, None, None, None] - xw[:, :, None, None]
-        cx_hi = bx1[:, None, None, None] - xw[:, :, None, None]
-        hh = bh[:, None, None, None]
-        # to device: small (P, F, ND, NW) integer arrays
-        dv = {k: xp.asarray(np.ascontiguousarray(np.broadcast_to(v, okspot.shape)))
-              for k, v in dict(oy=oy, ox=ox, base=base, tail=tail, lo=cx_lo, hi=cx_hi,
-                              hh=hh, ok=okspot).items()}
-        sy = xp.arange(nys)[:, None]
-        sx = xp.arange(nxs)[None, :]
-        yy = dv["oy"][..., None, None] + sy                 # (P,F,ND,NW,nys,1)
-        uu = dv["ox"][..., None, None] + sx                 # (P,F,ND,NW,1,nxs)
-        valid = (dv["ok"][..., None, None] & (yy >= 0) & (yy < dv["hh"][..., None, None])
-                 & (uu >= 0) & (uu < WX) & (uu >= dv["lo"][..., None, None])
-                 & (uu < dv["hi"][..., None, None]))
-        size = P * F * Q * ND * NW
-        flat = (dv["base"][..., None, None] + yy * WX + uu) * (ND * NW) + dv["tail"][..., None, None]
-        flat = xp.where(valid, flat, size)
-        vals = stamps[xp.asarray(sf), xp.asarray(sk)]      # (P,F,ND,NW,nys,nxs)
-        Aflat = xp.zeros(size + 1)
-        Aflat[flat.reshape(-1)] = vals.reshape(-1)
-        A = Aflat[:size].reshape(P, F, Q, ND * NW)
-        A0 = A.reshape(P, F, Q, ND, NW)[:, :, :, 0, :]     # own-fiber columns
+        # ---- own-fiber windows (P*F windows of WY x WX pixels, NW columns)
+        pidx = np.arange(P)[:, None, None]
+        A0 = _scatter(xp, stamps, sf, sk, okfj, pidx * F + fI + 0 * jI, jI + 0 * fI,
+                      ycs, xcs - xw[:, :, None], np.zeros_like(ycs), bh[:, None, None] + 0 * ycs,
+                      bx0[:, None, None] - xw[:, :, None] + 0 * jI,
+                      bx1[:, None, None] - xw[:, :, None] + 0 * jI, P * F, WY, WX, NW)
+        A0 = A0.reshape(P, F, Q, NW)
+        Pw, Ww = _window_pixels(ctx, np.repeat(by0, F), xw.reshape(-1), WY, WX,
+                                np.repeat(by0 + bh, F), np.repeat(bx0, F), np.repeat(bx1, F))
+        Pw = Pw.reshape(P, F, Q)
+        Ww = Ww.reshape(P, F, Q)
 
-        # ---- image and ivar in each fiber window
-        yw = xp.arange(WY)[:, None]
-        uw = xp.arange(WX)[None, :]
-        rows = xp.asarray(by0)[:, None, None, None] + yw              # (P,1,WY,1)
-        cols = xp.asarray(xw)[:, :, None, None] + uw                 # (P,F,1,WX)
-        inbox = ((yw < xp.asarray(bh)[:, None, None, None])
-                 & (cols >= xp.asarray(bx0)[:, None, None, None])
-                 & (cols < xp.asarray(bx1)[:, None, None, None]))
-        iy = rows - ctx.y0
-        ix = cols - ctx.x0
-        inimg = (iy >= 0) & (iy < ctx.shape[0]) & (ix >= 0) & (ix < ctx.shape[1])
-        inwin = inbox & inimg
-        iyc = xp.clip(iy, 0, ctx.shape[0] - 1)
-        ixc = xp.clip(ix, 0, ctx.shape[1] - 1)
-        Ww = xp.where(inwin, ctx.ivar[iyc, ixc], 0.0).reshape(P, F, Q)
-        Pw = xp.where(inwin, ctx.image[iyc, ixc], 0.0).reshape(P, F, Q)
+        # ---- tiled windows for M: tile t of fiber f covers the rows of its stamps
+        ycT = np.where(okfj, ycs, np.iinfo(np.int64).max).reshape(P, F, NT, T)
+        ry = np.where(ycT.min(axis=-1) == np.iinfo(np.int64).max, 0, ycT.min(axis=-1))
+        ry = np.maximum(ry, 0)                                              # (P,F,NT)
+        ycT2 = np.where(okfj, ycs, np.iinfo(np.int64).min).reshape(P, F, NT, T)
+        RT = int(max(1, (ycT2.max(axis=-1) - ry).max() + nys))
+        RT = min(RT, WY)
+        # neighbour tiles whose stamps reach tile t's rows (for fibers f..f+ND-1)
+        E = 0
+        for d in range(ND):
+            g = fI + d
+            okg = (g < nf[:, None, None])
+            gl = np.minimum(g, F - 1)
+            ycg = np.take_along_axis(np.where(okfj, ycs, -10 ** 9),
+                                     np.broadcast_to(gl, (P, F, NW)), axis=1)   # (P,F,NW)
+            ycg = np.where(okg & okfj[np.arange(P)[:, None, None], gl, jI], ycg, -10 ** 9)
+            for t in range(NT):
+                top = ry[:, :, t][..., None]
+                hit = (ycg + nys > top) & (ycg < top + RT) & (ycg > -10 ** 8)
+                if np.any(hit):
+                    ts = np.nonzero(hit.any(axis=(0, 1)))[0] // T
+                    E = max(E, int(abs(ts.min() - t)), int(abs(ts.max() - t)))
+        NE = 2 * E + 1
+        K = ND * NE * T
+        # items (P, F, NT, ND, NE, T)
+        sh = (P, F, NT, ND, NE, T)
+        pI = np.arange(P).reshape(-1, 1, 1, 1, 1, 1)
+        fI6 = np.arange(F).reshape(1, -1, 1, 1, 1, 1)
+        tI = np.arange(NT).reshape(1, 1, -1, 1, 1, 1)
+        dI = np.arange(ND).reshape(1, 1, 1, -1, 1, 1)
+        eI = np.arange(-E, E + 1).reshape(1, 1, 1, 1, -1, 1)
+        qI = np.arange(T).reshape(1, 1, 1, 1, 1, -1)
+        g6 = fI6 + dI
+        l6 = (tI + eI) * T + qI
+        ok6 = (g6 < nf.reshape(-1, 1, 1, 1, 1, 1)) & (l6 >= 0) & (l6 < nw.reshape(-1, 1, 1, 1, 1, 1))
+        gc = np.minimum(g6, F - 1)
+        lc = np.clip(l6, 0, NW - 1)
+        gc, lc, pB = np.broadcast_arrays(gc, lc, pI)
+        ok6 = np.broadcast_to(ok6 & okfj[pB, gc, lc], sh)
+        ry6 = np.broadcast_to(ry[:, :, :, None, None, None], sh)
+        xw6 = np.broadcast_to(xw[:, :, None, None, None, None], sh)
+        At = _scatter(xp, stamps, sf[pB, gc, lc], sk[pB, gc, lc], ok6,
+                      np.broadcast_to((pI * F + fI6) * NT + tI, sh),
+                      np.broadcast_to((dI * NE + (eI + E)) * T + qI, sh),
+                      ycs[pB, gc, lc] - ry6, xcs[pB, gc, lc] - xw6, -ry6,
+                      np.broadcast_to(bh.reshape(-1, 1, 1, 1, 1, 1), sh) - ry6,
+                      np.broadcast_to(bx0.reshape(-1, 1, 1, 1, 1, 1), sh) - xw6,
+                      np.broadcast_to(bx1.reshape(-1, 1, 1, 1, 1, 1), sh) - xw6,
+                      P * F * NT, RT, WX, K)                      # (P*F*NT, RT*WX, K)
+        _, Wt = _window_pixels(ctx, (by0[:, None, None] + ry).reshape(-1),
+                               np.repeat(xw.reshape(-1), NT), RT, WX,
+                               np.repeat(by0 + bh, F * NT), np.repeat(bx0, F * NT),
+                               np.repeat(bx1, F * NT))
 
     with nvtx_range("extract:normal"):
-        AW = A0 * Ww[..., None]                                    # (P,F,Q,NW)
-        AWt = xp.swapaxes(AW, -1, -2)
-        Mb = xp.matmul(AWt, A).reshape(P, F, NW, ND, NW)
-        bvec = xp.matmul(AWt, Pw[..., None])[..., 0]              # (P,F,NW)
-        fw = AW.sum(axis=2)                                        # (P,F,NW)
+        own = At[:, :, E * T:(E + 1) * T] * Wt[..., None]              # (P*F*NT, RT*WX, T)
+        Mb = xp.matmul(xp.swapaxes(own, -1, -2), At)                    # (P*F*NT, T, K)
+        AW = A0 * Ww[..., None]                                        # (P,F,Q,NW)
+        bvec = xp.matmul(xp.swapaxes(AW, -1, -2), Pw[..., None])[..., 0]   # (P,F,NW)
+        fw = AW.sum(axis=2)                                            # (P,F,NW)
         n = F * NW
-        M = xp.zeros((P, n, n))
-        for f in range(F):
-            for d in range(ND):
-                gg = f + d
-                if gg >= F:
-                    break
-                blk = Mb[:, f, :, d, :]
-                M[:, f * NW:(f + 1) * NW, gg * NW:(gg + 1) * NW] = blk
-                if d > 0:
-                    M[:, gg * NW:(gg + 1) * NW, f * NW:(f + 1) * NW] = xp.swapaxes(blk, -1, -2)
-        validu = xp.asarray((np.arange(F)[None, :, None] < nf[:, None, None])
-                            & (np.arange(NW)[None, None, :] < nw[:, None, None])).reshape(P, n)
+        rows_i, cols_i, src_i = _assembly_index(F, NT, T, ND, E, K)
+        M = xp.zeros((P, n * n))
+        Mbf = Mb.reshape(P, F * NT * T * K)
+        M[:, xp.asarray(rows_i * n + cols_i)] = Mbf[:, xp.asarray(src_i)]
+        M[:, xp.asarray(cols_i * n + rows_i)] = Mbf[:, xp.asarray(src_i)]
+        M = M.reshape(P, n, n)
+        validu = xp.asarray(okfj.reshape(P, n))
         regularize_normal(M, fw.reshape(P, n), validu, ctx.regularize)
 
     with nvtx_range("extract:solve"):
@@ -241,6 +319,8 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         rd = R[:, :, xp.clip(ri, 0, NW - 1), jj[None, :]] * rok        # (P,F,2h+1,NW)
 
     with nvtx_range("extract:chi2"):
+        yw = xp.arange(WY)[:, None]
+        uw = xp.arange(WX)[None, :]
         m_own = xp.matmul(A0, x3[..., None])[..., 0]                    # (P,F,Q)
         # full model in each fiber window: own + neighbours' own-window models
         e_ = np.arange(-(ND - 1), ND)
@@ -284,6 +364,37 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
 
     return dict(flux=flux, ivar=ivar, rd=rd, chi2pix=chi2pix, pixmask=pixmask,
                 boxmodel=boxmodel, F=F, NW=NW)
+
+
+_ASSEMBLY_CACHE: dict = {}
+
+
+def _assembly_index(F, NT, T, ND, E, K):
+    """Where each element of the tiled products goes in M (host, cached by shape).
+
+    Returns ``rows, cols, src``: M[row, col] = Mb.flat[src] for the blocks on and above
+    the block diagonal (fiber g >= f; same fiber: tile t2 >= t); the caller also writes
+    the transposes.
+    """
+    key = (F, NT, T, ND, E, K)
+    if key not in _ASSEMBLY_CACHE:
+        NE = 2 * E + 1
+        NW = NT * T
+        f = np.arange(F).reshape(-1, 1, 1, 1, 1, 1)
+        t = np.arange(NT).reshape(1, -1, 1, 1, 1, 1)
+        i = np.arange(T).reshape(1, 1, -1, 1, 1, 1)
+        d = np.arange(ND).reshape(1, 1, 1, -1, 1, 1)
+        e = np.arange(-E, E + 1).reshape(1, 1, 1, 1, -1, 1)
+        q = np.arange(T).reshape(1, 1, 1, 1, 1, -1)
+        g = f + d
+        t2 = t + e
+        keep = (g < F) & (t2 >= 0) & (t2 < NT) & ((d > 0) | (e >= 0))
+        row = f * NW + t * T + i
+        col = g * NW + t2 * T + q
+        src = (((f * NT + t) * T + i) * K) + (d * NE + e + E) * T + q
+        row, col, src, keep = np.broadcast_arrays(row, col, src, keep)
+        _ASSEMBLY_CACHE[key] = (row[keep], col[keep], src[keep])
+    return _ASSEMBLY_CACHE[key]
 
 
 def _chunks(patches, per_patch_bytes, budget):

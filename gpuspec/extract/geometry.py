@@ -188,6 +188,7 @@ def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5
     cy0 = max(0, int(image_box[2]))
     cy1 = min(psf.npix_y, int(image_box[3]))
     own, ext = split_bundle(bspecmax - bspecmin, nsubbundles)
+    tr = _Traces(psf, bspecmin, bspecmax)
     patches = []
     for ii_own, ii_ext in zip(own, ext):
         speclo = bspecmin + int(ii_ext[0])
@@ -201,13 +202,14 @@ def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5
             else:
                 whi = wave[-1]
                 ncore = nwave - iwave
-            xlo, xhi, ylo, yhi = psf.xyrange((speclo, spechi), (wlo, whi))
-            ny = psf.xypix(speclo, wlo)[2].shape[0] or (2 * psf.hsizey + 1)
+            xlo, xhi, ylo, yhi = tr.xyrange(speclo, spechi, wlo, whi)
+            ny = tr.spot_height(speclo, wlo)
             extra = int(round(pixpad_frac * ny))
             ylo -= extra
             yhi += extra
             wpad = int(ny * wavepad_frac)
-            wmin, wmax = np.asarray(psf.wavelength([speclo], [ylo - wpad, yhi + wpad]))[0]
+            wmin = tr.wavelength(speclo, ylo - wpad)
+            wmax = tr.wavelength(speclo, yhi + wpad)
             nlo = max(int((wlo - wmin) / dw) - 1, ndiag)
             nhi = max(int((wmax - whi) / dw) - 1, ndiag)
             box = (max(xlo, cx0), min(xhi, cx1), max(ylo, cy0), min(yhi, cy1))
@@ -216,3 +218,63 @@ def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5
                                  f"outside the image region {tuple(image_box)}")
             patches.append(Patch(speclo, spechi, keep, iwave, ncore, ncore, nlo, nhi, box))
     return patches
+
+
+class _Traces:
+    """Cached trace geometry of a bundle: ``psf.xyrange``, spot heights and
+    ``psf.wavelength`` at CCD rows, with specter's semantics but without evaluating
+    spots (a spot's pixel slice is its corner ``floor(X - HSIZE + 0.5)`` plus its size,
+    clipped to the CCD)."""
+
+    def __init__(self, psf, fmin, fmax):
+        self.psf = psf
+        self.fmin = fmin
+        self.nx = 2 * psf.hsizex + 1
+        self.ny = 2 * psf.hsizey + 1
+        self.rows = np.arange(psf.npix_y, dtype=np.float64)
+        self.wrows = np.asarray(psf.wavelength(np.arange(fmin, fmax), self.rows))
+
+    def _slices(self, fiber, w):
+        """(x0, x1, y0, y1) of specter's ``xypix(fiber, w)`` slices (all 0 when off the CCD)."""
+        psf = self.psf
+        x = float(np.asarray(psf.x([fiber], [w]))[0, 0])
+        y = float(np.asarray(psf.y([fiber], [w]))[0, 0])
+        xc = int(np.floor(x - psf.hsizex + 0.5))
+        yc = int(np.floor(y - psf.hsizey + 0.5))
+        if (xc >= psf.npix_x or xc + self.nx <= 0 or yc >= psf.npix_y or yc + self.ny <= 0):
+            return 0, 0, 0, 0
+        return (max(xc, 0), min(xc + self.nx, psf.npix_x), max(yc, 0),
+                min(yc + self.ny, psf.npix_y))
+
+    def spot_height(self, fiber, w) -> int:
+        """Rows of the spot of ``fiber`` at ``w`` on the CCD (specter ``psf.pix(...).shape[0]``)."""
+        s = self._slices(fiber, w)
+        return (s[3] - s[2]) or self.ny
+
+    def wavelength(self, fiber, y) -> float:
+        """``psf.wavelength(fiber, y)`` (table lookup for rows on the CCD)."""
+        y = int(y)
+        if 0 <= y < self.wrows.shape[1]:
+            return float(self.wrows[fiber - self.fmin, y])
+        return float(np.asarray(self.psf.wavelength([fiber], [float(y)]))[0, 0])
+
+    def _wgrid(self, fiber, wlo, whi):
+        ww = self.wrows[fiber - self.fmin]
+        ww = ww[(ww >= wlo) & (ww <= whi)]
+        return np.sort(np.concatenate([ww, [wlo, whi]]))
+
+    def xyrange(self, specmin, specmax, wlo, whi):
+        """``psf.xyrange((specmin, specmax), (wlo, whi))``."""
+        psf = self.psf
+        fib = np.arange(specmin, specmax)
+        ylo = np.asarray(psf.y(fib, [wlo]))[:, 0]
+        yhi = np.asarray(psf.y(fib, [whi]))[:, 0]
+        ymin = self._slices(specmin + int(np.argmin(ylo)), wlo)[2]
+        ymax = self._slices(specmin + int(np.argmax(yhi)), whi)[3]
+        wa = self._wgrid(specmin, wlo, whi)
+        xa = np.asarray(psf.x([specmin], wa))[0]
+        xmin = self._slices(specmin, wa[int(np.argmin(xa))])[0]
+        wb = self._wgrid(specmax - 1, wlo, whi)
+        xb = np.asarray(psf.x([specmax - 1], wb))[0]
+        xmax = self._slices(specmax - 1, wb[int(np.argmax(xb))])[1]
+        return int(xmin), int(xmax), int(ymin), int(ymax)
