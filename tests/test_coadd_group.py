@@ -20,7 +20,7 @@ TID0 = 39630000000000
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     d = tmp_path_factory.mktemp("frames")
-    files, sp, truth = write_frames(str(d), ntarget=21, nexp=3, ranges=SHORT_RANGES, seed=3)
+    files, sp, truth = write_frames(str(d), ntarget=12, nexp=3, ranges=SHORT_RANGES, seed=3)
     return files, sp, truth, d
 
 
@@ -49,6 +49,7 @@ def test_group_healpix(frames, tmp_path):
     assert one == [str(tmp_path / "one" / f"spectra-main-dark-{pix[0]}.fits")]
 
 
+@pytest.mark.slow
 def test_cli_group_then_coadd_consistent_with_truth(frames, tmp_path):
     files, sp, truth, _ = frames
     hpx = tmp_path / "hpx"
@@ -139,7 +140,7 @@ def test_coadd_cameras_vs_naive():
 
 
 def test_spectroperf_coadd_multicamera_vs_truth():
-    sp, truth = make_spectra(ntarget=8, nexp=3, ranges=SHORT_RANGES, seed=7)
+    sp, truth = make_spectra(ntarget=5, nexp=3, ranges=SHORT_RANGES, seed=7)
     c = coadd_spectroperf(sp, backend="numpy")
     w = c.wave["brz"]
     m = rapply(c.resolution_data["brz"], truth["all"][:, np.searchsorted(truth["wave"], w)])
