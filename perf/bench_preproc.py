@@ -199,6 +199,7 @@ def cli_run(backend_name: str, folder: str, rawfn: str, camera: str) -> dict:
 
 def bench(backend_name: str, warmup: int, repeat: int, data, files=None) -> dict:
     xp = backend.get_xp(backend_name)
+    load_before = list(os.getloadavg())
     raw, hdr, prim, calib = data
     cal_dev = {k: backend.to_device(v, xp) for k, v in calib.items()}
     npix = 2 * NDY * 2 * NDX
@@ -239,6 +240,7 @@ def bench(backend_name: str, warmup: int, repeat: int, data, files=None) -> dict
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "image": {"raw_shape": list(raw.shape), "trimmed_shape": [2 * NDY, 2 * NDX],
                   "cosmic_pixels_flagged": ncos},
+        "loadavg_before": load_before,
         "loadavg_after": list(os.getloadavg()),
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
                                                        "OPENBLAS_NUM_THREADS")},
