@@ -8,7 +8,7 @@ import pytest
 from gpuspec import backend
 from gpuspec.extract import extract_bundle, extract_frame, split_bundle
 from gpuspec.extract import core as ex_core
-from gpuspec.extract.solve import decorrelate, regularize_normal, spd_inverse
+from gpuspec.extract.solve import decorrelate, inv_cholesky, regularize_normal, spd_inverse
 from gpuspec.resolution import apply as rapply
 
 from conftest import REF_PSF, require_reference
@@ -39,6 +39,14 @@ def test_spd_inverse(xp, rng):
     C = backend.to_host(spd_inverse(xp.asarray(M)))
     np.testing.assert_allclose(C @ M, np.broadcast_to(np.eye(30), M.shape), atol=1e-10)
     np.testing.assert_allclose(C, np.swapaxes(C, -1, -2), atol=1e-14)
+
+
+def test_inv_cholesky(xp, rng):
+    M = _spd(rng, 3, 20)
+    Z = backend.to_host(inv_cholesky(xp.asarray(M)))
+    assert np.allclose(np.triu(Z, 1), 0.0)
+    np.testing.assert_allclose(np.swapaxes(Z, -1, -2) @ Z @ M,
+                               np.broadcast_to(np.eye(20), M.shape), atol=1e-10)
 
 
 def test_decorrelate_single_block(xp, rng):

@@ -36,7 +36,7 @@ from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
-from .solve import decorrelate, regularize_normal, spd_inverse
+from .solve import decorrelate, inv_cholesky, regularize_normal
 
 __all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
 
@@ -150,13 +150,12 @@ def _scatter(xp, stamps, sf, sk, ok, win, col, oy, ox, rlo, rhi, clo, chi, nwin,
     def dev(a):
         return xp.asarray(np.ascontiguousarray(a).reshape(-1))[:, None, None]
 
-    yy = dev(oy) + sy
-    uu = dev(ox) + sx
-    valid = (dev(ok) & (yy >= 0) & (yy < wy) & (yy >= dev(rlo)) & (yy < dev(rhi))
-             & (uu >= 0) & (uu < wx) & (uu >= dev(clo)) & (uu < dev(chi)))
+    yy = dev(oy) + sy                                   # (items, nys, 1)
+    uu = dev(ox) + sx                                   # (items, 1, nxs)
+    rv = dev(ok) & (yy >= xp.maximum(dev(rlo), 0)) & (yy < xp.minimum(dev(rhi), wy))
+    cv = (uu >= xp.maximum(dev(clo), 0)) & (uu < xp.minimum(dev(chi), wx))
     size = nwin * wy * wx * K
-    flat = ((dev(win) * wy + yy) * wx + uu) * K + dev(col)
-    flat = xp.where(valid, flat, size)
+    flat = xp.where(rv & cv, (dev(win) * wy + yy) * (wx * K) + dev(col) + uu * K, size)
     vals = stamps[xp.asarray(np.ascontiguousarray(sf).reshape(-1)),
                   xp.asarray(np.ascontiguousarray(sk).reshape(-1))]
     out = xp.zeros(size + 1)
@@ -305,10 +304,12 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         regularize_normal(M, fw.reshape(P, n), validu, ctx.regularize)
 
     with nvtx_range("extract:solve"):
-        C = spd_inverse(M)
-        xflux = xp.matmul(C, bvec.reshape(P, n, 1))[..., 0]       # deconvolved flux
-        Cb = xp.diagonal(C.reshape(P, F, NW, F, NW), axis1=1, axis2=3)   # (P,NW,NW,F)
-        Cb = xp.ascontiguousarray(xp.moveaxis(Cb, -1, 1))                # (P,F,NW,NW)
+        Z = inv_cholesky(M)                                    # M^-1 = Z^T Z
+        Zt = xp.swapaxes(Z, -1, -2)
+        xflux = xp.matmul(Zt, xp.matmul(Z, bvec.reshape(P, n, 1)))[..., 0]   # deconvolved
+        # diagonal blocks of C = M^-1: C_ff = Z[:, f]^T Z[:, f]
+        Zf = xp.moveaxis(Z.reshape(P, n, F, NW), 2, 1)                 # (P,F,n,NW)
+        Cb = xp.matmul(xp.swapaxes(Zf, -1, -2), Zf)                     # (P,F,NW,NW)
         R, ivar = decorrelate(Cb)
         x3 = xflux.reshape(P, F, NW)
         flux = xp.matmul(R, x3[..., None])[..., 0]

@@ -2,8 +2,8 @@
 inversion, and specter's "signal" decorrelation (resolution matrices).
 
 All functions take stacks of problems (leading batch axes) and run unchanged on
-numpy and cupy. Only :func:`spd_inverse` picks a backend-specific routine (LAPACK
-``potrf/potri`` per matrix on the host, batched cuSOLVER through ``xp.linalg`` on
+numpy and cupy. Only :func:`inv_cholesky` picks a backend-specific routine (LAPACK
+``potrf/trtri`` per matrix on the host, batched cuSOLVER through ``xp.linalg`` on
 the device); both return the same matrix to rounding.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..profiling import nvtx_range
 
-__all__ = ["regularize_normal", "spd_inverse", "decorrelate", "EIG_THRESHOLD",
+__all__ = ["regularize_normal", "inv_cholesky", "spd_inverse", "decorrelate", "EIG_THRESHOLD",
            "MINWEIGHT_SCALE"]
 
 #: specter's eigenvalue floor, relative: 10 machine epsilons.
@@ -71,9 +71,9 @@ def regularize_normal(M, fluxweight, valid, regularize: float = 0.0,
     return M
 
 
-@nvtx_range("extract:spd_inverse")
-def spd_inverse(M):
-    """Inverse of a stack of symmetric positive-definite matrices.
+@nvtx_range("extract:inv_cholesky")
+def inv_cholesky(M):
+    """Inverse Cholesky factors of a stack of symmetric positive-definite matrices.
 
     Parameters
     ----------
@@ -81,39 +81,59 @@ def spd_inverse(M):
 
     Returns
     -------
-    array (..., n, n)
-        ``M⁻¹`` (symmetrised).
+    Z : array (..., n, n)
+        Lower-triangular ``L⁻¹`` where ``M = L Lᵀ``, so that ``M⁻¹ = Zᵀ Z``: the
+        solution of ``M x = b`` is ``Zᵀ (Z b)`` and diagonal blocks of ``M⁻¹`` are
+        ``Z[:, blk]ᵀ Z[:, blk]``.
 
     Notes
     -----
-    numpy: LAPACK ``dpotrf`` + ``dpotri`` per matrix (n³ flops, half of ``inv``);
-    a matrix that is not positive definite falls back to ``numpy.linalg.inv``.
-    cupy: ``cupy.linalg.inv`` on the whole batch (one batched cuSOLVER call, no host
-    synchronisation per matrix).
+    numpy: LAPACK ``dpotrf`` + ``dtrtri`` per matrix (2n³/3 flops). A matrix that is
+    not numerically positive definite falls back to the symmetric square root of its
+    pseudo-inverse computed by ``eigh`` with specter's eigenvalue floor (then
+    ``Zᵀ Z`` is still the regularised inverse).
+    cupy: one batched ``cupy.linalg.cholesky`` and one batched ``cupy.linalg.inv`` of
+    the triangular factors (no host synchronisation per matrix).
 
     Backends: numpy, cupy.
     """
     xp = get_array_module(M)
     if xp is not np:  # pragma: no cover - GPU only
-        Ci = xp.linalg.inv(M)
-        return 0.5 * (Ci + xp.swapaxes(Ci, -1, -2))
+        L = xp.linalg.cholesky(M)
+        return xp.tril(xp.linalg.inv(L))
     from scipy.linalg import lapack
 
     shape = M.shape
     n = shape[-1]
     flat = M.reshape(-1, n, n)
     out = np.empty_like(flat)
-    iu = np.triu_indices(n, 1)
     for k in range(flat.shape[0]):
-        c, info = lapack.dpotrf(flat[k], lower=1, clean=0)
+        c, info = lapack.dpotrf(flat[k], lower=1, clean=1)
         if info == 0:
-            ci, info = lapack.dpotri(c, lower=1)
+            z, info = lapack.dtrtri(c, lower=1)
         if info != 0:
-            out[k] = np.linalg.inv(flat[k])
+            out[k] = _pinv_sqrt(flat[k])
             continue
-        ci[iu] = ci.T[iu]  # dpotri fills the lower triangle only
-        out[k] = ci
+        out[k] = z
     return out.reshape(shape)
+
+
+def _pinv_sqrt(m):
+    """Symmetric ``M^(-1/2)`` with eigenvalues floored like specter (numpy, one matrix)."""
+    w, v = np.linalg.eigh(0.5 * (m + m.T))
+    floor = np.max(w) * EIG_THRESHOLD
+    wi = np.where(w > floor, 1.0 / np.sqrt(np.where(w > floor, w, 1.0)), 1.0 / np.sqrt(floor))
+    return (v * wi) @ v.T
+
+
+def spd_inverse(M):
+    """Inverse of a stack of SPD matrices, ``Zᵀ Z`` from :func:`inv_cholesky`.
+
+    Backends: numpy, cupy.
+    """
+    xp = get_array_module(M)
+    Z = inv_cholesky(M)
+    return xp.matmul(xp.swapaxes(Z, -1, -2), Z)
 
 
 @nvtx_range("extract:decorrelate")
