@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..maskbits import fibermask
+from ..backend import to_device
 from .groups import gather_rows, nonamp_bad_fiberstatus, target_index_table, use_for_coadd
 
 __all__ = ["per_exposure_normalization"]
@@ -112,10 +113,10 @@ def per_exposure_normalization(spectra, targets, xp, nsig: float = 10.0):
         nunmasked = xp.zeros(idx_s.shape)
         anyband = np.zeros(len(sel), dtype=bool)
         for b in bands:
-            fl = gather_rows(xp.asarray(spectra.flux[b]), idx_s, xp)
-            iv = gather_rows(xp.asarray(spectra.ivar[b]), idx_s, xp)
+            fl = gather_rows(to_device(spectra.flux[b], xp), idx_s, xp)
+            iv = gather_rows(to_device(spectra.ivar[b], xp), idx_s, xp)
             if spectra.mask is not None:
-                mk = gather_rows(xp.asarray(spectra.mask[b]), idx_s, xp)
+                mk = gather_rows(to_device(spectra.mask[b], xp), idx_s, xp)
                 w = iv * (mk == 0)
             else:
                 w = iv * 1.0
