@@ -49,6 +49,11 @@ class CameraCalib:
     defects: dict = field(default_factory=dict)
 
 
+def _normal32(rng, shape):
+    """Standard normal draws in float32 (twice as fast as float64 for big images)."""
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
 def _count(rng, density, npix, minimum=3):
     return max(minimum, int(rng.poisson(density * npix)))
 
@@ -63,7 +68,7 @@ def make_calib(seed: int, camera: str, geom: CCDGeometry, elec: Electronics,
     xx = (np.arange(nx) / max(nx - 1, 1))[None, :]
 
     # --- dark rate
-    dark = DARK_BASE * (1.0 + 0.3 * yy + 0.2 * xx) + rng.normal(0, 5e-5, (ny, nx))
+    dark = DARK_BASE * (1.0 + 0.3 * yy + 0.2 * xx) + 5e-5 * _normal32(rng, (ny, nx))
     dark = np.maximum(dark, 0.0)
     nhot = _count(rng, HOT_DENSITY, npix)
     hot_y = rng.integers(0, ny, nhot)
@@ -81,7 +86,7 @@ def make_calib(seed: int, camera: str, geom: CCDGeometry, elec: Electronics,
     a1, a2 = rng.uniform(0.01, 0.015, 2)
     smooth = (a1 * np.sin(2 * np.pi * 1.3 * yy + p1) * np.cos(2 * np.pi * 0.9 * xx + p2)
               + a2 * np.sin(2 * np.pi * 2.1 * (xx + 0.5 * yy) + p3))
-    pixflat = 1.0 + smooth + rng.normal(0, 0.01, (ny, nx))
+    pixflat = 1.0 + smooth + 0.01 * _normal32(rng, (ny, nx))
     ndead = _count(rng, DEAD_DENSITY, npix)
     dead_y = rng.integers(0, ny, ndead)
     dead_x = rng.integers(0, nx, ndead)
@@ -108,7 +113,7 @@ def make_calib(seed: int, camera: str, geom: CCDGeometry, elec: Electronics,
     for a in AMPS:
         g = geom.amps[a]
         bias[g.region] -= structure[g.bias].mean()
-    bias += rng.normal(0.0, 0.2, bias.shape)
+    bias += 0.2 * _normal32(rng, bias.shape)
     bias = bias.astype(np.float32)
 
     defects = {

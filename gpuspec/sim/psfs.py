@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import MissingFileError
 from .cameras import PRODUCTION_WAVE
 
-__all__ = ["default_template_path", "band_domain", "camera_psf", "load_template", "trace_wave_range"]
+__all__ = ["default_template_path", "band_domain", "camera_psf", "load_template",
+           "trace_wave_range"]
 
 _ENV = "GPUSPEC_PSF_TEMPLATE"
 

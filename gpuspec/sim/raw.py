@@ -81,7 +81,7 @@ def bias_structure(seed: int, camera: str, geom: CCDGeometry, elec: Electronics)
     """
     rng = stream(seed, "bias_structure", camera)
     ny, nx = geom.raw_shape
-    s = rng.normal(0.0, 0.3, size=(ny, nx))
+    s = 0.3 * rng.standard_normal((ny, nx), dtype=np.float32).astype(np.float64)
     xcol = np.arange(nx, dtype=np.float64)
     yrow = np.arange(ny, dtype=np.float64)
     for a in AMPS:
@@ -171,7 +171,7 @@ def digitize(electrons: np.ndarray, geom: CCDGeometry, elec: Electronics,
     raw = geom.to_raw(np.asarray(electrons, dtype=np.float64) / gain[amp_trim])
     raw += structure
     raw += off[amp_raw]
-    raw += rng.standard_normal(raw.shape) * rdn_adu[amp_raw]
+    raw += rng.standard_normal(raw.shape, dtype=np.float32) * rdn_adu[amp_raw].astype(np.float32)
     np.floor(raw + 0.5, out=raw)
     np.clip(raw, 0, ADC_MAX, out=raw)
     return raw.astype(np.int32)
