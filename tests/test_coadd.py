@@ -123,6 +123,18 @@ def test_decorrelate_parity():
     assert _relmax(rd, rr) < 1e-6
 
 
+def test_decorrelate_chunking_and_single_spectrum():
+    with fitsio.FITS(_ref("decorrelate.fits")) as fx:
+        wavebin = fx[0].read_header()["WAVEBIN"]
+        cb, cf = fx["CINV_BAND"].read(), fx["CINVF"].read()
+    full = decorrelate(cb, cf, wavebin, backend="numpy")
+    small = decorrelate(cb, cf, wavebin, max_blocks=1, backend="numpy")  # one target per call
+    one = decorrelate(cb[2], cf[2], wavebin, backend="numpy")            # 2-D input
+    for a, b, c in zip(full, small, one):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(c, a[2], rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("inp_name,out_name", [("input_spectra.fits", "resample_single.fits"),
                                                ("resample_twoband_input.fits",
                                                 "resample_twoband.fits")])
