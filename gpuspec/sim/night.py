@@ -302,6 +302,7 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
         "seed": seed, "night": night, "expids": expids, "cameras": cams, "nspec": nspec,
         "nexp": nexp, "exptime": exptime, "full_size": bool(full_size),
         "wave_step": WAVE_STEP, "backend": backend.resolve(backend_name),
+        "wave_ranges": {c: [ranges[c][0], ranges[c][1], WAVE_STEP] for c in cams},
         "tile": {"tileid": tile.tileid, "ra": tile.ra, "dec": tile.dec},
         "template_psf": os.path.abspath(template_path),
         "conditions": {str(e): {k: conds[e][k] for k in ("sky_scale", "transparency")}
