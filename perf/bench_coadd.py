@@ -160,7 +160,7 @@ def main(argv=None):
            "versions": {"python": platform.python_version(), "numpy": np.__version__,
                         "gpuspec": __version__},
            "threads": args.threads, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "backends": {}}
+           "loadavg_start": list(os.getloadavg()), "backends": {}}
     try:
         res["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
                                            capture_output=True, text=True).stdout.strip()
@@ -179,6 +179,9 @@ def main(argv=None):
         res["gpu_speedup"] = {
             k: cpu["healpix"][k]["median_s"] / gpu["healpix"][k]["median_s"]
             for k in ("plain_coadd_plus_cameras", "spectroperf_coadd")}
+    res["loadavg_end"] = list(os.getloadavg())
+    res["note"] = ("shared 2-core VM: other processes compete for the cores (see loadavg); "
+                   "timings are medians of --repeat runs")
     host = socket.gethostname().split(".")[0]
     out = args.out or os.path.join(HERE, "results", f"coadd-{host}-{'-'.join(names)}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
