@@ -49,6 +49,27 @@ def find_cameras(simdir: str) -> list[str]:
     return sorted(cams)
 
 
+def _simulation_info(simdir: str) -> dict:
+    import json
+
+    path = os.path.join(simdir, "simulation.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _sim_wavelength(info: dict):
+    """{arm: [min, max, step]} from simulation.json, or None."""
+    step = info.get("wave_step")
+    out = {}
+    for cam, ci in (info.get("camera_info") or {}).items():
+        wr = ci.get("wave_range") if isinstance(ci, dict) else None
+        if step and wr and len(wr) == 2:
+            out[cam[0]] = [float(wr[0]), float(wr[1]), float(step)]
+    return out or None
+
+
 def _available_steps(registry: str) -> list[str]:
     from .steps import get_registry
 
@@ -66,7 +87,7 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
                        exposures: list | None = None, cameras=None, bundles=(0, 1, 2),
                        bundles_per_task: int = 1, nbundles: int = 20,
                        fibers_per_bundle: int = 25, steps: list | None = None,
-                       backend: str = "auto", wavelength="psf", nside: int = 64,
+                       backend: str = "auto", wavelength=None, nside: int = 64,
                        registry: str = "desi", progress_interval: float = 10.0) -> str:
     """Write a manifest that reduces a simulated night; return its path.
 
@@ -83,14 +104,17 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     cameras : camword or list, optional
         Default: every camera with a PSF under ``simdir/psf``.
     bundles : sequence of int or None
-        Bundles to extract (None: all ``nbundles``).
+        Bundles to extract (None: all ``nbundles``); those beyond the simulated
+        fibers (``nspec`` of ``simulation.json``) are dropped.
     bundles_per_task, nbundles, fibers_per_bundle : int
         Task sizing and the bundle geometry.
     steps : list of str, optional
         Default: the steps whose implementation is installed, in data-flow order
         up to the first missing one.
     backend : {"auto", "numpy", "cupy"}
-    wavelength : "psf", "default" or {arm: [min, max, step]}
+    wavelength : "psf", "default" or {arm: [min, max, step]}, optional
+        Default: the simulated ``wave_range`` and ``wave_step`` of each arm from
+        ``simulation.json``, else ``"default"`` (the DESI grids).
     nside : int
         HEALPix nside of the group step.
     registry : str
@@ -131,6 +155,15 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
         cams = list(cameras)
     camword = cams if isinstance(cams, str) else cameras_to_camword(cams)
     steps = list(steps) if steps is not None else _available_steps(registry)
+    info = _simulation_info(simdir)
+    nspec = info.get("nspec")
+    if bundles is not None and nspec:
+        nb = -(-int(nspec) // int(fibers_per_bundle))
+        bundles = [b for b in bundles if b < nb]
+        if not bundles:
+            raise ValueError(f"none of the requested bundles holds simulated fibers (nspec={nspec})")
+    if wavelength is None:
+        wavelength = _sim_wavelength(info) or "default"
     calib = {}
     for kind in ("bias", "dark", "pixflat", "mask"):
         if glob.glob(os.path.join(simdir, "calib", f"{kind}-*.fits")):

@@ -506,6 +506,11 @@ def _check_files(m: Manifest) -> None:
             if b >= ext["nbundles"]:
                 raise m.error(f"steps.extract.bundles[{j}]",
                               f"bundle {b} out of range (nbundles={ext['nbundles']})")
+    if {"extract", "frame"} <= steps and ext.get("bundles") is not None:
+        b = sorted(set(ext["bundles"]))
+        if any(y != x + 1 for x, y in zip(b, b[1:])):
+            raise m.error("steps.extract.bundles", f"bundles {b} are not contiguous: a frame "
+                          "covers one contiguous range of fibers")
     seen = set()
     for e in m.exposures():
         if e["expid"] in seen:

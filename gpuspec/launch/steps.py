@@ -197,7 +197,9 @@ def desi_extract(task, ctx: TaskContext) -> None:
     from ..extract import extract_file
 
     p = task.params
-    wave = wavelength_grid(p["wavelength"], p["psf"])
+    spec = p["wavelength"]
+    # (wmin, wmax, dw) as in desispec: extract_file makes arange(wmin, wmax + dw/2, dw)
+    wave = tuple(float(v) for v in spec) if spec != "psf" else wavelength_grid(spec, p["psf"])
     nspec = p["nbundles"] * p["fibers_per_bundle"]
     kw = dict(specmin=0, nspec=nspec, bundles=list(p["bundles"]))
     sig = inspect.signature(extract_file).parameters
@@ -256,7 +258,7 @@ def _names_pixel(path: str, hpix: int) -> bool:
     import re
 
     base = os.path.basename(path)
-    return re.search(rf"(?<![0-9]){hpix}(?![0-9])", base) is not None
+    return re.search(rf"[-_]{hpix}\.fits(\.gz)?$", base) is not None
 
 
 def desi_coadd(task, ctx: TaskContext) -> None:
