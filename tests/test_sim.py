@@ -378,3 +378,34 @@ def test_rendered_image_conserves_truth_photons(tmp_path):
         assert one.sum() == pytest.approx((tr["phot"][f] * frac[f]).sum(), rel=1e-10)
         inside = np.isclose(frac[f], 1, rtol=0, atol=1e-12)
         assert tr["phot"][f, inside].sum() > 0.5 * tr["phot"][f].sum()
+
+
+def test_cli_options_and_camwords(tmp_path):
+    import argparse
+
+    from gpuspec.sim.cameras import parse_cameras
+    from gpuspec.sim.cli import _wave_range
+
+    assert parse_cameras("a0") == ["b0", "r0", "z0"]
+    assert parse_cameras("z1,b0,r1") == ["b0", "r1", "z1"]
+    assert parse_cameras(["r2", "b2"]) == ["b2", "r2"]
+    with pytest.raises(InputError):
+        parse_cameras("q0")
+    assert _wave_range("r:6000:6300") == ("r", (6000.0, 6300.0))
+    assert _wave_range("6000:6300") == ("*", (6000.0, 6300.0))
+    with pytest.raises(argparse.ArgumentTypeError):
+        _wave_range("r:abc:6300")
+    d = tmp_path / "D"
+    assert cli.main(["simulate", "--out", str(d), "--cameras", "r0", "--nspec", "25",
+                     "--seed", "5", "--wave-range", "r:6000:6200", "--night", "20240101",
+                     "--expid", "42", "--exptime", "300", "--backend", "numpy"]) == 0
+    with open(d / "simulation.json") as fh:
+        info = json.load(fh)
+    assert info["expids"] == [42] and info["night"] == 20240101 and info["exptime"] == 300.0
+    assert info["wave_ranges"] == {"r0": [6000.0, 6200.0, 0.8]}
+    raw = d / "raw" / "20240101" / "00000042" / "desi-00000042.fits.fz"
+    import gpuspec.io as gio
+
+    img, hdr, prim = gio.read_raw(str(raw), "r0")
+    assert prim["EXPTIME"] == 300.0 and hdr["EXPID"] == 42
+    assert img.shape == tuple(info["camera_info"]["r0"]["raw_shape"])
