@@ -19,9 +19,16 @@ synchronised before each clock read):
 Writes ``perf/results/preproc-<host>-<backend>.json`` with the machine, the
 device name, library versions and the git commit.
 
+With ``--raw FILE --camera CAM --calib-dir D`` a simulated night from
+``gpuspec simulate --full-size`` is used instead of the built-in synthetic camera
+(``D/{bias,dark,pixflat,mask}-{camera}.fits``).
+
 Usage::
 
     python perf/bench_preproc.py [--backends numpy,cupy] [--repeat 5] [--warmup 1]
+    gpuspec simulate --out D --cameras r0 --nspec 500 --full-size
+    python perf/bench_preproc.py --raw D/raw/20250115/00000100/desi-00000100.fits.fz \
+        --camera r0 --calib-dir D/calib
 """
 
 from __future__ import annotations
@@ -125,6 +132,20 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
     return raw, hdr, prim, calib
 
 
+def load_simulated(rawfn: str, camera: str, calib_dir: str):
+    """(raw, header, primary, calibrations) of one camera of a simulated raw file."""
+    from gpuspec.io import read_raw
+    from gpuspec.preproc.calib import read_calibration_file
+
+    raw, hdr, prim = read_raw(rawfn, camera)
+    calib = {}
+    for name in ("bias", "dark", "pixflat", "mask"):
+        fn = os.path.join(calib_dir, f"{name}-{camera}.fits")
+        if os.path.exists(fn):
+            calib[name] = read_calibration_file(fn, name)
+    return raw, hdr, prim, calib
+
+
 def _git_commit() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
@@ -180,12 +201,12 @@ def write_inputs(folder: str, data) -> tuple:
     return rawfn, cal
 
 
-def cli_run(backend_name: str, folder: str, rawfn: str, camera: str) -> dict:
-    """Time ``gpuspec preproc`` once on the written files."""
+def cli_run(backend_name: str, folder: str, rawfn: str, outdir: str, camera: str) -> dict:
+    """Time ``gpuspec preproc`` once on the files (calibrations in ``folder``)."""
     from gpuspec.cli import main as gmain
     from gpuspec.io import read_image
 
-    out = os.path.join(folder, f"preproc-{camera}-{backend_name}.fits")
+    out = os.path.join(outdir, f"preproc-{camera}-{backend_name}.fits")
     argv = ["preproc", "-i", rawfn, "--camera", camera, "-o", out, "--calib-dir", folder,
             "--backend", backend_name]
     t0 = time.perf_counter()
@@ -197,12 +218,13 @@ def cli_run(backend_name: str, folder: str, rawfn: str, camera: str) -> dict:
             "cosmic_pixels": int(np.sum((img.mask & 16) != 0))}
 
 
-def bench(backend_name: str, warmup: int, repeat: int, data, files=None) -> dict:
+def bench(backend_name: str, warmup: int, repeat: int, data, files=None,
+          data_source: str = "synthetic (perf/bench_preproc.py)") -> dict:
     xp = backend.get_xp(backend_name)
     load_before = list(os.getloadavg())
     raw, hdr, prim, calib = data
     cal_dev = {k: backend.to_device(v, xp) for k, v in calib.items()}
-    npix = 2 * NDY * 2 * NDX
+    npix = int(np.prod(calib["pixflat"].shape)) if "pixflat" in calib else 2 * NDY * 2 * NDX
 
     def full():
         return preproc(raw, hdr, prim, backend=backend_name, **cal_dev)
@@ -238,8 +260,8 @@ def bench(backend_name: str, warmup: int, repeat: int, data, files=None) -> dict
         "versions": _versions(xp),
         "git_commit": _git_commit(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "image": {"raw_shape": list(raw.shape), "trimmed_shape": [2 * NDY, 2 * NDX],
-                  "cosmic_pixels_flagged": ncos},
+        "image": {"raw_shape": list(raw.shape), "trimmed_shape": list(img.pix.shape),
+                  "cosmic_pixels_flagged": ncos, "source": data_source},
         "loadavg_before": load_before,
         "loadavg_after": list(os.getloadavg()),
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
@@ -258,10 +280,18 @@ def main(argv=None) -> int:
     p.add_argument("--outdir", default=os.path.join(HERE, "results"))
     p.add_argument("--no-cli", action="store_true",
                    help="skip the file-level gpuspec preproc run")
+    p.add_argument("--raw", default=None, help="simulated raw file to use instead")
+    p.add_argument("--camera", default="r0", help="camera of --raw")
+    p.add_argument("--calib-dir", default=None, help="calibrations of --raw")
     args = p.parse_args(argv)
     names = args.backends.split(",") if args.backends else \
         ["numpy"] + (["cupy"] if backend.resolve("auto") == "cupy" else [])
-    data = synth_camera()
+    if args.raw:
+        data = load_simulated(args.raw, args.camera, args.calib_dir or ".")
+        source = f"simulated: {args.raw} camera {args.camera}"
+    else:
+        data = synth_camera()
+        source = "synthetic (perf/bench_preproc.py)"
     os.makedirs(args.outdir, exist_ok=True)
     host = socket.gethostname().split(".")[0]
     import tempfile
@@ -269,11 +299,15 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="bench_preproc_")
     files = None
     if not args.no_cli:
-        rawfn, _ = write_inputs(tmp.name, data)
-        files = (tmp.name, rawfn)
+        if args.raw:
+            files = (args.calib_dir or ".", args.raw, tmp.name)
+        else:
+            rawfn, _ = write_inputs(tmp.name, data)
+            files = (tmp.name, rawfn, tmp.name)
     for name in names:
-        out = bench(name, args.warmup, args.repeat, data, files)
-        fn = os.path.join(args.outdir, f"preproc-{host}-{name}.json")
+        out = bench(name, args.warmup, args.repeat, data, files, data_source=source)
+        tag = "-sim" if args.raw else ""
+        fn = os.path.join(args.outdir, f"preproc-{host}-{name}{tag}.json")
         with open(fn, "w") as f:
             json.dump(out, f, indent=1)
         print("wrote", fn)
