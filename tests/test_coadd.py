@@ -195,7 +195,24 @@ def test_gpu_cpu_plain(inp):
     for key in ("flux", "ivar", "resolution_data"):
         assert _relmax(getattr(g, key)["r"], getattr(a, key)["r"]) < 1e-5
     assert np.array_equal(g.mask["r"], a.mask["r"])
-    assert np.array_equal(g.exp_fibermap, a.exp_fibermap)
+    _check_table(g.exp_fibermap, a.exp_fibermap)
+    _check_table(g.fibermap, a.fibermap)
+
+
+@pytest.mark.gpu
+def test_gpu_cpu_spectroperf_coadd_and_cameras(inp):
+    from gpuspec.coadd import coadd_cameras
+    from gpuspec.coadd.synth import SHORT_RANGES, make_spectra
+    a = coadd_spectroperf(inp, inp.wave["r"], backend="numpy")
+    g = coadd_spectroperf(inp, inp.wave["r"], backend="cupy")
+    for key in ("flux", "ivar", "resolution_data"):
+        assert _relmax(getattr(g, key)["r"], getattr(a, key)["r"]) < 1e-6
+    sp, _ = make_spectra(ntarget=4, nexp=3, ranges=SHORT_RANGES, seed=4)
+    ca = coadd_cameras(coadd(sp, backend="numpy"), backend="numpy")
+    cg = coadd_cameras(coadd(sp, backend="cupy"), backend="cupy")
+    for key in ("flux", "ivar", "resolution_data"):
+        assert _relmax(getattr(cg, key)["brz"], getattr(ca, key)["brz"]) < 1e-6
+    assert np.array_equal(cg.mask["brz"], ca.mask["brz"])
 
 
 @pytest.mark.gpu
