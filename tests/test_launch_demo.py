@@ -71,3 +71,19 @@ def test_demo_default_steps_are_available(simdir, tmp_path):
     path = make_demo_manifest(simdir, str(tmp_path / "prod"))
     steps = list(yaml.safe_load(open(path))["steps"])
     assert steps and not DESI.unavailable(steps)
+
+
+def test_unknown_step_option_names_key_and_line(simdir, tmp_path, capsys):
+    from gpuspec.launch.steps import DESI
+
+    path = make_demo_manifest(simdir, str(tmp_path / "prod"),
+                              steps=["preproc", "extract", "frame", "group", "coadd"])
+    text = open(path).read().replace("  coadd: {}", "  coadd:\n    options: {spectroperff: true}")
+    with open(path, "w") as f:
+        f.write(text)
+    if DESI.unavailable(["coadd"]):
+        pytest.skip("gpuspec.coadd.coadd_file not available")
+    assert run_cli.main([path, "--check"]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "spectroperff" in ln)
+    assert f"line {line}: steps.coadd.options.spectroperff: unknown option" in err

@@ -212,3 +212,18 @@ def test_camword_api():
             parse_camword(bad)
     with pytest.raises(ValueError):
         cameras_to_camword(["b0", "bb"])
+
+
+@pytest.mark.parametrize("name", ["demo-sim.yaml", "desi-night.yaml", "toy.yaml"])
+def test_launch_examples_are_valid(name):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    m = load_manifest(os.path.join(repo, "launch", name), check_files=False)
+    assert m.steps == ["preproc", "extract", "frame", "group", "coadd"]
+    assert m.data["inputs"]["cameras"]
+
+
+def test_env_vars_expanded(workdir, monkeypatch):
+    monkeypatch.setenv("GPUSPEC_TEST_IN", str(workdir / "in"))
+    text = GOOD.replace("rawdir: in/raw", "rawdir: $GPUSPEC_TEST_IN/raw")
+    m = load_manifest(_write(workdir, text))
+    assert m.data["inputs"]["rawdir"] == str(workdir / "in" / "raw")

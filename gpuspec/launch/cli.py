@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "MPI ranks (one per GPU), with a SQLite state database in the production.",
         epilog="Follow a run with 'gpuspec status PROD'; list failures with "
                "'gpuspec tasks PROD --state failed'; re-run one with 'gpuspec retry PROD TASK'.")
-    p.add_argument("manifest", help="production manifest (YAML), see docs/launch.md")
+    p.add_argument("manifest", nargs="?", help="production manifest (YAML), see docs/launch.md")
     p.add_argument("--dry-run", action="store_true",
                    help="print the tasks, their states and the command re-running each; run nothing")
     p.add_argument("--check", action="store_true", help="validate the manifest and exit")
@@ -66,6 +66,11 @@ def _load(args):
         _err(str(exc))
         return None, 2
     missing = reg.unavailable(m.steps)
+    try:
+        _check_options(m, reg, missing)
+    except GpuspecError as exc:
+        _err(str(exc))
+        return None, 2
     if missing:
         for step, why in missing.items():
             _err(f"step {step!r} cannot run: {why}")
@@ -81,6 +86,17 @@ def _load(args):
     return p, None
 
 
+def _check_options(m, reg, missing) -> None:
+    """Raise ManifestError for a step option the step's function does not take."""
+    for step in m.steps:
+        if step in missing:
+            continue
+        for name in reg.unknown_options(step, m.step(step).get("options", {})):
+            raise m.error(f"steps.{step}.options.{name}",
+                          f"unknown option of step {step} (not an argument of "
+                          f"{reg.steps[step].needs[0] if reg.steps[step].needs else step})")
+
+
 def _dry_run(p) -> int:
     width = max((len(t.name) for t in p.tasks), default=10)
     print(f"# production {p.manifest.production}: {len(p.tasks)} tasks (registry "
@@ -93,13 +109,18 @@ def _dry_run(p) -> int:
 
 def main(argv=None) -> int:
     """Entry point of ``gpuspec-run``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.schema:
         from .manifest import describe_schema
 
         describe_schema(emit=print)
         return 0
+    if not args.manifest:
+        parser.print_usage(sys.stderr)
+        _err("a manifest is required")
+        return 2
     if args.check or args.task:
         from .manifest import load_manifest
 
@@ -118,8 +139,14 @@ def main(argv=None) -> int:
             except Exception as exc:
                 _err(str(exc))
                 return 2
-            for step, why in reg.unavailable(m.steps).items():
+            missing = reg.unavailable(m.steps)
+            for step, why in missing.items():
                 _err(f"step {step!r} cannot run: {why}")
+                return 2
+            try:
+                _check_options(m, reg, missing)
+            except GpuspecError as exc:
+                _err(str(exc))
                 return 2
             print(f"{m.path}: valid; {n} tasks")
             return 0

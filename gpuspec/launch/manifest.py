@@ -283,7 +283,8 @@ class _Validator:
                 self.error(node, key, f"expected {self._kind_word(kind)}, got "
                            f"{self.typename(node)} {value!r}")
             if kind == "path":
-                value = os.path.normpath(os.path.join(self.basedir, os.path.expanduser(value)))
+                value = os.path.normpath(os.path.join(
+                    self.basedir, os.path.expanduser(os.path.expandvars(value))))
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 self.error(node, key, f"expected an integer, got {self.typename(node)} {value!r}")

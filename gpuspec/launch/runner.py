@@ -239,6 +239,7 @@ class _Progress:
     def __init__(self, sched: Scheduler, interval: float, enabled: bool = True):
         self.sched, self.interval, self.enabled = sched, interval, enabled
         self.last = 0.0
+        self.last_text = ""
         self.t0 = time.time()
 
     def line(self, text: str) -> None:
@@ -247,10 +248,12 @@ class _Progress:
 
     def tick(self, force: bool = False) -> None:
         now = time.time()
-        if force or (self.interval > 0 and now - self.last >= self.interval) or \
-                (self.interval == 0 and force):
+        if force or (self.interval > 0 and now - self.last >= self.interval):
             self.last = now
-            self.line(summary_line(self.sched))
+            text = summary_line(self.sched)
+            if text != self.last_text:  # nothing new: stay quiet
+                self.last_text = text
+                self.line(text)
 
     def failed(self, name: str, result: dict, downstream: list) -> None:
         more = f"; {len(downstream)} dependent task(s) failed too" if downstream else ""

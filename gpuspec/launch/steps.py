@@ -114,6 +114,23 @@ class Registry:
                     break
         return out
 
+    def unknown_options(self, step: str, options: dict) -> list[str]:
+        """Options that the library function of ``step`` (first of ``needs``) does not take.
+
+        Empty when the step has no ``needs`` or the function takes ``**kwargs``.
+        """
+        spec = self.steps.get(step)
+        if spec is None or not spec.needs or not options:
+            return []
+        try:
+            fn = import_target(spec.needs[0])
+            params = inspect.signature(fn).parameters
+        except Exception:
+            return []
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return []
+        return [k for k in options if k not in params]
+
     def func(self, step: str) -> Callable:
         spec = self.steps.get(step)
         if spec is None:
