@@ -73,6 +73,8 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
         Wavelength grid, see :func:`wave_grid`.
     specmin, nspec : int
         Fibers ``[specmin, specmin + nspec)``; ignored when ``bundles`` is given.
+        ``nspec=None``: up to the number of FIBERMAP rows of the preproc file when it
+        has one, else to the last fiber of the PSF.
     bundles : int or list of int, optional
         Contiguous bundle indices (fibers ``b·bundlesize …``) for a partial frame.
     bundlesize, nsubbundles, nwavestep, wavepad_frac, pixpad_frac, regularize, psferr
@@ -99,10 +101,14 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     image = gio.read_image(preprocfile)
     psf = read_psf(psffile)
     w = wave_grid(wave)
+    if nspec is None and bundles is None and image.fibermap is not None:
+        # the fibers the exposure has (500 per petal in production; fewer in simulations)
+        nspec = max(1, min(len(image.fibermap), psf.nspec) - int(specmin))
     specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
     if image.pix.shape != (psf.npix_y, psf.npix_x):
-        log.warning("preproc image shape %s differs from the PSF's CCD (%d, %d)",
-                    image.pix.shape, psf.npix_y, psf.npix_x)
+        log.info("preproc image shape %s differs from the PSF's CCD (%d, %d); its pixel (0, 0) "
+                 "is taken as CCD pixel (0, 0)",
+                 image.pix.shape, psf.npix_y, psf.npix_x)
     ivar = np.asarray(image.ivar, dtype=np.float64)
     if image.mask is not None:
         ivar = ivar * (np.asarray(image.mask) == 0)
