@@ -102,6 +102,21 @@ def test_nan_pixels():
     assert "2 NaN" in str(ei.value)
 
 
+def test_nan_in_calibration(tmp_path):
+    d, raw, hdr, prim = _raw()
+    pf = fitsio.read(os.path.join(d, "calib_pixflat.fits")).astype(np.float64)
+    pf[3, 3] = np.nan
+    with pytest.raises(BadDataError, match="pixflat calibration has 1 NaN"):
+        preproc(raw, hdr, prim, backend="numpy", pixflat=pf)
+    fn = str(tmp_path / "dark.fits")
+    dk = fitsio.read(os.path.join(d, "calib_dark.fits"))
+    dk[0, 0] = np.inf
+    fitsio.write(fn, dk)
+    with pytest.raises(BadDataError, match="dark") as ei:
+        preproc(raw, hdr, prim, backend="numpy", dark=fn)
+    assert fn in str(ei.value)
+
+
 def test_negative_exptime():
     d, raw, hdr, prim = _raw()
     with pytest.raises(BadDataError, match="EXPTIME"):

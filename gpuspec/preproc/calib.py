@@ -128,6 +128,9 @@ def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput 
         data = to_device(data, xp, dtype=dtype)
     if data is entry:
         data = data.copy()
+    if data.dtype.kind == "f" and not bool(xp.isfinite(data).all()):
+        nbad = int((~xp.isfinite(data)).sum())
+        raise BadDataError(f"{name} calibration has {nbad} NaN or infinite pixel(s)", path=path)
     return CalibInput(name, data, path)
 
 
