@@ -121,11 +121,10 @@ def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput 
     if data.ndim != 2:
         raise BadDataError(f"{name} calibration must be a 2-D image, got shape "
                            f"{tuple(data.shape)}", path=path)
-    if dtype is not None and np.dtype(dtype).kind in "iu" and data.dtype.kind == "f":
-        data = to_device(data, xp)
-        data = data.astype(dtype)
-    else:
-        data = to_device(data, xp, dtype=dtype)
+    # upload in the stored dtype (float32 files: half the bytes), convert on the device
+    data = to_device(data, xp)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
     if data is entry:
         data = data.copy()
     if data.dtype.kind == "f" and not bool(xp.isfinite(data).all()):
