@@ -126,3 +126,23 @@ def test_cli_fibermap_petal_rows(tmp_path):
     img = read_image(out)
     assert img.fibermap is not None and len(img.fibermap) == 500
     assert np.all(img.fibermap["PETAL_LOC"] == 0)
+
+
+@pytest.mark.gpu
+def test_cli_cupy_backend_same_file_as_numpy(tmp_path):
+    from gpuspec.io import read_image
+
+    d = _ref()
+    outs = {}
+    for be in ("numpy", "cupy"):
+        outs[be] = str(tmp_path / f"{be}.fits")
+        rc = main(["preproc", "-i", os.path.join(d, "raw.fits"), "--camera", "b0",
+                   "-o", outs[be], "--bias", os.path.join(d, "calib_bias.fits"),
+                   "--dark", os.path.join(d, "calib_dark.fits"),
+                   "--pixflat", os.path.join(d, "calib_pixflat.fits"),
+                   "--mask", os.path.join(d, "calib_mask.fits"), "--backend", be])
+        assert rc == 0
+    a, b = read_image(outs["numpy"]), read_image(outs["cupy"])
+    np.testing.assert_allclose(b.pix, a.pix, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b.ivar, a.ivar, rtol=1e-6, atol=1e-12)
+    assert np.array_equal(b.mask, a.mask)
