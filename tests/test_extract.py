@@ -235,6 +235,20 @@ def test_bundle_equals_frame_rows(caseB):
     assert parity_failures(fr, caseB["clean"], fibers=slice(25, 50)) == []
 
 
+def test_no_data_gives_zero_ivar(caseB):
+    """All pixels masked in a bundle's region: ivar 0, ALLBADPIX, finite outputs."""
+    from gpuspec.maskbits import specmask
+
+    iv = caseB["IVAR"].copy()
+    iv[:, :200] = 0.0  # fibers 0-24 live in the first ~190 columns of the cut-out
+    fr = extract_bundle(caseB["IMAGE"], iv, caseB["psf"], caseB["WAVE"], 0,
+                        xyrange=caseB["xyrange"], backend="numpy")
+    assert np.all(np.isfinite(fr.flux)) and np.all(np.isfinite(fr.ivar))
+    assert np.all(fr.ivar[:20] == 0)
+    assert np.all(fr.mask[:20] & specmask.ALLBADPIX)
+    assert np.all(caseB["IVAR"] == _load_caseB()["IVAR"])  # input not modified
+
+
 @pytest.mark.gpu
 def test_gpu_matches_cpu(caseB):
     cp = backend.get_xp("cupy")

@@ -311,6 +311,9 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         Zf = xp.moveaxis(Z.reshape(P, n, F, NW), 2, 1)                 # (P,F,n,NW)
         Cb = xp.matmul(xp.swapaxes(Zf, -1, -2), Zf)                     # (P,F,NW,NW)
         R, ivar = decorrelate(Cb)
+        # patches without any weighted pixel carry no information
+        nodata = fw.reshape(P, n).max(axis=-1) <= 0
+        ivar = xp.where(nodata[:, None, None], 0.0, ivar)
         x3 = xflux.reshape(P, F, NW)
         flux = xp.matmul(R, x3[..., None])[..., 0]
         h = ctx.ndiag

@@ -56,6 +56,8 @@ def regularize_normal(M, fluxweight, valid, regularize: float = 0.0,
     xp = get_array_module(M)
     fw = xp.where(valid, fluxweight, 0.0)
     minweight = weight_scale * xp.max(fw, axis=-1, keepdims=True)
+    # a patch without any weighted pixel: pin every unknown to 0 with unit weight
+    minweight = xp.where(minweight > 0, minweight, 1.0)
     ibad = (fw < minweight) & valid
     lam = xp.where(ibad, minweight - fw, float(regularize))
     add = xp.where(valid, lam * lam, 0.0)
@@ -100,7 +102,8 @@ def inv_cholesky(M):
     xp = get_array_module(M)
     if xp is not np:  # pragma: no cover - GPU only
         L = xp.linalg.cholesky(M)
-        return xp.tril(xp.linalg.inv(L))
+        n = M.shape[-1]
+        return xp.where(xp.tri(n, dtype=bool), xp.linalg.inv(L), 0.0)
     from scipy.linalg import lapack
 
     shape = M.shape
