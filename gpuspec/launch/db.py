@@ -71,6 +71,10 @@ class StateDB:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         self.readonly = readonly
+        #: when False, writes of update()/update_many() wait for commit() (one transaction
+        #: for many changes: the scheduler of a big run commits a few times a second)
+        self.autocommit = True
+        self.dirty = False
         if readonly:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no state database at {path} (has gpuspec-run been "
@@ -85,6 +89,8 @@ class StateDB:
         self.conn.row_factory = sqlite3.Row
 
     def close(self) -> None:
+        if not self.readonly:
+            self.commit()
         self.conn.close()
 
     def __enter__(self):
@@ -149,12 +155,24 @@ class StateDB:
         if not sets:
             return
         sql = f"UPDATE tasks SET {', '.join(sets)} WHERE name = ?"
-        with self.conn:
-            self.conn.executemany(sql, [(*vals, n) for n in names])
+        self._write(sql, [(*vals, n) for n in names])
 
     def bump_attempts(self, name: str) -> None:
-        with self.conn:
-            self.conn.execute("UPDATE tasks SET attempts = attempts + 1 WHERE name = ?", (name,))
+        self._write("UPDATE tasks SET attempts = attempts + 1 WHERE name = ?", [(name,)])
+
+    def _write(self, sql: str, rows: list) -> None:
+        if self.autocommit:
+            with self.conn:
+                self.conn.executemany(sql, rows)
+        else:
+            self.conn.executemany(sql, rows)
+            self.dirty = True
+
+    def commit(self) -> None:
+        """Commit the writes made with ``autocommit = False``."""
+        if self.dirty:
+            self.conn.commit()
+            self.dirty = False
 
     def get(self, name: str) -> dict | None:
         r = self.conn.execute("SELECT * FROM tasks WHERE name = ?", (name,)).fetchone()

@@ -356,16 +356,19 @@ def run_serial(p: Plan, verbose: bool = True) -> int:
         host = socket.gethostname()
         progress.line(f"{len(p.tasks)} tasks, {sched.counts().get('done', 0)} already done; "
                       f"1 process on {device}")
+        db.autocommit = False  # one commit per task: its result and the next start
         while True:
             t = sched.pop_ready()
             if t is None:
                 break
             sched.started(t, 0, host, device, log_path(m.production, t.step, t.name))
+            db.commit()
             res = worker.run(t)
             down = sched.finished(t.name, res)
             if not res["ok"]:
                 progress.failed(t.name, res, down)
             progress.tick()
+        db.commit()
         _final(progress, sched, m)
         return _exit_code(sched)
 
@@ -478,7 +481,11 @@ def run_mpi(comm, manifest_path: str | None, load, verbose: bool = True) -> int:
     if rank != 0:
         worker = _Worker(manifest, registry, rank, device)
         comm.send(("ready", rank, host, device, None), dest=0, tag=TAG_REQ)
+        status = MPI.Status()
         while True:
+            # poll rather than block in recv: an idle rank must not spin a core
+            while not comm.Iprobe(source=0, tag=TAG_WORK, status=status):
+                time.sleep(0.001)
             kind, task = comm.recv(source=0, tag=TAG_WORK)
             if kind == "stop":
                 break
@@ -496,6 +503,8 @@ def run_mpi(comm, manifest_path: str | None, load, verbose: bool = True) -> int:
 
     def coordinator():
         db = StateDB(db_path(manifest.production))  # created in this thread: sole writer
+        db.autocommit = False  # commit when idle, or at least every 0.2 s when busy
+        last_commit = time.time()
         try:
             sched = Scheduler(p, db)
             sched_box["s"] = sched
@@ -548,8 +557,12 @@ def run_mpi(comm, manifest_path: str | None, load, verbose: bool = True) -> int:
                             comm.send(("stop", None), dest=r, tag=TAG_WORK)
                         active -= 1
                 progress.tick()
+                if db.dirty and (not busy or time.time() - last_commit > 0.2):
+                    db.commit()
+                    last_commit = time.time()
                 if not busy:
                     time.sleep(0.002)
+            db.commit()
             _final(progress, sched, manifest)
         except BaseException as exc:  # pragma: no cover - a bug; do not leave ranks hanging
             errors.append(exc)
