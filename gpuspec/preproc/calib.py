@@ -57,6 +57,8 @@ def read_calibration_file(path: str, name: str) -> np.ndarray:
     MissingFileError, InputError
         Missing or unreadable file, or no image in it; the message names the
         calibration and the file.
+
+    Host only (numpy).
     """
     import fitsio
 
@@ -100,6 +102,10 @@ def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput 
     ------
     InputError
         ``True`` (automatic lookup is not supported), or an unusable value.
+    BadDataError
+        Not 2-D, or NaN/inf pixels (message names the calibration and file).
+
+    Backends: numpy and cupy (the target of ``xp``).
     """
     if entry is None or entry is False:
         return None

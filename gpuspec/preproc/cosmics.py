@@ -57,7 +57,7 @@ _AXES = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
 def psf_gradients(camera: str) -> tuple:
-    """PSF gradients for the band of ``camera`` (``b0`` → band ``b``)."""
+    """PSF gradients for the band of ``camera`` (``b0`` → band ``b``); host tuple."""
     band = str(camera or "")[:1].lower()
     if band not in PSF_GRADIENTS:
         raise InputError(f"no PSF gradients for band {band!r} (camera {camera!r}); "
@@ -88,6 +88,8 @@ def reject_single_pass(pix, ivar, selection, gradients, nsig: float, cfudge: flo
     Returns
     -------
     bool array (ny, nx) of rejected pixels, same device as ``pix``.
+
+    Backends: numpy and cupy.
     """
     xp = get_array_module(pix)
     ny, nx = pix.shape
@@ -182,6 +184,8 @@ def cosmic_mask(image, nsig: float = NSIG, cfudge: float = CFUDGE, c2fudge: floa
     """Set the COSMIC bit in ``image.mask`` (in place) and return the rejection map.
 
     ``image`` is a :class:`gpuspec.Image` whose arrays live on one device.
+
+    Backends: numpy and cupy.
     """
     rejected = reject_cosmic_rays(image.pix, image.ivar, image.mask, image.camera, nsig=nsig,
                                   cfudge=cfudge, c2fudge=c2fudge, niter=niter, dilate=dilate)

@@ -27,7 +27,7 @@ REPAIR_ANGLES = (0, 20, 45, 70, 110, 135, 160)
 
 
 def ndimage_for(xp):
-    """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy."""
+    """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy (backends: both)."""
     if xp is np:
         import scipy.ndimage as ndi
 
@@ -44,7 +44,7 @@ def linear_element(n: int, m: int, angle: float) -> np.ndarray:
     ``int(yc + b·(x - xc))`` with ``b = tan`` of the angle folded into [0, 45]
     degrees, then the element is transposed and/or flipped for the other octants.
     ``int()`` truncation makes the non-axis lines slightly asymmetric, which
-    matters for exact parity.
+    matters for exact parity. Host (numpy) array; moved to the device by the caller.
     """
     if not 0 <= angle < 180:
         raise ValueError(f"angle ({angle}) must be in [0, 180)")
@@ -73,12 +73,15 @@ def linear_element(n: int, m: int, angle: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def repair_elements(n: int = 11, m: int = 11) -> tuple:
-    """The seven structuring elements of the repair (numpy bool arrays)."""
+    """The seven structuring elements of the repair (numpy bool arrays, host)."""
     return tuple(linear_element(n, m, a) for a in REPAIR_ANGLES)
 
 
 def dilate3x3(mask):
-    """Dilation of a boolean image by a 3x3 square (zero outside the image)."""
+    """Dilation of a boolean image by a 3x3 square (zero outside the image).
+
+    Backends: numpy and cupy.
+    """
     xp = get_array_module(mask)
     out = mask.copy()
     out[1:, :] |= mask[:-1, :]
@@ -102,6 +105,8 @@ def repair_mask(mask, n: int = 11, m: int = 11):
     Returns
     -------
     bool array, same device.
+
+    Backends: numpy (scipy.ndimage) and cupy (cupyx.scipy.ndimage).
     """
     xp = get_array_module(mask)
     ndi = ndimage_for(xp)

@@ -61,6 +61,8 @@ def overscan_step(row_levels, median_size: int = 7, edge_margin: int = 50) -> fl
     """OSTEP: range of the row-to-row difference of the median-filtered row levels.
 
     Returns 0.0 when the amplifier has no more than ``2·edge_margin + 1`` rows.
+
+    Backends: numpy and cupy (returns a host float).
     """
     xp = get_array_module(row_levels)
     ndi = ndimage_for(xp)
@@ -86,6 +88,8 @@ def cosmic_trail_rows(raw, ov_sec, row_levels, col_width: int = 300,
     Returns
     -------
     bool array (nrows,) on the device of ``raw``.
+
+    Backends: numpy and cupy.
     """
     xp = get_array_module(raw)
     ndi = ndimage_for(xp)
@@ -128,6 +132,8 @@ def amp_overscan(raw, ov_sec, per_row_allowed: bool, nsigma: float = 5.0,
         method is ``PER_ROW`` (the read noise then comes from the row-subtracted
         overscan); otherwise ``AVERAGE``.
     nsigma, niter : clipping parameters.
+
+    Backends: numpy and cupy (the level stays on the device; scalars on the host).
     """
     xp = get_array_module(raw)
     block = raw[ov_sec]

@@ -27,7 +27,7 @@ def clipped_std_bias(nsigma: float) -> float:
     """Ratio of the std of a Gaussian clipped at ±nsigma to its true sigma.
 
     ``sqrt(1 - 2a·exp(-a²/2) / (sqrt(2π)·erf(a/sqrt(2))))`` with ``a = nsigma``.
-    Divide a clipped std by this value to correct it.
+    Divide a clipped std by this value to correct it. Host scalar (any backend).
     """
     a = float(nsigma)
     return math.sqrt(1.0 - 2.0 * a * math.exp(-a * a / 2.0)
@@ -58,6 +58,8 @@ def clipped_stats_rows(pix, nsigma: float = 5.0, niter: int = 3, min_good: int =
     -------
     level, noise : arrays (nrow,)
         On the same device as ``pix``.
+
+    Backends: numpy and cupy.
     """
     xp = get_array_module(pix)
     pix = xp.asarray(pix, dtype=xp.float64)
@@ -89,6 +91,8 @@ def clipped_stats(pix, nsigma: float = 5.0, niter: int = 3, min_good: int = 5):
     -------
     level, noise : 0-d arrays on the device of ``pix`` (use ``float()`` to get
         Python numbers; that synchronises a GPU).
+
+    Backends: numpy and cupy.
     """
     xp = get_array_module(pix)
     flat = xp.asarray(pix, dtype=xp.float64).reshape(1, -1)
