@@ -393,3 +393,75 @@ def test_sigkill_then_resume(inputs, tmp_path, reference):
     assert _digests(prod) == _digests(reference)
     assert not [p for p in glob.glob(os.path.join(prod, "**", ".*"), recursive=True)
                 if ".tmp" in p]
+
+
+def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monkeypatch):
+    from gpuspec.launch import runner
+
+    ranges, frees = [], []
+
+    class Rec:
+        def __init__(self, name):
+            ranges.append(name)
+
+        def __enter__(self):
+            frees.append(("enter", ranges[-1]))
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(runner, "nvtx_range", Rec)
+    monkeypatch.setattr(runner._backend, "free_memory", lambda xp=None: frees.append("free"))
+    m = load_manifest(_manifest(tmp_path, inputs))
+    p = plan(m)
+    assert run_serial(p, verbose=False) == 0
+    assert ranges == [t.name for t in p.tasks]  # one range per task, named after it
+    steps = [t.step for t in p.tasks]
+    nchanges = sum(a != b for a, b in zip(steps, steps[1:]))
+    assert frees.count("free") == nchanges == 4
+    # the pool is freed right before the first task of each new step
+    for i, ev in enumerate(frees):
+        if ev == "free":
+            nxt = frees[i + 1][1]
+            prev = [e for e in frees[:i] if e != "free"][-1][1]
+            assert nxt.split("-")[0] != prev.split("-")[0]
+
+
+def test_status_live_mode(inputs, tmp_path, reference, capsys, monkeypatch):
+    import gpuspec.launch.status as st
+
+    calls = []
+
+    def fake_sleep(s):
+        calls.append(s)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(st.time, "sleep", fake_sleep)
+    assert gpuspec_cli.main(["status", reference, "--interval", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\033[H\033[2J") == 2 and calls == [0.5, 0.5]
+    assert _parse_status(out.split("\033[H\033[2J")[-1].replace("(Ctrl-C to quit)", ""))[
+        "total"]["done"] == len(_states(reference))
+
+
+def test_retry_keeps_failures_caused_by_another_task(inputs, tmp_path, capsys):
+    other = "preproc-z0-00000001"
+    path = _manifest(tmp_path, inputs, fail_tasks=[FAIL, other])
+    prod = str(tmp_path / "prod")
+    assert run_cli.main([path, "-q"]) == 1
+    before = _states(prod)
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text.replace(f"- {FAIL}\n", ""))
+    assert gpuspec_cli.main(["retry", prod, FAIL]) == 0
+    capsys.readouterr()
+    con = sqlite3.connect(db_path(prod))
+    errors = dict(con.execute("SELECT name, error FROM tasks WHERE state='failed'"))
+    con.close()
+    # everything still failed is failed because of `other` (or is `other`)
+    assert other in errors
+    assert all(n == other or e == f"dependency {other} failed" for n, e in errors.items())
+    assert {n for n, s in before.items() if s == "failed" and n != FAIL} >= set(errors)
+    assert "frame-z0-00000001" in errors and "frame-b1-00000002" not in errors

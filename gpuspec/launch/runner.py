@@ -410,14 +410,24 @@ def run_one(manifest: Manifest, name: str, registry: Registry | None = None,
         cols = {k: res[k] for k in ("host", "rank", "device", "start", "end", "error", "log")}
         db.update(name, "done" if res["ok"] else "failed", **cols)
         if res["ok"]:
-            # dependents failed because of this task can run again
+            # tasks failed only because of this one can run again; those still
+            # downstream of another failed task stay failed (and name it)
             new = compute_states(tasks)
             rows = db.states()
-            again = [t.name for t in tasks if rows.get(t.name, {}).get("state") == "failed"
-                     and (rows[t.name].get("error") or "").startswith("dependency ")
-                     and new[t.name] != "failed"]
-            for n in again:
-                db.update(n, new[n], error=None)
+            real = {n for n, r in rows.items() if r["state"] == "failed"
+                    and not (r.get("error") or "").startswith("dependency ")}
+            blocker: dict[str, str | None] = {}
+            for t in tasks:  # graph order
+                blocker[t.name] = next((d if d in real else blocker.get(d)
+                                        for d in t.deps if d in real or blocker.get(d)), None)
+            for t in tasks:
+                r = rows.get(t.name)
+                if r is None or r["state"] != "failed" or t.name in real:
+                    continue
+                if blocker[t.name] is None:
+                    db.update(t.name, new[t.name], error=None)
+                else:
+                    db.update(t.name, error=f"dependency {blocker[t.name]} failed")
     print(f"gpuspec: task {name} {'done' if res['ok'] else 'FAILED: ' + str(res['error'])} "
           f"(log {res['log']})")
     return 0 if res["ok"] else 1
