@@ -119,7 +119,8 @@ def test_mpi_environment_detection():
 def test_local_rank_from_communicator():
     # the launcher passes its communicator: node-local ranks via MPI_COMM_TYPE_SHARED
     code = ("from mpi4py import MPI; from gpuspec import backend; c = MPI.COMM_WORLD; "
-            "print(c.Get_rank(), backend.local_rank(c, environ={'SLURM_LOCALID': '0'}))")
+            "r = c.gather((c.Get_rank(), backend.local_rank(c, environ={'SLURM_LOCALID': '0'}))); "
+            "c.Get_rank() == 0 and print('\\n'.join(f'{a} {b}' for a, b in r), flush=True)")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run(["mpiexec", "-n", "3", sys.executable, "-c", code], env=env,
                        capture_output=True, text=True, timeout=60)
