@@ -65,6 +65,14 @@ def _load(args):
     except (GpuspecError, StepUnavailable) as exc:
         _err(str(exc))
         return None, 2
+    if not args.dry_run:
+        from .. import backend as _backend
+
+        try:
+            _backend.resolve(m.data["backend"])
+        except _backend.BackendUnavailable as exc:
+            _err(f"{m.path} line {m.line('backend')}: backend: {exc}")
+            return None, 2
     missing = reg.unavailable(m.steps)
     try:
         _check_options(m, reg, missing)

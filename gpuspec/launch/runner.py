@@ -210,7 +210,10 @@ class Scheduler:
         return failed
 
     def has_ready(self) -> bool:
-        return any(self.state[n] == "ready" for _, n in self.heap)
+        # drop entries of tasks that stopped being ready (failed upstream) from the top
+        while self.heap and self.state[self.heap[0][1]] != "ready":
+            heapq.heappop(self.heap)
+        return bool(self.heap)
 
     def all_finished(self) -> bool:
         return not self.running and not self.has_ready()
@@ -478,10 +481,9 @@ def run_mpi(comm, manifest_path: str | None, load, verbose: bool = True) -> int:
         return code
     manifest = comm.bcast(p.manifest if rank == 0 else None, root=0)
     registry = p.registry if rank == 0 else get_registry(manifest.data["registry"])
-    dev_index = None
     if manifest.data["backend"] != "numpy":
         try:
-            dev_index = _backend.bind_device(comm)
+            _backend.bind_device(comm)
         except Exception as exc:  # pragma: no cover - GPU only
             print(f"gpuspec-run rank {rank}: cannot bind a GPU: {exc}", file=sys.stderr)
     else:
