@@ -87,3 +87,13 @@ def test_unknown_step_option_names_key_and_line(simdir, tmp_path, capsys):
     err = capsys.readouterr().err
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "spectroperff" in ln)
     assert f"line {line}: steps.coadd.options.spectroperff: unknown option" in err
+
+
+def test_demo_command_line(simdir, tmp_path, capsys):
+    from gpuspec.launch.demo import main
+
+    assert main([simdir, str(tmp_path / "p"), "--bundles", "1", "--steps", "preproc,extract"]) == 0
+    path = capsys.readouterr().out.splitlines()[0]
+    doc = yaml.safe_load(open(path))
+    assert list(doc["steps"]) == ["preproc", "extract"]
+    assert doc["steps"]["extract"]["bundles"] == [1]

@@ -201,3 +201,31 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
         f.write(text)
     load_manifest(path)  # validate what was written
     return os.path.abspath(path)
+
+
+def main(argv=None) -> int:
+    """``python -m gpuspec.launch.demo SIMDIR PRODDIR [--bundles 0,1] ...``: write the manifest."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m gpuspec.launch.demo",
+                                description="Write a gpuspec-run manifest for a folder made by "
+                                            "'gpuspec simulate'.")
+    p.add_argument("simdir")
+    p.add_argument("proddir")
+    p.add_argument("--manifest", help="manifest path (default PRODDIR/manifest.yaml)")
+    p.add_argument("--bundles", default="0,1,2", help="bundles to extract (default 0,1,2)")
+    p.add_argument("--bundles-per-task", type=int, default=1)
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
+    p.add_argument("--steps", help="comma-separated steps (default: all installed)")
+    a = p.parse_args(argv)
+    path = make_demo_manifest(a.simdir, a.proddir, manifest=a.manifest,
+                              bundles=[int(b) for b in a.bundles.split(",") if b.strip()],
+                              bundles_per_task=a.bundles_per_task, backend=a.backend,
+                              steps=a.steps.split(",") if a.steps else None)
+    print(path)
+    print(f"run: gpuspec-run {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
