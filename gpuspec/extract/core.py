@@ -233,6 +233,7 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         Pw = Pw.reshape(P, F, Q)
         Ww = Ww.reshape(P, F, Q)
 
+    with nvtx_range("extract:projection_tiles"):
         # ---- tiled windows for M: tile t of fiber f covers the rows of its stamps
         ycT = np.where(okfj, ycs, np.iinfo(np.int64).max).reshape(P, F, NT, T)
         ry = np.where(ycT.min(axis=-1) == np.iinfo(np.int64).max, 0, ycT.min(axis=-1))
@@ -257,31 +258,31 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
                     E = max(E, int(abs(ts.min() - t)), int(abs(ts.max() - t)))
         NE = 2 * E + 1
         K = ND * NE * T
-        # items (P, F, NT, ND, NE, T)
-        sh = (P, F, NT, ND, NE, T)
-        pI = np.arange(P).reshape(-1, 1, 1, 1, 1, 1)
-        fI6 = np.arange(F).reshape(1, -1, 1, 1, 1, 1)
-        tI = np.arange(NT).reshape(1, 1, -1, 1, 1, 1)
-        dI = np.arange(ND).reshape(1, 1, 1, -1, 1, 1)
-        eI = np.arange(-E, E + 1).reshape(1, 1, 1, 1, -1, 1)
-        qI = np.arange(T).reshape(1, 1, 1, 1, 1, -1)
-        g6 = fI6 + dI
-        l6 = (tI + eI) * T + qI
-        ok6 = (g6 < nf.reshape(-1, 1, 1, 1, 1, 1)) & (l6 >= 0) & (l6 < nw.reshape(-1, 1, 1, 1, 1, 1))
-        gc = np.minimum(g6, F - 1)
-        lc = np.clip(l6, 0, NW - 1)
-        gc, lc, pB = np.broadcast_arrays(gc, lc, pI)
-        ok6 = np.broadcast_to(ok6 & okfj[pB, gc, lc], sh)
-        ry6 = np.broadcast_to(ry[:, :, :, None, None, None], sh)
-        xw6 = np.broadcast_to(xw[:, :, None, None, None, None], sh)
-        At = _scatter(xp, stamps, sf[pB, gc, lc], sk[pB, gc, lc], ok6,
-                      np.broadcast_to((pI * F + fI6) * NT + tI, sh),
-                      np.broadcast_to((dI * NE + (eI + E)) * T + qI, sh),
-                      ycs[pB, gc, lc] - ry6, xcs[pB, gc, lc] - xw6, -ry6,
-                      np.broadcast_to(bh.reshape(-1, 1, 1, 1, 1, 1), sh) - ry6,
-                      np.broadcast_to(bx0.reshape(-1, 1, 1, 1, 1, 1), sh) - xw6,
-                      np.broadcast_to(bx1.reshape(-1, 1, 1, 1, 1, 1), sh) - xw6,
-                      P * F * NT, RT, WX, K)                      # (P*F*NT, RT*WX, K)
+    with nvtx_range("extract:projection_tiled_gather"):
+        # At[(p,f,t), (y,u), (d,e,q)] = own-window A0 of fiber g=f+d at box row ry+y,
+        # CCD column xw[f]+u, wavelength (t+e)*T+q: a gather of T-long rows of A0
+        # (zero outside g's window / the tiles / the fibers)
+        gI = np.arange(F)[None, :, None] + np.arange(ND)[None, None, :]            # (1,F,ND)
+        gok = gI < nf[:, None, None]                                                # (P,F,ND)
+        gcl = np.minimum(gI, F - 1)
+        xwg = np.take_along_axis(xw, np.broadcast_to(gcl, (P, F, ND)).reshape(P, -1),
+                                 axis=1).reshape(P, F, ND)
+        cshift = xw[:, :, None] - xwg                                               # (P,F,ND)
+        pgbase = np.where(gok, (np.arange(P)[:, None, None] * F + gcl) * WY, -1)    # (P,F,ND)
+        tt = np.arange(NT)[:, None] + np.arange(-E, E + 1)[None, :]                 # (NT,NE)
+        # device broadcasting over (P,F,NT,RT,WX,ND,NE)
+        yv = xp.arange(RT).reshape(1, 1, 1, RT, 1, 1, 1)
+        uv = xp.arange(WX).reshape(1, 1, 1, 1, WX, 1, 1)
+        r = xp.asarray(ry).reshape(P, F, NT, 1, 1, 1, 1) + yv
+        cc = uv + xp.asarray(cshift).reshape(P, F, 1, 1, 1, ND, 1)
+        pg = xp.asarray(pgbase).reshape(P, F, 1, 1, 1, ND, 1)
+        ttd = xp.asarray(tt).reshape(1, 1, NT, 1, 1, 1, NE)
+        okg = ((pg >= 0) & (r < WY) & (cc >= 0) & (cc < WX) & (ttd >= 0) & (ttd < NT))
+        rowsel = ((pg + r) * WX + cc) * NT + ttd
+        nrows = P * F * WY * WX * NT
+        rowsel = xp.where(okg, rowsel, nrows)
+        A0r = xp.concatenate([A0.reshape(nrows, T), xp.zeros((1, T))])
+        At = A0r[rowsel.reshape(-1)].reshape(P * F * NT, RT * WX, K)
         _, Wt = _window_pixels(ctx, (by0[:, None, None] + ry).reshape(-1),
                                np.repeat(xw.reshape(-1), NT), RT, WX,
                                np.repeat(by0 + bh, F * NT), np.repeat(bx0, F * NT),
