@@ -263,3 +263,15 @@ def test_gpu_matches_cpu(caseB):
     np.testing.assert_allclose(b.ivar, a.ivar, rtol=1e-6)
     np.testing.assert_allclose(b.resolution_data, a.resolution_data, atol=1e-7)
     np.testing.assert_allclose(b.chi2pix, a.chi2pix, rtol=1e-5, atol=1e-8)
+
+
+def test_blas_threads_context_restores():
+    from gpuspec.extract.threads import blas_threads, openblas_libraries
+
+    libs = openblas_libraries()
+    before = [g() for _, g, _ in libs]
+    with blas_threads(1):
+        assert all(g() == 1 for _, g, _ in openblas_libraries())
+    assert [g() for _, g, _ in openblas_libraries()] == before
+    with blas_threads(None):  # no-op
+        pass

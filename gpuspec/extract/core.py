@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from ..errors import InputError
 from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
+from . import threads as _threads
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
 from .solve import decorrelate, inv_cholesky, regularize_normal
 
@@ -489,7 +491,8 @@ def _make_context(image, ivar, psf, wave, kw):
 def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=25,
                   nsubbundles=5, nwavestep=50, wavepad_frac=0.2, pixpad_frac=0.8,
                   regularize=0.0, psferr=None, xyorigin=None, xyrange=None, model=False,
-                  full_output=None, backend="auto", chunk_mb=None, meta=None) -> Frame:
+                  full_output=None, backend="auto", chunk_mb=None, meta=None,
+                  blas_threads=None) -> Frame:
     """Spectroperfectionism extraction of fibers ``[specmin, specmin + nspec)``.
 
     Parameters
@@ -525,6 +528,10 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
         Memory budget of one batch of patches (default 64 MB on CPU, 2 GB on GPU).
     meta : dict, optional
         Header keywords copied to the frame.
+    blas_threads : int, optional
+        OpenBLAS threads during a CPU extraction (default: ``GPUSPEC_BLAS_THREADS`` or
+        1; 0 leaves the library setting alone). Extraction is many small products:
+        parallelise over bundles/processes instead (see ``gpuspec.extract.threads``).
 
     Returns
     -------
@@ -549,7 +556,10 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
         xyrange=xyrange, model=model, backend=backend, chunk_mb=chunk_mb))
     modelimage = ctx.xp.zeros(ctx.shape) if model else None
     results = []
-    with nvtx_range("extract:frame"):
+    if blas_threads is None:
+        blas_threads = int(os.environ.get("GPUSPEC_BLAS_THREADS", "1") or 1)
+    with nvtx_range("extract:frame"), \
+            _threads.blas_threads(blas_threads if ctx.xp is np else None):
         for b0 in range(specmin, specmin + nspec, bundlesize):
             b1 = min(b0 + bundlesize, specmin + nspec)
             results.append(_extract_range(ctx, b0, b1, modelimage))
