@@ -165,3 +165,39 @@ def test_spectroperf_coadd_masks_and_fiberstatus():
     assert np.all(got.ivar["r"][1] <= ref.ivar["r"][1] * (1 + 1e-9))
     assert np.max(np.abs(got.flux["r"][0] - ref.flux["r"][0]) * np.sqrt(ref.ivar["r"][0])) < 20
     np.testing.assert_allclose(got.flux["r"][2], ref.flux["r"][2], rtol=1e-10)
+
+
+def test_coadd_file_plain_options(frames, tmp_path):
+    files, sp, truth, _ = frames
+    f = group_frames(files, tmp_path / "hpx")[0]
+    s = read_spectra(f)
+    o1 = tmp_path / "cam.fits"
+    assert cli_main(["coadd", "-i", f, "-o", str(o1), "--coadd-cameras", "--no-gpu"]) == 0
+    c1 = read_spectra(o1)
+    assert c1.bands == ["brz"] and c1.exp_fibermap is not None
+    assert c1.meta["COADDTYP"] == "plain"
+    o2 = tmp_path / "lin.fits"
+    assert cli_main(["coadd", "-i", f, "-o", str(o2), "--lin-step", "2.0", "--no-gpu"]) == 0
+    c2 = read_spectra(o2)
+    assert c2.bands == ["brz"]
+    np.testing.assert_allclose(np.diff(c2.wave["brz"]), 2.0)
+    assert len(c2.fibermap) == len(np.unique(s.fibermap["TARGETID"]))
+
+
+def test_group_errors(frames, tmp_path):
+    from gpuspec.errors import InputError, MissingFileError
+    from gpuspec.io import read_frame, write_frame
+    files, sp, truth, _ = frames
+    with pytest.raises(MissingFileError):
+        group_frames([str(tmp_path / "missing.fits")], tmp_path / "o")
+    fr = read_frame(files[0])
+    fr.meta.pop("CAMERA")
+    bad = write_frame(str(tmp_path / "frame-nocam.fits"), fr)
+    with pytest.raises(InputError, match="CAMERA"):
+        group_frames([bad], tmp_path / "o")
+    fr = read_frame(files[0])
+    fr.wave = fr.wave + 0.3
+    shifted = write_frame(str(tmp_path / "frame-shift.fits"), fr)
+    with pytest.raises(InputError, match="wavelength grid"):
+        group_frames([files[0], shifted], tmp_path / "o2")
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
