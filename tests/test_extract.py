@@ -184,6 +184,15 @@ def test_caseB_masks(caseB, extracted):
 
 
 @pytest.mark.slow
+def test_nproc_identical(caseB, extracted):
+    fr = extract_frame(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 0, 50,
+                       xyrange=caseB["xyrange"], backend="numpy", nproc=2)
+    ref = extracted["clean"]
+    for name in ("flux", "ivar", "resolution_data", "chi2pix", "pixmask_fraction", "mask"):
+        assert np.array_equal(getattr(fr, name), getattr(ref, name)), name
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["clean", "masked"])
 def test_caseB_against_truth(caseB, extracted, run):
     """(flux − R·truth)·√ivar has unit scatter (10 edge bins dropped)."""

@@ -62,6 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-gpu", action="store_true", help="run on the CPU (numpy)")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="array backend (default auto; --no-gpu forces numpy)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="CPU: extract bundles in this many processes (default 1)")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART",
                    help="merge these partial frames into --output instead of extracting")
     p.set_defaults(func=main)
@@ -93,6 +95,7 @@ def main(args) -> int:
                        bundlesize=args.bundlesize, nsubbundles=args.nsubbundles,
                        nwavestep=args.nwavestep, wavepad_frac=args.wavepad_frac,
                        pixpad_frac=args.pixpad_frac, regularize=args.regularize,
-                       psferr=args.psferr, model=args.model, backend=backend)
+                       psferr=args.psferr, model=args.model, backend=backend,
+                       nproc=args.nproc)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - t0)
     return 0

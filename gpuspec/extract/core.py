@@ -492,7 +492,7 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
                   nsubbundles=5, nwavestep=50, wavepad_frac=0.2, pixpad_frac=0.8,
                   regularize=0.0, psferr=None, xyorigin=None, xyrange=None, model=False,
                   full_output=None, backend="auto", chunk_mb=None, meta=None,
-                  blas_threads=None) -> Frame:
+                  blas_threads=None, nproc=1) -> Frame:
     """Spectroperfectionism extraction of fibers ``[specmin, specmin + nspec)``.
 
     Parameters
@@ -532,6 +532,9 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
         OpenBLAS threads during a CPU extraction (default: ``GPUSPEC_BLAS_THREADS`` or
         1; 0 leaves the library setting alone). Extraction is many small products:
         parallelise over bundles/processes instead (see ``gpuspec.extract.threads``).
+    nproc : int
+        numpy backend: extract bundles in this many forked processes (ignored with
+        ``model=True``, on cupy, or for a single bundle). Results are identical.
 
     Returns
     -------
@@ -560,10 +563,39 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
         blas_threads = int(os.environ.get("GPUSPEC_BLAS_THREADS", "1") or 1)
     with nvtx_range("extract:frame"), \
             _threads.blas_threads(blas_threads if ctx.xp is np else None):
-        for b0 in range(specmin, specmin + nspec, bundlesize):
-            b1 = min(b0 + bundlesize, specmin + nspec)
-            results.append(_extract_range(ctx, b0, b1, modelimage))
+        ranges = [(b0, min(b0 + bundlesize, specmin + nspec))
+                  for b0 in range(specmin, specmin + nspec, bundlesize)]
+        nproc = int(nproc or 1)
+        if nproc > 1 and ctx.xp is np and not model and len(ranges) > 1:
+            results = _extract_parallel(ctx, ranges, nproc)
+        else:
+            for b0, b1 in ranges:
+                results.append(_extract_range(ctx, b0, b1, modelimage))
         return _finish(ctx, results, specmin, meta, modelimage)
+
+
+_POOL_CTX = None
+
+
+def _pool_bundle(rng):
+    return _extract_range(_POOL_CTX, rng[0], rng[1], None)
+
+
+def _extract_parallel(ctx, ranges, nproc):
+    """Bundles in ``nproc`` forked processes (numpy backend; inputs shared by fork)."""
+    import multiprocessing as mp
+
+    global _POOL_CTX
+    try:
+        mpctx = mp.get_context("fork")
+    except ValueError:  # pragma: no cover - platforms without fork
+        return [_extract_range(ctx, b0, b1, None) for b0, b1 in ranges]
+    _POOL_CTX = ctx
+    try:
+        with mpctx.Pool(min(nproc, len(ranges))) as pool:
+            return pool.map(_pool_bundle, ranges, chunksize=1)
+    finally:
+        _POOL_CTX = None
 
 
 def extract_bundle(image, ivar, psf, wave, bundle, *, bundlesize=25, **kwargs) -> Frame:

@@ -62,7 +62,7 @@ def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
 def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, bundles=None,
                  bundlesize=25, nsubbundles=5, nwavestep=50, wavepad_frac=0.2,
                  pixpad_frac=0.8, regularize=0.0, psferr=None, model=None,
-                 backend="auto") -> str:
+                 backend="auto", nproc=1) -> str:
     """Extract a preproc file into a frame file (desispec layout).
 
     Parameters
@@ -82,6 +82,8 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     model : str, optional
         Also write the model image to this FITS file (HDU ``MODEL``).
     backend : {"auto", "numpy", "cupy"}
+    nproc : int
+        CPU only: bundles extracted in this many processes.
 
     Returns
     -------
@@ -123,7 +125,7 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
                           nsubbundles=nsubbundles, nwavestep=nwavestep,
                           wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac,
                           regularize=regularize, psferr=psferr, model=model is not None,
-                          backend=backend, meta=meta)
+                          backend=backend, meta=meta, nproc=nproc)
     if image.fibermap is not None:
         fm = image.fibermap
         if len(fm) >= specmin + nspec:
