@@ -284,11 +284,11 @@ def _parse_status(text):
 
 @pytest.mark.slow
 def test_status_during_run(inputs, tmp_path):
-    path = _manifest(tmp_path, inputs, sleep=0.05)
+    path = _manifest(tmp_path, inputs, sleep=0.1)
     prod = str(tmp_path / "prod")
     proc = subprocess.Popen([sys.executable, "-m", "gpuspec.launch.cli", path, "-q"],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seen = []
+    seen, refused = [], []
     try:
         deadline = time.time() + 100
         while proc.poll() is None and time.time() < deadline:
@@ -297,12 +297,25 @@ def test_status_during_run(inputs, tmp_path):
                                    env=_env(), capture_output=True, text=True, timeout=60)
                 if r.returncode == 0 and "total" in r.stdout:
                     seen.append(_parse_status(r.stdout)["total"])
+                if not refused and seen and seen[-1]["done"] > 0:
+                    # a second writer is refused while the run is alive
+                    for cmd in ([sys.executable, "-m", "gpuspec.launch.cli", path],
+                                [sys.executable, "-m", "gpuspec.cli", "retry", prod,
+                                 "preproc-b0-00000001"]):
+                        r2 = subprocess.run(cmd, env=_env(), capture_output=True, text=True,
+                                            timeout=60)
+                        refused.append((r2.returncode, r2.stderr, proc.poll() is None))
             time.sleep(0.2)
         assert proc.wait(timeout=100) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
     ntasks = len(build_graph(load_manifest(path), "json"))
+    # (only the commands that ended while the run was still alive count)
+    assert any(alive for _, _, alive in refused), "the run ended too early"
+    for rc, err, alive in refused:
+        if alive:
+            assert rc == 2 and "is being written by" in err, (rc, err)
     mid = [c for c in seen if 0 < c["done"] < ntasks]
     assert mid, f"no status taken during the run: {seen}"
     for c in seen:
@@ -465,3 +478,22 @@ def test_retry_keeps_failures_caused_by_another_task(inputs, tmp_path, capsys):
     assert all(n == other or e == f"dependency {other} failed" for n, e in errors.items())
     assert {n for n, s in before.items() if s == "failed" and n != FAIL} >= set(errors)
     assert "frame-z0-00000001" in errors and "frame-b1-00000002" not in errors
+
+
+def test_run_claim(tmp_path):
+    from gpuspec.launch.db import RunActive, StateDB
+
+    with StateDB(str(tmp_path / "s.sqlite3")) as db:
+        assert db.active_run() is None
+        db.claim_run("me")
+        assert db.active_run() is None  # our own claim does not block us
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        db.set_meta(active_run=dict(host=os.uname().nodename, pid=dead.pid, start=0, what="x"))
+        assert db.active_run() is None  # killed run on this host: stale
+        db.set_meta(active_run=dict(host="elsewhere", pid=1, start=0, what="gpuspec-run m"))
+        with pytest.raises(RunActive, match="elsewhere"):
+            db.claim_run("me")
+        db.claim_run("me", force=True)
+        db.release_run()
+        assert db.get_meta("active_run") is None

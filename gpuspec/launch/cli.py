@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", metavar="NAME",
                    help="run this one task alone in this process, log on the terminal")
     p.add_argument("--force", action="store_true",
-                   help="with --task: run even if its dependencies are not done")
+                   help="with --task: run even if its dependencies are not done; always: take "
+                        "over the production from a run recorded on another host")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mpi", action="store_true",
                    help="use MPI (default: when started by mpiexec/srun with more than one rank)")
@@ -86,9 +87,11 @@ def _load(args):
              "their implementation")
         if not args.dry_run:
             return None, 2
+    from .db import RunActive
+
     try:
-        p = plan(m, reg, write_db=not args.dry_run)
-    except GpuspecError as exc:
+        p = plan(m, reg, write_db=not args.dry_run, force=args.force)
+    except (GpuspecError, RunActive) as exc:
         _err(str(exc))
         return None, 2
     return p, None

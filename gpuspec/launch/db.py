@@ -18,7 +18,11 @@ import sqlite3
 import time
 from typing import Iterable
 
-__all__ = ["STATES", "StateDB", "db_path", "run_dir"]
+__all__ = ["STATES", "StateDB", "db_path", "run_dir", "RunActive"]
+
+
+class RunActive(RuntimeError):
+    """Another gpuspec-run (or retry) seems to be writing this production's database."""
 
 STATES = ("waiting", "ready", "running", "done", "failed")
 
@@ -109,6 +113,59 @@ class StateDB:
     def get_meta(self, key: str, default=None):
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    # ---------------------------------------------------------------- run claim
+    def active_run(self) -> dict | None:
+        """The run recorded as writing this database, if it may still be alive.
+
+        A claim by a process of this host that no longer exists (killed, crashed)
+        is stale and ignored; a claim from another host cannot be checked and is
+        returned.
+        """
+        import socket
+
+        run = self.get_meta("active_run")
+        if not run:
+            return None
+        if run.get("host") == socket.gethostname():
+            try:
+                os.kill(int(run["pid"]), 0)
+            except ProcessLookupError:
+                return None
+            except (PermissionError, ValueError, KeyError):
+                pass
+            if int(run.get("pid", -1)) == os.getpid():
+                return None
+        return run
+
+    def claim_run(self, what: str, force: bool = False) -> None:
+        """Record this process as the writer; raise RunActive if another one is.
+
+        Parameters
+        ----------
+        what : str
+            Description (command) stored with the claim.
+        force : bool
+            Take over a claim that cannot be checked (another host).
+        """
+        import socket
+
+        other = self.active_run()
+        if other and not force:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.get("start", 0)))
+            raise RunActive(f"{self.path} is being written by {other.get('what')!r} (pid "
+                            f"{other.get('pid')} on {other.get('host')}, started {started}); "
+                            "wait for it to finish, or use --force if it is dead")
+        self.set_meta(active_run=dict(host=socket.gethostname(), pid=os.getpid(),
+                                      start=time.time(), what=what))
+
+    def release_run(self) -> None:
+        """Remove this process's claim."""
+        run = self.get_meta("active_run")
+        if run and int(run.get("pid", -1)) == os.getpid():
+            self.commit()
+            with self.conn:
+                self.conn.execute("DELETE FROM meta WHERE key = 'active_run'")
 
     # ---------------------------------------------------------------- tasks
     def sync_tasks(self, tasks: Iterable, states: dict[str, str]) -> None:

@@ -41,7 +41,7 @@ import traceback
 
 from .. import backend as _backend
 from ..profiling import nvtx_range
-from .db import StateDB, db_path
+from .db import RunActive, StateDB, db_path
 from .graph import Task, build_graph, outputs_current
 from .manifest import Manifest
 from .steps import Registry, TaskContext, get_registry
@@ -107,7 +107,8 @@ def compute_states(tasks: list) -> dict:
     return states
 
 
-def plan(manifest: Manifest, registry: Registry | None = None, write_db: bool = True) -> Plan:
+def plan(manifest: Manifest, registry: Registry | None = None, write_db: bool = True,
+         force: bool = False) -> Plan:
     """Build the graph and the initial states; record them in the database.
 
     Parameters
@@ -116,21 +117,28 @@ def plan(manifest: Manifest, registry: Registry | None = None, write_db: bool = 
     registry : Registry, optional
         Default: the manifest's ``registry``.
     write_db : bool
-        False for ``--dry-run``.
+        False for ``--dry-run``. Otherwise this process claims the database
+        (:meth:`StateDB.claim_run`) before touching anything.
+    force : bool
+        Take over a claim by a run that cannot be checked (another host).
+
+    Raises
+    ------
+    gpuspec.launch.db.RunActive
+        Another run is writing this production.
     """
     registry = registry or get_registry(manifest.data["registry"])
     tasks = build_graph(manifest, ext=registry.ext)
     states = compute_states(tasks)
     if write_db:
-        for t in tasks:
-            if states[t.name] != "done":
-                _cleanup_temporaries(t)
         os.makedirs(manifest.production, exist_ok=True)
         with StateDB(db_path(manifest.production)) as db:
-            db.sync_tasks(tasks, states)
+            db.claim_run(f"gpuspec-run {manifest.path}", force=force)
             for t in tasks:
                 if states[t.name] != "done":
-                    db.update(t.name, error=None)
+                    _cleanup_temporaries(t)
+            db.sync_tasks(tasks, states)
+            db.update_many([t.name for t in tasks if states[t.name] != "done"], error=None)
             db.set_meta(manifest_path=manifest.path, manifest_text=manifest.text,
                         registry=registry.name, planned=time.time())
     return Plan(manifest, registry, tasks, states)
@@ -372,6 +380,7 @@ def run_serial(p: Plan, verbose: bool = True) -> int:
                 progress.failed(t.name, res, down)
             progress.tick()
         db.commit()
+        db.release_run()
         _final(progress, sched, m)
         return _exit_code(sched)
 
@@ -401,36 +410,49 @@ def run_one(manifest: Manifest, name: str, registry: Registry | None = None,
         return 2
     device = _device_label(manifest)
     with StateDB(db_path(manifest.production)) as db:
-        if db.get(name) is None:
-            db.sync_tasks(tasks, states)
-            db.set_meta(manifest_path=manifest.path, manifest_text=manifest.text,
-                        registry=registry.name)
-        db.update(name, "running", host=socket.gethostname(), rank=0, device=device,
-                  start=time.time(), end=None, error=None,
-                  log=log_path(manifest.production, task.step, name))
-        db.bump_attempts(name)
-        res = _Worker(manifest, registry, 0, device).run(task, tee=True)
-        cols = {k: res[k] for k in ("host", "rank", "device", "start", "end", "error", "log")}
-        db.update(name, "done" if res["ok"] else "failed", **cols)
-        if res["ok"]:
-            # tasks failed only because of this one can run again; those still
-            # downstream of another failed task stay failed (and name it)
-            new = compute_states(tasks)
-            rows = db.states()
-            real = {n for n, r in rows.items() if r["state"] == "failed"
-                    and not (r.get("error") or "").startswith("dependency ")}
-            blocker: dict[str, str | None] = {}
-            for t in tasks:  # graph order
-                blocker[t.name] = next((d if d in real else blocker.get(d)
-                                        for d in t.deps if d in real or blocker.get(d)), None)
-            for t in tasks:
-                r = rows.get(t.name)
-                if r is None or r["state"] != "failed" or t.name in real:
-                    continue
-                if blocker[t.name] is None:
-                    db.update(t.name, new[t.name], error=None)
-                else:
-                    db.update(t.name, error=f"dependency {blocker[t.name]} failed")
+        try:
+            db.claim_run(f"gpuspec retry {name}", force=force)
+        except RunActive as exc:
+            print(f"gpuspec: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return _run_one_claimed(db, manifest, registry, tasks, task, states, device)
+        finally:
+            db.release_run()
+
+
+def _run_one_claimed(db, manifest, registry, tasks, task, states, device) -> int:
+    name = task.name
+    if db.get(name) is None:
+        db.sync_tasks(tasks, states)
+        db.set_meta(manifest_path=manifest.path, manifest_text=manifest.text,
+                    registry=registry.name)
+    db.update(name, "running", host=socket.gethostname(), rank=0, device=device,
+              start=time.time(), end=None, error=None,
+              log=log_path(manifest.production, task.step, name))
+    db.bump_attempts(name)
+    res = _Worker(manifest, registry, 0, device).run(task, tee=True)
+    cols = {k: res[k] for k in ("host", "rank", "device", "start", "end", "error", "log")}
+    db.update(name, "done" if res["ok"] else "failed", **cols)
+    if res["ok"]:
+        # tasks failed only because of this one can run again; those still
+        # downstream of another failed task stay failed (and name it)
+        new = compute_states(tasks)
+        rows = db.states()
+        real = {n for n, r in rows.items() if r["state"] == "failed"
+                and not (r.get("error") or "").startswith("dependency ")}
+        blocker: dict[str, str | None] = {}
+        for t in tasks:  # graph order
+            blocker[t.name] = next((d if d in real else blocker.get(d)
+                                    for d in t.deps if d in real or blocker.get(d)), None)
+        for t in tasks:
+            r = rows.get(t.name)
+            if r is None or r["state"] != "failed" or t.name in real:
+                continue
+            if blocker[t.name] is None:
+                db.update(t.name, new[t.name], error=None)
+            else:
+                db.update(t.name, error=f"dependency {blocker[t.name]} failed")
     print(f"gpuspec: task {name} {'done' if res['ok'] else 'FAILED: ' + str(res['error'])} "
           f"(log {res['log']})")
     return 0 if res["ok"] else 1
@@ -575,6 +597,7 @@ def run_mpi(comm, manifest_path: str | None, load, verbose: bool = True) -> int:
                 if not busy:
                     time.sleep(0.002)
             db.commit()
+            db.release_run()
             _final(progress, sched, manifest)
         except BaseException as exc:  # pragma: no cover - a bug; do not leave ranks hanging
             errors.append(exc)
