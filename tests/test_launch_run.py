@@ -497,3 +497,39 @@ def test_run_claim(tmp_path):
         db.claim_run("me", force=True)
         db.release_run()
         assert db.get_meta("active_run") is None
+
+
+def test_registry_by_module_attribute(inputs, tmp_path, capsys):
+    path = _manifest(tmp_path, inputs)
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text.replace("registry: toy", "registry: gpuspec.launch.toy:TOY"))
+    assert run_cli.main([path, "--dry-run"]) == 0
+    assert "(registry toy)" in capsys.readouterr().out
+    with open(path, "w") as f:
+        f.write(text.replace("registry: toy", "registry: gpuspec.no_such_module:REG"))
+    assert run_cli.main([path]) == 2
+    assert "gpuspec.no_such_module" in capsys.readouterr().err
+    # a registry whose step module is missing: clear error, nothing runs
+    with open(path, "w") as f:
+        f.write(text.replace("registry: toy", "registry: tests.test_launch_run:BROKEN"))
+    sys.path.insert(0, REPO)
+    try:
+        assert run_cli.main([path]) == 2
+    finally:
+        sys.path.remove(REPO)
+    err = capsys.readouterr().err
+    assert "step 'coadd' cannot run" in err and "gpuspec.coadd_not_built_yet" in err
+    assert not os.path.exists(db_path(str(tmp_path / "prod")))
+
+
+def _broken_registry():
+    from gpuspec.launch.steps import Registry, StepSpec
+    from gpuspec.launch.toy import TOY
+
+    steps = dict(TOY.steps)
+    steps["coadd"] = StepSpec("gpuspec.coadd_not_built_yet:coadd_task")
+    return Registry("broken", steps, ext="json")
+
+
+BROKEN = _broken_registry()

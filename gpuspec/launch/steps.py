@@ -33,13 +33,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import GpuspecError
+
 __all__ = ["StepSpec", "Registry", "TaskContext", "StepUnavailable", "get_registry",
            "DESI", "import_target"]
 
 log = logging.getLogger(__name__)
 
 
-class StepUnavailable(RuntimeError):
+class StepUnavailable(GpuspecError, RuntimeError):
     """A step's implementation cannot be imported."""
 
 
@@ -160,7 +162,11 @@ def get_registry(name: str) -> Registry:
         return TOY
     if ":" not in name:
         raise StepUnavailable(f"unknown registry {name!r} (expected desi, toy or module:attribute)")
-    reg = import_target(name)
+    try:
+        reg = import_target(name)
+    except Exception as exc:  # ImportError, AttributeError
+        raise StepUnavailable(f"cannot load registry {name!r}: {type(exc).__name__}: {exc}") \
+            from exc
     if not isinstance(reg, Registry):
         raise StepUnavailable(f"{name} is not a gpuspec.launch.steps.Registry")
     return reg
