@@ -50,7 +50,7 @@ def _sync(xp):
     backend.synchronize(xp)
 
 
-def run_caseB(backend_name: str, repeat: int) -> dict:
+def run_caseB(backend_name: str, repeat: int, nproc: int = 1) -> dict:
     """Time Case B in this process (thread settings already in the environment)."""
     sys.path.insert(0, REPO)
     import fitsio
@@ -70,7 +70,7 @@ def run_caseB(backend_name: str, repeat: int) -> dict:
     psf = read_psf(PSF)
     t_psf = time.perf_counter() - t0
     xyr = [h["XMIN"], h["XMAX"], h["YMIN"], h["YMAX"]]
-    kw = dict(xyrange=xyr, backend=backend_name, model=True)
+    kw = dict(xyrange=xyr, backend=backend_name, model=nproc == 1, nproc=nproc)
     extract_frame(img, iv, psf, wave, 0, 50, **kw)  # warm-up (caches, GPU kernels)
     times, cpu = [], []
     for _ in range(repeat):
@@ -90,6 +90,8 @@ def run_caseB(backend_name: str, repeat: int) -> dict:
     med = sorted(times)[len(times) // 2]
     return {
         "threads": {k: os.environ.get(k, "") for k in THREAD_VARS},
+        "nproc": nproc,
+        "blas_threads_during_extraction": os.environ.get("GPUSPEC_BLAS_THREADS", "1"),
         "psf_read_s": t_psf,
         "times_s": times,
         "process_cpu_s": cpu,
@@ -181,6 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     ap.add_argument("--threads", default="1,0",
                     help="comma list of thread counts for Case B (0 = library default)")
+    ap.add_argument("--nprocs", default="",
+                    help="comma list of process counts for Case B (threads=1 each), e.g. 2")
+    ap.add_argument("--update", action="store_true",
+                    help="add to the existing output JSON instead of replacing it")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="also the full simulated frame")
     ap.add_argument("--full-nspec", type=int, default=500)
@@ -192,8 +198,10 @@ def main(argv=None) -> int:
 
     if args._child:  # run one measurement and print its JSON
         kind = args._child
-        res = run_caseB(args.backend, args.repeat) if kind == "caseB" else \
-            run_full(args.backend, args.full_nspec)
+        if kind.startswith("caseB"):
+            res = run_caseB(args.backend, args.repeat, int(kind[5:] or 1))
+        else:
+            res = run_full(args.backend, args.full_nspec)
         print("RESULT " + json.dumps(res))
         return 0
 
@@ -229,6 +237,20 @@ def main(argv=None) -> int:
                      "pixpad_frac": 0.8, "bundlesize": 25},
         "caseB": {},
     }
+    out = args.out or os.path.join(
+        HERE, "results", f"extract-{result['machine']['host']}-{args.backend}.json")
+    if args.update and os.path.exists(out):
+        with open(out) as f:
+            old = json.load(f)
+        old.setdefault("caseB", {})
+        old["date_utc_update"] = result["date_utc"]
+        result = old
+    for npr in [int(t) for t in args.nprocs.split(",") if t.strip()]:
+        key = f"threads=1,nproc={npr}"
+        result["caseB"][key] = child(f"caseB{npr}", 1)
+        r = result["caseB"][key]
+        print(f"case B {key}: median {r['median_s']:.2f} s -> x"
+              f"{r['speedup_vs_specter_median']:.1f}", flush=True)
     for th in [int(t) for t in args.threads.split(",") if t.strip()]:
         key = f"threads={th}" if th > 0 else "threads=default"
         result["caseB"][key] = child("caseB", th)
@@ -241,8 +263,6 @@ def main(argv=None) -> int:
         result["full_frame"] = r
         print(f"full frame {r['nspec']} x {r['nwave']}: extract {r['extract_s']:.1f} s "
               f"(render {r['render_s']:.1f} s), chi std {r['chi_std_vs_truth']:.3f}", flush=True)
-    out = args.out or os.path.join(
-        HERE, "results", f"extract-{result['machine']['host']}-{args.backend}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
