@@ -129,12 +129,10 @@ class StateDB:
             return None
         if run.get("host") == socket.gethostname():
             try:
-                os.kill(int(run["pid"]), 0)
-            except ProcessLookupError:
-                return None
-            except (PermissionError, ValueError, KeyError):
-                pass
-            if int(run.get("pid", -1)) == os.getpid():
+                pid = int(run["pid"])
+            except (KeyError, TypeError, ValueError):
+                return run
+            if pid == os.getpid() or not _pid_alive(pid):
                 return None
         return run
 
@@ -262,6 +260,22 @@ class StateDB:
             out.setdefault(r["step"], {s: 0 for s in STATES})[r["state"]] = r["n"]
             order[r["step"]] = min(order.get(r["step"], r["o"]), r["o"])
         return {s: out[s] for s in sorted(out, key=lambda s: order[s])}
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if process ``pid`` exists and is not a zombie (a killed process not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _row(r: sqlite3.Row) -> dict:
