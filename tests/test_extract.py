@@ -244,6 +244,23 @@ def test_bundle_equals_frame_rows(caseB):
     assert parity_failures(fr, caseB["clean"], fibers=slice(25, 50)) == []
 
 
+def test_numba_normal_matches_array_path(caseB, monkeypatch):
+    """The CPU twin of the normal-matrix assembly (Numba) against the xp array path."""
+    from gpuspec.extract import normal_cpu
+
+    if not normal_cpu.available():
+        pytest.skip("numba not available")
+    kw = dict(xyrange=caseB["xyrange"], backend="numpy")
+    a = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 1, **kw)
+    monkeypatch.setattr(ex_core, "USE_NUMBA", False)
+    b = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 1, **kw)
+    pull = np.abs(a.flux - b.flux) / np.sqrt(1 / a.ivar + 1 / b.ivar)
+    assert pull.max() < 1e-7
+    np.testing.assert_allclose(a.ivar, b.ivar, rtol=1e-9)
+    np.testing.assert_allclose(a.resolution_data, b.resolution_data, atol=1e-10)
+    np.testing.assert_allclose(a.chi2pix, b.chi2pix, rtol=1e-8)
+
+
 def test_no_data_gives_zero_ivar(caseB):
     """All pixels masked in a bundle's region: ivar 0, ALLBADPIX, finite outputs."""
     from gpuspec.maskbits import specmask

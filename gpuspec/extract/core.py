@@ -36,6 +36,7 @@ from ..errors import InputError
 from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
+from . import normal_cpu
 from . import threads as _threads
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
 from .solve import decorrelate, inv_cholesky, regularize_normal
@@ -43,6 +44,9 @@ from .solve import decorrelate, inv_cholesky, regularize_normal
 __all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
 
 log = logging.getLogger(__name__)
+
+#: numpy backend: assemble M with the Numba twin (``normal_cpu``) when available.
+USE_NUMBA = True
 
 #: chi2pix above this sets BAD2DFIT (desispec's extraction script).
 BAD2DFIT_CHI2 = 100.0
@@ -235,74 +239,81 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         Pw = Pw.reshape(P, F, Q)
         Ww = Ww.reshape(P, F, Q)
 
-    with nvtx_range("extract:projection_tiles"):
-        # ---- tiled windows for M: tile t of fiber f covers the rows of its stamps
-        ycT = np.where(okfj, ycs, np.iinfo(np.int64).max).reshape(P, F, NT, T)
-        ry = np.where(ycT.min(axis=-1) == np.iinfo(np.int64).max, 0, ycT.min(axis=-1))
-        ry = np.maximum(ry, 0)                                              # (P,F,NT)
-        ycT2 = np.where(okfj, ycs, np.iinfo(np.int64).min).reshape(P, F, NT, T)
-        RT = int(max(1, (ycT2.max(axis=-1) - ry).max() + nys))
-        RT = min(RT, WY)
-        # neighbour tiles whose stamps reach tile t's rows (for fibers f..f+ND-1)
-        E = 0
-        for d in range(ND):
-            g = fI + d
-            okg = (g < nf[:, None, None])
-            gl = np.minimum(g, F - 1)
-            ycg = np.take_along_axis(np.where(okfj, ycs, -10 ** 9),
-                                     np.broadcast_to(gl, (P, F, NW)), axis=1)   # (P,F,NW)
-            ycg = np.where(okg & okfj[np.arange(P)[:, None, None], gl, jI], ycg, -10 ** 9)
-            for t in range(NT):
-                top = ry[:, :, t][..., None]
-                hit = (ycg + nys > top) & (ycg < top + RT) & (ycg > -10 ** 8)
-                if np.any(hit):
-                    ts = np.nonzero(hit.any(axis=(0, 1)))[0] // T
-                    E = max(E, int(abs(ts.min() - t)), int(abs(ts.max() - t)))
-        NE = 2 * E + 1
-        K = ND * NE * T
-    with nvtx_range("extract:projection_tiled_gather"):
-        # At[(p,f,t), (y,u), (d,e,q)] = own-window A0 of fiber g=f+d at box row ry+y,
-        # CCD column xw[f]+u, wavelength (t+e)*T+q: a gather of T-long rows of A0
-        # (zero outside g's window / the tiles / the fibers)
-        gI = np.arange(F)[None, :, None] + np.arange(ND)[None, None, :]            # (1,F,ND)
-        gok = gI < nf[:, None, None]                                                # (P,F,ND)
-        gcl = np.minimum(gI, F - 1)
-        xwg = np.take_along_axis(xw, np.broadcast_to(gcl, (P, F, ND)).reshape(P, -1),
-                                 axis=1).reshape(P, F, ND)
-        cshift = xw[:, :, None] - xwg                                               # (P,F,ND)
-        pgbase = np.where(gok, (np.arange(P)[:, None, None] * F + gcl) * WY, -1)    # (P,F,ND)
-        tt = np.arange(NT)[:, None] + np.arange(-E, E + 1)[None, :]                 # (NT,NE)
-        # device broadcasting over (P,F,NT,RT,WX,ND,NE)
-        yv = xp.arange(RT).reshape(1, 1, 1, RT, 1, 1, 1)
-        uv = xp.arange(WX).reshape(1, 1, 1, 1, WX, 1, 1)
-        r = xp.asarray(ry).reshape(P, F, NT, 1, 1, 1, 1) + yv
-        cc = uv + xp.asarray(cshift).reshape(P, F, 1, 1, 1, ND, 1)
-        pg = xp.asarray(pgbase).reshape(P, F, 1, 1, 1, ND, 1)
-        ttd = xp.asarray(tt).reshape(1, 1, NT, 1, 1, 1, NE)
-        okg = ((pg >= 0) & (r < WY) & (cc >= 0) & (cc < WX) & (ttd >= 0) & (ttd < NT))
-        rowsel = ((pg + r) * WX + cc) * NT + ttd
-        nrows = P * F * WY * WX * NT
-        rowsel = xp.where(okg, rowsel, nrows)
-        A0r = xp.concatenate([A0.reshape(nrows, T), xp.zeros((1, T))])
-        At = A0r[rowsel.reshape(-1)].reshape(P * F * NT, RT * WX, K)
-        _, Wt = _window_pixels(ctx, (by0[:, None, None] + ry).reshape(-1),
-                               np.repeat(xw.reshape(-1), NT), RT, WX,
-                               np.repeat(by0 + bh, F * NT), np.repeat(bx0, F * NT),
-                               np.repeat(bx1, F * NT))
+    use_nb = ctx.xp is np and USE_NUMBA and normal_cpu.available()
+    if not use_nb:
+        with nvtx_range("extract:projection_tiles"):
+            # ---- tiled windows for M: tile t of fiber f covers the rows of its stamps
+            ycT = np.where(okfj, ycs, np.iinfo(np.int64).max).reshape(P, F, NT, T)
+            ry = np.where(ycT.min(axis=-1) == np.iinfo(np.int64).max, 0, ycT.min(axis=-1))
+            ry = np.maximum(ry, 0)                                              # (P,F,NT)
+            ycT2 = np.where(okfj, ycs, np.iinfo(np.int64).min).reshape(P, F, NT, T)
+            RT = int(max(1, (ycT2.max(axis=-1) - ry).max() + nys))
+            RT = min(RT, WY)
+            # neighbour tiles whose stamps reach tile t's rows (for fibers f..f+ND-1)
+            E = 0
+            for d in range(ND):
+                g = fI + d
+                okg = (g < nf[:, None, None])
+                gl = np.minimum(g, F - 1)
+                ycg = np.take_along_axis(np.where(okfj, ycs, -10 ** 9),
+                                         np.broadcast_to(gl, (P, F, NW)), axis=1)   # (P,F,NW)
+                ycg = np.where(okg & okfj[np.arange(P)[:, None, None], gl, jI], ycg, -10 ** 9)
+                for t in range(NT):
+                    top = ry[:, :, t][..., None]
+                    hit = (ycg + nys > top) & (ycg < top + RT) & (ycg > -10 ** 8)
+                    if np.any(hit):
+                        ts = np.nonzero(hit.any(axis=(0, 1)))[0] // T
+                        E = max(E, int(abs(ts.min() - t)), int(abs(ts.max() - t)))
+            NE = 2 * E + 1
+            K = ND * NE * T
+        with nvtx_range("extract:projection_tiled_gather"):
+            # At[(p,f,t), (y,u), (d,e,q)] = own-window A0 of fiber g=f+d at box row ry+y,
+            # CCD column xw[f]+u, wavelength (t+e)*T+q: a gather of T-long rows of A0
+            # (zero outside g's window / the tiles / the fibers)
+            gI = np.arange(F)[None, :, None] + np.arange(ND)[None, None, :]            # (1,F,ND)
+            gok = gI < nf[:, None, None]                                                # (P,F,ND)
+            gcl = np.minimum(gI, F - 1)
+            xwg = np.take_along_axis(xw, np.broadcast_to(gcl, (P, F, ND)).reshape(P, -1),
+                                     axis=1).reshape(P, F, ND)
+            cshift = xw[:, :, None] - xwg                                               # (P,F,ND)
+            pgbase = np.where(gok, (np.arange(P)[:, None, None] * F + gcl) * WY, -1)    # (P,F,ND)
+            tt = np.arange(NT)[:, None] + np.arange(-E, E + 1)[None, :]                 # (NT,NE)
+            # device broadcasting over (P,F,NT,RT,WX,ND,NE)
+            yv = xp.arange(RT).reshape(1, 1, 1, RT, 1, 1, 1)
+            uv = xp.arange(WX).reshape(1, 1, 1, 1, WX, 1, 1)
+            r = xp.asarray(ry).reshape(P, F, NT, 1, 1, 1, 1) + yv
+            cc = uv + xp.asarray(cshift).reshape(P, F, 1, 1, 1, ND, 1)
+            pg = xp.asarray(pgbase).reshape(P, F, 1, 1, 1, ND, 1)
+            ttd = xp.asarray(tt).reshape(1, 1, NT, 1, 1, 1, NE)
+            okg = ((pg >= 0) & (r < WY) & (cc >= 0) & (cc < WX) & (ttd >= 0) & (ttd < NT))
+            rowsel = ((pg + r) * WX + cc) * NT + ttd
+            nrows = P * F * WY * WX * NT
+            rowsel = xp.where(okg, rowsel, nrows)
+            A0r = xp.concatenate([A0.reshape(nrows, T), xp.zeros((1, T))])
+            At = A0r[rowsel.reshape(-1)].reshape(P * F * NT, RT * WX, K)
+            _, Wt = _window_pixels(ctx, (by0[:, None, None] + ry).reshape(-1),
+                                   np.repeat(xw.reshape(-1), NT), RT, WX,
+                                   np.repeat(by0 + bh, F * NT), np.repeat(bx0, F * NT),
+                                   np.repeat(bx1, F * NT))
 
     with nvtx_range("extract:normal"):
-        own = At[:, :, E * T:(E + 1) * T] * Wt[..., None]              # (P*F*NT, RT*WX, T)
-        Mb = xp.matmul(xp.swapaxes(own, -1, -2), At)                    # (P*F*NT, T, K)
         AW = A0 * Ww[..., None]                                        # (P,F,Q,NW)
         bvec = xp.matmul(xp.swapaxes(AW, -1, -2), Pw[..., None])[..., 0]   # (P,F,NW)
         fw = AW.sum(axis=2)                                            # (P,F,NW)
         n = F * NW
-        rows_i, cols_i, src_i = _assembly_index(F, NT, T, ND, E, K)
-        M = xp.zeros((P, n * n))
-        Mbf = Mb.reshape(P, F * NT * T * K)
-        M[:, xp.asarray(rows_i * n + cols_i)] = Mbf[:, xp.asarray(src_i)]
-        M[:, xp.asarray(cols_i * n + rows_i)] = Mbf[:, xp.asarray(src_i)]
-        M = M.reshape(P, n, n)
+        if use_nb:  # CPU twin: M directly from the stamps
+            boxes = np.array([p.box for p in patches], dtype=np.int64)
+            M = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar, ctx.x0, ctx.y0, fb0, nf,
+                                           k0, nw, boxes, NW, F - 1, F)
+        else:
+            own = At[:, :, E * T:(E + 1) * T] * Wt[..., None]          # (P*F*NT, RT*WX, T)
+            Mb = xp.matmul(xp.swapaxes(own, -1, -2), At)                # (P*F*NT, T, K)
+            rows_i, cols_i, src_i = _assembly_index(F, NT, T, ND, E, K)
+            M = xp.zeros((P, n * n))
+            Mbf = Mb.reshape(P, F * NT * T * K)
+            M[:, xp.asarray(rows_i * n + cols_i)] = Mbf[:, xp.asarray(src_i)]
+            M[:, xp.asarray(cols_i * n + rows_i)] = Mbf[:, xp.asarray(src_i)]
+            M = M.reshape(P, n, n)
         validu = xp.asarray(okfj.reshape(P, n))
         regularize_normal(M, fw.reshape(P, n), validu, ctx.regularize)
 
