@@ -97,3 +97,16 @@ def test_demo_command_line(simdir, tmp_path, capsys):
     doc = yaml.safe_load(open(path))
     assert list(doc["steps"]) == ["preproc", "extract"]
     assert doc["steps"]["extract"]["bundles"] == [1]
+
+
+def test_run_manifest_python_api(simdir, tmp_path, capsys):
+    from gpuspec.launch.runner import run_manifest
+
+    path = make_demo_manifest(simdir, str(tmp_path / "prod"), registry="toy", backend="numpy",
+                              steps=["preproc", "extract"], bundles=[0], progress_interval=0)
+    assert run_manifest(path, dry_run=True) == 0
+    assert run_manifest(path, quiet=True) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(ln.startswith("extract-") for ln in lines) == 3  # dry-run lines; -q: no others
+    assert not any(ln.startswith("gpuspec-run [") for ln in lines)
+    assert run_manifest(str(tmp_path / "nothere.yaml")) == 2

@@ -47,7 +47,7 @@ from .manifest import Manifest
 from .steps import Registry, TaskContext, get_registry
 from .tasklog import log_path, task_log
 
-__all__ = ["Plan", "plan", "Scheduler", "execute_task", "run_serial", "run_mpi", "run_one",
+__all__ = ["run_manifest", "Plan", "plan", "Scheduler", "execute_task", "run_serial", "run_mpi", "run_one",
            "mpi_environment", "InjectedFailure", "summary_line"]
 
 TAG_REQ = 11
@@ -142,6 +142,20 @@ def plan(manifest: Manifest, registry: Registry | None = None, write_db: bool = 
             db.set_meta(manifest_path=manifest.path, manifest_text=manifest.text,
                         registry=registry.name, planned=time.time())
     return Plan(manifest, registry, tasks, states)
+
+
+def run_manifest(manifest_path: str, *, quiet: bool = False, dry_run: bool = False,
+                 force: bool = False, mpi: bool = False) -> int:
+    """Python equivalent of ``gpuspec-run MANIFEST`` (one process unless ``mpi``).
+
+    Returns the exit status: 0 only when every task is done, 1 when some task
+    failed, 2 for a bad manifest or a missing step implementation.
+    """
+    from .cli import main
+
+    argv = [manifest_path, "--mpi" if mpi else "--no-mpi"]
+    argv += ["-q"] * quiet + ["--dry-run"] * dry_run + ["--force"] * force
+    return main(argv)
 
 
 # --------------------------------------------------------------------------- scheduler
