@@ -201,3 +201,13 @@ def test_group_errors(frames, tmp_path):
     with pytest.raises(InputError, match="wavelength grid"):
         group_frames([files[0], shifted], tmp_path / "o2")
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+
+
+def test_spectroperf_coadd_target_without_good_exposure():
+    sp, truth = make_spectra(ntarget=3, nexp=2, bands=("r",), ranges=SHORT_RANGES, seed=10)
+    sp.fibermap["FIBERSTATUS"][[1, 4]] = 2 ** 16     # both exposures of target 1 BADFIBER
+    c = coadd_spectroperf(sp, backend="numpy")
+    assert np.all(np.isfinite(c.flux["r"])) and np.all(np.isfinite(c.ivar["r"]))
+    assert np.all(c.ivar["r"][1] == 0) and np.all(c.flux["r"][1] == 0)
+    assert np.all(c.ivar["r"][[0, 2]] > 0)
+    assert c.fibermap["COADD_NUMEXP"][1] == 0

@@ -104,6 +104,8 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     nblk = starts.size
     diag = cinv_band[:, hb, :]
     meandiag = xp.mean(diag, axis=-1)                                          # (nt,)
+    empty = ~(meandiag > 0)                      # no data at all: output zeros, not NaN
+    meandiag = xp.where(empty, 1.0, meandiag)
     lmin = 1e-15 / meandiag
 
     # local -> global index map per block, padding flagged
@@ -185,6 +187,11 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
                 rdata[ts.start:ts.stop, di, gcore_x] = \
                     rd.reshape(shp)[:, bi_x, li_x] * okr_x[None, :, di]
             del Vt
+    if bool(xp.any(empty)):
+        keep = ~empty
+        flux = flux * keep[:, None]
+        ivar = ivar * keep[:, None]
+        rdata = rdata * keep[:, None, None]
     if squeeze:
         return flux[0], ivar[0], rdata[0]
     return flux, ivar, rdata
