@@ -29,6 +29,26 @@ def test_split_bundle_specter_examples():
     assert np.array_equal(np.concatenate(own), np.arange(7))
 
 
+def test_trace_cache_matches_psf_xyrange(ref_psf_path):
+    """geometry._Traces reproduces psf.xyrange / wavelength / spot heights, including
+    boxes that leave the CCD."""
+    from gpuspec.extract.geometry import _Traces
+    from gpuspec.psf import read_psf
+
+    psf = read_psf(ref_psf_path)
+    tr = _Traces(psf, 0, psf.nspec)
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        a = int(rng.integers(0, psf.nspec - 1))
+        b = min(a + int(rng.integers(1, 8)), psf.nspec)
+        w0 = float(rng.uniform(5500, 7800))
+        w1 = w0 + float(rng.uniform(0, 60))
+        assert tr.xyrange(a, b, w0, w1) == psf.xyrange((a, b), (w0, w1))
+        assert tr.spot_height(a, w0) == (psf.xypix(a, w0)[2].shape[0] or 11)
+        y = int(rng.integers(-20, psf.npix_y + 20))
+        assert abs(tr.wavelength(a, y) - float(psf.wavelength([a], [float(y)])[0, 0])) < 1e-9
+
+
 def _spd(rng, nb, n):
     a = rng.normal(size=(nb, n, n))
     return a @ np.swapaxes(a, -1, -2) + n * np.eye(n)
