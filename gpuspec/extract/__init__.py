@@ -1,8 +1,8 @@
 """Spectroperfectionism extraction (specter ``ex2d`` semantics), batched on CPU or GPU.
 
->>> frame = gpuspec.extract.extract_frame(image, ivar, psf, wave, specmin=0, nspec=500)  # doctest: +SKIP
+>>> frame = gpuspec.extract.extract_frame(image, ivar, psf, wave, 0, 500)     # doctest: +SKIP
 >>> gpuspec.extract.extract_file("preproc-r0.fits", "psf-r0.fits", "frame-r0.fits",
-...                              (5760.0, 7620.0, 0.8))                                   # doctest: +SKIP
+...                              (5760.0, 7620.0, 0.8))                       # doctest: +SKIP
 
 See ``docs/extract.md``.
 """
