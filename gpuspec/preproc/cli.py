@@ -52,7 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calib-dir", default=None,
                    help="folder with {bias,dark,pixflat,mask}-{camera}.fits (used for the "
                         "calibrations not given explicitly; missing files are skipped)")
-    p.add_argument("--fibermap", default=None, help="fibermap file to attach (FIBERMAP HDU)")
+    p.add_argument("--fibermap", default=None,
+                   help="fibermap file to attach (FIBERMAP HDU); default: fibermap-EXPID.fits "
+                        "beside the raw file when it exists (as desi_preproc does)")
+    p.add_argument("--no-fibermap", action="store_true",
+                   help="do not attach a fibermap even if one is found beside the raw file")
     p.add_argument("--nocosmic", action="store_true", help="skip cosmic-ray rejection")
     p.add_argument("--use-overscan-row", action="store_true",
                    help="use the overscan rows (ORSEC) and allow per-row overscan")
@@ -115,6 +119,19 @@ def _outfile(args, camera: str, ncam: int, expid_cache: dict) -> str:
     return out
 
 
+def _fibermap_beside(rawfile: str):
+    """``fibermap-EXPID.fits`` in the raw file's folder, if it exists."""
+    try:
+        expid = _expid(rawfile)
+    except Exception:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(rawfile)), f"fibermap-{int(expid):08d}.fits")
+    if os.path.exists(path):
+        log.info("attaching fibermap %s", path)
+        return path
+    return None
+
+
 def _calib(args, name: str, camera: str):
     value = getattr(args, name)
     if value is not None:
@@ -135,6 +152,9 @@ def main(args) -> int:
     cameras = _cameras(args)
     expid_cache: dict = {}
     failures = 0
+    fibermap = None if args.no_fibermap else args.fibermap
+    if fibermap is None and not args.no_fibermap:
+        fibermap = _fibermap_beside(args.infile)
     for camera in cameras:
         try:
             out = _outfile(args, camera, len(cameras), expid_cache)
@@ -142,7 +162,7 @@ def main(args) -> int:
             extra = {k: getattr(args, k) for k in ("cosmics_nsig", "cosmics_cfudge",
                                                    "cosmics_c2fudge")
                      if getattr(args, k) is not None}
-            preproc_file(args.infile, camera, out, fibermap=args.fibermap,
+            preproc_file(args.infile, camera, out, fibermap=fibermap,
                          cosmics=not args.nocosmic, use_overscan_row=args.use_overscan_row,
                          backend=backend, **calibs, **extra)
             print(out)
