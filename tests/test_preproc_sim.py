@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import REF_PSF
+from gpuspec.sim.psfs import default_template_path
+
+REF_PSF = default_template_path()  # shipped with the package (same file as shared/)
 from gpuspec.maskbits import ccdmask
 
 pytestmark = pytest.mark.skipif(not os.path.exists(REF_PSF),

@@ -13,6 +13,9 @@ from gpuspec.errors import InputError
 from gpuspec.maskbits import ccdmask
 
 from conftest import PUBLIC, REF_PSF
+from gpuspec.sim.psfs import default_template_path
+
+REF_PSF = default_template_path()  # shipped with the package (same file as shared/)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(REF_PSF),
                                 reason=f"template PSF not found: {REF_PSF}")

@@ -12,7 +12,9 @@ from gpuspec.sim.render import render_spectra, spot_fraction_inside
 
 @pytest.fixture(scope="module")
 def psf():
-    from conftest import REF_PSF
+    from gpuspec.sim.psfs import default_template_path
+
+    REF_PSF = default_template_path()
     import os
 
     if not os.path.exists(REF_PSF):

@@ -1,7 +1,8 @@
 """Per-camera PSFs of the simulator, derived from the real r0 template.
 
 The template is a real specex Gauss–Hermite PSF of camera r0
-(``shared/reference/psf/psf-r0-00051060.fits``, trace domain 5543–7826 Å).
+(``shared/reference/psf/psf-r0-00051060.fits``, shipped as
+``gpuspec/data/psf-r0-00051060.fits.gz``; trace domain 5543–7826 Å).
 r cameras use it unchanged. b and z cameras use a copy whose wavelength axis is
 linearly remapped (:meth:`GaussHermitePSF.remap_wavelength`) so that the
 production grid of the band lands where r's production grid (5760–7620 Å) lies
@@ -29,16 +30,16 @@ _ENV = "GPUSPEC_PSF_TEMPLATE"
 def default_template_path() -> str:
     """Path of the r0 template PSF.
 
-    ``$GPUSPEC_PSF_TEMPLATE`` when set, else ``shared/reference/psf/psf-r0-00051060.fits``
-    beside the repository (``$GPUSPEC_SHARED/reference/psf/...`` when that is set).
+    ``$GPUSPEC_PSF_TEMPLATE`` when set, else the copy shipped in the package
+    (``gpuspec/data/psf-r0-00051060.fits.gz``: the real r0 PSF of
+    ``shared/reference/psf``, byte-identical once decompressed, md5
+    f8315673eba76c802a48c1295873fdc3), so the simulator and the demo work on a
+    fresh machine without the reference data.
     """
     if os.environ.get(_ENV):
         return os.environ[_ENV]
-    shared = os.environ.get("GPUSPEC_SHARED")
-    if not shared:
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        shared = os.path.join(os.path.dirname(repo), "shared")
-    return os.path.join(shared, "reference", "psf", "psf-r0-00051060.fits")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                        "psf-r0-00051060.fits.gz")
 
 
 def load_template(path: str | None = None):
@@ -47,8 +48,7 @@ def load_template(path: str | None = None):
 
     path = path or default_template_path()
     if not os.path.exists(path):
-        raise MissingFileError("template PSF not found (set GPUSPEC_PSF_TEMPLATE or "
-                               "GPUSPEC_SHARED)", path=path)
+        raise MissingFileError("template PSF not found (set GPUSPEC_PSF_TEMPLATE)", path=path)
     return read_psf(path)
 
 

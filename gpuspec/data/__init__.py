@@ -1,0 +1,1 @@
+"""Data files shipped with gpuspec (the simulator's template PSF)."""
