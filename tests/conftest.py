@@ -18,7 +18,9 @@ PUBLIC = os.path.join(REFERENCE, "public")
 REF_PSF = os.path.join(REFERENCE, "psf", "psf-r0-00051060.fits")
 
 _GPU = (not backend.gpu_disabled()) and backend.cupy_available()
-_BACKENDS = ["numpy"] + (["cupy"] if _GPU else [])
+# the cupy case carries the gpu marker at collection time, so ``pytest -m gpu`` selects it
+# (a marker applied inside the fixture would come too late for -m selection)
+_BACKENDS = ["numpy"] + ([pytest.param("cupy", marks=pytest.mark.gpu)] if _GPU else [])
 
 
 def pytest_collection_modifyitems(config, items):
