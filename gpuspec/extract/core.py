@@ -229,7 +229,7 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
     with nvtx_range("extract:projection"):
         # ---- own-fiber windows (P*F windows of WY x WX pixels, NW columns)
         pidx = np.arange(P)[:, None, None]
-        A0 = _scatter(xp, stamps, sf, sk, okfj, pidx * F + fI + 0 * jI, jI + 0 * fI,
+        A0 = _scatter(xp, stamps, sf, sk, okfj, pidx * F + fI + 0 * jI, jI + 0 * fI + 0 * pidx,
                       ycs, xcs - xw[:, :, None], np.zeros_like(ycs), bh[:, None, None] + 0 * ycs,
                       bx0[:, None, None] - xw[:, :, None] + 0 * jI,
                       bx1[:, None, None] - xw[:, :, None] + 0 * jI, P * F, WY, WX, NW)
