@@ -86,7 +86,10 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
         from .launch.demo import make_demo_manifest
         from .launch.runner import run_manifest
 
-        manifest = make_demo_manifest(simdir, prod, backend=backend)
+        # model_ivar: weight pixels by a model of the signal (unbiased fluxes; see
+        # gpuspec.extract.variance) -- the coadds are then consistent with the truth.
+        manifest = make_demo_manifest(simdir, prod, backend=backend,
+                                      step_options={"extract": {"model_ivar": True}})
         _step(f"running the production with gpuspec-run {manifest}")
         rc = run_manifest(manifest)
         result["manifest"] = manifest
@@ -142,7 +145,7 @@ def _run_steps_directly(sim: dict, simdir: str, prod: str, backend: str) -> dict
         psffile = os.path.join(simdir, "psf", f"psf-{cam}.fits")
         w = waves.get(cam, waves.get(cam[0]))
         _step(f"extract {cam} {expid} ({w[0]:.0f}-{w[1]:.0f} A)")
-        extract_file(pre, psffile, outfile, tuple(w), backend=backend)
+        extract_file(pre, psffile, outfile, tuple(w), backend=backend, model_ivar=True)
         frames.append(outfile)
     res["frames"] = frames
 

@@ -62,6 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-gpu", action="store_true", help="run on the CPU (numpy)")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="array backend (default auto; --no-gpu forces numpy)")
+    p.add_argument("--model-ivar", action="store_true",
+                   help="second pass weighting pixels by the variance of the first pass's "
+                        "model + read noise (removes the low bias of data-based IVAR)")
     p.add_argument("--nproc", type=int, default=1,
                    help="CPU: extract bundles in this many processes (default 1)")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART",
@@ -96,6 +99,6 @@ def main(args) -> int:
                        nwavestep=args.nwavestep, wavepad_frac=args.wavepad_frac,
                        pixpad_frac=args.pixpad_frac, regularize=args.regularize,
                        psferr=args.psferr, model=args.model, backend=backend,
-                       nproc=args.nproc)
+                       nproc=args.nproc, model_ivar=args.model_ivar)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - t0)
     return 0

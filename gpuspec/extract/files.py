@@ -62,7 +62,7 @@ def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
 def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, bundles=None,
                  bundlesize=25, nsubbundles=5, nwavestep=50, wavepad_frac=0.2,
                  pixpad_frac=0.8, regularize=0.0, psferr=None, model=None,
-                 backend="auto", nproc=1) -> str:
+                 backend="auto", nproc=1, model_ivar=False) -> str:
     """Extract a preproc file into a frame file (desispec layout).
 
     Parameters
@@ -84,6 +84,11 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     backend : {"auto", "numpy", "cupy"}
     nproc : int
         CPU only: bundles extracted in this many processes.
+    model_ivar : bool
+        Extract twice: the second pass weights pixels with the variance of the model
+        of the first pass plus the read noise instead of preproc's data-based IVAR,
+        which removes the low bias of data weighting (see
+        :mod:`gpuspec.extract.variance`). Default False (specter's single pass).
 
     Returns
     -------
@@ -121,11 +126,20 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
                  "INFILE": os.path.basename(os.fspath(preprocfile)),
                  "NSUBBUN": int(nsubbundles), "NWAVESTP": int(nwavestep),
                  "BUNDLSZ": int(bundlesize)})
-    frame = extract_frame(image.pix, ivar, psf, w, specmin, nspec, bundlesize=bundlesize,
-                          nsubbundles=nsubbundles, nwavestep=nwavestep,
-                          wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac,
-                          regularize=regularize, psferr=psferr, model=model is not None,
-                          backend=backend, meta=meta, nproc=nproc)
+    opts = dict(bundlesize=bundlesize, nsubbundles=nsubbundles, nwavestep=nwavestep,
+                wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac, regularize=regularize,
+                psferr=psferr, backend=backend, nproc=nproc)
+    if model_ivar:
+        from .. import backend as _backend
+        from .variance import model_ivar as _model_ivar
+
+        first = extract_frame(image.pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
+        ivar = _backend.to_host(_model_ivar(
+            psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
+            readnoise=image.readnoise, image=image.pix, xp=_backend.get_xp(backend)))
+        meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
+    frame = extract_frame(image.pix, ivar, psf, w, specmin, nspec, model=model is not None,
+                          meta=meta, **opts)
     if image.fibermap is not None:
         fm = image.fibermap
         if len(fm) >= specmin + nspec:

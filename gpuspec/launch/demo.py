@@ -88,7 +88,8 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
                        bundles_per_task: int = 1, nbundles: int = 20,
                        fibers_per_bundle: int = 25, steps: list | None = None,
                        backend: str = "auto", wavelength=None, nside: int = 64,
-                       registry: str = "desi", progress_interval: float = 10.0) -> str:
+                       registry: str = "desi", progress_interval: float = 10.0,
+                       step_options: dict | None = None) -> str:
     """Write a manifest that reduces a simulated night; return its path.
 
     Parameters
@@ -121,6 +122,9 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
         Step registry (``desi``).
     progress_interval : float
         Seconds between progress lines.
+    step_options : dict of step -> dict, optional
+        Keyword options of each step's function (``steps.<step>.options`` in the
+        manifest), e.g. ``{"extract": {"model_ivar": True}}``.
 
     Returns
     -------
@@ -192,6 +196,9 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
             doc["steps"]["extract"]["bundles"] = [int(b) for b in bundles]
     if "group" in steps:
         doc["steps"]["group"] = {"nside": int(nside)}
+    for s, opts in (step_options or {}).items():
+        if s in doc["steps"] and opts:
+            doc["steps"][s]["options"] = dict(opts)
     path = manifest or os.path.join(proddir, "manifest.yaml")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     text = ("# gpuspec-run manifest for the simulated night in " + simdir + "\n"
