@@ -163,12 +163,20 @@ def test_provenance_keys():
 @pytest.mark.gpu
 @pytest.mark.parametrize("run", RUNS)
 def test_preproc_cupy_matches_numpy(run):
-    """cupy and numpy give the same answer (run on a GPU machine)."""
+    """cupy and numpy give the same answer (run on a GPU machine), to the issue-3
+    tolerances: IMAGE/IVAR/READNOISE relative 1e-5 (absolute 1e-3 near zero), MASK
+    identical on >= 99.99% of the pixels with identical COSMIC bits, OVERSCN*/OBSRDN*
+    (and OSTEP*) to 1e-4. GPU reductions sum in another order, so bit equality is not
+    expected."""
     a = _run(run, "numpy")
     b = _run(run, "cupy")
-    for x, y in ((a.pix, b.pix), (a.ivar, b.ivar), (a.readnoise, b.readnoise)):
-        np.testing.assert_allclose(backend.to_host(y), x, rtol=1e-10, atol=1e-9)
-    assert np.array_equal(backend.to_host(b.mask), a.mask)
+    for name, x, y in (("IMAGE", a.pix, b.pix), ("IVAR", a.ivar, b.ivar),
+                       ("READNOISE", a.readnoise, b.readnoise)):
+        nbad, dmax = _close(backend.to_host(y), x)
+        assert nbad == 0, f"{run} {name}: {nbad} pixels off (max |diff| {dmax})"
+    mb = backend.to_host(b.mask)
+    assert np.mean(mb == a.mask) >= 0.9999
+    assert np.array_equal(mb & ccdmask.COSMIC, a.mask & ccdmask.COSMIC)
     for k in a.meta:
         if k.startswith(("OVERSCN", "OBSRDN", "OSTEP")):
-            assert abs(a.meta[k] - b.meta[k]) < 1e-9 * max(1, abs(a.meta[k])), k
+            assert abs(float(a.meta[k]) - float(b.meta[k])) <= 1e-4, k
