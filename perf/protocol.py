@@ -1,0 +1,276 @@
+"""Fixed measurement protocol and result records of the gpuspec performance suite.
+
+Protocol
+--------
+Every timing is taken by :func:`measure`: ``warmup`` untimed calls (JIT, caches,
+CUDA kernel compilation, memory pools), then ``repeat`` timed calls, each bracketed by
+a device synchronisation (:func:`gpuspec.backend.synchronize`) so queued GPU work is
+counted. The record keeps every run, the median, min, max and the spread (half the
+inter-quartile range and the relative median absolute deviation).
+
+Records
+-------
+One JSON object per line (JSON lines), appended to one file per suite run
+``perf/results/<host>-<YYYYmmddTHHMMSSZ>-<size>.jsonl``. Every record has the keys
+of :data:`RECORD_KEYS`; see ``perf/README.md`` for their meaning.
+
+This module does not import numpy at import time (thread pinning must come first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import time
+from typing import Any, Callable, Iterable
+
+SCHEMA = "gpuspec-perf/1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMBA_NUM_THREADS")
+RECORD_KEYS = ("schema", "benchmark", "case", "size", "backend", "device", "threads",
+               "timing", "sizes", "machine", "versions", "git_commit", "date_utc",
+               "loadavg", "reference", "extra")
+TIMING_KEYS = ("median_s", "min_s", "max_s", "iqr_half_s", "mad_rel", "runs_s", "warmup",
+               "repeat")
+#: gpu_specter's published throughput: 575 frames per node-hour on 4 x A100 (Perlmutter)
+GPU_SPECTER_FRAMES_PER_NODE_HOUR = 575.0
+GPU_SPECTER_GPUS_PER_NODE = 4
+
+
+def shared_dir() -> str:
+    """The shared folder (``GPUSPEC_SHARED`` or ``../shared`` beside the checkout)."""
+    return os.environ.get("GPUSPEC_SHARED", os.path.join(REPO, "..", "shared"))
+
+
+def reference_timings() -> dict:
+    """``shared/reference/timings.json`` as a dict (empty when absent)."""
+    fn = os.path.join(shared_dir(), "reference", "timings.json")
+    if not os.path.exists(fn):
+        return {}
+    with open(fn) as f:
+        return json.load(f)
+
+
+def thread_env(threads: int, environ: dict | None = None) -> dict:
+    """Environment with the BLAS/OpenMP/numba thread counts pinned to ``threads``.
+
+    ``threads <= 0`` removes the variables (library defaults).
+    """
+    env = dict(os.environ if environ is None else environ)
+    for k in THREAD_VARS:
+        if threads > 0:
+            env[k] = str(threads)
+        else:
+            env.pop(k, None)
+    return env
+
+
+def stats(runs: Iterable[float]) -> dict:
+    """Median, min, max and spread of run times (seconds).
+
+    ``iqr_half_s`` is half the inter-quartile range (0 for fewer than 2 runs);
+    ``mad_rel`` the median absolute deviation over the median.
+    """
+    r = [float(t) for t in runs]
+    if not r:
+        raise ValueError("no runs to summarise")
+    med = statistics.median(r)
+    if len(r) >= 2:
+        q = statistics.quantiles(r, n=4, method="inclusive")
+        iqr_half = 0.5 * (q[2] - q[0])
+    else:
+        iqr_half = 0.0
+    mad = statistics.median(abs(t - med) for t in r)
+    return {"median_s": med, "min_s": min(r), "max_s": max(r), "iqr_half_s": iqr_half,
+            "mad_rel": (mad / med) if med > 0 else 0.0, "runs_s": r}
+
+
+def measure(fn: Callable[[], Any], xp: Any = None, *, warmup: int = 1, repeat: int = 3,
+            clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time ``fn()`` with the protocol: warm-up, synchronised timed runs, statistics.
+
+    Parameters
+    ----------
+    fn : callable
+        The work (no arguments). Its result is discarded after synchronisation.
+    xp : module, optional
+        Array module whose device is synchronised before and after each run.
+    warmup, repeat : int
+        Untimed and timed calls.
+    clock : callable
+        Clock (tests pass a fake one).
+
+    Returns
+    -------
+    dict
+        :func:`stats` plus ``warmup`` and ``repeat``.
+    """
+    from gpuspec import backend
+
+    if repeat < 1:
+        raise ValueError("repeat must be >= 1")
+    for _ in range(warmup):
+        fn()
+        backend.synchronize(xp)
+    runs = []
+    for _ in range(repeat):
+        backend.synchronize(xp)
+        t0 = clock()
+        fn()
+        backend.synchronize(xp)
+        runs.append(clock() - t0)
+    out = stats(runs)
+    out.update(warmup=int(warmup), repeat=int(repeat))
+    return out
+
+
+def single(seconds: float, warmup: int = 0) -> dict:
+    """Timing dict of one measured run (for long runs timed once)."""
+    out = stats([seconds])
+    out.update(warmup=int(warmup), repeat=1)
+    return out
+
+
+def git_commit() -> str:
+    """HEAD of the checkout (``+dirty`` when tracked files differ), or ``unknown``."""
+    try:
+        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                           text=True, timeout=10).stdout.strip()
+        if not c:
+            return "unknown"
+        d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "gpuspec"],
+                           cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return c + ("+dirty" if d else "")
+    except Exception:
+        return "unknown"
+
+
+def machine() -> dict:
+    """Host, platform, processor and CPU count."""
+    return {"host": socket.gethostname().split(".")[0] or "host",
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def versions(xp: Any = None) -> dict:
+    """Versions of python, numpy, scipy, fitsio, numba, gpuspec (and cupy/CUDA on GPU)."""
+    import numpy as np
+
+    v = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("scipy", "fitsio", "numba", "gpuspec"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:
+            v[mod] = None
+    if xp is not None and xp is not np:
+        v["cupy"] = getattr(xp, "__version__", None)
+        try:  # pragma: no cover - GPU only
+            v["cuda_runtime"] = xp.cuda.runtime.runtimeGetVersion()
+            v["cuda_driver"] = xp.cuda.runtime.driverGetVersion()
+        except Exception:
+            pass
+    return v
+
+
+def threads_label() -> str:
+    """``"1"``, ``"N"`` or ``"default"`` from the pinned environment variables."""
+    v = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
+    return v if v else "default"
+
+
+def record(benchmark: str, case: str, *, size: str, backend_name: str, timing: dict,
+           xp: Any = None, sizes: dict | None = None, reference: dict | None = None,
+           extra: dict | None = None, loadavg_before=None) -> dict:
+    """A result record (see :data:`RECORD_KEYS`).
+
+    ``reference``: ``{"name": ..., "seconds": ..., "ratio": ref / gpuspec median}`` when a
+    reference timing exists for this case.
+    """
+    from gpuspec import backend
+
+    if xp is None:
+        xp = backend.get_xp(backend_name)
+    try:
+        la_after = list(os.getloadavg())
+    except OSError:
+        la_after = None
+    return {
+        "schema": SCHEMA, "benchmark": benchmark, "case": case, "size": size,
+        "backend": backend_name, "device": backend.device_name(xp),
+        "threads": threads_label(), "timing": timing, "sizes": sizes or {},
+        "machine": machine(), "versions": versions(xp), "git_commit": git_commit(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": {"before": loadavg_before, "after": la_after},
+        "reference": reference, "extra": extra or {},
+    }
+
+
+def with_reference(name: str, median_s: float, key: str = "seconds") -> dict | None:
+    """Reference entry for ``timings.json[name][key]`` with ratio reference / gpuspec."""
+    ref = reference_timings().get(name)
+    if not ref or key not in ref:
+        return None
+    s = float(ref[key])
+    return {"name": name, "call": ref.get("call"), "seconds": s, "key": key,
+            "ratio": s / median_s if median_s > 0 else None,
+            "measured_on": "reference machine: 2-core x86_64, 1 thread (timings.json)"}
+
+
+def validate(rec: dict) -> list[str]:
+    """Problems with a record (empty list: valid)."""
+    errs = [f"missing key {k}" for k in RECORD_KEYS if k not in rec]
+    if rec.get("schema") != SCHEMA:
+        errs.append(f"schema {rec.get('schema')!r} != {SCHEMA!r}")
+    t = rec.get("timing") or {}
+    errs += [f"timing missing {k}" for k in TIMING_KEYS if k not in t]
+    if t and t.get("repeat") != len(t.get("runs_s", [])):
+        errs.append("timing repeat != len(runs_s)")
+    return errs
+
+
+def append(path: str, records: Iterable[dict]) -> None:
+    """Append records to a JSON-lines file (one line each, flushed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+            f.flush()
+
+
+def load(folder: str) -> list[dict]:
+    """All valid records of ``folder/*.jsonl`` (sorted by date)."""
+    out = []
+    if not os.path.isdir(folder):
+        return out
+    for fn in sorted(os.listdir(folder)):
+        if not fn.endswith(".jsonl"):
+            continue
+        with open(os.path.join(folder, fn)) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(r, dict) and not validate(r):
+                    r["_file"] = fn
+                    out.append(r)
+    out.sort(key=lambda r: r["date_utc"])
+    return out
+
+
+def loadavg():
+    """os.getloadavg() as a list (None where unsupported)."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
