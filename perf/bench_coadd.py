@@ -41,19 +41,15 @@ if __name__ == "__main__":
     _pin_threads(_pre.parse_known_args()[0].threads)
 
 import json  # noqa: E402
-import platform  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from gpuspec import __version__, backend  # noqa: E402
+import protocol as P  # noqa: E402  (perf/protocol.py)
+from gpuspec import backend  # noqa: E402
 from gpuspec.coadd import (coadd, coadd_cameras, coadd_spectroperf, decorrelate,  # noqa: E402
                            spectroperf_resample)
 from gpuspec.coadd.synth import make_spectra  # noqa: E402
@@ -65,16 +61,8 @@ TIMINGS = os.path.join(SHARED, "reference", "timings.json")
 
 
 def timeit(fn, xp, repeat=3, warmup=1):
-    for _ in range(warmup):
-        fn()
-    runs = []
-    for _ in range(repeat):
-        backend.synchronize(xp)
-        t0 = time.perf_counter()
-        fn()
-        backend.synchronize(xp)
-        runs.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(runs), "min_s": min(runs), "runs_s": runs}
+    """perf/protocol.py's measure (warm-up, synchronised runs, median and spread)."""
+    return P.measure(fn, xp, warmup=warmup, repeat=repeat)
 
 
 def bench_casec(name, repeat):
@@ -154,18 +142,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     names = args.backends.split(",") if args.backends else \
         ["numpy"] + (["cupy"] if backend.resolve("auto") == "cupy" else [])
-    res = {"benchmark": "coadd", "machine": {"host": socket.gethostname(),
-                                             "platform": platform.platform(),
-                                             "cpu_count": os.cpu_count()},
-           "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                        "gpuspec": __version__},
+    res = {"benchmark": "coadd", "machine": P.machine(), "versions": P.versions(),
            "threads": args.threads, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "loadavg_start": list(os.getloadavg()), "backends": {}}
-    try:
-        res["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
-                                           capture_output=True, text=True).stdout.strip()
-    except Exception:
-        pass
+    res["git_commit"] = P.git_commit()
     for name in names:
         xp = backend.get_xp(name)
         mb = args.max_blocks or (8192 if name == "cupy" else 1024)
@@ -182,7 +162,7 @@ def main(argv=None):
     res["loadavg_end"] = list(os.getloadavg())
     res["note"] = ("shared 2-core VM: other processes compete for the cores (see loadavg); "
                    "timings are medians of --repeat runs")
-    host = socket.gethostname().split(".")[0]
+    host = P.machine()["host"]
     out = args.out or os.path.join(HERE, "results", f"coadd-{host}-{'-'.join(names)}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

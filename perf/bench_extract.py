@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import time
@@ -164,19 +162,6 @@ def run_full(backend_name: str, nspec: int, seed: int = 7) -> dict:
     }
 
 
-def _machine():
-    return {"host": socket.gethostname().split(".")[0] or "host", "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-
-
-def _commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,13 +208,15 @@ def main(argv=None) -> int:
     sys.path.insert(0, REPO)
     from gpuspec import __version__, backend
 
+    import protocol as P  # perf/protocol.py: machine info, git commit
+
     xp = backend.get_xp(args.backend)
     result = {
         "benchmark": "extract",
         "backend": args.backend,
         "device": backend.device_name(xp),
-        "machine": _machine(),
-        "git_commit": _commit(),
+        "machine": P.machine(),
+        "git_commit": P.git_commit(),
         "gpuspec": __version__,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg_before": list(os.getloadavg()),

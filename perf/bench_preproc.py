@@ -36,10 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
-import statistics
-import subprocess
 import sys
 import time
 
@@ -48,7 +45,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from gpuspec import __version__, backend  # noqa: E402
+import protocol as P  # noqa: E402  (perf/protocol.py: measurement protocol, machine info)
+from gpuspec import backend  # noqa: E402
 from gpuspec.preproc import preproc, reject_cosmic_rays  # noqa: E402
 
 NDY, NDX = 2064, 2057        # data rows/columns per amp -> trimmed 4128 x 4114
@@ -146,42 +144,9 @@ def load_simulated(rawfn: str, camera: str, calib_dir: str):
     return raw, hdr, prim, calib
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
-                                       stderr=subprocess.DEVNULL).decode().strip()
-    except Exception:
-        return "unknown"
-
-
-def _versions(xp) -> dict:
-    import scipy
-
-    v = {"python": platform.python_version(), "numpy": np.__version__,
-         "scipy": scipy.__version__, "gpuspec": __version__}
-    if xp is not np:
-        v["cupy"] = xp.__version__
-        try:
-            v["cuda_runtime"] = xp.cuda.runtime.runtimeGetVersion()
-            v["cuda_driver"] = xp.cuda.runtime.driverGetVersion()
-        except Exception:
-            pass
-    return v
-
-
 def _time(fn, xp, warmup: int, repeat: int) -> dict:
-    for _ in range(warmup):
-        fn()
-        backend.synchronize(xp)
-    ts = []
-    for _ in range(repeat):
-        backend.synchronize(xp)
-        t0 = time.perf_counter()
-        fn()
-        backend.synchronize(xp)
-        ts.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-            "runs_s": ts, "repeat": repeat, "warmup": warmup}
+    """perf/protocol.py's measure (warm-up, synchronised runs, median and spread)."""
+    return P.measure(fn, xp, warmup=warmup, repeat=repeat)
 
 
 def write_inputs(folder: str, data) -> tuple:
@@ -254,11 +219,9 @@ def bench(backend_name: str, warmup: int, repeat: int, data, files=None,
         "benchmark": "preproc",
         "backend": backend_name,
         "device": backend.device_name(xp),
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count()},
-        "versions": _versions(xp),
-        "git_commit": _git_commit(),
+        "machine": P.machine(),
+        "versions": P.versions(xp),
+        "git_commit": P.git_commit(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "image": {"raw_shape": list(raw.shape), "trimmed_shape": list(img.pix.shape),
                   "cosmic_pixels_flagged": ncos, "source": data_source},
