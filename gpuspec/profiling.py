@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from typing import Any, Callable
 
@@ -58,30 +59,40 @@ class nvtx_range(contextlib.ContextDecorator):
     def __init__(self, name: str, color: str | None = None):
         self.name = name if name.startswith(PREFIX) else PREFIX + name
         self.color = color
-        self._ctx = None
+        # Open ranges are kept per thread, as a stack, so one instance can serve as a
+        # decorator for recursive and concurrent (multi-threaded) calls.
+        self._local = threading.local()
+
+    def _stack(self) -> list:
+        st = getattr(self._local, "stack", None)
+        if st is None:
+            st = self._local.stack = []
+        return st
 
     def __enter__(self):
         impl = _nvtx_impl()
-        self._ctx = None
+        ctx = None
         if impl is not None:
             try:
                 kind, mod = impl
                 if kind == "nvtx":
-                    self._ctx = mod.annotate(self.name, color=self.color)
+                    ctx = mod.annotate(self.name, color=self.color)
                 else:  # pragma: no cover - GPU only
-                    self._ctx = mod(self.name)
-                self._ctx.__enter__()
+                    ctx = mod(self.name)
+                ctx.__enter__()
             except Exception:
-                self._ctx = None
+                ctx = None
+        self._stack().append(ctx)
         return self
 
     def __exit__(self, *exc):
-        if self._ctx is not None:
+        st = self._stack()
+        ctx = st.pop() if st else None
+        if ctx is not None:
             try:
-                self._ctx.__exit__(*exc)
+                ctx.__exit__(*exc)
             except Exception:
                 pass
-            self._ctx = None
         return False
 
 

@@ -111,3 +111,40 @@ def test_cupy_roundtrip():
     assert np.array_equal(backend.to_host(a), np.arange(4, dtype=np.float32))
     backend.synchronize(cp)
     backend.free_memory(cp)
+
+
+def test_nvtx_decorator_reentrant_and_threaded(monkeypatch):
+    """One decorator instance serves recursive and concurrent calls: each exit closes its own range."""
+    import threading
+
+    opened = []
+
+    class FakeRange:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            opened.append(self)
+
+        def __exit__(self, *exc):
+            opened.remove(self)
+
+    class FakeNvtx:
+        @staticmethod
+        def annotate(name, color=None):
+            return FakeRange(name)
+
+    monkeypatch.setattr(profiling, "_impl", ("nvtx", FakeNvtx))
+    monkeypatch.setattr(profiling, "_impl_checked", True)
+
+    @profiling.nvtx_range("rec")
+    def rec(n):
+        return 0 if n == 0 else 1 + rec(n - 1)
+
+    assert rec(5) == 5
+    threads = [threading.Thread(target=rec, args=(20,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert opened == []
