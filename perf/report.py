@@ -86,8 +86,13 @@ def _load(r):
     return f"{la[0]:.1f}" if la else "–"
 
 
-def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | None = None) -> str:
-    """The Markdown page for ``records`` (a list of valid records)."""
+def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | None = None,
+           other_files=()) -> str:
+    """The Markdown page for ``records`` (a list of valid records).
+
+    ``other_files``: ``(name, first line)`` of the other files of the results folder
+    (gpu-check reports, the per-script JSON outputs), listed at the end.
+    """
     now = now or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     recs = latest(records)
     lines = [HEADER.format(now=now, nrec=len(records), folder=folder, nfiles=nfiles)]
@@ -181,6 +186,13 @@ def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | No
                      f"{_dev(r)} | {_load(r)} | {r['date_utc'][:16]} | {_commit(r)} |")
     lines.append("\nThe development VM has 2 cores shared with other jobs: see the load average "
                  "column; CPU timings there vary by tens of per cent between runs.\n")
+    if other_files:
+        lines.append("## Other result files\n")
+        lines.append("gpu-check reports (`perf/gpu-check`) and the outputs of the per-step "
+                     "scripts `perf/bench_*.py` (their own JSON layout):\n")
+        for name, first in other_files:
+            lines.append(f"* [`{name}`](../perf/results/{name})" + (f": {first}" if first else ""))
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -193,7 +205,16 @@ def write_report(results_dir: str, out: str) -> str:
         rel = os.path.relpath(results_dir, P.REPO)
     except ValueError:
         rel = results_dir
-    text = render(recs, rel, nfiles)
+    others = []
+    if os.path.isdir(results_dir):
+        for fn in sorted(os.listdir(results_dir)):
+            if fn.endswith((".md", ".json", ".txt")):
+                first = ""
+                if fn.endswith(".md"):
+                    with open(os.path.join(results_dir, fn)) as f:
+                        first = f.readline().strip().lstrip("# ")
+                others.append((fn, first))
+    text = render(recs, rel, nfiles, other_files=others)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "w") as f:

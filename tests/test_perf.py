@@ -116,6 +116,7 @@ def test_report_from_fixture_results(tmp_path):
                       "per_device": "CPU-hour at 1 thread(s)", "preproc_s": 1.0,
                       "extract_s": 35.0})
     P.append(str(res / "a.jsonl"), [old, new, gpu, e2e])
+    (res / "gpu-check-h-1.md").write_text("# gpu-check PASS: NVIDIA H100 80GB HBM3\n")
     out = tmp_path / "performance.md"
     report.write_report(str(res), str(out))
     text = out.read_text()
@@ -125,6 +126,7 @@ def test_report_from_fixture_results(tmp_path):
     assert "**56.00**" in text and "NVIDIA H100" in text
     assert "**8.0x**" in text            # speed-up 2.0 / 0.25
     assert "200.0" in text and "0.139x" in text
+    assert "[`gpu-check-h-1.md`]" in text and "gpu-check PASS: NVIDIA H100" in text
     # an empty results folder still gives a page
     empty = report.render([], "nowhere", 0)
     assert "No results yet" in empty
