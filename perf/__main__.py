@@ -112,6 +112,10 @@ def main(argv=None) -> int:
     threads = ([int(t) for t in args.threads.split(",")] if args.threads
                else ([1, ncpu] if ncpu > 1 else [1]))
     names = backends(args.backend)
+    if not names:
+        print(f"perf: nothing to run: no usable backend among {args.backend!r} (skipped)",
+              flush=True)
+        return 0
     host = socket.gethostname().split(".")[0] or "host"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     os.makedirs(args.out, exist_ok=True)
