@@ -331,12 +331,16 @@ def test_gpu_matches_cpu(caseB):
 
 
 def test_blas_threads_context_restores():
-    from gpuspec.extract.threads import blas_threads, openblas_libraries
+    from threadpoolctl import threadpool_info
 
-    libs = openblas_libraries()
-    before = [g() for _, g, _ in libs]
+    from gpuspec.threads import blas_threads
+
+    def blas_counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_counts()
     with blas_threads(1):
-        assert all(g() == 1 for _, g, _ in openblas_libraries())
-    assert [g() for _, g, _ in openblas_libraries()] == before
+        assert all(n == 1 for n in blas_counts())
+    assert blas_counts() == before
     with blas_threads(None):  # no-op
-        pass
+        assert blas_counts() == before

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..threads import limit_blas
 from ..backend import get_array_module, get_xp, to_device
 from ..profiling import nvtx_range
 
@@ -61,6 +62,7 @@ def block_layout(nn: int, wavebin: float):
     return m, np.array(starts), np.array(sizes), np.array(lo), np.array(hi)
 
 
+@limit_blas
 def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks: int | None = None,
                 backend=None):
     """Decorrelate banded inverse covariances (batched divide and conquer).
@@ -132,7 +134,6 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     rr = li[:, None] + dd[None, :]                                             # local row p+dd
     okr = (rr >= 0) & (rr < sizes[bi][:, None]) & (gcore[:, None] + dd[None, :] >= 0) & \
         (gcore[:, None] + dd[None, :] < nn)
-    rr_c = np.clip(rr, 0, m - 1)
 
     drow_x = xp.asarray(drow_b)
     grow_x = xp.asarray(grow_b)
@@ -142,7 +143,7 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     real_x = xp.asarray(real)
     eye = xp.eye(m)
     bi_x, li_x, gcore_x = xp.asarray(bi), xp.asarray(li), xp.asarray(gcore)
-    rr_x, okr_x = xp.asarray(rr_c), xp.asarray(okr)
+    okr_x = xp.asarray(okr)
     if max_blocks is None:
         max_blocks = 1024 if xp is np else 8192
     tchunk = max(1, int(max_blocks // max(nblk, 1)))

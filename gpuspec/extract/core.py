@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from . import normal_cpu
-from . import threads as _threads
+from .. import threads as _threads
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
 from .solve import decorrelate, inv_cholesky, regularize_normal
 
@@ -571,7 +570,7 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
     modelimage = ctx.xp.zeros(ctx.shape) if model else None
     results = []
     if blas_threads is None:
-        blas_threads = int(os.environ.get("GPUSPEC_BLAS_THREADS", "1") or 1)
+        blas_threads = _threads.default_blas_threads()
     with nvtx_range("extract:frame"), \
             _threads.blas_threads(blas_threads if ctx.xp is np else None):
         ranges = [(b0, min(b0 + bundlesize, specmin + nspec))
