@@ -21,7 +21,7 @@ coadd
 
 With ``threads`` > 1 (multi-threaded run) the numpy extraction also uses ``nproc``
 = threads forked bundle workers (BLAS stays at 1 thread inside extraction, see
-``gpuspec.extract.threads``).
+``gpuspec.threads``).
 """
 
 from __future__ import annotations

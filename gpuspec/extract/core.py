@@ -541,7 +541,7 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
     blas_threads : int, optional
         OpenBLAS threads during a CPU extraction (default: ``GPUSPEC_BLAS_THREADS`` or
         1; 0 leaves the library setting alone). Extraction is many small products:
-        parallelise over bundles/processes instead (see ``gpuspec.extract.threads``).
+        parallelise over bundles/processes instead (see ``gpuspec.threads``).
     nproc : int
         numpy backend: extract bundles in this many forked processes (ignored with
         ``model=True``, on cupy, or for a single bundle). Results are identical.
