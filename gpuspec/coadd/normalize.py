@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..maskbits import fibermask
-from ..backend import to_device
+from ..backend import to_device, to_host
 from .groups import gather_rows, nonamp_bad_fiberstatus, target_index_table, use_for_coadd
 
 __all__ = ["per_exposure_normalization"]
@@ -127,7 +127,7 @@ def per_exposure_normalization(spectra, targets, xp, nsig: float = 10.0):
             nmasked = xp.sum(w == 0, axis=-1)
             fewmask = xp.all((nmasked < int(0.4 * nw)) | ~validx, axis=1)
             usable = xp.asarray(camok) & fewmask                               # (T,)
-            anyband |= np.asarray(usable.get() if hasattr(usable, "get") else usable)
+            anyband |= to_host(usable)
             keepx = xp.asarray(~ovl[b])
             wt = xp.sum(w, axis=1)
             fc = xp.sum(w * fl, axis=1) / (wt + (wt == 0))                      # (T, W)
@@ -141,9 +141,7 @@ def per_exposure_normalization(spectra, targets, xp, nsig: float = 10.0):
         with np.errstate(all="ignore"):
             a = num / den
             sig = xp.sqrt(num) / xp.abs(den)
-        a = np.asarray(a.get() if hasattr(a, "get") else a)
-        sig = np.asarray(sig.get() if hasattr(sig, "get") else sig)
-        nunm = np.asarray(nunmasked.get() if hasattr(nunmasked, "get") else nunmasked)
+        a, sig, nunm = to_host(a), to_host(sig), to_host(nunmasked)
         changed = False
         for k, t in enumerate(sel):
             rows = idx_s[k][valid_s[k]]
