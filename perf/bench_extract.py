@@ -10,7 +10,7 @@ Timed:
   in a subprocess, because BLAS thread counts are fixed at import.
 - ``full_frame`` (``--full``): a 500-fiber × ~2300-bin frame on the full CCD of
   the reference r-camera PSF: spectra are projected through the PSF
-  (``gpuspec.sim.render.render_spectra``), Gaussian noise is added, then the frame
+  (``gpuspec.psf.project.render_spectra``), Gaussian noise is added, then the frame
   is extracted (time of the extraction only; the rendering is reported apart).
 
 The checks are also recorded: Case B flux pull against specter, and for the full
@@ -113,7 +113,7 @@ def run_full(backend_name: str, nspec: int, seed: int = 7) -> dict:
     from gpuspec.extract import extract_frame
     from gpuspec.psf import read_psf
     from gpuspec.resolution import apply as rapply
-    from gpuspec.sim.render import render_spectra
+    from gpuspec.psf.project import render_spectra
 
     xp = backend.get_xp(backend_name)
     psf = read_psf(PSF)

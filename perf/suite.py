@@ -140,7 +140,7 @@ def make_frame(psf, nspec: int, seed: int = 7, xp=None):
     import numpy as np
 
     from gpuspec import backend
-    from gpuspec.sim.render import render_spectra
+    from gpuspec.psf.project import render_spectra
 
     xp = xp or np
     rng = np.random.default_rng(seed)

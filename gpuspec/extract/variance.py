@@ -58,8 +58,7 @@ def model_ivar(psf, fibers, wave, flux, ivar, readnoise=None, image=None, xp=np)
 
     Backends: numpy, cupy.
     """
-    # The projection is the simulator's renderer: the same PSF model extraction inverts.
-    from ..sim.render import render_spectra
+    from ..psf.project import render_spectra
 
     wave = np.asarray(_backend.to_host(wave), dtype=np.float64)
     dw = float(np.median(np.diff(wave))) if wave.size > 1 else 1.0

@@ -10,7 +10,7 @@ drawn with Poisson noise, plus the bad-column charge, a small saturated blob
 and cosmic rays, then digitised (:func:`gpuspec.sim.raw.digitize`).
 
 ``R_obj`` and ``R_sky`` are the object and sky photons rendered through the PSF
-(:func:`gpuspec.sim.render.render_spectra`) on the chosen backend; the random
+(:func:`gpuspec.psf.project.render_spectra`) on the chosen backend; the random
 draws are made on the host so pixels do not depend on the stream of device
 operations.
 """
@@ -29,7 +29,7 @@ from .cameras import PRODUCTION_WAVE, WAVE_STEP
 from .geometry import AMPS, MIN_AMP_ROWS, CCDGeometry
 from .psfs import trace_wave_range
 from .raw import Electronics, bias_structure, digitize, make_cosmics, make_electronics
-from .render import render_spectra
+from ..psf.project import render_spectra
 from .spectra import SkyModel, calib_vector, object_flux
 from .streams import stream
 from .targets import Targets
