@@ -113,35 +113,15 @@ def run_full(backend_name: str, nspec: int, seed: int = 7) -> dict:
     from gpuspec.extract import extract_frame
     from gpuspec.psf import read_psf
     from gpuspec.resolution import apply as rapply
-    from gpuspec.psf.project import render_spectra
+    from perf.suite import make_frame  # the same synthetic frame as the suite
 
     xp = backend.get_xp(backend_name)
     psf = read_psf(PSF)
-    rng = np.random.default_rng(seed)
     dw = 0.8
-    # wavelengths whose spots stay on the CCD (40-row margins) for every fiber
-    wrow = np.asarray(psf.wavelength(np.arange(psf.nspec), [40.0, psf.npix_y - 40.0]))
-    wmin = float(np.ceil(wrow[:, 0].max()))
-    wmax = float(np.floor(wrow[:, 1].min()))
-    wave = np.arange(wmin, wmax, dw)
-    wtrue = np.arange(wmin - 40 * dw, wmax + 40 * dw, dw)
-    fibers = np.arange(nspec)
-    # smooth continuum + emission lines (photons per 0.8 A bin)
-    cont = rng.uniform(20, 120, (nspec, 1)) * (1 + 0.2 * np.sin(wtrue / rng.uniform(40, 200,
-                                                                                   (nspec, 1))))
-    phot = cont.copy()
-    for _ in range(30):
-        c = rng.uniform(wmin, wmax, nspec)[:, None]
-        s = rng.uniform(0.3, 1.5, nspec)[:, None]
-        a = rng.uniform(200, 3000, nspec)[:, None]
-        phot += a * dw * np.exp(-0.5 * ((wtrue - c) / s) ** 2) / (np.sqrt(2 * np.pi) * s)
     t = time.perf_counter()
-    model = render_spectra(psf, fibers, wtrue, phot, (psf.npix_y, psf.npix_x), xp=xp)
-    model = backend.to_host(model)
-    t_render = time.perf_counter() - t
-    var = np.maximum(model, 0) + 9.0
-    img = model + np.sqrt(var) * rng.standard_normal(model.shape)
-    ivar = 1.0 / var
+    img, ivar, wave, wtrue, phot = make_frame(psf, nspec, seed=seed, xp=xp, truth=True)
+    t_render = time.perf_counter() - t  # render + noise
+    wmin = float(wave[0])
     _sync(xp)
     t = time.perf_counter()
     c = time.process_time()

@@ -132,10 +132,12 @@ def bench_preproc(size: str, backend_name: str) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- extract
-def make_frame(psf, nspec: int, seed: int = 7, xp=None):
-    """A rendered, noisy full-CCD frame of fibers ``0..nspec-1`` (as perf/bench_extract.py).
+def make_frame(psf, nspec: int, seed: int = 7, xp=None, truth: bool = False):
+    """A rendered, noisy full-CCD frame of fibers ``0..nspec-1``.
 
     Returns ``(image, ivar, wave)``; wave is the 0.8 Å grid whose spots stay on the CCD.
+    With ``truth=True`` also ``(wtrue, phot)``: the true photons per 0.8 Å bin on the
+    wider grid ``wtrue`` (used by perf/bench_extract.py to check the extraction).
     """
     import numpy as np
 
@@ -161,6 +163,8 @@ def make_frame(psf, nspec: int, seed: int = 7, xp=None):
                                            (psf.npix_y, psf.npix_x), xp=xp))
     var = np.maximum(model, 0) + 9.0
     img = model + np.sqrt(var) * rng.standard_normal(model.shape)
+    if truth:
+        return img, 1.0 / var, wave, wtrue, phot
     return img, 1.0 / var, wave
 
 
