@@ -33,8 +33,8 @@ from ..errors import BadDataError
 from ..frame import Frame
 from ..profiling import nvtx_range
 from .fibermap import as_fibermap_array
-from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
-    read_image_hdu, read_table_hdu
+from .util import atomic_output, check_same_shape, hdu_names, header_dict, header_records, \
+    open_fits, read_image_hdu, read_optional_hdu
 
 __all__ = ["write_frame", "read_frame", "FLUX_UNIT"]
 
@@ -158,29 +158,20 @@ def read_frame(path: str | os.PathLike) -> Frame:
         flux, h = read_image_hdu(fx, fluxext, path, header=True)
         ivar = read_image_hdu(fx, "IVAR", path)
         wave = read_image_hdu(fx, "WAVELENGTH", path)
-
-        def opt(name, table=False):
-            if name not in names:
-                return None
-            return read_table_hdu(fx, name, path) if table else read_image_hdu(fx, name, path)
-
-        mask = opt("MASK")
-        rdata = opt("RESOLUTION")
-        fm = opt("FIBERMAP", table=True)
-        chi2pix = opt("CHI2PIX")
-        pmf = opt("PIXMASK_FRACTION")
-        model = opt("MODELIMAGE")
+        mask = read_optional_hdu(fx, names, "MASK", path)
+        rdata = read_optional_hdu(fx, names, "RESOLUTION", path)
+        fm = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
+        chi2pix = read_optional_hdu(fx, names, "CHI2PIX", path)
+        pmf = read_optional_hdu(fx, names, "PIXMASK_FRACTION", path)
+        model = read_optional_hdu(fx, names, "MODELIMAGE", path)
     if flux.ndim != 2:
         raise BadDataError(f"FLUX must be 2-D, got shape {flux.shape}", path=path, hdu="FLUX")
     nspec, nwave = flux.shape
     if wave.shape != (nwave,):
         raise BadDataError(f"WAVELENGTH has shape {wave.shape}, FLUX has nwave={nwave}",
                            path=path, hdu="WAVELENGTH")
-    for name, a in (("IVAR", ivar), ("MASK", mask), ("CHI2PIX", chi2pix),
-                    ("PIXMASK_FRACTION", pmf)):
-        if a is not None and a.shape != flux.shape:
-            raise BadDataError(f"shape {a.shape} differs from FLUX {flux.shape}", path=path,
-                               hdu=name)
+    check_same_shape(flux, "FLUX", (("IVAR", ivar), ("MASK", mask), ("CHI2PIX", chi2pix),
+                                    ("PIXMASK_FRACTION", pmf)), path)
     if rdata is not None and (rdata.ndim != 3 or rdata.shape[0] != nspec or
                               rdata.shape[2] != nwave):
         raise BadDataError(f"RESOLUTION has shape {rdata.shape}, expected (nspec={nspec}, "

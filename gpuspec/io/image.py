@@ -27,8 +27,8 @@ from ..backend import native, to_host
 from ..errors import BadDataError, MissingKeywordError
 from ..image import Image
 from ..profiling import nvtx_range
-from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
-    read_image_hdu, read_table_hdu
+from .util import atomic_output, check_same_shape, hdu_names, header_dict, header_records, \
+    open_fits, read_image_hdu, read_optional_hdu
 
 __all__ = ["write_image", "read_image"]
 
@@ -149,14 +149,12 @@ def read_image(path: str | os.PathLike) -> Image:
         meta = header_dict(h)
         ivar = read_image_hdu(fx, "IVAR", path)
         mask = read_image_hdu(fx, "MASK", path)
-        readnoise = read_image_hdu(fx, "READNOISE", path) if "READNOISE" in names else None
-        fibermap = read_table_hdu(fx, "FIBERMAP", path) if "FIBERMAP" in names else None
+        readnoise = read_optional_hdu(fx, names, "READNOISE", path)
+        fibermap = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
     if pix.ndim != 2:
         raise BadDataError(f"IMAGE must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")
-    for name, a in (("IVAR", ivar), ("MASK", mask), ("READNOISE", readnoise)):
-        if a is not None and a.shape != pix.shape:
-            raise BadDataError(f"shape {a.shape} differs from IMAGE {pix.shape}", path=path,
-                               hdu=name)
+    check_same_shape(pix, "IMAGE", (("IVAR", ivar), ("MASK", mask), ("READNOISE", readnoise)),
+                     path)
     camera = meta.get("CAMERA")
     if camera is None:
         raise MissingKeywordError("required keyword is missing", path=path, hdu="IMAGE",

@@ -19,12 +19,13 @@ import fitsio
 import numpy as np
 
 from ..backend import native
-from ..errors import (BadSectionError, InputError, MissingFileError, MissingHDUError,
-                      MissingKeywordError)
+from ..errors import (BadDataError, BadSectionError, InputError, MissingFileError,
+                      MissingHDUError, MissingKeywordError)
 
 __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
            "read_image_hdu", "read_table_hdu", "has_hdu", "fitsheader_to_dict",
-           "header_records", "header_dict", "hdu_names", "check_complete"]
+           "header_records", "header_dict", "hdu_names", "check_complete",
+           "read_optional_hdu", "check_same_shape"]
 
 _SEC_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -310,3 +311,22 @@ def header_records(meta) -> list[dict]:
             v = v.item()
         out.append({"name": k, "value": v})
     return out
+
+
+def read_optional_hdu(fx: fitsio.FITS, names, ext: str, path: str | None = None,
+                      table: bool = False):
+    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None."""
+    if ext not in names:
+        return None
+    return read_table_hdu(fx, ext, path) if table else read_image_hdu(fx, ext, path)
+
+
+def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None:
+    """Raise :class:`BadDataError` naming the HDU whose array differs in shape from ``ref``.
+
+    ``arrays`` is an iterable of ``(hdu_name, array_or_None)``; None entries are skipped.
+    """
+    for name, a in arrays:
+        if a is not None and a.shape != ref.shape:
+            raise BadDataError(f"shape {a.shape} differs from {refname} {ref.shape}", path=path,
+                               hdu=name)
