@@ -20,7 +20,6 @@ over rejection rounds (at most nexp).
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
 
 __all__ = ["mask_cosmics", "chi2_threshold"]
 
@@ -29,6 +28,8 @@ _MIN_FOR_COSMICS = 3
 
 def chi2_threshold(nspec, nsig: float):
     """chi² (not reduced) of ``nspec`` values exceeded with the ``nsig``-sigma tail probability."""
+    import scipy.stats  # lazy: scipy.stats costs ~0.4 s to import
+
     return scipy.stats.chi2(np.asarray(nspec) - 1).isf(scipy.stats.norm.cdf(-nsig))
 
 
@@ -86,6 +87,8 @@ def mask_cosmics(wave, flux, ivar, valid, cosmics_nsig: float, xp):
 
     Backends: numpy, cupy.
     """
+    import scipy.stats  # lazy import (slow to load)
+
     nt, ne, nw = flux.shape
     mask = xp.zeros(flux.shape, dtype=bool)
     if nt == 0 or ne < _MIN_FOR_COSMICS or nw < 2:

@@ -45,7 +45,7 @@ def _wave_range(text: str):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``simulate`` subcommand to ``subparsers``."""
-    from .night import DEFAULT_EXPID0, DEFAULT_NIGHT
+    from .defaults import DEFAULT_EXPID0, DEFAULT_NIGHT
 
     p = subparsers.add_parser(
         "simulate", help="write a simulated DESI-like night (raw, calibrations, PSFs, "

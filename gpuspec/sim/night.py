@@ -45,8 +45,7 @@ __all__ = ["simulate_night", "DEFAULT_NIGHT", "DEFAULT_EXPID0", "layout"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NIGHT = 20250115
-DEFAULT_EXPID0 = 100
+from .defaults import DEFAULT_EXPID0, DEFAULT_NIGHT  # noqa: E402
 _OVERHEAD_S = 180.0  # seconds between exposures (readout, slew)
 
 
