@@ -24,7 +24,8 @@ def _coadd(args) -> int:
     coadd_file(args.infile, args.outfile, spectroperf=args.spectroperf, lin_step=args.lin_step,
                wave_min=args.wave_min, wave_max=args.wave_max,
                coadd_cameras=args.coadd_cameras, cosmics_nsig=args.nsig,
-               no_normalize=args.no_normalize, backend=backend)
+               no_normalize=args.no_normalize, norm_chi2_threshold=args.norm_chi2_threshold,
+               backend=backend)
     print(args.outfile)
     return 0
 
@@ -57,6 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--nsig", type=float, default=None, help="cosmic rejection nsigma (default 4)")
     c.add_argument("--no-normalize", action="store_true",
                    help="no per-exposure normalisation")
+    c.add_argument("--norm-chi2-threshold", type=float, default=None, metavar="CHI2",
+                   help="reduced chi2 between the crude and the rescaled crude coadd at or "
+                        "above which a target is VARIABLE and keeps its per-exposure "
+                        "normalisation (desispec default 0.1)")
     c.add_argument("--no-gpu", action="store_true", help="run on the CPU (numpy)")
     c.set_defaults(func=_coadd)
     return c

@@ -172,7 +172,8 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
 def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: float | None = None,
                wave_min: float | None = None, wave_max: float | None = None,
                coadd_cameras: bool = False, cosmics_nsig: float | None = None,
-               no_normalize: bool = False, backend="auto") -> str:
+               no_normalize: bool = False, norm_chi2_threshold: float | None = None,
+               backend="auto") -> str:
     """Coadd a spectra file and write the coadd (desispec layout).
 
     Parameters
@@ -187,7 +188,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
         then spectroperf-resampled onto that grid.
     coadd_cameras : bool
         Plain coadd only: also combine the bands (b, r, z → brz).
-    cosmics_nsig, no_normalize : see :func:`gpuspec.coadd.coadd`.
+    cosmics_nsig, no_normalize, norm_chi2_threshold : see :func:`gpuspec.coadd.coadd`
+        (``norm_chi2_threshold=None``: desispec's default 0.1).
     backend : {"auto", "numpy", "cupy"}
 
     Returns
@@ -213,8 +215,10 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     if spectroperf:
         out = coadd_spectroperf(sp, wave_out, onetile=onetile, backend=backend)
     else:
+        extra = {} if norm_chi2_threshold is None else \
+            {"norm_chi2_threshold": float(norm_chi2_threshold)}
         out = coadd(sp, cosmics_nsig=cosmics_nsig, onetile=onetile, no_normalize=no_normalize,
-                    backend=backend)
+                    backend=backend, **extra)
         if wave_out is not None:
             r = spectroperf_resample(out, wave_out, backend=backend)
             r.fibermap, r.exp_fibermap, r.scores = out.fibermap, out.exp_fibermap, out.scores

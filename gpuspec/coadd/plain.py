@@ -27,7 +27,7 @@ from ..spectra import Spectra
 from .cosmics import mask_cosmics
 from .fibermap import coadd_fibermap
 from .groups import gather_rows, ordered_unique, target_index_table, use_for_coadd
-from .normalize import per_exposure_normalization
+from .normalize import NORM_CHI2_THRESHOLD, per_exposure_normalization
 from .scores import coadd_scores
 
 __all__ = ["coadd", "resolution_coadd"]
@@ -101,7 +101,7 @@ def _coadd_band(wave, flux, ivar, mask, rdata, idx, valid, norm_tab, cosmics_nsi
 
 def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool = False,
           no_normalize: bool = False, coadd_norm=None, chunk: int = 256,
-          backend="auto") -> Spectra:
+          norm_chi2_threshold: float = NORM_CHI2_THRESHOLD, backend="auto") -> Spectra:
     """Coadd the exposures of each target, band by band (desispec ``coadd``).
 
     Parameters
@@ -119,6 +119,10 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
         with a factor different from 1 get the VARIABLE bit).
     chunk : int
         Targets per batch (bounds device memory).
+    norm_chi2_threshold : float
+        Reduced χ² between the crude and the rescaled crude coadd at or above
+        which a target is VARIABLE and keeps its per-exposure factors (desispec
+        default 0.1); see :mod:`gpuspec.coadd.normalize`.
     backend : {"auto", "numpy", "cupy"} or module
 
     Returns
@@ -153,7 +157,8 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
                 fstat[tids == t] |= fibermask.VARIABLE
         elif not no_normalize:
             if "FIBERSTATUS" in fm.dtype.names:
-                norm, sigma, fstat = per_exposure_normalization(spectra, targets, xp)
+                norm, sigma, fstat = per_exposure_normalization(
+                    spectra, targets, xp, norm_chi2_threshold=norm_chi2_threshold)
     out_flux, out_ivar, out_mask, out_res = {}, {}, {}, {}
     for b in spectra.bands:
         with nvtx_range(f"coadd.band.{b}"):
