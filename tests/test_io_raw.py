@@ -327,17 +327,36 @@ def test_raw_round_trip(tmp_path, name):
         assert list(hdr) == list(expected)  # keyword order kept, nothing structural added
         assert hdr == expected
         assert p == prim
-    # astropy sees the same
-    with fits.open(path) as hl:
+    # astropy sees the same: DESI layout, empty HDU 0, exposure keywords in SPEC, checksums
+    with fits.open(path, checksum=True) as hl:
         names = [x.name for x in hl]
-        assert names == ["PRIMARY", "B0", "Z9"]
+        assert names == ["PRIMARY", "SPEC", "B0", "Z9"]
+        assert "EXPTIME" not in hl[0].header and hl["SPEC"].data is None
         if name.endswith(".fz"):
             assert isinstance(hl["B0"], fits.CompImageHDU)
             with fitsio.FITS(path) as fx:
                 assert fx["B0"].is_compressed() and fx["B0"].get_info()["comptype"] == "RICE_1"
         np.testing.assert_array_equal(hl["Z9"].data, imgs["z9"])
         assert hl["B0"].header["SATURLEVA"] == 60000.0
-        assert hl[0].header["EXPID"] == 42
+        assert hl["SPEC"].header["EXPID"] == 42
+    with fitsio.FITS(path) as fx:
+        for hdu in fx:
+            assert "CHECKSUM" in hdu.read_header() and "DATASUM" in hdu.read_header()
+            assert hdu.verify_checksum() is None  # raises on a bad checksum
+
+
+def test_raw_primary_layout_still_read(tmp_path):
+    """Older files keep the exposure keywords in HDU 0; read_raw takes them from there."""
+    h, shape = make_header()
+    img = np.zeros(shape, np.int32)
+    prim = {"EXPID": 7, "NIGHT": 20250101, "EXPTIME": 30.0}
+    path = rawio.write_raw(str(tmp_path / "old.fits"), {"b0": (img, h)}, prim, layout="primary")
+    with fitsio.FITS(path) as fx:
+        assert [x.get_extname() for x in fx] == ["", "B0"]
+        assert fx[0].read_header()["EXPID"] == 7
+    assert rawio.read_raw(path, "b0")[2] == prim
+    with pytest.raises(errors.InputError, match="layout"):
+        rawio.write_raw(str(tmp_path / "x.fits"), {"b0": (img, h)}, prim, layout="other")
 
 
 def test_write_raw_does_not_modify_inputs(tmp_path):

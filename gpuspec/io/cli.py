@@ -121,7 +121,8 @@ def detect_kind(names: list[str], headers: list[dict]) -> str:
 def _summary_raw(fx, path, names, headers) -> list[str]:
     from .raw import validate_raw_header
 
-    prim = headers[0]
+    # the exposure header: the first HDU with EXPTIME (SPEC in DESI raw files), as desispec
+    prim = next((h for h in headers if "EXPTIME" in h), headers[0])
     out = [f"  exposure: {_kv(prim, ('EXPID', 'NIGHT', 'EXPTIME', 'OBSTYPE', 'DATE-OBS'))}"]
     cams = [(i, n) for i, n in enumerate(names) if _CAMERA_RE.match(n)]
     out.append(f"  cameras ({len(cams)}): {' '.join(n.lower() for _, n in cams)}")

@@ -1,8 +1,12 @@
 """Raw DESI exposures: ``desi-{EXPID:08d}.fits[.fz]``, one image HDU per camera.
 
-Layout (see ``docs/io.md``):
+Layout of real DESI raw files (see ``docs/io.md``), which :func:`write_raw` writes:
 
-- HDU 0: primary header (EXPID, NIGHT, EXPTIME, OBSTYPE, ...), usually no data;
+- HDU 0: empty primary HDU;
+- HDU 1 ``SPEC``: header only, the exposure keywords (EXPID, NIGHT, EXPTIME,
+  OBSTYPE, DATE-OBS, TILEID, ...). desispec's ``read_raw`` takes the first HDU
+  that holds EXPTIME as the "primary" header and inserts a card before its
+  EXTNAME, so EXPTIME must not be in HDU 0;
 - one integer (ADU) image HDU per camera, EXTNAME ``B0`` … ``Z9``, usually
   RICE tile-compressed in ``.fz`` files. Its header carries ``CAMERA`` and, per
   amplifier x (``A``–``D``, or ``1``–``4`` in old files; some nights use only two),
@@ -30,7 +34,7 @@ from ..errors import BadDataError, BadSectionError, InputError, MissingHDUError,
     MissingKeywordError
 from ..profiling import nvtx_range
 from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
-    parse_sec, require_keyword
+    parse_sec, require_keyword, write_checksums
 
 __all__ = ["read_raw", "write_raw", "find_cameras", "validate_raw_header", "amp_ids",
            "trimmed_shape", "normalize_camera"]
@@ -267,6 +271,19 @@ def find_cameras(path: str | os.PathLike) -> list[str]:
         return _camera_hdus(hdu_names(fx))
 
 
+def _exposure_header(fx) -> dict:
+    """The exposure ("primary") header: the first HDU holding EXPTIME, as desispec.
+
+    Real raw files keep it in HDU 1 ``SPEC`` (HDU 0 is empty); older files and the
+    shared Case-A input keep it in HDU 0. Without EXPTIME anywhere, HDU 0.
+    """
+    for i in range(len(fx)):
+        h = fx[i].read_header()
+        if "EXPTIME" in h:
+            return header_dict(h)
+    return header_dict(fx[0].read_header())
+
+
 @nvtx_range("read_raw")
 def read_raw(path: str | os.PathLike, camera: str):
     """Read and validate one camera of a raw exposure.
@@ -286,7 +303,8 @@ def read_raw(path: str | os.PathLike, camera: str):
         Camera header keywords in file order (layout/compression cards dropped);
         ``CAMERA`` is set (lower case) if the file lacks it.
     primary_header : dict
-        Primary header keywords.
+        Exposure header keywords: the first HDU that holds EXPTIME (``SPEC`` in
+        DESI raw files, HDU 0 in older files), as desispec's ``read_raw``.
 
     Raises
     ------
@@ -310,7 +328,7 @@ def read_raw(path: str | os.PathLike, camera: str):
                                   path=path, hdu=ext)
         idx = names.index(ext)
         try:
-            primary = header_dict(fx[0].read_header())
+            primary = _exposure_header(fx)
             hdr = header_dict(fx[idx].read_header())
             image = fx[idx].read()
         except Exception as exc:
@@ -350,8 +368,15 @@ def _raw_int32(image, camera: str) -> np.ndarray:
 
 @nvtx_range("write_raw")
 def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping | None = None,
-              compress: str | bool | None = None, validate: bool = True) -> str:
+              compress: str | bool | None = None, validate: bool = True,
+              layout: str = "desi") -> str:
     """Write a raw exposure: one int32 image HDU per camera.
+
+    With ``layout="desi"`` (default) the file looks like a real DESI raw file: an
+    empty HDU 0, then the exposure keywords in a header-only HDU ``SPEC``, then the
+    cameras. ``layout="primary"`` puts the exposure keywords in HDU 0 instead
+    (the older gpuspec layout and that of the shared Case-A input). Every HDU gets
+    CHECKSUM/DATASUM.
 
     Parameters
     ----------
@@ -362,7 +387,7 @@ def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping
         (integer dtype, or floats with integral values); ``header`` is a dict of
         camera keywords (``CAMERA`` is set from the key).
     primary_header : dict, optional
-        Primary header keywords (EXPID, NIGHT, EXPTIME, ...).
+        Exposure keywords (EXPID, NIGHT, EXPTIME, ...), written to ``SPEC``.
     compress : {None, "RICE", "GZIP", False}
         Tile compression of the camera HDUs. None: RICE when ``path`` ends with
         ``.fz``, else none.
@@ -376,6 +401,8 @@ def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping
         ``path``.
     """
     path = os.fspath(path)
+    if layout not in ("desi", "primary"):
+        raise InputError(f"raw layout must be 'desi' or 'primary', got {layout!r}", path=path)
     if compress is None:
         compress = "RICE" if path.endswith(".fz") else False
     if compress is True:
@@ -401,12 +428,18 @@ def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping
     names = [p[0] for p in prepared]
     if len(set(names)) != len(names):
         raise InputError(f"duplicate cameras {names}", path=path)
+    exposure = header_records(dict(primary_header or {}))
     with atomic_output(path) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
-            fx.write(None, header=header_records(dict(primary_header or {})))
+            if layout == "desi":
+                fx.write(None)
+                fx.write(None, extname="SPEC", header=exposure)
+            else:
+                fx.write(None, header=exposure)
             for ext, img, recs in prepared:
                 if compress:
                     fx.write(img, extname=ext, header=recs, compress=compress)
                 else:
                     fx.write(img, extname=ext, header=recs)
+        write_checksums(tmp)
     return path

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
+import sys
 import tempfile
 from typing import Iterator, Mapping
 
@@ -25,7 +27,8 @@ from ..errors import (BadDataError, BadSectionError, InputError, MissingFileErro
 __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
            "read_image_hdu", "read_table_hdu", "has_hdu", "fitsheader_to_dict",
            "header_records", "header_dict", "hdu_names", "check_complete",
-           "read_optional_hdu", "check_same_shape"]
+           "read_optional_hdu", "check_same_shape", "write_checksums", "add_dependencies",
+           "DEPENDENCIES"]
 
 _SEC_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -330,3 +333,116 @@ def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None
         if a is not None and a.shape != ref.shape:
             raise BadDataError(f"shape {a.shape} differs from {refname} {ref.shape}", path=path,
                                hdu=name)
+
+
+def write_checksums(path: str | os.PathLike) -> None:
+    """Write CHECKSUM and DATASUM (FITS checksum convention) on every HDU of a closed file.
+
+    desispec writes them on every HDU (astropy ``checksum=True``); tile-compressed
+    HDUs get them on their binary table, as CFITSIO and astropy do. CFITSIO creates
+    the cards (``write_checksum``); their comments are then set to a fixed text
+    without CFITSIO's time stamp and CHECKSUM is recomputed, so that the same data
+    give byte-identical files.
+    """
+    path = os.fspath(path)
+    with fitsio.FITS(path, "rw") as fx:
+        for hdu in fx:
+            hdu.write_checksum()
+        spans = [(h.get_offsets()["header_start"], h.get_offsets()["data_start"]) for h in fx]
+    size = os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        for k, (h0, d0) in enumerate(spans):
+            d1 = spans[k + 1][0] if k + 1 < len(spans) else size
+            fh.seek(h0)
+            header = bytearray(fh.read(d0 - h0))
+            data = fh.read(d1 - d0)
+            _stamp_checksum(header, data)
+            fh.seek(h0)
+            fh.write(header)
+
+
+def _card(text: str) -> bytes:
+    return text.ljust(80)[:80].encode("ascii")
+
+
+def _stamp_checksum(header: bytearray, data: bytes) -> None:
+    """Set DATASUM and CHECKSUM of one HDU (header edited in place)."""
+    names = [bytes(header[i:i + 8]).decode("ascii", "replace").strip()
+             for i in range(0, len(header), 80)]
+    datasum = _ones_sum(data)
+    d = names.index("DATASUM") * 80
+    header[d:d + 80] = _card(f"DATASUM = '{datasum:>10d}'         / data unit checksum")
+    c = names.index("CHECKSUM") * 80
+    header[c:c + 80] = _card("CHECKSUM= '0000000000000000'   / HDU checksum")
+    total = _ones_sum(bytes(header), datasum)
+    header[c:c + 80] = _card(f"CHECKSUM= '{_encode_checksum(total)}'   / HDU checksum")
+
+
+def _ones_sum(buf: bytes, start: int = 0) -> int:
+    """32-bit ones' complement sum of big-endian words (FITS checksum convention)."""
+    w = np.frombuffer(buf, dtype=">u4").astype(np.uint64)
+    hi = (start >> 16) + int(np.sum(w >> np.uint64(16)))
+    lo = (start & 0xFFFF) + int(np.sum(w & np.uint64(0xFFFF)))
+    while (hi >> 16) or (lo >> 16):
+        hi, lo = (hi & 0xFFFF) + (lo >> 16), (lo & 0xFFFF) + (hi >> 16)
+    return (hi << 16) | lo
+
+
+def _encode_checksum(value: int) -> str:
+    """The 16-character ASCII encoding of the complement of ``value`` (Seaman et al.)."""
+    value = ~value & 0xFFFFFFFF
+    exclude = set(range(0x3A, 0x41)) | set(range(0x5B, 0x61))
+    asc = [0] * 16
+    for i in range(4):
+        byte = (value >> (8 * (3 - i))) & 0xFF
+        ch = [byte // 4 + 0x30] * 4
+        ch[0] += byte % 4
+        again = True
+        while again:
+            again = False
+            for j in (0, 2):
+                if ch[j] in exclude or ch[j + 1] in exclude:
+                    ch[j] += 1
+                    ch[j + 1] -= 1
+                    again = True
+        for j in range(4):
+            asc[4 * j + i] = ch[j]
+    return bytes(asc[15:] + asc[:15]).decode("ascii")
+
+
+#: Modules recorded as DEPNAMnn/DEPVERnn when they are loaded (desiutil's rule:
+#: only modules already imported in this session), after ``python``.
+DEPENDENCIES = ("gpuspec", "numpy", "scipy", "astropy", "fitsio", "healpy", "numba", "yaml",
+                "cupy", "mpi4py", "desiutil", "desispec", "specter")
+
+
+def add_dependencies(meta: dict | None = None, modules=DEPENDENCIES) -> dict:
+    """``meta`` with DEPNAMnn/DEPVERnn keywords for python and the loaded ``modules``.
+
+    Follows desiutil's ``depend.add_dependencies``: a dependency already named in
+    ``meta`` has its version updated in place, a new one takes the next free
+    ``nn`` (00–99); modules not imported in this session are not recorded.
+    Returns a new dict (``meta`` is not modified).
+    """
+    out = dict(meta or {})
+    versions = [("python", ".".join(map(str, sys.version_info[:3])))]
+    for name in modules:
+        if name in sys.modules:
+            mod = importlib.import_module(name)
+            versions.append((name, str(getattr(mod, "__version__", "unknown"))))
+    for name, version in versions:
+        free = None
+        for i in range(100):
+            nk, vk = f"DEPNAM{i:02d}", f"DEPVER{i:02d}"
+            if nk in out:
+                if out[nk] == name:
+                    out[vk] = version
+                    break
+            elif free is None:
+                free = i
+        else:
+            if free is None:
+                raise InputError("no free DEPNAMnn keyword (00-99) left in the header")
+            out[f"DEPNAM{free:02d}"] = name
+            out[f"DEPVER{free:02d}"] = version
+    return out
