@@ -31,6 +31,8 @@ class Frame:
         CAMERA, NIGHT, EXPID, SPECMIN, NSPEC, BUNIT, ...
     pixmask_fraction : ndarray (nspec, nwave), optional
     modelimage : ndarray, optional
+    scores : structured ndarray (nspec,), optional
+        SCORES table (desispec frame scores); computed on writing when None.
     """
 
     wave: Any
@@ -43,6 +45,7 @@ class Frame:
     meta: dict = field(default_factory=dict)
     pixmask_fraction: Any = None
     modelimage: Any = None
+    scores: np.ndarray | None = None
 
     @property
     def nspec(self) -> int:

@@ -30,6 +30,9 @@ class Spectra:
     scores : structured ndarray, optional
     extra_hdus : dict of name -> ndarray, optional
         Any other HDU read from the file (e.g. ``TRUTH`` in test inputs).
+    flux_unit : str, optional
+        BUNIT of the FLUX HDUs (IVAR gets its inverse square); None means
+        ``electron/Angstrom``, the unit of extracted (uncalibrated) frames.
     """
 
     bands: list
@@ -43,6 +46,7 @@ class Spectra:
     meta: dict = field(default_factory=dict)
     scores: np.ndarray | None = None
     extra_hdus: dict = field(default_factory=dict)
+    flux_unit: str | None = None
 
     @property
     def num_spectra(self) -> int:

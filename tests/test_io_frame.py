@@ -57,19 +57,51 @@ def test_frame_round_trip(tmp_path):
 def test_frame_layout_seen_by_astropy(tmp_path):
     fr = make_frame()
     path = frio.write_frame(str(tmp_path / "f.fits"), fr)
-    with fits.open(path) as hl:
+    with fits.open(path, checksum=True) as hl:
         assert [h.name for h in hl] == ["FLUX", "IVAR", "MASK", "WAVELENGTH", "RESOLUTION",
-                                        "FIBERMAP", "CHI2PIX", "PIXMASK_FRACTION",
+                                        "FIBERMAP", "CHI2PIX", "SCORES", "PIXMASK_FRACTION",
                                         "MODELIMAGE"]
+        assert all("CHECKSUM" in h.header and "DATASUM" in h.header for h in hl)
         assert isinstance(hl[0], fits.PrimaryHDU)
         assert hl["FLUX"].header["EXTNAME"] == "FLUX"
         assert hl["FLUX"].header["BUNIT"] == "electron/Angstrom"
         assert hl["FLUX"].data.dtype == np.dtype(">f4")
-        assert hl["MASK"].data.dtype == np.dtype(">i4")
+        # desispec writes uint32 (BITPIX 32, BZERO 2**31)
+        assert hl["MASK"].data.dtype.kind == "u" and hl["MASK"].data.dtype.itemsize == 4
+        assert hl["MASK"].header["BZERO"] == 2 ** 31
         assert hl["WAVELENGTH"].data.dtype == np.dtype(">f8")
         assert hl["RESOLUTION"].data.shape == (5, 11, 60)
         assert hl["RESOLUTION"].data.dtype == np.dtype(">f4")
         assert hl["FIBERMAP"].data["FIBER"][0] == 525
+        h = hl["FLUX"].header
+        assert h["FIBERMIN"] == 525 and h["DEPNAM00"] == "python"
+        assert "gpuspec" in [h[k] for k in h if k.startswith("DEPNAM")]
+        # desispec's extraction scores (r band top hat 5800-7600 A), no TARGETID
+        sc = hl["SCORES"].data
+        assert sc.dtype.names == ("INTEG_RAW_FLUX_R", "MEDIAN_RAW_FLUX_R", "MEDIAN_RAW_SNR_R")
+        np.testing.assert_allclose(sc["INTEG_RAW_FLUX_R"],
+                                   np.sum(fr.flux * np.gradient(fr.wave), axis=1), rtol=1e-6)
+        np.testing.assert_allclose(sc["MEDIAN_RAW_SNR_R"],
+                                   np.median(fr.flux * np.sqrt(fr.ivar / 0.8), axis=1),
+                                   rtol=1e-6)
+        # frame fibermaps leave NIGHT/EXPID/MJD/TILEID to desispec (it adds them itself)
+        cols = hl["FIBERMAP"].columns
+        assert not {"NIGHT", "EXPID", "MJD", "TILEID"} & set(cols.names)
+        assert cols["TARGET_RA"].unit == "deg" and cols["DELTA_X"].format == "D"
+
+
+def test_frame_fibermap_exposure_columns_dropped_and_scores_kept(tmp_path):
+    fr = make_frame()
+    fr.fibermap = fmio.empty_fibermap(5, specmin=525, exposure_columns=True)
+    fr.scores = np.zeros(5, dtype=[("TSNR2_ELG_R", "f4")])
+    fr.scores["TSNR2_ELG_R"] = np.arange(5)
+    g = frio.read_frame(frio.write_frame(str(tmp_path / "f.fits"), fr))
+    assert "NIGHT" in fr.fibermap.dtype.names  # input untouched
+    assert "NIGHT" not in g.fibermap.dtype.names
+    np.testing.assert_array_equal(g.scores["TSNR2_ELG_R"], np.arange(5))
+    fr.scores = np.zeros(4, dtype=[("X", "f4")])
+    with pytest.raises(errors.BadDataError, match="SCORES"):
+        frio.write_frame(str(tmp_path / "g.fits"), fr)
 
 
 def test_frame_minimal(tmp_path):
@@ -137,15 +169,20 @@ def test_frame_truncated(tmp_path):
 
 def test_fibermap_dtype_and_empty():
     dt = fmio.fibermap_dtype()
+    assert len(dt.names) == 71  # desispec's main fibermap
     for name, kind in [("TARGETID", "i8"), ("PETAL_LOC", "i2"), ("DEVICE_LOC", "i4"),
                        ("LOCATION", "i8"), ("FIBER", "i4"), ("FIBERSTATUS", "i4"),
                        ("TARGET_RA", "f8"), ("TARGET_DEC", "f8"), ("OBJTYPE", "S3"),
                        ("DESI_TARGET", "i8"), ("BGS_TARGET", "i8"), ("MWS_TARGET", "i8"),
                        ("FLUX_G", "f4"), ("FLUX_R", "f4"), ("FLUX_Z", "f4"),
-                       ("FIBER_RA", "f8"), ("FIBER_DEC", "f8"), ("DELTA_X", "f4"),
-                       ("DELTA_Y", "f4"), ("FIBER_X", "f4"), ("FIBER_Y", "f4"),
-                       ("TILEID", "i4"), ("NIGHT", "i4"), ("EXPID", "i4")]:
+                       ("FIBER_RA", "f8"), ("FIBER_DEC", "f8"), ("DELTA_X", "f8"),
+                       ("DELTA_Y", "f8"), ("FIBER_X", "f8"), ("FIBER_Y", "f8"),
+                       ("EXPTIME", "f8"), ("DESINAME", "S22"), ("GAIA_PHOT_G_MEAN_MAG", "f4"),
+                       ("PHOTSYS", "S1"), ("MASKBITS", "i2"), ("PLATE_RA", "f8")]:
         assert dt[name] == np.dtype(kind), name
+    assert not {"NIGHT", "EXPID", "MJD", "TILEID"} & set(dt.names)
+    assert fmio.fibermap_dtype(exposure_columns=True).names[-4:] == ("NIGHT", "EXPID", "MJD",
+                                                                       "TILEID")
     fm = fmio.empty_fibermap(10, specmin=995)
     np.testing.assert_array_equal(fm["FIBER"], np.arange(995, 1005))
     np.testing.assert_array_equal(fm["PETAL_LOC"], [1] * 5 + [2] * 5)

@@ -58,9 +58,12 @@ def test_image_layout_seen_by_astropy(tmp_path):
     im = make_image()
     im.fibermap = empty_fibermap(3)
     path = imio.write_image(str(tmp_path / "p.fits"), im)
-    with fits.open(path) as hl:
-        assert [h.name for h in hl] == ["PRIMARY", "IMAGE", "IVAR", "MASK", "READNOISE",
-                                        "FIBERMAP"]
+    with fits.open(path, checksum=True) as hl:
+        # IMAGE is the primary HDU, as desispec writes it
+        assert [h.name for h in hl] == ["IMAGE", "IVAR", "MASK", "READNOISE", "FIBERMAP"]
+        assert isinstance(hl[0], fits.PrimaryHDU)
+        assert all("CHECKSUM" in h.header for h in hl)
+        assert "python" in [hl[0].header[k] for k in hl[0].header if k.startswith("DEPNAM")]
         assert hl["IMAGE"].data.dtype == np.dtype(">f4")
         assert hl["IVAR"].data.dtype == np.dtype(">f4")
         assert isinstance(hl["MASK"], fits.CompImageHDU)

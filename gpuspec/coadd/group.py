@@ -20,13 +20,15 @@ import numpy as np
 from ..errors import InputError
 from ..profiling import nvtx_range
 from ..spectra import Spectra
+from .scores import spectra_scores
 
 __all__ = ["group_frames", "coadd_file", "healpix_pixels"]
 
 log = logging.getLogger(__name__)
 
-_EXPCOLS = (("NIGHT", "i4"), ("EXPID", "i4"), ("TILEID", "i4"), ("MJD", "f8"),
-            ("EXPTIME", "f4"))
+# desispec appends NIGHT, EXPID, MJD, TILEID (in this order) from the frame header
+_EXPCOLS = (("NIGHT", "i4"), ("EXPID", "i4"), ("MJD", "f8"), ("TILEID", "i4"),
+            ("EXPTIME", "f8"))
 
 
 def healpix_pixels(ra, dec, nside: int = 64):
@@ -50,6 +52,16 @@ def _with_exposure_columns(fm, meta):
         key = "MJD-OBS" if c == "MJD" and "MJD" not in meta else c
         out[c] = meta.get(key, -1)
     return out
+
+
+def _band_scores_table(frames, band, nrow):
+    """Zero-filled per-row SCORES of one band, with the columns of its first frame's SCORES."""
+    for _, b, fr in frames:
+        if b == band and fr.scores is not None and fr.scores.dtype.names:
+            cols = [c for c in fr.scores.dtype.names if c != "TARGETID"]
+            if cols:
+                return np.zeros(nrow, dtype=[(c, fr.scores.dtype[c]) for c in cols])
+    return None
 
 
 def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
@@ -131,6 +143,7 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
     from ..maskbits import specmask
     for b in bands:
         mask[b][:] = specmask.NODATA
+    scores = {b: _band_scores_table(frames, b, nrow) for b in bands}
     for f, b, fr in frames:
         fm = _with_exposure_columns(fr.fibermap, fr.meta)
         idx = np.array([keys[(int(fm["EXPID"][i]), int(fm["NIGHT"][i]),
@@ -139,10 +152,18 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
         flux[b][idx] = fr.flux
         ivar[b][idx] = fr.ivar
         mask[b][idx] = fr.mask
+        if scores[b] is not None and fr.scores is not None:
+            for c in scores[b].dtype.names:
+                if c in fr.scores.dtype.names:
+                    scores[b][c][idx] = fr.scores[c]
         if fr.resolution_data is not None:
             nd = fr.resolution_data.shape[1]
             off = (ndiag[b] - nd) // 2
             res[b][idx, off:off + nd] = fr.resolution_data
+    units = {str(fr.meta.get("BUNIT", "")).strip() for _, _, fr in frames}
+    flux_unit = units.pop() if len(units) == 1 and "" not in units else None
+    allscores = spectra_scores(scores, fmap["TARGETID"]) \
+        if any(v is not None for v in scores.values()) else None
     ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])
     pix = np.full(nrow, -1)
     pix[ok] = healpix_pixels(fmap["TARGET_RA"][ok], fmap["TARGET_DEC"][ok], nside)
@@ -162,7 +183,8 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
                          ivar={b: ivar[b][rows] for b in bands},
                          mask={b: mask[b][rows] for b in bands},
                          resolution_data={b: res[b][rows] for b in bands},
-                         fibermap=fmap[rows], meta=meta)
+                         fibermap=fmap[rows], meta=meta, flux_unit=flux_unit,
+                         scores=None if allscores is None else allscores[rows])
             path = os.path.join(outdir, f"spectra-{survey}-{program}-{int(p)}.fits")
             written.append(write_spectra(path, sp))
     log.info("wrote %d spectra files from %d frames", len(written), len(frames))
@@ -226,5 +248,6 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
         elif coadd_cameras:
             out = _cameras(out, backend=backend)
     out.meta = dict(sp.meta)
+    out.flux_unit = sp.flux_unit
     out.meta["COADDTYP"] = "spectroperf" if spectroperf else "plain"
     return write_spectra(outfile, out)

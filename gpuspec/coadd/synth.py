@@ -101,7 +101,7 @@ def make_spectra(ntarget=20, nexp=3, bands=("b", "r", "z"), ranges=None, seed=1,
         ivar[b], mask[b], res[b] = iv, np.zeros(model.shape, np.int32), r
     from ..io.fibermap import empty_fibermap
 
-    fm = empty_fibermap(nrow)
+    fm = empty_fibermap(nrow, exposure_columns=True)
     fm["FIBER"] = tgt
     fm["TARGETID"] = 39630000000000 + tgt
     fm["OBJTYPE"] = "TGT"

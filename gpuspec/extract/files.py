@@ -11,17 +11,58 @@ import numpy as np
 
 from ..errors import BadDataError, InputError
 from ..frame import Frame
+from ..maskbits import ccdmask, specmask
 from ..profiling import nvtx_range
 from .core import extract_frame
 
-__all__ = ["extract_file", "merge_frames", "wave_grid", "HEADER_KEYS"]
+__all__ = ["extract_file", "merge_frames", "wave_grid", "HEADER_KEYS", "EXTRACT_MASK",
+           "BAD2DFIT_FACTOR", "bad2dfit"]
 
 log = logging.getLogger(__name__)
 
-#: Preproc header keywords copied to the frame header (when present).
+#: Exposure keywords a frame header has when the preproc header has them. Like desispec,
+#: the frame header carries the whole preproc header (these and the per-amp keywords).
 HEADER_KEYS = ("CAMERA", "NIGHT", "EXPID", "EXPTIME", "MJD-OBS", "DATE-OBS", "TILEID",
                "FLAVOR", "PROGRAM", "OBSTYPE", "SPECGRPH", "DETECTOR", "TELRA", "TELDEC",
                "AIRMASS", "INSTRUME")
+
+#: Preproc MASK bits that set a pixel's ivar to 0 for extraction: desispec's
+#: ``extractmaskval``, every ccdmask bit except BADREADNOISE (= 767), so an
+#: amplifier flagged BADREADNOISE by preproc is still extracted.
+EXTRACT_MASK = (ccdmask.BAD | ccdmask.HOT | ccdmask.DEAD | ccdmask.SATURATED | ccdmask.COSMIC
+                | ccdmask.PIXFLATZERO | ccdmask.PIXFLATLOW | ccdmask.HIGHVAR | ccdmask.BADAMP)
+
+#: BAD2DFIT where chi2pix exceeds this many times its median along the fiber axis
+#: and along the wavelength axis (desispec's extraction script).
+BAD2DFIT_FACTOR = 5.0
+
+
+def bad2dfit(chi2pix, factor: float = BAD2DFIT_FACTOR) -> np.ndarray:
+    """Bins with a bad 2-D fit: chi2pix > factor × its median over the frame's fibers
+    (at that wavelength) and > factor × its median over the fiber's wavelengths.
+
+    Parameters
+    ----------
+    chi2pix : (nspec, nwave) array (host)
+    factor : float
+
+    Returns
+    -------
+    (nspec, nwave) bool
+    """
+    c = np.asarray(chi2pix, dtype=np.float64)
+    over_fibers = np.median(c, axis=0)[None, :]
+    over_waves = np.median(c, axis=1)[:, None]
+    return (c > factor * over_fibers) & (c > factor * over_waves)
+
+
+def _set_bad2dfit(frame) -> None:
+    """Replace the BAD2DFIT bits of ``frame.mask`` by the frame-wide median rule."""
+    if frame.chi2pix is None:
+        return
+    bit = specmask.BAD2DFIT
+    mask = np.asarray(frame.mask).astype(np.int64) & ~bit
+    frame.mask = (mask | np.where(bad2dfit(frame.chi2pix), bit, 0)).astype(np.int32)
 
 
 def wave_grid(wave) -> np.ndarray:
@@ -95,10 +136,13 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     str
         ``outfile``.
 
-    Pixels with a non-zero preproc MASK get ivar 0. The FIBERMAP of the preproc
-    file, when present, is propagated (its rows ``specmin … specmin+nspec-1``).
-    The frame header carries CAMERA, NIGHT, EXPID (and other exposure keywords of the
-    preproc header), SPECMIN, NSPEC and the extraction settings.
+    Pixels with a preproc MASK bit of :data:`EXTRACT_MASK` get ivar 0 (desispec:
+    BADREADNOISE pixels are kept). BAD2DFIT follows :func:`bad2dfit` over the
+    extracted fibers. The FIBERMAP of the preproc file, when present, is propagated
+    (its rows ``specmin … specmin+nspec-1``). The frame header carries the preproc
+    header (CAMERA, NIGHT, EXPID, TILEID, the per-amp keywords, ...) plus, as
+    desispec, WAVEMIN/WAVEMAX/WAVESTEP, IN_PSF, IN_IMG, FIBERMIN, SPECMIN, NSPEC and
+    the extraction settings.
 
     Backends: numpy, cupy.
     """
@@ -118,10 +162,17 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
                  image.pix.shape, psf.npix_y, psf.npix_x)
     ivar = np.asarray(image.ivar, dtype=np.float64)
     if image.mask is not None:
-        ivar = ivar * (np.asarray(image.mask) == 0)
-    meta = {k: image.meta[k] for k in HEADER_KEYS if k in image.meta}
+        ivar = ivar * ((np.asarray(image.mask) & EXTRACT_MASK) == 0)
+    meta = {k: v for k, v in image.meta.items() if k != "BUNIT"}
     if image.camera and "CAMERA" not in meta:
         meta["CAMERA"] = image.camera
+    cam = str(meta.get("CAMERA", "")).strip()
+    petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
+    meta.update({"WAVEMIN": float(w[0]), "WAVEMAX": float(w[-1]),
+                 "WAVESTEP": float(np.round(w[1] - w[0], 10)) if w.size > 1 else 0.0,
+                 "IN_PSF": os.path.basename(os.fspath(psffile)),
+                 "IN_IMG": os.path.basename(os.fspath(preprocfile)),
+                 "FIBERMIN": 500 * petal + int(specmin)})
     meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
                  "INFILE": os.path.basename(os.fspath(preprocfile)),
                  "NSUBBUN": int(nsubbundles), "NWAVESTP": int(nwavestep),
@@ -147,6 +198,7 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
         else:
             log.warning("%s: FIBERMAP has %d rows, fewer than fibers %d..%d; not propagated",
                         preprocfile, len(fm), specmin, specmin + nspec - 1)
+    _set_bad2dfit(frame)
     modelimage = frame.modelimage
     frame.modelimage = None
     gio.write_frame(outfile, frame)
@@ -227,4 +279,5 @@ def merge_frames(partfiles, outfile) -> str:
                    resolution_data=cat("resolution_data"), chi2pix=cat("chi2pix"),
                    fibermap=cat("fibermap"), meta=meta,
                    pixmask_fraction=cat("pixmask_fraction"))
+    _set_bad2dfit(merged)  # the rule is frame-wide: recompute it over all fibers
     return gio.write_frame(outfile, merged)

@@ -7,18 +7,24 @@ HDU                  content                              dtype
 ===================  ===================================  ===========
 0 ``FLUX``           (nspec, nwave), electron/Angstrom    float32
 ``IVAR``             (nspec, nwave)                       float32
-``MASK``             (nspec, nwave), ``specmask`` bits    int32
+``MASK``             (nspec, nwave), ``specmask`` bits    uint32
 ``WAVELENGTH``       (nwave,), Angstrom                   float64
 ``RESOLUTION``       (nspec, ndiag, nwave), dia order     float32
 ``FIBERMAP``         table, one row per spectrum
 ``CHI2PIX``          (nspec, nwave)                       float32
+``SCORES``           table, one row per spectrum (RAW scores)
 ``PIXMASK_FRACTION`` (nspec, nwave), optional             float32
 ``MODELIMAGE``       model CCD image, optional            float32
 ===================  ===================================  ===========
 
-The FLUX header carries CAMERA, NIGHT, EXPID, SPECMIN, NSPEC and
-BUNIT='electron/Angstrom'. Host only (NumPy); device arrays given to the writer
-are copied to the host.
+The FLUX header carries the preproc keywords (CAMERA, NIGHT, EXPID, TILEID,
+MJD-OBS, the per-amp GAIN/OVERSCN/OBSRDN, ...), SPECMIN, NSPEC, FIBERMIN,
+BUNIT='electron/Angstrom' and DEPNAMnn/DEPVERnn. The FIBERMAP has no
+NIGHT/EXPID/MJD/TILEID columns (desispec adds them from this header when it turns
+frames into spectra). SCORES has desispec's extraction scores
+(``INTEG_RAW_FLUX_X``, ``MEDIAN_RAW_FLUX_X``, ``MEDIAN_RAW_SNR_X``), computed on
+writing unless ``frame.scores`` is given. Every HDU carries CHECKSUM/DATASUM.
+Host only (NumPy); device arrays given to the writer are copied to the host.
 """
 
 from __future__ import annotations
@@ -32,14 +38,14 @@ from ..backend import to_host
 from ..errors import BadDataError
 from ..frame import Frame
 from ..profiling import nvtx_range
-from .fibermap import as_fibermap_array
-from .util import atomic_output, check_same_shape, hdu_names, header_dict, header_records, \
-    open_fits, read_image_hdu, read_optional_hdu
+from .fibermap import frame_fibermap, table_units
+from .util import add_dependencies, atomic_output, check_same_shape, hdu_names, header_dict, \
+    header_records, open_fits, read_image_hdu, read_optional_hdu, write_checksums
 
 __all__ = ["write_frame", "read_frame", "FLUX_UNIT"]
 
 FLUX_UNIT = "electron/Angstrom"
-_I32 = np.iinfo(np.int32)
+_U32 = np.iinfo(np.uint32)
 
 
 def _arr(a, name, shape=None, ndim=None, path=None):
@@ -76,7 +82,7 @@ def write_frame(path: str | os.PathLike, frame: Frame, meta: dict | None = None)
     ------
     BadDataError
         Inconsistent shapes (all checked before anything is written), an even
-        number of resolution diagonals, or mask values outside int32.
+        number of resolution diagonals, or mask values outside uint32.
     """
     path = os.fspath(path)
     flux = _arr(frame.flux, "FLUX", ndim=2, path=path)
@@ -84,12 +90,12 @@ def write_frame(path: str | os.PathLike, frame: Frame, meta: dict | None = None)
     ivar = _arr(frame.ivar, "IVAR", (nspec, nwave), path=path)
     wave = _arr(frame.wave, "WAVELENGTH", (nwave,), path=path)
     if frame.mask is None:
-        mask = np.zeros((nspec, nwave), np.int32)
+        mask = np.zeros((nspec, nwave), np.uint32)
     else:
         mask = _arr(frame.mask, "MASK", (nspec, nwave), path=path)
-        if mask.size and (mask.min() < _I32.min or mask.max() > _I32.max):
-            raise BadDataError("mask values exceed the int32 range", path=path, hdu="MASK")
-        mask = mask.astype(np.int32)
+        if mask.size and (mask.min() < 0 or mask.max() > _U32.max):
+            raise BadDataError("mask values outside the uint32 range", path=path, hdu="MASK")
+        mask = mask.astype(np.uint32)
     rdata = None
     if frame.resolution_data is not None:
         rdata = _arr(frame.resolution_data, "RESOLUTION", ndim=3, path=path)
@@ -104,7 +110,7 @@ def write_frame(path: str | os.PathLike, frame: Frame, meta: dict | None = None)
         _arr(frame.modelimage, "MODELIMAGE", ndim=2, path=path)
     fm = None
     if frame.fibermap is not None:
-        fm = as_fibermap_array(frame.fibermap)
+        fm = frame_fibermap(frame.fibermap)
         if len(fm) != nspec:
             raise BadDataError(f"FIBERMAP has {len(fm)} rows for {nspec} spectra", path=path,
                                hdu="FIBERMAP")
@@ -114,6 +120,10 @@ def write_frame(path: str | os.PathLike, frame: Frame, meta: dict | None = None)
     hdr["BUNIT"] = FLUX_UNIT
     if "CAMERA" in hdr and isinstance(hdr["CAMERA"], str):
         hdr["CAMERA"] = hdr["CAMERA"].strip().lower()
+    if "FIBERMIN" not in hdr:
+        hdr["FIBERMIN"] = _fibermin(fm, hdr)
+    hdr = add_dependencies(hdr)
+    scores = _scores(frame, wave, flux, ivar, hdr, nspec, path)
     with atomic_output(path) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
             fx.write(flux.astype(np.float32), extname="FLUX", header=header_records(hdr))
@@ -125,14 +135,40 @@ def write_frame(path: str | os.PathLike, frame: Frame, meta: dict | None = None)
             if rdata is not None:
                 fx.write(rdata.astype(np.float32), extname="RESOLUTION")
             if fm is not None:
-                fx.write(fm, extname="FIBERMAP")
+                fx.write(fm, extname="FIBERMAP", units=table_units(fm.dtype.names))
             if chi2pix is not None:
                 fx.write(chi2pix.astype(np.float32), extname="CHI2PIX")
+            if scores is not None:
+                fx.write(scores, extname="SCORES")
             if pmf is not None:
                 fx.write(pmf.astype(np.float32), extname="PIXMASK_FRACTION")
             if model is not None:
                 fx.write(model.astype(np.float32), extname="MODELIMAGE")
+        write_checksums(tmp)
     return path
+
+
+def _fibermin(fm, hdr) -> int:
+    """FIBERMIN: the first FIBER (desispec's Frame), else 500·petal + SPECMIN."""
+    if fm is not None and "FIBER" in fm.dtype.names and len(fm):
+        return int(np.min(fm["FIBER"]))
+    cam = str(hdr.get("CAMERA", "")).strip()
+    petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
+    return 500 * petal + int(hdr.get("SPECMIN", 0))
+
+
+def _scores(frame, wave, flux, ivar, hdr, nspec, path):
+    """The SCORES table to write: ``frame.scores``, else desispec's RAW extraction scores."""
+    if frame.scores is not None:
+        sc = np.asarray(frame.scores)
+        if sc.dtype.names is None or len(sc) != nspec:
+            raise BadDataError(f"SCORES must be a table with {nspec} rows", path=path,
+                               hdu="SCORES")
+        return sc
+    from ..coadd.scores import frame_scores
+
+    sc = frame_scores(wave, flux, ivar, hdr.get("CAMERA"))
+    return sc if sc.dtype.names else None
 
 
 @nvtx_range("read_frame")
@@ -144,7 +180,8 @@ def read_frame(path: str | os.PathLike) -> Frame:
     gpuspec.Frame
         float64 ``wave``, ``flux``, ``ivar``, ``resolution_data``, ``chi2pix``,
         ``pixmask_fraction``, ``modelimage``; int32 ``mask`` (zeros when the file
-        has no MASK); ``meta`` the FLUX header as a dict; native byte order.
+        has no MASK; uint32 on disk); ``scores`` the SCORES table or None;
+        ``meta`` the FLUX header as a dict; native byte order.
 
     Raises
     ------
@@ -162,6 +199,7 @@ def read_frame(path: str | os.PathLike) -> Frame:
         rdata = read_optional_hdu(fx, names, "RESOLUTION", path)
         fm = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
         chi2pix = read_optional_hdu(fx, names, "CHI2PIX", path)
+        scores = read_optional_hdu(fx, names, "SCORES", path, table=True)
         pmf = read_optional_hdu(fx, names, "PIXMASK_FRACTION", path)
         model = read_optional_hdu(fx, names, "MODELIMAGE", path)
     if flux.ndim != 2:
@@ -184,6 +222,10 @@ def read_frame(path: str | os.PathLike) -> Frame:
         return None if a is None else a.astype(np.float64)
 
     mask = np.zeros((nspec, nwave), np.int32) if mask is None else mask.astype(np.int32)
+    if scores is not None and len(scores) != nspec:
+        raise BadDataError(f"SCORES has {len(scores)} rows for {nspec} spectra", path=path,
+                           hdu="SCORES")
     return Frame(wave=f64(wave), flux=f64(flux), ivar=f64(ivar), mask=mask,
                  resolution_data=f64(rdata), chi2pix=f64(chi2pix), fibermap=fm,
-                 meta=header_dict(h), pixmask_fraction=f64(pmf), modelimage=f64(model))
+                 meta=header_dict(h), pixmask_fraction=f64(pmf), modelimage=f64(model),
+                 scores=scores)

@@ -1,15 +1,20 @@
 """Preprocessed images: ``preproc-{camera}-{EXPID:08d}.fits`` in the desispec layout.
 
-HDUs (the primary HDU is empty):
+HDUs, in desispec's order:
 
-- ``IMAGE``: float32 (ny, nx), electrons; its header is ``image.meta``
-  (CAMERA, NIGHT, EXPID, EXPTIME, GAINx, OVERSCNx, OBSRDNx, ...);
+- 0 ``IMAGE`` (the primary HDU, EXTNAME='IMAGE', as desispec writes it): float32
+  (ny, nx), electrons; its header is ``image.meta`` (CAMERA, NIGHT, EXPID, EXPTIME,
+  GAINx, OVERSCNx, OBSRDNx, ...) plus DEPNAMnn/DEPVERnn;
 - ``IVAR``: float32, electron⁻²;
 - ``MASK``: ``ccdmask`` bits, RICE tile-compressed int16 like desispec (int32
   when a value does not fit in int16, so no bit is ever lost);
 - ``READNOISE``: float32, electrons per pixel (a scalar read noise goes to the
   ``RDNOISE`` keyword of IMAGE instead, like desispec);
-- ``FIBERMAP``: binary table, when ``image.fibermap`` is set.
+- ``FIBERMAP``: binary table, when ``image.fibermap`` is set (without the
+  NIGHT/EXPID/MJD/TILEID columns, see :func:`gpuspec.io.fibermap.frame_fibermap`).
+
+Every HDU carries CHECKSUM/DATASUM. Files with an empty primary HDU before
+``IMAGE`` (older gpuspec files) are read too.
 
 desispec's ``read_image`` reads these files and gpuspec's :func:`read_image`
 reads desispec's (and the float64/int32 reference files of Case A).
@@ -27,8 +32,8 @@ from ..backend import native, to_host
 from ..errors import BadDataError, MissingKeywordError
 from ..image import Image
 from ..profiling import nvtx_range
-from .util import atomic_output, check_same_shape, hdu_names, header_dict, header_records, \
-    open_fits, read_image_hdu, read_optional_hdu
+from .util import add_dependencies, atomic_output, check_same_shape, hdu_names, header_dict, \
+    header_records, open_fits, read_image_hdu, read_optional_hdu, write_checksums
 
 __all__ = ["write_image", "read_image"]
 
@@ -55,9 +60,9 @@ def _mask_for_disk(mask) -> np.ndarray:
 
 
 def _fibermap_array(fm):
-    from .fibermap import as_fibermap_array
+    from .fibermap import frame_fibermap
 
-    return as_fibermap_array(fm)
+    return frame_fibermap(fm)
 
 
 @nvtx_range("write_image")
@@ -110,9 +115,11 @@ def write_image(path: str | os.PathLike, image: Image, meta: dict | None = None)
         else:
             rdn_arr = _host(rdn, "READNOISE", pix.shape, path).astype(np.float32)
     fm = None if image.fibermap is None else _fibermap_array(image.fibermap)
+    from .fibermap import table_units
+
+    hdr = add_dependencies(hdr)
     with atomic_output(path) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
-            fx.write(None)
             fx.write(pix.astype(np.float32), extname="IMAGE", header=header_records(hdr))
             fx.write(ivar.astype(np.float32), extname="IVAR",
                      header=[{"name": "BUNIT", "value": "electron^-2"}])
@@ -121,7 +128,8 @@ def write_image(path: str | os.PathLike, image: Image, meta: dict | None = None)
                 fx.write(rdn_arr, extname="READNOISE",
                          header=[{"name": "BUNIT", "value": "electron"}])
             if fm is not None:
-                fx.write(fm, extname="FIBERMAP")
+                fx.write(fm, extname="FIBERMAP", units=table_units(fm.dtype.names))
+        write_checksums(tmp)
     return path
 
 

@@ -14,6 +14,12 @@ Layout written by :func:`write_spectra` (desispec ``write_spectra`` order)::
     SCORES               binary table (when present)
     any extra_hdus       written under their own names
 
+FLUX has ``BUNIT`` = ``spectra.flux_unit`` (default ``electron/Angstrom``, the unit
+of gpuspec's uncalibrated frames; desispec's calibrated
+``10**-17 erg/(s cm2 Angstrom)`` is kept when read), IVAR its inverse square,
+WAVELENGTH ``Angstrom``. FIBERMAP/EXP_FIBERMAP get TUNITs (desispec's units), the
+primary header DEPNAMnn/DEPVERnn, and every HDU CHECKSUM/DATASUM.
+
 :func:`read_spectra` reads this layout in any HDU order, files written by
 desispec, and the resampling outputs of the shared references (``WAVE_OUT``,
 ``FLUX``, ``IVAR``, ``RESOLUTION`` with the band name in the primary ``BAND``
@@ -31,13 +37,34 @@ import numpy as np
 from ..backend import native, to_host
 from ..errors import InputError
 from ..spectra import Spectra
-from .util import atomic_output, fitsheader_to_dict, header_records, open_fits
+from .fibermap import table_units
+from .util import add_dependencies, atomic_output, fitsheader_to_dict, header_records, \
+    open_fits, write_checksums
 
-__all__ = ["read_spectra", "write_spectra"]
+__all__ = ["read_spectra", "write_spectra", "ivar_unit", "FLUX_UNIT", "CALIBRATED_UNIT"]
+
+#: BUNIT of uncalibrated (extracted) fluxes and of desispec's calibrated fluxes.
+FLUX_UNIT = "electron/Angstrom"
+CALIBRATED_UNIT = "10**-17 erg/(s cm2 Angstrom)"
+_IVAR_UNITS = {FLUX_UNIT: "Angstrom^2/electron^2",
+               CALIBRATED_UNIT: "10**+34 (s2 cm4 Angstrom2) / erg2"}
+
+
+def ivar_unit(flux_unit: str) -> str | None:
+    """BUNIT of the inverse variance of a flux in ``flux_unit`` (None if not derivable)."""
+    if flux_unit in _IVAR_UNITS:
+        return _IVAR_UNITS[flux_unit]
+    try:
+        import astropy.units as u
+
+        return (u.Unit(flux_unit, format="fits") ** -2).to_string("fits")
+    except Exception:
+        return None
 
 _BAND_RE = re.compile(r"^([A-Z]+)_(WAVELENGTH|WAVE|FLUX|IVAR|MASK|RESOLUTION)$")
 _TABLES = ("FIBERMAP", "EXP_FIBERMAP", "SCORES")
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "EXTNAME", "CHECKSUM", "DATASUM"}
+_UNIT_KINDS = ("FLUX",)
 
 
 def _extname(h) -> str:
@@ -76,6 +103,7 @@ def read_spectra(path) -> Spectra:
         meta = {k: v for k, v in fitsheader_to_dict(fx[0].read_header()).items()
                 if k not in _STRUCTURAL}
         names = [_extname(h) for h in fx]
+        flux_unit = None
         data: dict[str, dict[str, np.ndarray]] = {}
         order: list[str] = []
         tables: dict[str, np.ndarray] = {}
@@ -101,6 +129,9 @@ def read_spectra(path) -> Spectra:
                     data[band] = {}
                     order.append(band)
                 data[band][kind] = arr
+                if kind == "FLUX" and flux_unit is None:
+                    bunit = fx[i].read_header().get("BUNIT")
+                    flux_unit = str(bunit).strip() if bunit else None
             elif resample_layout and name in ("WAVE_OUT", "FLUX", "IVAR", "MASK", "RESOLUTION"):
                 band = str(meta.get("BAND", "x")).strip().lower() or "x"
                 if band not in data:
@@ -144,7 +175,7 @@ def read_spectra(path) -> Spectra:
     return Spectra(bands=order, wave=wave, flux=flux, ivar=ivar, mask=mask_d,
                    resolution_data=res_d, fibermap=tables.get("FIBERMAP"),
                    exp_fibermap=tables.get("EXP_FIBERMAP"), meta=meta,
-                   scores=tables.get("SCORES"), extra_hdus=extra)
+                   scores=tables.get("SCORES"), extra_hdus=extra, flux_unit=flux_unit)
 
 
 def _as_table(a):
@@ -197,23 +228,27 @@ def write_spectra(path, spectra: Spectra, overwrite: bool = True) -> str:
         ``path``.
     """
     path = os.fspath(path)
+    funit = spectra.flux_unit or FLUX_UNIT
+    iunit = ivar_unit(funit)
+    fhdr = [{"name": "BUNIT", "value": funit}]
+    ihdr = [{"name": "BUNIT", "value": iunit}] if iunit else None
     with atomic_output(path, overwrite=overwrite) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
-            fx.write(None, header=header_records(spectra.meta))
+            fx.write(None, header=header_records(add_dependencies(spectra.meta)))
             fm = _fits_table(_as_table(spectra.fibermap))
             if fm is not None:
-                fx.write(fm, extname="FIBERMAP")
+                fx.write(fm, extname="FIBERMAP", units=table_units(fm.dtype.names))
             efm = _fits_table(_as_table(spectra.exp_fibermap))
             if efm is not None:
-                fx.write(efm, extname="EXP_FIBERMAP")
+                fx.write(efm, extname="EXP_FIBERMAP", units=table_units(efm.dtype.names))
             for b in spectra.bands:
                 B = b.upper()
                 fx.write(np.asarray(to_host(spectra.wave[b]), dtype=np.float64),
                          extname=f"{B}_WAVELENGTH", header=[{"name": "BUNIT", "value": "Angstrom"}])
                 fx.write(np.asarray(to_host(spectra.flux[b]), dtype=np.float32),
-                         extname=f"{B}_FLUX")
+                         extname=f"{B}_FLUX", header=fhdr)
                 fx.write(np.asarray(to_host(spectra.ivar[b]), dtype=np.float32),
-                         extname=f"{B}_IVAR")
+                         extname=f"{B}_IVAR", header=ihdr)
                 if spectra.mask is not None and spectra.mask.get(b) is not None:
                     fx.write(np.asarray(to_host(spectra.mask[b]), dtype=np.int32),
                              extname=f"{B}_MASK")
@@ -229,4 +264,5 @@ def write_spectra(path, spectra: Spectra, overwrite: bool = True) -> str:
                 if isinstance(arr, np.ndarray) and arr.dtype.names:
                     arr = _fits_table(arr)
                 fx.write(np.asarray(arr), extname=str(name).upper())
+        write_checksums(tmp)
     return path
