@@ -83,6 +83,17 @@ def wave_grid(wave) -> np.ndarray:
     return w
 
 
+def _wave_keywords(wave, grid) -> dict:
+    """WAVEMIN/WAVEMAX/WAVESTEP: the (wmin, wmax, dw) asked for, as desispec, else the grid's."""
+    a = np.asarray(wave, dtype=np.float64)
+    if a.ndim == 1 and a.size == 3 and np.array_equal(grid, wave_grid(a)) and a.size != grid.size:
+        lo, hi, dw = (float(v) for v in a)
+    else:
+        lo, hi = float(grid[0]), float(grid[-1])
+        dw = float(np.round(grid[1] - grid[0], 10)) if grid.size > 1 else 0.0
+    return {"WAVEMIN": lo, "WAVEMAX": hi, "WAVESTEP": dw}
+
+
 def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
     if bundles is not None:
         b = sorted(int(x) for x in np.atleast_1d(bundles))
@@ -168,9 +179,8 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
         meta["CAMERA"] = image.camera
     cam = str(meta.get("CAMERA", "")).strip()
     petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
-    meta.update({"WAVEMIN": float(w[0]), "WAVEMAX": float(w[-1]),
-                 "WAVESTEP": float(np.round(w[1] - w[0], 10)) if w.size > 1 else 0.0,
-                 "IN_PSF": os.path.basename(os.fspath(psffile)),
+    meta.update(_wave_keywords(wave, w))
+    meta.update({"IN_PSF": os.path.basename(os.fspath(psffile)),
                  "IN_IMG": os.path.basename(os.fspath(preprocfile)),
                  "FIBERMIN": 500 * petal + int(specmin)})
     meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
