@@ -283,6 +283,26 @@ def test_gpuspec_extracts_desispec_written_preproc(interop_data, tmp_path):
     assert _desi().read_frame(out).vet() == 0
 
 
+def test_gpuspec_reads_desispec_written_frame(interop_data, tmp_path):
+    """A frame written by desispec's write_frame (from its read of a gpuspec frame) reads back
+    in gpuspec with every array, the fibermap and the scores unchanged."""
+    import warnings as _w
+
+    from gpuspec.io import read_frame
+
+    path = interop_data.frames[("r0", interop_data.expids[0])]
+    out = str(tmp_path / "frame-desispec.fits")
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")  # astropy's HIERARCH notes on SATURLEVx
+        _desi().write_frame(out, _desi().read_frame(path))
+    got, ref = read_frame(out), read_frame(path)
+    for k in ("wave", "flux", "ivar", "mask", "resolution_data", "chi2pix"):
+        assert np.array_equal(getattr(got, k), getattr(ref, k)), k
+    assert got.fibermap.dtype == ref.fibermap.dtype and np.array_equal(got.fibermap,
+                                                                        ref.fibermap)
+    assert np.array_equal(got.scores, ref.scores)
+
+
 def test_gpuspec_coadds_desispec_written_spectra(interop_data, tmp_path):
     """gpuspec coadds desi_group_spectra's file exactly as it coadds its own spectra file."""
     from gpuspec.coadd.group import coadd_file
