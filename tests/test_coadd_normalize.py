@@ -144,3 +144,22 @@ def test_input_not_modified(case_d):
     assert np.array_equal(inp.fibermap, before[0])
     for b in inp.bands:
         assert np.array_equal(inp.flux[b], before[1][b])
+
+
+@pytest.mark.gpu
+def test_gpu_matches_numpy(case_d):
+    """The CuPy path gives the NumPy factors, FIBERSTATUS and coadd (run on a GPU machine)."""
+    import cupy as cp
+
+    inp, _ = case_d
+    targets, _ = ordered_unique(inp.fibermap["TARGETID"])
+    ref = per_exposure_normalization(inp, targets, np)
+    got = per_exposure_normalization(inp, targets, cp)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-10, atol=0)
+    assert np.array_equal(got[2], ref[2])
+    c_np = coadd(inp, onetile=True, backend="numpy")
+    c_cp = coadd(inp, onetile=True, backend="cupy")
+    for b in inp.bands:
+        np.testing.assert_allclose(c_cp.flux[b], c_np.flux[b], rtol=1e-9, atol=1e-9)
+    assert np.array_equal(c_cp.exp_fibermap, c_np.exp_fibermap)

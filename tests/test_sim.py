@@ -209,14 +209,16 @@ def test_adding_cameras_and_exposures_changes_nothing_else(tmp_path):
     e0, e1 = f"{EXPID:08d}", f"{EXPID + 1:08d}"
     fm0 = gio.read_fibermap(os.path.join(b["outdir"], "raw", str(NIGHT), e0,
                                          f"fibermap-{e0}.fits"))
-    fm1 = gio.read_fibermap(os.path.join(b["outdir"], "raw", str(NIGHT), e1,
-                                         f"fibermap-{e1}.fits"))
+    fm1, h1 = gio.read_fibermap(os.path.join(b["outdir"], "raw", str(NIGHT), e1,
+                                             f"fibermap-{e1}.fits"), header=True)
     # same targets in every exposure; petal 1 fibers are 500..524
     assert np.array_equal(fm0["TARGETID"], fm1["TARGETID"])
     assert np.array_equal(fm0["TARGET_RA"], fm1["TARGET_RA"])
     assert sorted(set(fm0["PETAL_LOC"])) == [0, 1]
     assert np.array_equal(fm0["FIBER"][fm0["PETAL_LOC"] == 1], np.arange(500, 525))
-    assert np.all(fm1["EXPID"] == EXPID + 1)
+    # like desispec's fibermaps: the exposure is in the header, not in NIGHT/EXPID columns
+    assert h1["EXPID"] == EXPID + 1 and "EXPID" not in fm1.dtype.names
+    assert len(fm1.dtype.names) == 71
 
 
 def _reduce(raw, hdr, bias, dark, pixflat, exptime):
