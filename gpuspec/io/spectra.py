@@ -31,15 +31,12 @@ import numpy as np
 from ..backend import native, to_host
 from ..errors import InputError
 from ..spectra import Spectra
-from .util import atomic_output, fitsheader_to_dict, header_records, open_fits
+from .util import atomic_output, header_dict, header_records, open_fits
 
 __all__ = ["read_spectra", "write_spectra"]
 
 _BAND_RE = re.compile(r"^([A-Z]+)_(WAVELENGTH|WAVE|FLUX|IVAR|MASK|RESOLUTION)$")
 _TABLES = ("FIBERMAP", "EXP_FIBERMAP", "SCORES")
-_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "EXTNAME", "CHECKSUM", "DATASUM"}
-
-
 def _extname(h) -> str:
     try:
         return (h.get_extname() or "").strip().upper()
@@ -73,8 +70,7 @@ def read_spectra(path) -> Spectra:
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
-        meta = {k: v for k, v in fitsheader_to_dict(fx[0].read_header()).items()
-                if k not in _STRUCTURAL}
+        meta = header_dict(fx[0].read_header())
         names = [_extname(h) for h in fx]
         data: dict[str, dict[str, np.ndarray]] = {}
         order: list[str] = []

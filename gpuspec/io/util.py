@@ -5,6 +5,12 @@
 - :func:`parse_sec` turns a FITS section string into numpy slices.
 - :func:`open_fits`, :func:`read_image_hdu`, :func:`require_keyword` give errors
   that name the file, the HDU and the keyword.
+- :func:`header_dict` is the one conversion of a header (fitsio, astropy or a
+  mapping) to a plain dict, and :func:`is_structural` / :data:`STRUCTURAL_KEYS`
+  the one list of layout keywords that are never carried or copied.
+
+Everything here is host-side (NumPy, files); device arrays reach the writers
+through :func:`gpuspec.backend.to_host`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from ..errors import (BadDataError, BadSectionError, InputError, MissingFileErro
                       MissingHDUError, MissingKeywordError)
 
 __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
-           "read_image_hdu", "read_table_hdu", "has_hdu", "fitsheader_to_dict",
+           "read_image_hdu", "read_table_hdu", "has_hdu", "STRUCTURAL_KEYS", "is_structural",
            "header_records", "header_dict", "hdu_names", "check_complete",
            "read_optional_hdu", "check_same_shape"]
 
@@ -232,68 +238,92 @@ def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     return (data, hdr) if header else data
 
 
-def fitsheader_to_dict(hdr) -> dict:
-    """A plain ``{KEY: value}`` dict from a fitsio/astropy header or a mapping."""
-    if hdr is None:
-        return {}
+#: Keywords that describe an HDU's on-disk layout (never carried in a header dict, never
+#: copied between headers, never written from one): the one list of gpuspec, with
+#: :data:`_LAYOUT_RE` for the numbered and tile-compression cards.
+STRUCTURAL_KEYS = frozenset({
+    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS",
+    "EXTNAME", "EXTVER", "BZERO", "BSCALE", "CHECKSUM", "DATASUM", "COMMENT", "HISTORY",
+    "CONTINUE", ""})
+
+_LAYOUT_RE = re.compile(r"^(NAXIS\d+|ZIMAGE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZCMPTYPE|ZNAME\d+|"
+                        r"ZVAL\d+|ZQUANTIZ|ZDITHER0|ZSIMPLE|ZTENSION|ZEXTEND|ZPCOUNT|ZGCOUNT|"
+                        r"ZHECKSUM|ZDATASUM|ZBLANK|ZSCALE|ZZERO|ZMASKCMP|"
+                        r"TTYPE\d+|TFORM\d+|TDIM\d+|TUNIT\d+|TNULL\d+|TSCAL\d+|TZERO\d+)$")
+
+
+def is_structural(key: str) -> bool:
+    """True for a layout keyword (:data:`STRUCTURAL_KEYS`, NAXISn, tile-compression and
+    table-column cards), COMMENT/HISTORY/CONTINUE and blank names; case-insensitive."""
+    ku = str(key).strip().upper()
+    return ku in STRUCTURAL_KEYS or _LAYOUT_RE.match(ku) is not None
+
+
+def _plain(v):
+    """numpy scalars to Python scalars; ``(value, comment)`` pairs to the value."""
+    if isinstance(v, tuple) and len(v) == 2:
+        v = v[0]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _header_items(hdr):
+    """(name, value) pairs of a fitsio FITSHDR, an astropy Header or a mapping."""
     if isinstance(hdr, fitsio.FITSHDR):
-        return {r["name"]: r["value"] for r in hdr.records()
-                if r.get("name") and r["name"] not in ("COMMENT", "HISTORY", "")}
-    return {k: hdr[k] for k in hdr.keys() if k not in ("COMMENT", "HISTORY", "")}
-
-
-_COMPRESSION_RE = re.compile(r"^(ZIMAGE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZCMPTYPE|ZNAME\d+|ZVAL\d+|"
-                             r"ZQUANTIZ|ZDITHER0|ZSIMPLE|ZTENSION|ZEXTEND|ZPCOUNT|ZGCOUNT|"
-                             r"ZHECKSUM|ZDATASUM|ZBLANK|ZSCALE|ZZERO|ZMASKCMP|"
-                             r"TTYPE\d+|TFORM\d+|TDIM\d+|TUNIT\d+|TNULL\d+|TSCAL\d+|TZERO\d+|"
-                             r"NAXIS\d*)$")
+        return [(r.get("name"), r.get("value")) for r in hdr.records()]
+    if isinstance(hdr, Mapping) or hasattr(hdr, "keys"):
+        return [(k, hdr[k]) for k in list(hdr.keys()) if k is not None]
+    raise TypeError(f"cannot use a {type(hdr).__name__} as a FITS header")
 
 
 def header_dict(hdr, keep_extname: bool = False) -> dict:
-    """Keyword dict of a header read from a file, in card order, without layout cards.
+    """The keyword dict of a header: gpuspec's one header-to-dict conversion.
 
-    Drops the cards that describe the on-disk layout (SIMPLE, BITPIX, NAXISn,
-    XTENSION, PCOUNT, GCOUNT, EXTEND, BZERO/BSCALE, checksums, tile-compression
-    and table-column cards), COMMENT and HISTORY, and EXTNAME unless
-    ``keep_extname``. Long (HIERARCH) names such as ``SATURLEVA`` are kept
-    under their plain name.
+    Keys are upper case (FITS keywords are case-insensitive), in card order;
+    values are Python scalars. Layout cards (:func:`is_structural`: SIMPLE,
+    BITPIX, NAXISn, XTENSION, PCOUNT, GCOUNT, BZERO/BSCALE, checksums,
+    tile-compression and table-column cards), COMMENT, HISTORY and blank cards
+    are dropped, and EXTNAME unless ``keep_extname``. Long (HIERARCH) names such
+    as ``SATURLEVA`` are kept under their plain name. The input is not modified.
 
     Parameters
     ----------
-    hdr : fitsio.FITSHDR, astropy Header or mapping
+    hdr : fitsio.FITSHDR, astropy Header, mapping or None
+        None gives ``{}``. A mapping value may be a ``(value, comment)`` pair.
     keep_extname : bool
         Keep the EXTNAME card.
+
+    Returns
+    -------
+    dict
+
+    Host only (headers are host objects).
     """
-    d = fitsheader_to_dict(hdr)
+    if hdr is None:
+        return {}
     out = {}
-    for k, v in d.items():
-        ku = k.upper()
+    for k, v in _header_items(hdr):
+        if not k:
+            continue
+        ku = str(k).strip().upper()
         if ku == "EXTNAME" and keep_extname:
-            out[k] = v
-            continue
-        if ku in _STRUCTURAL or _COMPRESSION_RE.match(ku):
-            continue
-        out[k] = v
+            out[ku] = _plain(v)
+        elif not is_structural(ku):
+            out[ku] = _plain(v)
     return out
 
 
-_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "EXTEND",
-               "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS", "ZIMAGE", "ZBITPIX", "ZNAXIS",
-               "ZNAXIS1", "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0",
-               "ZSIMPLE", "ZTENSION", "ZEXTEND", "ZPCOUNT", "ZGCOUNT", "CHECKSUM", "DATASUM",
-               "ZHECKSUM", "ZDATASUM", "EXTNAME", "BZERO", "BSCALE", "COMMENT", "HISTORY"}
-
-
 def header_records(meta) -> list[dict]:
-    """fitsio header records from a header or dict, dropping structural keywords.
+    """fitsio header records from a header or dict, dropping layout keywords (:func:`is_structural`).
 
     Long keyword names (>8 characters, e.g. SATURLEVA) are written by fitsio as
-    HIERARCH cards.
+    HIERARCH cards. Host only.
     """
     out = []
     if meta is None:
         return out
-    items = fitsheader_to_dict(meta).items() if not isinstance(meta, dict) else meta.items()
+    items = meta.items() if isinstance(meta, dict) else header_dict(meta).items()
     for k, v in items:
         if isinstance(k, str) and k.upper().startswith("HIERARCH"):
             # an astropy-style "HIERARCH NAME" key: fitsio adds HIERARCH itself, and a
@@ -303,13 +333,9 @@ def header_records(meta) -> list[dict]:
                 raise InputError(f"header keyword {k!r} cannot be written (names may not "
                                  "begin with HIERARCH)", keyword=k)
             k = stripped
-        if k is None or k.upper() in _STRUCTURAL or k.startswith("TTYPE") or \
-                k.startswith("TFORM") or k.startswith("TDIM") or k.startswith("ZNAME") or \
-                k.startswith("ZVAL"):
+        if k is None or is_structural(k):
             continue
-        if isinstance(v, (np.generic,)):
-            v = v.item()
-        out.append({"name": k, "value": v})
+        out.append({"name": k, "value": v.item() if isinstance(v, np.generic) else v})
     return out
 
 
