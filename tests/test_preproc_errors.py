@@ -222,3 +222,23 @@ def test_calibration_in_named_hdu(tmp_path):
     a = preproc(raw, hdr, prim, backend="numpy", cosmics=False, pixflat=fn)
     b = preproc(raw, hdr, prim, backend="numpy", cosmics=False, pixflat=pf.astype(np.float64))
     assert np.array_equal(a.pix, b.pix)
+
+
+def test_preproc_file_validates_the_header_once(tmp_path, monkeypatch):
+    """read_raw + preproc on one camera: the raw header goes through raw_layout once."""
+    import gpuspec.io.raw as rawio
+    import gpuspec.preproc.core as core
+
+    d, raw, hdr, prim = _raw()
+    calls = []
+    real = rawio.raw_layout
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rawio, "raw_layout", counting)
+    monkeypatch.setattr(core, "raw_layout", counting)
+    preproc_file(os.path.join(d, "raw.fits"), "b0", str(tmp_path / "p.fits"), backend="numpy",
+                 cosmics=False)
+    assert len(calls) == 1
