@@ -41,8 +41,8 @@ class GaussHermitePSF:
     meta : dict
         Header of the PSF HDU: NPIX_X, NPIX_Y, HSIZEX, HSIZEY, GHDEGX, GHDEGY, ...
     psferr : float or None
-        ``PSFERR`` from the header when present. specter falls back to 0.01
-        when it is absent (see :attr:`psferr_or_default`).
+        ``PSFERR`` from the header when present, else None (extraction then uses
+        specter's default 0.01, see :mod:`gpuspec.extract.core`).
 
     Notes
     -----
@@ -94,11 +94,6 @@ class GaussHermitePSF:
     def wmax(self) -> float:
         """Upper end of the wavelength range (trace domain)."""
         return self.trace_wmax
-
-    @property
-    def psferr_or_default(self) -> float:
-        """PSFERR when the file has it, else specter's default 0.01."""
-        return 0.01 if self.psferr is None else float(self.psferr)
 
     @property
     def npix(self) -> tuple[int, int]:
