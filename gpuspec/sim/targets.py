@@ -173,6 +173,109 @@ def _nmgy(flam17, wave):
     return flam17 * wave ** 2 / NMGY_TO_FLAM17
 
 
+def _draw_kinds(rng, n: int) -> np.ndarray:
+    """Target class per fiber: ELG/LRG/QSO, with 2 SKY and 1 STD fiber per bundle."""
+    kind = np.empty(n, dtype="<U3")
+    kind[:] = "ELG"
+    u = rng.random(n)
+    kind[u > 0.55] = "LRG"
+    kind[u > 0.85] = "QSO"
+    for b0 in range(0, n, BUNDLE):
+        slots = b0 + rng.choice(BUNDLE, size=3, replace=False)
+        kind[slots[:2]] = "SKY"
+        kind[slots[2]] = "STD"
+    return kind
+
+
+def _draw_continua(rng, kind: np.ndarray, n: int) -> dict:
+    """Redshift, r magnitude and continuum parameters (shape, slope, break, Teff, norm)."""
+    z = np.zeros(n)
+    z = np.where(kind == "ELG", rng.uniform(0.05, 1.6, n), z)
+    z = np.where(kind == "LRG", rng.uniform(0.4, 1.0, n), z)
+    z = np.where(kind == "QSO", rng.uniform(0.9, 3.0, n), z)
+    mag = np.full(n, np.nan)
+    mag = np.where(kind == "ELG", rng.uniform(21.0, 23.0, n), mag)
+    mag = np.where(kind == "LRG", rng.uniform(19.8, 21.5, n), mag)
+    mag = np.where(kind == "QSO", rng.uniform(19.5, 22.0, n), mag)
+    mag = np.where(kind == "STD", rng.uniform(16.0, 18.5, n), mag)
+    cont_kind = np.select([np.isin(kind, ["ELG", "LRG"]), kind == "QSO", kind == "STD"],
+                          [0, 1, 2], default=-1).astype(np.int16)
+    slope = np.zeros(n)
+    slope = np.where(kind == "ELG", rng.uniform(-2.3, -1.5, n), slope)
+    slope = np.where(kind == "LRG", rng.uniform(-0.5, 0.5, n), slope)
+    slope = np.where(kind == "QSO", rng.uniform(-2.0, -1.2, n), slope)
+    dbreak = np.where(kind == "LRG", rng.uniform(0.35, 0.6, n),
+                      np.where(kind == "ELG", rng.uniform(0.0, 0.15, n), 0.0))
+    teff = np.where(kind == "STD", rng.uniform(5800.0, 6800.0, n), 0.0)
+    flux_r_nmgy = np.where(np.isfinite(mag), 10 ** ((22.5 - np.nan_to_num(mag, nan=99.0)) / 2.5),
+                           0.0)
+    cont_norm = flux_r_nmgy * NMGY_TO_FLAM17 / BAND_WAVE["R"] ** 2  # f_λ at 6400 Å
+    return {"z": z, "mag_r": mag, "cont_kind": cont_kind, "slope": slope, "dbreak": dbreak,
+            "teff": teff, "cont_norm": cont_norm}
+
+
+_C_KMS = 299792.458
+
+
+def _draw_emission_lines(rng, kind, z, cont_norm, slope, n: int) -> dict:
+    """Observed-frame emission lines: ELG [OII]/Hβ/[OIII]/Hα…, QSO broad lines."""
+    em_wave = np.zeros((n, _NEM))
+    em_flux = np.zeros((n, _NEM))
+    em_sigma = np.ones((n, _NEM))
+    f_oii = rng.uniform(4.0, 40.0, n)
+    r_oiii = rng.uniform(0.2, 1.5, n)
+    sig_v = rng.uniform(30.0, 120.0, n)  # km/s
+    sig_q = rng.uniform(1500.0, 3500.0, n)
+    ew_scale = rng.uniform(0.5, 1.5, n)
+    elg = kind == "ELG"
+    qso = kind == "QSO"
+    for j, (name, lam, ratio) in enumerate(_ELG_LINES):
+        lobs = lam * (1 + z)
+        if ratio is None:
+            ratio = 0.4 * r_oiii * (1.0 if name == "OIII5008" else 1.0 / 2.98)
+        em_wave[elg, j] = lobs[elg]
+        em_flux[elg, j] = (f_oii * ratio)[elg]
+        em_sigma[elg, j] = (lobs * sig_v / _C_KMS)[elg] + 0.05
+    for j, (name, lam, ew) in enumerate(_QSO_LINES):
+        lobs = lam * (1 + z)
+        em_wave[qso, j] = lobs[qso]
+        # flux = observed EW × power-law continuum at the line
+        cq = cont_norm * (lobs / 6400.0) ** slope
+        em_flux[qso, j] = (ew * ew_scale * (1 + z) * cq)[qso]
+        em_sigma[qso, j] = (lobs * sig_q / _C_KMS)[qso]
+    return {"em_wave": em_wave, "em_flux": em_flux, "em_sigma": em_sigma}
+
+
+def _draw_absorption_lines(rng, kind, z, n: int) -> dict:
+    """Absorption lines (multiplicative dips): stellar lines of STDs, LRG features."""
+    ab_wave = np.zeros((n, _NAB))
+    ab_depth = np.zeros((n, _NAB))
+    ab_sigma = np.ones((n, _NAB))
+    std = kind == "STD"
+    lrg = kind == "LRG"
+    vstar = rng.uniform(-80.0, 80.0, n)  # km/s radial velocity
+    for j, (name, lam, depth, sig) in enumerate(_STAR_LINES):
+        ab_wave[std, j] = (lam * (1 + vstar / _C_KMS))[std]
+        ab_depth[std, j] = depth
+        ab_sigma[std, j] = sig
+    for j, (name, lam, depth, sig) in enumerate(_LRG_LINES):
+        ab_wave[lrg, j] = (lam * (1 + z))[lrg]
+        ab_depth[lrg, j] = depth
+        ab_sigma[lrg, j] = (sig * (1 + z))[lrg]
+    return {"ab_wave": ab_wave, "ab_depth": ab_depth, "ab_sigma": ab_sigma}
+
+
+def _draw_positions(rng, petal: int, tile: Tile, n: int) -> dict:
+    """Sky and focal-plane positions, uniform in area within the petal's 36° wedge."""
+    theta = np.deg2rad(36.0 * petal + rng.uniform(1.0, 35.0, n))
+    rad = tile.radius * np.sqrt(rng.uniform(0.01, 1.0, n))
+    dx, dy = rad * np.cos(theta), rad * np.sin(theta)
+    dec = tile.dec + dy
+    ra = (tile.ra + dx / np.cos(np.deg2rad(dec))) % 360.0
+    plate_scale = 256.0  # mm per degree, roughly DESI's
+    return {"ra": ra, "dec": dec, "fx": dx * plate_scale, "fy": dy * plate_scale}
+
+
 def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targets:
     """Draw the targets of fibers 0..nspec-1 of ``petal``.
 
@@ -195,96 +298,16 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
         raise ValueError(f"nspec must be in 1..{FIBERS_PER_PETAL}, got {nspec}")
     n = FIBERS_PER_PETAL
     rng = stream(seed, "targets", petal)
-    kind = np.empty(n, dtype="<U3")
-    kind[:] = "ELG"
-    u = rng.random(n)
-    kind[u > 0.55] = "LRG"
-    kind[u > 0.85] = "QSO"
-    for b0 in range(0, n, BUNDLE):
-        slots = b0 + rng.choice(BUNDLE, size=3, replace=False)
-        kind[slots[:2]] = "SKY"
-        kind[slots[2]] = "STD"
-
-    z = np.zeros(n)
-    z = np.where(kind == "ELG", rng.uniform(0.05, 1.6, n), z)
-    z = np.where(kind == "LRG", rng.uniform(0.4, 1.0, n), z)
-    z = np.where(kind == "QSO", rng.uniform(0.9, 3.0, n), z)
-    mag = np.full(n, np.nan)
-    mag = np.where(kind == "ELG", rng.uniform(21.0, 23.0, n), mag)
-    mag = np.where(kind == "LRG", rng.uniform(19.8, 21.5, n), mag)
-    mag = np.where(kind == "QSO", rng.uniform(19.5, 22.0, n), mag)
-    mag = np.where(kind == "STD", rng.uniform(16.0, 18.5, n), mag)
-    cont_kind = np.select([np.isin(kind, ["ELG", "LRG"]), kind == "QSO", kind == "STD"],
-                          [0, 1, 2], default=-1).astype(np.int16)
-    slope = np.zeros(n)
-    slope = np.where(kind == "ELG", rng.uniform(-2.3, -1.5, n), slope)
-    slope = np.where(kind == "LRG", rng.uniform(-0.5, 0.5, n), slope)
-    slope = np.where(kind == "QSO", rng.uniform(-2.0, -1.2, n), slope)
-    dbreak = np.where(kind == "LRG", rng.uniform(0.35, 0.6, n),
-                      np.where(kind == "ELG", rng.uniform(0.0, 0.15, n), 0.0))
-    teff = np.where(kind == "STD", rng.uniform(5800.0, 6800.0, n), 0.0)
-    flux_r_nmgy = np.where(np.isfinite(mag), 10 ** ((22.5 - np.nan_to_num(mag, nan=99.0)) / 2.5),
-                           0.0)
-    cont_norm = flux_r_nmgy * NMGY_TO_FLAM17 / BAND_WAVE["R"] ** 2  # f_λ at 6400 Å
-
-    # emission lines (observed frame)
-    em_wave = np.zeros((n, _NEM))
-    em_flux = np.zeros((n, _NEM))
-    em_sigma = np.ones((n, _NEM))
-    f_oii = rng.uniform(4.0, 40.0, n)
-    r_oiii = rng.uniform(0.2, 1.5, n)
-    sig_v = rng.uniform(30.0, 120.0, n)  # km/s
-    sig_q = rng.uniform(1500.0, 3500.0, n)
-    ew_scale = rng.uniform(0.5, 1.5, n)
-    elg = kind == "ELG"
-    qso = kind == "QSO"
-    c_kms = 299792.458
-    for j, (name, lam, ratio) in enumerate(_ELG_LINES):
-        lobs = lam * (1 + z)
-        if ratio is None:
-            ratio = 0.4 * r_oiii * (1.0 if name == "OIII5008" else 1.0 / 2.98)
-        em_wave[elg, j] = lobs[elg]
-        em_flux[elg, j] = (f_oii * ratio)[elg]
-        em_sigma[elg, j] = (lobs * sig_v / c_kms)[elg] + 0.05
-    for j, (name, lam, ew) in enumerate(_QSO_LINES):
-        lobs = lam * (1 + z)
-        em_wave[qso, j] = lobs[qso]
-        # flux = observed EW × power-law continuum at the line
-        cq = cont_norm * (lobs / 6400.0) ** slope
-        em_flux[qso, j] = (ew * ew_scale * (1 + z) * cq)[qso]
-        em_sigma[qso, j] = (lobs * sig_q / c_kms)[qso]
-
-    # absorption lines (multiplicative dips)
-    ab_wave = np.zeros((n, _NAB))
-    ab_depth = np.zeros((n, _NAB))
-    ab_sigma = np.ones((n, _NAB))
-    std = kind == "STD"
-    lrg = kind == "LRG"
-    vstar = rng.uniform(-80.0, 80.0, n)  # km/s radial velocity
-    for j, (name, lam, depth, sig) in enumerate(_STAR_LINES):
-        ab_wave[std, j] = (lam * (1 + vstar / c_kms))[std]
-        ab_depth[std, j] = depth
-        ab_sigma[std, j] = sig
-    for j, (name, lam, depth, sig) in enumerate(_LRG_LINES):
-        ab_wave[lrg, j] = (lam * (1 + z))[lrg]
-        ab_depth[lrg, j] = depth
-        ab_sigma[lrg, j] = (sig * (1 + z))[lrg]
-
+    # the draws happen in this order (one stream): kinds, continua, lines, throughput, positions
+    kind = _draw_kinds(rng, n)
+    cont = _draw_continua(rng, kind, n)
+    em = _draw_emission_lines(rng, kind, cont["z"], cont["cont_norm"], cont["slope"], n)
+    ab = _draw_absorption_lines(rng, kind, cont["z"], n)
     fiber_thru = rng.uniform(0.92, 1.04, n)
-    # positions: uniform in area within the petal's 36° wedge of the field
-    theta = np.deg2rad(36.0 * petal + rng.uniform(1.0, 35.0, n))
-    rad = tile.radius * np.sqrt(rng.uniform(0.01, 1.0, n))
-    dx, dy = rad * np.cos(theta), rad * np.sin(theta)
-    dec = tile.dec + dy
-    ra = (tile.ra + dx / np.cos(np.deg2rad(dec))) % 360.0
-    plate_scale = 256.0  # mm per degree, roughly DESI's
-    fx, fy = dx * plate_scale, dy * plate_scale
-
-    t = Targets(petal=petal, fiber=500 * petal + np.arange(n), kind=kind, z=z, mag_r=mag,
-                flux_g=np.zeros(n), flux_r=np.zeros(n), flux_z=np.zeros(n), cont_kind=cont_kind,
-                cont_norm=cont_norm, slope=slope, dbreak=dbreak, teff=teff, em_wave=em_wave,
-                em_flux=em_flux, em_sigma=em_sigma, ab_wave=ab_wave, ab_depth=ab_depth,
-                ab_sigma=ab_sigma, fiber_thru=fiber_thru, ra=ra, dec=dec, fx=fx, fy=fy)
+    pos = _draw_positions(rng, petal, tile, n)
+    t = Targets(petal=petal, fiber=500 * petal + np.arange(n), kind=kind, flux_g=np.zeros(n),
+                flux_r=np.zeros(n), flux_z=np.zeros(n), fiber_thru=fiber_thru,
+                **cont, **em, **ab, **pos)
     bw = np.array([BAND_WAVE["G"], BAND_WAVE["R"], BAND_WAVE["Z"]])
     c = continuum(t, bw)
     t.flux_g, t.flux_r, t.flux_z = (_nmgy(c[:, i], bw[i]) for i in range(3))
