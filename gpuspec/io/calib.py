@@ -174,6 +174,8 @@ def write_calib_image(path: str | os.PathLike, image, header: dict | None = None
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     kind = _kind(kind, path)
@@ -191,40 +193,64 @@ def write_calib_image(path: str | os.PathLike, image, header: dict | None = None
 
 
 def read_bias(path, expected_shape=None):
-    """:func:`read_calib_image` with ``kind="bias"``."""
+    """:func:`read_calib_image` with ``kind="bias"``.
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    """
     return read_calib_image(path, expected_shape, "bias")
 
 
 def read_dark(path, expected_shape=None):
-    """:func:`read_calib_image` with ``kind="dark"`` (a rate in e⁻/s)."""
+    """:func:`read_calib_image` with ``kind="dark"`` (a rate in e⁻/s).
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    """
     return read_calib_image(path, expected_shape, "dark")
 
 
 def read_pixflat(path, expected_shape=None):
-    """:func:`read_calib_image` with ``kind="pixflat"``."""
+    """:func:`read_calib_image` with ``kind="pixflat"``.
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    """
     return read_calib_image(path, expected_shape, "pixflat")
 
 
 def read_mask(path, expected_shape=None):
-    """:func:`read_calib_image` with ``kind="mask"``."""
+    """:func:`read_calib_image` with ``kind="mask"``.
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    """
     return read_calib_image(path, expected_shape, "mask")
 
 
 def write_bias(path, image, header=None):
-    """:func:`write_calib_image` with ``kind="bias"``."""
+    """:func:`write_calib_image` with ``kind="bias"``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    """
     return write_calib_image(path, image, header, "bias")
 
 
 def write_dark(path, image, header=None):
-    """:func:`write_calib_image` with ``kind="dark"``."""
+    """:func:`write_calib_image` with ``kind="dark"``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    """
     return write_calib_image(path, image, header, "dark")
 
 
 def write_pixflat(path, image, header=None):
-    """:func:`write_calib_image` with ``kind="pixflat"``."""
+    """:func:`write_calib_image` with ``kind="pixflat"``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    """
     return write_calib_image(path, image, header, "pixflat")
 
 
 def write_mask(path, image, header=None):
-    """:func:`write_calib_image` with ``kind="mask"``."""
+    """:func:`write_calib_image` with ``kind="mask"``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    """
     return write_calib_image(path, image, header, "mask")

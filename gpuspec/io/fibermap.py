@@ -67,7 +67,10 @@ FIBERMAP_COLUMNS = [
 
 
 def fibermap_dtype() -> np.dtype:
-    """Structured dtype of a gpuspec fibermap (see :data:`FIBERMAP_COLUMNS`)."""
+    """Structured dtype of a gpuspec fibermap (see :data:`FIBERMAP_COLUMNS`).
+
+    Host only (NumPy).
+    """
     return np.dtype([(n, t) for n, t, _, _ in FIBERMAP_COLUMNS])
 
 
@@ -91,6 +94,8 @@ def empty_fibermap(nspec: int, specmin: int = 0, petal: int | None = None) -> np
         LOCATION = 1000·PETAL_LOC + DEVICE_LOC, TARGETID = −(FIBER+1) (unique
         and negative like DESI's unassigned fibers), OBJTYPE ``'NON'``,
         NIGHT/EXPID/TILEID = −1, everything else 0.
+
+    Host only (NumPy).
     """
     nspec = int(nspec)
     if nspec < 0 or specmin < 0:
@@ -111,6 +116,8 @@ def as_fibermap_array(fibermap) -> np.ndarray:
     """A native-byte-order structured array from a fibermap (ndarray or astropy Table).
 
     Unicode string columns become byte strings (FITS ``A`` columns).
+
+    Host only (NumPy).
     """
     if hasattr(fibermap, "as_array") and not isinstance(fibermap, np.ndarray):
         fibermap = fibermap.as_array()
@@ -138,7 +145,10 @@ def as_fibermap_array(fibermap) -> np.ndarray:
 
 
 def native_table(a: np.ndarray) -> np.ndarray:
-    """Structured array with every field in native byte order (no copy if already)."""
+    """Structured array with every field in native byte order (no copy if already).
+
+    Host only (NumPy).
+    """
     return native(a)
 
 
@@ -160,6 +170,8 @@ def read_fibermap(path: str | os.PathLike, header: bool = False):
     Raises
     ------
     MissingFileError, InputError, MissingHDUError (no FIBERMAP HDU).
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -186,6 +198,8 @@ def write_fibermap(path: str | os.PathLike, fibermap, meta: dict | None = None) 
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     fm = as_fibermap_array(fibermap)

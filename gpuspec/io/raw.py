@@ -41,7 +41,10 @@ _AMP_KEY_RE = re.compile(r"^(BIASSEC|DATASEC|CCDSEC)([A-D1-4])$")
 
 
 def normalize_camera(camera: str, path: str | None = None) -> str:
-    """Lower-case camera name (``'B0'`` → ``'b0'``), checked against ``[brz][0-9]``."""
+    """Lower-case camera name (``'B0'`` → ``'b0'``), checked against ``[brz][0-9]``.
+
+    Host only (NumPy).
+    """
     if not isinstance(camera, str) or not _CAMERA_RE.match(camera.strip().lower()):
         raise InputError(f"invalid camera name {camera!r}; expected b0…b9, r0…r9 or z0…z9",
                          path=path)
@@ -331,7 +334,10 @@ def _camera_hdus(names: list[str]) -> list[str]:
 
 
 def find_cameras(path: str | os.PathLike) -> list[str]:
-    """Lower-case names of the camera HDUs of a raw file, in file order."""
+    """Lower-case names of the camera HDUs of a raw file, in file order.
+
+    Host only (NumPy).
+    """
     path = os.fspath(path)
     with open_fits(path) as fx:
         return _camera_hdus(hdu_names(fx))
@@ -448,6 +454,8 @@ def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     if compress is None:

@@ -67,6 +67,8 @@ def read_spectra(path) -> Spectra:
     MissingFileError, InputError
         Missing/unreadable file; a band without FLUX, IVAR or WAVELENGTH, or
         inconsistent shapes (the message names the file and HDU).
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -191,6 +193,8 @@ def write_spectra(path, spectra: Spectra, overwrite: bool = True) -> str:
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     with atomic_output(path, overwrite=overwrite) as tmp:

@@ -59,6 +59,8 @@ def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | Non
     ------
     BadSectionError
         Unparsable, reversed, zero-based or out-of-range section.
+
+    Host only (NumPy).
     """
     if not isinstance(sec, str):
         raise BadSectionError(f"section must be a string like '[x1:x2,y1:y2]', got {sec!r}",
@@ -80,7 +82,10 @@ def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | Non
 
 
 def format_sec(yslice: slice, xslice: slice) -> str:
-    """Inverse of :func:`parse_sec`: numpy slices to ``'[x1:x2,y1:y2]'``."""
+    """Inverse of :func:`parse_sec`: numpy slices to ``'[x1:x2,y1:y2]'``.
+
+    Host only (NumPy).
+    """
     return f"[{xslice.start + 1}:{xslice.stop},{yslice.start + 1}:{yslice.stop}]"
 
 
@@ -91,6 +96,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     The temporary file lives in the target directory (same filesystem, so the
     rename is atomic) and keeps the extension, so fitsio/astropy recognise it.
     On any exception it is removed and the target is left untouched.
+
+    Host only (NumPy).
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
@@ -126,6 +133,8 @@ def open_fits(path: str | os.PathLike) -> fitsio.FITS:
         The file does not exist.
     InputError
         The file is not a readable FITS file (e.g. truncated).
+
+    Host only (NumPy).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -155,6 +164,8 @@ def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
     must end inside the file. CFITSIO opens a truncated file happily and fails
     (or silently drops HDUs) only later, so readers check this up front.
     Gzip-compressed files (``.gz``) are not checked.
+
+    Host only (NumPy).
     """
     path = os.fspath(path or fx._filename)
     if path.endswith(".gz"):
@@ -173,7 +184,10 @@ def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
 
 
 def hdu_names(fx: fitsio.FITS) -> list[str]:
-    """Upper-case EXTNAME of every HDU, in file order (``""`` when unnamed)."""
+    """Upper-case EXTNAME of every HDU, in file order (``""`` when unnamed).
+
+    Host only (NumPy).
+    """
     out = []
     for h in fx:
         try:
@@ -184,7 +198,10 @@ def hdu_names(fx: fitsio.FITS) -> list[str]:
 
 
 def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
-    """True if ``fx`` has HDU ``ext`` (EXTNAME, case-insensitive, or index)."""
+    """True if ``fx`` has HDU ``ext`` (EXTNAME, case-insensitive, or index).
+
+    Host only (NumPy).
+    """
     try:
         return ext in fx
     except Exception:
@@ -192,7 +209,10 @@ def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
 
 
 def require_keyword(hdr: Mapping, key: str, path: str | None = None, hdu: str | None = None):
-    """Return ``hdr[key]`` or raise :class:`MissingKeywordError` naming file, HDU and keyword."""
+    """Return ``hdr[key]`` or raise :class:`MissingKeywordError` naming file, HDU and keyword.
+
+    Host only (NumPy).
+    """
     try:
         if key in hdr:
             return hdr[key]
@@ -206,6 +226,8 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     """Read an image HDU as a native-byte-order array (optionally with its header).
 
     Raises :class:`MissingHDUError` or :class:`InputError` naming the file and HDU.
+
+    Host only (NumPy).
     """
     path = path or fx._filename
     if not has_hdu(fx, ext):
@@ -225,7 +247,10 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
 
 def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
                    header: bool = False):
-    """Read a binary table HDU as a native-byte-order structured array."""
+    """Read a binary table HDU as a native-byte-order structured array.
+
+    Host only (NumPy).
+    """
     path = path or fx._filename
     if not has_hdu(fx, ext):
         raise MissingHDUError("HDU is missing", path=path, hdu=ext)
@@ -254,7 +279,10 @@ _LAYOUT_RE = re.compile(r"^(NAXIS\d+|ZIMAGE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZCMPTYPE|
 
 def is_structural(key: str) -> bool:
     """True for a layout keyword (:data:`STRUCTURAL_KEYS`, NAXISn, tile-compression and
-    table-column cards), COMMENT/HISTORY/CONTINUE and blank names; case-insensitive."""
+    table-column cards), COMMENT/HISTORY/CONTINUE and blank names; case-insensitive.
+
+    Host only.
+    """
     ku = str(key).strip().upper()
     return ku in STRUCTURAL_KEYS or _LAYOUT_RE.match(ku) is not None
 
@@ -341,7 +369,10 @@ def header_records(meta) -> list[dict]:
 
 def read_optional_hdu(fx: fitsio.FITS, names, ext: str, path: str | None = None,
                       table: bool = False):
-    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None."""
+    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None.
+
+    Host only (NumPy).
+    """
     if ext not in names:
         return None
     return read_table_hdu(fx, ext, path) if table else read_image_hdu(fx, ext, path)
@@ -351,6 +382,8 @@ def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None
     """Raise :class:`BadDataError` naming the HDU whose array differs in shape from ``ref``.
 
     ``arrays`` is an iterable of ``(hdu_name, array_or_None)``; None entries are skipped.
+
+    Backends: numpy and cupy (any array module).
     """
     for name, a in arrays:
         if a is not None and a.shape != ref.shape:

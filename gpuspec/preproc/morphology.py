@@ -62,7 +62,10 @@ def linear_element(n: int, m: int, angle: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def repair_elements(n: int = 11, m: int = 11) -> tuple:
-    """The seven structuring elements of the repair (numpy bool arrays, host)."""
+    """The seven structuring elements of the repair (numpy bool arrays, host).
+
+    Host only (NumPy elements; callers move them with ``xp.asarray``).
+    """
     return tuple(linear_element(n, m, a) for a in REPAIR_ANGLES)
 
 

@@ -50,7 +50,10 @@ _OVERHEAD_S = 180.0  # seconds between exposures (readout, slew)
 
 
 def layout(outdir: str, night: int, expid: int | None = None, camera: str | None = None) -> dict:
-    """Paths of a simulated night (see the module docstring)."""
+    """Paths of a simulated night (see the module docstring).
+
+    Host only (NumPy).
+    """
     d = {"simulation": os.path.join(outdir, "simulation.json")}
     if expid is not None:
         e = f"{expid:08d}"

@@ -125,19 +125,28 @@ class Targets:
         return len(self.fiber)
 
     def targetid(self, tileid: int) -> np.ndarray:
-        """Unique positive TARGETIDs (int64) for this tile and petal."""
+        """Unique positive TARGETIDs (int64) for this tile and petal.
+
+        Host only (NumPy).
+        """
         return (np.int64(39627000000000000) + np.int64(tileid) * 10000
                 + self.fiber.astype(np.int64))
 
     def desi_target(self) -> np.ndarray:
-        """DESI_TARGET bits (int64)."""
+        """DESI_TARGET bits (int64).
+
+        Host only (NumPy).
+        """
         out = np.zeros(self.nspec, dtype=np.int64)
         for k, bit in DESI_TARGET_BITS.items():
             out[self.kind == k] = bit
         return out
 
     def subset(self, n: int) -> "Targets":
-        """The first ``n`` fibers."""
+        """The first ``n`` fibers.
+
+        Host only (NumPy).
+        """
         kw = {}
         for name in self.__dataclass_fields__:
             v = getattr(self, name)
@@ -146,7 +155,10 @@ class Targets:
 
 
 def continuum(t: Targets, wave: np.ndarray) -> np.ndarray:
-    """Continuum f_λ (1e-17 erg/s/cm²/Å) of each fiber at ``wave``: (nspec, nwave)."""
+    """Continuum f_λ (1e-17 erg/s/cm²/Å) of each fiber at ``wave``: (nspec, nwave).
+
+    Host only (NumPy).
+    """
     w = np.asarray(wave, dtype=np.float64)[None, :]
     z1 = (1.0 + t.z)[:, None]
     slope = t.slope[:, None]
@@ -293,6 +305,8 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
     Returns
     -------
     Targets
+
+    Host only (NumPy).
     """
     if not 0 < nspec <= FIBERS_PER_PETAL:
         raise ValueError(f"nspec must be in 1..{FIBERS_PER_PETAL}, got {nspec}")
