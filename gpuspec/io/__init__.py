@@ -27,7 +27,7 @@ import importlib
 _LAZY = {
     # raw exposures
     "read_raw": "raw", "write_raw": "raw", "find_cameras": "raw",
-    "validate_raw_header": "raw", "amp_ids": "raw", "trimmed_shape": "raw",
+    "validate_raw_header": "raw", "raw_layout": "raw", "amp_ids": "raw", "trimmed_shape": "raw",
     "normalize_camera": "raw",
     # preproc images
     "read_image": "image", "write_image": "image",
@@ -37,7 +37,7 @@ _LAZY = {
     "read_fibermap": "fibermap", "write_fibermap": "fibermap",
     "empty_fibermap": "fibermap", "fibermap_dtype": "fibermap",
     # calibration images
-    "read_calib_image": "calib", "write_calib_image": "calib",
+    "read_calib_image": "calib", "write_calib_image": "calib", "check_calib_values": "calib",
     "read_bias": "calib", "read_dark": "calib", "read_pixflat": "calib", "read_mask": "calib",
     "write_bias": "calib", "write_dark": "calib", "write_pixflat": "calib",
     "write_mask": "calib",
