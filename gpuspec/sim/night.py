@@ -139,12 +139,11 @@ def _check(nspec, nexp, exptime, seed, expid0, night):
     _dateobs(night, 0, float(exptime))  # NIGHT must be a valid YYYYMMDD date
 
 
-def _write_psfs(outdir, night, cams, tmpl, template_path, files, rel) -> tuple[dict, dict]:
-    """Write each camera's PSF; return the band models and the PSFs read back per camera.
+def _write_psfs(outdir, night, cams, band_psf_model, template_path, files, rel) -> dict:
+    """Write each camera's PSF; return the PSFs read back per camera.
 
     Rendering uses what was written (read back), so the simulation is exactly the files.
     """
-    band_psf_model = {b: camera_psf(b + "0", tmpl) for b in sorted({c[0] for c in cams})}
     psfs = {}
     for cam in cams:
         p = layout(outdir, night, camera=cam)["psf"]
@@ -152,7 +151,7 @@ def _write_psfs(outdir, night, cams, tmpl, template_path, files, rel) -> tuple[d
                                                           os.path.basename(template_path)})
         files.append(rel(p))
         psfs[cam] = read_psf(p)
-    return band_psf_model, psfs
+    return psfs
 
 
 def _write_calibrations(outdir, night, cam, setup, files, rel) -> None:
@@ -348,9 +347,10 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
         return os.path.relpath(path, outdir)
 
     template_path = template or default_template_path()
-    band_psf_model, psfs = _write_psfs(outdir, p["night"], cams, load_template(template_path),
-                                       template_path, files, rel)
-    ranges = _wave_ranges(cams, wave_ranges, band_psf_model)
+    tmpl = load_template(template_path)
+    band_psf_model = {b: camera_psf(b + "0", tmpl) for b in sorted({c[0] for c in cams})}
+    ranges = _wave_ranges(cams, wave_ranges, band_psf_model)   # checked before any write
+    psfs = _write_psfs(outdir, p["night"], cams, band_psf_model, template_path, files, rel)
     night_inputs = _night_inputs(p, cams, psfs, ranges)
     expids = night_inputs["expids"]
     raws: dict = {e: {} for e in expids}
