@@ -17,7 +17,10 @@ ARMS = ("b", "r", "z")
 
 
 def is_camera(name: str) -> bool:
-    """True for a camera name such as ``"b0"`` or ``"z9"``."""
+    """True for a camera name such as ``"b0"`` or ``"z9"``.
+
+    Host only (strings).
+    """
     return (isinstance(name, str) and len(name) == 2 and name[0] in ARMS
             and name[1].isdigit())
 
@@ -39,6 +42,8 @@ def parse_camword(camword: str) -> list[str]:
     ------
     ValueError
         Empty camword, unknown letter, a letter with no digits, or other characters.
+
+    Host only (strings).
     """
     if not isinstance(camword, str):
         raise ValueError(f"camword must be a string, got {type(camword).__name__}")
@@ -71,6 +76,8 @@ def cameras_to_camword(cameras: Iterable[str]) -> str:
     ------
     ValueError
         A name that is not a camera (``b0`` ... ``z9``).
+
+    Host only (strings).
     """
     per_arm: dict[str, set[str]] = {arm: set() for arm in ARMS}
     for cam in cameras:
@@ -94,6 +101,8 @@ def parse_cameras(cameras: str | Iterable[str]) -> list[str]:
     ------
     ValueError
         Bad camword or camera name, or no camera at all.
+
+    Host only (strings).
     """
     if isinstance(cameras, str):
         parts = [p for p in cameras.replace(" ", "").split(",") if p]

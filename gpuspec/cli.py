@@ -2,8 +2,8 @@
 
 Each subcommand lives next to its code, in a module exposing
 ``add_parser(subparsers) -> argparse.ArgumentParser`` whose parser sets
-``func(args) -> int``. A subcommand appears in ``gpuspec --help`` only once its
-module exists, so the CLI never lists a step that does not work.
+``func(args) -> int``. Every module of :data:`_COMMAND_MODULES` is imported: a
+missing or broken one is an error, never a silently absent subcommand.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available subcommand."""
+    """The top-level parser with every subcommand. Host only."""
     p = argparse.ArgumentParser(
         prog="gpuspec",
         description="GPU-first DESI spectroscopic reduction (preproc, extraction, coadds).",
@@ -37,18 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for modname in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name == modname:
-                continue  # step not built yet
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(modname).add_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``gpuspec`` command."""
+    """Entry point of the ``gpuspec`` command. Host only (steps choose their backend)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

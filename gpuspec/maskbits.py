@@ -34,25 +34,40 @@ class BitMask:
             raise AttributeError(f"{self._name} has no bit named {key!r}") from None
 
     def mask(self, name_or_num) -> int:
-        """Mask value of a bit given by name, or by number."""
+        """Mask value of a bit given by name, or by number.
+
+        Host only (Python ints and names); apply the bits to arrays of any backend.
+        """
         if isinstance(name_or_num, str):
             return getattr(self, name_or_num)
         return 1 << int(name_or_num)
 
     def bitnum(self, name: str) -> int:
-        """Bit number of ``name``."""
+        """Bit number of ``name``.
+
+        Host only (Python ints and names); apply the bits to arrays of any backend.
+        """
         return self._bits[name][0]
 
     def bitname(self, num: int) -> str:
-        """Name of bit number ``num``."""
+        """Name of bit number ``num``.
+
+        Host only (Python ints and names); apply the bits to arrays of any backend.
+        """
         return self._bynum[num]
 
     def comment(self, name: str) -> str:
-        """Description of a bit."""
+        """Description of a bit.
+
+        Host only (Python ints and names); apply the bits to arrays of any backend.
+        """
         return self._bits[name][1]
 
     def names(self, value: int | None = None) -> list[str]:
-        """All bit names (value None), or the names of the bits set in ``value``."""
+        """All bit names (value None), or the names of the bits set in ``value``.
+
+        Host only (Python ints and names); apply the bits to arrays of any backend.
+        """
         if value is None:
             return list(self._bits)
         value = int(value)

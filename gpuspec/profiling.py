@@ -97,7 +97,10 @@ class nvtx_range(contextlib.ContextDecorator):
 
 
 def annotate(name: str | None = None) -> Callable:
-    """Decorator form that names the range after the function when no name is given."""
+    """Decorator form that names the range after the function when no name is given.
+
+    Any backend (no arrays; NVTX is a host API).
+    """
 
     def deco(fn):
         rng_name = name or fn.__qualname__

@@ -18,7 +18,10 @@ __all__ = ["offsets", "apply", "to_dense", "from_dense", "to_scipy"]
 
 
 def offsets(ndiag: int):
-    """Diagonal offsets of the stored rows: ``[h, h-1, ..., -h]``."""
+    """Diagonal offsets of the stored rows: ``[h, h-1, ..., -h]``.
+
+    Host only (NumPy).
+    """
     h = ndiag // 2
     return np.arange(h, -h - 1, -1)
 
@@ -52,7 +55,10 @@ def apply(rdata, flux):
 
 
 def to_dense(rdata):
-    """Dense R (..., nwave, nwave) from banded storage (for tests and small cases)."""
+    """Dense R (..., nwave, nwave) from banded storage (for tests and small cases).
+
+    Backends: numpy and cupy (any array module).
+    """
     xp = get_array_module(rdata)
     ndiag, nwave = rdata.shape[-2:]
     h = ndiag // 2
@@ -66,7 +72,10 @@ def to_dense(rdata):
 
 
 def from_dense(R, ndiag: int):
-    """Banded storage (..., ndiag, nwave) of dense R, keeping ``ndiag`` diagonals."""
+    """Banded storage (..., ndiag, nwave) of dense R, keeping ``ndiag`` diagonals.
+
+    Backends: numpy and cupy (any array module).
+    """
     xp = get_array_module(R)
     nwave = R.shape[-1]
     h = ndiag // 2
@@ -80,7 +89,10 @@ def from_dense(R, ndiag: int):
 
 
 def to_scipy(rdata):
-    """A ``scipy.sparse.dia_matrix`` of one spectrum's banded R (numpy input)."""
+    """A ``scipy.sparse.dia_matrix`` of one spectrum's banded R (numpy input).
+
+    Host only (NumPy input, SciPy sparse output).
+    """
     import scipy.sparse
 
     ndiag, nwave = rdata.shape

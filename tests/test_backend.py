@@ -97,10 +97,24 @@ def test_nvtx_never_fails():
             1 / 0
 
 
-def test_timer():
-    with profiling.Timer(np, name="t") as t:
-        sum(range(1000))
-    assert t.elapsed >= 0
+def test_timer_syncs_the_device_around_the_clock(monkeypatch):
+    """Timer synchronises the device before each clock reading (so queued GPU work is
+    counted) and measures exactly the interval between them; a fake clock keeps it
+    deterministic."""
+    events = []
+    ticks = iter([10.0, 12.5])
+
+    def fake_clock():
+        events.append("clock")
+        return next(ticks)
+
+    monkeypatch.setattr(profiling.backend, "synchronize", lambda xp: events.append(("sync", xp)))
+    monkeypatch.setattr(profiling.time, "perf_counter", fake_clock)
+    marker = object()
+    with profiling.Timer(marker, name="t") as t:
+        events.append("work")
+    assert events == [("sync", marker), "clock", "work", ("sync", marker), "clock"]
+    assert t.elapsed == 2.5 and t.start == 10.0
 
 
 @pytest.mark.gpu

@@ -171,14 +171,16 @@ def test_io_namespace_lazy_exports():
         io.no_such_function  # noqa: B018
 
 
-def test_io_namespace_survives_missing_modules(monkeypatch):
-    """Names from modules that do not exist yet raise AttributeError, never ImportError."""
+def test_io_namespace_every_name_resolves_and_missing_module_is_an_error(monkeypatch):
+    """Every lazy name resolves to its module's object; a missing module is an import
+    error (a packaging error shows), not a hidden AttributeError."""
     import gpuspec.io as io
 
+    for name, mod in io._LAZY.items():
+        assert getattr(io, name) is getattr(importlib.import_module(f"gpuspec.io.{mod}"), name)
     monkeypatch.setitem(io._LAZY, "read_future", "future_module_that_does_not_exist")
-    with pytest.raises(AttributeError, match="not available yet"):
+    with pytest.raises(ModuleNotFoundError, match="future_module_that_does_not_exist"):
         io.read_future  # noqa: B018
-    assert not hasattr(io, "read_future")
 
 
 def test_io_import_is_cheap():
@@ -191,14 +193,3 @@ def test_io_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
-
-
-def test_psf_and_spectra_resolve_when_present():
-    import gpuspec.io as io
-
-    for name, mod in (("read_psf", "psf"), ("read_spectra", "spectra")):
-        try:
-            m = importlib.import_module(f"gpuspec.io.{mod}")
-        except ModuleNotFoundError:
-            continue
-        assert getattr(io, name) is getattr(m, name)

@@ -191,3 +191,54 @@ def test_cli_error_message_and_no_output(tmp_path, capsys):
     assert rc == 1 and "r3" in capsys.readouterr().err
     assert not os.path.exists(out)
     assert isinstance(BadDataError("x"), GpuspecError)
+
+
+# ------------------------------------------------------------------ one calibration reader
+@pytest.mark.parametrize("value", [-3.5, 2.5, -3])
+def test_bad_mask_values_refused(tmp_path, value):
+    """A negative or fractional mask is refused, whether a file (the message names the file
+    and the HDU) or an array; never cast to int32 (−3 would set almost every ccdmask bit)."""
+    d, raw, hdr, prim = _raw()
+    m = np.zeros((240, 300), np.float32 if isinstance(value, float) else np.int32)
+    m[5, 7] = value
+    fn = str(tmp_path / "mask-b0.fits")
+    fitsio.write(fn, m)
+    with pytest.raises(BadDataError, match="mask") as ei:
+        preproc(raw, hdr, prim, backend="numpy", cosmics=False, mask=fn)
+    assert fn in str(ei.value) and "HDU 0" in str(ei.value)
+    with pytest.raises(BadDataError, match="mask"):
+        preproc(raw, hdr, prim, backend="numpy", cosmics=False, mask=m)
+
+
+def test_calibration_in_named_hdu(tmp_path):
+    """A file whose primary HDU is empty: the image of the HDU named after the kind."""
+    d, raw, hdr, prim = _raw()
+    pf = fitsio.read(os.path.join(d, "calib_pixflat.fits"))
+    fn = str(tmp_path / "pixflat.fits")
+    with fitsio.FITS(fn, "rw", clobber=True) as fx:
+        fx.write(None)
+        fx.write(np.ones((3, 3), np.float32), extname="OTHER")
+        fx.write(pf, extname="PIXFLAT")
+    a = preproc(raw, hdr, prim, backend="numpy", cosmics=False, pixflat=fn)
+    b = preproc(raw, hdr, prim, backend="numpy", cosmics=False, pixflat=pf.astype(np.float64))
+    assert np.array_equal(a.pix, b.pix)
+
+
+def test_preproc_file_validates_the_header_once(tmp_path, monkeypatch):
+    """read_raw + preproc on one camera: the raw header goes through raw_layout once."""
+    import gpuspec.io.raw as rawio
+    import gpuspec.preproc.core as core
+
+    d, raw, hdr, prim = _raw()
+    calls = []
+    real = rawio.raw_layout
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rawio, "raw_layout", counting)
+    monkeypatch.setattr(core, "raw_layout", counting)
+    preproc_file(os.path.join(d, "raw.fits"), "b0", str(tmp_path / "p.fits"), backend="numpy",
+                 cosmics=False)
+    assert len(calls) == 1

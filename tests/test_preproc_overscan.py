@@ -7,13 +7,14 @@ import os
 
 import fitsio
 import numpy as np
+import pytest
 
 from conftest import require_reference
 from gpuspec import backend
 from gpuspec.io.util import parse_sec
 from gpuspec.maskbits import ccdmask
 from gpuspec.preproc import preproc
-from gpuspec.preproc.overscan import amp_overscan, cosmic_trail_rows
+from gpuspec.preproc.overscan import amp_overscan, cosmic_trail_rows, overscan_right_of_data
 from gpuspec.preproc.stats import clipped_stats_rows
 
 
@@ -30,19 +31,41 @@ def test_charge_trail_rows_replaced(xp):
     ny, nx = 200, 700
     raw = 1000 + rng.normal(0, 2, (ny, nx))
     ov = (slice(0, ny), slice(320, 350))        # overscan right of a left amp's active area
+    data = (slice(0, ny), slice(20, 320))
     raw[80:82, 100] = 60000.0                   # big deposit in the 300 active columns
     raw[79:83, 320:350] += 12.0                 # its trail in the overscan
     levels, _ = clipped_stats_rows(xp.asarray(raw[ov]))
-    bad = backend.to_host(cosmic_trail_rows(xp.asarray(raw), ov, levels))
+    bad = backend.to_host(cosmic_trail_rows(xp.asarray(raw), ov, data, levels))
     # rows 79..82 deviate by 12 ADU but only 80, 81 hold the deposit: those two, +/- 2 rows
     assert np.flatnonzero(bad).tolist() == [78, 79, 80, 81, 82, 83]
-    res = amp_overscan(xp.asarray(raw), ov, per_row_allowed=True)
+    res = amp_overscan(xp.asarray(raw), ov, data, per_row_allowed=True)
     assert res.badrows == 6 and res.method == "AVERAGE"
     # without the deposit the same overscan offset is kept (no trail detected)
     raw2 = raw.copy()
     raw2[80:82, 100] = 1000.0
     levels2, _ = clipped_stats_rows(xp.asarray(raw2[ov]))
-    assert not backend.to_host(cosmic_trail_rows(xp.asarray(raw2), ov, levels2)).any()
+    assert not backend.to_host(cosmic_trail_rows(xp.asarray(raw2), ov, data, levels2)).any()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_charge_trail_side_comes_from_datasec(side):
+    """The active band searched for a deposit is beside the overscan on DATASEC's side
+    (desispec's rule), wherever the amp sits on the CCD: here an amp whose overscan
+    starts past nx/2 (right) or between nx/4 and nx/2 (left): a guess from the overscan's
+    position (the former ``nx//4 < start < nx//2`` rule) looks on the wrong side."""
+    rng = np.random.default_rng(3)
+    ny, nx = 200, 400
+    raw = 1000 + rng.normal(0, 2, (ny, nx))
+    if side == "right":          # [data 0:340][overscan 340:370][30 spare columns]
+        data, ov, hit = (slice(0, ny), slice(0, 340)), (slice(0, ny), slice(340, 370)), 300
+    else:                        # [120 spare columns][overscan 120:150][data 150:400]
+        data, ov, hit = (slice(0, ny), slice(150, 400)), (slice(0, ny), slice(120, 150)), 200
+    assert overscan_right_of_data(data, ov) == (side == "right")
+    raw[80:82, hit] = 60000.0
+    raw[79:83, ov[1]] += 12.0
+    levels, _ = clipped_stats_rows(raw[ov])
+    bad = cosmic_trail_rows(raw, ov, data, levels)
+    assert np.flatnonzero(bad).tolist() == [78, 79, 80, 81, 82, 83]
 
 
 def test_per_row_with_large_step_sets_badreadnoise():

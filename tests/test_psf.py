@@ -38,7 +38,7 @@ def test_header_values(psf):
     assert psf.nspec == 500
     assert (psf.npix_y, psf.npix_x) == (4128, 4114)
     assert (psf.hsizey, psf.hsizex) == (5, 8)
-    assert psf.psferr is None and psf.psferr_or_default == 0.01  # file has PSFERROR, not PSFERR
+    assert psf.psferr is None  # the file has PSFERROR, not PSFERR
     assert psf.wmin == 5543.0 and psf.wmax == 7826.0
 
 

@@ -176,6 +176,7 @@ def test_acceptance_truth(acceptance):
     assert np.all(tr["phot"] >= 0)
 
 
+@pytest.mark.slow
 def test_determinism_and_seed(tmp_path):
     a = _small(tmp_path / "a")
     b = _small(tmp_path / "b")
@@ -193,6 +194,7 @@ def test_determinism_and_seed(tmp_path):
             assert f1.read() == f2.read(), rel
 
 
+@pytest.mark.slow
 def test_adding_cameras_and_exposures_changes_nothing_else(tmp_path):
     a = _small(tmp_path / "a")
     b = _small(tmp_path / "b", cameras="r0,z0,b1", nexp=2,
@@ -312,6 +314,7 @@ def test_geometry_matches_case_a_reference():
         assert ref[k].strip() == v, k
 
 
+@pytest.mark.slow
 def test_geometry_full_size():
     from gpuspec.io.util import parse_sec
     from gpuspec.sim.geometry import CCDGeometry
@@ -352,6 +355,7 @@ def test_targets_do_not_depend_on_nspec():
         assert kinds.count("SKY") == 2 and kinds.count("STD") == 1
 
 
+@pytest.mark.slow
 def test_rendered_image_conserves_truth_photons(tmp_path):
     """The simulator's noiseless image holds the truth photons of every fiber, up to the
     parts of spots that fall outside the (cropped) CCD."""

@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..profiling import nvtx_range
 
-__all__ = ["regularize_normal", "inv_cholesky", "spd_inverse", "decorrelate", "EIG_THRESHOLD",
+__all__ = ["regularize_normal", "inv_cholesky", "decorrelate", "EIG_THRESHOLD",
            "MINWEIGHT_SCALE"]
 
 #: specter's eigenvalue floor, relative: 10 machine epsilons.
@@ -127,16 +127,6 @@ def _pinv_sqrt(m):
     floor = np.max(w) * EIG_THRESHOLD
     wi = np.where(w > floor, 1.0 / np.sqrt(np.where(w > floor, w, 1.0)), 1.0 / np.sqrt(floor))
     return (v * wi) @ v.T
-
-
-def spd_inverse(M):
-    """Inverse of a stack of SPD matrices, ``Zᵀ Z`` from :func:`inv_cholesky`.
-
-    Backends: numpy, cupy.
-    """
-    xp = get_array_module(M)
-    Z = inv_cholesky(M)
-    return xp.matmul(xp.swapaxes(Z, -1, -2), Z)
 
 
 @nvtx_range("extract:decorrelate")

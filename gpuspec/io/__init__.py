@@ -1,8 +1,7 @@
 """FITS input/output in the DESI layouts (see ``docs/io.md`` and the data model).
 
-Public functions are loaded lazily on first access, so ``import gpuspec.io``
-never fails because one of the I/O modules is missing or broken, and cheap
-imports stay cheap:
+Public functions are loaded lazily on first access, so cheap imports stay
+cheap (a missing or broken module is an import error on first use):
 
 >>> import gpuspec.io
 >>> img, hdr, primary = gpuspec.io.read_raw("desi-00001234.fits.fz", "b0")  # doctest: +SKIP
@@ -28,7 +27,7 @@ import importlib
 _LAZY = {
     # raw exposures
     "read_raw": "raw", "write_raw": "raw", "find_cameras": "raw",
-    "validate_raw_header": "raw", "amp_ids": "raw", "trimmed_shape": "raw",
+    "validate_raw_header": "raw", "raw_layout": "raw", "amp_ids": "raw", "trimmed_shape": "raw",
     "normalize_camera": "raw",
     # preproc images
     "read_image": "image", "write_image": "image",
@@ -38,11 +37,11 @@ _LAZY = {
     "read_fibermap": "fibermap", "write_fibermap": "fibermap",
     "empty_fibermap": "fibermap", "fibermap_dtype": "fibermap",
     # calibration images
-    "read_calib_image": "calib", "write_calib_image": "calib",
+    "read_calib_image": "calib", "write_calib_image": "calib", "check_calib_values": "calib",
     "read_bias": "calib", "read_dark": "calib", "read_pixflat": "calib", "read_mask": "calib",
     "write_bias": "calib", "write_dark": "calib", "write_pixflat": "calib",
     "write_mask": "calib",
-    # built by other parts; resolve once those modules exist
+    # PSFs, spectra and coadds
     "read_psf": "psf", "write_psf": "psf",
     "read_spectra": "spectra", "write_spectra": "spectra",
     # helpers
@@ -56,17 +55,7 @@ def __getattr__(name: str):
     modname = _LAZY.get(name)
     if modname is None:
         raise AttributeError(f"module 'gpuspec.io' has no attribute {name!r}")
-    try:
-        mod = importlib.import_module(f"{__name__}.{modname}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{modname}":
-            raise AttributeError(f"gpuspec.io.{name} is not available yet: module "
-                                 f"gpuspec.io.{modname} does not exist") from exc
-        raise
-    try:
-        value = getattr(mod, name)
-    except AttributeError:
-        raise AttributeError(f"gpuspec.io.{modname} does not define {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{modname}"), name)
     globals()[name] = value  # cache
     return value
 

@@ -168,6 +168,8 @@ def empty_fibermap(nspec: int, specmin: int = 0, petal: int | None = None,
         and negative like DESI's unassigned fibers), OBJTYPE ``'NON'``,
         LAMBDA_REF 5400, NUM_ITER 2, EBV 0.001, PHOTSYS ``'S'`` (desispec's
         ``empty_fibermap`` fill values), everything else 0.
+
+    Host only (NumPy).
     """
     nspec = int(nspec)
     if nspec < 0 or specmin < 0:
@@ -210,6 +212,8 @@ def as_fibermap_array(fibermap) -> np.ndarray:
     """A native-byte-order structured array from a fibermap (ndarray or astropy Table).
 
     Unicode string columns become byte strings (FITS ``A`` columns).
+
+    Host only (NumPy).
     """
     if hasattr(fibermap, "as_array") and not isinstance(fibermap, np.ndarray):
         fibermap = fibermap.as_array()
@@ -237,7 +241,10 @@ def as_fibermap_array(fibermap) -> np.ndarray:
 
 
 def native_table(a: np.ndarray) -> np.ndarray:
-    """Structured array with every field in native byte order (no copy if already)."""
+    """Structured array with every field in native byte order (no copy if already).
+
+    Host only (NumPy).
+    """
     return native(a)
 
 
@@ -259,6 +266,8 @@ def read_fibermap(path: str | os.PathLike, header: bool = False):
     Raises
     ------
     MissingFileError, InputError, MissingHDUError (no FIBERMAP HDU).
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -288,6 +297,8 @@ def write_fibermap(path: str | os.PathLike, fibermap, meta: dict | None = None) 
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     fm = as_fibermap_array(fibermap)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError, MissingHDUError
 from ..psf.gausshermite import GaussHermitePSF
-from .util import (atomic_output, fitsheader_to_dict, has_hdu, header_records, open_fits,
+from .util import (atomic_output, header_dict, has_hdu, header_records, open_fits,
                    read_image_hdu, read_table_hdu, require_keyword)
 
 __all__ = ["read_psf", "write_psf"]
@@ -31,6 +31,8 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
     ------
     MissingFileError, InputError, MissingHDUError, MissingKeywordError
         With the file, HDU and keyword named.
+
+    Host only: the coefficients are NumPy arrays; the PSF's methods evaluate on any ``xp``.
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -38,7 +40,7 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
             raise MissingHDUError("HDU PSF is missing (not a Gauss-Hermite PSF file?)",
                                   path=path, hdu="PSF")
         table, phdr = read_table_hdu(fx, "PSF", path=path, header=True)
-        meta = fitsheader_to_dict(phdr)
+        meta = header_dict(phdr)
         psftype = str(meta.get("PSFTYPE", "GAUSS-HERMITE")).strip()
         if psftype != "GAUSS-HERMITE":
             raise InputError(f"unsupported PSFTYPE {psftype!r} (only GAUSS-HERMITE)",
@@ -57,7 +59,7 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
             if not has_hdu(fx, "YTRACE"):
                 raise MissingHDUError("HDU YTRACE is missing", path=path, hdu="YTRACE")
             yc, yh = read_image_hdu(fx, "YTRACE", path=path, header=True)
-            xtrace_meta = fitsheader_to_dict(xh)
+            xtrace_meta = header_dict(xh)
             tw0 = float(require_keyword(xh, "WAVEMIN", path=path, hdu="XTRACE"))
             tw1 = float(require_keyword(xh, "WAVEMAX", path=path, hdu="XTRACE"))
             yw0 = float(require_keyword(yh, "WAVEMIN", path=path, hdu="YTRACE"))
@@ -104,6 +106,8 @@ def write_psf(path: str | os.PathLike, psf: GaussHermitePSF, extra_meta: dict | 
     """Write ``psf`` in the PSFVER 3 layout (XTRACE, YTRACE, PSF table); atomic.
 
     Returns the path written.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     nspec = psf.nspec

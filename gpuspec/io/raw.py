@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Mapping
 
 import fitsio
@@ -36,48 +37,30 @@ from ..profiling import nvtx_range
 from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
     parse_sec, require_keyword, write_checksums
 
-__all__ = ["read_raw", "write_raw", "find_cameras", "validate_raw_header", "amp_ids",
-           "trimmed_shape", "normalize_camera"]
+__all__ = ["read_raw", "write_raw", "find_cameras", "validate_raw_header", "raw_layout",
+           "RawLayout", "amp_ids", "trimmed_shape", "normalize_camera"]
 
 _CAMERA_RE = re.compile(r"^[brz][0-9]$")
 _AMP_KEY_RE = re.compile(r"^(BIASSEC|DATASEC|CCDSEC)([A-D1-4])$")
 
 
 def normalize_camera(camera: str, path: str | None = None) -> str:
-    """Lower-case camera name (``'B0'`` → ``'b0'``), checked against ``[brz][0-9]``."""
+    """Lower-case camera name (``'B0'`` → ``'b0'``), checked against ``[brz][0-9]``.
+
+    Host only (NumPy).
+    """
     if not isinstance(camera, str) or not _CAMERA_RE.match(camera.strip().lower()):
         raise InputError(f"invalid camera name {camera!r}; expected b0…b9, r0…r9 or z0…z9",
                          path=path)
     return camera.strip().lower()
 
 
-def _keys(header) -> list[str]:
-    if header is None:
-        return []
-    keys = header.keys() if hasattr(header, "keys") else header
-    return [str(k).upper() for k in keys if k]
-
-
-def _get(header: Mapping | None, key: str):
-    """``header[key]`` (case-insensitive for dicts) or None."""
-    if header is None:
-        return None
-    try:
-        if key in header:
-            return header[key]
-    except Exception:
-        pass
-    for k in header.keys():
-        if isinstance(k, str) and k.upper() == key:
-            return header[k]
-    return None
-
-
 def amp_ids(header: Mapping, path: str | None = None, hdu: str | None = None) -> list[str]:
-    """Amplifier names present in a raw camera header.
+    """Amplifier names present in a raw camera header (gpuspec's one rule).
 
     The amps are those that have at least one of ``BIASSECx``, ``DATASECx`` or
-    ``CCDSECx``; x is ``A``–``D`` (current files) or ``1``–``4`` (old files).
+    ``CCDSECx`` (keys in any case); x is ``A``–``D`` (current files) or ``1``–``4``
+    (old files). :func:`raw_layout` then requires all three for each amp.
 
     Parameters
     ----------
@@ -98,9 +81,11 @@ def amp_ids(header: Mapping, path: str | None = None, hdu: str | None = None) ->
         No amplifier section keyword at all.
     InputError
         The header mixes letter and digit amp names.
+
+    Host only.
     """
     found = set()
-    for k in _keys(header):
+    for k in header_dict(header):
         m = _AMP_KEY_RE.match(k)
         if m:
             found.add(m.group(2))
@@ -113,7 +98,7 @@ def amp_ids(header: Mapping, path: str | None = None, hdu: str | None = None) ->
     if not amps:
         raise MissingKeywordError("no amplifier found: expected BIASSECx/DATASECx/CCDSECx "
                                   "with x in A-D (or 1-4)", path=path, hdu=hdu,
-                                  keyword="DATASECA")
+                                  keyword="BIASSECA")
     return amps
 
 
@@ -123,12 +108,16 @@ def _sec_size(ys: slice, xs: slice) -> tuple[int, int]:
 
 def trimmed_shape(header: Mapping, amps: list[str] | None = None, path: str | None = None,
                   hdu: str | None = None) -> tuple[int, int]:
-    """Shape ``(ny, nx)`` of the trimmed (preprocessed) image: the extent of all CCDSECx."""
-    amps = amp_ids(header, path, hdu) if amps is None else amps
+    """Shape ``(ny, nx)`` of the trimmed (preprocessed) image: the extent of all CCDSECx.
+
+    Host only.
+    """
+    h = header_dict(header)
+    amps = amp_ids(h, path, hdu) if amps is None else amps
     ny = nx = 0
     for amp in amps:
         key = "CCDSEC" + amp
-        ys, xs = parse_sec(require_keyword(header, key, path, hdu), key, path=path, hdu=hdu)
+        ys, xs = parse_sec(require_keyword(h, key, path, hdu), key, path=path, hdu=hdu)
         ny, nx = max(ny, ys.stop), max(nx, xs.stop)
     return ny, nx
 
@@ -154,31 +143,131 @@ def _night(value):
         return s
 
 
-def validate_raw_header(header: Mapping, shape: tuple[int, int], path: str | None = None,
-                        hdu: str | None = None, primary_header: Mapping | None = None,
-                        trimmed: tuple[int, int] | None = None) -> list[str]:
-    """Check that a raw camera header describes a usable image; return its amps.
+@dataclass(frozen=True)
+class RawLayout:
+    """What a validated raw camera header says about its image (see :func:`raw_layout`).
 
-    Works on a plain ``dict`` (as returned by :func:`read_raw`), a fitsio
-    ``FITSHDR`` or an astropy ``Header``.
+    Attributes
+    ----------
+    amps : tuple of str
+        Amplifier names, e.g. ``('A', 'B', 'C', 'D')``.
+    sections : dict
+        ``{amp: {"BIASSEC": (yslice, xslice), "DATASEC": ..., "CCDSEC": ...}}``, plus
+        ``"ORSEC"`` and ``"PRESEC"`` when the header has them.
+    trimmed_shape : (ny, nx)
+        Extent of the CCDSECs: the shape of the preprocessed image.
+    gains : dict
+        ``{amp: GAINx}`` (e⁻/ADU, > 0); 1.0 everywhere with ``nogain``.
+    saturlev : dict
+        ``{amp: SATURLEVx}`` (ADU), None where the header has none.
+    exptime : float or None
+        EXPTIME of the primary header, else of the camera header; None when absent.
+    """
 
-    Checks, for each amplifier x found by :func:`amp_ids`:
+    amps: tuple
+    sections: dict
+    trimmed_shape: tuple
+    gains: dict
+    saturlev: dict
+    exptime: float | None
 
-    - ``BIASSECx``, ``DATASECx``, ``CCDSECx`` and ``GAINx`` exist;
+
+def _amp_sections(h: dict, amp: str, shape, trimmed, path, hdu) -> dict:
+    """Parsed, mutually consistent sections of one amp (errors name the keyword)."""
+    for base in ("BIASSEC", "DATASEC", "CCDSEC"):
+        require_keyword(h, base + amp, path, hdu)
+    secs = {}
+    for base in ("BIASSEC", "DATASEC", "ORSEC", "PRESEC"):
+        key = base + amp
+        if key in h:
+            secs[base] = parse_sec(h[key], key, shape=shape, path=path, hdu=hdu)
+    key = "CCDSEC" + amp
+    secs["CCDSEC"] = parse_sec(h[key], key, shape=trimmed, path=path, hdu=hdu)
+    dsize = _sec_size(*secs["DATASEC"])
+    csize = _sec_size(*secs["CCDSEC"])
+    if dsize != csize:
+        raise BadSectionError(
+            f"CCDSEC{amp}={h[key]!r} is {csize[0]}x{csize[1]} (ny x nx) but "
+            f"DATASEC{amp}={h['DATASEC' + amp]!r} is {dsize[0]}x{dsize[1]}", path=path,
+            hdu=hdu, keyword=key)
+    if _sec_size(*secs["BIASSEC"])[0] != dsize[0]:
+        raise BadSectionError(f"BIASSEC{amp}={h['BIASSEC' + amp]!r} and DATASEC{amp}="
+                              f"{h['DATASEC' + amp]!r} have a different number of rows",
+                              path=path, hdu=hdu, keyword="BIASSEC" + amp)
+    return secs
+
+
+def _check_no_overlap(sections: dict, path, hdu) -> None:
+    """CCDSECs of different amps must not overlap."""
+    amps = list(sections)
+    for i, a in enumerate(amps):
+        for b in amps[i + 1:]:
+            (ya, xa), (yb, xb) = sections[a]["CCDSEC"], sections[b]["CCDSEC"]
+            if ya.start < yb.stop and yb.start < ya.stop and xa.start < xb.stop and \
+                    xb.start < xa.stop:
+                raise BadSectionError(f"CCDSEC{a} and CCDSEC{b} overlap", path=path, hdu=hdu,
+                                      keyword="CCDSEC" + b)
+
+
+def _amp_gain(h: dict, amp: str, nogain: bool, path, hdu) -> float:
+    if nogain:
+        return 1.0
+    key = "GAIN" + amp
+    gain = _as_float(require_keyword(h, key, path, hdu), key, path, hdu)
+    if gain <= 0:
+        raise BadDataError(f"gain must be > 0, got {gain}", path=path, hdu=hdu, keyword=key)
+    return gain
+
+
+def _exposure_time(h: dict, primary: dict, required: bool, path, hdu) -> float | None:
+    """EXPTIME, primary header first (as desispec); negative or not a number anywhere fails."""
+    values = []
+    for where, src in (("PRIMARY", primary), (hdu, h)):
+        if src.get("EXPTIME") is None:
+            continue
+        t = _as_float(src["EXPTIME"], "EXPTIME", path, where)
+        if t < 0:
+            raise BadDataError(f"exposure time must be >= 0, got {t}", path=path, hdu=where,
+                               keyword="EXPTIME")
+        values.append(t)
+    if not values and required:
+        raise MissingKeywordError("required keyword is missing from the camera and primary "
+                                  "headers", path=path, hdu=hdu, keyword="EXPTIME")
+    return values[0] if values else None
+
+
+def _check_night(h: dict, primary: dict, path, hdu) -> None:
+    n1, n0 = h.get("NIGHT"), primary.get("NIGHT")
+    if n1 is not None and n0 is not None and _night(n1) != _night(n0):
+        raise BadDataError(f"NIGHT={n1!r} in the camera header but NIGHT={n0!r} in the "
+                           "primary header", path=path, hdu=hdu, keyword="NIGHT")
+
+
+def raw_layout(header: Mapping, shape: tuple[int, int], path: str | None = None,
+               hdu: str | None = None, primary_header: Mapping | None = None,
+               trimmed: tuple[int, int] | None = None, require_exptime: bool = True,
+               nogain: bool = False) -> RawLayout:
+    """Validate a raw camera header against its image and return what it describes.
+
+    gpuspec's one validation of raw headers (:func:`read_raw`, :func:`write_raw`
+    and :func:`gpuspec.preproc.preproc` all call it). Checks, for each amplifier
+    x found by :func:`amp_ids`:
+
+    - ``BIASSECx``, ``DATASECx``, ``CCDSECx`` and (unless ``nogain``) ``GAINx`` exist;
     - every section (also ``ORSECx``/``PRESECx`` when present) parses, and
       BIASSEC/DATASEC/ORSEC/PRESEC lie inside the raw image ``shape``;
-    - CCDSECx has the same size as DATASECx, lies inside ``trimmed`` when
-      given, and the CCDSECs of different amps do not overlap;
+    - CCDSECx has the size of DATASECx, BIASSECx its number of rows, CCDSECx lies
+      inside ``trimmed`` when given, and the CCDSECs of different amps do not overlap;
     - ``GAINx`` is a positive number, ``SATURLEVx`` (if present) a number;
 
-    and for the exposure: ``EXPTIME`` exists (camera or primary header) and is
-    >= 0; ``NIGHT`` agrees between the camera and primary headers when both
-    have it.
+    and for the exposure: ``EXPTIME`` (primary header first, then the camera
+    header) is a number >= 0 wherever it appears and exists when
+    ``require_exptime``; ``NIGHT`` agrees between the two headers when both have it.
 
     Parameters
     ----------
     header : mapping
-        Camera header.
+        Camera header (dict in any key case, fitsio ``FITSHDR`` or astropy ``Header``).
     shape : (ny, nx)
         Shape of the raw image.
     path, hdu : str, optional
@@ -187,6 +276,47 @@ def validate_raw_header(header: Mapping, shape: tuple[int, int], path: str | Non
         Primary header of the raw file.
     trimmed : (ny, nx), optional
         Expected trimmed-image shape (e.g. of a calibration image).
+    require_exptime : bool
+        Whether a missing EXPTIME is an error.
+    nogain : bool
+        Do not read GAINx (gains 1.0).
+
+    Returns
+    -------
+    RawLayout
+
+    Raises
+    ------
+    MissingKeywordError, BadSectionError, BadDataError, InputError
+
+    Host only.
+    """
+    if header is None:
+        raise InputError("no camera header", path=path, hdu=hdu)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 2:
+        raise BadDataError(f"raw image must be 2-D, got shape {shape}", path=path, hdu=hdu)
+    h = header_dict(header)
+    primary = header_dict(primary_header)
+    amps = amp_ids(h, path, hdu)
+    sections = {amp: _amp_sections(h, amp, shape, trimmed, path, hdu) for amp in amps}
+    _check_no_overlap(sections, path, hdu)
+    gains = {amp: _amp_gain(h, amp, nogain, path, hdu) for amp in amps}
+    saturlev = {amp: (_as_float(h["SATURLEV" + amp], "SATURLEV" + amp, path, hdu)
+                      if h.get("SATURLEV" + amp) is not None else None) for amp in amps}
+    exptime = _exposure_time(h, primary, require_exptime, path, hdu)
+    _check_night(h, primary, path, hdu)
+    ny = max(s["CCDSEC"][0].stop for s in sections.values())
+    nx = max(s["CCDSEC"][1].stop for s in sections.values())
+    return RawLayout(tuple(amps), sections, (ny, nx), gains, saturlev, exptime)
+
+
+def validate_raw_header(header: Mapping, shape: tuple[int, int], path: str | None = None,
+                        hdu: str | None = None, primary_header: Mapping | None = None,
+                        trimmed: tuple[int, int] | None = None) -> list[str]:
+    """Check that a raw camera header describes a usable image; return its amps.
+
+    :func:`raw_layout` with EXPTIME required; see there for the checks.
 
     Returns
     -------
@@ -196,68 +326,11 @@ def validate_raw_header(header: Mapping, shape: tuple[int, int], path: str | Non
     Raises
     ------
     MissingKeywordError, BadSectionError, BadDataError, InputError
+
+    Host only.
     """
-    if header is None:
-        raise InputError("no camera header", path=path, hdu=hdu)
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 2:
-        raise BadDataError(f"raw image must be 2-D, got shape {shape}", path=path, hdu=hdu)
-    amps = amp_ids(header, path, hdu)
-    ccd = {}
-    for amp in amps:
-        secs = {}
-        for base in ("BIASSEC", "DATASEC", "CCDSEC", "GAIN"):
-            require_keyword(header, base + amp, path, hdu)
-        for base in ("BIASSEC", "DATASEC", "ORSEC", "PRESEC"):
-            key = base + amp
-            value = _get(header, key)
-            if value is None:
-                continue
-            secs[base] = parse_sec(value, key, shape=shape, path=path, hdu=hdu)
-        key = "CCDSEC" + amp
-        secs["CCDSEC"] = parse_sec(_get(header, key), key, shape=trimmed, path=path, hdu=hdu)
-        dsize = _sec_size(*secs["DATASEC"])
-        csize = _sec_size(*secs["CCDSEC"])
-        if dsize != csize:
-            raise BadSectionError(
-                f"CCDSEC{amp}={_get(header, 'CCDSEC' + amp)!r} is {csize[0]}x{csize[1]} "
-                f"(ny x nx) but DATASEC{amp}={_get(header, 'DATASEC' + amp)!r} is "
-                f"{dsize[0]}x{dsize[1]}", path=path, hdu=hdu, keyword="CCDSEC" + amp)
-        ccd[amp] = secs["CCDSEC"]
-        gain = _as_float(_get(header, "GAIN" + amp), "GAIN" + amp, path, hdu)
-        if gain <= 0:
-            raise BadDataError(f"gain must be > 0, got {gain}", path=path, hdu=hdu,
-                               keyword="GAIN" + amp)
-        sat = _get(header, "SATURLEV" + amp)
-        if sat is not None:
-            _as_float(sat, "SATURLEV" + amp, path, hdu)
-    # CCDSECs of different amps must not overlap
-    for i, a in enumerate(amps):
-        for b in amps[i + 1:]:
-            (ya, xa), (yb, xb) = ccd[a], ccd[b]
-            if ya.start < yb.stop and yb.start < ya.stop and xa.start < xb.stop and \
-                    xb.start < xa.stop:
-                raise BadSectionError(f"CCDSEC{a} and CCDSEC{b} overlap", path=path, hdu=hdu,
-                                      keyword="CCDSEC" + b)
-    # exposure time
-    exptime = _get(header, "EXPTIME")
-    where = hdu
-    if exptime is None and primary_header is not None:
-        exptime, where = _get(primary_header, "EXPTIME"), "PRIMARY"
-    if exptime is None:
-        raise MissingKeywordError("required keyword is missing from the camera and primary "
-                                  "headers", path=path, hdu=hdu, keyword="EXPTIME")
-    exptime = _as_float(exptime, "EXPTIME", path, where)
-    if exptime < 0:
-        raise BadDataError(f"exposure time must be >= 0, got {exptime}", path=path, hdu=where,
-                           keyword="EXPTIME")
-    # night consistency
-    if primary_header is not None:
-        n1, n0 = _get(header, "NIGHT"), _get(primary_header, "NIGHT")
-        if n1 is not None and n0 is not None and _night(n1) != _night(n0):
-            raise BadDataError(f"NIGHT={n1!r} in the camera header but NIGHT={n0!r} in the "
-                               "primary header", path=path, hdu=hdu, keyword="NIGHT")
-    return amps
+    return list(raw_layout(header, shape, path=path, hdu=hdu, primary_header=primary_header,
+                           trimmed=trimmed).amps)
 
 
 def _camera_hdus(names: list[str]) -> list[str]:
@@ -265,7 +338,10 @@ def _camera_hdus(names: list[str]) -> list[str]:
 
 
 def find_cameras(path: str | os.PathLike) -> list[str]:
-    """Lower-case names of the camera HDUs of a raw file, in file order."""
+    """Lower-case names of the camera HDUs of a raw file, in file order.
+
+    Host only (NumPy).
+    """
     path = os.fspath(path)
     with open_fits(path) as fx:
         return _camera_hdus(hdu_names(fx))
@@ -285,7 +361,7 @@ def _exposure_header(fx) -> dict:
 
 
 @nvtx_range("read_raw")
-def read_raw(path: str | os.PathLike, camera: str):
+def read_raw(path: str | os.PathLike, camera: str, validate: bool = True):
     """Read and validate one camera of a raw exposure.
 
     Parameters
@@ -294,6 +370,9 @@ def read_raw(path: str | os.PathLike, camera: str):
         ``desi-EXPID.fits.fz`` (tile-compressed) or ``.fits``.
     camera : str
         Camera name in any case (``'b0'``, ``'B0'``).
+    validate : bool
+        Run :func:`validate_raw_header` (:func:`gpuspec.preproc.preproc_file` passes
+        False: :func:`gpuspec.preproc.preproc` validates the header itself, once).
 
     Returns
     -------
@@ -336,13 +415,14 @@ def read_raw(path: str | os.PathLike, camera: str):
                              path=path, hdu=ext) from exc
     if image is None or image.ndim != 2:
         raise BadDataError("camera HDU has no 2-D image", path=path, hdu=ext)
-    hcam = _get(hdr, "CAMERA")
+    hcam = hdr.get("CAMERA")
     if hcam is None:
         hdr["CAMERA"] = camera
     elif str(hcam).strip().lower() != camera:
         raise BadDataError(f"CAMERA={hcam!r} does not match the HDU name {ext}", path=path,
                            hdu=ext, keyword="CAMERA")
-    validate_raw_header(hdr, image.shape, path=path, hdu=ext, primary_header=primary)
+    if validate:
+        validate_raw_header(hdr, image.shape, path=path, hdu=ext, primary_header=primary)
     return native(image), hdr, primary
 
 
@@ -399,6 +479,8 @@ def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     if layout not in ("desi", "primary"):

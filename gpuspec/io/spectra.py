@@ -38,8 +38,8 @@ from ..backend import native, to_host
 from ..errors import InputError
 from ..spectra import Spectra
 from .fibermap import table_units
-from .util import add_dependencies, atomic_output, fitsheader_to_dict, header_records, \
-    open_fits, write_checksums
+from .util import add_dependencies, atomic_output, header_dict, header_records, open_fits, \
+    write_checksums
 
 __all__ = ["read_spectra", "write_spectra", "ivar_unit", "FLUX_UNIT", "CALIBRATED_UNIT"]
 
@@ -63,7 +63,6 @@ def ivar_unit(flux_unit: str) -> str | None:
 
 _BAND_RE = re.compile(r"^([A-Z]+)_(WAVELENGTH|WAVE|FLUX|IVAR|MASK|RESOLUTION)$")
 _TABLES = ("FIBERMAP", "EXP_FIBERMAP", "SCORES")
-_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "EXTNAME", "CHECKSUM", "DATASUM"}
 _UNIT_KINDS = ("FLUX",)
 
 
@@ -97,11 +96,12 @@ def read_spectra(path) -> Spectra:
     MissingFileError, InputError
         Missing/unreadable file; a band without FLUX, IVAR or WAVELENGTH, or
         inconsistent shapes (the message names the file and HDU).
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
-        meta = {k: v for k, v in fitsheader_to_dict(fx[0].read_header()).items()
-                if k not in _STRUCTURAL}
+        meta = header_dict(fx[0].read_header())
         names = [_extname(h) for h in fx]
         flux_unit = None
         data: dict[str, dict[str, np.ndarray]] = {}
@@ -226,6 +226,8 @@ def write_spectra(path, spectra: Spectra, overwrite: bool = True) -> str:
     -------
     str
         ``path``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     funit = spectra.flux_unit or FLUX_UNIT

@@ -5,6 +5,12 @@
 - :func:`parse_sec` turns a FITS section string into numpy slices.
 - :func:`open_fits`, :func:`read_image_hdu`, :func:`require_keyword` give errors
   that name the file, the HDU and the keyword.
+- :func:`header_dict` is the one conversion of a header (fitsio, astropy or a
+  mapping) to a plain dict, and :func:`is_structural` / :data:`STRUCTURAL_KEYS`
+  the one list of layout keywords that are never carried or copied.
+
+Everything here is host-side (NumPy, files); device arrays reach the writers
+through :func:`gpuspec.backend.to_host`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..errors import (BadDataError, BadSectionError, InputError, MissingFileErro
                       MissingHDUError, MissingKeywordError)
 
 __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
-           "read_image_hdu", "read_table_hdu", "has_hdu", "fitsheader_to_dict",
+           "read_image_hdu", "read_table_hdu", "has_hdu", "STRUCTURAL_KEYS", "is_structural",
            "header_records", "header_dict", "hdu_names", "check_complete",
            "read_optional_hdu", "check_same_shape", "write_checksums", "add_dependencies",
            "DEPENDENCIES"]
@@ -56,6 +62,8 @@ def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | Non
     ------
     BadSectionError
         Unparsable, reversed, zero-based or out-of-range section.
+
+    Host only (NumPy).
     """
     if not isinstance(sec, str):
         raise BadSectionError(f"section must be a string like '[x1:x2,y1:y2]', got {sec!r}",
@@ -77,7 +85,10 @@ def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | Non
 
 
 def format_sec(yslice: slice, xslice: slice) -> str:
-    """Inverse of :func:`parse_sec`: numpy slices to ``'[x1:x2,y1:y2]'``."""
+    """Inverse of :func:`parse_sec`: numpy slices to ``'[x1:x2,y1:y2]'``.
+
+    Host only (NumPy).
+    """
     return f"[{xslice.start + 1}:{xslice.stop},{yslice.start + 1}:{yslice.stop}]"
 
 
@@ -88,6 +99,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     The temporary file lives in the target directory (same filesystem, so the
     rename is atomic) and keeps the extension, so fitsio/astropy recognise it.
     On any exception it is removed and the target is left untouched.
+
+    Host only (NumPy).
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
@@ -123,6 +136,8 @@ def open_fits(path: str | os.PathLike) -> fitsio.FITS:
         The file does not exist.
     InputError
         The file is not a readable FITS file (e.g. truncated).
+
+    Host only (NumPy).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -152,6 +167,8 @@ def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
     must end inside the file. CFITSIO opens a truncated file happily and fails
     (or silently drops HDUs) only later, so readers check this up front.
     Gzip-compressed files (``.gz``) are not checked.
+
+    Host only (NumPy).
     """
     path = os.fspath(path or fx._filename)
     if path.endswith(".gz"):
@@ -170,7 +187,10 @@ def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
 
 
 def hdu_names(fx: fitsio.FITS) -> list[str]:
-    """Upper-case EXTNAME of every HDU, in file order (``""`` when unnamed)."""
+    """Upper-case EXTNAME of every HDU, in file order (``""`` when unnamed).
+
+    Host only (NumPy).
+    """
     out = []
     for h in fx:
         try:
@@ -181,7 +201,10 @@ def hdu_names(fx: fitsio.FITS) -> list[str]:
 
 
 def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
-    """True if ``fx`` has HDU ``ext`` (EXTNAME, case-insensitive, or index)."""
+    """True if ``fx`` has HDU ``ext`` (EXTNAME, case-insensitive, or index).
+
+    Host only (NumPy).
+    """
     try:
         return ext in fx
     except Exception:
@@ -189,7 +212,10 @@ def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
 
 
 def require_keyword(hdr: Mapping, key: str, path: str | None = None, hdu: str | None = None):
-    """Return ``hdr[key]`` or raise :class:`MissingKeywordError` naming file, HDU and keyword."""
+    """Return ``hdr[key]`` or raise :class:`MissingKeywordError` naming file, HDU and keyword.
+
+    Host only (NumPy).
+    """
     try:
         if key in hdr:
             return hdr[key]
@@ -203,6 +229,8 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     """Read an image HDU as a native-byte-order array (optionally with its header).
 
     Raises :class:`MissingHDUError` or :class:`InputError` naming the file and HDU.
+
+    Host only (NumPy).
     """
     path = path or fx._filename
     if not has_hdu(fx, ext):
@@ -222,7 +250,10 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
 
 def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
                    header: bool = False):
-    """Read a binary table HDU as a native-byte-order structured array."""
+    """Read a binary table HDU as a native-byte-order structured array.
+
+    Host only (NumPy).
+    """
     path = path or fx._filename
     if not has_hdu(fx, ext):
         raise MissingHDUError("HDU is missing", path=path, hdu=ext)
@@ -235,68 +266,95 @@ def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     return (data, hdr) if header else data
 
 
-def fitsheader_to_dict(hdr) -> dict:
-    """A plain ``{KEY: value}`` dict from a fitsio/astropy header or a mapping."""
-    if hdr is None:
-        return {}
+#: Keywords that describe an HDU's on-disk layout (never carried in a header dict, never
+#: copied between headers, never written from one): the one list of gpuspec, with
+#: :data:`_LAYOUT_RE` for the numbered and tile-compression cards.
+STRUCTURAL_KEYS = frozenset({
+    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS",
+    "EXTNAME", "EXTVER", "BZERO", "BSCALE", "CHECKSUM", "DATASUM", "COMMENT", "HISTORY",
+    "CONTINUE", ""})
+
+_LAYOUT_RE = re.compile(r"^(NAXIS\d+|ZIMAGE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZCMPTYPE|ZNAME\d+|"
+                        r"ZVAL\d+|ZQUANTIZ|ZDITHER0|ZSIMPLE|ZTENSION|ZEXTEND|ZPCOUNT|ZGCOUNT|"
+                        r"ZHECKSUM|ZDATASUM|ZBLANK|ZSCALE|ZZERO|ZMASKCMP|"
+                        r"TTYPE\d+|TFORM\d+|TDIM\d+|TUNIT\d+|TNULL\d+|TSCAL\d+|TZERO\d+)$")
+
+
+def is_structural(key: str) -> bool:
+    """True for a layout keyword (:data:`STRUCTURAL_KEYS`, NAXISn, tile-compression and
+    table-column cards), COMMENT/HISTORY/CONTINUE and blank names; case-insensitive.
+
+    Host only.
+    """
+    ku = str(key).strip().upper()
+    return ku in STRUCTURAL_KEYS or _LAYOUT_RE.match(ku) is not None
+
+
+def _plain(v):
+    """numpy scalars to Python scalars; ``(value, comment)`` pairs to the value."""
+    if isinstance(v, tuple) and len(v) == 2:
+        v = v[0]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _header_items(hdr):
+    """(name, value) pairs of a fitsio FITSHDR, an astropy Header or a mapping."""
     if isinstance(hdr, fitsio.FITSHDR):
-        return {r["name"]: r["value"] for r in hdr.records()
-                if r.get("name") and r["name"] not in ("COMMENT", "HISTORY", "")}
-    return {k: hdr[k] for k in hdr.keys() if k not in ("COMMENT", "HISTORY", "")}
-
-
-_COMPRESSION_RE = re.compile(r"^(ZIMAGE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZCMPTYPE|ZNAME\d+|ZVAL\d+|"
-                             r"ZQUANTIZ|ZDITHER0|ZSIMPLE|ZTENSION|ZEXTEND|ZPCOUNT|ZGCOUNT|"
-                             r"ZHECKSUM|ZDATASUM|ZBLANK|ZSCALE|ZZERO|ZMASKCMP|"
-                             r"TTYPE\d+|TFORM\d+|TDIM\d+|TUNIT\d+|TNULL\d+|TSCAL\d+|TZERO\d+|"
-                             r"NAXIS\d*)$")
+        return [(r.get("name"), r.get("value")) for r in hdr.records()]
+    if isinstance(hdr, Mapping) or hasattr(hdr, "keys"):
+        return [(k, hdr[k]) for k in list(hdr.keys()) if k is not None]
+    raise TypeError(f"cannot use a {type(hdr).__name__} as a FITS header")
 
 
 def header_dict(hdr, keep_extname: bool = False) -> dict:
-    """Keyword dict of a header read from a file, in card order, without layout cards.
+    """The keyword dict of a header: gpuspec's one header-to-dict conversion.
 
-    Drops the cards that describe the on-disk layout (SIMPLE, BITPIX, NAXISn,
-    XTENSION, PCOUNT, GCOUNT, EXTEND, BZERO/BSCALE, checksums, tile-compression
-    and table-column cards), COMMENT and HISTORY, and EXTNAME unless
-    ``keep_extname``. Long (HIERARCH) names such as ``SATURLEVA`` are kept
-    under their plain name.
+    Keys are upper case (FITS keywords are case-insensitive), in card order;
+    values are Python scalars. Layout cards (:func:`is_structural`: SIMPLE,
+    BITPIX, NAXISn, XTENSION, PCOUNT, GCOUNT, BZERO/BSCALE, checksums,
+    tile-compression and table-column cards), COMMENT, HISTORY and blank cards
+    are dropped, and EXTNAME unless ``keep_extname``. Long (HIERARCH) names such
+    as ``SATURLEVA`` are kept under their plain name. The input is not modified.
 
     Parameters
     ----------
-    hdr : fitsio.FITSHDR, astropy Header or mapping
+    hdr : fitsio.FITSHDR, astropy Header, mapping or None
+        None gives ``{}``. A mapping value may be a ``(value, comment)`` pair.
     keep_extname : bool
         Keep the EXTNAME card.
+
+    Returns
+    -------
+    dict
+
+    Host only (headers are host objects).
     """
-    d = fitsheader_to_dict(hdr)
+    if hdr is None:
+        return {}
     out = {}
-    for k, v in d.items():
-        ku = k.upper()
+    for k, v in _header_items(hdr):
+        if not k:
+            continue
+        ku = str(k).strip().upper()
         if ku == "EXTNAME" and keep_extname:
-            out[k] = v
-            continue
-        if ku in _STRUCTURAL or _COMPRESSION_RE.match(ku):
-            continue
-        out[k] = v
+            out[ku] = _plain(v)
+        elif not is_structural(ku):
+            out[ku] = _plain(v)
     return out
 
 
-_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "EXTEND",
-               "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS", "ZIMAGE", "ZBITPIX", "ZNAXIS",
-               "ZNAXIS1", "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0",
-               "ZSIMPLE", "ZTENSION", "ZEXTEND", "ZPCOUNT", "ZGCOUNT", "CHECKSUM", "DATASUM",
-               "ZHECKSUM", "ZDATASUM", "EXTNAME", "BZERO", "BSCALE", "COMMENT", "HISTORY"}
-
-
 def header_records(meta) -> list[dict]:
-    """fitsio header records from a header or dict, dropping structural keywords.
+    """fitsio header records from a header or dict, dropping layout keywords (:func:`is_structural`).
 
     Long keyword names (>8 characters, e.g. SATURLEVA) are written by fitsio as
-    HIERARCH cards.
+    HIERARCH cards. Host only.
     """
     out = []
     if meta is None:
         return out
-    items = fitsheader_to_dict(meta).items() if not isinstance(meta, dict) else meta.items()
+    items = meta.items() if isinstance(meta, dict) else header_dict(meta).items()
     for k, v in items:
         if isinstance(k, str) and k.upper().startswith("HIERARCH"):
             # an astropy-style "HIERARCH NAME" key: fitsio adds HIERARCH itself, and a
@@ -306,19 +364,18 @@ def header_records(meta) -> list[dict]:
                 raise InputError(f"header keyword {k!r} cannot be written (names may not "
                                  "begin with HIERARCH)", keyword=k)
             k = stripped
-        if k is None or k.upper() in _STRUCTURAL or k.startswith("TTYPE") or \
-                k.startswith("TFORM") or k.startswith("TDIM") or k.startswith("ZNAME") or \
-                k.startswith("ZVAL"):
+        if k is None or is_structural(k):
             continue
-        if isinstance(v, (np.generic,)):
-            v = v.item()
-        out.append({"name": k, "value": v})
+        out.append({"name": k, "value": v.item() if isinstance(v, np.generic) else v})
     return out
 
 
 def read_optional_hdu(fx: fitsio.FITS, names, ext: str, path: str | None = None,
                       table: bool = False):
-    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None."""
+    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None.
+
+    Host only (NumPy).
+    """
     if ext not in names:
         return None
     return read_table_hdu(fx, ext, path) if table else read_image_hdu(fx, ext, path)
@@ -328,6 +385,8 @@ def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None
     """Raise :class:`BadDataError` naming the HDU whose array differs in shape from ``ref``.
 
     ``arrays`` is an iterable of ``(hdu_name, array_or_None)``; None entries are skipped.
+
+    Backends: numpy and cupy (any array module).
     """
     for name, a in arrays:
         if a is not None and a.shape != ref.shape:

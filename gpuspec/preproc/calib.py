@@ -1,9 +1,11 @@
 """Calibration inputs of preproc (bias, dark, pixflat, mask): arrays or file names.
 
 Each calibration is given as ``None``/``False`` (not applied), a numpy/cupy
-array (copied, never modified) or a file name (read from its image HDU). The
-shape is checked against what preproc expects, with errors that name the
-calibration and the file.
+array (copied, never modified) or a file name. Files are read by gpuspec's one
+calibration reader, :func:`gpuspec.io.calib.read_calib_image`, and arrays obey
+the same value rules (:func:`gpuspec.io.calib.check_calib_values`: finite
+images; a mask of integral, non-negative ``ccdmask`` bits). The shape is checked
+against what preproc expects, with errors that name the calibration and the file.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import is_cupy, native, to_device
-from ..errors import BadDataError, InputError, MissingFileError
+from ..backend import is_cupy, to_device
+from ..errors import BadDataError, InputError
+from ..io.calib import check_calib_values, read_calib_image
 
-__all__ = ["CalibInput", "load_calibration", "read_calibration_file"]
+__all__ = ["CalibInput", "load_calibration", "read_calibration_file", "check_shape"]
 
 
 class CalibInput:
@@ -46,42 +49,23 @@ class CalibInput:
 
 
 def read_calibration_file(path: str, name: str) -> np.ndarray:
-    """Read the calibration image of a FITS file (native byte order, numpy).
+    """The validated image of a calibration file, in its stored float dtype (int32 for a mask).
 
-    The image is HDU 0 when it holds data, else the HDU whose EXTNAME is ``name``
-    in upper case (``BIAS``, ``DARK``, ``PIXFLAT``, ``MASK``), else the first image
-    HDU with data.
-
-    Raises
-    ------
-    MissingFileError, InputError
-        Missing or unreadable file, or no image in it; the message names the
-        calibration and the file.
-
-    Host only (numpy).
+    :func:`gpuspec.io.calib.read_calib_image` with ``kind=name, as_stored=True``,
+    without the header. Host only (numpy).
     """
-    import fitsio
+    return read_calib_image(path, kind=name, as_stored=True)[0]
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingFileError(f"{name} calibration file does not exist", path=path)
+
+def _as_array(entry: Any, name: str):
+    """``entry`` as a numpy or cupy array (errors name the calibration)."""
+    if is_cupy(entry) or isinstance(entry, np.ndarray):
+        return entry
     try:
-        with fitsio.FITS(path) as fx:
-            candidates = [0]
-            if name.upper() in fx:
-                candidates.append(name.upper())
-            candidates += list(range(1, len(fx)))
-            for ext in candidates:
-                hdu = fx[ext]
-                if hdu.get_exttype() != "IMAGE_HDU":
-                    continue
-                dims = hdu.get_dims()
-                if not dims:
-                    continue
-                return native(hdu.read())
-    except (OSError, IOError) as exc:
-        raise InputError(f"cannot read {name} calibration ({exc})", path=path) from exc
-    raise InputError(f"no image data found for the {name} calibration", path=path)
+        return np.asarray(entry)
+    except Exception as exc:
+        raise InputError(f"{name} calibration must be an array or a file name, "
+                         f"got {type(entry).__name__}") from exc
 
 
 def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput | None:
@@ -90,20 +74,23 @@ def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput 
     Parameters
     ----------
     entry : None, False, str, os.PathLike or array
-        None/False: no calibration. A path: read it. An array: used as is (copied).
+        None/False: no calibration. A path: read with
+        :func:`gpuspec.io.calib.read_calib_image`. An array: validated with
+        :func:`gpuspec.io.calib.check_calib_values`, used as is (copied).
     name : str
-        Calibration name for messages.
+        Calibration kind (``bias``, ``dark``, ``pixflat``, ``mask``).
     xp : module
         Target array namespace.
-    dtype : dtype
-        Output dtype (float64; int32 for masks).
+    dtype : dtype or None
+        Output dtype (float64; int32 for masks; None keeps the stored dtype).
 
     Raises
     ------
     InputError
         ``True`` (automatic lookup is not supported), or an unusable value.
     BadDataError
-        Not 2-D, or NaN/inf pixels (message names the calibration and file).
+        Not 2-D, NaN/inf pixels, a negative or fractional mask (the message names the
+        calibration, the file and the HDU).
 
     Backends: numpy and cupy (the target of ``xp``).
     """
@@ -117,30 +104,22 @@ def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput 
         data = read_calibration_file(path, name)
     else:
         path = None
-        data = entry
-    if not (is_cupy(data) or isinstance(data, np.ndarray)):
-        try:
-            data = np.asarray(data)
-        except Exception as exc:
-            raise InputError(f"{name} calibration must be an array or a file name, "
-                             f"got {type(entry).__name__}") from exc
-    if data.ndim != 2:
-        raise BadDataError(f"{name} calibration must be a 2-D image, got shape "
-                           f"{tuple(data.shape)}", path=path)
+        data = _as_array(entry, name)
+        check_calib_values(data, name)
     # upload in the stored dtype (float32 files: half the bytes), convert on the device
     data = to_device(data, xp)
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     if data is entry:
         data = data.copy()
-    if data.dtype.kind == "f" and not bool(xp.isfinite(data).all()):
-        nbad = int((~xp.isfinite(data)).sum())
-        raise BadDataError(f"{name} calibration has {nbad} NaN or infinite pixel(s)", path=path)
     return CalibInput(name, data, path)
 
 
 def check_shape(cal: CalibInput, expected: tuple, what: str) -> None:
-    """Raise :class:`BadDataError` naming the calibration (and file) if the shape is wrong."""
+    """Raise :class:`BadDataError` naming the calibration (and file) if the shape is wrong.
+
+    Host only (shapes).
+    """
     if cal.shape != tuple(expected):
         raise BadDataError(f"{cal.name} calibration has shape {cal.shape} but the {what} "
                            f"shape is {tuple(expected)}", path=cal.path)

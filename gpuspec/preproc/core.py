@@ -4,17 +4,21 @@ One code path through ``xp``: the raw image and the calibrations are moved to
 the device once, every per-pixel step runs there, and only per-amplifier scalars
 (levels, noises, OSTEP) come back to the host for the header.
 
-Steps (see ``docs/preproc.md`` and desispec ``preproc.preproc``):
+Steps (see ``docs/preproc.md`` and desispec ``preproc.preproc``), each a function here:
 
-1. subtract the bias (raw shape, ADU);
-2. per amplifier: overscan level and read noise (clipped), OSTEP and the
-   AVERAGE/PER_ROW choice, the master-bias noise correction, the optional
-   overscan-row (ORSEC) offset, gain, SATURATED where the bias-subtracted raw ADU
-   ≥ SATURLEV, the bias "Poisson" term of the read noise;
+1. validate the header (:func:`gpuspec.io.raw.raw_layout`), upload the raw image,
+   load the calibrations (:func:`_load_calibrations`);
+2. subtract the bias (raw shape, ADU); per amplifier (:func:`_preproc_amp`):
+   overscan level and read noise (clipped), OSTEP and the AVERAGE/PER_ROW choice,
+   the master-bias noise correction, the optional overscan-row (ORSEC) offset,
+   gain, SATURATED where the bias-subtracted raw ADU ≥ SATURLEV, the bias
+   "Poisson" term of the read noise;
 3. Poisson variance = max(image, 0) before the dark;
-4. dark: rate (e⁻/s, or ADU/s for a raw-shaped dark) × EXPTIME, subtracted in
-   electrons; its clipped noise per amplifier joins the read noise;
-5. pixflat (PIXFLATZERO ≤ 0.001, PIXFLATLOW < 0.1); ivar = 1/(poisson + rdnoise²);
+4. dark (:func:`_scaled_dark`, :func:`_subtract_dark`): rate (e⁻/s, or ADU/s for a
+   raw-shaped dark) × EXPTIME, subtracted in electrons; its clipped noise per
+   amplifier joins the read noise;
+5. pixflat (:func:`_apply_pixflat`; PIXFLATZERO ≤ 0.001, PIXFLATLOW < 0.1);
+   ivar = 1/(poisson + rdnoise²);
 6. the bad-pixel mask, BADREADNOISE where read noise > 15 e⁻;
 7. cosmic rays (:mod:`.cosmics`).
 """
@@ -22,24 +26,26 @@ Steps (see ``docs/preproc.md`` and desispec ``preproc.preproc``):
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from ..backend import get_xp, is_cupy, to_device
-from ..errors import BadDataError, InputError, MissingKeywordError
+from ..errors import BadDataError
 from ..image import Image
-from ..io.util import parse_sec
+from ..io.raw import RawLayout, raw_layout
+from ..io.util import header_dict, require_keyword
 from ..maskbits import ccdmask
 from ..profiling import nvtx_range
-from .calib import check_shape, load_calibration
+from .calib import CalibInput, check_shape, load_calibration
 from .cosmics import C2FUDGE, CFUDGE, NITER, NSIG, cosmic_mask
-from .header import add_missing_keys, amp_ids, require, require_number, set_dependency, to_dict
-from .overscan import OSTEP_BADREADNOISE, amp_overscan
+from .header import add_missing_keys, set_dependency
+from .overscan import OSTEP_BADREADNOISE, OverscanResult, amp_overscan
 from .stats import clipped_stats
 
-__all__ = ["preproc", "BADREADNOISE_LIMIT", "PIXFLAT_ZERO", "PIXFLAT_LOW"]
+__all__ = ["preproc", "BADREADNOISE_LIMIT", "PIXFLAT_ZERO", "PIXFLAT_LOW", "DEFAULT_SATURLEV"]
 
 log = logging.getLogger(__name__)
 
@@ -53,59 +59,247 @@ PIXFLAT_LOW = 0.1
 DEFAULT_SATURLEV = 2 ** 16 - 1
 
 
-def _sections(header: Mapping, amps: list[str], raw_shape: tuple, path=None, hdu=None):
-    """Parsed sections per amp and the trimmed image shape (errors name the keyword)."""
-    secs = {}
-    ny = nx = 0
-    for amp in ("A", "B", "C", "D", "1", "2", "3", "4"):
-        if amp not in amps and ("DATASEC" + amp in header or "CCDSEC" + amp in header):
-            raise MissingKeywordError(f"amplifier {amp} has DATASEC/CCDSEC but no BIASSEC",
-                                      path=path, hdu=hdu, keyword="BIASSEC" + amp)
-    for amp in amps:
-        s = {}
-        for key in ("BIASSEC", "DATASEC", "CCDSEC"):
-            kw = key + amp
-            val = require(header, kw, path=path, hdu=hdu)
-            s[key] = parse_sec(val, keyword=kw, shape=raw_shape if key != "CCDSEC" else None,
-                               path=path, hdu=hdu)
-        if "ORSEC" + amp in header:
-            s["ORSEC"] = parse_sec(header["ORSEC" + amp], keyword="ORSEC" + amp,
-                                   shape=raw_shape, path=path, hdu=hdu)
-        dy, dx = s["DATASEC"]
-        cy, cx = s["CCDSEC"]
-        if (dy.stop - dy.start, dx.stop - dx.start) != (cy.stop - cy.start, cx.stop - cx.start):
-            raise InputError(f"DATASEC{amp} {header['DATASEC' + amp]} and CCDSEC{amp} "
-                             f"{header['CCDSEC' + amp]} have different sizes", path=path,
-                             hdu=hdu, keyword="CCDSEC" + amp)
-        by, _ = s["BIASSEC"]
-        if by.stop - by.start != dy.stop - dy.start:
-            raise InputError(f"BIASSEC{amp} and DATASEC{amp} have a different number of rows",
-                             path=path, hdu=hdu, keyword="BIASSEC" + amp)
-        ny, nx = max(ny, cy.stop), max(nx, cx.stop)
-        secs[amp] = s
-    return secs, (ny, nx)
+@dataclass
+class _Planes:
+    """The trimmed output planes, filled amplifier by amplifier (device arrays)."""
+
+    image: Any
+    readnoise: Any
+    mask: Any
+    dark_e: Any = None        # dark in electrons (trimmed shape), or None
 
 
-def _exptime(header: Mapping, primary: Mapping, required: bool, path=None):
-    """EXPTIME (primary header first, else the camera header); negative anywhere is an error."""
-    values = []
-    for where, src in (("PRIMARY", primary), (None, header)):
-        if "EXPTIME" not in src:
-            continue
-        try:
-            t = float(src["EXPTIME"])
-        except (TypeError, ValueError):
-            raise BadDataError(f"EXPTIME={src['EXPTIME']!r} is not a number", path=path,
-                               hdu=where, keyword="EXPTIME") from None
-        if not np.isfinite(t) or t < 0:
-            raise BadDataError(f"EXPTIME={t} must be a finite number >= 0", path=path,
-                               hdu=where, keyword="EXPTIME")
-        values.append(t)
-    if not values:
-        if required:
-            raise InputError("EXPTIME is needed to scale the dark", path=path, keyword="EXPTIME")
+def _upload_raw(raw, xp, path):
+    """The raw image as float64 on the device (the caller's array is never touched)."""
+    with nvtx_range("preproc:upload"):
+        # upload in the file's dtype (int32: half the bytes), convert on the device;
+        # astype copies
+        rawimg = to_device(raw, xp).astype(xp.float64)
+    if not bool(xp.isfinite(rawimg).all()):
+        nbad = int((~xp.isfinite(rawimg)).sum())
+        raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", path=path)
+    return rawimg
+
+
+def _record(meta: dict, key: str, cal: CalibInput | None, given) -> None:
+    """DEPNAM/DEPVER provenance of one calibration (file name, ``Unknown image`` or None)."""
+    if cal is not None:
+        set_dependency(meta, key, cal.provenance)
+    elif given is not None:
+        set_dependency(meta, key, "None")
+
+
+def _load_calibrations(xp, meta: dict, raw_shape, out_shape, bias, dark, pixflat, mask) -> dict:
+    """Load and shape-check the four calibrations (before any work); record their provenance."""
+    cal = {"bias": load_calibration(bias, "bias", xp),
+           # the dark keeps its own float dtype until it is scaled by EXPTIME (as in
+           # desispec, where a float32 dark file times EXPTIME stays float32)
+           "dark": load_calibration(dark, "dark", xp, dtype=None),
+           "mask": load_calibration(mask, "mask", xp, dtype=np.int32),
+           "pixflat": load_calibration(pixflat, "pixflat", xp)}
+    if cal["bias"] is not None:
+        check_shape(cal["bias"], raw_shape, "raw image")
+    _record(meta, "CCD_CALIB_BIAS", cal["bias"], bias)
+    d = cal["dark"]
+    if d is not None:
+        if d.shape not in (out_shape, raw_shape):
+            raise BadDataError(f"dark calibration has shape {d.shape} but must have the "
+                               f"preproc shape {out_shape} or the raw shape {raw_shape}",
+                               path=d.path)
+        set_dependency(meta, "CCD_CALIB_DARK", d.provenance)
+    for name in ("mask", "pixflat"):
+        if cal[name] is not None:
+            check_shape(cal[name], out_shape, "preproc image")
+    _record(meta, "CCD_CALIB_MASK", cal["mask"], mask)
+    _record(meta, "CCD_CALIB_PIXFLAT", cal["pixflat"], pixflat)
+    return cal
+
+
+def _scaled_dark(cal_dark: CalibInput | None, exptime, xp, camera: str):
+    """Dark rate × EXPTIME (float64, the dark's own shape), or None when absent or all zero."""
+    if cal_dark is None:
         return None
-    return values[0]
+    dd = cal_dark.data
+    if dd.dtype.kind != "f":
+        dd = dd.astype(xp.float64)
+    dark_scaled = (dd * dd.dtype.type(exptime)).astype(xp.float64)
+    if bool(xp.all(dark_scaled == 0.0)):
+        log.info("camera %s: dark model is all zeros (EXPTIME=%s); not applied", camera,
+                 exptime)
+        return None
+    return dark_scaled
+
+
+def _use_overscan_rows(requested: bool, layout: RawLayout, camera: str) -> bool:
+    """``use_overscan_row``, switched off (with an error logged) when an amp has no ORSEC."""
+    if not requested:
+        return False
+    missing = [a for a in layout.amps if "ORSEC" not in layout.sections[a]]
+    if missing:
+        log.error("camera %s: no ORSEC%s keyword; not using the overscan rows", camera,
+                  missing[0])
+        return False
+    return True
+
+
+def _saturation_level(layout: RawLayout, amp: str, camera: str) -> float:
+    sat = layout.saturlev[amp]
+    if sat is None:
+        log.warning("camera %s: no SATURLEV%s; using %d ADU", camera, amp, DEFAULT_SATURLEV)
+        return float(DEFAULT_SATURLEV)
+    return sat
+
+
+def _amp_read_noise(ov: OverscanResult, bias, secs: dict) -> float:
+    """Read noise (ADU) of one amp, with the master-bias noise correction.
+
+    The master bias noise is in the raw data already: add the difference between its
+    noise in the active area and in the overscan.
+    """
+    rdnoise = ov.rdnoise
+    if bias is not None:
+        _, bn_data = clipped_stats(bias[secs["DATASEC"]])
+        _, bn_ov = clipped_stats(bias[secs["BIASSEC"]])
+        rdnoise = float(np.sqrt(rdnoise ** 2 + float(bn_data) ** 2 - float(bn_ov) ** 2))
+    return rdnoise
+
+
+def _overscan_row_offset(rawimg, secs: dict) -> float:
+    """Clipped level of the overscan rows (ORSEC) after removing the overscan-column level."""
+    col_level, _ = clipped_stats(rawimg[secs["BIASSEC"]])
+    row_offset, _ = clipped_stats(rawimg[secs["ORSEC"]] - col_level)
+    return float(row_offset)
+
+
+def _check_expected_read_noise(hdr: dict, amp: str, rdnoise_e: float, camera: str) -> None:
+    """Warn when the measured read noise is off by more than 2× from RDNOISEx."""
+    if "RDNOISE" + amp not in hdr:
+        return
+    try:
+        expected = float(hdr["RDNOISE" + amp])
+    except (TypeError, ValueError):
+        return
+    if not 0.5 * expected <= rdnoise_e <= 2.0 * expected:
+        log.warning("camera %s amp %s: measured read noise %.2f e- vs expected %.2f", camera,
+                    amp, rdnoise_e, expected)
+
+
+def _amp_overscan(rawimg, secs, meta, amp, per_row_allowed, planes, camera):
+    """Overscan of one amp; OSTEP/OMETH/RMETH keywords; BADREADNOISE for a stepped PER_ROW amp."""
+    ov = amp_overscan(rawimg, secs["BIASSEC"], secs["DATASEC"], per_row_allowed=per_row_allowed)
+    meta["OSTEP" + amp] = ov.ostep
+    meta["OMETH" + amp] = ov.method
+    meta["RMETH" + amp] = "AVERAGE"
+    if ov.badrows:
+        log.warning("camera %s amp %s: %d overscan rows replaced (charge trail)", camera, amp,
+                    ov.badrows)
+    if ov.method == "PER_ROW" and ov.ostep > OSTEP_BADREADNOISE:
+        planes.mask[secs["CCDSEC"]] |= np.int32(ccdmask.BADREADNOISE)
+        log.warning("camera %s amp %s: OSTEP=%.2f, BADREADNOISE set", camera, amp, ov.ostep)
+    return ov
+
+
+def _fill_amp(planes: _Planes, rawimg, secs, level, row_offset, gain, saturlev, rdnoise_e,
+              bias, dark_scaled, xp) -> None:
+    """Electrons, SATURATED bits, read noise (and a raw-shaped dark) of one amp's CCDSEC."""
+    data_sec, ccd_sec = secs["DATASEC"], secs["CCDSEC"]
+    data = rawimg[data_sec] - level[:, None]
+    if row_offset is not None:
+        data = data - row_offset
+    saturated = rawimg[data_sec] >= saturlev
+    sub = planes.mask[ccd_sec]
+    planes.mask[ccd_sec] = xp.where(saturated, sub | np.int32(ccdmask.SATURATED), sub)
+    planes.image[ccd_sec] = data * gain
+    rn = xp.full(data.shape, rdnoise_e, dtype=xp.float64)
+    if bias is not None:
+        tb = bias[data_sec] * gain
+        rn = xp.sqrt(rn * rn + tb * (tb > 0))
+    planes.readnoise[ccd_sec] = rn
+    if dark_scaled is not None and dark_scaled.shape != planes.image.shape:
+        planes.dark_e[ccd_sec] = dark_scaled[data_sec] * gain
+
+
+def _preproc_amp(rawimg, layout: RawLayout, amp: str, planes: _Planes, meta: dict, hdr: dict,
+                 bias, dark_scaled, use_orsec: bool, camera: str, xp) -> None:
+    """One amplifier: overscan, read noise, gain, saturation; header keywords (in place)."""
+    secs = layout.sections[amp]
+    gain = layout.gains[amp]
+    meta["GAIN" + amp] = gain
+    saturlev = _saturation_level(layout, amp, camera)
+    meta["SATULEV" + amp] = saturlev
+    ov = _amp_overscan(rawimg, secs, meta, amp, use_orsec, planes, camera)
+    rdnoise_e = _amp_read_noise(ov, bias, secs) * gain
+    row_offset = _overscan_row_offset(rawimg, secs) if use_orsec else None
+    meta["OVERSCN" + amp] = float(xp.median(ov.level))
+    meta["OBSRDN" + amp] = rdnoise_e
+    meta["SATUELE" + amp] = gain * (saturlev - float(xp.mean(ov.level)))
+    _check_expected_read_noise(hdr, amp, rdnoise_e, camera)
+    _fill_amp(planes, rawimg, secs, ov.level, row_offset, gain, saturlev, rdnoise_e, bias,
+              dark_scaled, xp)
+
+
+def _subtract_dark(image, planes: _Planes, layout: RawLayout, xp):
+    """Image minus the dark (e⁻); the dark's clipped noise per amp joins the read noise."""
+    if planes.dark_e is None:
+        return image
+    image = image - planes.dark_e
+    for amp in layout.amps:
+        ccd_sec = layout.sections[amp]["CCDSEC"]
+        _, darknoise = clipped_stats(planes.dark_e[ccd_sec])
+        planes.readnoise[ccd_sec] = xp.sqrt(planes.readnoise[ccd_sec] ** 2 + darknoise ** 2)
+    return image
+
+
+def _apply_pixflat(image, readnoise, poisson_var, mask, pixflat, xp):
+    """Divide by the pixel flat where > PIXFLAT_ZERO; PIXFLATZERO and PIXFLATLOW bits."""
+    good = pixflat > PIXFLAT_ZERO
+    safe = xp.where(good, pixflat, 1.0)
+    image = image / safe
+    readnoise = readnoise / safe
+    poisson_var = poisson_var / safe ** 2
+    mask = xp.where(good, mask, mask | np.int32(ccdmask.PIXFLATZERO))
+    low = (pixflat > 0) & (pixflat < PIXFLAT_LOW)
+    mask = xp.where(low, mask | np.int32(ccdmask.PIXFLATLOW), mask)
+    return image, readnoise, poisson_var, mask
+
+
+def _calibrated_planes(planes: _Planes, layout: RawLayout, pixflat, xp):
+    """Dark, pixflat, ivar and BADREADNOISE: the (pix, ivar, mask, readnoise) of the Image."""
+    with nvtx_range("preproc:calib"):
+        poisson_var = xp.clip(planes.image, 0, None)
+        image = _subtract_dark(planes.image, planes, layout, xp)
+        readnoise, mask = planes.readnoise, planes.mask
+        if pixflat is not None:
+            image, readnoise, poisson_var, mask = _apply_pixflat(
+                image, readnoise, poisson_var, mask, pixflat.data, xp)
+        var = poisson_var + readnoise ** 2
+        ivar = xp.where(var > 0, 1.0 / xp.where(var > 0, var, 1.0), 0.0)
+        mask = xp.where(readnoise > BADREADNOISE_LIMIT,
+                        mask | np.int32(ccdmask.BADREADNOISE), mask)
+    return image, ivar, mask.astype(xp.int32, copy=False), readnoise
+
+
+def _amplifier_planes(rawimg, layout: RawLayout, cal: dict, meta: dict, hdr: dict,
+                      exptime, use_overscan_row: bool, camera: str, xp) -> _Planes:
+    """Bias subtraction and every amp (:func:`_preproc_amp`): the trimmed planes in e⁻."""
+    out_shape = layout.trimmed_shape
+    with nvtx_range("preproc:amps"):
+        bias = cal["bias"].data if cal["bias"] is not None else None
+        if bias is not None:
+            rawimg = rawimg - bias
+        planes = _Planes(image=xp.zeros(out_shape, dtype=xp.float64),
+                         readnoise=xp.zeros(out_shape, dtype=xp.float64),
+                         mask=(cal["mask"].data.copy() if cal["mask"] is not None
+                               else xp.zeros(out_shape, dtype=xp.int32)))
+        dark_scaled = _scaled_dark(cal["dark"], exptime, xp, camera)
+        if dark_scaled is not None:
+            planes.dark_e = (dark_scaled if dark_scaled.shape == out_shape
+                             else xp.zeros(out_shape, dtype=xp.float64))
+        use_orsec = _use_overscan_rows(use_overscan_row, layout, camera)
+        for amp in layout.amps:
+            _preproc_amp(rawimg, layout, amp, planes, meta, hdr, bias, dark_scaled, use_orsec,
+                         camera, xp)
+    return planes
 
 
 def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=None, mask=None,
@@ -123,7 +317,7 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
     header : mapping
         Camera header (dict, astropy Header or fitsio FITSHDR): CAMERA, and per amp x
         BIASSECx, DATASECx, CCDSECx, GAINx; optional ORSECx, SATURLEVx, RDNOISEx.
-        Keys are case-insensitive.
+        Keys are case-insensitive. Validated by :func:`gpuspec.io.raw.raw_layout`.
     primary_header : mapping, optional
         Primary header (EXPTIME, NIGHT, EXPID, ...); its keywords missing from
         ``header`` are appended to the output meta.
@@ -135,7 +329,8 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
     pixflat : array or str, optional
         Pixel flat, trimmed shape.
     mask : array or str, optional
-        Bad-pixel mask (ccdmask bits), trimmed shape; OR-ed into the output mask.
+        Bad-pixel mask (ccdmask bits: integral, ≥ 0), trimmed shape; OR-ed into the
+        output mask.
     cosmics : bool
         Run cosmic-ray rejection.
     use_overscan_row : bool
@@ -166,199 +361,35 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
     MissingKeywordError
         Header without CAMERA, sections or GAINx.
     BadDataError
-        NaN/inf raw pixels, negative EXPTIME, calibration of the wrong shape.
+        NaN/inf raw pixels, negative EXPTIME, calibration of the wrong shape or with
+        bad values.
 
     Backends: numpy and cupy (same results).
     """
     xp = get_xp(backend)
-    hdr = to_dict(header)
-    prim = to_dict(primary_header)
-    where = dict(path=path, hdu=None)
-
-    if camera is None:
-        camera = require(hdr, "CAMERA", **where)
-    camera = str(camera).strip().lower()
+    hdr = header_dict(header)
+    prim = header_dict(primary_header)
+    camera = str(camera if camera is not None else
+                 require_keyword(hdr, "CAMERA", path=path)).strip().lower()
     if getattr(raw, "ndim", None) != 2:
         raise BadDataError(f"raw image must be 2-D, got shape {getattr(raw, 'shape', None)}",
-                           **where)
-    raw_shape = tuple(raw.shape)
-    amps = amp_ids(hdr)
-    secs, out_shape = _sections(hdr, amps, raw_shape, **where)
-    gains = {}
-    for amp in amps:
-        gains[amp] = 1.0 if nogain else require_number(hdr, "GAIN" + amp, **where)
-        if not np.isfinite(gains[amp]) or gains[amp] <= 0:
-            raise BadDataError(f"GAIN{amp}={gains[amp]} must be > 0", keyword="GAIN" + amp,
-                               **where)
-    exptime = _exptime(hdr, prim, required=dark is not None and dark is not False, path=path)
-
-    with nvtx_range("preproc:upload"):
-        # upload in the file's dtype (int32: half the bytes), convert on the device;
-        # astype copies, so the caller's array is never touched
-        rawimg = to_device(raw, xp).astype(xp.float64)
-    if not bool(xp.isfinite(rawimg).all()):
-        nbad = int((~xp.isfinite(rawimg)).sum())
-        raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", **where)
-
+                           path=path)
+    layout = raw_layout(hdr, raw.shape, path=path, primary_header=prim, nogain=nogain,
+                        require_exptime=dark is not None and dark is not False)
+    rawimg = _upload_raw(raw, xp, path)
     meta = dict(hdr)
-    # --- calibrations (loaded and checked before any work) -------------------
-    cal_bias = load_calibration(bias, "bias", xp)
-    if cal_bias is not None:
-        check_shape(cal_bias, raw_shape, "raw image")
-        set_dependency(meta, "CCD_CALIB_BIAS", cal_bias.provenance)
-    elif bias is not None:
-        set_dependency(meta, "CCD_CALIB_BIAS", "None")
-    # the dark keeps its own float dtype until it is scaled by EXPTIME (as in desispec,
-    # where a float32 dark file times EXPTIME stays float32)
-    cal_dark = load_calibration(dark, "dark", xp, dtype=None)
-    if cal_dark is not None:
-        if cal_dark.shape not in (out_shape, raw_shape):
-            raise BadDataError(f"dark calibration has shape {cal_dark.shape} but must have the "
-                               f"preproc shape {out_shape} or the raw shape {raw_shape}",
-                               path=cal_dark.path)
-        set_dependency(meta, "CCD_CALIB_DARK", cal_dark.provenance)
-    cal_mask = load_calibration(mask, "mask", xp, dtype=np.int32)
-    if cal_mask is not None:
-        check_shape(cal_mask, out_shape, "preproc image")
-        set_dependency(meta, "CCD_CALIB_MASK", cal_mask.provenance)
-    elif mask is not None:
-        set_dependency(meta, "CCD_CALIB_MASK", "None")
-    cal_pixflat = load_calibration(pixflat, "pixflat", xp)
-    if cal_pixflat is not None:
-        check_shape(cal_pixflat, out_shape, "preproc image")
-    if cal_pixflat is not None or pixflat is not None:
-        set_dependency(meta, "CCD_CALIB_PIXFLAT",
-                       cal_pixflat.provenance if cal_pixflat is not None else "None")
-
-    with nvtx_range("preproc:amps"):
-        if cal_bias is not None:
-            rawimg = rawimg - cal_bias.data
-        image = xp.zeros(out_shape, dtype=xp.float64)
-        readnoise = xp.zeros(out_shape, dtype=xp.float64)
-        outmask = (cal_mask.data.copy() if cal_mask is not None
-                   else xp.zeros(out_shape, dtype=xp.int32))
-        dark_e = None
-        dark_scaled = None
-        if cal_dark is not None:
-            dd = cal_dark.data
-            if dd.dtype.kind != "f":
-                dd = dd.astype(xp.float64)
-            dark_scaled = (dd * dd.dtype.type(exptime)).astype(xp.float64)
-            if bool(xp.all(dark_scaled == 0.0)):
-                log.info("camera %s: dark model is all zeros (EXPTIME=%s); not applied",
-                         camera, exptime)
-                dark_scaled = None
-            elif cal_dark.shape == out_shape:
-                dark_e = dark_scaled
-            else:
-                dark_e = xp.zeros(out_shape, dtype=xp.float64)
-
-        use_orsec = bool(use_overscan_row)
-        if use_orsec:
-            missing = [a for a in amps if "ORSEC" not in secs[a]]
-            if missing:
-                log.error("camera %s: no ORSEC%s keyword; not using the overscan rows",
-                          camera, missing[0])
-                use_orsec = False
-
-        for amp in amps:
-            s = secs[amp]
-            gain = gains[amp]
-            ov_sec, data_sec, ccd_sec = s["BIASSEC"], s["DATASEC"], s["CCDSEC"]
-            meta["GAIN" + amp] = gain
-            if "SATURLEV" + amp in hdr:
-                saturlev = require_number(hdr, "SATURLEV" + amp, **where)
-            else:
-                saturlev = float(DEFAULT_SATURLEV)
-                log.warning("camera %s: no SATURLEV%s; using %d ADU", camera, amp, saturlev)
-            meta["SATULEV" + amp] = saturlev
-
-            ov = amp_overscan(rawimg, ov_sec, per_row_allowed=use_orsec)
-            meta["OSTEP" + amp] = ov.ostep
-            meta["OMETH" + amp] = ov.method
-            meta["RMETH" + amp] = "AVERAGE"
-            if ov.badrows:
-                log.warning("camera %s amp %s: %d overscan rows replaced (charge trail)",
-                            camera, amp, ov.badrows)
-            if ov.method == "PER_ROW" and ov.ostep > OSTEP_BADREADNOISE:
-                outmask[ccd_sec] |= np.int32(ccdmask.BADREADNOISE)
-                log.warning("camera %s amp %s: OSTEP=%.2f, BADREADNOISE set", camera, amp,
-                            ov.ostep)
-            rdnoise = ov.rdnoise
-            if cal_bias is not None:
-                # the master bias noise is in the raw data already: add the difference
-                # between its noise in the active area and in the overscan
-                _, bn_data = clipped_stats(cal_bias.data[data_sec])
-                _, bn_ov = clipped_stats(cal_bias.data[ov_sec])
-                rdnoise = float(np.sqrt(rdnoise ** 2 + float(bn_data) ** 2 - float(bn_ov) ** 2))
-            row_offset = 0.0
-            if use_orsec:
-                col_level, _ = clipped_stats(rawimg[ov_sec])
-                row_offset, _ = clipped_stats(rawimg[s["ORSEC"]] - col_level)
-                row_offset = float(row_offset)
-            rdnoise_e = rdnoise * gain
-            level = ov.level
-            meta["OVERSCN" + amp] = float(xp.median(level))
-            meta["OBSRDN" + amp] = rdnoise_e
-            mean_level = float(xp.mean(level))
-            meta["SATUELE" + amp] = gain * (saturlev - mean_level)
-            if "RDNOISE" + amp in hdr:
-                try:
-                    expected = float(hdr["RDNOISE" + amp])
-                    if not 0.5 * expected <= rdnoise_e <= 2.0 * expected:
-                        log.warning("camera %s amp %s: measured read noise %.2f e- vs "
-                                    "expected %.2f", camera, amp, rdnoise_e, expected)
-                except (TypeError, ValueError):
-                    pass
-
-            data = rawimg[data_sec] - level[:, None]
-            if use_orsec:
-                data = data - row_offset
-            saturated = rawimg[data_sec] >= saturlev
-            sub = outmask[ccd_sec]
-            outmask[ccd_sec] = xp.where(saturated, sub | np.int32(ccdmask.SATURATED), sub)
-            image[ccd_sec] = data * gain
-            rn = xp.full(data.shape, rdnoise_e, dtype=xp.float64)
-            if cal_bias is not None:
-                tb = cal_bias.data[data_sec] * gain
-                rn = xp.sqrt(rn * rn + tb * (tb > 0))
-            readnoise[ccd_sec] = rn
-            if dark_scaled is not None and cal_dark.shape != out_shape:
-                dark_e[ccd_sec] = dark_scaled[data_sec] * gain
-
-    with nvtx_range("preproc:calib"):
-        poisson_var = xp.clip(image, 0, None)
-        if dark_e is not None:
-            image = image - dark_e
-            for amp in amps:
-                ccd_sec = secs[amp]["CCDSEC"]
-                _, darknoise = clipped_stats(dark_e[ccd_sec])
-                readnoise[ccd_sec] = xp.sqrt(readnoise[ccd_sec] ** 2 + darknoise ** 2)
-        if cal_pixflat is not None:
-            pf = cal_pixflat.data
-            good = pf > PIXFLAT_ZERO
-            safe = xp.where(good, pf, 1.0)
-            image = image / safe
-            readnoise = readnoise / safe
-            poisson_var = poisson_var / safe ** 2
-            outmask = xp.where(good, outmask, outmask | np.int32(ccdmask.PIXFLATZERO))
-            low = (pf > 0) & (pf < PIXFLAT_LOW)
-            outmask = xp.where(low, outmask | np.int32(ccdmask.PIXFLATLOW), outmask)
-        var = poisson_var + readnoise ** 2
-        ivar = xp.where(var > 0, 1.0 / xp.where(var > 0, var, 1.0), 0.0)
-        outmask = xp.where(readnoise > BADREADNOISE_LIMIT,
-                           outmask | np.int32(ccdmask.BADREADNOISE), outmask)
-    outmask = outmask.astype(xp.int32, copy=False)
-
-    img = Image(pix=image, ivar=ivar, mask=outmask, readnoise=readnoise, camera=camera,
-                meta=meta)
+    cal = _load_calibrations(xp, meta, tuple(raw.shape), layout.trimmed_shape, bias, dark,
+                             pixflat, mask)
+    planes = _amplifier_planes(rawimg, layout, cal, meta, hdr, layout.exptime,
+                               use_overscan_row, camera, xp)
+    pix, ivar, outmask, readnoise = _calibrated_planes(planes, layout, cal["pixflat"], xp)
+    img = Image(pix=pix, ivar=ivar, mask=outmask, readnoise=readnoise, camera=camera, meta=meta)
     if cosmics:
         with nvtx_range("preproc:cosmics"):
             cosmic_mask(img, nsig=cosmics_nsig, cfudge=cosmics_cfudge,
                         c2fudge=cosmics_c2fudge, niter=cosmics_niter)
     if not is_cupy(img.mask) and bool(np.all(img.mask > 0)):
         log.error("camera %s is entirely masked", camera)
-
     set_dependency(meta, "GPUSPEC", __version__)
     add_missing_keys(meta, prim)
     meta["CAMERA"] = camera

@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def preproc_filename(camera: str, expid: int) -> str:
-    """DESI name of a preproc file: ``preproc-{camera}-{EXPID:08d}.fits``."""
+    """DESI name of a preproc file: ``preproc-{camera}-{EXPID:08d}.fits``. Host only."""
     return f"preproc-{str(camera).lower()}-{int(expid):08d}.fits"
 
 
 def _petal_fibermap(path: str, camera: str):
-    """The fibermap rows of the petal of ``camera`` (all rows without PETAL_LOC)."""
+    """The fibermap rows of the petal of ``camera`` (all rows without PETAL_LOC). Host only."""
     from ..io import read_fibermap
 
     fm = read_fibermap(path)
@@ -77,7 +77,8 @@ def preproc_file(rawfile, camera: str, outfile, *, bias=None, dark=None, pixflat
     outfile = os.fspath(outfile)
     if os.path.abspath(rawfile) == os.path.abspath(outfile):
         raise InputError("output file would overwrite the raw file", path=outfile)
-    raw, hdr, primary = read_raw(rawfile, camera)
+    # the header is validated once, by preproc (gpuspec.io.raw.raw_layout)
+    raw, hdr, primary = read_raw(rawfile, camera, validate=False)
     img = preproc(raw, hdr, primary, bias=bias, dark=dark, pixflat=pixflat, mask=mask,
                   cosmics=cosmics, use_overscan_row=use_overscan_row, backend=backend,
                   path=rawfile, **kwargs)

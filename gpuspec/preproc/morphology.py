@@ -17,24 +17,13 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module, is_cupy
+from ..backend import get_array_module, is_cupy, scipy_module
 
-__all__ = ["ndimage_for", "linear_element", "repair_elements", "dilate3x3", "repair_mask",
+__all__ = ["linear_element", "repair_elements", "dilate3x3", "repair_mask",
            "REPAIR_ANGLES"]
 
 #: Angles (degrees) of the linear structuring elements of the mask repair.
 REPAIR_ANGLES = (0, 20, 45, 70, 110, 135, 160)
-
-
-def ndimage_for(xp):
-    """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy (backends: both)."""
-    if xp is np:
-        import scipy.ndimage as ndi
-
-        return ndi
-    import cupyx.scipy.ndimage as ndi  # pragma: no cover - GPU only
-
-    return ndi
 
 
 def linear_element(n: int, m: int, angle: float) -> np.ndarray:
@@ -73,7 +62,10 @@ def linear_element(n: int, m: int, angle: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def repair_elements(n: int = 11, m: int = 11) -> tuple:
-    """The seven structuring elements of the repair (numpy bool arrays, host)."""
+    """The seven structuring elements of the repair (numpy bool arrays, host).
+
+    Host only (NumPy elements; callers move them with ``xp.asarray``).
+    """
     return tuple(linear_element(n, m, a) for a in REPAIR_ANGLES)
 
 
@@ -109,7 +101,7 @@ def repair_mask(mask, n: int = 11, m: int = 11):
     Backends: numpy (scipy.ndimage) and cupy (cupyx.scipy.ndimage).
     """
     xp = get_array_module(mask)
-    ndi = ndimage_for(xp)
+    ndi = scipy_module(xp, "ndimage")
     bmask = mask > 0
     out = xp.zeros(bmask.shape, dtype=bool)
     if not is_cupy(bmask) and not bmask.any():

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import get_array_module
-from .morphology import ndimage_for
+from ..backend import get_array_module, scipy_module
 from .stats import clipped_stats, clipped_stats_rows
 
-__all__ = ["OverscanResult", "overscan_step", "cosmic_trail_rows", "amp_overscan",
+__all__ = ["OverscanResult", "overscan_step", "overscan_right_of_data", "cosmic_trail_rows",
+           "amp_overscan",
            "OSTEP_PER_ROW", "OSTEP_BADREADNOISE"]
 
 #: OSTEP (ADU) from which the per-row overscan is used (when allowed).
@@ -65,7 +65,7 @@ def overscan_step(row_levels, median_size: int = 7, edge_margin: int = 50) -> fl
     Backends: numpy and cupy (returns a host float).
     """
     xp = get_array_module(row_levels)
-    ndi = ndimage_for(xp)
+    ndi = scipy_module(xp, "ndimage")
     med = ndi.median_filter(row_levels, size=median_size)
     diff = xp.zeros_like(med)
     diff[:-1] = med[1:] - med[:-1]
@@ -75,15 +75,36 @@ def overscan_step(row_levels, median_size: int = 7, edge_margin: int = 50) -> fl
     return float(xp.max(diff) - xp.min(diff))
 
 
-def cosmic_trail_rows(raw, ov_sec, row_levels, col_width: int = 300,
+def overscan_right_of_data(data_sec, ov_sec) -> bool:
+    """Whether an amp's overscan columns lie to the right of its active columns.
+
+    The rule of desispec (``reading_to_the_left``): the overscan always comes after the
+    active pixels in readout order, so the amp reads towards lower column indices
+    (its overscan on the right) when DATASEC ends at or before BIASSEC starts.
+    ``data_sec`` and ``ov_sec`` are ``(yslice, xslice)``. Host only.
+    """
+    return data_sec[1].stop <= ov_sec[1].start
+
+
+def cosmic_trail_rows(raw, ov_sec, data_sec, row_levels, col_width: int = 300,
                       threshold: float = 25000.0, smooth: int = 100):
     """Overscan rows that may hold the charge trail of a large deposit in the active area.
 
-    A band of ``col_width`` columns of the active area next to the overscan is
-    scanned row by row (maximum over the band, minus its running median over
-    ``smooth`` rows). A row is bad when that exceeds ``threshold`` ADU and its
-    overscan level departs by more than 2 ADU from the running median (20 rows)
-    of the row levels. Bad rows are widened by 2 rows on each side.
+    A band of ``col_width`` columns of the active area next to the overscan (on the
+    side given by :func:`overscan_right_of_data`) is scanned row by row (maximum over
+    the band, minus its running median over ``smooth`` rows). A row is bad when that
+    exceeds ``threshold`` ADU and its overscan level departs by more than 2 ADU from
+    the running median (20 rows) of the row levels. Bad rows are widened by 2 rows on
+    each side.
+
+    Parameters
+    ----------
+    raw : float array
+        Raw image (ADU).
+    ov_sec, data_sec : (slice, slice)
+        BIASSEC and DATASEC of the amplifier.
+    row_levels : array (nrows,)
+        Clipped overscan level of every BIASSEC row.
 
     Returns
     -------
@@ -92,11 +113,10 @@ def cosmic_trail_rows(raw, ov_sec, row_levels, col_width: int = 300,
     Backends: numpy and cupy.
     """
     xp = get_array_module(raw)
-    ndi = ndimage_for(xp)
+    ndi = scipy_module(xp, "ndimage")
     ys, xs = ov_sec
     nx = raw.shape[1]
-    if xs.start < nx // 2 and xs.start > nx // 4:
-        # overscan to the right of the active area (left amplifiers)
+    if overscan_right_of_data(data_sec, ov_sec):
         cols = slice(max(xs.start - col_width, 0), xs.start)
     else:
         cols = slice(xs.stop, min(xs.stop + col_width, nx))
@@ -117,7 +137,7 @@ def cosmic_trail_rows(raw, ov_sec, row_levels, col_width: int = 300,
     return bad
 
 
-def amp_overscan(raw, ov_sec, per_row_allowed: bool, nsigma: float = 5.0,
+def amp_overscan(raw, ov_sec, data_sec, per_row_allowed: bool, nsigma: float = 5.0,
                  niter: int = 3) -> OverscanResult:
     """Overscan level (per data row) and read noise of one amplifier.
 
@@ -125,8 +145,9 @@ def amp_overscan(raw, ov_sec, per_row_allowed: bool, nsigma: float = 5.0,
     ----------
     raw : float array
         Raw image (bias already subtracted when a bias is used), ADU.
-    ov_sec : (slice, slice)
-        BIASSEC of the amplifier.
+    ov_sec, data_sec : (slice, slice)
+        BIASSEC and DATASEC of the amplifier (DATASEC tells on which side of the
+        overscan the charge-trail search looks, see :func:`cosmic_trail_rows`).
     per_row_allowed : bool
         Whether the per-row level may be used. When True and OSTEP ≥ 2 ADU the
         method is ``PER_ROW`` (the read noise then comes from the row-subtracted
@@ -139,7 +160,7 @@ def amp_overscan(raw, ov_sec, per_row_allowed: bool, nsigma: float = 5.0,
     block = raw[ov_sec]
     nrows = block.shape[0]
     levels, _ = clipped_stats_rows(block, nsigma=nsigma, niter=niter)
-    bad = cosmic_trail_rows(raw, ov_sec, levels)
+    bad = cosmic_trail_rows(raw, ov_sec, data_sec, levels)
     nbad = int(xp.sum(bad))
     if nbad:
         good = ~bad

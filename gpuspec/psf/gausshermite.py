@@ -41,8 +41,8 @@ class GaussHermitePSF:
     meta : dict
         Header of the PSF HDU: NPIX_X, NPIX_Y, HSIZEX, HSIZEY, GHDEGX, GHDEGY, ...
     psferr : float or None
-        ``PSFERR`` from the header when present. specter falls back to 0.01
-        when it is absent (see :attr:`psferr_or_default`).
+        ``PSFERR`` from the header when present, else None (extraction then uses
+        specter's default 0.01, see :mod:`gpuspec.extract.core`).
 
     Notes
     -----
@@ -96,11 +96,6 @@ class GaussHermitePSF:
         return self.trace_wmax
 
     @property
-    def psferr_or_default(self) -> float:
-        """PSFERR when the file has it, else specter's default 0.01."""
-        return 0.01 if self.psferr is None else float(self.psferr)
-
-    @property
     def npix(self) -> tuple[int, int]:
         """CCD shape (ny, nx)."""
         return (self.npix_y, self.npix_x)
@@ -134,15 +129,24 @@ class GaussHermitePSF:
         return legval_batch(u, coeff, xp)
 
     def x(self, fibers=None, wave=None, xp=np):
-        """CCD x of the traces, shape (nfib, nwave) (numpy, cupy)."""
+        """CCD x of the traces, shape (nfib, nwave) (numpy, cupy).
+
+        Backends: numpy and cupy (arrays on ``xp``).
+        """
         return self._trace("x", fibers, wave, xp)
 
     def y(self, fibers=None, wave=None, xp=np):
-        """CCD y of the traces, shape (nfib, nwave) (numpy, cupy)."""
+        """CCD y of the traces, shape (nfib, nwave) (numpy, cupy).
+
+        Backends: numpy and cupy (arrays on ``xp``).
+        """
         return self._trace("y", fibers, wave, xp)
 
     def param(self, name: str, fibers=None, wave=None, xp=np):
-        """A PSF parameter (e.g. ``GHSIGX``) at (fiber, λ), shape (nfib, nwave)."""
+        """A PSF parameter (e.g. ``GHSIGX``) at (fiber, λ), shape (nfib, nwave).
+
+        Backends: numpy and cupy (arrays on ``xp``).
+        """
         f = self._fibers(fibers, xp)
         w = xp.asarray(wave, dtype=xp.float64)
         u = reduced(w, self.param_wmin, self.param_wmax)
@@ -154,6 +158,8 @@ class GaussHermitePSF:
         Inverts y(λ) by Newton iterations on the Legendre series (converges to
         ≪1e-8 Å). ``y=None`` means every CCD row. Rows outside the trace's
         range extrapolate the series.
+
+        Backends: numpy and cupy (arrays on ``xp``).
         """
         f = self._fibers(fibers, xp)
         if y is None:
@@ -182,7 +188,10 @@ class GaussHermitePSF:
         return w
 
     def wdisp(self, fibers=None, wave=None, xp=np):
-        """Gaussian sigma of the line spread in Å: GHSIGY / (dy/dλ), shape (nfib, nwave)."""
+        """Gaussian sigma of the line spread in Å: GHSIGY / (dy/dλ), shape (nfib, nwave).
+
+        Backends: numpy and cupy (arrays on ``xp``).
+        """
         f = self._fibers(fibers, xp)
         w = xp.asarray(wave, dtype=xp.float64)
         coeff = self._dev(xp)["y"][xp.asarray(f)]
@@ -269,6 +278,8 @@ class GaussHermitePSF:
 
         The slices are relative to ``(xmin, ymin)`` and the stamp is truncated
         to ``[xmin, xmax) × [ymin, ymax)`` (the CCD by default).
+
+        Host only (NumPy), like specter.
         """
         xmax = self.npix_x if xmax is None else xmax
         ymax = self.npix_y if ymax is None else ymax
@@ -293,7 +304,10 @@ class GaussHermitePSF:
 
     def xyrange(self, spec_range: Sequence[int], wave_range) -> tuple[int, int, int, int]:
         """CCD box ``(xmin, xmax, ymin, ymax)`` covering fibers ``[specmin, specmax)`` over
-        ``[min(wave_range), max(wave_range)]`` including the spot footprints (specter semantics)."""
+        ``[min(wave_range), max(wave_range)]`` including the spot footprints (specter semantics).
+
+        Host only (NumPy geometry).
+        """
         specmin, specmax = int(spec_range[0]), int(spec_range[1])
         w = np.atleast_1d(np.asarray(wave_range, dtype=np.float64))
         wlo, whi = float(w.min()), float(w.max())
@@ -318,7 +332,10 @@ class GaussHermitePSF:
     def remap_wavelength(self, wmin: float, wmax: float) -> "GaussHermitePSF":
         """A copy whose wavelength axis is linearly remapped so the trace domain becomes
         ``[wmin, wmax]``. Pixel-space geometry (traces, spots) is unchanged; only the
-        wavelengths attached to it move. Used by the simulator to derive b/z PSFs from r."""
+        wavelengths attached to it move. Used by the simulator to derive b/z PSFs from r.
+
+        Host only (coefficients are NumPy).
+        """
         a = (wmax - wmin) / (self.trace_wmax - self.trace_wmin)
 
         def m(lam):

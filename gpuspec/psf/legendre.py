@@ -6,7 +6,10 @@ __all__ = ["reduced", "legval_batch", "legder_coeffs"]
 
 
 def reduced(wave, wmin: float, wmax: float):
-    """Reduced variable u = 2(λ − wmin)/(wmax − wmin) − 1 (u ∈ [−1, 1] on the domain)."""
+    """Reduced variable u = 2(λ − wmin)/(wmax − wmin) − 1 (u ∈ [−1, 1] on the domain).
+
+    Backends: numpy and cupy (any array module). or scalars.
+    """
     return 2.0 * (wave - wmin) / (wmax - wmin) - 1.0
 
 
@@ -49,6 +52,8 @@ def legder_coeffs(coeff, xp):
     """Coefficients (nfib, ndeg) of d/du of per-fiber Legendre series (nfib, ndeg+1).
 
     Uses P'_{n+1} − P'_{n−1} = (2n+1) P_n.
+
+    Backends: numpy and cupy (computed on the host once, returned on ``xp``).
     """
     import numpy as np
 

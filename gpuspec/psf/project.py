@@ -47,6 +47,8 @@ def render_spectra(psf, fibers, wave, phot, shape, xp=np, fiber_chunk: int | Non
     -------
     array (ny, nx) or (ncomp, ny, nx)
         float64 electrons on ``xp``.
+
+    Backends: numpy and cupy (arrays on ``xp``).
     """
     ny, nx = int(shape[0]), int(shape[1])
     on_gpu = xp is not np
@@ -101,6 +103,8 @@ def spot_fraction_inside(psf, fibers, wave, shape, xp=np):
 
     Returns an array (nfib, nwave) on ``xp``: 1 for spots fully inside, 0 for
     spots fully outside. Used to account for edge losses.
+
+    Backends: numpy and cupy (arrays on ``xp``).
     """
     ny, nx = int(shape[0]), int(shape[1])
     xc, yc, st = psf.spots(np.asarray(fibers), np.asarray(wave, dtype=np.float64), xp=xp)

@@ -60,7 +60,10 @@ def _count(rng, density, npix, minimum=3):
 
 def make_calib(seed: int, camera: str, geom: CCDGeometry, elec: Electronics,
                structure: np.ndarray) -> CameraCalib:
-    """Calibration images of ``camera`` (deterministic in ``seed`` and ``camera``)."""
+    """Calibration images of ``camera`` (deterministic in ``seed`` and ``camera``).
+
+    Host only (NumPy).
+    """
     rng = stream(seed, "calib", camera)
     ny, nx = geom.trimmed_shape
     npix = ny * nx

@@ -46,6 +46,8 @@ def crop_shape(psf, nspec: int, wave_range, full_size: bool) -> tuple[int, int]:
     so that PSF coordinates stay absolute, covering the spots of fibers
     0..nspec-1 over ``wave_range`` plus a 16-pixel margin, rounded up to even
     sizes, at least 256 rows and never beyond the full CCD.
+
+    Host only (NumPy).
     """
     if full_size:
         return int(psf.npix_y), int(psf.npix_x)
@@ -84,7 +86,10 @@ class CameraSetup:
         return np.arange(self.targets.nspec)
 
     def phot(self, transparency: float, sky_scale: float):
-        """(PHOT, SKYPHOT): photo-electrons per bin (nspec, nwave)."""
+        """(PHOT, SKYPHOT): photo-electrons per bin (nspec, nwave).
+
+        Host only (NumPy).
+        """
         thru = self.targets.fiber_thru[:, None]
         sky = sky_scale * self.skyflux[None, :] * self.calibvec[None, :] * thru
         obj = transparency * self.objflux * self.calibvec[None, :] * thru
@@ -95,7 +100,10 @@ class CameraSetup:
 def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
                  wave_range, full_size: bool, exptime: float, xp=np,
                  dw: float = WAVE_STEP) -> CameraSetup:
-    """Build the night-level state of ``camera`` and render its object and sky images."""
+    """Build the night-level state of ``camera`` and render its object and sky images.
+
+    Backends: numpy and cupy for the rendering (``xp``); the images are kept on the host.
+    """
     t0 = time.perf_counter()
     band, petal = camera[0], int(camera[1])
     nspec = targets.nspec
@@ -150,6 +158,8 @@ def simulate_exposure(setup: CameraSetup, seed: int, expid: int, conditions: dic
         ``phot``, ``skyphot`` (nspec, nwave), ``cosmics`` (y, x, electrons),
         ``saturated`` (y, x), ``offsets`` (amp -> ADU).
     model : ndarray, only if ``return_model``
+
+    Host only (NumPy random draws on the images rendered by :func:`setup_camera`).
     """
     cam = setup.camera
     cal = setup.calib

@@ -29,6 +29,8 @@ def parse_cameras(cameras: str | Iterable[str]) -> list[str]:
     ------
     InputError
         Unknown camera, malformed camword or nothing given.
+
+    Host only (NumPy).
     """
     try:
         cams = _camword.parse_cameras(cameras)

@@ -44,7 +44,10 @@ def _wave_range(text: str):
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``simulate`` subcommand to ``subparsers``."""
+    """Add the ``simulate`` subcommand to ``subparsers``.
+
+    Host only (argument parsing; the step chooses its own backend).
+    """
     from .defaults import DEFAULT_EXPID0, DEFAULT_NIGHT
 
     p = subparsers.add_parser(
@@ -79,7 +82,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    """Run ``gpuspec simulate``."""
+    """Run ``gpuspec simulate``.
+
+    Host only (argument parsing; the step chooses its own backend).
+    """
     from .night import simulate_night
 
     ranges = None

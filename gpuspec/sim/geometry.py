@@ -39,7 +39,10 @@ class AmpGeometry:
     region: tuple[slice, slice]      # every raw pixel read by this amp (incl. corners)
 
     def header(self) -> dict:
-        """Section keywords of this amp in FITS syntax."""
+        """Section keywords of this amp in FITS syntax.
+
+        Host only (NumPy).
+        """
         a = self.name
         return {f"PRESEC{a}": format_sec(*self.prescan), f"DATASEC{a}": format_sec(*self.data),
                 f"BIASSEC{a}": format_sec(*self.bias), f"ORSEC{a}": format_sec(*self.orsec),
@@ -113,6 +116,8 @@ class CCDGeometry:
         Full-size CCDs use DESI's 7 prescan columns. Cropped ones get wider
         prescans so that prescan + data of amps A and C spans at least
         :data:`MIN_AMP_WIDTH` columns (desispec's trail finder needs them).
+
+        Host only (NumPy).
         """
         npre = 7 if full_size else max(7, MIN_AMP_WIDTH - nx // 2)
         return cls(ny=ny, nx=nx, npre=npre)
@@ -128,28 +133,40 @@ class CCDGeometry:
         return (self.ny + 2 * self.norow, self.nx + 2 * (self.npre + self.nover))
 
     def header(self) -> dict:
-        """All section keywords (PRESECx, DATASECx, BIASSECx, ORSECx, CCDSECx)."""
+        """All section keywords (PRESECx, DATASECx, BIASSECx, ORSECx, CCDSECx).
+
+        Host only (NumPy).
+        """
         out = {}
         for a in AMPS:
             out.update(self.amps[a].header())
         return out
 
     def amp_index_map(self) -> np.ndarray:
-        """int8 raw-shape map of the amp (0..3 for A..D) that reads each raw pixel."""
+        """int8 raw-shape map of the amp (0..3 for A..D) that reads each raw pixel.
+
+        Host only (NumPy).
+        """
         m = np.empty(self.raw_shape, dtype=np.int8)
         for i, a in enumerate(AMPS):
             m[self.amps[a].region] = i
         return m
 
     def trimmed_amp_map(self) -> np.ndarray:
-        """int8 trimmed-shape map of the amp (0..3) of each CCD pixel."""
+        """int8 trimmed-shape map of the amp (0..3) of each CCD pixel.
+
+        Host only (NumPy).
+        """
         m = np.empty(self.trimmed_shape, dtype=np.int8)
         for i, a in enumerate(AMPS):
             m[self.amps[a].ccd] = i
         return m
 
     def to_raw(self, trimmed: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        """Place a trimmed image into a raw-shape array (non-data pixels = ``fill``)."""
+        """Place a trimmed image into a raw-shape array (non-data pixels = ``fill``).
+
+        Host only (NumPy).
+        """
         out = np.full(self.raw_shape, fill, dtype=trimmed.dtype)
         for a in AMPS:
             g = self.amps[a]
@@ -157,7 +174,10 @@ class CCDGeometry:
         return out
 
     def to_trimmed(self, raw: np.ndarray) -> np.ndarray:
-        """Extract the data sections of a raw-shape array into the trimmed image."""
+        """Extract the data sections of a raw-shape array into the trimmed image.
+
+        Host only (NumPy).
+        """
         out = np.empty(self.trimmed_shape, dtype=raw.dtype)
         for a in AMPS:
             g = self.amps[a]

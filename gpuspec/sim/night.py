@@ -50,7 +50,10 @@ _OVERHEAD_S = 180.0  # seconds between exposures (readout, slew)
 
 
 def layout(outdir: str, night: int, expid: int | None = None, camera: str | None = None) -> dict:
-    """Paths of a simulated night (see the module docstring)."""
+    """Paths of a simulated night (see the module docstring).
+
+    Host only (NumPy).
+    """
     d = {"simulation": os.path.join(outdir, "simulation.json")}
     if expid is not None:
         e = f"{expid:08d}"
@@ -136,6 +139,149 @@ def _check(nspec, nexp, exptime, seed, expid0, night):
     _dateobs(night, 0, float(exptime))  # NIGHT must be a valid YYYYMMDD date
 
 
+def _write_psfs(outdir, night, cams, band_psf_model, template_path, files, rel) -> dict:
+    """Write each camera's PSF; return the PSFs read back per camera.
+
+    Rendering uses what was written (read back), so the simulation is exactly the files.
+    """
+    psfs = {}
+    for cam in cams:
+        p = layout(outdir, night, camera=cam)["psf"]
+        write_psf(p, band_psf_model[cam[0]], extra_meta={"CAMERA": cam, "SIMTMPL":
+                                                          os.path.basename(template_path)})
+        files.append(rel(p))
+        psfs[cam] = read_psf(p)
+    return psfs
+
+
+def _write_calibrations(outdir, night, cam, setup, files, rel) -> None:
+    """The bias, dark, pixflat and mask of one camera, as simulated."""
+    lay = layout(outdir, night, camera=cam)
+    calhdr = {"CAMERA": cam, "NIGHT": night, "DETECTOR": f"SIM-{cam}"}
+    write_bias(lay["bias"], setup.calib.bias, calhdr)
+    write_dark(lay["dark"], setup.calib.dark, calhdr)
+    write_pixflat(lay["pixflat"], setup.calib.pixflat, calhdr)
+    write_mask(lay["mask"], setup.calib.mask, calhdr)
+    files += [rel(lay[k]) for k in ("bias", "dark", "pixflat", "mask")]
+
+
+def _camera_header(cam, setup, night, expid, exptime, date, tile) -> dict:
+    """Raw camera-HDU header of one exposure (exposure keywords, geometry, electronics)."""
+    dateobs, mjd = date
+    hdr = {"CAMERA": cam, "DETECTOR": f"SIM-{cam}", "FEEVER": "SIM",
+           "SPECGRPH": int(cam[1]), "NIGHT": night, "EXPID": expid, "EXPTIME": exptime,
+           "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE",
+           "FLAVOR": "science", "TILEID": tile.tileid, "TILERA": tile.ra,
+           "TILEDEC": tile.dec}
+    hdr.update(setup.geom.header())
+    hdr.update(setup.elec.header())
+    return hdr
+
+
+def _camera_info(setup, wave_range, psf) -> dict:
+    """The ``camera_info`` entry of ``simulation.json`` for one camera."""
+    g = setup.geom
+    return {
+        "wave_range": list(wave_range),
+        "truth_wave": [float(setup.wave[0]), float(setup.wave[-1]), int(setup.wave.size)],
+        "psf_domain": [float(psf.wmin), float(psf.wmax)],
+        "ccd_shape": [g.ny, g.nx], "raw_shape": list(g.raw_shape),
+        "npre": g.npre, "nover": g.nover, "norow": g.norow,
+        "gain": setup.elec.gain, "rdnoise": setup.elec.rdnoise,
+        "bias_level": setup.elec.offset,
+        "n_hot": int(len(setup.calib.defects["hot_rate"])),
+        "n_dead": int(len(setup.calib.defects["dead_pixels"])),
+        "bad_column": [int(v) for v in setup.calib.defects["bad_column"]],
+    }
+
+
+def _simulate_camera(cam, p: dict, night_inputs: dict, raws, truths, files, rel):
+    """Calibrations, then every exposure of one camera; returns (camera_info, timing)."""
+    t0 = time.perf_counter()
+    psf = night_inputs["psfs"][cam]
+    setup = setup_camera(p["seed"], cam, psf, night_inputs["targets"][int(cam[1])],
+                         night_inputs["sky"], night_inputs["ranges"][cam], p["full_size"],
+                         p["exptime"], xp=p["xp"])
+    _write_calibrations(p["outdir"], p["night"], cam, setup, files, rel)
+    for e in night_inputs["expids"]:
+        raw, truth = simulate_exposure(setup, p["seed"], e, night_inputs["conds"][e])
+        hdr = _camera_header(cam, setup, p["night"], e, p["exptime"], night_inputs["dates"][e],
+                             p["tile"])
+        raws[e][cam] = (raw.astype(np.uint16), hdr)
+        truths[e][cam] = {"wave": setup.wave, "dw": setup.dw, "fibermin": 500 * setup.petal,
+                          "phot": truth["phot"], "skyphot": truth["skyphot"],
+                          "calib": setup.calibvec, "cosmics": truth["cosmics"],
+                          "saturated": truth["saturated"]}
+    info = _camera_info(setup, night_inputs["ranges"][cam], psf)
+    timing = dict(setup.timing, total_s=round(time.perf_counter() - t0, 3))
+    log.info("simulated %s: %dx%d CCD, %d fibers x %d wavelengths, %.1f s", cam, setup.geom.ny,
+             setup.geom.nx, p["nspec"], setup.wave.size, time.perf_counter() - t0)
+    return info, timing
+
+
+def _write_exposure(p: dict, e: int, night_inputs: dict, raw_cams: dict, truth_cams: dict,
+                    ttable, files, rel) -> None:
+    """Raw file, fibermap and truth of one exposure."""
+    outdir, night, exptime, tile, seed = (p["outdir"], p["night"], p["exptime"], p["tile"],
+                                          p["seed"])
+    lay = layout(outdir, night, expid=e)
+    dateobs, mjd = night_inputs["dates"][e]
+    conds = night_inputs["conds"][e]
+    primary = {"EXPID": e, "NIGHT": night, "EXPTIME": exptime, "DATE-OBS": dateobs,
+               "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE", "FLAVOR": "science",
+               "PROGRAM": "dark", "SURVEY": "main", "TILEID": tile.tileid,
+               "TILERA": tile.ra, "TILEDEC": tile.dec, "SKYRA": tile.ra, "SKYDEC": tile.dec,
+               "AIRMASS": 1.1, "INSTRUME": "DESI", "OBSERVAT": "KPNO", "DOSVER": "SIM",
+               "SIMSEED": seed, "CAMWORD": cameras_to_camword(raw_cams.keys())}
+    write_raw(lay["raw"], raw_cams, primary)
+    fm = make_fibermap(night_inputs["targets"], tile, seed, night, e, mjd, exptime)
+    write_fibermap(lay["fibermap"], fm, {"EXPID": e, "NIGHT": night, "TILEID": tile.tileid,
+                                         "TILERA": tile.ra, "TILEDEC": tile.dec,
+                                         "EXPTIME": exptime, "SURVEY": "main",
+                                         "PROGRAM": "dark"})
+    tmeta = {"NIGHT": night, "EXPID": e, "EXPTIME": exptime, "TILEID": tile.tileid,
+             "SEED": seed, "SKYSCALE": conds["sky_scale"],
+             "TRANSP": conds["transparency"], "DW": WAVE_STEP}
+    write_truth(lay["truth"], tmeta, ttable, truth_cams)
+    files += [rel(lay["raw"]), rel(lay["fibermap"]), rel(lay["truth"])]
+
+
+def _night_inputs(p: dict, cams, psfs, ranges) -> dict:
+    """Targets per petal, sky, and per exposure: EXPIDs, conditions and dates."""
+    expids = [p["expid0"] + i for i in range(p["nexp"])]
+    return {"psfs": psfs, "ranges": ranges,
+            "targets": {pt: make_targets(p["seed"], pt, p["nspec"], p["tile"])
+                        for pt in sorted({int(c[1]) for c in cams})},
+            "sky": make_sky(p["seed"]), "expids": expids,
+            "conds": {e: exposure_conditions(p["seed"], e) for e in expids},
+            "dates": {e: _dateobs(p["night"], i, p["exptime"]) for i, e in enumerate(expids)}}
+
+
+def _write_simulation_json(p: dict, cams, night_inputs, ranges, template_path, caminfo,
+                           files, timing, backend_name) -> dict:
+    """``simulation.json``: parameters, per-camera geometry, relative file paths, timings."""
+    expids, conds, tile = night_inputs["expids"], night_inputs["conds"], p["tile"]
+    info = {
+        "gpuspec_version": __version__,
+        "seed": p["seed"], "night": p["night"], "expids": expids, "cameras": cams,
+        "nspec": p["nspec"], "nexp": p["nexp"], "exptime": p["exptime"],
+        "full_size": bool(p["full_size"]),
+        "wave_step": WAVE_STEP, "backend": backend.resolve(backend_name),
+        "wave_ranges": {c: [ranges[c][0], ranges[c][1], WAVE_STEP] for c in cams},
+        "tile": {"tileid": tile.tileid, "ra": tile.ra, "dec": tile.dec},
+        "template_psf": os.path.abspath(template_path),
+        "conditions": {str(e): {k: conds[e][k] for k in ("sky_scale", "transparency")}
+                       for e in expids},
+        "camera_info": caminfo, "amps": list(AMPS),
+        "files": files, "timing": timing,
+    }
+    sim_path = layout(p["outdir"], p["night"])["simulation"]
+    with atomic_output(sim_path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(info, fh, indent=1)
+    return info
+
+
 @nvtx_range("simulate_night")
 def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec: int = 50,
                    nexp: int = 1, seed: int = 1, night: int = DEFAULT_NIGHT,
@@ -188,131 +334,41 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
     """
     t_start = time.perf_counter()
     _check(nspec, nexp, exptime, seed, expid0, night)
-    nspec, nexp, seed, night, expid0 = int(nspec), int(nexp), int(seed), int(night), int(expid0)
-    exptime = float(exptime)
-    cams = parse_cameras(cameras)
-    tile = tile or Tile()
-    xp = backend.get_xp(backend_name)
     outdir = os.fspath(outdir)
+    p = {"outdir": outdir, "nspec": int(nspec), "nexp": int(nexp), "seed": int(seed),
+         "night": int(night), "expid0": int(expid0), "exptime": float(exptime),
+         "full_size": full_size, "tile": tile or Tile(), "xp": backend.get_xp(backend_name)}
+    cams = parse_cameras(cameras)
     os.makedirs(outdir, exist_ok=True)
     files: list[str] = []
     timing: dict = {}
 
-    def rel(p):
-        return os.path.relpath(p, outdir)
+    def rel(path):
+        return os.path.relpath(path, outdir)
 
-    # --- PSFs: write per camera, render with what was written (read back)
     template_path = template or default_template_path()
     tmpl = load_template(template_path)
     band_psf_model = {b: camera_psf(b + "0", tmpl) for b in sorted({c[0] for c in cams})}
-    ranges = _wave_ranges(cams, wave_ranges, band_psf_model)
-    psfs = {}
-    for cam in cams:
-        p = layout(outdir, night, camera=cam)["psf"]
-        write_psf(p, band_psf_model[cam[0]], extra_meta={"CAMERA": cam, "SIMTMPL":
-                                                          os.path.basename(template_path)})
-        files.append(rel(p))
-        psfs[cam] = read_psf(p)
-
-    # --- night-level inputs
-    petals = sorted({int(c[1]) for c in cams})
-    targets = {p: make_targets(seed, p, nspec, tile) for p in petals}
-    sky = make_sky(seed)
-    expids = [expid0 + i for i in range(nexp)]
-    conds = {e: exposure_conditions(seed, e) for e in expids}
-    dates = {e: _dateobs(night, i, exptime) for i, e in enumerate(expids)}
+    ranges = _wave_ranges(cams, wave_ranges, band_psf_model)   # checked before any write
+    psfs = _write_psfs(outdir, p["night"], cams, band_psf_model, template_path, files, rel)
+    night_inputs = _night_inputs(p, cams, psfs, ranges)
+    expids = night_inputs["expids"]
     raws: dict = {e: {} for e in expids}
     truths: dict = {e: {} for e in expids}
     caminfo: dict = {}
-
     for cam in cams:
-        t0 = time.perf_counter()
-        setup = setup_camera(seed, cam, psfs[cam], targets[int(cam[1])], sky, ranges[cam],
-                             full_size, exptime, xp=xp)
-        lay = layout(outdir, night, camera=cam)
-        calhdr = {"CAMERA": cam, "NIGHT": night, "DETECTOR": f"SIM-{cam}"}
-        write_bias(lay["bias"], setup.calib.bias, calhdr)
-        write_dark(lay["dark"], setup.calib.dark, calhdr)
-        write_pixflat(lay["pixflat"], setup.calib.pixflat, calhdr)
-        write_mask(lay["mask"], setup.calib.mask, calhdr)
-        files += [rel(lay[k]) for k in ("bias", "dark", "pixflat", "mask")]
-        for e in expids:
-            raw, truth = simulate_exposure(setup, seed, e, conds[e])
-            dateobs, mjd = dates[e]
-            hdr = {"CAMERA": cam, "DETECTOR": f"SIM-{cam}", "FEEVER": "SIM",
-                   "SPECGRPH": int(cam[1]), "NIGHT": night, "EXPID": e, "EXPTIME": exptime,
-                   "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE",
-                   "FLAVOR": "science", "TILEID": tile.tileid, "TILERA": tile.ra,
-                   "TILEDEC": tile.dec}
-            hdr.update(setup.geom.header())
-            hdr.update(setup.elec.header())
-            raws[e][cam] = (raw.astype(np.uint16), hdr)
-            truths[e][cam] = {"wave": setup.wave, "dw": setup.dw, "fibermin": 500 * setup.petal,
-                              "phot": truth["phot"], "skyphot": truth["skyphot"],
-                              "calib": setup.calibvec, "cosmics": truth["cosmics"],
-                              "saturated": truth["saturated"]}
-        g = setup.geom
-        caminfo[cam] = {
-            "wave_range": list(ranges[cam]),
-            "truth_wave": [float(setup.wave[0]), float(setup.wave[-1]), int(setup.wave.size)],
-            "psf_domain": [float(psfs[cam].wmin), float(psfs[cam].wmax)],
-            "ccd_shape": [g.ny, g.nx], "raw_shape": list(g.raw_shape),
-            "npre": g.npre, "nover": g.nover, "norow": g.norow,
-            "gain": setup.elec.gain, "rdnoise": setup.elec.rdnoise,
-            "bias_level": setup.elec.offset,
-            "n_hot": int(len(setup.calib.defects["hot_rate"])),
-            "n_dead": int(len(setup.calib.defects["dead_pixels"])),
-            "bad_column": [int(v) for v in setup.calib.defects["bad_column"]],
-        }
-        timing[cam] = dict(setup.timing, total_s=round(time.perf_counter() - t0, 3))
-        log.info("simulated %s: %dx%d CCD, %d fibers x %d wavelengths, %.1f s", cam, g.ny, g.nx,
-                 nspec, setup.wave.size, time.perf_counter() - t0)
-        del setup
+        caminfo[cam], timing[cam] = _simulate_camera(cam, p, night_inputs, raws, truths, files,
+                                                     rel)
 
-    # --- per-exposure files
     t0 = time.perf_counter()
-    ttable = _targets_table(targets, tile)
-    for i, e in enumerate(expids):
-        lay = layout(outdir, night, expid=e)
-        dateobs, mjd = dates[e]
-        primary = {"EXPID": e, "NIGHT": night, "EXPTIME": exptime, "DATE-OBS": dateobs,
-                   "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE", "FLAVOR": "science",
-                   "PROGRAM": "dark", "SURVEY": "main", "TILEID": tile.tileid,
-                   "TILERA": tile.ra, "TILEDEC": tile.dec, "SKYRA": tile.ra, "SKYDEC": tile.dec,
-                   "AIRMASS": 1.1, "INSTRUME": "DESI", "OBSERVAT": "KPNO", "DOSVER": "SIM",
-                   "SIMSEED": seed, "CAMWORD": cameras_to_camword(raws[e].keys())}
-        write_raw(lay["raw"], raws[e], primary)
-        fm = make_fibermap(targets, tile, seed, night, e, mjd, exptime)
-        write_fibermap(lay["fibermap"], fm, {"EXPID": e, "NIGHT": night, "TILEID": tile.tileid,
-                                             "TILERA": tile.ra, "TILEDEC": tile.dec,
-                                             "EXPTIME": exptime, "SURVEY": "main",
-                                             "PROGRAM": "dark"})
-        tmeta = {"NIGHT": night, "EXPID": e, "EXPTIME": exptime, "TILEID": tile.tileid,
-                 "SEED": seed, "SKYSCALE": conds[e]["sky_scale"],
-                 "TRANSP": conds[e]["transparency"], "DW": WAVE_STEP}
-        write_truth(lay["truth"], tmeta, ttable, truths[e])
-        files += [rel(lay["raw"]), rel(lay["fibermap"]), rel(lay["truth"])]
+    ttable = _targets_table(night_inputs["targets"], p["tile"])
+    for e in expids:
+        _write_exposure(p, e, night_inputs, raws[e], truths[e], ttable, files, rel)
         raws[e] = truths[e] = None
     timing["write_exposures_s"] = round(time.perf_counter() - t0, 3)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
-
-    info = {
-        "gpuspec_version": __version__,
-        "seed": seed, "night": night, "expids": expids, "cameras": cams, "nspec": nspec,
-        "nexp": nexp, "exptime": exptime, "full_size": bool(full_size),
-        "wave_step": WAVE_STEP, "backend": backend.resolve(backend_name),
-        "wave_ranges": {c: [ranges[c][0], ranges[c][1], WAVE_STEP] for c in cams},
-        "tile": {"tileid": tile.tileid, "ra": tile.ra, "dec": tile.dec},
-        "template_psf": os.path.abspath(template_path),
-        "conditions": {str(e): {k: conds[e][k] for k in ("sky_scale", "transparency")}
-                       for e in expids},
-        "camera_info": caminfo, "amps": list(AMPS),
-        "files": files, "timing": timing,
-    }
-    sim_path = layout(outdir, night)["simulation"]
-    with atomic_output(sim_path) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(info, fh, indent=1)
+    info = _write_simulation_json(p, cams, night_inputs, ranges, template_path, caminfo, files,
+                                  timing, backend_name)
     out = dict(info)
     out["outdir"] = os.path.abspath(outdir)
     return out

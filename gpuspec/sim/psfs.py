@@ -35,6 +35,8 @@ def default_template_path() -> str:
     ``shared/reference/psf``, byte-identical once decompressed, md5
     f8315673eba76c802a48c1295873fdc3), so the simulator and the demo work on a
     fresh machine without the reference data.
+
+    Host only (NumPy).
     """
     if os.environ.get(_ENV):
         return os.environ[_ENV]
@@ -43,7 +45,10 @@ def default_template_path() -> str:
 
 
 def load_template(path: str | None = None):
-    """Read the template PSF (r band)."""
+    """Read the template PSF (r band).
+
+    Host only (NumPy).
+    """
     from ..psf import read_psf
 
     path = path or default_template_path()
@@ -57,6 +62,8 @@ def band_domain(band: str, template) -> tuple[float, float]:
 
     The linear map sends r's production grid ends (5760, 7620 Å) onto the
     band's production grid ends; the template domain follows the same map.
+
+    Host only (NumPy).
     """
     if band == "r":
         return float(template.wmin), float(template.wmax)
@@ -67,7 +74,10 @@ def band_domain(band: str, template) -> tuple[float, float]:
 
 
 def camera_psf(camera: str, template):
-    """The PSF model of ``camera`` (a remapped copy of the template for b and z)."""
+    """The PSF model of ``camera`` (a remapped copy of the template for b and z).
+
+    Host only (NumPy).
+    """
     band = camera[0]
     if band == "r":
         return template
@@ -81,6 +91,8 @@ def trace_wave_range(psf, fibers, y_lo: float, y_hi: float, step: float = 0.8,
     for any of ``fibers`` fall within ``[y_lo, y_hi]``.
 
     Used to render every wavelength that can put light on the image rows.
+
+    Host only (NumPy).
     """
     k0 = int(np.ceil((psf.wmin - anchor) / step - 1e-9))
     k1 = int(np.floor((psf.wmax - anchor) / step + 1e-9))

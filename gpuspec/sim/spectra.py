@@ -39,20 +39,29 @@ _THRU = {
 
 
 def throughput(band: str, wave) -> np.ndarray:
-    """System throughput of ``band`` at ``wave`` (0–1)."""
+    """System throughput of ``band`` at ``wave`` (0–1).
+
+    Host only (NumPy).
+    """
     x, y = _THRU[band]
     return np.interp(np.asarray(wave, dtype=np.float64), x, y)
 
 
 def calib_vector(band: str, wave, dw: float, exptime: float) -> np.ndarray:
-    """Photons per bin per unit f_λ (1e-17 erg/s/cm²/Å): 1e-17·λ/(hc)·A·T(λ)·t·dw."""
+    """Photons per bin per unit f_λ (1e-17 erg/s/cm²/Å): 1e-17·λ/(hc)·A·T(λ)·t·dw.
+
+    Host only (NumPy).
+    """
     w = np.asarray(wave, dtype=np.float64)
     return 1e-17 * w / HC_ERG_AA * AREA_CM2 * throughput(band, w) * float(exptime) * float(dw)
 
 
 def bin_gauss(wave, dw: float, center, sigma) -> np.ndarray:
     """Fraction of a unit Gaussian (``center``, ``sigma`` broadcastable, shape (..., 1))
-    falling in each bin ``[wave - dw/2, wave + dw/2]``: shape (..., nwave)."""
+    falling in each bin ``[wave - dw/2, wave + dw/2]``: shape (..., nwave).
+
+    Host only (NumPy).
+    """
     w = np.asarray(wave, dtype=np.float64)
     c = np.asarray(center, dtype=np.float64)
     s = np.asarray(sigma, dtype=np.float64) * np.sqrt(2.0)
@@ -64,6 +73,8 @@ def object_flux(t: Targets, wave, dw: float) -> np.ndarray:
 
     Continuum (sampled at bin centres) × absorption dips + emission lines
     integrated over each bin. Sky fibers get 0.
+
+    Host only (NumPy).
     """
     w = np.asarray(wave, dtype=np.float64)
     f = continuum(t, w)
@@ -99,7 +110,10 @@ class SkyModel:
     line_sigma: float = 0.05
 
     def flux(self, wave, dw: float, scale: float = 1.0) -> np.ndarray:
-        """Bin-averaged sky f_λ at ``wave`` (nwave,) times ``scale``."""
+        """Bin-averaged sky f_λ at ``wave`` (nwave,) times ``scale``.
+
+        Host only (NumPy).
+        """
         w = np.asarray(wave, dtype=np.float64)
         f = np.interp(w, self.cont_x, self.cont_y)
         sel = (self.line_wave > w[0] - 2 * dw) & (self.line_wave < w[-1] + 2 * dw) if w.size \
@@ -129,6 +143,8 @@ def make_sky(seed: int) -> SkyModel:
 
     Fixed atomic lines (Hg, [OI], Na) plus a pseudo-OH forest of ~300 lines
     between 6200 and 10100 Å whose density and strength grow to the red.
+
+    Host only (NumPy).
     """
     rng = stream(seed, "sky")
     nb = 300
@@ -144,7 +160,10 @@ def make_sky(seed: int) -> SkyModel:
 
 
 def exposure_conditions(seed: int, expid: int) -> dict:
-    """Per-exposure sky brightness scale and transparency (same for all cameras)."""
+    """Per-exposure sky brightness scale and transparency (same for all cameras).
+
+    Host only (NumPy).
+    """
     rng = stream(seed, "conditions", expid)
     return {"sky_scale": float(rng.uniform(0.9, 1.2)),
             "transparency": float(np.clip(rng.normal(1.0, 0.02), 0.9, 1.1)),

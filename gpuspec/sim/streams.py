@@ -21,7 +21,10 @@ __all__ = ["stream", "key_int"]
 
 
 def key_int(key) -> int:
-    """Map a stream key (str or non-negative int) to a non-negative integer."""
+    """Map a stream key (str or non-negative int) to a non-negative integer.
+
+    Host only (NumPy).
+    """
     if isinstance(key, (bool, np.bool_)):
         key = int(key)
     if isinstance(key, (int, np.integer)):

@@ -125,19 +125,28 @@ class Targets:
         return len(self.fiber)
 
     def targetid(self, tileid: int) -> np.ndarray:
-        """Unique positive TARGETIDs (int64) for this tile and petal."""
+        """Unique positive TARGETIDs (int64) for this tile and petal.
+
+        Host only (NumPy).
+        """
         return (np.int64(39627000000000000) + np.int64(tileid) * 10000
                 + self.fiber.astype(np.int64))
 
     def desi_target(self) -> np.ndarray:
-        """DESI_TARGET bits (int64)."""
+        """DESI_TARGET bits (int64).
+
+        Host only (NumPy).
+        """
         out = np.zeros(self.nspec, dtype=np.int64)
         for k, bit in DESI_TARGET_BITS.items():
             out[self.kind == k] = bit
         return out
 
     def subset(self, n: int) -> "Targets":
-        """The first ``n`` fibers."""
+        """The first ``n`` fibers.
+
+        Host only (NumPy).
+        """
         kw = {}
         for name in self.__dataclass_fields__:
             v = getattr(self, name)
@@ -146,7 +155,10 @@ class Targets:
 
 
 def continuum(t: Targets, wave: np.ndarray) -> np.ndarray:
-    """Continuum f_λ (1e-17 erg/s/cm²/Å) of each fiber at ``wave``: (nspec, nwave)."""
+    """Continuum f_λ (1e-17 erg/s/cm²/Å) of each fiber at ``wave``: (nspec, nwave).
+
+    Host only (NumPy).
+    """
     w = np.asarray(wave, dtype=np.float64)[None, :]
     z1 = (1.0 + t.z)[:, None]
     slope = t.slope[:, None]
@@ -173,28 +185,8 @@ def _nmgy(flam17, wave):
     return flam17 * wave ** 2 / NMGY_TO_FLAM17
 
 
-def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targets:
-    """Draw the targets of fibers 0..nspec-1 of ``petal``.
-
-    Parameters
-    ----------
-    seed : int
-        Simulation seed.
-    petal : int
-        Petal (spectrograph) 0–9.
-    nspec : int
-        Number of fibers (1–500); the draw is always made for all 500 fibers.
-    tile : Tile
-        Pointing; positions fall in the petal's wedge of the field.
-
-    Returns
-    -------
-    Targets
-    """
-    if not 0 < nspec <= FIBERS_PER_PETAL:
-        raise ValueError(f"nspec must be in 1..{FIBERS_PER_PETAL}, got {nspec}")
-    n = FIBERS_PER_PETAL
-    rng = stream(seed, "targets", petal)
+def _draw_kinds(rng, n: int) -> np.ndarray:
+    """Target class per fiber: ELG/LRG/QSO, with 2 SKY and 1 STD fiber per bundle."""
     kind = np.empty(n, dtype="<U3")
     kind[:] = "ELG"
     u = rng.random(n)
@@ -204,7 +196,11 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
         slots = b0 + rng.choice(BUNDLE, size=3, replace=False)
         kind[slots[:2]] = "SKY"
         kind[slots[2]] = "STD"
+    return kind
 
+
+def _draw_continua(rng, kind: np.ndarray, n: int) -> dict:
+    """Redshift, r magnitude and continuum parameters (shape, slope, break, Teff, norm)."""
     z = np.zeros(n)
     z = np.where(kind == "ELG", rng.uniform(0.05, 1.6, n), z)
     z = np.where(kind == "LRG", rng.uniform(0.4, 1.0, n), z)
@@ -226,8 +222,15 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
     flux_r_nmgy = np.where(np.isfinite(mag), 10 ** ((22.5 - np.nan_to_num(mag, nan=99.0)) / 2.5),
                            0.0)
     cont_norm = flux_r_nmgy * NMGY_TO_FLAM17 / BAND_WAVE["R"] ** 2  # f_λ at 6400 Å
+    return {"z": z, "mag_r": mag, "cont_kind": cont_kind, "slope": slope, "dbreak": dbreak,
+            "teff": teff, "cont_norm": cont_norm}
 
-    # emission lines (observed frame)
+
+_C_KMS = 299792.458
+
+
+def _draw_emission_lines(rng, kind, z, cont_norm, slope, n: int) -> dict:
+    """Observed-frame emission lines: ELG [OII]/Hβ/[OIII]/Hα…, QSO broad lines."""
     em_wave = np.zeros((n, _NEM))
     em_flux = np.zeros((n, _NEM))
     em_sigma = np.ones((n, _NEM))
@@ -238,23 +241,25 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
     ew_scale = rng.uniform(0.5, 1.5, n)
     elg = kind == "ELG"
     qso = kind == "QSO"
-    c_kms = 299792.458
     for j, (name, lam, ratio) in enumerate(_ELG_LINES):
         lobs = lam * (1 + z)
         if ratio is None:
             ratio = 0.4 * r_oiii * (1.0 if name == "OIII5008" else 1.0 / 2.98)
         em_wave[elg, j] = lobs[elg]
         em_flux[elg, j] = (f_oii * ratio)[elg]
-        em_sigma[elg, j] = (lobs * sig_v / c_kms)[elg] + 0.05
+        em_sigma[elg, j] = (lobs * sig_v / _C_KMS)[elg] + 0.05
     for j, (name, lam, ew) in enumerate(_QSO_LINES):
         lobs = lam * (1 + z)
         em_wave[qso, j] = lobs[qso]
         # flux = observed EW × power-law continuum at the line
         cq = cont_norm * (lobs / 6400.0) ** slope
         em_flux[qso, j] = (ew * ew_scale * (1 + z) * cq)[qso]
-        em_sigma[qso, j] = (lobs * sig_q / c_kms)[qso]
+        em_sigma[qso, j] = (lobs * sig_q / _C_KMS)[qso]
+    return {"em_wave": em_wave, "em_flux": em_flux, "em_sigma": em_sigma}
 
-    # absorption lines (multiplicative dips)
+
+def _draw_absorption_lines(rng, kind, z, n: int) -> dict:
+    """Absorption lines (multiplicative dips): stellar lines of STDs, LRG features."""
     ab_wave = np.zeros((n, _NAB))
     ab_depth = np.zeros((n, _NAB))
     ab_sigma = np.ones((n, _NAB))
@@ -262,29 +267,61 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
     lrg = kind == "LRG"
     vstar = rng.uniform(-80.0, 80.0, n)  # km/s radial velocity
     for j, (name, lam, depth, sig) in enumerate(_STAR_LINES):
-        ab_wave[std, j] = (lam * (1 + vstar / c_kms))[std]
+        ab_wave[std, j] = (lam * (1 + vstar / _C_KMS))[std]
         ab_depth[std, j] = depth
         ab_sigma[std, j] = sig
     for j, (name, lam, depth, sig) in enumerate(_LRG_LINES):
         ab_wave[lrg, j] = (lam * (1 + z))[lrg]
         ab_depth[lrg, j] = depth
         ab_sigma[lrg, j] = (sig * (1 + z))[lrg]
+    return {"ab_wave": ab_wave, "ab_depth": ab_depth, "ab_sigma": ab_sigma}
 
-    fiber_thru = rng.uniform(0.92, 1.04, n)
-    # positions: uniform in area within the petal's 36° wedge of the field
+
+def _draw_positions(rng, petal: int, tile: Tile, n: int) -> dict:
+    """Sky and focal-plane positions, uniform in area within the petal's 36° wedge."""
     theta = np.deg2rad(36.0 * petal + rng.uniform(1.0, 35.0, n))
     rad = tile.radius * np.sqrt(rng.uniform(0.01, 1.0, n))
     dx, dy = rad * np.cos(theta), rad * np.sin(theta)
     dec = tile.dec + dy
     ra = (tile.ra + dx / np.cos(np.deg2rad(dec))) % 360.0
     plate_scale = 256.0  # mm per degree, roughly DESI's
-    fx, fy = dx * plate_scale, dy * plate_scale
+    return {"ra": ra, "dec": dec, "fx": dx * plate_scale, "fy": dy * plate_scale}
 
-    t = Targets(petal=petal, fiber=500 * petal + np.arange(n), kind=kind, z=z, mag_r=mag,
-                flux_g=np.zeros(n), flux_r=np.zeros(n), flux_z=np.zeros(n), cont_kind=cont_kind,
-                cont_norm=cont_norm, slope=slope, dbreak=dbreak, teff=teff, em_wave=em_wave,
-                em_flux=em_flux, em_sigma=em_sigma, ab_wave=ab_wave, ab_depth=ab_depth,
-                ab_sigma=ab_sigma, fiber_thru=fiber_thru, ra=ra, dec=dec, fx=fx, fy=fy)
+
+def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targets:
+    """Draw the targets of fibers 0..nspec-1 of ``petal``.
+
+    Parameters
+    ----------
+    seed : int
+        Simulation seed.
+    petal : int
+        Petal (spectrograph) 0–9.
+    nspec : int
+        Number of fibers (1–500); the draw is always made for all 500 fibers.
+    tile : Tile
+        Pointing; positions fall in the petal's wedge of the field.
+
+    Returns
+    -------
+    Targets
+
+    Host only (NumPy).
+    """
+    if not 0 < nspec <= FIBERS_PER_PETAL:
+        raise ValueError(f"nspec must be in 1..{FIBERS_PER_PETAL}, got {nspec}")
+    n = FIBERS_PER_PETAL
+    rng = stream(seed, "targets", petal)
+    # the draws happen in this order (one stream): kinds, continua, lines, throughput, positions
+    kind = _draw_kinds(rng, n)
+    cont = _draw_continua(rng, kind, n)
+    em = _draw_emission_lines(rng, kind, cont["z"], cont["cont_norm"], cont["slope"], n)
+    ab = _draw_absorption_lines(rng, kind, cont["z"], n)
+    fiber_thru = rng.uniform(0.92, 1.04, n)
+    pos = _draw_positions(rng, petal, tile, n)
+    t = Targets(petal=petal, fiber=500 * petal + np.arange(n), kind=kind, flux_g=np.zeros(n),
+                flux_r=np.zeros(n), flux_z=np.zeros(n), fiber_thru=fiber_thru,
+                **cont, **em, **ab, **pos)
     bw = np.array([BAND_WAVE["G"], BAND_WAVE["R"], BAND_WAVE["Z"]])
     c = continuum(t, bw)
     t.flux_g, t.flux_r, t.flux_z = (_nmgy(c[:, i], bw[i]) for i in range(3))

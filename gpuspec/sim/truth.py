@@ -56,6 +56,8 @@ def write_truth(path: str, meta: dict, targets_table: np.ndarray, cameras: dict)
     cameras : dict
         ``{camera: {"wave", "dw", "fibermin", "phot", "skyphot", "calib", "cosmics",
         "saturated"}}``.
+
+    Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     with atomic_output(path) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
@@ -94,6 +96,8 @@ def read_truth(path: str, camera: str | None = None) -> dict:
         ``meta`` (primary header dict), ``targets`` (table) and, when ``camera``
         is given, ``wave``, ``phot``, ``skyphot``, ``calib``, ``cosmics``,
         ``saturated``, ``dw``, ``fibermin``.
+
+    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

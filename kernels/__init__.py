@@ -1,1 +1,0 @@
-"""CUDA sources of gpuspec (shipped in the wheel as gpuspec.cuda)."""
