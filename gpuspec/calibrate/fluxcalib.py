@@ -300,10 +300,8 @@ def _finish(xp, frame, twave, rdata, sivar, civ, rstd, sflux, model, scale, badf
     fc = np.zeros(nspec, dtype=[("FLAT_TO_PSF_FLUX", "f8"), ("PSF_TO_FIBER_FLUX", "f8")])
     fc["FLAT_TO_PSF_FLUX"] = psc
     fc["PSF_TO_FIBER_FLUX"] = 1.0 if psf_to_fiber_flux is None else psf_to_fiber_flux
-    comments = {"FLAT_TO_PSF_FLUX": "correction for point sources already applied to the "
-                                    "flux vector",
-                "PSF_TO_FIBER_FLUX": "multiplication correction to apply to get the fiber "
-                                     "flux spectrum"}
+    comments = {"FLAT_TO_PSF_FLUX": "point-source correction applied to flux",
+                "PSF_TO_FIBER_FLUX": "multiply to get the fiber flux"}
     stdfm = None if fm is None else np.asarray(fm)[std[badfiber == 0]]
     return FluxCalib(wave=to_device(twave[sl], xp), calib=ccal[:, sl], ivar=ccivar[:, sl].copy(),
                      mask=mask[:, sl].astype(np.uint32), meancalib=mcal[sl], fibercorr=fc,
