@@ -360,18 +360,23 @@ def average_fiberflat(fiberflats, backend="auto") -> FiberFlat:
         med_all = masked_median(F, xp.ones_like(good), axis=0)
         fflat = xp.where(allbad, med_all, med_good)
         ivar = V.sum(axis=0) * (2.0 / np.pi)
-        wms = [((v > 0) & (k == 0)).sum(axis=0) * 1.0 for v, k in zip(V, K)]
     else:
         w = V * (K == 0)
         sw = w.sum(axis=0)
         fflat = (w * F).sum(axis=0) / (sw + (sw == 0))
         ivar = sw
-        wms = [(v * (k == 0)).sum(axis=0) for v, k in zip(V, K)]
     mask = K[0].copy()
     for k in K[1:]:
         both = (mask > 0) & (k > 0)
         mask = xp.where(both, mask | k, mask)
         mask = xp.where(k == 0, 0, mask)
+    # desispec combines the masks in the first flat's own mask array, so the meanspec
+    # weights of the first flat use the combined mask: reproduced
+    Ks = [mask] + list(K[1:])
+    if len(fiberflats) > 2:
+        wms = [((v > 0) & (k == 0)).sum(axis=0) * 1.0 for v, k in zip(V, Ks)]
+    else:
+        wms = [(v * (k == 0)).sum(axis=0) for v, k in zip(V, Ks)]
     meanspec = None
     if fiberflats[0].meanspec is not None:
         ms = [to_device(f.meanspec, xp, np.float64) for f in fiberflats]
