@@ -84,31 +84,38 @@ def _interval(xp, xq, kn):
 def _basis(xp, T, l, xq):
     """Values of the 4 cubic B-splines that are non-zero on interval ``l`` (Cox–de Boor)."""
     nf, tl = T.shape
-    off = xp.arange(-2, 4)
-    flat = (xp.arange(nf)[:, None, None] * tl + l[:, :, None] + off[None, None, :])
-    tt = T.reshape(-1)[flat]
+    flat = T.reshape(-1)
+    base = l + (xp.arange(nf) * tl)[:, None]
     x = xq[None, :]
-    left = [None] + [x - tt[:, :, 3 - j] for j in range(1, _K + 1)]
-    right = [None] + [tt[:, :, j + 2] - x for j in range(1, _K + 1)]
+    t = {o: flat[base + o] for o in range(-2, 4)}                   # T[l + o], contiguous
+    left = [None] + [x - t[1 - j] for j in range(1, _K + 1)]
+    right = [None] + [t[j] - x for j in range(1, _K + 1)]
     B = [xp.ones(l.shape, dtype=np.float64)]
     for j in range(1, _K + 1):
-        saved = xp.zeros(l.shape, dtype=np.float64)
+        saved = None
         new = []
         for r in range(j):
             den = right[r + 1] + left[j - r]
             temp = B[r] / xp.where(den != 0, den, 1.0)
-            new.append(saved + right[r + 1] * temp)
+            v = right[r + 1] * temp
+            new.append(v if saved is None else v + saved)
             saved = left[j - r] * temp
         new.append(saved)
         B = new
     return B  # list of 4 arrays (nfib, nq)
 
 
-def _segment_sums(xp, g, lk, nint):
-    """``S[f, k] = sum_{i: lk[f, i] == k} g[f, i]`` for ``lk`` non-decreasing along i."""
+def _segment_sums(xp, g, lk, nint, runs=None):
+    """``S[f, k] = sum_{i: lk[f, i] == k} g[f, i]`` for ``lk`` non-decreasing along i.
+
+    ``runs`` = ``(lk_start(...), lk_end(...))`` when already computed for this ``lk``.
+    """
     nf, n = g.shape
-    cs = xp.concatenate([xp.zeros((nf, 1), g.dtype), xp.cumsum(g, axis=1)], axis=1)
-    return _take(cs, lk_end(xp, lk, nint)) - _take(cs, lk_start(xp, lk, nint))
+    start, end = runs if runs is not None else (lk_start(xp, lk, nint), lk_end(xp, lk, nint))
+    cs = xp.empty((nf, n + 1), dtype=g.dtype)
+    cs[:, 0] = 0
+    xp.cumsum(g, axis=1, out=cs[:, 1:])
+    return _take(cs, end) - _take(cs, start)
 
 
 def lk_start(xp, lk, nint):
@@ -180,21 +187,21 @@ def _fit_once(xp, xq, x, y, wgt, res, kmax):
     B = _basis(xp, T, lk + _K, x)
     ww = xp.where(valid, wgt, 0.0) ** 2             # FITPACK weights w -> w**2
     yv = xp.where(valid, y, 0.0)
+    runs = (lk_start(xp, lk, nint), lk_end(xp, lk, nint))
     ab = xp.zeros((nb, _K + 1, nf))
     rhs = xp.zeros((nb, nf))
+    cnt = xp.zeros((nb, nf))
+    wy = ww * yv
     for p in range(_K + 1):
-        sy = _segment_sums(xp, ww * yv * B[p], lk, nint)   # (F, nint), coefficient k + p
-        rhs[p:p + nint] += sy.T
+        rhs[p:p + nint] += _segment_sums(xp, wy * B[p], lk, nint, runs).T
+        wb = ww * B[p]
         for m in range(_K + 1 - p):
-            s = _segment_sums(xp, ww * B[p] * B[p + m], lk, nint)
-            ab[p:p + nint, m] += s.T
+            ab[p:p + nint, m] += _segment_sums(xp, wb * B[p + m], lk, nint, runs).T
+        # Schoenberg-Whitney (approximately): every basis function needs a point inside it
+        cnt[p:p + nint] += _segment_sums(xp, valid * (B[p] > 0) * 1.0, lk, nint, runs).T
     # coefficients beyond the fiber's own basis (padding) are zero-width: identity rows
     j = xp.arange(nb)[:, None]
     real = j < (kn["nkeep"][None, :] + _K + 1)
-    # Schoenberg-Whitney (approximately): every basis function needs a point inside it
-    cnt = xp.zeros((nb, nf))
-    for p in range(_K + 1):
-        cnt[p:p + nint] += _segment_sums(xp, valid * (B[p] > 0) * 1.0, lk, nint).T
     empty = real & ~(cnt > 0)
     failed = xp.any(empty, axis=0)
     ab[:, 0] = xp.where(real & ~empty, ab[:, 0], 1.0)
