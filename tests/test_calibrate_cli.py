@@ -104,3 +104,11 @@ def test_templates_cli(tmp_path):
     ref = load_templates()
     assert lib.flux.shape == ref.flux.shape
     np.testing.assert_allclose(lib.teff, ref.teff)
+    try:
+        from desispec.io import read_stdstar_templates
+    except ImportError:
+        return
+    C.quiet()
+    wave, flux, tid, teff, logg, feh = read_stdstar_templates(str(out))
+    assert flux.shape == ref.flux.shape and np.allclose(teff, ref.teff)
+    np.testing.assert_allclose(wave, ref.wave)

@@ -27,12 +27,12 @@ import logging
 import numpy as np
 
 from .. import resolution
-from ..backend import get_array_module, get_xp, to_device, to_host
+from ..backend import get_xp, to_device, to_host
 from ..errors import BadDataError, InputError
 from ..profiling import nvtx_range
 from .banded import convolved_variance, inverse_band, normal_band, rt_dot, solve_band
 from .containers import FluxCalib
-from .fibers import fiberbitmasked, is_std_star
+from .fibers import is_std_star
 from .util import interp_rows, masked_median, resample_flux
 
 __all__ = ["compute_flux_calibration", "apply_flux_calibration", "ISM_LINES", "FLUX_UNIT",
@@ -250,9 +250,9 @@ def compute_flux_calibration(frame, input_model_wave, input_model_flux, input_mo
     if not snr >= 2.0:
         raise BadDataError(f"standard stars have median S/N per bin {snr:.3g} < 2: desispec "
                            "would scale an average calibration, which gpuspec does not have")
-    calib, civ, scale, badfiber, ab_last = _iterate(xp, rstd, sflux, sivar * (smask == 0), model, conv,
-                                           float(nsig_clipping), int(highest_throughput_nstars),
-                                           float(nsig_flux_scale))
+    calib, civ, scale, badfiber, ab_last = _iterate(
+        xp, rstd, sflux, sivar * (smask == 0), model, conv, float(nsig_clipping),
+        int(highest_throughput_nstars), float(nsig_flux_scale))
     return _finish(xp, frame, twave, rdata, sivar, civ, rstd, sflux, model, scale, badfiber,
                    calib, mask, psc, psf_to_fiber_flux, std, psc_d, ab_last)
 

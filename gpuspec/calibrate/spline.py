@@ -112,9 +112,7 @@ def _segment_sums(xp, g, lk, nint, runs=None):
     """
     nf, n = g.shape
     start, end = runs if runs is not None else (lk_start(xp, lk, nint), lk_end(xp, lk, nint))
-    cs = xp.empty((nf, n + 1), dtype=g.dtype)
-    cs[:, 0] = 0
-    xp.cumsum(g, axis=1, out=cs[:, 1:])
+    cs = xp.concatenate([xp.zeros((nf, 1), g.dtype), xp.cumsum(g, axis=1)], axis=1)
     return _take(cs, end) - _take(cs, start)
 
 
