@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "gpuspec.sim.cli",        # simulate
     "gpuspec.preproc.cli",    # preproc
     "gpuspec.extract.cli",    # extract
+    "gpuspec.calibrate.cli",  # compute-fiberflat, compute-sky, fit-stdstars, ..., process-exposure
     "gpuspec.coadd.cli",      # group, coadd
     "gpuspec.launch.status",  # status, tasks, retry
     "gpuspec.io.cli",         # info

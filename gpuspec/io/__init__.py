@@ -16,6 +16,10 @@ read_fibermap, write_fibermap...  :mod:`gpuspec.io.fibermap`
 read_calib_image, ...             :mod:`gpuspec.io.calib`
 read_psf, write_psf               :mod:`gpuspec.io.psf`
 read_spectra, write_spectra       :mod:`gpuspec.io.spectra`
+read/write_fiberflat              :mod:`gpuspec.io.fiberflat`
+read/write_sky                    :mod:`gpuspec.io.sky`
+read/write_flux_calibration, ...  :mod:`gpuspec.io.fluxcalib`
+read/write_cframe                 :mod:`gpuspec.io.cframe`
 ================================  =========================
 """
 
@@ -44,6 +48,12 @@ _LAZY = {
     # PSFs, spectra and coadds
     "read_psf": "psf", "write_psf": "psf",
     "read_spectra": "spectra", "write_spectra": "spectra",
+    # calibration products (fiber flats, sky, flux calibration, star models, cframes)
+    "read_fiberflat": "fiberflat", "write_fiberflat": "fiberflat",
+    "read_sky": "sky", "write_sky": "sky",
+    "read_flux_calibration": "fluxcalib", "write_flux_calibration": "fluxcalib",
+    "read_stdstar_models": "fluxcalib", "write_stdstar_models": "fluxcalib",
+    "read_cframe": "cframe", "write_cframe": "cframe",
     # helpers
     "atomic_output": "util", "parse_sec": "util", "format_sec": "util",
 }

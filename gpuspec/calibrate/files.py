@@ -1,0 +1,311 @@
+"""File-to-file calibration steps (what the CLIs and a launcher call).
+
+Each reads its inputs, runs the step and writes one output atomically (nothing is
+written when a step fails). Names, options and headers follow desispec's scripts:
+``desi_compute_fiberflat``, ``desi_average_fiberflat``, ``desi_autocalib_fiberflat``,
+``desi_compute_sky``, ``desi_fit_stdstars``, ``desi_compute_fluxcalibration`` and
+``desi_process_exposure``.
+
+File names: :func:`calib_filename` (``fiberflat-b0-00000099.fits`` …).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ..errors import BadDataError, InputError
+from ..profiling import nvtx_range
+
+__all__ = ["calib_filename", "compute_fiberflat_file", "average_fiberflat_file",
+           "autocalib_fiberflat_file", "compute_sky_file", "fit_stdstars_file",
+           "compute_fluxcalib_file", "process_exposure_file"]
+
+log = logging.getLogger(__name__)
+
+_PATTERNS = {
+    "frame": "frame-{camera}-{expid:08d}.fits",
+    "fiberflat": "fiberflat-{camera}-{expid:08d}.fits",
+    "fiberflatnight": "fiberflatnight-{camera}-{night}.fits",
+    "sky": "sky-{camera}-{expid:08d}.fits",
+    "stdstars": "stdstars-{spectrograph}-{expid:08d}.fits",
+    "fluxcalib": "fluxcalib-{camera}-{expid:08d}.fits",
+    "cframe": "cframe-{camera}-{expid:08d}.fits",
+}
+
+
+def calib_filename(kind: str, camera: str | None = None, expid: int | None = None,
+                   night: int | None = None, spectrograph: int | None = None) -> str:
+    """desispec's base name of a calibration product (``kind`` in :data:`_PATTERNS`)."""
+    try:
+        pat = _PATTERNS[kind]
+    except KeyError:
+        raise InputError(f"unknown product kind {kind!r}; expected one of "
+                         f"{sorted(_PATTERNS)}") from None
+    return pat.format(camera=(camera or "").lower(), expid=int(expid or 0), night=night,
+                      spectrograph=spectrograph)
+
+
+def _short(path) -> str:
+    return os.path.basename(os.fspath(path)) if path is not None else "None"
+
+
+class _named:
+    """Context manager: give a gpuspec error raised inside the name of ``path``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if isinstance(exc, InputError) and exc.path is None and self.path is not None:
+            raise type(exc)(str(exc), path=os.fspath(self.path)) from exc
+        return False
+
+
+def _camera(meta, path):
+    cam = (meta or {}).get("CAMERA")
+    if not cam:
+        raise InputError("header has no CAMERA", path=path, keyword="CAMERA")
+    return str(cam).strip().lower()
+
+
+@nvtx_range("compute_fiberflat_file")
+def compute_fiberflat_file(infile, outfile, nsig=10.0, acc=5.0e-4, smoothing_resolution=5.0,
+                           cosmics_nsig=0.0, backend="auto") -> str:
+    """``desi_compute_fiberflat -i FRAME -o FIBERFLAT`` (options ``--nsig --acc
+    --smoothing-resolution``)."""
+    from ..io.fiberflat import write_fiberflat
+    from ..io.frame import read_frame
+    from .fiberflat import compute_fiberflat
+
+    if cosmics_nsig and cosmics_nsig > 0:
+        raise InputError("1-D cosmic-ray rejection (--cosmics-nsig) is not implemented")
+    frame = read_frame(infile)
+    with _named(infile):
+        ff = compute_fiberflat(frame, nsig_clipping=nsig, accuracy=acc,
+                               smoothing_res=smoothing_resolution, backend=backend)
+    return write_fiberflat(outfile, ff, header=frame.meta)
+
+
+def average_fiberflat_file(infiles, outfile, program=None, backend="auto") -> str:
+    """``desi_average_fiberflat -i FF1 FF2 ... -o OUT [--program P]``."""
+    from ..io.fiberflat import read_fiberflat, write_fiberflat
+    from .fiberflat import average_fiberflat
+
+    flats = [read_fiberflat(f) for f in infiles]
+    if program is not None:
+        flats = [f for f in flats if f.meta.get("PROGRAM") == program]
+    return write_fiberflat(outfile, average_fiberflat(flats, backend=backend))
+
+
+def autocalib_fiberflat_file(infiles, prefix=None, night=None, arm=None, outdir=".",
+                             backend="auto") -> list[str]:
+    """``desi_autocalib_fiberflat -i FF... [--prefix P | --night N --arm A]``.
+
+    Writes ``{prefix}{spectrograph}-autocal.fits`` per spectrograph, or
+    ``fiberflatnight-{arm}{spectrograph}-{night}.fits`` in ``outdir``.
+    """
+    from ..io.fiberflat import read_fiberflat, write_fiberflat
+    from .fiberflat import autocalib_fiberflat
+
+    if prefix is None and (night is None or arm is None):
+        raise InputError("need --prefix, or --night and --arm, for the output file names")
+    flats = [read_fiberflat(f) for f in infiles]
+    cams = np.array([_camera(f.meta, p) for f, p in zip(flats, infiles)])
+    expid = np.array([int(f.meta.get("EXPID", -1)) for f in flats])
+    common = None
+    for c in np.unique(cams):
+        e = expid[cams == c]
+        common = e if common is None else np.intersect1d(common, e)
+    flats = [f for f, e in zip(flats, expid) if e in set(common.tolist())]
+    out = []
+    for sp, ff in sorted(autocalib_fiberflat(flats, backend=backend).items()):
+        name = f"{prefix}{sp}-autocal.fits" if prefix is not None else os.path.join(
+            outdir, calib_filename("fiberflatnight", f"{arm}{sp}", night=night))
+        out.append(write_fiberflat(name, ff))
+    return out
+
+
+@nvtx_range("compute_sky_file")
+def compute_sky_file(infile, fiberflat, outfile, cosmics_nsig=0.0, no_extra_variance=False,
+                     exclude_sky_targetids=None, override_sky_targetids=None,
+                     backend="auto", **unsupported) -> str:
+    """``desi_compute_sky -i FRAME --fiberflat FF -o SKY`` (default method)."""
+    from ..io.fiberflat import read_fiberflat
+    from ..io.frame import read_frame
+    from ..io.sky import write_sky
+    from .fiberflat import apply_fiberflat
+    from .sky import compute_sky
+
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise InputError(f"options not implemented: {', '.join(bad)}")
+    if cosmics_nsig and cosmics_nsig > 0:
+        raise InputError("1-D cosmic-ray rejection (--cosmics-nsig) is not implemented")
+    frame = read_frame(infile)
+    ff = read_fiberflat(fiberflat)
+    with _named(infile):
+        fr = apply_fiberflat(frame, ff, backend=backend)
+        sky = compute_sky(fr, add_variance=not no_extra_variance,
+                          exclude_sky_targetids=exclude_sky_targetids,
+                          override_sky_targetids=override_sky_targetids, backend=backend)
+    meta = dict(frame.meta, IN_FRAME=_short(infile), FIBERFLT=_short(fiberflat))
+    return write_sky(outfile, sky, header=meta)
+
+
+def _by_camera(objs, files):
+    out = {}
+    for o, f in zip(objs, files):
+        out.setdefault(_camera(o.meta, f), []).append(o)
+    return out
+
+
+@nvtx_range("fit_stdstars_file")
+def fit_stdstars_file(frames, skymodels, fiberflats, outfile, starmodels=None,
+                      delta_color=0.2, min_blue_snr=4.0, color=None, z_max=0.008,
+                      z_res=0.00002, template_error=0.1, maxstdstars=30, std_targetids=None,
+                      apply_sky_throughput_correction=False, backend="auto") -> str:
+    """``desi_fit_stdstars --frames ... --skymodels ... --fiberflats ... -o STDSTARS``."""
+    from ..io.fiberflat import read_fiberflat
+    from ..io.fluxcalib import write_stdstar_models
+    from ..io.frame import read_frame
+    from ..io.sky import read_sky
+    from .stdstars import fit_stdstars
+
+    fr = _by_camera([read_frame(f) for f in frames], frames)
+    sk = _by_camera([read_sky(f) for f in skymodels], skymodels)
+    ffs = {}
+    for f in fiberflats:
+        ff = read_fiberflat(f)
+        ffs.setdefault(_camera(ff.meta, f), ff)
+    with _named(frames[0] if len(frames) == 1 else None):
+        models = fit_stdstars(fr, sk, ffs, templates=starmodels, delta_color=delta_color,
+                              min_blue_snr=min_blue_snr, color=color or "G-R", z_max=z_max,
+                              z_res=z_res, template_error=template_error,
+                              maxstdstars=maxstdstars, std_targetids=std_targetids,
+                              apply_sky_throughput_correction=apply_sky_throughput_correction,
+                              backend=backend)
+    return write_stdstar_models(outfile, models)
+
+
+def _select_models(models, frame, chi2cut, chi2cut_nsig, delta_color_cut, min_color, color,
+                   path):
+    """desispec's cuts on the star models (χ², colour vs photometry); returns a row mask."""
+    meta = models.metadata
+    names = meta.dtype.names
+    ok = np.ones(len(meta), bool)
+    if chi2cut > 0:
+        ok &= np.asarray(meta["CHI2DOF"]) < chi2cut
+    color = color or ("G-R" if "MODEL_G-R" in names else None)
+    if color is None or f"MODEL_{color}" not in names:
+        raise BadDataError("star models have no MODEL_G-R column", path=path, hdu="METADATA")
+    if delta_color_cut > 0:
+        fm = frame.fibermap
+        ebv = np.asarray(fm["EBV"], np.float64)[np.asarray(models.fibers) % 500] \
+            if "EBV" in fm.dtype.names else np.zeros(len(meta))
+        ok &= np.abs(np.asarray(meta[f"MODEL_{color}"]) - np.asarray(meta[f"DATA_{color}"])) \
+            < delta_color_cut + 0.2 * ebv
+    if min_color is not None:
+        ok &= np.asarray(meta[f"DATA_{color}"]) > min_color
+    if chi2cut_nsig > 0:
+        c = np.asarray(meta["CHI2DOF"])
+        ok &= c <= np.median(c) + chi2cut_nsig * np.std(c)
+    if not ok.any():
+        raise BadDataError("selection cuts discarded all standard stars", path=path)
+    return ok
+
+
+@nvtx_range("compute_fluxcalib_file")
+def compute_fluxcalib_file(infile, fiberflat, sky, models, outfile, chi2cut=0.0,
+                           chi2cut_nsig=0.0, color=None, min_color=None, delta_color_cut=0.2,
+                           nostdcheck=False, highest_throughput=0, seeing_fwhm=1.1,
+                           nsig_flux_scale=3.0, apply_sky_throughput_correction=False,
+                           selected_calibration_stars=None, backend="auto") -> str:
+    """``desi_compute_fluxcalibration -i FRAME --fiberflat FF --sky SKY --models STD -o OUT``."""
+    from dataclasses import replace
+
+    from ..io.fiberflat import read_fiberflat
+    from ..io.fluxcalib import read_stdstar_models, write_flux_calibration
+    from ..io.frame import read_frame
+    from ..io.sky import read_sky
+    from .fiberflat import apply_fiberflat
+    from .fibers import fiberbitmasked, is_std_star
+    from .fluxcalib import compute_flux_calibration
+    from .sky import subtract_sky
+
+    frame = read_frame(infile)
+    cam = _camera(frame.meta, infile)
+    ivar, mask = fiberbitmasked(frame.ivar, frame.mask, frame.fibermap, "flux", cam[0])
+    frame = replace(frame, ivar=ivar, mask=mask)
+    with _named(infile):
+        frame = apply_fiberflat(frame, read_fiberflat(fiberflat), backend=backend)
+        frame = subtract_sky(frame, read_sky(sky),
+                             apply_throughput_correction=apply_sky_throughput_correction,
+                             backend=backend)
+    m = read_stdstar_models(models)
+    ok = np.ones(len(m.metadata), bool)
+    nsig_fs = nsig_flux_scale
+    if selected_calibration_stars is not None:
+        from ..io.util import open_fits, read_table_hdu
+
+        with open_fits(selected_calibration_stars) as fx:
+            tab = read_table_hdu(fx, 1, selected_calibration_stars)
+        ok &= np.isin(m.fibers, np.asarray(tab["FIBER"])[np.asarray(tab["VALID"]) == 1])
+        delta_color_cut, min_color, chi2cut_nsig, nsig_fs = 0, None, 0, 0.0
+    ok &= _select_models(m, frame, chi2cut, chi2cut_nsig, delta_color_cut, min_color, color,
+                         models)
+    fibers = np.asarray(m.fibers)[ok] % 500
+    if not nostdcheck:
+        std = np.flatnonzero(is_std_star(frame.fibermap))
+        if not np.isin(fibers, std).all():
+            raise BadDataError(f"model fibers {sorted(set(fibers) - set(std))} are not "
+                               "standard stars in the frame's fibermap", path=infile,
+                               hdu="FIBERMAP")
+    with _named(infile):
+        fc = compute_flux_calibration(frame, m.wave, m.flux[ok], fibers,
+                                      highest_throughput_nstars=highest_throughput,
+                                      exposure_seeing_fwhm=seeing_fwhm,
+                                      stdcheck=not nostdcheck, nsig_flux_scale=nsig_fs,
+                                      backend=backend)
+    meta = dict(frame.meta, IN_FRAME=_short(infile), IN_SKY=_short(sky),
+                FIBERFLT=_short(fiberflat), STDMODEL=_short(models))
+    return write_flux_calibration(outfile, fc, header=meta)
+
+
+@nvtx_range("process_exposure_file")
+def process_exposure_file(infile, outfile, fiberflat=None, sky=None, calib=None,
+                          cosmics_nsig=0.0, apply_sky_throughput_correction=False,
+                          no_sky_line_throughput_correction=False, no_zero_ivar=False,
+                          backend="auto") -> str:
+    """``desi_process_exposure -i FRAME [--fiberflat FF] [--sky SKY] [--calib CAL] -o OUT``.
+
+    With ``calib`` the output is a cframe (10⁻¹⁷ erg/s/cm²/Å); without, a frame in
+    electron/Å (desispec labels both with the calibrated unit).
+    """
+    from ..io.cframe import write_cframe
+    from ..io.fiberflat import read_fiberflat
+    from ..io.fluxcalib import read_flux_calibration
+    from ..io.frame import read_frame, write_frame
+    from ..io.sky import read_sky
+    from .cframe import process_exposure
+
+    frame = read_frame(infile)
+    with _named(infile):
+        out = process_exposure(frame, fiberflat=None if fiberflat is None else
+                               read_fiberflat(fiberflat), sky=None if sky is None else
+                               read_sky(sky), calib=None if calib is None else
+                               read_flux_calibration(calib), cosmics_nsig=cosmics_nsig,
+                               apply_sky_throughput_correction=apply_sky_throughput_correction,
+                               no_sky_line_throughput_correction=(
+                                   no_sky_line_throughput_correction),
+                               no_zero_ivar=no_zero_ivar, backend=backend)
+    meta = dict(out.meta, IN_FRAME=_short(infile), FIBERFLT=_short(fiberflat),
+                IN_SKY=_short(sky), IN_CALIB=_short(calib))
+    if calib is not None:
+        return write_cframe(outfile, out, meta=meta)
+    return write_frame(outfile, out, meta=meta)

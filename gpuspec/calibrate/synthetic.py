@@ -1,0 +1,266 @@
+"""Synthetic calibration inputs with known truth: flats, sky, standard stars, targets.
+
+Reusable spectrum generators (the full simulator is meant to call these) and small
+frame builders for tests and benchmarks:
+
+- :func:`fiber_throughput` — per-fiber relative throughput, a few % from fiber to
+  fiber and across wavelength, normalised to median 1 over fibers at each wavelength
+  (exactly what a fiber flat recovers);
+- :func:`flat_lamp` — continuum-lamp spectrum (3100 K halogen blackbody seen through
+  the camera's throughput), electron/Å per fiber;
+- :func:`sky_flux` — night sky, f_λ per fiber: :func:`gpuspec.sim.spectra.make_sky`
+  (continuum, Hg/[OI]/Na lines and a pseudo-OH forest; [OI] 5578.9 and 6302.0 Å);
+- :func:`calib_vector` — instrument + atmosphere throughput as electron/Å per unit
+  f_λ (10⁻¹⁷ erg/s/cm²/Å), :func:`gpuspec.sim.spectra.calib_vector` per Å;
+- :func:`gaussian_resolution` — banded resolution matrices with a Gaussian LSF whose
+  width varies with fiber and wavelength;
+- stellar spectra from :mod:`gpuspec.calibrate.templates`, science targets
+  (:func:`target_flux`).
+
+:func:`make_exposure` assembles, per camera, an extracted flat-lamp frame and a science
+frame (flux = R_f [T_f (calib·(object + sky))] + Gaussian noise, ivar from the noise
+model, not from the noisy data), with a fibermap (OBJTYPE SKY, DESI_TARGET STD_FAINT,
+FA_TYPE) and the truth of everything.
+
+Host NumPy (generators); the frames are NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..frame import Frame
+from ..io.fibermap import empty_fibermap
+from .fibers import FA_TYPE_STD, STD_DESI_BITS
+
+__all__ = ["fiber_throughput", "flat_lamp", "sky_flux", "calib_vector", "gaussian_resolution",
+           "target_flux", "convolve", "make_exposure", "Exposure", "SKY_DESI_BIT",
+           "short_waves"]
+
+SKY_DESI_BIT = 1 << 32
+H_PLANCK, C_LIGHT, K_BOLTZ = 6.62607015e-27, 2.99792458e10, 1.380649e-16  # cgs
+#: modest camera grids for tests: overlapping, 0.8 Å, containing [OI] 5578.9 / 6302.0
+SHORT_RANGES = {"b": (5000.0, 5800.0), "r": (5760.0, 6600.0), "z": (6560.0, 7400.0)}
+READ_NOISE = 3.0     # electrons per pixel
+PIXELS_PER_BIN = 3.0  # pixels across a trace summed into one extracted bin
+
+
+def short_waves(bands=("b", "r", "z"), ranges=None, step: float = 0.8) -> dict:
+    """Camera wavelength grids (default :data:`SHORT_RANGES`), on the 0.8 Å lattice."""
+    from ..coadd.synth import camera_waves
+
+    return camera_waves(bands, step=step, ranges=ranges or SHORT_RANGES)
+
+
+def planck_lambda(wave, teff):
+    """Blackbody B_λ(T) in erg/s/cm²/Å/sr (``wave`` Å, ``teff`` K; broadcasting)."""
+    lam = np.asarray(wave, np.float64) * 1e-8
+    x = H_PLANCK * C_LIGHT / (lam * K_BOLTZ * np.asarray(teff, np.float64))
+    return 2 * H_PLANCK * C_LIGHT ** 2 / lam ** 5 / np.expm1(x) * 1e-8
+
+
+def fiber_throughput(nfiber: int, wave, seed: int = 0, rms: float = 0.03,
+                     chromatic: float = 0.02) -> np.ndarray:
+    """Relative fiber throughput (nfiber, nwave), median 1 over fibers at each wavelength.
+
+    Each fiber: ``(1 + rms·g1) · (1 + chromatic·g2·x + 0.3·chromatic·g3·x²)`` with
+    ``x`` the wavelength scaled to [-1, 1] over 3600–9800 Å and ``g`` standard normals.
+    """
+    rng = np.random.default_rng([seed, 7001])
+    w = np.asarray(wave, np.float64)
+    x = (w - 6700.0) / 3100.0
+    g = rng.normal(size=(3, nfiber, 1))
+    t = (1 + rms * g[0]) * (1 + chromatic * g[1] * x[None, :] + 0.3 * chromatic * g[2] *
+                            x[None, :] ** 2)
+    return t / np.median(t, axis=0, keepdims=True)
+
+
+def flat_lamp(band: str, wave, level: float = 2.0e4) -> np.ndarray:
+    """Continuum lamp through the camera (electron/Å per fiber), peak ``level``.
+
+    A 3100 K blackbody (quartz-halogen lamp) times the camera's throughput curve.
+    """
+    from ..sim.spectra import throughput
+
+    w = np.asarray(wave, np.float64)
+    s = planck_lambda(w, 3100.0) * throughput(band, w)
+    return level * s / s.max()
+
+
+def sky_flux(wave, dw: float = 0.8, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """Night-sky f_λ per fiber (10⁻¹⁷ erg/s/cm²/Å), bin-averaged on ``wave``."""
+    from ..sim.spectra import make_sky
+
+    return make_sky(seed).flux(np.asarray(wave, np.float64), dw, scale)
+
+
+def calib_vector(band: str, wave, dw: float = 0.8, exptime: float = 900.0) -> np.ndarray:
+    """Instrument + atmosphere throughput: electron/Å per unit f_λ (desispec ``calib``)."""
+    from ..sim.spectra import calib_vector as cv
+
+    return cv(band, wave, dw, exptime) / dw
+
+
+def gaussian_resolution(nfiber: int, nwave: int, seed: int = 0, ndiag: int = 11,
+                        sigma=(0.9, 1.3)) -> np.ndarray:
+    """Resolution bands (nfiber, ndiag, nwave) with a Gaussian LSF (σ in bins).
+
+    σ varies linearly along wavelength between two per-fiber values drawn in ``sigma``;
+    columns are normalised (flux conserving), entries outside the matrix are 0.
+    """
+    rng = np.random.default_rng([seed, 7002])
+    h = ndiag // 2
+    s0 = rng.uniform(*sigma, (nfiber, 1))
+    s1 = rng.uniform(*sigma, (nfiber, 1))
+    t = np.linspace(0.0, 1.0, nwave)[None, :]
+    sig = (s0 + (s1 - s0) * t)[:, None, :]
+    d = (np.arange(ndiag) - h)[None, :, None]
+    r = np.exp(-0.5 * (d / sig) ** 2)
+    k = np.arange(nwave)[None, None, :]
+    r = np.where((k + d >= 0) & (k + d < nwave), r, 0.0)
+    return r / r.sum(axis=1, keepdims=True)
+
+
+def convolve(rdata, flux) -> np.ndarray:
+    """``R_f @ flux_f`` for every fiber (host NumPy)."""
+    from ..resolution import apply
+
+    return apply(rdata, flux)
+
+
+def target_flux(nt: int, wave, seed: int = 0) -> np.ndarray:
+    """Science-target f_λ (nt, nwave): power-law continua with emission lines."""
+    rng = np.random.default_rng([seed, 7003])
+    w = np.asarray(wave, np.float64)[None, :]
+    cont = rng.uniform(0.3, 3.0, (nt, 1)) * (w / 6000.0) ** rng.uniform(-2.0, 0.5, (nt, 1))
+    out = cont.copy()
+    for _ in range(4):
+        c = rng.uniform(w.min(), w.max(), (nt, 1))
+        a = rng.uniform(5.0, 40.0, (nt, 1))
+        s = rng.uniform(1.0, 3.0, (nt, 1))
+        out += a * np.exp(-0.5 * ((w - c) / s) ** 2) / (np.sqrt(2 * np.pi) * s)
+    return out
+
+
+@dataclass
+class Exposure:
+    """Synthetic flat and science frames of one exposure, per camera, with the truth."""
+
+    flats: dict = field(default_factory=dict)        # camera -> Frame (flat lamp)
+    frames: dict = field(default_factory=dict)       # camera -> Frame (science)
+    fibermap: np.ndarray | None = None
+    truth: dict = field(default_factory=dict)        # see make_exposure
+
+
+def _noisy(model, rng, dw):
+    counts_var = READ_NOISE ** 2 * PIXELS_PER_BIN + np.clip(model, 0, None) * dw
+    ivar = dw ** 2 / counts_var
+    return model + rng.normal(size=model.shape) / np.sqrt(ivar), ivar
+
+
+def _fibermap(nfiber, nsky, nstd, seed, night, expid, specmin=0):
+    rng = np.random.default_rng([seed, 7004])
+    fm = empty_fibermap(nfiber, specmin=specmin)
+    kinds = np.array(["TGT"] * nfiber, dtype="U3")
+    order = rng.permutation(nfiber)
+    sky, std = order[:nsky], order[nsky:nsky + nstd]
+    kinds[sky] = "SKY"
+    fm["OBJTYPE"] = kinds
+    fm["TARGETID"] = 39627000000000000 + specmin + np.arange(nfiber)
+    fm["DESI_TARGET"][sky] = SKY_DESI_BIT
+    fm["DESI_TARGET"][std] = STD_DESI_BITS["STD_FAINT"]
+    fm["FA_TYPE"][std] = FA_TYPE_STD
+    fm["FA_TYPE"][sky] = 4
+    fm["FA_TARGET"] = fm["DESI_TARGET"]
+    fm["FIBERSTATUS"] = 0
+    r = 400.0 * np.sqrt(rng.random(nfiber))
+    a = 2 * np.pi * rng.random(nfiber)
+    fm["FIBERASSIGN_X"] = r * np.cos(a)
+    fm["FIBERASSIGN_Y"] = r * np.sin(a)
+    fm["FIBER_X"], fm["FIBER_Y"] = fm["FIBERASSIGN_X"], fm["FIBERASSIGN_Y"]
+    fm["NIGHT"], fm["EXPID"], fm["TILEID"] = night, expid, 1000
+    fm["EXPTIME"] = 900.0
+    return fm, np.sort(sky), np.sort(std)
+
+
+def make_exposure(nfiber: int = 40, bands=("b", "r", "z"), waves=None, nsky: int = 10,
+                  nstd: int = 6, seed: int = 0, night: int = 20250115, expid: int = 100,
+                  flatid: int = 99, exptime: float = 900.0, flat_level: float = 2.0e4,
+                  star_mag_r=(17.0, 18.5)) -> Exposure:
+    """Flat and science frames of one spectrograph with known truth.
+
+    Parameters
+    ----------
+    nfiber, nsky, nstd : int
+        Fibers, of which sky fibers and standard stars.
+    bands : bands to make (cameras ``{band}0``).
+    waves : dict, optional
+        band -> wavelength grid (default :func:`short_waves`).
+    star_mag_r : (float, float)
+        Range of the standard stars' r magnitudes (AB).
+
+    Returns
+    -------
+    Exposure
+        ``truth``: ``throughput`` band -> (nfiber, nwave) relative fiber throughput;
+        ``lamp`` band -> (nwave,); ``sky`` band -> f_λ (nwave,); ``calib`` band ->
+        electron/Å per f_λ; ``flux`` band -> (nfiber, nwave) true object f_λ (0 for
+        sky fibers); ``sky_fibers``, ``std_fibers`` indices; ``std_templates``
+        template index, ``std_teff``/``std_logg``/``std_feh``, ``std_scale``;
+        ``template_wave``/``template_flux`` of the stars (normalised models on the
+        template grid, 10⁻¹⁷ erg/s/cm²/Å).
+    """
+    from .templates import load_templates, synthetic_mag
+
+    waves = waves or short_waves(bands)
+    rng = np.random.default_rng([seed, 7005])
+    fm, sky, std = _fibermap(nfiber, nsky, nstd, seed, night, expid)
+    lib = load_templates()
+    tidx = rng.integers(0, len(lib.teff), nstd)
+    mags = rng.uniform(*star_mag_r, nstd)
+    tflux = lib.flux[tidx] * (10 ** (-0.4 * (mags[:, None] - synthetic_mag(lib.wave, lib.flux[
+        tidx], "R")[:, None])))
+    fm["FLUX_R"][std] = 10 ** (-0.4 * (mags - 22.5))
+    fm["FLUX_G"][std] = 10 ** (-0.4 * (synthetic_mag(lib.wave, tflux, "G") - 22.5))
+    fm["FLUX_Z"][std] = 10 ** (-0.4 * (synthetic_mag(lib.wave, tflux, "Z") - 22.5))
+    exp = Exposure(fibermap=fm)
+    tr = exp.truth
+    tr.update(sky_fibers=sky, std_fibers=std, std_templates=tidx, std_teff=lib.teff[tidx],
+              std_logg=lib.logg[tidx], std_feh=lib.feh[tidx], template_wave=lib.wave,
+              template_flux=tflux, std_mag_r=mags)
+    for key in ("throughput", "lamp", "sky", "calib", "flux", "resolution"):
+        tr[key] = {}
+    targets = np.setdiff1d(np.arange(nfiber), np.concatenate([sky, std]))
+    for band in bands:
+        cam = f"{band}0"
+        w = np.asarray(waves[band], np.float64)
+        dw = float(w[1] - w[0])
+        nw = w.size
+        thru = fiber_throughput(nfiber, w, seed)
+        lamp = flat_lamp(band, w, flat_level)
+        rd = gaussian_resolution(nfiber, nw, seed + 1000 * (ord(band) - 96))
+        obj = np.zeros((nfiber, nw))
+        from .util import resample_flux
+
+        obj[std] = resample_flux(w, lib.wave, tflux)
+        obj[targets] = target_flux(targets.size, w, seed)
+        skyf = sky_flux(w, dw, seed)
+        cal = calib_vector(band, w, dw, exptime)
+        meta = dict(CAMERA=cam, NIGHT=night, SPECMIN=0, NSPEC=nfiber, EXPTIME=exptime,
+                    DETECTOR="sim")
+        fl_model = convolve(rd, thru * lamp[None, :])
+        fl, fl_ivar = _noisy(fl_model, rng, dw)
+        exp.flats[cam] = Frame(wave=w, flux=fl, ivar=fl_ivar, mask=np.zeros((nfiber, nw),
+                               np.int32), resolution_data=rd, fibermap=fm.copy(),
+                               meta=dict(meta, EXPID=flatid, FLAVOR="flat", OBSTYPE="FLAT"))
+        sc_model = convolve(rd, thru * cal[None, :] * (obj + skyf[None, :]))
+        sc, sc_ivar = _noisy(sc_model, rng, dw)
+        exp.frames[cam] = Frame(wave=w, flux=sc, ivar=sc_ivar, mask=np.zeros((nfiber, nw),
+                                np.int32), resolution_data=rd, fibermap=fm.copy(),
+                                meta=dict(meta, EXPID=expid, FLAVOR="science",
+                                          OBSTYPE="SCIENCE"))
+        tr["throughput"][band], tr["lamp"][band], tr["sky"][band] = thru, lamp, skyf
+        tr["calib"][band], tr["flux"][band], tr["resolution"][band] = cal, obj, rd
+    return exp
