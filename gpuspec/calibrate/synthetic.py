@@ -180,7 +180,7 @@ def _fibermap(nfiber, nsky, nstd, seed, night, expid, specmin=0):
     fm["FIBERASSIGN_X"] = r * np.cos(a)
     fm["FIBERASSIGN_Y"] = r * np.sin(a)
     fm["FIBER_X"], fm["FIBER_Y"] = fm["FIBERASSIGN_X"], fm["FIBERASSIGN_Y"]
-    fm["NIGHT"], fm["EXPID"], fm["TILEID"] = night, expid, 1000
+    # NIGHT, EXPID and TILEID live in the frame header, not in a frame fibermap (desispec)
     fm["EXPTIME"] = 900.0
     return fm, np.sort(sky), np.sort(std)
 
