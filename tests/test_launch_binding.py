@@ -17,7 +17,6 @@ import types
 import pytest
 
 from gpuspec import backend
-from gpuspec.launch.runner import mpi_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,12 +106,12 @@ def test_bind_device_on_numpy_is_none(monkeypatch):
 
 
 def test_mpi_environment_detection():
-    assert mpi_environment({}) == 1
-    assert mpi_environment({"PMI_SIZE": "3"}) == 3
-    assert mpi_environment({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
-    assert mpi_environment({"SLURM_STEP_NUM_TASKS": "4"}) == 4
-    assert mpi_environment({"PMI_SIZE": "1"}) == 1
-    assert mpi_environment({"PMI_SIZE": "x", "PALS_SIZE": "2"}) == 2
+    assert backend.launcher_size({}) == 1
+    assert backend.launcher_size({"PMI_SIZE": "3"}) == 3
+    assert backend.launcher_size({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
+    assert backend.launcher_size({"SLURM_STEP_NUM_TASKS": "4"}) == 4
+    assert backend.launcher_size({"PMI_SIZE": "1"}) == 1
+    assert backend.launcher_size({"PMI_SIZE": "x", "PALS_SIZE": "2"}) == 2
 
 
 @pytest.mark.mpi

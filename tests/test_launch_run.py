@@ -26,7 +26,8 @@ from gpuspec.launch import cli as run_cli
 from gpuspec.launch.db import db_path
 from gpuspec.launch.graph import build_graph
 from gpuspec.launch.manifest import load_manifest
-from gpuspec.launch.runner import plan, run_serial
+from gpuspec.launch.plan import load_plan
+from gpuspec.launch.runner import run_serial
 from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
 from gpuspec import cli as gpuspec_cli
 
@@ -100,7 +101,7 @@ def reference(inputs, tmp_path_factory):
     """An uninterrupted one-process production without failures."""
     tmp = tmp_path_factory.mktemp("ref")
     m = load_manifest(_manifest(tmp, inputs))
-    assert run_serial(plan(m), verbose=False) == 0
+    assert run_serial(load_plan(m), verbose=False) == 0
     return m.production
 
 
@@ -135,8 +136,10 @@ def test_graph_matches_independent_expectation(inputs, tmp_path):
     assert tasks["frame-b0-00000001"].deps == ["extract-b0-00000001-b00-01",
                                                "extract-b0-00000001-b02-02"]
     p = next(iter(expect))
-    assert tasks[f"coadd-{p}"].outputs[0].endswith(
-        os.path.join("healpix", "sim", "all", str(p // 100), str(p), f"coadd-sim-all-{p}.json"))
+    # desispec findfile: healpix/{survey}/{program}/{pixel//100}/{pixel}/coadd-{survey}-{program}-{pixel}
+    assert tasks[f"coadd-{p}"].outputs[0] == os.path.join(
+        m.production, "healpix", "main", "dark", str(p // 100), str(p),
+        f"coadd-main-dark-{p}.json")
     # every task comes after its dependencies
     pos = {n: i for i, n in enumerate(tasks)}
     assert all(pos[d] < pos[n] for n, t in tasks.items() for d in t.deps)
@@ -166,13 +169,13 @@ def test_serial_run_done_and_up_to_date(reference, inputs, tmp_path):
     assert set(ref) == want
     # re-planning the finished production finds everything done (outputs newer than inputs)
     m2 = load_manifest(os.path.join(os.path.dirname(reference), "prod.yaml"))
-    p = plan(m2, write_db=False)
+    p = load_plan(m2, write_db=False)
     assert set(p.states.values()) == {"done"}
     # touching one input makes exactly that task and everything downstream not done
     pre = [t for t in p.tasks if t.name == "frame-z1-00000001"][0]
     part = pre.inputs[0]
     os.utime(part, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-    p = plan(m2, write_db=False)
+    p = load_plan(m2, write_db=False)
     notdone = {n for n, s in p.states.items() if s != "done"}
     assert "frame-z1-00000001" in notdone and all(not n.startswith(("preproc", "extract"))
                                                  for n in notdone)
@@ -243,7 +246,8 @@ def test_unavailable_step_is_reported(inputs, tmp_path, capsys):
     path = _manifest(tmp_path, inputs)
     text = open(path).read().replace("registry: toy", "registry: gpuspec.launch.steps:DESI")
     (tmp_path / "desi.yaml").write_text(text)
-    from gpuspec.launch.steps import DESI, Registry, StepSpec
+    from gpuspec.launch.registry import Registry, StepSpec
+    from gpuspec.launch.steps import DESI
 
     reg = Registry("x", dict(DESI.steps, coadd=StepSpec("gpuspec.nonexistent_mod:coadd_file")))
     missing = reg.unavailable(["coadd"])
@@ -409,7 +413,7 @@ def test_sigkill_then_resume(inputs, tmp_path, reference):
 
 
 def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monkeypatch):
-    from gpuspec.launch import runner
+    from gpuspec.launch import execute
 
     ranges, frees = [], []
 
@@ -424,10 +428,10 @@ def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monk
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(runner, "nvtx_range", Rec)
-    monkeypatch.setattr(runner._backend, "free_memory", lambda xp=None: frees.append("free"))
+    monkeypatch.setattr(execute, "nvtx_range", Rec)
+    monkeypatch.setattr(execute._backend, "free_memory", lambda xp=None: frees.append("free"))
     m = load_manifest(_manifest(tmp_path, inputs))
-    p = plan(m)
+    p = load_plan(m)
     assert run_serial(p, verbose=False) == 0
     assert ranges == [t.name for t in p.tasks]  # one range per task, named after it
     steps = [t.step for t in p.tasks]
@@ -524,7 +528,7 @@ def test_registry_by_module_attribute(inputs, tmp_path, capsys):
 
 
 def _broken_registry():
-    from gpuspec.launch.steps import Registry, StepSpec
+    from gpuspec.launch.registry import Registry, StepSpec
     from gpuspec.launch.toy import TOY
 
     steps = dict(TOY.steps)

@@ -71,7 +71,7 @@ def _sim_wavelength(info: dict):
 
 
 def _available_steps(registry: str) -> list[str]:
-    from .steps import get_registry
+    from .registry import get_registry
 
     reg = get_registry(registry)
     missing = reg.unavailable(STEPS)
