@@ -281,54 +281,18 @@ def test_status_counts(inputs, tmp_path, capsys):
 
 
 def _parse_status(text):
-    lines = [ln for ln in text.splitlines() if ln and not ln.startswith(("-", "production"))]
-    head = lines[0].split()
-    return {ln.split()[0]: dict(zip(head[1:], map(int, ln.split()[1:]))) for ln in lines[1:]}
-
-
-@pytest.mark.slow
-def test_status_during_run(inputs, tmp_path):
-    path = _manifest(tmp_path, inputs, sleep=0.1)
-    prod = str(tmp_path / "prod")
-    proc = subprocess.Popen([sys.executable, "-m", "gpuspec.launch.cli", path, "-q"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seen, refused = [], []
-    try:
-        deadline = time.time() + 100
-        while proc.poll() is None and time.time() < deadline:
-            if os.path.exists(db_path(prod)):
-                r = subprocess.run([sys.executable, "-m", "gpuspec.cli", "status", prod, "--once"],
-                                   env=_env(), capture_output=True, text=True, timeout=60)
-                if r.returncode == 0 and "total" in r.stdout:
-                    seen.append(_parse_status(r.stdout)["total"])
-                if not refused and seen and seen[-1]["done"] > 0:
-                    # a second writer is refused while the run is alive
-                    for cmd in ([sys.executable, "-m", "gpuspec.launch.cli", path],
-                                [sys.executable, "-m", "gpuspec.cli", "retry", prod,
-                                 "preproc-b0-00000001"]):
-                        r2 = subprocess.run(cmd, env=_env(), capture_output=True, text=True,
-                                            timeout=60)
-                        refused.append((r2.returncode, r2.stderr, proc.poll() is None))
-            time.sleep(0.2)
-        assert proc.wait(timeout=100) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    ntasks = len(build_graph(load_manifest(path), "json"))
-    # (only the commands that ended while the run was still alive count)
-    assert any(alive for _, _, alive in refused), "the run ended too early"
-    for rc, err, alive in refused:
-        if alive:
-            assert rc == 2 and "is being written by" in err, (rc, err)
-    mid = [c for c in seen if 0 < c["done"] < ntasks]
-    assert mid, f"no status taken during the run: {seen}"
-    for c in seen:
-        assert c["total"] == ntasks
-        assert c["running"] <= 1 and c["failed"] == 0
-    assert [c["done"] for c in seen] == sorted(c["done"] for c in seen)
-    r = subprocess.run([sys.executable, "-m", "gpuspec.cli", "status", prod, "--once"],
-                       env=_env(), capture_output=True, text=True, timeout=60)
-    assert _parse_status(r.stdout)["total"]["done"] == ntasks
+    """{step: {column: count}} of the last status table in ``text``."""
+    lines = text.splitlines()
+    i = max(k for k, ln in enumerate(lines) if ln.startswith("step "))
+    head = lines[i].split()
+    out = {}
+    for ln in lines[i + 1:]:
+        if ln.startswith("-"):
+            continue
+        out[ln.split()[0]] = dict(zip(head[1:], map(int, ln.split()[1:])))
+        if ln.startswith("total"):
+            break
+    return out
 
 
 # --------------------------------------------------------------------------- MPI
@@ -443,24 +407,6 @@ def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monk
             nxt = frees[i + 1][1]
             prev = [e for e in frees[:i] if e != "free"][-1][1]
             assert nxt.split("-")[0] != prev.split("-")[0]
-
-
-def test_status_live_mode(inputs, tmp_path, reference, capsys, monkeypatch):
-    import gpuspec.launch.status as st
-
-    calls = []
-
-    def fake_sleep(s):
-        calls.append(s)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(st.time, "sleep", fake_sleep)
-    assert gpuspec_cli.main(["status", reference, "--interval", "0.5"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\033[H\033[2J") == 2 and calls == [0.5, 0.5]
-    assert _parse_status(out.split("\033[H\033[2J")[-1].replace("(Ctrl-C to quit)", ""))[
-        "total"]["done"] == len(_states(reference))
 
 
 def test_retry_keeps_failures_caused_by_another_task(inputs, tmp_path, capsys):
