@@ -111,7 +111,8 @@ def _step_schema(**extra: Field) -> dict:
 #: Fields a per-camera input path may use: ``{camera}``, ``{night}``, ``{expid}`` (format
 #: specs allowed, e.g. ``{expid:08d}``).
 PATH_FIELDS = ("camera", "night", "expid")
-_PATH_DOC = "path, relative to the manifest's folder; may contain {camera}, {night}, {expid}"
+_PATH_DOC = ("path, relative to the manifest's folder; may contain {camera}, {night}, {expid}; "
+             "or a mapping camera -> path")
 
 #: Calibration images given to preproc (``inputs.calib.<kind>``).
 CALIB_KINDS = ("bias", "dark", "pixflat", "mask")
@@ -125,9 +126,9 @@ CAMERA_INPUTS = ("psf",) + CALIB_KINDS
 def _camera_inputs_schema(where: str) -> dict:
     """``psf`` and ``calib`` keys, for the inputs, a night or an exposure."""
     return {
-        "psf": Field("path", doc=f"PSF per camera{where}, " + _PATH_DOC),
+        "psf": Field("camfile", doc=f"PSF per camera{where}, " + _PATH_DOC),
         "calib": Field("map", default={}, doc=f"calibration images{where}, " + _PATH_DOC,
-                       schema={k: Field("path", doc=f"{k} image") for k in CALIB_KINDS}),
+                       schema={k: Field("camfile", doc=f"{k} image") for k in CALIB_KINDS}),
     }
 
 
@@ -314,6 +315,8 @@ class _Validator:
             return self._wavelength(node, key)
         if kind == "nights":
             return self._nights(node, field, key)
+        if kind == "camfile":
+            return self._camfile(node, key)
         # scalars
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, key, f"expected {self._kind_word(kind)}, got {self.typename(node)}")
@@ -367,6 +370,20 @@ class _Validator:
                 self.error(vnode, sub, f"need min < max and step > 0, got {vals!r}")
             out[arm] = (wmin, wmax, step)
             self.lines[sub] = vnode.start_mark.line + 1
+        return out
+
+    def _camfile(self, node, key):
+        """A path template, or a mapping camera -> path."""
+        from ..camword import is_camera
+
+        if not isinstance(node, yaml.MappingNode):
+            return self.check(node, Field("path"), key)
+        out = {}
+        for knode, vnode in node.value:
+            cam = self._plain(knode, key, "a camera name")
+            if not is_camera(cam.lower()):
+                self.error(knode, f"{key}.{cam}", f"not a camera name: {cam!r}")
+            out[cam.lower()] = self.check(vnode, Field("path"), f"{key}.{cam}")
         return out
 
     def _nights(self, node, field, key):
@@ -510,6 +527,8 @@ class Manifest:
         ``expid`` need ``exposure``, one of :meth:`exposures`).
         """
         tmpl, key = self.input_source(what, exposure)
+        if isinstance(tmpl, dict):
+            tmpl = tmpl.get(camera)
         if tmpl is None:
             return None
         fields = dict(camera=camera)
@@ -533,6 +552,9 @@ def _check_templates(m: Manifest) -> None:
     for d, key in places:
         items = [("psf", d.get("psf"))] + [(f"calib.{k}", v) for k, v in
                                            (d.get("calib") or {}).items()]
+        items = [(f"{sub}.{c}", t) for sub, v in items
+                 for c, t in (v.items() if isinstance(v, dict) else [(None, v)])]
+        items = [(sub.removesuffix(".None"), t) for sub, t in items]
         for sub, tmpl in items:
             if tmpl is None:
                 continue
@@ -596,6 +618,10 @@ def _check_files(m: Manifest) -> None:
                 raise m.error(k, f"raw file not found: {e['raw']}")
             for kind in CALIB_KINDS:
                 for cam in e["cameras"]:
+                    tmpl, key = m.input_source(kind, e)
+                    if isinstance(tmpl, dict) and cam not in tmpl:
+                        raise m.error(key, f"no {kind} for camera {cam} of exposure "
+                                      f"{e['expid']} (cameras: {', '.join(sorted(tmpl))})")
                     p = m.camera_file(kind, cam, e)
                     if p is not None and not os.path.exists(p):
                         raise m.error(m.input_source(kind, e)[1], f"{kind} file not found "

@@ -23,7 +23,8 @@ import os
 
 from ..errors import InputError
 
-__all__ = ["CALIB_KINDS", "calib_root", "find_calibration", "find_calibrations"]
+__all__ = ["CALIB_KINDS", "calib_root", "find_calibration", "find_calibrations",
+           "raw_headers"]
 
 CALIB_KINDS = ("bias", "dark", "pixflat", "mask")
 
@@ -31,6 +32,26 @@ CALIB_KINDS = ("bias", "dark", "pixflat", "mask")
 def calib_root(calib_dir: str | None = None) -> str | None:
     """``calib_dir``, else ``$DESI_SPECTRO_CALIB``, else None."""
     return calib_dir or os.environ.get("DESI_SPECTRO_CALIB") or None
+
+
+def raw_headers(rawfile: str, camera: str) -> dict:
+    """NIGHT, EXPID, SPECID, DETECTOR, CAMERA of a raw file (camera HDU first, then primary).
+
+    What the lookup needs; keywords absent from both are absent.
+    """
+    from ..io.util import open_fits
+
+    out: dict = {}
+    with open_fits(rawfile) as fx:
+        for ext in (camera.upper(), 0):
+            try:
+                h = fx[ext].read_header()
+            except (IOError, OSError, KeyError, ValueError):
+                continue
+            for k in ("NIGHT", "EXPID", "SPECID", "DETECTOR", "CAMERA"):
+                if k in h and k not in out:
+                    out[k] = h[k]
+    return out
 
 
 def _yaml_entry(root: str, camera: str, night: int | None, header: dict) -> tuple[dict, str]:

@@ -152,23 +152,6 @@ def _fibermap_beside(rawfile: str):
     return None
 
 
-def _headers(rawfile: str, camera: str) -> dict:
-    """Primary and camera header keywords of the raw file (for the calibration lookup)."""
-    from ..io.util import open_fits
-
-    out: dict = {}
-    with open_fits(rawfile) as fx:
-        for ext in (camera.upper(), 0):
-            try:
-                h = fx[ext].read_header()
-            except (IOError, OSError, KeyError, ValueError):
-                continue
-            for k in ("NIGHT", "EXPID", "SPECID", "DETECTOR", "CAMERA"):
-                if k in h and k not in out:
-                    out[k] = h[k]
-    return out
-
-
 def _manifest_calib(m, name: str, camera: str, hdr: dict):
     """The manifest's calibration of this camera (and exposure, when listed), or None."""
     expo = next((e for e in m.exposures() if "EXPID" in hdr and e["expid"] == int(hdr["EXPID"])),
@@ -205,6 +188,8 @@ def _calib(args, name: str, camera: str, hdr: dict, manifest=None):
 
 def _all_calibrations(args, cameras) -> dict:
     """``{camera: {kind: path or False}}``, all found before anything is written."""
+    from .calibfinder import raw_headers
+
     manifest = None
     if args.manifest:
         from ..launch.manifest import load_manifest
@@ -213,7 +198,7 @@ def _all_calibrations(args, cameras) -> dict:
     out = {}
     for camera in cameras:
         try:
-            hdr = _headers(args.infile, camera)
+            hdr = raw_headers(args.infile, camera)
         except GpuspecError:
             hdr = {}
         out[camera] = {c: _calib(args, c, camera, hdr, manifest) for c in _CALIBS}
