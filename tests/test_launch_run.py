@@ -9,6 +9,7 @@ from the fibermaps with healpy.
 from __future__ import annotations
 
 import glob
+import json
 import hashlib
 import os
 import signal
@@ -483,3 +484,40 @@ def _broken_registry():
 
 
 BROKEN = _broken_registry()
+
+
+def test_allow_missing_groups_what_is_available(inputs, tmp_path, capsys):
+    """Coadd what is available: the pixels fed by a failed frame are made from the others."""
+    path = _manifest(tmp_path, inputs, fail_tasks=[FAIL], allow_missing=True)
+    prod = str(tmp_path / "prod")
+    assert run_cli.main([path, "-q"]) == 1  # the failed extraction and its frame remain
+    states = _states(prod)
+    assert {n for n, s in states.items() if s == "failed"} == {FAIL, "frame-b1-00000002"}
+    fed = sorted(p for p, members in _expected_pixels(inputs).items() if (2, 1) in members)
+    assert fed
+    m = load_manifest(path)
+    tasks = {t.name: t for t in build_graph(m, "json")}
+    for p in fed:
+        with open(tasks[f"group-{p}"].outputs[0]) as f:
+            sp = json.load(f)
+        assert sp["missing"] == ["frame-b1-00000002.json"]
+        assert not any(r[1] == 2 and r[2] == "b1" for r in sp["rows"])
+        assert any(r[1] == 2 and r[2] == "r1" for r in sp["rows"])
+    con = sqlite3.connect(db_path(prod))
+    warned = dict(con.execute("SELECT name, warning FROM tasks WHERE warning IS NOT NULL "
+                              "AND state = 'done'"))
+    con.close()
+    assert set(warned) == {f"{s}-{p}" for p in fed for s in ("group", "coadd")}
+    assert all("frame-b1-00000002" in warned[f"group-{p}"] for p in fed)
+    assert all(f"group-{p}" in warned[f"coadd-{p}"] for p in fed)
+    capsys.readouterr()
+    assert gpuspec_cli.main(["status", prod, "--once"]) == 0
+    c = _parse_status(capsys.readouterr().out)
+    assert c["group"]["warned"] == c["coadd"]["warned"] == len(fed)
+    assert gpuspec_cli.main(["tasks", prod, "--warnings", "--names"]) == 0
+    assert set(capsys.readouterr().out.split()) == set(warned)
+    # strict is the default: the same failure fails those pixels
+    strict = _manifest(tmp_path, inputs, name="strict", fail_tasks=[FAIL])
+    assert run_cli.main([strict, "-q"]) == 1
+    st = _states(str(tmp_path / "strict"))
+    assert all(st[f"group-{p}"] == "failed" for p in fed)
