@@ -161,7 +161,8 @@ def build_proc_manifest(args) -> str:
         bundles = ([int(b) for b in args.bundles.split(",")] if args.bundles else
                    _bundles_with_fibers(fm, exposures[0]["cameras"])
                    if os.path.exists(fm) else None)
-        doc["steps"]["extract"] = {"bundles_per_task": args.bundles_per_task}
+        doc["steps"]["extract"] = {"bundles_per_task": args.bundles_per_task,
+                                   "wavelength": _wavelength(args)}
         if bundles is not None:
             doc["steps"]["extract"]["bundles"] = bundles
     name = f"proc-{args.night}-{expids[0]:08d}" + (f"-{expids[-1]:08d}" if len(expids) > 1 else "")
@@ -172,6 +173,23 @@ def build_proc_manifest(args) -> str:
                 + yaml.safe_dump(doc, sort_keys=False))
     load_manifest(path)  # validate what was written
     return path
+
+
+def _wavelength(args):
+    """``default``, ``psf`` or {arm: [min, max, step]} from ``--wavelength``."""
+    if not args.wavelength:
+        return "default"
+    if args.wavelength in (["default"], ["psf"]):
+        return args.wavelength[0]
+    out = {}
+    for w in args.wavelength:
+        try:
+            arm, lo, hi, step = w.split(":")
+            out[arm] = [float(lo), float(hi), float(step)]
+        except ValueError:
+            raise InputError(f"--wavelength {w!r}: expected ARM:MIN:MAX:STEP, 'default' or "
+                             "'psf'", keyword="--wavelength") from None
+    return out
 
 
 def _exposure_entry(args, raw, expid, cams, calib_dir, psf_tries) -> dict:
@@ -203,6 +221,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", help="comma list (default preproc,extract,frame,group,coadd)")
     p.add_argument("--bundles", help="bundles to extract (default: those with fibers)")
     p.add_argument("--bundles-per-task", type=int, default=1)
+    p.add_argument("--wavelength", action="append", metavar="ARM:MIN:MAX:STEP",
+                   help="extraction grid of an arm (repeat for several), or 'psf' (the PSF's "
+                        "range); default: the DESI grids")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
     p.add_argument("--no-run", action="store_true", help="write the manifest only")
     p.add_argument("--dry-run", action="store_true", help="write it and list the tasks")
