@@ -239,85 +239,93 @@ class _Validator:
         return _YAML_TAGS.get(node.tag, node.tag)
 
     def check(self, node, field: Field, key: str):
+        """The validated value of ``node`` for ``field`` (raises ManifestError)."""
         self.lines[key] = node.start_mark.line + 1
         kind = field.kind
-        if kind in ("map", "steps"):
-            if kind == "steps" and isinstance(node, yaml.SequenceNode):
-                out = {}
-                for i, item in enumerate(node.value):
-                    name = self._plain(item, f"{key}[{i}]", "a step name")
-                    if name not in field.schema:
-                        self.error(item, f"{key}[{i}]", f"unknown step {name!r} "
-                                   f"(allowed: {', '.join(field.schema)})")
-                    out[name] = self._defaults(field.schema[name].schema, f"{key}.{name}")
-                    self.lines[f"{key}.{name}"] = item.start_mark.line + 1
-                return out
-            if node.tag == "tag:yaml.org,2002:null" and not field.required:
-                return self._defaults(field.schema, key)
-            if not isinstance(node, yaml.MappingNode):
-                self.error(node, key, f"expected a mapping, got {self.typename(node)}")
-            seen = {}
-            for knode, vnode in node.value:
-                name = self._plain(knode, key, "a key")
-                sub = f"{key}.{name}" if key else name
-                if name in seen:
-                    self.error(knode, sub, "duplicate key")
+        handler = {"map": self._map, "steps": self._map, "dict": self._dict,
+                   "list": self._list, "cameras": self._cameras_of,
+                   "wavelength": lambda n, f, k: self._wavelength(n, k),
+                   "nights": self._nights,
+                   "camfile": lambda n, f, k: self._camfile(n, k)}.get(kind, self._scalar)
+        return handler(node, field, key)
+
+    def _map(self, node, field, key):
+        kind = field.kind
+        if kind == "steps" and isinstance(node, yaml.SequenceNode):
+            out = {}
+            for i, item in enumerate(node.value):
+                name = self._plain(item, f"{key}[{i}]", "a step name")
                 if name not in field.schema:
-                    self.error(knode, sub, f"unknown key (allowed: {', '.join(field.schema)})")
-                seen[name] = vnode
-            out = {}
-            for name, sf in field.schema.items():
-                sub = f"{key}.{name}" if key else name
-                if name in seen:
-                    out[name] = self.check(seen[name], sf, sub)
-                elif kind == "steps":
-                    continue  # a step not listed is not run
-                elif sf.required:
-                    self.error(node, sub, "missing required key")
-                else:
-                    out[name] = self._default_of(sf, sub)
+                    self.error(item, f"{key}[{i}]", f"unknown step {name!r} "
+                               f"(allowed: {', '.join(field.schema)})")
+                out[name] = self._defaults(field.schema[name].schema, f"{key}.{name}")
+                self.lines[f"{key}.{name}"] = item.start_mark.line + 1
             return out
-        if kind == "dict":
-            if node.tag == "tag:yaml.org,2002:null":
-                return {}
-            if not isinstance(node, yaml.MappingNode):
-                self.error(node, key, f"expected a mapping of options, got {self.typename(node)}")
-            out = {}
-            for knode, vnode in node.value:
-                name = self._plain(knode, key, "an option name")
-                out[name] = self.scalar(vnode)
-                self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
-            return out
-        if kind == "list":
-            if node.tag == "tag:yaml.org,2002:null" and not field.required:
-                return []
-            if not isinstance(node, yaml.SequenceNode):
-                self.error(node, key, f"expected a list, got {self.typename(node)}")
-            return [self.check(item, field.items, f"{key}[{i}]")
-                    for i, item in enumerate(node.value)]
-        if kind == "cameras":
-            if isinstance(node, yaml.SequenceNode):
-                value = [self._plain(item, f"{key}[{i}]", "a camera name")
-                         for i, item in enumerate(node.value)]
-            elif isinstance(node, yaml.ScalarNode):
-                value = self.scalar(node)
-                if not isinstance(value, str):
-                    self.error(node, key, f"expected a camword or a list of cameras, got "
-                               f"{self.typename(node)} {value!r}")
+        if node.tag == "tag:yaml.org,2002:null" and not field.required:
+            return self._defaults(field.schema, key)
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping, got {self.typename(node)}")
+        seen = {}
+        for knode, vnode in node.value:
+            name = self._plain(knode, key, "a key")
+            sub = f"{key}.{name}" if key else name
+            if name in seen:
+                self.error(knode, sub, "duplicate key")
+            if name not in field.schema:
+                self.error(knode, sub, f"unknown key (allowed: {', '.join(field.schema)})")
+            seen[name] = vnode
+        out = {}
+        for name, sf in field.schema.items():
+            sub = f"{key}.{name}" if key else name
+            if name in seen:
+                out[name] = self.check(seen[name], sf, sub)
+            elif kind == "steps":
+                continue  # a step not listed is not run
+            elif sf.required:
+                self.error(node, sub, "missing required key")
             else:
+                out[name] = self._default_of(sf, sub)
+        return out
+
+    def _dict(self, node, field, key):
+        if node.tag == "tag:yaml.org,2002:null":
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping of options, got {self.typename(node)}")
+        out = {}
+        for knode, vnode in node.value:
+            name = self._plain(knode, key, "an option name")
+            out[name] = self.scalar(vnode)
+            self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
+        return out
+
+    def _list(self, node, field, key):
+        if node.tag == "tag:yaml.org,2002:null" and not field.required:
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, key, f"expected a list, got {self.typename(node)}")
+        return [self.check(item, field.items, f"{key}[{i}]")
+                for i, item in enumerate(node.value)]
+
+    def _cameras_of(self, node, field, key):
+        if isinstance(node, yaml.SequenceNode):
+            value = [self._plain(item, f"{key}[{i}]", "a camera name")
+                     for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node)
+            if not isinstance(value, str):
                 self.error(node, key, f"expected a camword or a list of cameras, got "
-                           f"{self.typename(node)}")
-            try:
-                return parse_cameras(value)
-            except ValueError as exc:
-                self.error(node, key, str(exc))
-        if kind == "wavelength":
-            return self._wavelength(node, key)
-        if kind == "nights":
-            return self._nights(node, field, key)
-        if kind == "camfile":
-            return self._camfile(node, key)
-        # scalars
+                           f"{self.typename(node)} {value!r}")
+        else:
+            self.error(node, key, f"expected a camword or a list of cameras, got "
+                       f"{self.typename(node)}")
+        try:
+            return parse_cameras(value)
+        except ValueError as exc:
+            self.error(node, key, str(exc))
+
+    def _scalar(self, node, field, key):
+        kind = field.kind
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, key, f"expected {self._kind_word(kind)}, got {self.typename(node)}")
         value = self.scalar(node)
@@ -337,7 +345,8 @@ class _Validator:
             value = float(value)
         elif kind == "bool":
             if not isinstance(value, bool):
-                self.error(node, key, f"expected true or false, got {self.typename(node)} {value!r}")
+                self.error(node, key, f"expected true or false, got {self.typename(node)} "
+                           f"{value!r}")
         if field.choices is not None and value not in field.choices:
             self.error(node, key, f"{value!r} is not one of {', '.join(map(str, field.choices))}")
         if field.minimum is not None and value < field.minimum:
