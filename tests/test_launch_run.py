@@ -521,3 +521,23 @@ def test_allow_missing_groups_what_is_available(inputs, tmp_path, capsys):
     assert run_cli.main([strict, "-q"]) == 1
     st = _states(str(tmp_path / "strict"))
     assert all(st[f"group-{p}"] == "failed" for p in fed)
+
+
+def test_unknown_options_does_not_swallow_errors():
+    """Issue 15: an exception in the option check used to switch the check off."""
+    from gpuspec.launch.registry import Registry, StepSpec
+    from gpuspec.launch.toy import TOY
+
+    reg = Registry("x", {"coadd": StepSpec(TOY.steps["coadd"].func,
+                                           ("gpuspec.no_such_module:coadd_file",))})
+    with pytest.raises(ModuleNotFoundError):
+        reg.unknown_options("coadd", {"spectroperf": True})
+    ok = Registry("y", {"coadd": StepSpec(TOY.steps["coadd"].func,
+                                          ("gpuspec.coadd:coadd_file",))})
+    assert ok.unknown_options("coadd", {"spectroperf": True, "spectroperff": 1}) == ["spectroperff"]
+    # a function taking **kwargs passes its options on to the next of `needs`
+    pre = Registry("z", {"preproc": StepSpec(TOY.steps["preproc"].func,
+                                             ("gpuspec.preproc:preproc_file",
+                                              "gpuspec.preproc:preproc"))})
+    assert pre.unknown_options("preproc", {"cosmics_nsig": 5, "nogain": True, "cosmic": 1}) == \
+        ["cosmic"]
