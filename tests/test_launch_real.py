@@ -115,7 +115,8 @@ def test_real_steps_allow_missing_records_the_missing_frame(simdir, tmp_path):
     fail = "extract-r0-00000100-b01-01"
     prod = str(tmp_path / "partial")
     path = _manifest(simdir, prod, fail=[fail])
-    text = open(path).read().replace("  group: {nside: 64}", "  group: {nside: 64, allow_missing: true}")
+    text = open(path).read().replace(
+        "  group: {nside: 64}", "  group: {nside: 64, allow_missing: true, survey: sv1, program: bright}")
     assert "allow_missing: true" in text
     with open(path, "w") as f:
         f.write(text)
@@ -135,6 +136,7 @@ def test_real_steps_allow_missing_records_the_missing_frame(simdir, tmp_path):
         assert h["NMISSING"] == 1 and h["MISSFRMS"] == "frame-r0-00000100"
         # names and headers agree (desispec findfile layout)
         sv, pg, px = h["SURVEY"], h["PROGRAM"], h["HPXPIXEL"]
+        assert (sv, pg) == ("sv1", "bright")
         assert spec == os.path.join(prod, "healpix", sv, pg, str(px // 100), str(px),
                                     f"spectra-{sv}-{pg}-{px}.fits")
         assert read_spectra(spec).bands == ["b", "z"]
