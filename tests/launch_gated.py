@@ -8,6 +8,9 @@ production, then creates the ``.go`` file to let the run finish.
 
 ``INTERRUPTING``: the toy steps, except that ``preproc-b0-00000001`` raises
 KeyboardInterrupt (what Ctrl-C does in the middle of a task).
+
+``THREADS``: the toy steps; preproc also writes ``{outfile}.threads.json``, the BLAS
+and OpenMP thread counts (threadpoolctl) the task ran with.
 """
 
 from __future__ import annotations
@@ -45,3 +48,21 @@ GATED = Registry("gated", {s: StepSpec(_gated(spec.func), doc=spec.doc)
                            for s, spec in TOY.steps.items()}, ext="json")
 INTERRUPTING = Registry("interrupting", {s: StepSpec(_interrupting(spec.func), doc=spec.doc)
                                          for s, spec in TOY.steps.items()}, ext="json")
+
+
+def _recording(fn):
+    def run(task, ctx):
+        import json
+
+        from threadpoolctl import threadpool_info
+
+        fn(task, ctx)
+        if task.step == "preproc":
+            with open(task.params["outfile"] + ".threads.json", "w") as f:
+                json.dump([d["num_threads"] for d in threadpool_info()], f)
+
+    return run
+
+
+THREADS = Registry("threads", {s: StepSpec(_recording(spec.func), doc=spec.doc)
+                               for s, spec in TOY.steps.items()}, ext="json")

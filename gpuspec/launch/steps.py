@@ -51,9 +51,10 @@ def wavelength_grid(spec, psffile: str | None = None, arm: str = "r") -> np.ndar
 def desi_preproc(task, ctx: TaskContext) -> None:
     """preproc(expid, camera): ``gpuspec.preproc.preproc_file``."""
     from ..preproc import preproc_file
+    from .manifest import CALIB_KINDS
 
     p = task.params
-    kw = {k: p[k] for k in ("bias", "dark", "pixflat", "mask") if p.get(k)}
+    kw = {k: p[k] for k in CALIB_KINDS if p.get(k)}
     if p.get("fibermap") and os.path.exists(p["fibermap"]):
         kw["fibermap"] = p["fibermap"]
     kw.update(p.get("options", {}))
