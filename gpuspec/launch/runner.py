@@ -119,7 +119,6 @@ def run_serial(p: Plan, verbose: bool = True) -> int:
                 down = sched.finished(t.name, res)
                 if not res["ok"]:
                     progress.failed(t.name, res, down)
-                progress.tick()
         except KeyboardInterrupt:
             sched.interrupted(sched.running)
             db.commit()

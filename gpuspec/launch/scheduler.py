@@ -180,12 +180,16 @@ class Scheduler:
 
     # ---------------------------------------------------------------- ETA
     def eta(self, nworkers: int) -> float | None:
-        """Seconds left, from the mean duration per step of the tasks finished in this run."""
+        """Seconds left, from the mean duration per step of the tasks finished in this run.
+
+        A step none of whose tasks has finished yet counts as the cheapest step seen
+        (in the DESI chain the later steps are the light ones), so the ETA is a
+        lower estimate until every step has been seen.
+        """
         if not self.durations:
             return None
-        allmean = sum(sum(v) for v in self.durations.values()) / sum(
-            len(v) for v in self.durations.values())
         mean = {s: sum(v) / len(v) for s, v in self.durations.items()}
+        allmean = min(mean.values())
         now, work = time.time(), 0.0
         for name, t in self.tasks.items():
             st = self.state[name]
