@@ -99,8 +99,10 @@ class Worker:
 
         self.manifest, self.registry, self.rank, self.device = manifest, registry, rank, device
         self.last_step = None
-        # run.threads of the manifest, unless --threads was given (gpuspec.threads)
-        configure_threads(manifest.data["run"].get("threads") or None, explicit=False)
+        # run.threads of the manifest, unless --threads was given (gpuspec.threads); the
+        # entry points (gpuspec, gpuspec-run) have already set gpuspec's default
+        if manifest.data["run"].get("threads"):
+            configure_threads(manifest.data["run"]["threads"], explicit=False)
 
     def run(self, task: Task, tee: bool = False) -> dict:
         if self.last_step is not None and task.step != self.last_step:
