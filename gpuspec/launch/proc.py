@@ -194,10 +194,12 @@ def _wavelength(args):
 
 def _exposure_entry(args, raw, expid, cams, calib_dir, psf_tries) -> dict:
     e = {"night": int(args.night), "expid": int(expid), "cameras": list(cams)}
-    if "preproc" in (args.steps or "preproc").split(","):
+    steps = (args.steps or "preproc,extract").split(",")
+    if "preproc" in steps:
         cal = {c: _calibrations(args, calib_dir, c, args.night, raw) for c in cams}
         e["calib"] = {k: {c: cal[c][k] for c in cams} for k in _KINDS if k in cal[cams[0]]}
-    e["psf"] = {c: _pick_psf(psf_tries, c, args.night, expid) for c in cams}
+    if "extract" in steps:
+        e["psf"] = {c: _pick_psf(psf_tries, c, args.night, expid) for c in cams}
     e["raw"] = raw
     return e
 
