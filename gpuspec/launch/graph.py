@@ -79,8 +79,12 @@ class paths:
 
     @staticmethod
     def preproc(prod, night, expid, cam, ext="fits"):
+        """``preproc/{NIGHT}/{EXPID:08d}/`` + :func:`gpuspec.preproc.fileio.preproc_filename`."""
+        from ..preproc.fileio import preproc_filename
+
+        name = preproc_filename(cam, expid)
         return os.path.join(prod, "preproc", str(night), f"{expid:08d}",
-                            f"preproc-{cam}-{expid:08d}.{ext}")
+                            name[:-len("fits")] + ext)
 
     @staticmethod
     def partial_frame(prod, night, expid, cam, b0, b1, ext="fits"):
