@@ -43,6 +43,7 @@ __all__ = [
     "native",
     "synchronize",
     "free_memory",
+    "launcher_size",
     "local_rank",
     "select_device",
     "bind_device",
@@ -238,6 +239,28 @@ _LOCAL_RANK_VARS = (
     "PALS_LOCAL_RANKID",  # Cray PALS
     "LOCAL_RANK",
 )
+
+
+#: Variables in which MPI launchers give the number of ranks of the job (MPICH/Hydra and
+#: Cray, Open MPI, PMIx, Cray PALS, MPICH local, srun).
+_WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PALS_SIZE",
+                    "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
+
+
+def launcher_size(environ: dict | None = None) -> int:
+    """Number of ranks an MPI launcher started this process with (1 when not launched).
+
+    Reads the first of :data:`_WORLD_SIZE_VARS` that holds an integer above 1.
+    """
+    env = os.environ if environ is None else environ
+    for var in _WORLD_SIZE_VARS:
+        try:
+            n = int(env.get(var) or 0)
+        except ValueError:
+            continue
+        if n > 1:
+            return n
+    return 1
 
 
 def local_rank(comm: Any = None, environ: dict | None = None) -> int:

@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "gpuspec.calibrate.cli",  # compute-fiberflat, compute-sky, fit-stdstars, ..., process-exposure
     "gpuspec.coadd.cli",      # group, coadd
     "gpuspec.launch.status",  # status, tasks, retry
+    "gpuspec.launch.proc",    # proc (desi_proc-style: night, exposures, cameras -> production)
     "gpuspec.io.cli",         # info
     "gpuspec.demo",           # demo
 )
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"gpuspec {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (BLAS/OpenMP/numba; default GPUSPEC_THREADS, else 1: "
+                        "gpuspec sets them itself, see gpuspec.threads)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for modname in _COMMAND_MODULES:
         importlib.import_module(modname).add_parser(sub)
@@ -44,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``gpuspec`` command. Host only (steps choose their backend)."""
+    from .threads import configure_threads
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_threads(args.threads)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
@@ -58,6 +65,9 @@ def main(argv=None) -> int:
     except GpuspecError as exc:
         print(f"gpuspec {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"gpuspec {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

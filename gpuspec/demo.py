@@ -9,16 +9,14 @@ reduction step that exists, in data-flow order:
 4. ``group``     — frames → HEALPix spectra files;
 5. ``coadd``     — spectra → coadds.
 
-When the production launcher is available, steps 2–5 run through
-``gpuspec-run`` on a manifest written for the simulated night (SQLite state,
-no MPI), exactly as a production would; otherwise they are called directly.
+Steps 2–5 run through ``gpuspec-run`` on a manifest written for the simulated
+night (SQLite state, no MPI), exactly as a production would; with
+``--no-launcher`` the same tasks are called one after the other in this process.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib
 import logging
 import os
 import time
@@ -28,20 +26,12 @@ log = logging.getLogger("gpuspec.demo")
 __all__ = ["run_demo", "add_parser"]
 
 
-def _have(modname: str, attr: str) -> bool:
-    try:
-        mod = importlib.import_module(modname)
-    except ModuleNotFoundError:
-        return False
-    return hasattr(mod, attr)
-
-
 def _step(msg: str):
     print(f"[gpuspec demo] {msg}", flush=True)
 
 
 def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 1, seed: int = 1,
-             backend: str = "auto", use_launcher: bool | None = None) -> dict:
+             backend: str = "auto", use_launcher: bool = True) -> dict:
     """Simulate a small night in ``out/sim`` and reduce it into ``out/prod``.
 
     Parameters
@@ -58,14 +48,16 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
         Simulator seed.
     backend : {"auto", "numpy", "cupy"}
         Array backend for the reduction steps.
-    use_launcher : bool, optional
-        Force (True) or avoid (False) ``gpuspec-run``; default: use it when present.
+    use_launcher : bool
+        True: ``gpuspec-run`` (SQLite state). False: the same tasks (same graph,
+        names and settings) called one after the other in this process, no state.
 
     Returns
     -------
     dict
-        Paths of what was produced, per step.
+        Paths of what was produced, per step. Host side; the steps run on ``backend``.
     """
+    from .launch.demo import make_demo_manifest
     from .sim import simulate_night
 
     out = os.path.abspath(out)
@@ -76,27 +68,22 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
 
     t0 = time.perf_counter()
     _step(f"simulating {nexp} exposure(s), cameras {','.join(cameras)}, {nspec} fibers -> {simdir}")
-    sim = simulate_night(simdir, cameras=list(cameras), nspec=nspec, nexp=nexp, seed=seed)
-    result["simulation"] = sim
-
-    if use_launcher is None:
-        use_launcher = _have("gpuspec.launch.demo", "make_demo_manifest") and \
-            _have("gpuspec.launch.runner", "run_manifest")
+    result["simulation"] = simulate_night(simdir, cameras=list(cameras), nspec=nspec, nexp=nexp,
+                                          seed=seed)
+    # model_ivar: weight pixels by a model of the signal (unbiased fluxes; see
+    # gpuspec.extract.variance) -- the coadds are then consistent with the truth.
+    manifest = make_demo_manifest(simdir, prod, backend=backend,
+                                  step_options={"extract": {"model_ivar": True}})
+    result["manifest"] = manifest
     if use_launcher:
-        from .launch.demo import make_demo_manifest
         from .launch.runner import run_manifest
 
-        # model_ivar: weight pixels by a model of the signal (unbiased fluxes; see
-        # gpuspec.extract.variance) -- the coadds are then consistent with the truth.
-        manifest = make_demo_manifest(simdir, prod, backend=backend,
-                                      step_options={"extract": {"model_ivar": True}})
         _step(f"running the production with gpuspec-run {manifest}")
-        rc = run_manifest(manifest)
-        result["manifest"] = manifest
-        result["launcher_rc"] = rc
+        result["launcher_rc"] = run_manifest(manifest)
         _step(f"production state: gpuspec status {prod} --once")
     else:
-        result.update(_run_steps_directly(sim, simdir, prod, backend))
+        _run_tasks_directly(manifest)
+    result.update(_products(manifest))
     _step(f"done in {time.perf_counter() - t0:.1f} s; outputs under {prod}")
     for kind in ("preproc", "frames", "spectra", "coadds"):
         files = result.get(kind)
@@ -105,66 +92,31 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
     return result
 
 
-def _run_steps_directly(sim: dict, simdir: str, prod: str, backend: str) -> dict:
-    """Run preproc → extract → group → coadd by calling the step functions."""
-    res: dict = {}
-    raws = sorted(glob.glob(os.path.join(simdir, "raw", "*", "*", "desi-*.fits*")))
-    cameras = sim.get("cameras") or []
-    if not _have("gpuspec.preproc", "preproc_file"):
-        _step("preproc step not available yet: stopping after the simulation")
-        return res
-    from .preproc import preproc_file
+def _products(manifest: str) -> dict:
+    """The outputs of each step of the production that exist."""
+    from .launch.graph import build_graph
+    from .launch.manifest import load_manifest
 
-    preprocs = []
-    for raw in raws:
-        night = os.path.basename(os.path.dirname(os.path.dirname(raw)))
-        expid = int(os.path.basename(os.path.dirname(raw)))
-        fmfile = os.path.join(os.path.dirname(raw), f"fibermap-{expid:08d}.fits")
-        for cam in cameras:
-            outfile = os.path.join(prod, "preproc", night, f"{expid:08d}",
-                                   f"preproc-{cam}-{expid:08d}.fits")
-            calib = {k: os.path.join(simdir, "calib", f"{k}-{cam}.fits")
-                     for k in ("bias", "dark", "pixflat", "mask")}
-            _step(f"preproc {cam} {expid}")
-            preproc_file(raw, cam, outfile, fibermap=fmfile if os.path.exists(fmfile) else None,
-                         backend=backend, **calib)
-            preprocs.append((night, expid, cam, outfile))
-    res["preproc"] = [p[3] for p in preprocs]
+    kinds = {"preproc": "preproc", "frame": "frames", "group": "spectra", "coadd": "coadds"}
+    out: dict = {}
+    for t in build_graph(load_manifest(manifest)):
+        if t.step in kinds:
+            out.setdefault(kinds[t.step], []).extend(o for o in t.outputs if os.path.exists(o))
+    return out
 
-    if not _have("gpuspec.extract", "extract_file"):
-        _step("extraction step not available yet: stopping after preproc")
-        return res
-    from .extract import extract_file
 
-    frames = []
-    waves = {"b": (3600.0, 5800.0, 0.8), "r": (5760.0, 7620.0, 0.8), "z": (7520.0, 9824.0, 0.8)}
-    waves.update(sim.get("wave_ranges", {}) or {})
-    for night, expid, cam, pre in preprocs:
-        outfile = os.path.join(prod, "exposures", night, f"{expid:08d}",
-                               f"frame-{cam}-{expid:08d}.fits")
-        psffile = os.path.join(simdir, "psf", f"psf-{cam}.fits")
-        w = waves.get(cam, waves.get(cam[0]))
-        _step(f"extract {cam} {expid} ({w[0]:.0f}-{w[1]:.0f} A)")
-        extract_file(pre, psffile, outfile, tuple(w), backend=backend, model_ivar=True)
-        frames.append(outfile)
-    res["frames"] = frames
+def _run_tasks_directly(manifest: str) -> None:
+    """Every task of the manifest in graph order, in this process, without a state database."""
+    from .launch.graph import build_graph
+    from .launch.manifest import load_manifest
+    from .launch.registry import TaskContext, get_registry
 
-    if not _have("gpuspec.coadd", "group_frames"):
-        _step("grouping/coadd steps not available yet: stopping after extraction")
-        return res
-    from .coadd import coadd_file, group_frames
-
-    _step("group frames by HEALPix pixel")
-    spectra = group_frames(frames, os.path.join(prod, "healpix"))
-    res["spectra"] = spectra
-    coadds = []
-    for sp in spectra:
-        outfile = os.path.join(os.path.dirname(sp), os.path.basename(sp).replace("spectra-", "coadd-"))
-        coadd_file(sp, outfile, backend=backend)
-        coadds.append(outfile)
-    _step(f"coadded {len(coadds)} HEALPix pixel(s)")
-    res["coadds"] = coadds
-    return res
+    m = load_manifest(manifest)
+    reg = get_registry(m.data["registry"])
+    ctx = TaskContext(backend=m.data["backend"], production=m.production)
+    for t in build_graph(m, ext=reg.ext):
+        _step(f"{t.name}")
+        reg.func(t.step)(t, ctx)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -178,7 +130,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-gpu", action="store_true", help="use numpy even if a GPU is present")
     p.add_argument("--no-launcher", action="store_true",
-                   help="call the steps directly instead of through gpuspec-run")
+                   help="call the tasks one after the other in this process (no gpuspec-run, "
+                        "no state database)")
     p.set_defaults(func=_cli)
     return p
 
@@ -187,6 +140,6 @@ def _cli(args) -> int:
     cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
     res = run_demo(args.out, cameras=cams, nspec=args.nspec, nexp=args.nexp, seed=args.seed,
                    backend="numpy" if args.no_gpu else "auto",
-                   use_launcher=False if args.no_launcher else None)
+                   use_launcher=not args.no_launcher)
     rc = res.get("launcher_rc", 0)
     return int(rc or 0)

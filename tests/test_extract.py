@@ -119,7 +119,8 @@ def caseB():
     import os
 
     if not os.path.exists(REF_PSF):
-        pytest.skip(f"reference PSF not found: {REF_PSF}")
+        pytest.skip(f"reference PSF not found: {REF_PSF} (set GPUSPEC_SHARED to the shared "
+                    "folder, default ../shared)")
     return _load_caseB()
 
 

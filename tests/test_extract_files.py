@@ -22,7 +22,8 @@ def preproc_caseB(tmp_path_factory):
     from gpuspec import io as gio
 
     if not os.path.exists(REF_PSF):
-        pytest.skip(f"reference PSF not found: {REF_PSF}")
+        pytest.skip(f"reference PSF not found: {REF_PSF} (set GPUSPEC_SHARED to the shared "
+                    "folder, default ../shared)")
     d = require_reference("caseB_extract")
     inp = f"{d}/input.fits"
     h = fitsio.read_header(inp, 0)

@@ -17,7 +17,6 @@ import types
 import pytest
 
 from gpuspec import backend
-from gpuspec.launch.runner import mpi_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,12 +106,12 @@ def test_bind_device_on_numpy_is_none(monkeypatch):
 
 
 def test_mpi_environment_detection():
-    assert mpi_environment({}) == 1
-    assert mpi_environment({"PMI_SIZE": "3"}) == 3
-    assert mpi_environment({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
-    assert mpi_environment({"SLURM_STEP_NUM_TASKS": "4"}) == 4
-    assert mpi_environment({"PMI_SIZE": "1"}) == 1
-    assert mpi_environment({"PMI_SIZE": "x", "PALS_SIZE": "2"}) == 2
+    assert backend.launcher_size({}) == 1
+    assert backend.launcher_size({"PMI_SIZE": "3"}) == 3
+    assert backend.launcher_size({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
+    assert backend.launcher_size({"SLURM_STEP_NUM_TASKS": "4"}) == 4
+    assert backend.launcher_size({"PMI_SIZE": "1"}) == 1
+    assert backend.launcher_size({"PMI_SIZE": "x", "PALS_SIZE": "2"}) == 2
 
 
 @pytest.mark.mpi
@@ -127,3 +126,60 @@ def test_local_rank_from_communicator():
     assert r.returncode == 0, r.stderr
     pairs = sorted(tuple(map(int, ln.split())) for ln in r.stdout.splitlines() if ln.strip())
     assert pairs == [(0, 0), (1, 1), (2, 2)]  # one node: local rank == world rank
+
+
+class _FakeComm:
+    """Two ranks seen from rank 0: collectives return what the test sets."""
+
+    def __init__(self, others):
+        self.others = others
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1 + len(self.others)
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def allgather(self, obj):
+        return [obj] + list(self.others)
+
+    def Split_type(self, *a, **k):  # pragma: no cover - not reached with a fake MPI
+        raise RuntimeError
+
+
+def test_failed_gpu_bind_is_an_error_on_every_rank(monkeypatch, tmp_path):
+    """Issue 12: a failed bind was only printed and the ranks could share GPU 0."""
+    from types import SimpleNamespace
+
+    from gpuspec.launch import mpi
+
+    def boom(comm=None, environ=None):
+        raise RuntimeError("cudaErrorInvalidDevice")
+
+    monkeypatch.setattr(mpi._backend, "bind_device", boom)
+    manifest = SimpleNamespace(data={"backend": "cupy"})
+    with pytest.raises(mpi.BindError, match="rank 0 .*cudaErrorInvalidDevice"):
+        mpi._bind(_FakeComm([None]), manifest)
+    # a rank that binds fine still stops when another could not
+    monkeypatch.setattr(mpi._backend, "bind_device", lambda comm=None, environ=None: 0)
+    with pytest.raises(mpi.BindError, match="rank 1 on nodeX: RuntimeError: no device"):
+        mpi._bind(_FakeComm(["rank 1 on nodeX: RuntimeError: no device"]), manifest)
+    mpi._bind(_FakeComm([None]), manifest)  # all bound: no error
+
+
+def test_gpuspec_run_exits_2_when_a_bind_fails(monkeypatch, tmp_path, capsys):
+    from gpuspec.launch import cli as run_cli
+    from gpuspec.launch import mpi
+    from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
+
+    inputs = make_toy_inputs(str(tmp_path / "in"), nights_expids=((20250101, 1),), petals=(0,))
+    path = tmp_path / "m.yaml"
+    path.write_text(toy_manifest_text(inputs, str(tmp_path / "prod")).replace(
+        "backend: numpy", "backend: auto"))
+    monkeypatch.setattr(run_cli, "_comm", lambda args: _FakeComm(["rank 1 on n2: no GPU"]))
+    monkeypatch.setattr(mpi._backend, "bind_device", lambda comm=None, environ=None: None)
+    assert run_cli.main([str(path), "--mpi"]) == 2
+    assert "cannot bind a GPU: rank 1 on n2: no GPU" in capsys.readouterr().err

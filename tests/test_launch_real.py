@@ -106,3 +106,39 @@ def test_real_steps_mpi_failure_equals_serial(simdir, tmp_path):
     assert set(got) < set(ref_files)
     for rel in got:
         _same_fits(os.path.join(ref, rel), os.path.join(prod, rel))
+
+
+def test_real_steps_allow_missing_records_the_missing_frame(simdir, tmp_path):
+    """Coadd what is available: r0 fails, the pixels are grouped from b0 and z0."""
+    from gpuspec.io.spectra import read_spectra
+
+    fail = "extract-r0-00000100-b01-01"
+    prod = str(tmp_path / "partial")
+    path = _manifest(simdir, prod, fail=[fail])
+    text = open(path).read().replace(
+        "  group: {nside: 64}", "  group: {nside: 64, allow_missing: true, survey: sv1, program: bright}")
+    assert "allow_missing: true" in text
+    with open(path, "w") as f:
+        f.write(text)
+    r = subprocess.run([sys.executable, "-m", "gpuspec.launch.cli", path], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr  # the failed extraction and r0's frame
+    assert "with warnings" in r.stdout
+    con = sqlite3.connect(db_path(prod))
+    rows = con.execute("SELECT name, state, warning FROM tasks").fetchall()
+    con.close()
+    failed = {n for n, s, _ in rows if s == "failed"}
+    assert failed == {fail, "frame-r0-00000100"}
+    groups = [(n, w) for n, s, w in rows if n.startswith("group-")]
+    assert groups and all(w and "frame-r0-00000100" in w for _, w in groups)
+    for spec in glob.glob(os.path.join(prod, "healpix", "**", "spectra-*.fits"), recursive=True):
+        h = fitsio.read_header(spec, 0)
+        assert h["NMISSING"] == 1 and h["MISSFRMS"] == "frame-r0-00000100"
+        # names and headers agree (desispec findfile layout)
+        sv, pg, px = h["SURVEY"], h["PROGRAM"], h["HPXPIXEL"]
+        assert (sv, pg) == ("sv1", "bright")
+        assert spec == os.path.join(prod, "healpix", sv, pg, str(px // 100), str(px),
+                                    f"spectra-{sv}-{pg}-{px}.fits")
+        assert read_spectra(spec).bands == ["b", "z"]
+        co = spec.replace("spectra-", "coadd-")
+        assert fitsio.read_header(co, 0)["NMISSING"] == 1  # carried into the coadd

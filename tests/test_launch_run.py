@@ -9,6 +9,7 @@ from the fibermaps with healpy.
 from __future__ import annotations
 
 import glob
+import json
 import hashlib
 import os
 import signal
@@ -26,7 +27,8 @@ from gpuspec.launch import cli as run_cli
 from gpuspec.launch.db import db_path
 from gpuspec.launch.graph import build_graph
 from gpuspec.launch.manifest import load_manifest
-from gpuspec.launch.runner import plan, run_serial
+from gpuspec.launch.plan import load_plan
+from gpuspec.launch.runner import run_serial
 from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
 from gpuspec import cli as gpuspec_cli
 
@@ -100,7 +102,7 @@ def reference(inputs, tmp_path_factory):
     """An uninterrupted one-process production without failures."""
     tmp = tmp_path_factory.mktemp("ref")
     m = load_manifest(_manifest(tmp, inputs))
-    assert run_serial(plan(m), verbose=False) == 0
+    assert run_serial(load_plan(m), verbose=False) == 0
     return m.production
 
 
@@ -135,8 +137,10 @@ def test_graph_matches_independent_expectation(inputs, tmp_path):
     assert tasks["frame-b0-00000001"].deps == ["extract-b0-00000001-b00-01",
                                                "extract-b0-00000001-b02-02"]
     p = next(iter(expect))
-    assert tasks[f"coadd-{p}"].outputs[0].endswith(
-        os.path.join("healpix", "sim", "all", str(p // 100), str(p), f"coadd-sim-all-{p}.json"))
+    # desispec findfile: healpix/{survey}/{program}/{pixel//100}/{pixel}/coadd-{survey}-{program}-{pixel}
+    assert tasks[f"coadd-{p}"].outputs[0] == os.path.join(
+        m.production, "healpix", "main", "dark", str(p // 100), str(p),
+        f"coadd-main-dark-{p}.json")
     # every task comes after its dependencies
     pos = {n: i for i, n in enumerate(tasks)}
     assert all(pos[d] < pos[n] for n, t in tasks.items() for d in t.deps)
@@ -166,13 +170,13 @@ def test_serial_run_done_and_up_to_date(reference, inputs, tmp_path):
     assert set(ref) == want
     # re-planning the finished production finds everything done (outputs newer than inputs)
     m2 = load_manifest(os.path.join(os.path.dirname(reference), "prod.yaml"))
-    p = plan(m2, write_db=False)
+    p = load_plan(m2, write_db=False)
     assert set(p.states.values()) == {"done"}
     # touching one input makes exactly that task and everything downstream not done
     pre = [t for t in p.tasks if t.name == "frame-z1-00000001"][0]
     part = pre.inputs[0]
     os.utime(part, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-    p = plan(m2, write_db=False)
+    p = load_plan(m2, write_db=False)
     notdone = {n for n, s in p.states.items() if s != "done"}
     assert "frame-z1-00000001" in notdone and all(not n.startswith(("preproc", "extract"))
                                                  for n in notdone)
@@ -243,7 +247,8 @@ def test_unavailable_step_is_reported(inputs, tmp_path, capsys):
     path = _manifest(tmp_path, inputs)
     text = open(path).read().replace("registry: toy", "registry: gpuspec.launch.steps:DESI")
     (tmp_path / "desi.yaml").write_text(text)
-    from gpuspec.launch.steps import DESI, Registry, StepSpec
+    from gpuspec.launch.registry import Registry, StepSpec
+    from gpuspec.launch.steps import DESI
 
     reg = Registry("x", dict(DESI.steps, coadd=StepSpec("gpuspec.nonexistent_mod:coadd_file")))
     missing = reg.unavailable(["coadd"])
@@ -277,54 +282,18 @@ def test_status_counts(inputs, tmp_path, capsys):
 
 
 def _parse_status(text):
-    lines = [ln for ln in text.splitlines() if ln and not ln.startswith(("-", "production"))]
-    head = lines[0].split()
-    return {ln.split()[0]: dict(zip(head[1:], map(int, ln.split()[1:]))) for ln in lines[1:]}
-
-
-@pytest.mark.slow
-def test_status_during_run(inputs, tmp_path):
-    path = _manifest(tmp_path, inputs, sleep=0.1)
-    prod = str(tmp_path / "prod")
-    proc = subprocess.Popen([sys.executable, "-m", "gpuspec.launch.cli", path, "-q"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seen, refused = [], []
-    try:
-        deadline = time.time() + 100
-        while proc.poll() is None and time.time() < deadline:
-            if os.path.exists(db_path(prod)):
-                r = subprocess.run([sys.executable, "-m", "gpuspec.cli", "status", prod, "--once"],
-                                   env=_env(), capture_output=True, text=True, timeout=60)
-                if r.returncode == 0 and "total" in r.stdout:
-                    seen.append(_parse_status(r.stdout)["total"])
-                if not refused and seen and seen[-1]["done"] > 0:
-                    # a second writer is refused while the run is alive
-                    for cmd in ([sys.executable, "-m", "gpuspec.launch.cli", path],
-                                [sys.executable, "-m", "gpuspec.cli", "retry", prod,
-                                 "preproc-b0-00000001"]):
-                        r2 = subprocess.run(cmd, env=_env(), capture_output=True, text=True,
-                                            timeout=60)
-                        refused.append((r2.returncode, r2.stderr, proc.poll() is None))
-            time.sleep(0.2)
-        assert proc.wait(timeout=100) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    ntasks = len(build_graph(load_manifest(path), "json"))
-    # (only the commands that ended while the run was still alive count)
-    assert any(alive for _, _, alive in refused), "the run ended too early"
-    for rc, err, alive in refused:
-        if alive:
-            assert rc == 2 and "is being written by" in err, (rc, err)
-    mid = [c for c in seen if 0 < c["done"] < ntasks]
-    assert mid, f"no status taken during the run: {seen}"
-    for c in seen:
-        assert c["total"] == ntasks
-        assert c["running"] <= 1 and c["failed"] == 0
-    assert [c["done"] for c in seen] == sorted(c["done"] for c in seen)
-    r = subprocess.run([sys.executable, "-m", "gpuspec.cli", "status", prod, "--once"],
-                       env=_env(), capture_output=True, text=True, timeout=60)
-    assert _parse_status(r.stdout)["total"]["done"] == ntasks
+    """{step: {column: count}} of the last status table in ``text``."""
+    lines = text.splitlines()
+    i = max(k for k, ln in enumerate(lines) if ln.startswith("step "))
+    head = lines[i].split()
+    out = {}
+    for ln in lines[i + 1:]:
+        if ln.startswith("-"):
+            continue
+        out[ln.split()[0]] = dict(zip(head[1:], map(int, ln.split()[1:])))
+        if ln.startswith("total"):
+            break
+    return out
 
 
 # --------------------------------------------------------------------------- MPI
@@ -409,7 +378,7 @@ def test_sigkill_then_resume(inputs, tmp_path, reference):
 
 
 def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monkeypatch):
-    from gpuspec.launch import runner
+    from gpuspec.launch import execute
 
     ranges, frees = [], []
 
@@ -424,10 +393,10 @@ def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monk
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(runner, "nvtx_range", Rec)
-    monkeypatch.setattr(runner._backend, "free_memory", lambda xp=None: frees.append("free"))
+    monkeypatch.setattr(execute, "nvtx_range", Rec)
+    monkeypatch.setattr(execute._backend, "free_memory", lambda xp=None: frees.append("free"))
     m = load_manifest(_manifest(tmp_path, inputs))
-    p = plan(m)
+    p = load_plan(m)
     assert run_serial(p, verbose=False) == 0
     assert ranges == [t.name for t in p.tasks]  # one range per task, named after it
     steps = [t.step for t in p.tasks]
@@ -439,24 +408,6 @@ def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monk
             nxt = frees[i + 1][1]
             prev = [e for e in frees[:i] if e != "free"][-1][1]
             assert nxt.split("-")[0] != prev.split("-")[0]
-
-
-def test_status_live_mode(inputs, tmp_path, reference, capsys, monkeypatch):
-    import gpuspec.launch.status as st
-
-    calls = []
-
-    def fake_sleep(s):
-        calls.append(s)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(st.time, "sleep", fake_sleep)
-    assert gpuspec_cli.main(["status", reference, "--interval", "0.5"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\033[H\033[2J") == 2 and calls == [0.5, 0.5]
-    assert _parse_status(out.split("\033[H\033[2J")[-1].replace("(Ctrl-C to quit)", ""))[
-        "total"]["done"] == len(_states(reference))
 
 
 def test_retry_keeps_failures_caused_by_another_task(inputs, tmp_path, capsys):
@@ -524,7 +475,7 @@ def test_registry_by_module_attribute(inputs, tmp_path, capsys):
 
 
 def _broken_registry():
-    from gpuspec.launch.steps import Registry, StepSpec
+    from gpuspec.launch.registry import Registry, StepSpec
     from gpuspec.launch.toy import TOY
 
     steps = dict(TOY.steps)
@@ -533,3 +484,60 @@ def _broken_registry():
 
 
 BROKEN = _broken_registry()
+
+
+def test_allow_missing_groups_what_is_available(inputs, tmp_path, capsys):
+    """Coadd what is available: the pixels fed by a failed frame are made from the others."""
+    path = _manifest(tmp_path, inputs, fail_tasks=[FAIL], allow_missing=True)
+    prod = str(tmp_path / "prod")
+    assert run_cli.main([path, "-q"]) == 1  # the failed extraction and its frame remain
+    states = _states(prod)
+    assert {n for n, s in states.items() if s == "failed"} == {FAIL, "frame-b1-00000002"}
+    fed = sorted(p for p, members in _expected_pixels(inputs).items() if (2, 1) in members)
+    assert fed
+    m = load_manifest(path)
+    tasks = {t.name: t for t in build_graph(m, "json")}
+    for p in fed:
+        with open(tasks[f"group-{p}"].outputs[0]) as f:
+            sp = json.load(f)
+        assert sp["missing"] == ["frame-b1-00000002.json"]
+        assert not any(r[1] == 2 and r[2] == "b1" for r in sp["rows"])
+        assert any(r[1] == 2 and r[2] == "r1" for r in sp["rows"])
+    con = sqlite3.connect(db_path(prod))
+    warned = dict(con.execute("SELECT name, warning FROM tasks WHERE warning IS NOT NULL "
+                              "AND state = 'done'"))
+    con.close()
+    assert set(warned) == {f"{s}-{p}" for p in fed for s in ("group", "coadd")}
+    assert all("frame-b1-00000002" in warned[f"group-{p}"] for p in fed)
+    assert all(f"group-{p}" in warned[f"coadd-{p}"] for p in fed)
+    capsys.readouterr()
+    assert gpuspec_cli.main(["status", prod, "--once"]) == 0
+    c = _parse_status(capsys.readouterr().out)
+    assert c["group"]["warned"] == c["coadd"]["warned"] == len(fed)
+    assert gpuspec_cli.main(["tasks", prod, "--warnings", "--names"]) == 0
+    assert set(capsys.readouterr().out.split()) == set(warned)
+    # strict is the default: the same failure fails those pixels
+    strict = _manifest(tmp_path, inputs, name="strict", fail_tasks=[FAIL])
+    assert run_cli.main([strict, "-q"]) == 1
+    st = _states(str(tmp_path / "strict"))
+    assert all(st[f"group-{p}"] == "failed" for p in fed)
+
+
+def test_unknown_options_does_not_swallow_errors():
+    """Issue 15: an exception in the option check used to switch the check off."""
+    from gpuspec.launch.registry import Registry, StepSpec
+    from gpuspec.launch.toy import TOY
+
+    reg = Registry("x", {"coadd": StepSpec(TOY.steps["coadd"].func,
+                                           ("gpuspec.no_such_module:coadd_file",))})
+    with pytest.raises(ModuleNotFoundError):
+        reg.unknown_options("coadd", {"spectroperf": True})
+    ok = Registry("y", {"coadd": StepSpec(TOY.steps["coadd"].func,
+                                          ("gpuspec.coadd:coadd_file",))})
+    assert ok.unknown_options("coadd", {"spectroperf": True, "spectroperff": 1}) == ["spectroperff"]
+    # a function taking **kwargs passes its options on to the next of `needs`
+    pre = Registry("z", {"preproc": StepSpec(TOY.steps["preproc"].func,
+                                             ("gpuspec.preproc:preproc_file",
+                                              "gpuspec.preproc:preproc"))})
+    assert pre.unknown_options("preproc", {"cosmics_nsig": 5, "nogain": True, "cosmic": 1}) == \
+        ["cosmic"]

@@ -13,6 +13,10 @@ from conftest import require_reference
 from gpuspec.cli import main
 
 
+#: preproc without calibrations, on purpose (the CLI requires it to be said, as desi_preproc)
+NOCALIB = ("--nobias", "--nodark", "--nopixflat", "--nomask")
+
+
 def _ref():
     return require_reference("caseA_preproc")
 
@@ -86,12 +90,12 @@ def test_cli_camword_and_pattern(tmp_path):
     pattern = str(tmp_path / "pp" / "{camera}-{expid:08d}.fits")
     # a0 asks for b0, r0 and z0: z0 is not in the file -> exit code 1, the others written
     rc = main(["preproc", "-i", rawfn, "--cameras", "a0", "-o", pattern, "--no-gpu",
-               "--nocosmic"])
+               "--nocosmic", *NOCALIB])
     assert rc == 1
     got = sorted(os.listdir(tmp_path / "pp"))
     assert got == ["b0-00271828.fits", "r0-00271828.fits"]
     rc = main(["preproc", "-i", rawfn, "--cameras", "b0r0", "-o", pattern, "--no-gpu",
-               "--nocosmic"])
+               "--nocosmic", *NOCALIB])
     assert rc == 0
 
 
@@ -121,7 +125,7 @@ def test_cli_fibermap_petal_rows(tmp_path):
     write_fibermap(fmfn, fm)
     out = str(tmp_path / "p.fits")
     rc = main(["preproc", "-i", rawfn, "--camera", "r0", "-o", out, "--fibermap", fmfn,
-               "--no-gpu", "--nocosmic"])
+               "--no-gpu", "--nocosmic", *NOCALIB])
     assert rc == 0
     img = read_image(out)
     assert img.fibermap is not None and len(img.fibermap) == 500

@@ -179,7 +179,7 @@ def test_cli_error_message_and_no_output(tmp_path, capsys):
     fitsio.write(bad, np.zeros((5, 5), np.float32))
     out = str(tmp_path / "out.fits")
     rc = main(["preproc", "-i", os.path.join(d, "raw.fits"), "--camera", "b0", "-o", out,
-               "--bias", bad, "--no-gpu"])
+               "--bias", bad, "--nodark", "--nopixflat", "--nomask", "--no-gpu"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "bias" in err and bad in err
@@ -187,7 +187,7 @@ def test_cli_error_message_and_no_output(tmp_path, capsys):
     _no_files(str(tmp_path), "out")
     # a camera the file does not have
     rc = main(["preproc", "-i", os.path.join(d, "raw.fits"), "--camera", "r3", "-o", out,
-               "--no-gpu"])
+               "--nobias", "--nodark", "--nopixflat", "--nomask", "--no-gpu"])
     assert rc == 1 and "r3" in capsys.readouterr().err
     assert not os.path.exists(out)
     assert isinstance(BadDataError("x"), GpuspecError)

@@ -30,7 +30,8 @@ def psf_eval():
 def psf():
     from conftest import REF_PSF
     if not os.path.exists(REF_PSF):
-        pytest.skip(f"reference PSF not found: {REF_PSF}")
+        pytest.skip(f"reference PSF not found: {REF_PSF} (set GPUSPEC_SHARED to the shared "
+                    "folder, default ../shared)")
     return read_psf(REF_PSF)
 
 

@@ -304,7 +304,8 @@ def test_geometry_matches_case_a_reference():
 
     path = os.path.join(PUBLIC, "caseA_preproc", "raw.fits")
     if not os.path.exists(path):
-        pytest.skip(f"reference data not found: {path}")
+        pytest.skip(f"reference data not found: {path} (set GPUSPEC_SHARED to the shared "
+                    "folder, default ../shared)")
     import fitsio
 
     ref = fitsio.read_header(path, 1)

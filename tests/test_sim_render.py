@@ -18,7 +18,8 @@ def psf():
     import os
 
     if not os.path.exists(REF_PSF):
-        pytest.skip(f"reference PSF not found: {REF_PSF}")
+        pytest.skip(f"reference PSF not found: {REF_PSF} (set GPUSPEC_SHARED to the shared "
+                    "folder, default ../shared)")
     from gpuspec.psf import read_psf
 
     return read_psf(REF_PSF)

@@ -22,7 +22,8 @@ from ..profiling import nvtx_range
 from ..spectra import Spectra
 from .scores import spectra_scores
 
-__all__ = ["group_frames", "coadd_file", "healpix_pixels"]
+__all__ = ["group_frames", "coadd_file", "healpix_pixels", "healpix_filename", "healpix_path",
+           "DEFAULT_SURVEY", "DEFAULT_PROGRAM", "DEFAULT_NSIDE"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,37 @@ _EXPCOLS = (("NIGHT", "i4"), ("EXPID", "i4"), ("MJD", "f8"), ("TILEID", "i4"),
             ("EXPTIME", "f8"))
 
 
-def healpix_pixels(ra, dec, nside: int = 64):
-    """NESTED HEALPix pixel of each (RA, Dec) in degrees."""
+#: Defaults of the spectra/coadd names and headers (SURVEY, PROGRAM) and of the HEALPix nside.
+DEFAULT_SURVEY = "main"
+DEFAULT_PROGRAM = "dark"
+DEFAULT_NSIDE = 64
+
+
+def healpix_pixels(ra, dec, nside: int = DEFAULT_NSIDE):
+    """NESTED HEALPix pixel of each (RA, Dec) in degrees (host arrays; returns int64 numpy)."""
     import healpy
 
     return healpy.ang2pix(int(nside), np.asarray(ra, float), np.asarray(dec, float),
                           nest=True, lonlat=True)
+
+
+def healpix_filename(kind: str, survey: str, program: str, pixel: int, ext: str = "fits") -> str:
+    """DESI file name of a HEALPix product: ``{kind}-{survey}-{program}-{pixel}.{ext}``.
+
+    ``kind`` is ``spectra`` or ``coadd`` (desispec ``findfile``). The same survey
+    and program go into the SURVEY/PROGRAM header keywords (:func:`group_frames`).
+    """
+    return f"{kind}-{survey}-{program}-{int(pixel)}.{ext}"
+
+
+def healpix_path(kind: str, survey: str, program: str, pixel: int, ext: str = "fits") -> str:
+    """Path of a HEALPix product below a production's ``healpix/`` folder (desispec layout).
+
+    ``{survey}/{program}/{pixel//100}/{pixel}/`` + :func:`healpix_filename`.
+    """
+    pixel = int(pixel)
+    return os.path.join(survey, program, str(pixel // 100), str(pixel),
+                        healpix_filename(kind, survey, program, pixel, ext))
 
 
 def _with_exposure_columns(fm, meta):
@@ -64,8 +90,8 @@ def _band_scores_table(frames, band, nrow):
     return None
 
 
-def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
-                 program: str = "dark", healpix=None) -> list[str]:
+def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = DEFAULT_SURVEY,
+                 program: str = DEFAULT_PROGRAM, healpix=None) -> list[str]:
     """Regroup frames into per-HEALPix spectra files.
 
     Parameters
@@ -78,7 +104,8 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
     nside : int
         HEALPix nside (NESTED).
     survey, program : str
-        Used in the file names and headers.
+        Used in the file names (:func:`healpix_filename`) and the SURVEY/PROGRAM
+        header keywords.
     healpix : list of int, optional
         Write only these pixels (default: every pixel with a fiber).
 
@@ -185,7 +212,7 @@ def group_frames(framefiles, outdir, nside: int = 64, survey: str = "main",
                          resolution_data={b: res[b][rows] for b in bands},
                          fibermap=fmap[rows], meta=meta, flux_unit=flux_unit,
                          scores=None if allscores is None else allscores[rows])
-            path = os.path.join(outdir, f"spectra-{survey}-{program}-{int(p)}.fits")
+            path = os.path.join(outdir, healpix_filename("spectra", survey, program, p))
             written.append(write_spectra(path, sp))
     log.info("wrote %d spectra files from %d frames", len(written), len(frames))
     return written

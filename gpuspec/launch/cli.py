@@ -10,7 +10,11 @@ Usage::
     gpuspec-run manifest.yaml --check            # validate the manifest only
 
 Exit status: 0 only when every task is done; 1 when some task failed; 2 for a
-bad manifest, an unavailable step or a bad command line.
+bad manifest, an unavailable step, a GPU that cannot be bound or a bad command
+line; 130 when interrupted (Ctrl-C).
+
+Validation and planning are :func:`gpuspec.launch.plan.load_plan` (the same for
+every mode); this module only parses arguments and maps errors to exit codes.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-from ..errors import GpuspecError
 
 __all__ = ["main", "build_parser"]
 
@@ -47,82 +49,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--schema", action="store_true",
                    help="print every manifest key with its type and meaning, then exit")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (BLAS/OpenMP/numba) per rank (default: run.threads of the "
+                        "manifest, else GPUSPEC_THREADS, else 1; see docs/launch.md)")
     return p
 
 
 def _err(msg: str) -> None:
-    print(f"gpuspec-run: error: {msg}", file=sys.stderr, flush=True)
+    for line in str(msg).splitlines() or [""]:
+        print(f"gpuspec-run: error: {line}", file=sys.stderr, flush=True)
 
 
-def _load(args):
-    """Rank-0 loader: (Plan, None) or (None, exit code)."""
-    from .manifest import load_manifest
-    from .runner import plan
-    from .steps import StepUnavailable, get_registry
+def _comm(args):
+    """COMM_WORLD when MPI is asked for or detected and has more than one rank, else None."""
+    from ..backend import launcher_size
 
-    try:
-        m = load_manifest(args.manifest)
-        reg = get_registry(m.data["registry"])
-    except (GpuspecError, StepUnavailable) as exc:
-        _err(str(exc))
-        return None, 2
-    if not args.dry_run:
-        from .. import backend as _backend
+    if not (args.mpi or (not args.no_mpi and launcher_size() > 1)):
+        return None
+    from mpi4py import MPI
 
-        try:
-            _backend.resolve(m.data["backend"])
-        except _backend.BackendUnavailable as exc:
-            _err(f"{m.path} line {m.line('backend')}: backend: {exc}")
-            return None, 2
-    missing = reg.unavailable(m.steps)
-    try:
-        _check_options(m, reg, missing)
-    except GpuspecError as exc:
-        _err(str(exc))
-        return None, 2
-    if missing:
-        for step, why in missing.items():
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def _dispatch(args) -> int:
+    """Run what the arguments ask for; errors propagate to :func:`main`."""
+    from .plan import load_plan
+    from .runner import dry_run_lines, run_one, run_serial
+
+    if args.check:
+        p = load_plan(args.manifest, write_db=False)
+        print(f"{p.manifest.path}: valid; {len(p.tasks)} tasks")
+        return 0
+    if args.task:
+        return run_one(load_plan(args.manifest, write_db=False), args.task, force=args.force)
+    comm = None if args.dry_run else _comm(args)
+    if args.dry_run:
+        if _comm(args) is not None and _comm(args).Get_rank() != 0:
+            return 0
+        p = load_plan(args.manifest, write_db=False, check_backend=False, require_steps=False)
+        for step, why in p.missing.items():
             _err(f"step {step!r} cannot run: {why}")
-        _err(f"remove the step(s) from 'steps' in {m.path} (line {m.line('steps')}) or install "
-             "their implementation")
-        if not args.dry_run:
-            return None, 2
-    from .db import RunActive
+        print("\n".join(dry_run_lines(p)))
+        return 0
 
-    try:
-        p = plan(m, reg, write_db=not args.dry_run, force=args.force)
-    except (GpuspecError, RunActive) as exc:
-        _err(str(exc))
-        return None, 2
-    return p, None
+    def load():
+        return load_plan(args.manifest, force=args.force)
 
+    if comm is None:
+        return run_serial(load(), verbose=not args.quiet)
+    from .mpi import run_mpi
 
-def _check_options(m, reg, missing) -> None:
-    """Raise ManifestError for a step option the step's function does not take."""
-    for step in m.steps:
-        if step in missing:
-            continue
-        for name in reg.unknown_options(step, m.step(step).get("options", {})):
-            raise m.error(f"steps.{step}.options.{name}",
-                          f"unknown option of step {step} (not an argument of "
-                          f"{reg.steps[step].needs[0] if reg.steps[step].needs else step})")
-
-
-def _dry_run(p) -> int:
-    width = max((len(t.name) for t in p.tasks), default=10)
-    print(f"# production {p.manifest.production}: {len(p.tasks)} tasks (registry "
-          f"{p.registry.name})")
-    for t in p.tasks:
-        deps = f" <- {len(t.deps)} dep(s)" if t.deps else ""
-        print(f"{t.name:<{width}}  {p.states[t.name]:<7}  {t.command}{deps}")
-    return 0
+    return run_mpi(comm, load, verbose=not args.quiet)
 
 
 def main(argv=None) -> int:
-    """Entry point of ``gpuspec-run``."""
+    """Entry point of ``gpuspec-run``: parse the arguments, map errors to exit codes.
+
+    Exit codes: 0 every task done; 1 some task failed; 2 a production that
+    cannot start (bad manifest, step or backend unavailable, another run
+    writing it, bad command line); 130 interrupted (Ctrl-C).
+    """
+    from ..threads import configure_threads
+    from .mpi import BindError, PlanFailedOnRoot
+    from .plan import PlanError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.schema:
         from .manifest import describe_schema
 
@@ -132,60 +125,19 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         _err("a manifest is required")
         return 2
-    if args.check or args.task:
-        from .manifest import load_manifest
-
-        try:
-            m = load_manifest(args.manifest)
-        except GpuspecError as exc:
-            _err(str(exc))
-            return 2
-        if args.check:
-            from .graph import build_graph
-            from .steps import get_registry
-
-            try:
-                reg = get_registry(m.data["registry"])
-                n = len(build_graph(m, ext=reg.ext))
-            except Exception as exc:
-                _err(str(exc))
-                return 2
-            missing = reg.unavailable(m.steps)
-            for step, why in missing.items():
-                _err(f"step {step!r} cannot run: {why}")
-                return 2
-            try:
-                _check_options(m, reg, missing)
-            except GpuspecError as exc:
-                _err(str(exc))
-                return 2
-            print(f"{m.path}: valid; {n} tasks")
-            return 0
-        from .runner import run_one
-
-        return run_one(m, args.task, force=args.force)
-
-    from .runner import mpi_environment, run_mpi, run_serial
-
-    use_mpi = args.mpi or (not args.no_mpi and mpi_environment() > 1)
-    comm = None
-    if use_mpi:
-        from mpi4py import MPI
-
-        comm = MPI.COMM_WORLD
-        if comm.Get_size() == 1:
-            comm = None
-    if args.dry_run:
-        if comm is not None and comm.Get_rank() != 0:
-            return 0
-        p, code = _load(args)
-        return code if p is None else _dry_run(p)
-    if comm is None:
-        p, code = _load(args)
-        if p is None:
-            return code
-        return run_serial(p, verbose=not args.quiet)
-    return run_mpi(comm, args.manifest, lambda path: _load(args), verbose=not args.quiet)
+    configure_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except PlanFailedOnRoot:
+        return 2  # rank 0 printed why
+    except (BindError, PlanError) as exc:
+        _err(exc)
+        return 2
+    except KeyboardInterrupt:
+        print("gpuspec-run: interrupted; the running task is recorded as interrupted; run "
+              "the same command again to resume", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

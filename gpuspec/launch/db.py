@@ -2,7 +2,9 @@
 
 One row per task: its step, state (``waiting``, ``ready``, ``running``, ``done``,
 ``failed``), dependencies, where and when it last ran (host, rank, device,
-start, end), the error, the log file and the command that re-runs it alone.
+start, end), the error, a warning (a ``done`` task made from incomplete inputs,
+see ``steps.group.allow_missing``), the log file and the command that re-runs it
+alone.
 A ``meta`` table keeps the manifest path and text of the last run.
 
 During a run rank 0 is the only writer; readers (``gpuspec status``/``tasks``)
@@ -18,11 +20,14 @@ import sqlite3
 import time
 from typing import Iterable
 
+from ..errors import GpuspecError
+
 __all__ = ["STATES", "StateDB", "db_path", "run_dir", "RunActive"]
 
 
-class RunActive(RuntimeError):
+class RunActive(GpuspecError, RuntimeError):
     """Another gpuspec-run (or retry) seems to be writing this production's database."""
+
 
 STATES = ("waiting", "ready", "running", "done", "failed")
 
@@ -42,13 +47,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     start REAL,
     end REAL,
     error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    warning TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
-_RUN_COLS = ("host", "rank", "device", "start", "end", "error", "log", "attempts")
+_RUN_COLS = ("host", "rank", "device", "start", "end", "error", "log", "attempts", "warning")
 
 
 def run_dir(production: str) -> str:
@@ -90,6 +96,9 @@ class StateDB:
             self.conn = sqlite3.connect(path, timeout=60.0)
             with self.conn:
                 self.conn.executescript(_SCHEMA)
+                cols = {r[1] for r in self.conn.execute("PRAGMA table_info(tasks)")}
+                if "warning" not in cols:  # a database of an earlier gpuspec
+                    self.conn.execute("ALTER TABLE tasks ADD COLUMN warning TEXT")
         self.conn.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -252,14 +261,28 @@ class StateDB:
         return {r["name"]: r for r in self.rows()}
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``{step: {state: count}}`` for the steps present, every state listed."""
+        """``{step: {state: count}}`` for the steps present, every state listed.
+
+        Each step also has ``warning``: how many of its ``done`` tasks carry a
+        warning (made from incomplete inputs); it is not a state of its own.
+        """
         out: dict[str, dict[str, int]] = {}
         order: dict[str, int] = {}
         for r in self.conn.execute("SELECT step, state, COUNT(*) AS n, MIN(ord) AS o "
                                    "FROM tasks GROUP BY step, state"):
             out.setdefault(r["step"], {s: 0 for s in STATES})[r["state"]] = r["n"]
             order[r["step"]] = min(order.get(r["step"], r["o"]), r["o"])
+        for c in out.values():
+            c["warning"] = 0
+        if self.has_column("warning"):
+            for r in self.conn.execute("SELECT step, COUNT(*) AS n FROM tasks WHERE state = "
+                                       "'done' AND warning IS NOT NULL GROUP BY step"):
+                out[r["step"]]["warning"] = r["n"]
         return {s: out[s] for s in sorted(out, key=lambda s: order[s])}
+
+    def has_column(self, name: str) -> bool:
+        """True when the task table has this column (older databases lack ``warning``)."""
+        return any(r[1] == name for r in self.conn.execute("PRAGMA table_info(tasks)"))
 
 
 def _pid_alive(pid: int) -> bool:

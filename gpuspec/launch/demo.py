@@ -24,7 +24,7 @@ import re
 import yaml
 
 from ..camword import cameras_to_camword, is_camera
-from .manifest import STEPS, load_manifest
+from .manifest import CALIB_KINDS, STEPS, load_manifest
 
 __all__ = ["make_demo_manifest", "find_exposures", "find_cameras"]
 
@@ -71,7 +71,7 @@ def _sim_wavelength(info: dict):
 
 
 def _available_steps(registry: str) -> list[str]:
-    from .steps import get_registry
+    from .registry import get_registry
 
     reg = get_registry(registry)
     missing = reg.unavailable(STEPS)
@@ -134,30 +134,8 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     """
     simdir = os.path.abspath(simdir)
     proddir = os.path.abspath(proddir)
-    found = find_exposures(simdir)
-    if not found:
-        raise FileNotFoundError(f"no raw exposure under {simdir}/raw/NIGHT/EXPID/")
-    if exposures is None:
-        chosen = found
-    else:
-        chosen = []
-        for e in exposures:
-            if isinstance(e, (tuple, list)):
-                chosen.append((int(e[0]), int(e[1])))
-            else:
-                match = [f for f in found if f[1] == int(e)]
-                if not match:
-                    raise FileNotFoundError(f"exposure {e} not found under {simdir}/raw")
-                chosen.append(match[0])
-    if cameras is None:
-        cams = find_cameras(simdir)
-        if not cams:
-            raise FileNotFoundError(f"no PSF under {simdir}/psf/psf-CAMERA.fits")
-    elif isinstance(cameras, str):
-        cams = cameras
-    else:
-        cams = list(cameras)
-    camword = cams if isinstance(cams, str) else cameras_to_camword(cams)
+    chosen = _choose_exposures(simdir, exposures)
+    camword = _camword(simdir, cameras)
     steps = list(steps) if steps is not None else _available_steps(registry)
     info = _simulation_info(simdir)
     nspec = info.get("nspec")
@@ -168,10 +146,6 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
             raise ValueError(f"none of the requested bundles holds simulated fibers (nspec={nspec})")
     if wavelength is None:
         wavelength = _sim_wavelength(info) or "default"
-    calib = {}
-    for kind in ("bias", "dark", "pixflat", "mask"):
-        if glob.glob(os.path.join(simdir, "calib", f"{kind}-*.fits")):
-            calib[kind] = os.path.join(simdir, "calib", f"{kind}-{{camera}}.fits")
     doc = {
         "production": proddir,
         "registry": registry,
@@ -181,13 +155,11 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
             "cameras": camword,
             "exposures": [{"night": n, "expid": e} for n, e in chosen],
             "psf": os.path.join(simdir, "psf", "psf-{camera}.fits"),
-            "calib": calib,
+            "calib": _sim_calib(simdir),
         },
-        "steps": {},
+        "steps": {s: {} for s in steps},
         "run": {"progress_interval": float(progress_interval)},
     }
-    for s in steps:
-        doc["steps"][s] = {}
     if "extract" in steps:
         doc["steps"]["extract"] = {
             "nbundles": int(nbundles), "fibers_per_bundle": int(fibers_per_bundle),
@@ -199,7 +171,46 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     for s, opts in (step_options or {}).items():
         if s in doc["steps"] and opts:
             doc["steps"][s]["options"] = dict(opts)
-    path = manifest or os.path.join(proddir, "manifest.yaml")
+    return _write_manifest(doc, manifest or os.path.join(proddir, "manifest.yaml"), simdir)
+
+
+def _choose_exposures(simdir: str, exposures) -> list[tuple[int, int]]:
+    found = find_exposures(simdir)
+    if not found:
+        raise FileNotFoundError(f"no raw exposure under {simdir}/raw/NIGHT/EXPID/")
+    if exposures is None:
+        return found
+    chosen = []
+    for e in exposures:
+        if isinstance(e, (tuple, list)):
+            chosen.append((int(e[0]), int(e[1])))
+            continue
+        match = [f for f in found if f[1] == int(e)]
+        if not match:
+            raise FileNotFoundError(f"exposure {e} not found under {simdir}/raw")
+        chosen.append(match[0])
+    return chosen
+
+
+def _camword(simdir: str, cameras) -> str:
+    if cameras is None:
+        cams = find_cameras(simdir)
+        if not cams:
+            raise FileNotFoundError(f"no PSF under {simdir}/psf/psf-CAMERA.fits")
+        return cameras_to_camword(cams)
+    return cameras if isinstance(cameras, str) else cameras_to_camword(list(cameras))
+
+
+def _sim_calib(simdir: str) -> dict:
+    """``{kind: template}`` of the calibrations the simulator wrote."""
+    calib = {}
+    for kind in CALIB_KINDS:
+        if glob.glob(os.path.join(simdir, "calib", f"{kind}-*.fits")):
+            calib[kind] = os.path.join(simdir, "calib", f"{kind}-{{camera}}.fits")
+    return calib
+
+
+def _write_manifest(doc: dict, path: str, simdir: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     text = ("# gpuspec-run manifest for the simulated night in " + simdir + "\n"
             "# run: gpuspec-run " + os.path.abspath(path) + "\n"

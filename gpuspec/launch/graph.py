@@ -13,10 +13,15 @@ Output paths follow the DESI production layout under the production folder::
     healpix/{SURVEY}/{PROGRAM}/{HPIX//100}/{HPIX}/spectra-{SURVEY}-{PROGRAM}-{HPIX}.fits
     healpix/{SURVEY}/{PROGRAM}/{HPIX//100}/{HPIX}/coadd-{SURVEY}-{PROGRAM}-{HPIX}.fits
 
+The healpix names come from :func:`gpuspec.coadd.group.healpix_path` (the
+names ``group_frames`` writes; SURVEY/PROGRAM in their headers are the same).
+
 A group task exists for every HEALPix pixel (NESTED, ``steps.group.nside``) that
-holds at least one fiber extracted from one of the frames; the pixels come from
-the fibermaps (``FIBER``, ``TARGET_RA``, ``TARGET_DEC``). Its dependencies are the
-frames with fibers in that pixel.
+holds at least one fiber extracted from one of the frames; the fibers and their
+pixels come from the fibermaps (:mod:`gpuspec.launch.fibers`: rows of the
+camera's ``PETAL_LOC``, :func:`gpuspec.coadd.group.healpix_pixels`). Its
+dependencies are the frames with fibers in that pixel. A frame whose fibers map
+to no pixel is an error.
 
 A step listed in ``steps.<s>.after`` adds a barrier: every task of ``s`` waits for
 every task of the listed steps. Steps absent from the manifest create no tasks;
@@ -28,14 +33,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-from typing import Iterable
 
-import numpy as np
-
-from .manifest import STEP_CHAIN, STEPS, Manifest, ManifestError
+from .manifest import CALIB_KINDS, STEP_CHAIN, STEPS, Manifest, ManifestError
 
 __all__ = ["Task", "build_graph", "topological_order", "outputs_current", "rerun_command",
-           "fibermap_pixels", "paths"]
+           "paths", "step_settings", "cleanup_temporaries"]
 
 
 @dataclasses.dataclass
@@ -77,8 +79,12 @@ class paths:
 
     @staticmethod
     def preproc(prod, night, expid, cam, ext="fits"):
+        """``preproc/{NIGHT}/{EXPID:08d}/`` + :func:`gpuspec.preproc.fileio.preproc_filename`."""
+        from ..preproc.fileio import preproc_filename
+
+        name = preproc_filename(cam, expid)
         return os.path.join(prod, "preproc", str(night), f"{expid:08d}",
-                            f"preproc-{cam}-{expid:08d}.{ext}")
+                            name[:-len("fits")] + ext)
 
     @staticmethod
     def partial_frame(prod, night, expid, cam, b0, b1, ext="fits"):
@@ -91,18 +97,11 @@ class paths:
                             f"frame-{cam}-{expid:08d}.{ext}")
 
     @staticmethod
-    def healpix_dir(prod, survey, program, hpix):
-        return os.path.join(prod, "healpix", survey, program, str(hpix // 100), str(hpix))
+    def healpix(prod, kind, survey, program, hpix, ext="fits"):
+        """``spectra`` or ``coadd`` file of one pixel (:func:`gpuspec.coadd.group.healpix_path`)."""
+        from ..coadd.group import healpix_path
 
-    @staticmethod
-    def spectra(prod, survey, program, hpix, ext="fits"):
-        return os.path.join(paths.healpix_dir(prod, survey, program, hpix),
-                            f"spectra-{survey}-{program}-{hpix}.{ext}")
-
-    @staticmethod
-    def coadd(prod, survey, program, hpix, ext="fits"):
-        return os.path.join(paths.healpix_dir(prod, survey, program, hpix),
-                            f"coadd-{survey}-{program}-{hpix}.{ext}")
+        return os.path.join(prod, "healpix", healpix_path(kind, survey, program, hpix, ext))
 
 
 def rerun_command(manifest_path: str, task_name: str) -> str:
@@ -110,43 +109,16 @@ def rerun_command(manifest_path: str, task_name: str) -> str:
     return f"gpuspec-run {shlex.quote(manifest_path)} --task {shlex.quote(task_name)}"
 
 
-# --------------------------------------------------------------------------- healpix
-
-_FM_CACHE: dict = {}
-
-
-def fibermap_pixels(fibermap: str, fibers: Iterable[int], nside: int) -> dict[int, list[int]]:
-    """HEALPix pixels (NESTED) of the given fibers: ``{pixel: [fibers...]}``.
-
-    Reads ``FIBER``, ``TARGET_RA``, ``TARGET_DEC`` from the ``FIBERMAP`` HDU (or the
-    first table). Fibers absent from the fibermap or with non-finite coordinates
-    are ignored.
-    """
-    import fitsio
-    import healpy
-
-    key = (os.path.abspath(fibermap), os.stat(fibermap).st_mtime_ns)
-    if key not in _FM_CACHE:
-        with fitsio.FITS(fibermap) as f:
-            ext = "FIBERMAP" if "FIBERMAP" in f else 1
-            names = f[ext].get_colnames()
-            for col in ("FIBER", "TARGET_RA", "TARGET_DEC"):
-                if col not in names:
-                    raise ManifestError(f"fibermap {fibermap} HDU {ext} has no column {col}")
-            t = f[ext].read(columns=["FIBER", "TARGET_RA", "TARGET_DEC"])
-        _FM_CACHE[key] = (np.asarray(t["FIBER"]).astype(np.int64),
-                          np.asarray(t["TARGET_RA"]).astype(np.float64),
-                          np.asarray(t["TARGET_DEC"]).astype(np.float64))
-    fib, ra, dec = _FM_CACHE[key]
-    sel = np.isin(fib, np.asarray(list(fibers), dtype=np.int64)) & np.isfinite(ra) & np.isfinite(dec)
-    pix = healpy.ang2pix(nside, ra[sel], dec[sel], nest=True, lonlat=True)
-    out: dict[int, list[int]] = {}
-    for p, f in zip(pix.tolist(), fib[sel].tolist()):
-        out.setdefault(int(p), []).append(int(f))
-    return out
-
-
 # --------------------------------------------------------------------------- graph
+
+def step_settings(m: Manifest, step: str) -> dict:
+    """The settings of ``step``: the manifest's, or the schema defaults when not listed."""
+    if step in m.data["steps"]:
+        return m.step(step)
+    from .manifest import SCHEMA
+
+    return {k: f.default for k, f in SCHEMA["steps"].schema[step].schema.items()}
+
 
 def _bundle_groups(ext: dict) -> list[list[int]]:
     bundles = ext.get("bundles")
@@ -170,6 +142,118 @@ def _wavelength(ext: dict, cam: str):
     return list(w[cam[0]])
 
 
+class _Graph:
+    """Tasks being built: only those of the steps run are kept."""
+
+    def __init__(self, m: Manifest):
+        self.m = m
+        self.run = set(m.steps)
+        self.tasks: dict[str, Task] = {}
+        self.by_step: dict[str, list[str]] = {s: [] for s in STEPS}
+        self.producer: dict[str, str] = {}  # output file -> task name
+
+    def add(self, t: Task) -> None:
+        if t.step not in self.run:
+            return
+        if t.name in self.tasks:
+            raise ManifestError(f"duplicate task {t.name}", self.m.path)
+        for o in t.outputs:
+            self.producer[o] = t.name
+        self.tasks[t.name] = t
+        self.by_step[t.step].append(t.name)
+
+
+def _camera_tasks(g: _Graph, e: dict, cam: str, ext: str) -> str:
+    """preproc, extract and frame tasks of one camera of one exposure; returns the frame path."""
+    m, prod = g.m, g.m.production
+    night, expid = e["night"], e["expid"]
+    xs = step_settings(m, "extract")
+    pre = paths.preproc(prod, night, expid, cam, ext)
+    cal = {k: m.camera_file(k, cam, e) for k in CALIB_KINDS}
+    fmap = [e["fibermap"]] if e["fibermap"] and os.path.exists(e["fibermap"]) else []
+    g.add(Task(f"preproc-{cam}-{expid:08d}", "preproc", [],
+               [e["raw"]] + [p for p in cal.values() if p] + fmap, [pre],
+               dict(raw=e["raw"], camera=cam, outfile=pre, fibermap=e["fibermap"],
+                    night=night, expid=expid, **cal,
+                    options=m.step("preproc").get("options", {}))))
+    psf = m.camera_file("psf", cam, e)
+    wave = _wavelength(xs, cam)
+    if "extract" in g.run and wave is None:
+        raise m.error("steps.extract.wavelength",
+                      f"no wavelength grid for arm {cam[0]!r} (camera {cam})")
+    parts = []
+    for b in _bundle_groups(xs):
+        part = paths.partial_frame(prod, night, expid, cam, b[0], b[-1], ext)
+        parts.append(part)
+        g.add(Task(f"extract-{cam}-{expid:08d}-b{b[0]:02d}-{b[-1]:02d}", "extract", [],
+                   [pre] + ([psf] if psf else []), [part],
+                   dict(preproc=pre, psf=psf, outfile=part, camera=cam, bundles=b,
+                        nbundles=xs["nbundles"], fibers_per_bundle=xs["fibers_per_bundle"],
+                        wavelength=wave, night=night, expid=expid,
+                        options=xs.get("options", {}))))
+    frame = paths.frame(prod, night, expid, cam, ext)
+    g.add(Task(f"frame-{cam}-{expid:08d}", "frame", [], list(parts), [frame],
+               dict(parts=list(parts), outfile=frame, camera=cam, night=night, expid=expid,
+                    options=m.step("frame").get("options", {}))))
+    return frame
+
+
+def _frame_pixels(m: Manifest, e: dict, cam: str) -> list[int]:
+    """HEALPix pixels of the fibers one frame holds (from the fibermap); an error if none."""
+    from .fibers import bundle_rows, fiber_pixels
+
+    if e["fibermap"] is None or not os.path.exists(e["fibermap"]):
+        raise m.error(e["key"], f"fibermap needed to find the HEALPix pixels: {e['fibermap']}")
+    xs = step_settings(m, "extract")
+    bundles = [b for grp in _bundle_groups(xs) for b in grp]
+    try:
+        rows = bundle_rows(e["fibermap"], cam, bundles, xs["fibers_per_bundle"])
+    except ManifestError as exc:
+        raise m.error(e["key"], str(exc)) from None
+    pixels = sorted(fiber_pixels(rows, step_settings(m, "group")["nside"]))
+    if not pixels:
+        raise m.error(e["key"], f"frame {cam} of exposure {e['expid']} maps to no HEALPix "
+                      f"pixel: bundles {bundles[0]}..{bundles[-1]} hold {rows.size} fiber(s) "
+                      f"of {e['fibermap']}, none with finite TARGET_RA/TARGET_DEC")
+    return pixels
+
+
+def _healpix_tasks(g: _Graph, frames_of_pixel: dict, ext: str) -> None:
+    m, prod = g.m, g.m.production
+    grp = step_settings(m, "group")
+    survey, program = grp["survey"], grp["program"]
+    for p in sorted(frames_of_pixel):
+        spec = paths.healpix(prod, "spectra", survey, program, p, ext)
+        frames = sorted(frames_of_pixel[p])
+        g.add(Task(f"group-{p}", "group", [], frames, [spec],
+                   dict(frames=frames, outfile=spec, healpix=p, nside=grp["nside"],
+                        survey=survey, program=program,
+                        allow_missing=bool(grp.get("allow_missing")),
+                        options=grp.get("options", {}))))
+        cofile = paths.healpix(prod, "coadd", survey, program, p, ext)
+        g.add(Task(f"coadd-{p}", "coadd", [], [spec], [cofile],
+                   dict(spectra=spec, outfile=cofile, healpix=p,
+                        options=m.step("coadd").get("options", {}))))
+
+
+def _link(g: _Graph) -> None:
+    """Dependencies from the producers of the inputs and the ``after`` barriers."""
+    m = g.m
+    for t in g.tasks.values():
+        deps = []
+        for f in t.inputs:
+            if f in g.producer:
+                deps.append(g.producer[f])
+            elif not os.path.exists(f):
+                raise m.error(f"steps.{t.step}", f"task {t.name} needs {f}, which does not "
+                              f"exist and which no task of this manifest makes (step "
+                              f"{STEP_CHAIN.get(t.step)} is not run)")
+        for s in m.step(t.step).get("after", []):
+            deps.extend(g.by_step.get(s, []))
+        t.deps = sorted(set(deps) - {t.name})
+        t.command = rerun_command(m.path, t.name)
+
+
 def build_graph(m: Manifest, ext: str = "fits") -> list[Task]:
     """Expand a manifest into tasks, in a topological order.
 
@@ -187,111 +271,23 @@ def build_graph(m: Manifest, ext: str = "fits") -> list[Task]:
     ------
     ManifestError
         An input that a listed step needs from a step not run is missing, a
-        wavelength grid is missing for an arm, or the graph has a cycle.
+        wavelength grid is missing for an arm, a frame maps to no HEALPix pixel,
+        or the graph has a cycle.
     """
-    prod = m.production
-    run = set(m.steps)
-    tasks: dict[str, Task] = {}
-    by_step: dict[str, list[str]] = {s: [] for s in STEPS}
-    calibs = ("bias", "dark", "pixflat", "mask")
-    xs = m.step("extract") if "extract" in m.data["steps"] else _extract_defaults(m)
-    groups = _bundle_groups(xs)
-    fpb = xs["fibers_per_bundle"]
-    nfib_cam = xs["nbundles"] * fpb
-    grp = m.step("group") if "group" in m.data["steps"] else _group_defaults(m)
-    nside, survey, program = grp["nside"], grp["survey"], grp["program"]
-    producer: dict[str, str] = {}  # output file -> task name
-
-    def add(t: Task):
-        if t.step not in run:
-            return
-        if t.name in tasks:
-            raise ManifestError(f"duplicate task {t.name}", m.path)
-        for o in t.outputs:
-            producer[o] = t.name
-        tasks[t.name] = t
-        by_step[t.step].append(t.name)
-
+    g = _Graph(m)
     frames_of_pixel: dict[int, list[str]] = {}
     for e in m.exposures():
-        night, expid = e["night"], e["expid"]
         for cam in e["cameras"]:
-            pre = paths.preproc(prod, night, expid, cam, ext)
-            cal = {k: m.camera_file(k, cam) for k in calibs}
-            add(Task(f"preproc-{cam}-{expid:08d}", "preproc", [],
-                     [e["raw"]] + [p for p in cal.values() if p] +
-                     ([e["fibermap"]] if e["fibermap"] and os.path.exists(e["fibermap"]) else []),
-                     [pre], dict(raw=e["raw"], camera=cam, outfile=pre, fibermap=e["fibermap"],
-                                 night=night, expid=expid, **cal,
-                                 options=m.step("preproc").get("options", {}))))
-            parts = []
-            for g in groups:
-                part = paths.partial_frame(prod, night, expid, cam, g[0], g[-1], ext)
-                parts.append(part)
-                psf = m.camera_file("psf", cam)
-                wave = _wavelength(xs, cam)
-                if "extract" in run and wave is None:
-                    raise m.error("steps.extract.wavelength",
-                                  f"no wavelength grid for arm {cam[0]!r} (camera {cam})")
-                add(Task(f"extract-{cam}-{expid:08d}-b{g[0]:02d}-{g[-1]:02d}", "extract", [],
-                         [pre] + ([psf] if psf else []), [part],
-                         dict(preproc=pre, psf=psf, outfile=part, camera=cam, bundles=g,
-                              nbundles=xs["nbundles"], fibers_per_bundle=fpb, wavelength=wave,
-                              night=night, expid=expid, options=xs.get("options", {}))))
-            frame = paths.frame(prod, night, expid, cam, ext)
-            add(Task(f"frame-{cam}-{expid:08d}", "frame", [], list(parts), [frame],
-                     dict(parts=list(parts), outfile=frame, camera=cam, night=night, expid=expid,
-                          options=m.step("frame").get("options", {}))))
-            if run & {"group", "coadd"}:
-                if e["fibermap"] is None or not os.path.exists(e["fibermap"]):
-                    raise m.error(e["key"], f"fibermap needed to find the HEALPix pixels: "
-                                            f"{e['fibermap']}")
-                petal = int(cam[1])
-                fibers = [petal * nfib_cam + b * fpb + k for g in groups for b in g
-                          for k in range(fpb)]
-                for p in fibermap_pixels(e["fibermap"], fibers, nside):
+            frame = _camera_tasks(g, e, cam, ext)
+            if g.run & {"group", "coadd"}:
+                for p in _frame_pixels(m, e, cam):
                     frames_of_pixel.setdefault(p, []).append(frame)
-    for p in sorted(frames_of_pixel):
-        spec = paths.spectra(prod, survey, program, p, ext)
-        frames = sorted(frames_of_pixel[p])
-        add(Task(f"group-{p}", "group", [], frames, [spec],
-                 dict(frames=frames, outfile=spec, healpix=p, nside=nside, survey=survey,
-                      program=program, options=grp.get("options", {}))))
-        cofile = paths.coadd(prod, survey, program, p, ext)
-        add(Task(f"coadd-{p}", "coadd", [], [spec], [cofile],
-                 dict(spectra=spec, outfile=cofile, healpix=p,
-                      options=m.step("coadd").get("options", {}))))
-
-    # dependencies: producers of the inputs, and 'after' barriers
-    for t in tasks.values():
-        deps = []
-        for f in t.inputs:
-            if f in producer:
-                deps.append(producer[f])
-            elif not os.path.exists(f):
-                raise m.error(f"steps.{t.step}", f"task {t.name} needs {f}, which does not "
-                              f"exist and which no task of this manifest makes (step "
-                              f"{STEP_CHAIN.get(t.step)} is not run)")
-        for s in m.step(t.step).get("after", []):
-            deps.extend(by_step.get(s, []))
-        t.deps = sorted(set(deps) - {t.name})
-        t.command = rerun_command(m.path, t.name)
-    order = topological_order(tasks)
+    _healpix_tasks(g, frames_of_pixel, ext)
+    _link(g)
+    order = topological_order(g.tasks)
     for i, name in enumerate(order):
-        tasks[name].order = i
-    return [tasks[n] for n in order]
-
-
-def _extract_defaults(m):
-    from .manifest import SCHEMA
-
-    return {k: f.default for k, f in SCHEMA["steps"].schema["extract"].schema.items()}
-
-
-def _group_defaults(m):
-    from .manifest import SCHEMA
-
-    return {k: f.default for k, f in SCHEMA["steps"].schema["group"].schema.items()}
+        g.tasks[name].order = i
+    return [g.tasks[n] for n in order]
 
 
 def topological_order(tasks: dict[str, Task]) -> list[str]:
@@ -334,3 +330,24 @@ def outputs_current(task: Task) -> bool:
         return False
     in_t = [os.stat(i).st_mtime_ns for i in task.inputs if os.path.exists(i)]
     return not in_t or out_t >= max(in_t)
+
+
+def cleanup_temporaries(task: Task) -> None:
+    """Remove ``.{name}.*.tmp*`` leftovers of interrupted atomic writes of the task's outputs."""
+    import shutil
+
+    for out in task.outputs:
+        d, base = os.path.split(out)
+        if not os.path.isdir(d):
+            continue
+        prefix = f".{base}."
+        for name in os.listdir(d):
+            if name.startswith(prefix) and ".tmp" in name[len(prefix):]:
+                p = os.path.join(d, name)
+                if os.path.isdir(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    try:
+                        os.remove(p)
+                    except OSError:
+                        pass

@@ -29,7 +29,8 @@ from ..camword import parse_cameras
 from ..errors import GpuspecError
 
 __all__ = ["ManifestError", "Field", "SCHEMA", "STEPS", "STEP_CHAIN", "Manifest",
-           "load_manifest", "parse_manifest", "describe_schema", "DEFAULT_WAVELENGTH"]
+           "load_manifest", "parse_manifest", "describe_schema", "DEFAULT_WAVELENGTH",
+           "CALIB_KINDS", "CAMERA_INPUTS", "PATH_FIELDS"]
 
 #: Step names in data-flow order.
 STEPS = ("preproc", "extract", "frame", "group", "coadd")
@@ -107,7 +108,37 @@ def _step_schema(**extra: Field) -> dict:
     return s
 
 
-_PATH_DOC = "path, relative to the manifest's folder; may contain {camera}"
+#: Fields a per-camera input path may use: ``{camera}``, ``{night}``, ``{expid}`` (format
+#: specs allowed, e.g. ``{expid:08d}``).
+PATH_FIELDS = ("camera", "night", "expid")
+_PATH_DOC = ("path, relative to the manifest's folder; may contain {camera}, {night}, {expid}; "
+             "or a mapping camera -> path")
+
+#: Calibration images given to preproc (``inputs.calib.<kind>``).
+CALIB_KINDS = ("bias", "dark", "pixflat", "mask")
+#: Every per-camera input that a night or an exposure may override (``psf`` plus the
+#: calibrations). The hook for nightly products: a new kind (e.g. a per-night
+#: ``fiberflat``) is added here and in :func:`_camera_inputs_schema`, and
+#: :meth:`Manifest.camera_file` resolves it like the others.
+CAMERA_INPUTS = ("psf",) + CALIB_KINDS
+
+
+def _camera_inputs_schema(where: str) -> dict:
+    """``psf`` and ``calib`` keys, for the inputs, a night or an exposure."""
+    return {
+        "psf": Field("camfile", doc=f"PSF per camera{where}, " + _PATH_DOC),
+        "calib": Field("map", default={}, doc=f"calibration images{where}, " + _PATH_DOC,
+                       schema={k: Field("camfile", doc=f"{k} image") for k in CALIB_KINDS}),
+    }
+
+
+def _group_defaults() -> dict:
+    from ..coadd.group import DEFAULT_NSIDE, DEFAULT_PROGRAM, DEFAULT_SURVEY
+
+    return dict(nside=DEFAULT_NSIDE, survey=DEFAULT_SURVEY, program=DEFAULT_PROGRAM)
+
+
+_GROUP = _group_defaults()
 
 SCHEMA: dict[str, Field] = {
     "production": Field("path", required=True,
@@ -129,14 +160,13 @@ SCHEMA: dict[str, Field] = {
                 "raw": Field("path", doc="raw file (default from rawdir)"),
                 "fibermap": Field("path", doc="fibermap file (default from rawdir)"),
                 "cameras": Field("cameras", doc="cameras of this exposure (default inputs.cameras)"),
+                **_camera_inputs_schema(" of this exposure (overrides the night's and inputs')"),
             })),
-        "psf": Field("path", doc="PSF per camera, " + _PATH_DOC),
-        "calib": Field("map", default={}, doc="calibration images, " + _PATH_DOC, schema={
-            "bias": Field("path", doc="bias image"),
-            "dark": Field("path", doc="dark image"),
-            "pixflat": Field("path", doc="pixel flat"),
-            "mask": Field("path", doc="bad pixel mask"),
-        }),
+        **_camera_inputs_schema(""),
+        "nights": Field("nights", default={},
+                        doc="per-night inputs (nightly products such as psfnight): "
+                            "YEARMMDD -> {psf, calib}; override inputs.psf/calib",
+                        schema=_camera_inputs_schema(" of this night (overrides inputs')")),
     }),
     "steps": Field("steps", required=True,
                    doc="steps to run (a list of names, or a mapping name -> settings)", schema={
@@ -156,9 +186,15 @@ SCHEMA: dict[str, Field] = {
         "frame": Field("map", default={}, schema=_step_schema(),
                        doc="merge partial frames -> exposures/{NIGHT}/{EXPID}/frame-{cam}-{EXPID}.fits"),
         "group": Field("map", default={}, doc="frames -> healpix spectra", schema=_step_schema(
-            nside=Field("int", default=64, minimum=1, doc="HEALPix nside (NESTED)"),
-            survey=Field("str", default="sim", doc="survey name in the healpix paths"),
-            program=Field("str", default="all", doc="program name in the healpix paths"))),
+            nside=Field("int", default=_GROUP["nside"], minimum=1, doc="HEALPix nside (NESTED)"),
+            survey=Field("str", default=_GROUP["survey"],
+                         doc="survey: in the healpix paths and the SURVEY keyword"),
+            program=Field("str", default=_GROUP["program"],
+                          doc="program: in the healpix paths and the PROGRAM keyword"),
+            allow_missing=Field("bool", default=False,
+                                doc="coadd what is available: a pixel whose frames partly "
+                                    "failed is grouped from the others (missing frames in "
+                                    "the header and the status); default strict"))),
         "coadd": Field("map", default={}, schema=_step_schema(),
                        doc="spectra -> healpix coadd"),
     }),
@@ -167,6 +203,9 @@ SCHEMA: dict[str, Field] = {
                                    doc="seconds between rank 0 progress lines"),
         "rank0_works": Field("bool", default=True,
                              doc="rank 0 runs tasks too (in its main thread) besides scheduling"),
+        "threads": Field("int", default=0, minimum=0,
+                         doc="CPU threads (BLAS/OpenMP/numba) per rank; 0: gpuspec's default "
+                             "(gpuspec.threads)"),
         "fail_tasks": Field("list", items=Field("str"), default=[],
                             doc="task names made to fail on purpose (tests, drills)"),
         "sleep": Field("float", default=0.0, minimum=0,
@@ -200,81 +239,93 @@ class _Validator:
         return _YAML_TAGS.get(node.tag, node.tag)
 
     def check(self, node, field: Field, key: str):
+        """The validated value of ``node`` for ``field`` (raises ManifestError)."""
         self.lines[key] = node.start_mark.line + 1
         kind = field.kind
-        if kind in ("map", "steps"):
-            if kind == "steps" and isinstance(node, yaml.SequenceNode):
-                out = {}
-                for i, item in enumerate(node.value):
-                    name = self._plain(item, f"{key}[{i}]", "a step name")
-                    if name not in field.schema:
-                        self.error(item, f"{key}[{i}]", f"unknown step {name!r} "
-                                   f"(allowed: {', '.join(field.schema)})")
-                    out[name] = self._defaults(field.schema[name].schema, f"{key}.{name}")
-                    self.lines[f"{key}.{name}"] = item.start_mark.line + 1
-                return out
-            if node.tag == "tag:yaml.org,2002:null" and not field.required:
-                return self._defaults(field.schema, key)
-            if not isinstance(node, yaml.MappingNode):
-                self.error(node, key, f"expected a mapping, got {self.typename(node)}")
-            seen = {}
-            for knode, vnode in node.value:
-                name = self._plain(knode, key, "a key")
-                sub = f"{key}.{name}" if key else name
-                if name in seen:
-                    self.error(knode, sub, "duplicate key")
+        handler = {"map": self._map, "steps": self._map, "dict": self._dict,
+                   "list": self._list, "cameras": self._cameras_of,
+                   "wavelength": lambda n, f, k: self._wavelength(n, k),
+                   "nights": self._nights,
+                   "camfile": lambda n, f, k: self._camfile(n, k)}.get(kind, self._scalar)
+        return handler(node, field, key)
+
+    def _map(self, node, field, key):
+        kind = field.kind
+        if kind == "steps" and isinstance(node, yaml.SequenceNode):
+            out = {}
+            for i, item in enumerate(node.value):
+                name = self._plain(item, f"{key}[{i}]", "a step name")
                 if name not in field.schema:
-                    self.error(knode, sub, f"unknown key (allowed: {', '.join(field.schema)})")
-                seen[name] = vnode
-            out = {}
-            for name, sf in field.schema.items():
-                sub = f"{key}.{name}" if key else name
-                if name in seen:
-                    out[name] = self.check(seen[name], sf, sub)
-                elif kind == "steps":
-                    continue  # a step not listed is not run
-                elif sf.required:
-                    self.error(node, sub, "missing required key")
-                else:
-                    out[name] = self._default_of(sf, sub)
+                    self.error(item, f"{key}[{i}]", f"unknown step {name!r} "
+                               f"(allowed: {', '.join(field.schema)})")
+                out[name] = self._defaults(field.schema[name].schema, f"{key}.{name}")
+                self.lines[f"{key}.{name}"] = item.start_mark.line + 1
             return out
-        if kind == "dict":
-            if node.tag == "tag:yaml.org,2002:null":
-                return {}
-            if not isinstance(node, yaml.MappingNode):
-                self.error(node, key, f"expected a mapping of options, got {self.typename(node)}")
-            out = {}
-            for knode, vnode in node.value:
-                name = self._plain(knode, key, "an option name")
-                out[name] = self.scalar(vnode)
-                self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
-            return out
-        if kind == "list":
-            if node.tag == "tag:yaml.org,2002:null" and not field.required:
-                return []
-            if not isinstance(node, yaml.SequenceNode):
-                self.error(node, key, f"expected a list, got {self.typename(node)}")
-            return [self.check(item, field.items, f"{key}[{i}]")
-                    for i, item in enumerate(node.value)]
-        if kind == "cameras":
-            if isinstance(node, yaml.SequenceNode):
-                value = [self._plain(item, f"{key}[{i}]", "a camera name")
-                         for i, item in enumerate(node.value)]
-            elif isinstance(node, yaml.ScalarNode):
-                value = self.scalar(node)
-                if not isinstance(value, str):
-                    self.error(node, key, f"expected a camword or a list of cameras, got "
-                               f"{self.typename(node)} {value!r}")
+        if node.tag == "tag:yaml.org,2002:null" and not field.required:
+            return self._defaults(field.schema, key)
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping, got {self.typename(node)}")
+        seen = {}
+        for knode, vnode in node.value:
+            name = self._plain(knode, key, "a key")
+            sub = f"{key}.{name}" if key else name
+            if name in seen:
+                self.error(knode, sub, "duplicate key")
+            if name not in field.schema:
+                self.error(knode, sub, f"unknown key (allowed: {', '.join(field.schema)})")
+            seen[name] = vnode
+        out = {}
+        for name, sf in field.schema.items():
+            sub = f"{key}.{name}" if key else name
+            if name in seen:
+                out[name] = self.check(seen[name], sf, sub)
+            elif kind == "steps":
+                continue  # a step not listed is not run
+            elif sf.required:
+                self.error(node, sub, "missing required key")
             else:
+                out[name] = self._default_of(sf, sub)
+        return out
+
+    def _dict(self, node, field, key):
+        if node.tag == "tag:yaml.org,2002:null":
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping of options, got {self.typename(node)}")
+        out = {}
+        for knode, vnode in node.value:
+            name = self._plain(knode, key, "an option name")
+            out[name] = self.scalar(vnode)
+            self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
+        return out
+
+    def _list(self, node, field, key):
+        if node.tag == "tag:yaml.org,2002:null" and not field.required:
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, key, f"expected a list, got {self.typename(node)}")
+        return [self.check(item, field.items, f"{key}[{i}]")
+                for i, item in enumerate(node.value)]
+
+    def _cameras_of(self, node, field, key):
+        if isinstance(node, yaml.SequenceNode):
+            value = [self._plain(item, f"{key}[{i}]", "a camera name")
+                     for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node)
+            if not isinstance(value, str):
                 self.error(node, key, f"expected a camword or a list of cameras, got "
-                           f"{self.typename(node)}")
-            try:
-                return parse_cameras(value)
-            except ValueError as exc:
-                self.error(node, key, str(exc))
-        if kind == "wavelength":
-            return self._wavelength(node, key)
-        # scalars
+                           f"{self.typename(node)} {value!r}")
+        else:
+            self.error(node, key, f"expected a camword or a list of cameras, got "
+                       f"{self.typename(node)}")
+        try:
+            return parse_cameras(value)
+        except ValueError as exc:
+            self.error(node, key, str(exc))
+
+    def _scalar(self, node, field, key):
+        kind = field.kind
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, key, f"expected {self._kind_word(kind)}, got {self.typename(node)}")
         value = self.scalar(node)
@@ -294,7 +345,8 @@ class _Validator:
             value = float(value)
         elif kind == "bool":
             if not isinstance(value, bool):
-                self.error(node, key, f"expected true or false, got {self.typename(node)} {value!r}")
+                self.error(node, key, f"expected true or false, got {self.typename(node)} "
+                           f"{value!r}")
         if field.choices is not None and value not in field.choices:
             self.error(node, key, f"{value!r} is not one of {', '.join(map(str, field.choices))}")
         if field.minimum is not None and value < field.minimum:
@@ -327,6 +379,37 @@ class _Validator:
                 self.error(vnode, sub, f"need min < max and step > 0, got {vals!r}")
             out[arm] = (wmin, wmax, step)
             self.lines[sub] = vnode.start_mark.line + 1
+        return out
+
+    def _camfile(self, node, key):
+        """A path template, or a mapping camera -> path."""
+        from ..camword import is_camera
+
+        if not isinstance(node, yaml.MappingNode):
+            return self.check(node, Field("path"), key)
+        out = {}
+        for knode, vnode in node.value:
+            cam = self._plain(knode, key, "a camera name")
+            if not is_camera(cam.lower()):
+                self.error(knode, f"{key}.{cam}", f"not a camera name: {cam!r}")
+            out[cam.lower()] = self.check(vnode, Field("path"), f"{key}.{cam}")
+        return out
+
+    def _nights(self, node, field, key):
+        if node.tag == "tag:yaml.org,2002:null":
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping YEARMMDD -> inputs, got "
+                       f"{self.typename(node)}")
+        out = {}
+        for knode, vnode in node.value:
+            night = self.scalar(knode) if isinstance(knode, yaml.ScalarNode) else None
+            if isinstance(night, bool) or not isinstance(night, int) or night < 0:
+                self.error(knode, key, f"expected a night (YEARMMDD integer), got {night!r}")
+            sub = f"{key}.{night}"
+            if night in out:
+                self.error(knode, sub, "duplicate night")
+            out[night] = self.check(vnode, Field("map", schema=field.schema), sub)
         return out
 
     def _plain(self, node, key, what):
@@ -402,7 +485,11 @@ class Manifest:
         return self.data["steps"].get(name, {})
 
     def exposures(self) -> list[dict]:
-        """Exposures with resolved ``raw``, ``fibermap`` and ``cameras`` (and their keys)."""
+        """Exposures with resolved ``raw``, ``fibermap`` and ``cameras``.
+
+        Each dict also has ``key`` (``inputs.exposures[i]``, for error messages)
+        and ``index``.
+        """
         inputs = self.data["inputs"]
         out = []
         for i, e in enumerate(inputs["exposures"]):
@@ -415,16 +502,79 @@ class Manifest:
                 raw = raw or os.path.join(d, f"desi-{expid:08d}.fits.fz")
                 fmap = fmap or os.path.join(d, f"fibermap-{expid:08d}.fits")
             out.append(dict(night=night, expid=expid, raw=raw, fibermap=fmap,
-                            cameras=e.get("cameras") or inputs["cameras"], key=key))
+                            cameras=e.get("cameras") or inputs["cameras"], key=key, index=i))
         return out
 
-    def camera_file(self, what: str, camera: str) -> str | None:
-        """Per-camera input path: ``what`` is ``psf`` or a calib kind (``bias`` ...)."""
+    def nights(self) -> list[int]:
+        """The nights of the exposures, sorted."""
+        return sorted({e["night"] for e in self.data["inputs"]["exposures"]})
+
+    def input_source(self, what: str, exposure: dict | None = None) -> tuple[str | None, str]:
+        """The template of a per-camera input and the dotted key it comes from.
+
+        ``what`` is one of :data:`CAMERA_INPUTS`. The exposure's own entry wins,
+        then ``inputs.nights[NIGHT]``, then ``inputs``.
+        """
         inputs = self.data["inputs"]
-        tmpl = inputs.get("psf") if what == "psf" else inputs.get("calib", {}).get(what)
+        levels = []
+        if exposure is not None:
+            levels.append((inputs["exposures"][exposure["index"]], exposure["key"]))
+            night = inputs.get("nights", {}).get(exposure["night"])
+            if night is not None:
+                levels.append((night, f"inputs.nights.{exposure['night']}"))
+        levels.append((inputs, "inputs"))
+        for d, key in levels:
+            tmpl = d.get("psf") if what == "psf" else (d.get("calib") or {}).get(what)
+            if tmpl is not None:
+                return tmpl, f"{key}.psf" if what == "psf" else f"{key}.calib.{what}"
+        return None, "inputs.psf" if what == "psf" else f"inputs.calib.{what}"
+
+    def camera_file(self, what: str, camera: str, exposure: dict | None = None) -> str | None:
+        """Per-camera input path (``psf`` or a calibration kind) of one exposure.
+
+        ``{camera}``, ``{night}`` and ``{expid}`` are filled in (``night`` and
+        ``expid`` need ``exposure``, one of :meth:`exposures`).
+        """
+        tmpl, key = self.input_source(what, exposure)
+        if isinstance(tmpl, dict):
+            tmpl = tmpl.get(camera)
         if tmpl is None:
             return None
-        return tmpl.replace("{camera}", camera)
+        fields = dict(camera=camera)
+        if exposure is not None:
+            fields.update(night=exposure["night"], expid=exposure["expid"])
+        try:
+            return tmpl.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise self.error(key, f"cannot fill in {tmpl!r}: {type(exc).__name__} {exc} "
+                                  f"(fields: {', '.join(PATH_FIELDS)})") from None
+
+
+def _check_templates(m: Manifest) -> None:
+    """Raise ManifestError for a per-camera path using a field other than PATH_FIELDS."""
+    import string
+
+    inputs = m.data["inputs"]
+    places = [(inputs, "inputs")]
+    places += [(n, f"inputs.nights.{night}") for night, n in inputs.get("nights", {}).items()]
+    places += [(e, f"inputs.exposures[{i}]") for i, e in enumerate(inputs["exposures"])]
+    for d, key in places:
+        items = [("psf", d.get("psf"))] + [(f"calib.{k}", v) for k, v in
+                                           (d.get("calib") or {}).items()]
+        items = [(f"{sub}.{c}", t) for sub, v in items
+                 for c, t in (v.items() if isinstance(v, dict) else [(None, v)])]
+        items = [(sub.removesuffix(".None"), t) for sub, t in items]
+        for sub, tmpl in items:
+            if tmpl is None:
+                continue
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(tmpl) if f is not None}
+            except ValueError as exc:
+                raise m.error(f"{key}.{sub}", f"bad path template {tmpl!r}: {exc}") from None
+            bad = sorted(n for n in names if n.split(".")[0].split("[")[0] not in PATH_FIELDS)
+            if bad:
+                raise m.error(f"{key}.{sub}", f"unknown field {{{bad[0]}}} in {tmpl!r} "
+                                              f"(allowed: {', '.join(PATH_FIELDS)})")
 
 
 def _check_cycles(m: Manifest) -> None:
@@ -468,7 +618,6 @@ def _check_cycles(m: Manifest) -> None:
 def _check_files(m: Manifest) -> None:
     """Raise ManifestError naming the key and line of the first missing input file."""
     steps = set(m.steps)
-    inputs = m.data["inputs"]
     if "preproc" in steps:
         for e in m.exposures():
             if e["raw"] is None:
@@ -476,20 +625,26 @@ def _check_files(m: Manifest) -> None:
             if not os.path.exists(e["raw"]):
                 k = e["key"] + ".raw" if (e["key"] + ".raw") in m.lines else e["key"]
                 raise m.error(k, f"raw file not found: {e['raw']}")
-            for kind in ("bias", "dark", "pixflat", "mask"):
+            for kind in CALIB_KINDS:
                 for cam in e["cameras"]:
-                    p = m.camera_file(kind, cam)
+                    tmpl, key = m.input_source(kind, e)
+                    if isinstance(tmpl, dict) and cam not in tmpl:
+                        raise m.error(key, f"no {kind} for camera {cam} of exposure "
+                                      f"{e['expid']} (cameras: {', '.join(sorted(tmpl))})")
+                    p = m.camera_file(kind, cam, e)
                     if p is not None and not os.path.exists(p):
-                        raise m.error(f"inputs.calib.{kind}", f"{kind} file not found for "
-                                      f"camera {cam}: {p}")
+                        raise m.error(m.input_source(kind, e)[1], f"{kind} file not found "
+                                      f"for camera {cam} of exposure {e['expid']}: {p}")
     if "extract" in steps:
-        if inputs.get("psf") is None:
-            raise m.error("inputs", "missing required key inputs.psf (the extract step needs it)")
         for e in m.exposures():
             for cam in e["cameras"]:
-                p = m.camera_file("psf", cam)
+                p = m.camera_file("psf", cam, e)
+                if p is None:
+                    raise m.error("inputs", "missing required key inputs.psf (the extract "
+                                  f"step needs a PSF; none given for exposure {e['expid']})")
                 if not os.path.exists(p):
-                    raise m.error("inputs.psf", f"PSF not found for camera {cam}: {p}")
+                    raise m.error(m.input_source("psf", e)[1], f"PSF not found for camera "
+                                  f"{cam} of exposure {e['expid']}: {p}")
     if "group" in steps or "preproc" in steps:
         for e in m.exposures():
             fm = e["fibermap"]
@@ -540,6 +695,7 @@ def parse_manifest(text: str, path: str = "<string>", basedir: str | None = None
         raise ManifestError("no steps to run", path, v.lines.get("steps"), "steps")
     m = Manifest(path=path, data=data, lines=v.lines, text=text)
     _check_cycles(m)
+    _check_templates(m)
     if check_files:
         _check_files(m)
     return m

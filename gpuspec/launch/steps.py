@@ -1,218 +1,64 @@
-"""Step registry: step name -> the Python function that runs one task of that step.
+"""The ``desi`` step registry: the gpuspec steps, products in FITS.
 
-A :class:`Registry` maps each step of the graph (``preproc``, ``extract``,
-``frame``, ``group``, ``coadd``) to a :class:`StepSpec`: the task function
-(``func(task, ctx)``, given as ``"module:attribute"`` and imported only when
-needed) and the library functions it needs. A step whose module is missing is
-reported as unavailable, with the import error, before anything runs.
+Each task function takes ``(task, ctx)`` (:class:`gpuspec.launch.registry.TaskContext`)
+and calls one library function with the task's parameters and the manifest's
+``steps.<step>.options``:
 
-Registries
-----------
-``desi``
-    The gpuspec steps (``gpuspec.preproc.preproc_file``, ``gpuspec.extract.extract_file``,
-    ``gpuspec.extract.merge_frames``, ``gpuspec.coadd.group_frames``,
-    ``gpuspec.coadd.coadd_file``), products in FITS.
-``toy``
-    Tiny pure-Python steps writing JSON (:mod:`gpuspec.launch.toy`), for tests
-    and dry runs of the launcher.
-``module:attribute``
-    Any other :class:`Registry` object.
+- preproc: :func:`gpuspec.preproc.preproc_file`;
+- extract: :func:`gpuspec.extract.extract_file` of some bundles;
+- frame: :func:`gpuspec.extract.merge_frames` of the partial frames;
+- group: :func:`gpuspec.coadd.group_frames` of one HEALPix pixel;
+- coadd: :func:`gpuspec.coadd.coadd_file`.
+
+The framework (Registry, StepSpec, the name table) is :mod:`gpuspec.launch.registry`.
+Host-side glue; the library functions run on the manifest's backend.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import glob
-import importlib
-import inspect
-import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import GpuspecError
+from .registry import Registry, StepSpec, TaskContext
 
-__all__ = ["StepSpec", "Registry", "TaskContext", "StepUnavailable", "get_registry",
-           "DESI", "import_target"]
-
-log = logging.getLogger(__name__)
+__all__ = ["DESI", "wavelength_grid", "record_missing_frames"]
 
 
-class StepUnavailable(GpuspecError, RuntimeError):
-    """A step's implementation cannot be imported."""
+def wavelength_grid(spec, psffile: str | None = None, arm: str = "r") -> np.ndarray:
+    """Extraction wavelength grid from ``[min, max, step]`` or ``"psf"``.
 
-
-@dataclasses.dataclass
-class TaskContext:
-    """What a task function gets besides its task.
-
-    Attributes
-    ----------
-    backend : str
-        Array backend policy of the manifest (``auto``/``numpy``/``cupy``).
-    production : str
-        Production folder.
-    rank : int
-        MPI rank running the task (0 without MPI).
-    device : str
-        Device description.
+    ``"psf"`` (as ``desi_extract`` without ``-w``): the PSF's range, on the
+    lattice of the launcher's default grid of ``arm``
+    (:data:`gpuspec.launch.manifest.DEFAULT_WAVELENGTH`).
     """
+    from ..extract import wave_grid
 
-    backend: str = "auto"
-    production: str = "."
-    rank: int = 0
-    device: str = "cpu"
-
-
-@dataclasses.dataclass
-class StepSpec:
-    """One step.
-
-    Attributes
-    ----------
-    func : str or callable
-        ``func(task, ctx)``; ``"module:attribute"`` is imported on first use.
-    needs : tuple of str
-        ``"module:attribute"`` names the step calls; all must import for the
-        step to be available.
-    doc : str
-        What the step does.
-    """
-
-    func: str | Callable
-    needs: tuple = ()
-    doc: str = ""
-
-    def load(self) -> Callable:
-        return import_target(self.func) if isinstance(self.func, str) else self.func
-
-
-@dataclasses.dataclass
-class Registry:
-    """Step name -> :class:`StepSpec`, plus the file extension of the products."""
-
-    name: str
-    steps: dict
-    ext: str = "fits"
-
-    def unavailable(self, names) -> dict[str, str]:
-        """``{step: reason}`` for the steps among ``names`` that cannot run here."""
-        out = {}
-        for n in names:
-            spec = self.steps.get(n)
-            if spec is None:
-                out[n] = f"registry {self.name!r} has no step {n!r}"
-                continue
-            for target in (spec.func, *spec.needs):
-                if not isinstance(target, str):
-                    continue
-                try:
-                    import_target(target)
-                except Exception as exc:  # ImportError, AttributeError
-                    out[n] = f"needs {target}, which is not available ({type(exc).__name__}: {exc})"
-                    break
-        return out
-
-    def unknown_options(self, step: str, options: dict) -> list[str]:
-        """Options that the library function of ``step`` (first of ``needs``) does not take.
-
-        Empty when the step has no ``needs`` or the function takes ``**kwargs``.
-        """
-        spec = self.steps.get(step)
-        if spec is None or not spec.needs or not options:
-            return []
-        try:
-            fn = import_target(spec.needs[0])
-            params = inspect.signature(fn).parameters
-        except Exception:
-            return []
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return []
-        return [k for k in options if k not in params]
-
-    def func(self, step: str) -> Callable:
-        spec = self.steps.get(step)
-        if spec is None:
-            raise StepUnavailable(f"registry {self.name!r} has no step {step!r}")
-        try:
-            return spec.load()
-        except Exception as exc:
-            raise StepUnavailable(f"step {step!r}: cannot import {spec.func}: {exc}") from exc
-
-
-def import_target(target: str) -> Any:
-    """Import ``"package.module:attr.sub"`` and return the attribute."""
-    mod, _, attr = target.partition(":")
-    obj = importlib.import_module(mod)
-    for part in filter(None, attr.split(".")):
-        obj = getattr(obj, part)
-    return obj
-
-
-def get_registry(name: str) -> Registry:
-    """``desi``, ``toy`` or ``module:attribute`` -> Registry."""
-    if name == "desi":
-        return DESI
-    if name == "toy":
-        from .toy import TOY
-
-        return TOY
-    if ":" not in name:
-        raise StepUnavailable(f"unknown registry {name!r} (expected desi, toy or module:attribute)")
-    try:
-        reg = import_target(name)
-    except Exception as exc:  # ImportError, AttributeError
-        raise StepUnavailable(f"cannot load registry {name!r}: {type(exc).__name__}: {exc}") \
-            from exc
-    if not isinstance(reg, Registry):
-        raise StepUnavailable(f"{name} is not a gpuspec.launch.steps.Registry")
-    return reg
-
-
-# --------------------------------------------------------------------------- DESI steps
-
-def _call(fn: Callable, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments it accepts (``backend`` may be absent)."""
-    sig = inspect.signature(fn)
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        unknown = [k for k in kwargs if k not in sig.parameters]
-        for k in unknown:
-            if k in ("backend",):
-                kwargs.pop(k)
-        unknown = [k for k in kwargs if k not in sig.parameters]
-        if unknown:
-            raise TypeError(f"{fn.__module__}.{fn.__name__} has no option(s) {', '.join(unknown)}")
-    return fn(*args, **kwargs)
-
-
-def wavelength_grid(spec, psffile: str | None = None) -> np.ndarray:
-    """Extraction wavelength grid from ``[min, max, step]`` or ``"psf"`` (the PSF's range)."""
     if spec == "psf":
         from ..psf import read_psf
+        from .manifest import DEFAULT_WAVELENGTH
 
         psf = read_psf(psffile)
-        step = 0.8
+        step = DEFAULT_WAVELENGTH[arm][2]
         wmin = np.ceil(float(psf.wmin) / step) * step
         wmax = np.floor(float(psf.wmax) / step) * step
         spec = (wmin, wmax, step)
-    wmin, wmax, step = (float(v) for v in spec)
-    n = int(np.floor((wmax - wmin) / step + 1e-6)) + 1
-    return wmin + step * np.arange(n)
+    return wave_grid(tuple(float(v) for v in spec))
 
 
 def desi_preproc(task, ctx: TaskContext) -> None:
     """preproc(expid, camera): ``gpuspec.preproc.preproc_file``."""
     from ..preproc import preproc_file
+    from .manifest import CALIB_KINDS
 
     p = task.params
-    kw = {k: p[k] for k in ("bias", "dark", "pixflat", "mask") if p.get(k)}
+    kw = {k: p[k] for k in CALIB_KINDS if p.get(k)}
     if p.get("fibermap") and os.path.exists(p["fibermap"]):
         kw["fibermap"] = p["fibermap"]
     kw.update(p.get("options", {}))
-    _call(preproc_file, p["raw"], p["camera"], p["outfile"], backend=ctx.backend, **kw)
+    preproc_file(p["raw"], p["camera"], p["outfile"], backend=ctx.backend, **kw)
 
 
 def desi_extract(task, ctx: TaskContext) -> None:
@@ -222,14 +68,11 @@ def desi_extract(task, ctx: TaskContext) -> None:
     p = task.params
     spec = p["wavelength"]
     # (wmin, wmax, dw) as in desispec: extract_file makes arange(wmin, wmax + dw/2, dw)
-    wave = tuple(float(v) for v in spec) if spec != "psf" else wavelength_grid(spec, p["psf"])
-    nspec = p["nbundles"] * p["fibers_per_bundle"]
-    kw = dict(specmin=0, nspec=nspec, bundles=list(p["bundles"]))
-    sig = inspect.signature(extract_file).parameters
-    if "bundlesize" in sig:
-        kw["bundlesize"] = p["fibers_per_bundle"]
+    wave = (tuple(float(v) for v in spec) if spec != "psf"
+            else wavelength_grid(spec, p["psf"], p["camera"][0]))
+    kw = dict(bundles=list(p["bundles"]), bundlesize=p["fibers_per_bundle"])
     kw.update(p.get("options", {}))
-    _call(extract_file, p["preproc"], p["psf"], p["outfile"], wave, backend=ctx.backend, **kw)
+    extract_file(p["preproc"], p["psf"], p["outfile"], wave, backend=ctx.backend, **kw)
 
 
 def desi_frame(task, ctx: TaskContext) -> None:
@@ -237,51 +80,54 @@ def desi_frame(task, ctx: TaskContext) -> None:
     from ..extract import merge_frames
 
     p = task.params
-    _call(merge_frames, list(p["parts"]), p["outfile"], **p.get("options", {}))
+    merge_frames(list(p["parts"]), p["outfile"], **p.get("options", {}))
+
+
+def record_missing_frames(path: str, missing: list) -> None:
+    """Write NMISSING and MISSFRMS (the missing frames) into the primary header of ``path``.
+
+    Used on a private temporary file before it is renamed to its final name.
+    """
+    import fitsio
+
+    names = ",".join(os.path.basename(f).split(".fits")[0] for f in missing)
+    with fitsio.FITS(path, "rw") as fx:
+        fx[0].write_key("NMISSING", len(missing), "frames missing from this group")
+        fx[0].write_key("MISSFRMS", names or "none", "frames missing (failed upstream)")
 
 
 def desi_group(task, ctx: TaskContext) -> None:
     """group(healpix): ``gpuspec.coadd.group_frames`` restricted to one pixel.
 
-    ``group_frames`` is given the pixel when it accepts ``healpix``/``pixels``; it
-    writes into a private temporary folder, from which the file of this pixel is
-    moved to the task's output path (so concurrent group tasks never share files).
+    ``group_frames`` writes into a private temporary folder, from which the file
+    of this pixel (named by :func:`gpuspec.coadd.group.healpix_filename`) is
+    moved to the task's output path, so concurrent group tasks never share
+    files. With ``allow_missing`` the scheduler passes the frames that failed
+    upstream in ``params["missing"]``; the others are grouped and the missing
+    ones recorded in the header (:func:`record_missing_frames`).
     """
-    from ..coadd import group_frames
+    from ..coadd.group import group_frames, healpix_filename
 
     p = task.params
     out = p["outfile"]
     hpix = int(p["healpix"])
+    missing = list(p.get("missing") or [])
+    frames = [f for f in p["frames"] if f not in set(missing)]
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmpdir",
                               dir=os.path.dirname(out))
     try:
-        sig = inspect.signature(group_frames).parameters
-        kw = dict(p.get("options", {}))
-        if "nside" in sig:
-            kw["nside"] = p["nside"]
-        if "healpix" in sig:
-            kw["healpix"] = [hpix]
-        elif "pixels" in sig:
-            kw["pixels"] = [hpix]
-        written = _call(group_frames, list(p["frames"]), tmpdir, **kw) or []
-        if isinstance(written, str):
-            written = [written]
-        mine = [w for w in written if _names_pixel(w, hpix)]
-        if len(mine) != 1:
-            found = written or sorted(glob.glob(os.path.join(tmpdir, "**", "*"), recursive=True))
-            raise RuntimeError(f"group_frames wrote {len(mine)} files for healpix {hpix} "
-                               f"(expected 1): {found}")
-        os.replace(mine[0], out)
+        group_frames(frames, tmpdir, nside=p["nside"], survey=p["survey"], program=p["program"],
+                     healpix=[hpix], **p.get("options", {}))
+        mine = os.path.join(tmpdir, healpix_filename("spectra", p["survey"], p["program"], hpix))
+        if not os.path.exists(mine):
+            raise RuntimeError(f"group_frames wrote no file for healpix {hpix} from "
+                               f"{len(frames)} frame(s): {sorted(os.listdir(tmpdir))}")
+        if p.get("allow_missing"):
+            record_missing_frames(mine, missing)
+        os.replace(mine, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _names_pixel(path: str, hpix: int) -> bool:
-    import re
-
-    base = os.path.basename(path)
-    return re.search(rf"[-_]{hpix}\.fits(\.gz)?$", base) is not None
 
 
 def desi_coadd(task, ctx: TaskContext) -> None:
@@ -289,11 +135,12 @@ def desi_coadd(task, ctx: TaskContext) -> None:
     from ..coadd import coadd_file
 
     p = task.params
-    _call(coadd_file, p["spectra"], p["outfile"], backend=ctx.backend, **p.get("options", {}))
+    coadd_file(p["spectra"], p["outfile"], backend=ctx.backend, **p.get("options", {}))
 
 
 DESI = Registry("desi", {
-    "preproc": StepSpec("gpuspec.launch.steps:desi_preproc", ("gpuspec.preproc:preproc_file",),
+    "preproc": StepSpec("gpuspec.launch.steps:desi_preproc",
+                        ("gpuspec.preproc:preproc_file", "gpuspec.preproc:preproc"),
                         "raw -> preproc image"),
     "extract": StepSpec("gpuspec.launch.steps:desi_extract", ("gpuspec.extract:extract_file",),
                         "preproc -> partial frame of some bundles"),

@@ -8,9 +8,11 @@ inputs are byte-identical. Used by the launcher tests and for drills of
 :func:`gpuspec.io.util.atomic_output`.
 
 - preproc: digest of the raw file and calibration files of one camera;
-- extract: a value per fiber of the bundles, derived from the preproc digest;
+- extract: a value per fiber of the bundles (fibers from the fibermap, as the real
+  step), derived from the preproc digest;
 - frame: the partial frames merged, sorted by fiber;
-- group: the fibers of the frames that fall in one HEALPix pixel;
+- group: the fibers of the frames that fall in one HEALPix pixel (with
+  ``allow_missing``, the frames that failed upstream are listed in ``missing``);
 - coadd: the mean value per fiber over exposures.
 """
 
@@ -20,8 +22,11 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 from ..io.util import atomic_output
-from .steps import Registry, StepSpec
+from .fibers import bundle_rows, fiber_pixels, petal_rows
+from .registry import Registry, StepSpec
 
 __all__ = ["TOY", "make_toy_inputs", "toy_manifest_text"]
 
@@ -65,9 +70,9 @@ def toy_extract(task, ctx):
     p = task.params
     pre = _read(p["preproc"])
     psf = _file_digest(p["psf"]) if p.get("psf") and os.path.exists(p["psf"]) else ""
-    petal = int(p["camera"][1])
-    fpb = p["fibers_per_bundle"]
-    fibers = [petal * p["nbundles"] * fpb + b * fpb + k for b in p["bundles"] for k in range(fpb)]
+    # the fibers of these bundles, from the fibermap (as the real extraction)
+    fibers = bundle_rows(pre["fibermap"], p["camera"], p["bundles"],
+                         p["fibers_per_bundle"])["FIBER"].tolist()
     flux = [int(_digest(pre["digest"], psf, f)[:6], 16) / 1000.0 for f in fibers]
     _write(p["outfile"], dict(kind="partial", camera=p["camera"], expid=pre["expid"],
                               fibermap=pre["fibermap"], bundles=p["bundles"], fibers=fibers,
@@ -84,19 +89,24 @@ def toy_frame(task, ctx):
 
 
 def toy_group(task, ctx):
-    from .graph import fibermap_pixels
-
     p = task.params
+    missing = list(p.get("missing") or [])
     rows = []
     for fname in p["frames"]:
+        if fname in missing:
+            continue
         fr = _read(fname)
-        pix = fibermap_pixels(fr["fibermap"], fr["fibers"], p["nside"]).get(p["healpix"], [])
-        keep = set(pix)
+        fm = petal_rows(fr["fibermap"], fr["camera"])
+        mine = fm[np.isin(fm["FIBER"], fr["fibers"])]
+        keep = set(fiber_pixels(mine, p["nside"]).get(p["healpix"], []))
         rows += [(f, fr["expid"], fr["camera"], v)
                  for f, v in zip(fr["fibers"], fr["flux"]) if f in keep]
     rows.sort()
-    _write(p["outfile"], dict(kind="spectra", healpix=p["healpix"], nside=p["nside"],
-                              rows=[list(r) for r in rows]))
+    out = dict(kind="spectra", healpix=p["healpix"], nside=p["nside"], survey=p["survey"],
+               program=p["program"], rows=[list(r) for r in rows])
+    if p.get("allow_missing"):
+        out["missing"] = sorted(os.path.basename(f) for f in missing)
+    _write(p["outfile"], out)
 
 
 def toy_coadd(task, ctx):
@@ -126,28 +136,32 @@ def make_toy_inputs(root: str, nights_expids=((20250101, 1), (20250101, 2)), pet
     """Write a tiny fake night for the toy registry; return the paths.
 
     Files: ``root/raw/{NIGHT}/{EXPID:08d}/desi-{EXPID:08d}.fits.fz`` (a few bytes),
-    ``fibermap-{EXPID:08d}.fits`` (real FITS: FIBER, TARGET_RA, TARGET_DEC over
-    ~2 degrees per petal, petals 5 degrees apart, so that the
-    fibers span several HEALPix pixels and each petal has pixels of its own), ``root/psf/psf-{cam}.fits``
-    and ``root/calib/bias-{cam}.fits`` (a few bytes).
+    ``fibermap-{EXPID:08d}.fits`` (real FITS: FIBER = 500·petal + i for the
+    ``nfibers`` fibers of each petal, as DESI and the simulator number them,
+    PETAL_LOC, TARGET_RA, TARGET_DEC over ~2 degrees per petal, petals 5 degrees
+    apart, so that the fibers span several HEALPix pixels and each petal has
+    pixels of its own), ``root/psf/psf-{cam}.fits`` and
+    ``root/calib/bias-{cam}.fits`` (a few bytes).
     """
     import fitsio
-    import numpy as np
+
+    from ..io.fibermap import FIBERS_PER_PETAL
 
     rng = np.random.default_rng(seed)
     cams = [f"{arm}{p}" for p in petals for arm in "brz"]
-    nfib_tot = nfibers * (max(petals) + 1)
+    petal = np.repeat(np.asarray(petals, dtype=np.int64), nfibers)
     for night, expid in nights_expids:
         d = os.path.join(root, "raw", str(night), f"{expid:08d}")
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, f"desi-{expid:08d}.fits.fz"), "wb") as f:
             f.write(f"toy raw {night} {expid}".encode())
-        t = np.zeros(nfib_tot, dtype=[("FIBER", "i4"), ("TARGET_RA", "f8"),
-                                      ("TARGET_DEC", "f8")])
-        t["FIBER"] = np.arange(nfib_tot)
+        t = np.zeros(petal.size, dtype=[("FIBER", "i4"), ("PETAL_LOC", "i2"),
+                                        ("TARGET_RA", "f8"), ("TARGET_DEC", "f8")])
+        t["FIBER"] = FIBERS_PER_PETAL * petal + np.tile(np.arange(nfibers), len(petals))
+        t["PETAL_LOC"] = petal
         # each petal on its own patch of sky: a petal's frames feed their own pixels
-        t["TARGET_RA"] = 150.0 + 5.0 * (t["FIBER"] // nfibers) + rng.uniform(0, 2.0, nfib_tot)
-        t["TARGET_DEC"] = 2.0 + rng.uniform(0, 2.0, nfib_tot)
+        t["TARGET_RA"] = 150.0 + 5.0 * petal + rng.uniform(0, 2.0, petal.size)
+        t["TARGET_DEC"] = 2.0 + rng.uniform(0, 2.0, petal.size)
         fitsio.write(os.path.join(d, f"fibermap-{expid:08d}.fits"), t, extname="FIBERMAP",
                      clobber=True)
     for sub, kind in (("psf", "psf"), ("calib", "bias")):
@@ -162,7 +176,8 @@ def make_toy_inputs(root: str, nights_expids=((20250101, 1), (20250101, 2)), pet
 
 
 def toy_manifest_text(inputs: dict, production: str, *, bundles=(0, 1, 2), bundles_per_task=2,
-                      nside=16, fail_tasks=(), sleep=0.0, progress_interval=0.0) -> str:
+                      nbundles: int = 20, fibers_per_bundle: int = 25, nside=16, fail_tasks=(),
+                      sleep=0.0, progress_interval=0.0, allow_missing: bool = False) -> str:
     """YAML of a toy manifest for :func:`make_toy_inputs` output."""
     import yaml
 
@@ -174,8 +189,11 @@ def toy_manifest_text(inputs: dict, production: str, *, bundles=(0, 1, 2), bundl
                    "exposures": inputs["exposures"], "psf": inputs["psf"],
                    "calib": {"bias": inputs["bias"]}},
         "steps": {"preproc": {}, "extract": {"bundles": list(bundles),
-                                             "bundles_per_task": bundles_per_task},
-                  "frame": {}, "group": {"nside": nside}, "coadd": {}},
+                                             "bundles_per_task": bundles_per_task,
+                                             "nbundles": nbundles,
+                                             "fibers_per_bundle": fibers_per_bundle},
+                  "frame": {}, "group": {"nside": nside, "allow_missing": allow_missing},
+                  "coadd": {}},
         "run": {"progress_interval": progress_interval, "fail_tasks": list(fail_tasks),
                 "sleep": sleep},
     }

@@ -10,10 +10,22 @@ One camera, explicit output file::
 Several cameras of one exposure in one call (comma list or camword, ``a`` = b, r, z).
 ``-o`` is then a directory (files named ``preproc-{camera}-{EXPID:08d}.fits``) or a
 pattern with ``{camera}`` (and optionally ``{expid}``); calibration arguments may be
-patterns with ``{camera}`` too, or use ``--calib-dir`` for
-``{bias,dark,pixflat,mask}-{camera}.fits``::
+patterns with ``{camera}`` too::
 
     gpuspec preproc -i desi-00000123.fits.fz --cameras a0 -o out/ --calib-dir calib/
+
+Calibrations, as desi_preproc: each of bias, dark, pixflat and mask is applied.
+It is the file given (``--bias FILE``), else the one of a production manifest
+(``--manifest M``: its ``inputs.calib``, with per-night and per-exposure
+overrides), else the one found in the calibration folder (``--calib-dir``, else
+``$DESI_SPECTRO_CALIB``; see :mod:`gpuspec.preproc.calibfinder` for the layouts).
+A calibration that cannot be found is an error; ``--nobias``, ``--nodark``,
+``--nopixflat``, ``--nomask`` skip one on purpose. The output header records each
+(DEPNAMnn/DEPVERnn ``CCD_CALIB_BIAS`` ... = the file, or ``None`` when skipped),
+and the log says what was applied::
+
+    gpuspec preproc -i desi-00000123.fits.fz --camera b0 -o p.fits --nodark --nopixflat \\
+        --bias calib/bias-b0.fits --mask calib/mask-b0.fits
 """
 
 from __future__ import annotations
@@ -45,13 +57,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="output file (one camera), or a directory / pattern with {camera} "
                         "(several cameras)")
     for c in _CALIBS:
-        p.add_argument(f"--{c}", default=None,
+        g = p.add_mutually_exclusive_group()
+        g.add_argument(f"--{c}", default=None,
                        help=f"{c} calibration file (may contain {{camera}})"
                             + (" -- a dark-current rate in e-/s, scaled by EXPTIME"
                                if c == "dark" else ""))
+        g.add_argument(f"--no{c}", action="store_true",
+                       help=f"do not apply a {c} (default: apply it, found as described above)")
     p.add_argument("--calib-dir", default=None,
-                   help="folder with {bias,dark,pixflat,mask}-{camera}.fits (used for the "
-                        "calibrations not given explicitly; missing files are skipped)")
+                   help="calibration folder (default $DESI_SPECTRO_CALIB): desispec's "
+                        "spec/sp{N}/{camera}.yaml, or {kind}-{camera}.fits, or "
+                        "{kind}/{kind}-{camera}.fits; used for the calibrations not given "
+                        "explicitly; one that is not found is an error")
+    p.add_argument("--manifest", default=None,
+                   help="production manifest whose inputs.calib gives the calibrations (for "
+                        "this exposure and night) not given explicitly")
     p.add_argument("--fibermap", default=None,
                    help="fibermap file to attach (FIBERMAP HDU); default: fibermap-EXPID.fits "
                         "beside the raw file when it exists (as desi_preproc does)")
@@ -132,16 +152,60 @@ def _fibermap_beside(rawfile: str):
     return None
 
 
-def _calib(args, name: str, camera: str):
+def _manifest_calib(m, name: str, camera: str, hdr: dict):
+    """The manifest's calibration of this camera (and exposure, when listed), or None."""
+    expo = next((e for e in m.exposures() if "EXPID" in hdr and e["expid"] == int(hdr["EXPID"])),
+                None)
+    return m.camera_file(name, camera, expo)
+
+
+def _calib(args, name: str, camera: str, hdr: dict, manifest=None):
+    """The file of one calibration, or False when skipped; InputError when not found."""
+    from .calibfinder import calib_root, find_calibration
+
+    if getattr(args, f"no{name}"):
+        return False
     value = getattr(args, name)
     if value is not None:
         return value.format(camera=camera) if "{camera" in value else value
-    if args.calib_dir:
-        path = os.path.join(args.calib_dir, f"{name}-{camera}.fits")
-        if os.path.exists(path):
+    if manifest is not None:
+        path = _manifest_calib(manifest, name, camera, hdr)
+        if path is not None:
             return path
-        log.info("no %s calibration %s; not applied", name, path)
-    return None
+    root = calib_root(args.calib_dir)
+    skip = f"give --{name} FILE, or --no{name} to preprocess without it"
+    if root is None:
+        raise InputError(f"no {name} calibration for camera {camera}: no calibration folder "
+                         f"(--calib-dir, or set DESI_SPECTRO_CALIB); {skip}",
+                         keyword=f"--{name}")
+    night = int(hdr["NIGHT"]) if str(hdr.get("NIGHT", "")).strip().isdigit() else None
+    path, looked = find_calibration(name, camera, root, night, hdr)
+    if path is None:
+        raise InputError(f"no {name} calibration for camera {camera} in {root} (looked for "
+                         f"{'; '.join(looked)}); {skip}", keyword=f"--{name}")
+    return path
+
+
+def _all_calibrations(args, cameras) -> dict:
+    """``{camera: {kind: path or False}}``, all found before anything is written."""
+    from .calibfinder import raw_headers
+
+    manifest = None
+    if args.manifest:
+        from ..launch.manifest import load_manifest
+
+        manifest = load_manifest(args.manifest, check_files=False)
+    out = {}
+    for camera in cameras:
+        try:
+            hdr = raw_headers(args.infile, camera)
+        except GpuspecError:
+            hdr = {}
+        out[camera] = {c: _calib(args, c, camera, hdr, manifest) for c in _CALIBS}
+        log.info("camera %s: %s", camera, "; ".join(
+            f"{k} {os.path.basename(v) if v else 'skipped (--no' + k + ')'}"
+            for k, v in out[camera].items()))
+    return out
 
 
 def main(args) -> int:
@@ -150,6 +214,7 @@ def main(args) -> int:
 
     backend = "numpy" if args.no_gpu else args.backend
     cameras = _cameras(args)
+    calibs = _all_calibrations(args, cameras)
     expid_cache: dict = {}
     failures = 0
     fibermap = None if args.no_fibermap else args.fibermap
@@ -158,13 +223,12 @@ def main(args) -> int:
     for camera in cameras:
         try:
             out = _outfile(args, camera, len(cameras), expid_cache)
-            calibs = {c: _calib(args, c, camera) for c in _CALIBS}
             extra = {k: getattr(args, k) for k in ("cosmics_nsig", "cosmics_cfudge",
                                                    "cosmics_c2fudge")
                      if getattr(args, k) is not None}
             preproc_file(args.infile, camera, out, fibermap=fibermap,
                          cosmics=not args.nocosmic, use_overscan_row=args.use_overscan_row,
-                         backend=backend, **calibs, **extra)
+                         backend=backend, **calibs[camera], **extra)
             print(out)
         except GpuspecError as exc:
             if len(cameras) == 1:
