@@ -31,7 +31,7 @@ import warnings
 MODULES = [
     "cupy", "cupy.linalg", "cupy.fft", "cupy.random", "cupy.testing", "cupy.cuda",
     "cupy.cuda.runtime", "cupy.cuda.memory", "cupy.cuda.stream", "cupy.cuda.device",
-    "cupyx", "cupyx.lapack", "cupyx.linalg", "cupyx.scipy", "cupyx.scipy.ndimage",
+    "cupyx", "cupyx.profiler", "cupyx.lapack", "cupyx.linalg", "cupyx.scipy", "cupyx.scipy.ndimage",
     "cupyx.scipy.special", "cupyx.scipy.linalg", "cupyx.scipy.sparse",
     "cupyx.scipy.sparse.linalg", "cupyx.scipy.fft", "cupyx.scipy.signal",
     "cupyx.scipy.interpolate", "cupyx.scipy.stats", "cupyx.scipy.spatial",
