@@ -88,7 +88,7 @@ def emulate_cupy(monkeypatch):
         fakecupy.uninstall()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def _gpu_backend(request):
     """Backend of a gpu-marked test (parametrised by pytest_generate_tests)."""
     param = getattr(request, "param", None)

@@ -101,8 +101,8 @@ def host_to_device(obj, dtype=None, copy=True) -> "ndarray":
         arrs = [asarray_device(e) for e in obj]
         return ndarray._wrap(np.stack([e._a for e in arrs]).astype(dtype or None, copy=False)
                              if dtype else np.stack([e._a for e in arrs]))
-    if isinstance(obj, np.ndarray) and not obj.dtype.isnative:
-        check_dtype(obj.dtype)
+    if dtype is None and isinstance(obj, np.ndarray):
+        check_dtype(obj.dtype)   # big-endian FITS data must be made native first
     h = np.array(obj, dtype=dtype)
     check_dtype(h.dtype)
     LEDGER.upload(h.nbytes)
@@ -380,7 +380,7 @@ class ndarray:
 
     def __getitem__(self, key):
         k, _ = _index_key(key)
-        return ndarray._wrap(np.asarray(self._a[k]) if False else self._a[k])
+        return ndarray._wrap(self._a[k])
 
     def __setitem__(self, key, value):
         k, advanced = _index_key(key, setting=True)
@@ -553,8 +553,9 @@ class ufunc:
     """Emulated ``cupy.ufunc``: operands are device arrays or scalars; keywords
     ``out``, ``dtype``, ``casting`` only (CuPy's ``ufunc.__call__``)."""
 
-    def __init__(self, name, npufunc, nin, nout):
+    def __init__(self, name, npufunc, nin, nout, at=False):
         self.name = self.__name__ = name
+        self._at = at
         self._np = npufunc
         self.nin, self.nout = nin, nout
         self.nargs = nin + nout
@@ -628,8 +629,7 @@ class ufunc:
     def at(self, a, indices, b=None):
         if not isinstance(a, ndarray):
             raise TypeError("cupy.ufunc.at: the first argument must be a cupy.ndarray")
-        if self.name not in ("add", "subtract", "maximum", "minimum", "bitwise_and",
-                             "bitwise_or", "bitwise_xor"):
+        if not self._at:
             raise NotImplementedError(f"cupy.{self.name}.at is not supported")
         k, _ = _index_key(indices, setting=True)
         k = tuple(s for s in k if s is not Ellipsis) or (slice(None),)

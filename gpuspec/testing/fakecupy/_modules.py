@@ -128,7 +128,7 @@ def _build(modname, name, desc):
         src = _counterpart(modname, name)
         if src is None or not isinstance(src, np.ufunc):
             return _not_emulated(f"{modname}.{name}")
-        u = ufunc(name, src, desc["nin"], desc["nout"])
+        u = ufunc(name, src, desc["nin"], desc["nout"], desc.get("at", False))
         if modname == "cupy":
             UFUNCS.setdefault(name, u)
         return u

@@ -15,7 +15,7 @@ The file is data: the emulation never imports cupy. For every module it records 
 public name with its kind (function, ufunc, class, module, other); for callables the
 parameters (name, kind, whether it has a default) from ``inspect.signature`` or, for
 Cython methods, from the signature line of their docstring; for ufuncs ``nin``/``nout``;
-and ``sync``, the docstring's own warning that the function may synchronise the device.
+whether ``ufunc.at`` is supported (``at``); and ``sync``, the docstring's own warning that the function may synchronise the device.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def describe(obj, cupy):
     if inspect.ismodule(obj):
         return {"kind": "module"}
     if isinstance(obj, cupy.ufunc):
-        return {"kind": "ufunc", "nin": obj.nin, "nout": obj.nout}
+        # ``at`` works only for ufuncs with a scatter kernel (cupy/_core/_kernel.pyx)
+        return {"kind": "ufunc", "nin": obj.nin, "nout": obj.nout,
+                "at": getattr(obj, "_scatter_op", None) is not None}
     if inspect.isclass(obj):
         return {"kind": "class"}
     if callable(obj):
