@@ -16,6 +16,8 @@ import weakref
 import numpy as np
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+#: frames in these files are helpers, not call sites (backend.to_host / to_device)
+_SKIP_FILES = {os.path.join(os.path.dirname(os.path.dirname(_PKG_DIR)), "backend.py")}
 
 
 class DeviceSynchronized(RuntimeError):
@@ -26,7 +28,8 @@ class DeviceSynchronized(RuntimeError):
 def call_site(skip_dirs=(_PKG_DIR,)) -> str:
     """``file:line (function)`` of the first frame outside the emulation package."""
     f = sys._getframe(1)
-    while f is not None and os.path.dirname(os.path.abspath(f.f_code.co_filename)) in skip_dirs:
+    while f is not None and (os.path.dirname(os.path.abspath(f.f_code.co_filename)) in skip_dirs
+                             or os.path.abspath(f.f_code.co_filename) in _SKIP_FILES):
         f = f.f_back
     if f is None:  # pragma: no cover
         return "?"
