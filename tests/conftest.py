@@ -34,11 +34,6 @@ _BACKENDS = (["numpy", pytest.param(EMULATED, marks=pytest.mark.emulated)]
              + ([pytest.param("cupy", marks=pytest.mark.gpu)] if _GPU else []))
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "emulated: runs the CuPy code path on the strict CuPy "
-                            "emulation (gpuspec.testing.fakecupy); no GPU needed")
-
-
 def pytest_generate_tests(metafunc):
     """gpu-marked tests run on the real GPU ([cuda]) and on the emulation ([emulated-cupy])."""
     if metafunc.definition.get_closest_marker("gpu") and "xp" not in metafunc.fixturenames:
