@@ -163,7 +163,6 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
     if fm is None:
         raise ValueError("coadd needs a fibermap with TARGETID")
     targets, _ = ordered_unique(fm["TARGETID"])
-    ntarget = targets.size
     nrows = len(fm)
     fskey = "FIBERSTATUS" if "FIBERSTATUS" in fm.dtype.names else "COADD_FIBERSTATUS"
     fstat = np.asarray(fm[fskey]).astype(np.int64)
