@@ -63,6 +63,7 @@ __all__ = [
 _BACKENDS = ("auto", "numpy", "cupy")
 _cupy_module: Any = None
 _cupy_checked = False
+_emulation_announced = False
 
 
 class BackendUnavailable(RuntimeError):
@@ -91,10 +92,17 @@ def _import_cupy():
     Under ``GPUSPEC_EMULATE_CUPY`` this is the emulation (never cached, so unsetting the
     variable brings the real cupy back).
     """
-    global _cupy_module, _cupy_checked
+    global _cupy_module, _cupy_checked, _emulation_announced
     if cupy_emulated():
         from .testing import fakecupy  # noqa: WPS433 (tests only)
 
+        if not _emulation_announced:
+            _emulation_announced = True
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s is set: 'cupy' is the NumPy-backed CuPy emulation of the tests "
+                "(gpuspec.testing.fakecupy), not a GPU", EMULATE_ENV)
         return fakecupy.install()
     if not _cupy_checked:
         _cupy_checked = True
