@@ -81,6 +81,9 @@ def test_indexing_rules(emulate_cupy):
     with pytest.raises(ValueError):
         a[1:3] = np.array([1.0, 2.0])                  # basic slice: fill() takes scalars
     assert a.get().tolist() == [7.0, 2.0, 0.0, 2.0, 0.0]
+    b = cp.zeros(3)
+    b[cp.asarray([1, 1])] = cp.asarray([5.0, 6.0])     # repeated targets: undefined on CuPy,
+    assert b.get()[1] == 5.0                           # the first kept here (numpy keeps last)
     with pytest.raises(ValueError):
         cp.asarray(np.arange(3, dtype=">f8"))          # big-endian never reaches the device
     with pytest.raises(ValueError):

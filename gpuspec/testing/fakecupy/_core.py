@@ -17,6 +17,8 @@ What is enforced (each from CuPy's documentation or source, ``cupy/_core/core.py
 * ``float()``, ``int()``, ``complex()``, ``bool()``, ``.item()``, ``.tolist()``,
   ``.get()``, ``repr``/``str``/``format``, ``.tobytes()`` synchronise and copy to the host:
   each is counted with its call site (:mod:`._ledger`).
+* Integer-array assignments with repeated targets keep the first value (CuPy: undefined;
+  NumPy: the last), so reliance on NumPy's order shows.
 * Device dtypes are bool, int, uint, float, complex (CuPy rejects object, string,
   structured and datetime arrays); non-native byte order is rejected (the project's rule:
   FITS data are made native before they reach a GPU).
@@ -163,6 +165,31 @@ def _index_key(key, *, setting=False):
     if not any(s is Ellipsis for s in out):
         out.append(Ellipsis)   # full integer indexing gives a 0-d view, as in CuPy
     return tuple(out), advanced
+
+
+def _first_wins(a, k, v) -> bool:
+    """Integer-array assignment with repeated targets: CuPy leaves undefined which value is
+    stored (its docs: "the value that is actually stored is undefined"); NumPy keeps the
+    last. The emulation keeps the *first* (a legal GPU outcome), so code that relies on
+    NumPy's last-wins order gives different answers here. Returns False when there is no
+    repeated target (or a boolean mask is involved): the assignment is then NumPy's."""
+    arrays = [s for s in k if isinstance(s, np.ndarray)]
+    if not arrays or any(s.dtype.kind == "b" for s in arrays):
+        return False
+    if a.ndim == 1 and len(arrays) == 1 and isinstance(k[0], np.ndarray):
+        t = np.mod(k[0].reshape(-1), a.shape[0])          # the flat scatter of the pipeline
+        shape = k[0].shape
+    else:
+        ids = np.arange(a.size, dtype=np.int64).reshape(a.shape)[k]
+        t, shape = ids.reshape(-1), ids.shape
+    if t.size < 2:
+        return False
+    srt = np.sort(t)
+    if not (srt[1:] == srt[:-1]).any():
+        return False
+    vals = np.broadcast_to(v, shape).reshape(-1)
+    a.flat[t[::-1]] = vals[::-1]
+    return True
 
 
 # ----------------------------------------------------------------------------- ndarray
@@ -397,6 +424,8 @@ class ndarray:
             v = value.item()
         else:
             raise TypeError(f"Unsupported type {_qual(value)} assigned to a cupy.ndarray slice")
+        if advanced and _first_wins(self._a, k, v):
+            return
         self._a[k] = v
 
     # ---- CuPy-specific methods
