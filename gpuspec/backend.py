@@ -15,6 +15,14 @@ Backends
 ``"auto"``
     cupy when it is usable and ``GPUSPEC_NO_GPU`` is unset (or ``0``), else numpy.
 
+Emulated CuPy (tests only)
+--------------------------
+With ``GPUSPEC_EMULATE_CUPY=1`` the name ``cupy`` means the strict NumPy-backed emulation
+:mod:`gpuspec.testing.fakecupy` (installed in ``sys.modules`` on first use): the test suite
+and CI run the whole CuPy code path with it, also in the subprocesses of ``gpuspec-run``.
+It is never selected otherwise, so a real GPU run does not go through it;
+:func:`device_name` says "Emulated CuPy device (NumPy)" whenever it is in use.
+
 Examples
 --------
 >>> from gpuspec import backend
@@ -33,6 +41,8 @@ import numpy as np
 __all__ = [
     "BackendUnavailable",
     "gpu_disabled",
+    "cupy_emulated",
+    "EMULATE_ENV",
     "cupy_available",
     "resolve",
     "get_xp",
@@ -54,6 +64,7 @@ __all__ = [
 _BACKENDS = ("auto", "numpy", "cupy")
 _cupy_module: Any = None
 _cupy_checked = False
+_emulation_announced = False
 
 
 class BackendUnavailable(RuntimeError):
@@ -66,14 +77,42 @@ def gpu_disabled() -> bool:
     return v.strip().lower() not in ("", "0", "false", "no")
 
 
+#: environment variable that selects the CuPy emulation (tests only)
+EMULATE_ENV = "GPUSPEC_EMULATE_CUPY"
+
+
+def cupy_emulated() -> bool:
+    """True when ``GPUSPEC_EMULATE_CUPY`` asks for the NumPy-backed CuPy emulation (tests)."""
+    v = os.environ.get(EMULATE_ENV, "")
+    return v.strip().lower() not in ("", "0", "false", "no")
+
+
 def _import_cupy():
-    """Import cupy once; return the module or None. Never raises."""
-    global _cupy_module, _cupy_checked
+    """Import cupy once; return the module or None. Never raises.
+
+    Under ``GPUSPEC_EMULATE_CUPY`` this is the emulation (never cached, so unsetting the
+    variable brings the real cupy back).
+    """
+    global _cupy_module, _cupy_checked, _emulation_announced
+    if cupy_emulated():
+        from .testing import fakecupy  # noqa: WPS433 (tests only)
+
+        if not _emulation_announced:
+            _emulation_announced = True
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s is set: 'cupy' is the NumPy-backed CuPy emulation of the tests "
+                "(gpuspec.testing.fakecupy), not a GPU", EMULATE_ENV)
+        return fakecupy.install()
     if not _cupy_checked:
         _cupy_checked = True
         try:  # pragma: no cover - depends on the machine
             import cupy  # noqa: WPS433 (guarded import)
 
+            if getattr(cupy, "__emulated__", False):  # an emulation left in sys.modules
+                _cupy_checked = False
+                return None
             _cupy_module = cupy
         except Exception:  # ImportError, or a broken CUDA install
             _cupy_module = None
@@ -206,29 +245,34 @@ def to_host(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def _current_cupy(xp):
+    if xp is not None:
+        return None if xp is np else xp
+    return _import_cupy() if cupy_emulated() else _cupy_module
+
+
 def synchronize(xp: types.ModuleType | None = None) -> None:
-    """Wait for all queued work on the current device (no-op for numpy)."""
-    if xp is np:
+    """Wait for all queued work on the current device (no-op for numpy).
+
+    Asynchronous CUDA errors (an illegal address in a kernel, a failed launch) surface
+    here: they propagate, they are never swallowed.
+    """
+    cp = _current_cupy(xp)
+    if cp is None:
         return
-    cp = _cupy_module if xp is None else xp
-    if cp is None or cp is np:
-        return
-    try:  # pragma: no cover - GPU only
-        cp.cuda.get_current_stream().synchronize()
-    except Exception:
-        pass
+    cp.cuda.get_current_stream().synchronize()
 
 
 def free_memory(xp: types.ModuleType | None = None) -> None:
-    """Release cupy's cached device and pinned memory blocks (no-op for numpy)."""
-    cp = _cupy_module if xp is None else xp
-    if cp is None or cp is np:
+    """Release cupy's cached device and pinned memory blocks (no-op for numpy).
+
+    Errors (including asynchronous CUDA errors reported by the driver) propagate.
+    """
+    cp = _current_cupy(xp)
+    if cp is None:
         return
-    try:  # pragma: no cover - GPU only
-        cp.get_default_memory_pool().free_all_blocks()
-        cp.get_default_pinned_memory_pool().free_all_blocks()
-    except Exception:
-        pass
+    cp.get_default_memory_pool().free_all_blocks()
+    cp.get_default_pinned_memory_pool().free_all_blocks()
 
 
 _LOCAL_RANK_VARS = (

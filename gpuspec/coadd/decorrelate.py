@@ -188,11 +188,11 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
                 rdata[ts.start:ts.stop, di, gcore_x] = \
                     rd.reshape(shp)[:, bi_x, li_x] * okr_x[None, :, di]
             del Vt
-    if bool(xp.any(empty)):
-        keep = ~empty
-        flux = flux * keep[:, None]
-        ivar = ivar * keep[:, None]
-        rdata = rdata * keep[:, None, None]
+    # unconditionally (testing xp.any(empty) first would synchronise on cupy)
+    keep = ~empty
+    flux = flux * keep[:, None]
+    ivar = ivar * keep[:, None]
+    rdata = rdata * keep[:, None, None]
     if squeeze:
         return flux[0], ivar[0], rdata[0]
     return flux, ivar, rdata

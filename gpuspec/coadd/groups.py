@@ -92,11 +92,14 @@ def target_index_table(targetids, targets, use=None):
 
 
 def gather_rows(a, idx, xp):
-    """``a[idx]`` with index ``nrows`` meaning a zero row. ``a`` is (nrows, ...)."""
+    """``a[idx]`` with index ``nrows`` meaning a zero row. ``a`` is (nrows, ...); ``idx`` a
+    host array or an array of ``a``'s backend. No host synchronisation. Backends: numpy, cupy."""
     n = a.shape[0]
-    idx = np.asarray(idx)
-    out = a[xp.asarray(np.clip(idx, 0, max(n - 1, 0)))]
-    pad = idx >= n
-    if pad.any():
-        out[xp.asarray(pad)] = 0
-    return out
+    if xp is np or not isinstance(idx, np.ndarray):
+        ii = idx          # already on the backend of ``a`` (no upload)
+    else:
+        ii = xp.asarray(idx)
+    out = a[xp.clip(ii, 0, max(n - 1, 0))]
+    pad = (ii >= n).reshape(ii.shape + (1,) * (out.ndim - ii.ndim))
+    # a where, not a boolean-mask assignment: that would synchronise on cupy
+    return xp.where(pad, xp.zeros((), dtype=out.dtype), out)

@@ -73,12 +73,13 @@ def _or_reduce(m, valid, xp):
 
 
 def _coadd_band(wave, flux, ivar, mask, rdata, idx, valid, norm_tab, cosmics_nsig, xp):
-    """Coadd one band for a chunk of targets; arrays on ``xp``; returns device arrays."""
-    validx = xp.asarray(valid)
+    """Coadd one band for a chunk of targets; arrays on ``xp`` (``idx``, ``valid``,
+    ``norm_tab`` too: they are uploaded once per band, not per chunk); returns device arrays."""
+    validx = valid
     F = gather_rows(flux, idx, xp)
     IV = gather_rows(ivar, idx, xp)
     M = gather_rows(mask, idx, xp) if mask is not None else xp.zeros(F.shape, dtype=np.int32)
-    nt = xp.asarray(norm_tab)[..., None]                                          # (T, E, 1)
+    nt = norm_tab[..., None]                                                      # (T, E, 1)
     v = validx[..., None]
     ivar_orig = IV * nt ** -2 * v
     ivar_masked = IV * (M == 0) * nt ** -2 * v
@@ -97,6 +98,31 @@ def _coadd_band(wave, flux, ivar, mask, rdata, idx, valid, norm_tab, cosmics_nsi
         trdata = resolution_coadd(R, weights, xp)[0]
     tmask = xp.where(bad, _or_reduce(M, validx, xp), 0).astype(M.dtype)
     return tflux, tivar, tmask, trdata
+
+
+def _coadd_band_chunks(wave, flux, ivar, mask, rdata, idx, valid, normtab, cosmics_nsig,
+                       chunk, xp):
+    """All targets of one band, ``chunk`` at a time, into device outputs (host arrays back
+    once per band: no device→host copy inside the chunk loop)."""
+    ntarget, nw = idx.shape[0], flux.shape[1]
+    idx_d, valid_d, norm_d = xp.asarray(idx), xp.asarray(valid), xp.asarray(normtab)
+    has_d = xp.asarray(valid.any(axis=1))
+    tf = xp.zeros((ntarget, nw), dtype=flux.dtype)
+    ti = xp.zeros((ntarget, nw), dtype=ivar.dtype)
+    tm = xp.zeros((ntarget, nw), dtype=mask.dtype if mask is not None else np.int32)
+    tr = xp.zeros((ntarget,) + tuple(rdata.shape[1:]), dtype=rdata.dtype) \
+        if rdata is not None else None
+    for s in range(0, ntarget, chunk):
+        sl = slice(s, min(s + chunk, ntarget))
+        f_, i_, m_, r_ = _coadd_band(wave, flux, ivar, mask, rdata, idx_d[sl], valid_d[sl],
+                                     norm_d[sl], cosmics_nsig, xp)
+        has = has_d[sl]
+        tf[sl] = xp.where(has[:, None], f_, 0)
+        ti[sl] = xp.where(has[:, None], i_, 0)
+        tm[sl] = xp.where(has[:, None], m_, 0)
+        if tr is not None:
+            tr[sl] = xp.where(has[:, None, None], r_, 0)
+    return to_host(tf), to_host(ti), to_host(tm), None if tr is None else to_host(tr)
 
 
 def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool = False,
@@ -141,7 +167,6 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
     if fm is None:
         raise ValueError("coadd needs a fibermap with TARGETID")
     targets, _ = ordered_unique(fm["TARGETID"])
-    ntarget = targets.size
     nrows = len(fm)
     fskey = "FIBERSTATUS" if "FIBERSTATUS" in fm.dtype.names else "COADD_FIBERSTATUS"
     fstat = np.asarray(fm[fskey]).astype(np.int64)
@@ -171,22 +196,8 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
             good = use_for_coadd(fstat, b)
             idx, valid = target_index_table(fm["TARGETID"], targets, use=good)
             normtab = np.concatenate([norm, [1.0]])[idx]
-            nw = flux.shape[1]
-            tf = np.zeros((ntarget, nw), dtype=flux.dtype)
-            ti = np.zeros((ntarget, nw), dtype=ivar.dtype)
-            tm = np.zeros((ntarget, nw), dtype=mask.dtype if mask is not None else np.int32)
-            tr = np.zeros((ntarget,) + tuple(rdata.shape[1:]), dtype=rdata.dtype) \
-                if rdata is not None else None
-            for s in range(0, ntarget, chunk):
-                sl = slice(s, min(s + chunk, ntarget))
-                f_, i_, m_, r_ = _coadd_band(wave, flux, ivar, mask, rdata, idx[sl], valid[sl],
-                                             normtab[sl], cosmics_nsig, xp)
-                has = valid[sl].any(axis=1)
-                tf[sl] = np.where(has[:, None], to_host(f_), 0)
-                ti[sl] = np.where(has[:, None], to_host(i_), 0)
-                tm[sl] = np.where(has[:, None], to_host(m_), 0)
-                if tr is not None:
-                    tr[sl] = np.where(has[:, None, None], to_host(r_), 0)
+            tf, ti, tm, tr = _coadd_band_chunks(wave, flux, ivar, mask, rdata, idx, valid,
+                                                normtab, cosmics_nsig, chunk, xp)
             out_flux[b], out_ivar[b], out_mask[b], out_res[b] = tf, ti, tm, tr
     with nvtx_range("coadd.fibermap"):
         fm_in = fm.copy()

@@ -130,35 +130,40 @@ def accumulate_cinv(bands_data, wave_out, group, ngroup, xp, row_chunk: int = 64
             a_lo = np.where(okk & (g[kc] > 0), 1.0 - alpha[kc], 0.0)
             terms.append((d, kc, np.clip(c_hi, 0, L - 1), a_hi, np.clip(c_lo, 0, L - 1), a_lo))
         rows = np.nonzero(group >= 0)[0]
+        # loop-invariant index/coefficient arrays: uploaded once per band, not per chunk
+        terms_x = [(d, xp.asarray(kc), xp.asarray(ch), xp.asarray(ah), xp.asarray(cl),
+                    xp.asarray(al)) for d, kc, ch, ah, cl, al in terms]
+        ix = xp.asarray(i)
+        sel_x = sel                       # a slice
+        j0_x = xp.asarray(j0)
+        group_x = xp.asarray(np.asarray(group, dtype=np.int64))
+        rows_x = xp.asarray(rows)
         for r0 in range(0, rows.size, row_chunk):
-            rr = rows[r0:r0 + row_chunk]
-            rrx = xp.asarray(rr)
-            rd = rdata[rrx][:, :, sel]                                          # (n, ndiag, m)
-            iv = ivar[rrx][:, sel]
-            fl = flux[rrx][:, sel]
-            n = rr.size
+            rrx = rows_x[r0:r0 + row_chunk]
+            rd = rdata[rrx][:, :, sel_x]                                        # (n, ndiag, m)
+            iv = ivar[rrx][:, sel_x]
+            fl = flux[rrx][:, sel_x]
+            n = rrx.shape[0]
             RRw = xp.zeros((n, m, L))
-            ix = xp.asarray(i)
-            for d, kc, ch, ah, cl, al in terms:
-                val = rd[:, d, :][:, xp.asarray(kc)]                            # R[i, k_i]
-                RRw[:, ix, xp.asarray(ch)] += val * xp.asarray(ah)
-                RRw[:, ix, xp.asarray(cl)] += val * xp.asarray(al)
-            gbase = xp.asarray(group[rr] * nout)[:, None, None]
-            jpos = xp.asarray(j0)[None, :, None] + xp.arange(L)[None, None, :]
+            for d, kc, ch, ah, cl, al in terms_x:
+                val = rd[:, d, :][:, kc]                                        # R[i, k_i]
+                RRw[:, ix, ch] += val * ah
+                RRw[:, ix, cl] += val * al
+            gbase = (group_x[rrx] * nout)[:, None, None]
+            jpos = j0_x[None, :, None] + xp.arange(L)[None, None, :]
             # Cinvf
             w = RRw * (iv * fl)[..., None]
             idx = (gbase + jpos).ravel()
             okj = xp.broadcast_to(jpos < nout, RRw.shape).ravel()
-            cinvf += xp.bincount(xp.where(okj, idx, 0), weights=xp.where(okj, w.ravel(), 0.0),
-                                 minlength=ngroup * nout)[: ngroup * nout]
+            _scatter_add(xp, cinvf, xp.where(okj, idx, 0), xp.where(okj, w.ravel(), 0.0))
             for dl in range(L):
                 P = iv[..., None] * RRw[:, :, : L - dl] * RRw[:, :, dl:]
                 jp = jpos[:, :, : L - dl]
                 ok = xp.broadcast_to((jp + dl) < nout, P.shape).ravel()
                 idx = xp.broadcast_to(gbase + jp, P.shape).ravel()
-                acc = xp.bincount(xp.where(ok, idx, 0), weights=xp.where(ok, P.ravel(), 0.0),
-                                  minlength=ngroup * nout)[: ngroup * nout]
-                upper[dl] = upper[dl] + acc if dl in upper else acc
+                if dl not in upper:
+                    upper[dl] = xp.zeros(ngroup * nout)
+                _scatter_add(xp, upper[dl], xp.where(ok, idx, 0), xp.where(ok, P.ravel(), 0.0))
     hb = max(upper) if upper else 0
     band = xp.zeros((ngroup, 2 * hb + 1, nout))
     for dl, acc in upper.items():
@@ -167,6 +172,18 @@ def accumulate_cinv(bands_data, wave_out, group, ngroup, xp, row_chunk: int = 64
         if dl > 0:
             band[:, hb - dl, dl:] = u[:, :-dl]                                  # Cinv[i, i-dl]
     return band, cinvf.reshape(ngroup, nout)
+
+
+def _scatter_add(xp, out, idx, w):
+    """``out[idx] += w`` summing repeated indices, without a host synchronisation.
+
+    numpy: ``bincount`` (the fastest there); cupy: ``add.at`` (atomic adds; ``cupy.bincount``
+    would synchronise twice per call). Backends: numpy, cupy.
+    """
+    if xp is np:
+        out += np.bincount(idx, weights=w, minlength=out.size)[: out.size]
+    else:
+        xp.add.at(out, idx, w)
 
 
 def _bands_data(spectra, xp, use_mask: bool):
@@ -263,10 +280,11 @@ def coadd_spectroperf(spectra: Spectra, wave_out=None, *, onetile: bool = False,
     bands = sorted(spectra.bands, key=lambda b: float(np.mean(to_host(spectra.wave[b]))))
     name = "".join(bands)
     tfmap, efmap = coadd_fibermap(fm, onetile=onetile)
-    mask = {name: np.where(to_host(ivar) > 0, 0, 1 << 1).astype(np.int32)} \
+    ivar_h = to_host(ivar)
+    mask = {name: np.where(ivar_h > 0, 0, 1 << 1).astype(np.int32)} \
         if spectra.mask is not None else None
     return Spectra(bands=[name], wave={name: wave_out}, flux={name: to_host(flux)},
-                   ivar={name: to_host(ivar)}, mask=mask, resolution_data={name: to_host(rdata)},
+                   ivar={name: ivar_h}, mask=mask, resolution_data={name: to_host(rdata)},
                    fibermap=tfmap, exp_fibermap=efmap, meta=copy.deepcopy(spectra.meta))
 
 

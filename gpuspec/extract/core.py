@@ -38,7 +38,7 @@ from ..profiling import nvtx_range
 from . import normal_cpu
 from .. import threads as _threads
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
-from .solve import decorrelate, inv_cholesky, regularize_normal
+from .solve import apply_fallback, decorrelate, inv_cholesky, inv_cholesky_device, regularize_normal
 
 __all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
 
@@ -199,8 +199,14 @@ TILE = 16
 
 
 @nvtx_range("extract:chunk")
-def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc, stamps):
-    """Solve a chunk of patches; returns device arrays indexed [p, f, ...]."""
+def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc, stamps,
+                 fallback=None):
+    """Solve a chunk of patches; returns device arrays indexed [p, f, ...].
+
+    On a GPU the batched Cholesky reports failures per patch on the device
+    (``res["chol_bad"]``, no host synchronisation); the caller re-solves such a chunk with
+    ``fallback`` (host bool per patch) to use the eigh-based inverse for those patches.
+    """
     xp = ctx.xp
     nys, nxs = stamps.shape[-2:]
     P, F, NW0, WY, WX, ND, xw, nf = _chunk_dims(patches, xc, yc, b0, kmin, nxs)
@@ -317,7 +323,13 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         regularize_normal(M, fw.reshape(P, n), validu, ctx.regularize)
 
     with nvtx_range("extract:solve"):
-        Z = inv_cholesky(M)                                    # M^-1 = Z^T Z
+        chol_bad = None
+        if xp is np:
+            Z = inv_cholesky(M)                                # M^-1 = Z^T Z (LAPACK + fallback)
+        else:
+            Z, chol_bad = inv_cholesky_device(M)               # flags stay on the device
+            if fallback is not None:
+                Z = apply_fallback(Z, M, fallback)
         Zt = xp.swapaxes(Z, -1, -2)
         xflux = xp.matmul(Zt, xp.matmul(Z, bvec.reshape(P, n, 1)))[..., 0]   # deconvolved
         # diagonal blocks of C = M^-1: C_ff = Z[:, f]^T Z[:, f]
@@ -380,7 +392,7 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         boxmodel = box[:bsize].reshape(P, WY, BW)
 
     return dict(flux=flux, ivar=ivar, rd=rd, chi2pix=chi2pix, pixmask=pixmask,
-                boxmodel=boxmodel, F=F, NW=NW)
+                boxmodel=boxmodel, F=F, NW=NW, chol_bad=chol_bad)
 
 
 _ASSEMBLY_CACHE: dict = {}
@@ -445,31 +457,58 @@ def _extract_range(ctx: _Context, b0: int, b1: int, modelimage=None):
     NW = max(p.nwave for p in patches)
     WY = max(p.box[3] - p.box[2] for p in patches)
     per_patch = 8 * F * WY * (nxs + 4) * 3 * NW * 3
-    for chunk in _chunks(patches, per_patch, ctx.chunk_bytes):
+    chunks = list(_chunks(patches, per_patch, ctx.chunk_bytes))
+    flags = []
+    for chunk in chunks:
         res = _solve_chunk(ctx, chunk, b0, kmin, xc, yc, stamps)
-        Fc, NWc = res["F"], res["NW"]
-        # ---- host index lists of the kept core bins, then one scatter per output
-        src, dst = [], []
-        for i, p in enumerate(chunk):
-            for f in np.nonzero(p.keep)[0]:
-                j = np.arange(p.nlo, p.nlo + p.nout)
-                src.append((i * Fc + f) * NWc + j)
-                dst.append((p.speclo - b0 + f) * nwave + p.iwave + np.arange(p.nout))
-        src = xp.asarray(np.concatenate(src))
-        dst = xp.asarray(np.concatenate(dst))
-        out["flux"].reshape(-1)[dst] = res["flux"].reshape(-1)[src]
-        out["ivar"].reshape(-1)[dst] = res["ivar"].reshape(-1)[src]
-        out["chi2pix"].reshape(-1)[dst] = res["chi2pix"].reshape(-1)[src]
-        out["pixmask_fraction"].reshape(-1)[dst] = res["pixmask"].reshape(-1)[src]
-        rd = xp.moveaxis(res["rd"], 2, -1).reshape(-1, 2 * ctx.ndiag + 1)
-        out["rdata"].reshape(-1, 2 * ctx.ndiag + 1)[dst] = rd[src]
-        if modelimage is not None:
-            bm = res["boxmodel"]
-            for i, p in enumerate(chunk):  # specter order: later patches overwrite
-                x0, x1, y0, y1 = p.box
-                modelimage[y0 - ctx.y0:y1 - ctx.y0, x0 - ctx.x0:x1 - ctx.x0] = \
-                    bm[i, :y1 - y0, :x1 - x0]
+        _store_chunk(ctx, out, chunk, res, b0, nwave, modelimage)
+        if res["chol_bad"] is not None:
+            flags.append(res["chol_bad"])
+    if flags:
+        # one synchronisation per bundle (not per chunk): did any batched Cholesky fail?
+        bad = _backend.to_host(xp.concatenate(flags))
+        if bad.any():
+            log.info("bundle %d-%d: %d patch(es) not positive definite on the device; "
+                     "re-solved with the eigh-based inverse", b0, b1 - 1, int(bad.sum()))
+            # redo from the first failed chunk on, so that the model image keeps specter's
+            # order (later patches overwrite earlier ones)
+            starts = np.cumsum([0] + [len(c) for c in chunks])
+            first = min(i for i in range(len(chunks)) if bad[starts[i]:starts[i + 1]].any())
+            for i in range(first, len(chunks)):
+                fb = bad[starts[i]:starts[i + 1]]
+                if not fb.any() and modelimage is None:
+                    continue
+                res = _solve_chunk(ctx, chunks[i], b0, kmin, xc, yc, stamps,
+                                   fallback=fb if fb.any() else None)
+                _store_chunk(ctx, out, chunks[i], res, b0, nwave, modelimage)
     return out
+
+
+def _store_chunk(ctx, out, chunk, res, b0, nwave, modelimage):
+    """Scatter the kept core bins of a solved chunk into the bundle's outputs (device)."""
+    xp = ctx.xp
+    Fc, NWc = res["F"], res["NW"]
+    # ---- host index lists of the kept core bins, then one scatter per output
+    src, dst = [], []
+    for i, p in enumerate(chunk):
+        for f in np.nonzero(p.keep)[0]:
+            j = np.arange(p.nlo, p.nlo + p.nout)
+            src.append((i * Fc + f) * NWc + j)
+            dst.append((p.speclo - b0 + f) * nwave + p.iwave + np.arange(p.nout))
+    src = xp.asarray(np.concatenate(src))
+    dst = xp.asarray(np.concatenate(dst))
+    out["flux"].reshape(-1)[dst] = res["flux"].reshape(-1)[src]
+    out["ivar"].reshape(-1)[dst] = res["ivar"].reshape(-1)[src]
+    out["chi2pix"].reshape(-1)[dst] = res["chi2pix"].reshape(-1)[src]
+    out["pixmask_fraction"].reshape(-1)[dst] = res["pixmask"].reshape(-1)[src]
+    rd = xp.moveaxis(res["rd"], 2, -1).reshape(-1, 2 * ctx.ndiag + 1)
+    out["rdata"].reshape(-1, 2 * ctx.ndiag + 1)[dst] = rd[src]
+    if modelimage is not None:
+        bm = res["boxmodel"]
+        for i, p in enumerate(chunk):  # specter order: later patches overwrite
+            x0, x1, y0, y1 = p.box
+            modelimage[y0 - ctx.y0:y1 - ctx.y0, x0 - ctx.x0:x1 - ctx.x0] = \
+                bm[i, :y1 - y0, :x1 - x0]
 
 
 def _finish(ctx: _Context, results, specmin, meta=None, modelimage=None) -> Frame:

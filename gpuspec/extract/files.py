@@ -190,16 +190,21 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     opts = dict(bundlesize=bundlesize, nsubbundles=nsubbundles, nwavestep=nwavestep,
                 wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac, regularize=regularize,
                 psferr=psferr, backend=backend, nproc=nproc)
+    pix = image.pix
     if model_ivar:
         from .. import backend as _backend
         from .variance import model_ivar as _model_ivar
 
-        first = extract_frame(image.pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
-        ivar = _backend.to_host(_model_ivar(
-            psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
-            readnoise=image.readnoise, image=image.pix, xp=_backend.get_xp(backend)))
+        # image and ivar go to the device once and the model ivar stays there: no
+        # full-image device -> host -> device round trip between the two passes
+        xp = _backend.get_xp(backend)
+        pix = _backend.to_device(image.pix, xp, dtype=np.float64)
+        ivar = _backend.to_device(ivar, xp, dtype=np.float64)
+        first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
+        ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
+                           readnoise=image.readnoise, image=pix, xp=xp)
         meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
-    frame = extract_frame(image.pix, ivar, psf, w, specmin, nspec, model=model is not None,
+    frame = extract_frame(pix, ivar, psf, w, specmin, nspec, model=model is not None,
                           meta=meta, **opts)
     if image.fibermap is not None:
         fm = image.fibermap

@@ -13,11 +13,12 @@ import sys
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_host
 from ..profiling import nvtx_range
 
-__all__ = ["regularize_normal", "inv_cholesky", "decorrelate", "EIG_THRESHOLD",
-           "MINWEIGHT_SCALE"]
+__all__ = ["regularize_normal", "inv_cholesky", "inv_cholesky_device", "apply_fallback",
+           "pinv_sqrt", "decorrelate", "EIG_THRESHOLD", "MINWEIGHT_SCALE",
+           "CHOLESKY_RESIDUAL"]
 
 #: specter's eigenvalue floor, relative: 10 machine epsilons.
 EIG_THRESHOLD = 10.0 * sys.float_info.epsilon
@@ -94,16 +95,21 @@ def inv_cholesky(M):
     not numerically positive definite falls back to the symmetric square root of its
     pseudo-inverse computed by ``eigh`` with specter's eigenvalue floor (then
     ``Zᵀ Z`` is still the regularised inverse).
-    cupy: one batched ``cupy.linalg.cholesky`` and one batched ``cupy.linalg.inv`` of
-    the triangular factors (no host synchronisation per matrix).
+    cupy: :func:`inv_cholesky_device` (one batched Cholesky and one batched inverse),
+    then the same fallback for the elements it flags as failed; finding out whether any
+    failed costs one host synchronisation per call (the extraction avoids it, see
+    :func:`inv_cholesky_device`).
 
     Backends: numpy, cupy.
     """
     xp = get_array_module(M)
-    if xp is not np:  # pragma: no cover - GPU only
-        L = xp.linalg.cholesky(M)
-        n = M.shape[-1]
-        return xp.where(xp.tri(n, dtype=bool), xp.linalg.inv(L), 0.0)
+    if xp is not np:
+        Z, bad = inv_cholesky_device(M)
+        flat_bad = to_host(bad).reshape(-1)          # one sync per call
+        if flat_bad.any():
+            n = M.shape[-1]
+            Z = apply_fallback(Z.reshape(-1, n, n), M.reshape(-1, n, n), flat_bad).reshape(M.shape)
+        return Z
     from scipy.linalg import lapack
 
     shape = M.shape
@@ -121,12 +127,80 @@ def inv_cholesky(M):
     return out.reshape(shape)
 
 
+#: relative residual above which a device Cholesky factor is taken as failed (the backward
+#: error of a successful factorisation is ~n·eps ≈ 1e-13 for n ~ 500)
+CHOLESKY_RESIDUAL = 1e-9
+
+
+def inv_cholesky_device(M):
+    """Batched ``L⁻¹`` and per-element failure flags, without any host synchronisation.
+
+    cuSOLVER's batched Cholesky does not raise on a matrix that is not positive definite
+    (its per-matrix ``info`` is only checked under ``cupyx.errstate(linalg="raise")``,
+    which synchronises); the factor is then partial or garbage. Failure is detected on
+    the device, per batch element, from the results themselves: a non-finite entry in
+    ``L`` or ``L⁻¹``, a non-positive pivot, or a residual ``|L Lᵀ v − M v|`` on a fixed
+    probe vector ``v`` above :data:`CHOLESKY_RESIDUAL` of its scale
+    ``√M_ii Σ_j √M_jj v_j``.
+
+    Parameters
+    ----------
+    M : array (..., n, n)
+
+    Returns
+    -------
+    Z : array (..., n, n)
+        Lower-triangular ``L⁻¹`` (meaningless where ``bad``).
+    bad : bool array (...)
+        Elements to redo with :func:`apply_fallback`.
+
+    Backends: cupy (numpy works too; the numpy path of :func:`inv_cholesky` uses LAPACK).
+    """
+    xp = get_array_module(M)
+    n = M.shape[-1]
+    L = xp.linalg.cholesky(M)
+    Z = xp.where(xp.tri(n, dtype=bool), xp.linalg.inv(L), 0.0)
+    d = xp.diagonal(L, axis1=-2, axis2=-1)
+    v = 1.0 + 0.5 * xp.sin(xp.arange(n, dtype=M.dtype) * 0.7)            # fixed probe
+    Lt_v = xp.matmul(xp.swapaxes(L, -1, -2), v[:, None])
+    r = xp.matmul(L, Lt_v)[..., 0] - xp.matmul(M, v[:, None])[..., 0]
+    sd = xp.sqrt(xp.abs(xp.diagonal(M, axis1=-2, axis2=-1)))
+    scale = sd * xp.sum(sd * v, axis=-1, keepdims=True)
+    ok = (xp.all(xp.isfinite(L), axis=(-2, -1)) & xp.all(xp.isfinite(Z), axis=(-2, -1))
+          & xp.all(d > 0, axis=-1)
+          & xp.all(xp.abs(r) <= CHOLESKY_RESIDUAL * scale, axis=-1))
+    return Z, ~ok
+
+
+def apply_fallback(Z, M, bad):
+    """Replace ``Z[k]`` by the eigh-based ``M[k]^(-1/2)`` where the host bool array ``bad``
+    is True (the numpy path's fallback, batched on ``Z``'s backend).
+
+    Backends: numpy, cupy.
+    """
+    xp = get_array_module(Z)
+    k = np.flatnonzero(np.asarray(bad))
+    if k.size:
+        kd = xp.asarray(k)
+        Z[kd] = pinv_sqrt(M[kd])
+    return Z
+
+
+def pinv_sqrt(M):
+    """Symmetric ``M^(-1/2)`` of a stack, eigenvalues floored like specter (batched eigh).
+
+    Backends: numpy, cupy.
+    """
+    xp = get_array_module(M)
+    w, v = xp.linalg.eigh(0.5 * (M + xp.swapaxes(M, -1, -2)))
+    floor = xp.max(w, axis=-1, keepdims=True) * EIG_THRESHOLD
+    wi = xp.where(w > floor, 1.0 / xp.sqrt(xp.where(w > floor, w, 1.0)), 1.0 / xp.sqrt(floor))
+    return xp.matmul(v * wi[..., None, :], xp.swapaxes(v, -1, -2))
+
+
 def _pinv_sqrt(m):
     """Symmetric ``M^(-1/2)`` with eigenvalues floored like specter (numpy, one matrix)."""
-    w, v = np.linalg.eigh(0.5 * (m + m.T))
-    floor = np.max(w) * EIG_THRESHOLD
-    wi = np.where(w > floor, 1.0 / np.sqrt(np.where(w > floor, w, 1.0)), 1.0 / np.sqrt(floor))
-    return (v * wi) @ v.T
+    return pinv_sqrt(m)
 
 
 @nvtx_range("extract:decorrelate")
