@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "gpuspec.coadd.cli",      # group, coadd
     "gpuspec.launch.status",  # status, tasks, retry
     "gpuspec.io.cli",         # info
+    "gpuspec.qa.cli",         # qa, report (matplotlib imported only when they run)
     "gpuspec.demo",           # demo
 )
 
