@@ -217,6 +217,8 @@ def plot_spectra(spectra, targetid: int | None = None, truth=None, title: str | 
     nexp = (len(_rows(spectra.exp_fibermap, tid)) if is_coadd else len(rows))
     title = title or (f"{kind}: TARGETID {tid}{objtype}, {nexp} exposure(s), bands "
                       f"{' '.join(spectra.bands)}" + (f"\n{path}" if path else ""))
+    if truth is not None and not have_truth:
+        title += "\n(simulated data, but the truth is not on this wavelength grid: no χ)"
     nax = 3 if have_truth else 2
     fig = new_figure(14, 3.2 + 2.6 * nax, title)
     gs = fig.add_gridspec(nax, 1, height_ratios=[2.2, 1.0, 1.0][:nax])
