@@ -145,6 +145,35 @@ def _sky_residuals(sky, frame, fiberflat, path):
     return rows, np.where(good, resid, np.nan), chi
 
 
+def _chi_panels(ax_h, ax_r, chi, fibers):
+    """χ histogram of the sky-fiber pixels against N(0, 1), and χ rms per sky fiber."""
+    import warnings
+
+    c = chi[np.isfinite(chi)]
+    if c.size:
+        rng = (-6, 6)
+        ax_h.hist(np.clip(c, *rng), bins=60, range=rng, density=True, color="#9ecae1",
+                  label=f"{c.size} pixels: mean {c.mean():.2f}, rms {np.sqrt(np.mean(c ** 2)):.2f}")
+        x = np.linspace(*rng, 200)
+        ax_h.plot(x, np.exp(-0.5 * x ** 2) / np.sqrt(2 * np.pi), "k", lw=1, label="N(0, 1)")
+        ax_h.set_yscale("log")
+        ax_h.set_ylim(1e-4, 1)
+        ax_h.legend(loc="upper left", fontsize=7)
+    ax_h.set_xlabel("χ (clipped at ±6)")
+    ax_h.set_ylabel("density")
+    ax_h.set_title("χ of all sky-fiber pixels", loc="left")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rms = np.sqrt(np.nanmean(chi ** 2, axis=1))
+    ax_r.bar(fibers, rms, width=0.8, color="#f28e2b")
+    ax_r.axhline(1, color="k", lw=0.6, ls="--", label="1 (noise only)")
+    ax_r.set_xlabel("sky fiber")
+    ax_r.set_ylabel("χ rms")
+    ax_r.set_title("χ rms per sky fiber", loc="left")
+    integer_ticks(ax_r)
+    ax_r.legend(loc="upper right")
+
+
 def plot_sky(sky, frame=None, fiberflat=None, title: str | None = None):
     """Draw the QA picture of a sky model, with the residuals of the sky fibers of ``frame``.
 
@@ -227,29 +256,7 @@ def plot_sky(sky, frame=None, fiberflat=None, title: str | None = None):
     ax_im.set_ylabel("sky fiber")
     ax_im.set_xlabel("wavelength [Å]")
     ax_im.set_title("χ of the sky fibers (white: masked)", loc="left")
-    c = chi[np.isfinite(chi)]
-    if c.size:
-        rng = (-6, 6)
-        ax_h.hist(np.clip(c, *rng), bins=60, range=rng, density=True, color="#9ecae1",
-                  label=f"{c.size} pixels: mean {c.mean():.2f}, rms {np.sqrt(np.mean(c ** 2)):.2f}")
-        x = np.linspace(*rng, 200)
-        ax_h.plot(x, np.exp(-0.5 * x ** 2) / np.sqrt(2 * np.pi), "k", lw=1, label="N(0, 1)")
-        ax_h.set_yscale("log")
-        ax_h.set_ylim(1e-4, 1)
-        ax_h.legend(loc="upper left", fontsize=7)
-    ax_h.set_xlabel("χ (clipped at ±6)")
-    ax_h.set_ylabel("density")
-    ax_h.set_title("χ of all sky-fiber pixels", loc="left")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rms = np.sqrt(np.nanmean(chi ** 2, axis=1))
-    ax_r.bar(fibers, rms, width=0.8, color="#f28e2b")
-    ax_r.axhline(1, color="k", lw=0.6, ls="--", label="1 (noise only)")
-    ax_r.set_xlabel("sky fiber")
-    ax_r.set_ylabel("χ rms")
-    ax_r.set_title("χ rms per sky fiber", loc="left")
-    integer_ticks(ax_r)
-    ax_r.legend(loc="upper right")
+    _chi_panels(ax_h, ax_r, chi, fibers)
     return fig
 
 

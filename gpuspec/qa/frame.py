@@ -80,6 +80,26 @@ def _per_fiber(ax, fibers, values, sky, ylabel, title, ref=None, log=False, bar=
     integer_ticks(ax)
 
 
+def _flux_image(fig, ax_im, flux, ivar, mask, wave, fib, sky, ulabel):
+    """Flux image fiber × wavelength with an arcsinh stretch; sky fibers marked."""
+    good = (ivar > 0) & (mask == 0)
+    norm = asinh_norm(flux, good)
+    fmin, fmax = int(fib.min()), int(fib.max())
+    im = ax_im.imshow(np.where(ivar > 0, flux, np.nan), norm=norm, cmap="viridis",
+                      aspect="auto", interpolation="nearest",
+                      extent=(wave[0], wave[-1], fmin - 0.5, fmax + 0.5))
+    cb = fig.colorbar(im, ax=ax_im, pad=0.01, ticks=asinh_ticks(norm), format="%g")
+    cb.minorticks_off()
+    cb.set_label(ulabel.replace("flux ", "") + " (arcsinh)")
+    ax_im.set_xlabel("wavelength [Å]")
+    ax_im.set_ylabel("fiber")
+    ax_im.set_title("flux (white: ivar = 0)")
+    if sky.any():
+        ax_im.plot(np.full(sky.sum(), wave[0]), fib[sky], ">", color="#f28e2b", ms=6,
+                   clip_on=False, label="sky fibers")
+        ax_im.legend(loc="upper right", fontsize=7)
+
+
 def plot_frame(frame, fibers=None, truth=None, title: str | None = None):
     """Draw the QA picture of a frame or cframe.
 
@@ -138,21 +158,7 @@ def plot_frame(frame, fibers=None, truth=None, title: str | None = None):
     gs = fig.add_gridspec(1 + max(nf, 2), 2, width_ratios=[1.7, 1.0],
                           height_ratios=[1.6] + [1.0] * max(nf, 2))
     ax_im = fig.add_subplot(gs[0, :])
-    good = (ivar > 0) & (mask == 0)
-    norm = asinh_norm(flux, good)
-    fmin, fmax = int(fib.min()), int(fib.max())
-    im = ax_im.imshow(np.where(ivar > 0, flux, np.nan), norm=norm, cmap="viridis",
-                      aspect="auto", interpolation="nearest",
-                      extent=(wave[0], wave[-1], fmin - 0.5, fmax + 0.5))
-    cb = fig.colorbar(im, ax=ax_im, pad=0.01, ticks=asinh_ticks(norm), format="%g")
-    cb.set_label(ulabel.replace("flux ", "") + " (arcsinh)")
-    ax_im.set_xlabel("wavelength [Å]")
-    ax_im.set_ylabel("fiber")
-    ax_im.set_title("flux (white: ivar = 0)")
-    if sky.any():
-        ax_im.plot(np.full(sky.sum(), wave[0]), fib[sky], ">", color="#f28e2b", ms=6,
-                   clip_on=False, label="sky fibers")
-        ax_im.legend(loc="upper right", fontsize=7)
+    _flux_image(fig, ax_im, flux, ivar, mask, wave, fib, sky, ulabel)
     ax0 = None
     for j, r in enumerate(rows):
         ax = fig.add_subplot(gs[1 + j, 0], sharex=ax0)
@@ -177,7 +183,7 @@ def plot_frame(frame, fibers=None, truth=None, title: str | None = None):
     frac = np.mean((mask != 0) | (ivar <= 0), axis=1)
     _per_fiber(ax_msk, fib, 100.0 * frac, sky, "masked pixels [%]",
                "masked fraction per fiber (mask ≠ 0 or ivar = 0)", bar=True)
-    ax_msk.set_ylim(0, max(5.0, 110.0 * frac.max()))
+    ax_msk.set_ylim(0, max(0.5, 120.0 * frac.max()))
     if not frac.any():
         ax_msk.text(0.5, 0.5, "no masked pixel", transform=ax_msk.transAxes, ha="center",
                     color="0.35")
@@ -195,14 +201,17 @@ def _fiber_panel(ax, wave, f, iv, m, frame, row, fiber, sky, meta, truth, ulabel
     if bad.any():
         ax.plot(wave[bad], f[bad], "x", color="#d62728", ms=4, label="masked")
     good = ok & (m == 0)
-    # top: the highest unmasked pixel (sky lines are real); bottom: 0.5th percentile
-    lo, hi = robust_range(f[good] if good.any() else f, lo=0.5, hi=100.0)
+    # continuum and noise readable: 1st-97th percentile, bright (sky) lines run off the top
+    v = f[good] if good.any() else f
+    lo, hi = robust_range(v, lo=1.0, hi=97.0, pad=0.0)
+    lo, hi = lo - 0.15 * (hi - lo), hi + 0.4 * (hi - lo)
+    nclip = int(np.count_nonzero(v > hi))
     model = None
     if truth is not None and "EXPID" in meta and "CAMERA" in meta:
         rd = None if frame.resolution_data is None else _host(frame.resolution_data[row])
         model = truth.model(int(meta["EXPID"]), str(meta["CAMERA"]), int(fiber), wave, rd)
     if model is not None:
-        ax.plot(wave, model, color="k", lw=0.8, label="truth (R·PHOT/DW)")
+        ax.plot(wave, model, color="k", lw=0.6, alpha=0.8, label="truth (R·PHOT/DW)")
         chi = ((f - model) * np.sqrt(iv))[good]
         chi = chi[np.isfinite(chi)]
         if chi.size:
@@ -214,6 +223,7 @@ def _fiber_panel(ax, wave, f, iv, m, frame, row, fiber, sky, meta, truth, ulabel
     tid = ""
     if frame.fibermap is not None and "TARGETID" in frame.fibermap.dtype.names:
         tid = f", TARGETID {int(frame.fibermap['TARGETID'][row])}"
-    ax.set_title(f"fiber {int(fiber)} ({objtype}{tid})", loc="left")
+    ax.set_title(f"fiber {int(fiber)} ({objtype}{tid})" + (
+        f"   [{nclip} pixels above the top: bright lines]" if nclip else ""), loc="left")
     ax.set_ylabel(ulabel)
     ax.legend(loc="upper right", ncol=4, fontsize=7)

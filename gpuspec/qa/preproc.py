@@ -140,7 +140,7 @@ def plot_preproc(image, title: str | None = None):
 
     Backends: numpy (cupy arrays are copied to the host).
     """
-    plt = pyplot()
+    pyplot()
     if isinstance(image, str):
         from ..io import read_image
 
@@ -167,6 +167,7 @@ def plot_preproc(image, title: str | None = None):
                        interpolation="antialiased")
     cb = fig.colorbar(im, ax=ax_img, location="bottom", shrink=0.9, pad=0.01, aspect=40,
                       ticks=asinh_ticks(norm), format="%g")
+    cb.minorticks_off()
     cb.set_label("electrons / pixel (arcsinh stretch: linear near 0, logarithmic above)")
     amps = _amps(meta)
     _draw_amps(ax_img, amps)

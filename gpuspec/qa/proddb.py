@@ -104,12 +104,17 @@ def log_tail(path: str | None, nlines: int = 25, max_bytes: int = 64_000) -> str
     return "\n".join(text.splitlines()[-nlines:])
 
 
-def stragglers(prod: Production, factor: float = 2.0, nmad: float = 5.0) -> list:
+def stragglers(prod: Production, factor: float = 2.0, nmad: float = 5.0,
+               min_excess: float = 1.0, min_fraction: float = 0.02) -> list:
     """Done tasks much slower than the others of their step.
 
-    A task is a straggler when its duration exceeds both ``factor`` × the median
-    of its step and the median + ``nmad`` × 1.4826·MAD (steps with ≥ 4 tasks).
+    A task is a straggler when its duration exceeds ``factor`` × the median of
+    its step, the median + ``nmad`` × 1.4826·MAD, and the median by more than
+    ``min_excess`` seconds and ``min_fraction`` of the run's span (so that a
+    0.3-s task among 0.1-s ones is not news); steps with at least 4 tasks.
     """
+    t0, t1 = prod.t0, prod.t1
+    floor = max(min_excess, min_fraction * (t1 - t0)) if t0 is not None and t1 else min_excess
     by: dict = {}
     for t in prod.ran:
         d = task_duration(t)
@@ -122,6 +127,6 @@ def stragglers(prod: Production, factor: float = 2.0, nmad: float = 5.0) -> list
         d = np.array([i[0] for i in items])
         med = float(np.median(d))
         mad = 1.4826 * float(np.median(np.abs(d - med)))
-        cut = max(factor * med, med + nmad * mad)
+        cut = max(factor * med, med + nmad * mad, med + floor)
         out += [t for dd, t in items if dd > cut]
     return sorted(out, key=lambda t: -task_duration(t))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..launch.db import STATES
-from .mpl import STATE_COLORS, integer_ticks, new_figure, note, pyplot
+from .mpl import STATE_COLORS, integer_ticks, new_figure, note
 from .proddb import stragglers, task_duration
 
 __all__ = ["plot_states", "plot_timeline", "plot_throughput", "step_colors"]
@@ -106,9 +106,9 @@ def plot_timeline(prod, now: float | None = None):
         groups.setdefault(key, []).append(((t["start"] - t0) / div, max(d / div, 1e-9)))
         busy[int(t["rank"])] += d
     for (step, style, is_slow, ri), xr in groups.items():
-        ec = "#c0392b" if style == "failed" else "black" if is_slow else "none"
+        ec = "#c0392b" if style == "failed" else "black" if is_slow else "white"
         ax.broken_barh(xr, (ri - 0.4, 0.8), facecolors=colors.get(step, "0.5"), edgecolors=ec,
-                       linewidth=0 if ec == "none" else 1.2,
+                       linewidth=0.6 if ec == "white" else 1.4,
                        hatch={"failed": "///", "running": ".."}.get(style))
     span = t1 - t0
     for r in ranks:
@@ -165,7 +165,7 @@ def plot_throughput(prod, now: float | None = None):
     nranks = len({int(t["rank"]) for t in ran})
     ax_b.fill_between(np.concatenate([[0], x]), np.concatenate([[0], level]), step="post",
                       color="#3b7dd8", alpha=0.6, lw=0)
-    ax_b.axhline(nranks, color="0.4", ls="--", lw=0.8, label=f"{nranks} ranks")
+    ax_b.axhline(nranks, color="0.4", ls="--", lw=0.8, label=f"{nranks} rank{'s' if nranks > 1 else ''}")
     ax_b.set_ylim(0, nranks * 1.15 + 0.5)
     ax_b.set_ylabel("tasks running")
     ax_b.set_title("ranks busy over time (gaps below the dashed line are idle ranks)", loc="left")

@@ -216,8 +216,9 @@ def render_html(prod, images: dict, base: str, nslow: int = 15, ntail: int = 30)
         + ("" if recorded else "<p>No device is recorded for these tasks.</p>"),
         f"<h2>Slowest tasks (top {nslow})</h2>", _task_table(slowest, base),
         "<h2>Stragglers</h2>",
-        "<p>Done tasks slower than twice the median of their step and than the median + 5 "
-        "robust σ (steps with at least 4 tasks).</p>",
+        "<p>Done tasks slower than twice the median of their step, than the median + 5 "
+        "robust σ, and than the median + max(1 s, 2% of the run) (steps with at least 4 "
+        "tasks).</p>",
         _task_table(slow, base),
         "<h2>Failed tasks</h2>", _failed(prod, base, ntail),
         "</body></html>",

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .frame import is_sky
-from .mpl import BAND_COLORS, new_figure, note, pyplot, robust_range
+from .mpl import BAND_COLORS, new_figure, pyplot, robust_range
 
 __all__ = ["plot_spectra", "choose_target", "truth_spectra"]
 
@@ -154,6 +154,49 @@ def truth_spectra(spectra, tid, truth, path=None):
     return {b: [models.get(b)] for b in spectra.bands}, rows[:1], exact
 
 
+def _draw_rows(ax_f, ax_i, ax_c, spectra, rows, models, is_coadd):
+    """Flux ±1σ, ivar and (with a truth) χ of the target's rows; returns (fluxes, χ rms)."""
+    fm = spectra.fibermap
+    allf, chis = [], []
+    for b in spectra.bands:
+        w = np.asarray(spectra.wave[b], float)
+        col = BAND_COLORS.get(b, "k")
+        for j, r in enumerate(rows):
+            f = np.asarray(spectra.flux[b][r], float)
+            iv = np.asarray(spectra.ivar[b][r], float)
+            ok = iv > 0
+            ls = _LINESTYLES[j % len(_LINESTYLES)]
+            expid = int(fm["EXPID"][r]) if not is_coadd and "EXPID" in fm.dtype.names else None
+            sig = np.where(ok, 1 / np.sqrt(np.where(ok, iv, 1)), np.nan)
+            ax_f.fill_between(w, np.where(ok, f - sig, np.nan), np.where(ok, f + sig, np.nan),
+                              color=col, alpha=0.18, lw=0, step="mid")
+            ax_f.plot(w, np.where(ok, f, np.nan), color=col, lw=0.7, ls=ls,
+                      drawstyle="steps-mid")
+            ax_i.plot(w, np.where(ok, iv, np.nan), color=col, lw=0.7, ls=ls)
+            allf.append(f[ok])
+            m = models.get(b, [None] * len(rows))[j] if j < len(models.get(b, [])) else None
+            if m is not None:
+                ax_f.plot(w, m, color="k", lw=0.5, alpha=0.75, ls=ls)
+                good = ok & (np.asarray(spectra.mask[b][r]) == 0 if spectra.mask else ok)
+                chi = np.where(good, (f - m) * np.sqrt(np.where(ok, iv, 0)), np.nan)
+                ax_c.plot(w, chi, color=col, lw=0.6, ls=ls, drawstyle="steps-mid")
+                inner = chi[np.isfinite(chi)]
+                chis.append((b + (f" {expid}" if expid is not None else ""),
+                             float(np.sqrt(np.mean(inner ** 2))) if inner.size else np.nan))
+    return allf, chis
+
+
+def _chi_panel(ax_c, chis, exact):
+    ax_c.axhline(0, color="k", lw=0.6)
+    for v in (-3, 3):
+        ax_c.axhline(v, color="0.5", lw=0.5, ls=":")
+    ax_c.set_ylim(-6, 6)
+    ax_c.set_ylabel("χ = (flux − truth)·√ivar")
+    txt = ", ".join(f"{b}: {v:.2f}" for b, v in chis)
+    ax_c.set_title(f"χ vs truth (rms {txt})" + ("" if exact else
+                   "  — approximate: equal-weight mean of the exposures' truths"), loc="left")
+
+
 def _legend(ax, bands, expids, have_truth):
     from matplotlib.lines import Line2D
 
@@ -226,36 +269,12 @@ def plot_spectra(spectra, targetid: int | None = None, truth=None, title: str | 
     ax_i = fig.add_subplot(gs[1], sharex=ax_f)
     ax_c = fig.add_subplot(gs[2], sharex=ax_f) if have_truth else None
     unit = "1e-17 erg/s/cm²/Å" if "erg" in str(spectra.meta.get("BUNIT", "")).lower() else "e⁻/Å"
-    allf, chis = [], []
-    for b in spectra.bands:
-        w = np.asarray(spectra.wave[b], float)
-        col = BAND_COLORS.get(b, "k")
-        for j, r in enumerate(rows):
-            f = np.asarray(spectra.flux[b][r], float)
-            iv = np.asarray(spectra.ivar[b][r], float)
-            ok = iv > 0
-            ls = _LINESTYLES[j % len(_LINESTYLES)]
-            expid = int(fm["EXPID"][r]) if not is_coadd and "EXPID" in fm.dtype.names else None
-            sig = np.where(ok, 1 / np.sqrt(np.where(ok, iv, 1)), np.nan)
-            ax_f.fill_between(w, np.where(ok, f - sig, np.nan), np.where(ok, f + sig, np.nan),
-                              color=col, alpha=0.18, lw=0, step="mid")
-            ax_f.plot(w, np.where(ok, f, np.nan), color=col, lw=0.7, ls=ls,
-                      drawstyle="steps-mid")
-            ax_i.plot(w, np.where(ok, iv, np.nan), color=col, lw=0.7, ls=ls)
-            allf.append(f[ok])
-            m = models.get(b, [None] * len(rows))[j] if j < len(models.get(b, [])) else None
-            if m is not None:
-                ax_f.plot(w, m, color="k", lw=0.8, ls=ls)
-                good = ok & (np.asarray(spectra.mask[b][r]) == 0 if spectra.mask else ok)
-                chi = np.where(good, (f - m) * np.sqrt(np.where(ok, iv, 0)), np.nan)
-                ax_c.plot(w, chi, color=col, lw=0.6, ls=ls, drawstyle="steps-mid")
-                inner = chi[np.isfinite(chi)]
-                chis.append((b + (f" {expid}" if expid is not None else ""),
-                             float(np.sqrt(np.mean(inner ** 2))) if inner.size else np.nan))
+    allf, chis = _draw_rows(ax_f, ax_i, ax_c, spectra, rows, models, is_coadd)
     clipped = 0
     if allf:
         v = np.concatenate(allf)
-        lo, hi = robust_range(v, lo=1.0, hi=99.0, pad=0.35)
+        lo, hi = robust_range(v, lo=1.0, hi=99.0, pad=0.0)
+        lo, hi = lo - 0.1 * (hi - lo), hi + 0.35 * (hi - lo)
         clipped = int(np.count_nonzero(v > hi))
         ax_f.set_ylim(lo, hi)
     ax_f.set_ylabel(f"flux [{unit}]")
@@ -270,14 +289,7 @@ def plot_spectra(spectra, targetid: int | None = None, truth=None, title: str | 
     ax_i.set_title("inverse variance", loc="left")
     last = ax_i
     if ax_c is not None:
-        ax_c.axhline(0, color="k", lw=0.6)
-        for v in (-3, 3):
-            ax_c.axhline(v, color="0.5", lw=0.5, ls=":")
-        ax_c.set_ylim(-6, 6)
-        ax_c.set_ylabel("χ = (flux − truth)·√ivar")
-        txt = ", ".join(f"{b}: {v:.2f}" for b, v in chis)
-        ax_c.set_title(f"χ vs truth (rms {txt})" + ("" if exact else
-                       "  — approximate: equal-weight mean of the exposures' truths"), loc="left")
+        _chi_panel(ax_c, chis, exact)
         last = ax_c
     for a in fig.axes:
         if a is not last:
