@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "gpuspec.launch.status",  # status, tasks, retry
     "gpuspec.launch.proc",    # proc (desi_proc-style: night, exposures, cameras -> production)
     "gpuspec.io.cli",         # info
+    "gpuspec.qa.cli",         # qa, report (matplotlib imported only when they run)
     "gpuspec.demo",           # demo
 )
 

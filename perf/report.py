@@ -87,11 +87,13 @@ def _load(r):
 
 
 def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | None = None,
-           other_files=()) -> str:
+           other_files=(), history: str | None = None) -> str:
     """The Markdown page for ``records`` (a list of valid records).
 
     ``other_files``: ``(name, first line)`` of the other files of the results folder
     (gpu-check reports, the per-script JSON outputs), listed at the end.
+    ``history``: file name (beside the page) of the history picture, or a line saying
+    why there is none.
     """
     now = now or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     recs = latest(records)
@@ -99,6 +101,16 @@ def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | No
     if not recs:
         lines.append("\nNo results yet: run `python -m perf --size small`.\n")
         return "\n".join(lines)
+    if history:
+        lines.append("## History over commits\n")
+        if history.endswith(".png"):
+            lines.append(f"![ratios against the references and end-to-end throughput over "
+                         f"commits]({history})\n")
+            lines.append("Every record of `perf/results` is a point (several runs of a commit "
+                         "show the spread of the shared machine); GPU (cupy) results are stars. "
+                         "Drawn by `gpuspec.qa.history.plot_perf_history`.\n")
+        else:
+            lines.append(history + "\n")
 
     # 1. reference cases
     ref = [r for r in recs if r.get("reference") and r["reference"].get("seconds")]
@@ -214,13 +226,35 @@ def write_report(results_dir: str, out: str) -> str:
                     with open(os.path.join(results_dir, fn)) as f:
                         first = f.readline().strip().lstrip("# ")
                 others.append((fn, first))
-    text = render(recs, rel, nfiles, other_files=others)
+    history = write_history(recs, out) if recs else None
+    text = render(recs, rel, nfiles, other_files=others, history=history)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, out)
     return out
+
+
+def write_history(records, out: str) -> str:
+    """Draw the history picture beside the page ``out`` (``{stem}-history.png``).
+
+    Returns its file name, or a sentence saying why there is no picture (matplotlib,
+    the ``qa`` extra, is optional: GPU machines may run the suite without it).
+    """
+    try:
+        from gpuspec.qa.history import plot_perf_history
+        from gpuspec.qa.mpl import MissingDependencyError, save_figure
+    except ImportError as exc:  # pragma: no cover - gpuspec itself missing
+        return f"(no history picture: {exc})"
+    name = os.path.splitext(os.path.basename(out))[0] + "-history.png"
+    try:
+        save_figure(plot_perf_history(records), os.path.join(os.path.dirname(os.path.abspath(
+            out)), name))
+    except MissingDependencyError:
+        return ("(no history picture: matplotlib is not installed here; "
+                "`pip install 'gpuspec[qa]'` and run `python -m perf.report`)")
+    return name
 
 
 def main(argv=None) -> int:
