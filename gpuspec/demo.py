@@ -89,7 +89,24 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
         files = result.get(kind)
         if files:
             _step(f"  {kind}: {len(files)} file(s), e.g. {files[0]}")
+    if use_launcher:
+        _write_report(prod, result)
     return result
+
+
+def _write_report(prod: str, result: dict) -> None:
+    """The production report (``gpuspec report``); skipped with a note without matplotlib."""
+    try:
+        from .qa.report import write_report
+    except ImportError as exc:  # the qa extra is not installed
+        _step(f"no report: {exc}")
+        return
+    try:
+        result["report"] = write_report(prod, os.path.join(prod, "report.html"))
+    except ImportError as exc:  # MissingDependencyError (matplotlib) is an ImportError
+        _step(f"no report: {exc}")
+        return
+    _step(f"report: {result['report']}")
 
 
 def _products(manifest: str) -> dict:

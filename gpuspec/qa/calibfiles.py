@@ -1,22 +1,9 @@
-"""Readers of the calibration products in desispec's layouts, for the QA pictures.
+"""The calibration products as the QA pictures use them (dicts keyed by HDU name).
 
-desispec writes (``desispec.io.write_fiberflat``, ``write_sky``,
-``write_flux_calibration``):
-
-=================  ==========================================================
-file               HDUs (primary first)
-=================  ==========================================================
-fiberflat-*.fits   FIBERFLAT (nspec, nwave), IVAR, MASK, MEANSPEC (nwave),
-                   WAVELENGTH (nwave), FIBERMAP (optional)
-sky-*.fits         SKY (nspec, nwave) e⁻/Å, IVAR, MASK, WAVELENGTH, STATIVAR
-                   and others (optional)
-fluxcalib-*.fits   FLUXCALIB (nspec, nwave) (e⁻/Å)/(1e-17 erg/s/cm²/Å), IVAR,
-                   MASK, WAVELENGTH
-=================  ==========================================================
-
-These readers only take what the pictures need, with errors naming the file
-and HDU. When gpuspec's own calibration steps land with readers in
-``gpuspec.io``, the pictures should call those instead. Host (NumPy).
+The files are read by gpuspec's own readers, which accept gpuspec's and desispec's
+layouts alike (:func:`gpuspec.io.read_fiberflat`, :func:`gpuspec.io.read_sky`,
+:func:`gpuspec.io.read_flux_calibration`; errors name the file and HDU). This module
+only re-labels their fields for the plotting code. Host (NumPy).
 """
 
 from __future__ import annotations
@@ -25,53 +12,39 @@ import os
 
 import numpy as np
 
-from ..errors import BadDataError
-
 __all__ = ["read_fiberflat_file", "read_sky_file", "read_fluxcalib_file"]
 
 
-def _read(path: str, primary: str, others: tuple, optional: tuple = ()) -> dict:
-    from ..io.util import header_dict, open_fits, read_image_hdu, read_table_hdu
+def _common(path, obj, primary, values) -> dict:
+    return {primary: np.asarray(values, dtype=np.float64),
+            "IVAR": np.asarray(obj.ivar), "MASK": np.asarray(obj.mask),
+            "WAVELENGTH": np.asarray(obj.wave, dtype=np.float64).ravel(),
+            "header": dict(obj.meta or {}), "path": os.fspath(path)}
 
-    path = os.fspath(path)
-    with open_fits(path) as fx:
-        data, hdr = read_image_hdu(fx, 0, path, header=True)
-        out = {primary: np.asarray(data, dtype=np.float64), "header": header_dict(hdr)}
-        for name in others:
-            out[name] = read_image_hdu(fx, name, path)
-        for name in optional:
-            if name in fx:
-                out[name] = (read_table_hdu(fx, name, path) if name == "FIBERMAP"
-                             else read_image_hdu(fx, name, path))
-    shape = out[primary].shape
-    if len(shape) != 2:
-        raise BadDataError(f"expected a 2-D (nspec, nwave) image, got shape {shape}",
-                           path=path, hdu=primary)
-    wave = np.asarray(out["WAVELENGTH"], dtype=np.float64).ravel()
-    if wave.size != shape[1]:
-        raise BadDataError(f"{wave.size} wavelengths for {shape[1]} columns", path=path,
-                           hdu="WAVELENGTH")
-    out["WAVELENGTH"] = wave
-    for name in ("IVAR", "MASK"):
-        if name in out and np.shape(out[name]) != shape:
-            raise BadDataError(f"shape {np.shape(out[name])} differs from {primary} {shape}",
-                               path=path, hdu=name)
-    out["path"] = path
+
+def read_fiberflat_file(path) -> dict:
+    """FIBERFLAT, IVAR, MASK, MEANSPEC, WAVELENGTH, header (and FIBERMAP) of a fiberflat file."""
+    from ..io.fiberflat import read_fiberflat
+
+    ff = read_fiberflat(path)
+    out = _common(path, ff, "FIBERFLAT", ff.fiberflat)
+    out["MEANSPEC"] = np.asarray(ff.meanspec, dtype=np.float64).ravel()
+    if ff.fibermap is not None:
+        out["FIBERMAP"] = ff.fibermap
     return out
 
 
-def read_fiberflat_file(path: str) -> dict:
-    """FIBERFLAT, IVAR, MASK, MEANSPEC, WAVELENGTH, header (and FIBERMAP) of a fiberflat file."""
-    d = _read(path, "FIBERFLAT", ("IVAR", "MASK", "MEANSPEC", "WAVELENGTH"), ("FIBERMAP",))
-    d["MEANSPEC"] = np.asarray(d["MEANSPEC"], dtype=np.float64).ravel()
-    return d
-
-
-def read_sky_file(path: str) -> dict:
+def read_sky_file(path) -> dict:
     """SKY, IVAR, MASK, WAVELENGTH and header of a sky model file."""
-    return _read(path, "SKY", ("IVAR", "MASK", "WAVELENGTH"))
+    from ..io.sky import read_sky
+
+    sky = read_sky(path)
+    return _common(path, sky, "SKY", sky.flux)
 
 
-def read_fluxcalib_file(path: str) -> dict:
+def read_fluxcalib_file(path) -> dict:
     """FLUXCALIB, IVAR, MASK, WAVELENGTH and header of a flux calibration file."""
-    return _read(path, "FLUXCALIB", ("IVAR", "MASK", "WAVELENGTH"))
+    from ..io.fluxcalib import read_flux_calibration
+
+    fc = read_flux_calibration(path)
+    return _common(path, fc, "FLUXCALIB", fc.calib)
