@@ -127,13 +127,16 @@ def format_running(rows: list, now: float | None = None) -> str:
 
 def _status_text(db: StateDB, production: str) -> tuple[str, bool]:
     """The status report, and whether a run is still writing the production."""
+    # ask first whether a run is writing, then read the counts: a run that ends between
+    # the two reads is then seen as still active for one more round, never as ended
+    # with stale counts
+    active = db.active_run() is not None
     counts = db.counts()
     running = db.rows(state="running")
     text = (f"production {os.path.abspath(production)}   "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n" + format_counts(counts))
     if running:
         text += "\n" + format_running(running)
-    active = db.active_run() is not None
     todo = sum(c.get(s, 0) for c in counts.values() for s in ("waiting", "ready", "running"))
     return text, active and todo > 0
 
