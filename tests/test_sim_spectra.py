@@ -47,18 +47,47 @@ def test_emission_lines_integrate_to_their_flux():
 
 
 def test_broadband_fluxes_match_the_continuum():
-    """FLUX_R (nanomaggies, AB) corresponds to the continuum f_λ at 6400 Å."""
+    """FLUX_R (nanomaggies, AB) of galaxies and QSOs is their continuum f_λ at 6400 Å."""
     t = make_targets(1, 2, 200)
     fnu = t.flux_r * 3631e-9 * 1e-23          # erg/s/cm²/Hz
     flam = fnu * 2.99792458e18 / 6400.0 ** 2 / 1e-17
     sky = t.kind == "SKY"
+    sci = np.isin(t.kind, ["ELG", "LRG", "QSO"])
     t.em_flux[:] = 0.0
     t.ab_depth[:] = 0.0
     got = sp.object_flux(t, np.array([6400.0]), 0.8)[:, 0]
-    np.testing.assert_allclose(got[~sky], flam[~sky], rtol=1e-9)
+    np.testing.assert_allclose(got[sci], flam[sci], rtol=1e-9)
     assert np.all(got[sky] == 0) and np.all(t.flux_r[sky] == 0)
     mag = 22.5 - 2.5 * np.log10(t.flux_r[~sky])
     np.testing.assert_allclose(mag, t.mag_r[~sky], atol=1e-9)
+
+
+def test_standard_stars_are_library_templates_with_their_magnitudes():
+    """A standard star is its load_templates() template, Doppler-shifted and scaled:
+    FLUX_G/R/Z are the synthetic magnitudes (the ones fit_stdstars normalises with) of
+    the truth spectrum, and the spectrum's shape is the template's."""
+    from gpuspec.calibrate.templates import load_templates, synthetic_mag
+    from gpuspec.sim.stars import C_KMS, STD_TEFF_RANGE, star_library
+
+    lib = load_templates()
+    ext = star_library()
+    i0 = int(np.searchsorted(ext.wave, lib.wave[0]))
+    assert np.array_equal(ext.flux[:, i0:i0 + lib.wave.size], lib.flux)   # same generator
+    t = make_targets(3, 1, 500)
+    std = np.flatnonzero(t.kind == "STD")
+    assert std.size == 20 and np.all(t.template[std] >= 0) and np.all(t.template[t.kind != "STD"] == -1)
+    assert np.all((t.teff[std] >= STD_TEFF_RANGE[0]) & (t.teff[std] <= STD_TEFF_RANGE[1]))
+    wave = np.arange(3600.0, 9900.0, 0.8)
+    f = sp.object_flux(t, wave, 0.8)[std]
+    for b, col in (("G", t.flux_g), ("R", t.flux_r), ("Z", t.flux_z)):
+        m = synthetic_mag(wave, f, b)
+        np.testing.assert_allclose(m, 22.5 - 2.5 * np.log10(col[std]), atol=2e-3)
+    # the shape: template resampled at the rest-frame wavelengths, up to the scale
+    k = 3
+    rest = wave / (1 + t.vrad[std[k]] / C_KMS)
+    ref = np.interp(rest, lib.wave, lib.flux[t.template[std[k]]])
+    ratio = f[k] / ref
+    assert np.std(ratio[100:-100]) / np.mean(ratio[100:-100]) < 0.01
 
 
 def test_sky_lines_and_continuum():
