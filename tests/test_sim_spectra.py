@@ -102,3 +102,30 @@ def test_sky_lines_and_continuum():
     k = np.argmax(f)
     assert abs(wave[k] - 5578.89) <= 0.4 + 1e-9
     assert np.all(sky.flux(wave, 0.8, scale=2.0) == pytest.approx(2 * f))
+
+
+def test_atmosphere_lamp_and_fiber_throughput():
+    """The light path of gpuspec.sim.instrument: extinction falls to the red, the system
+    throughput is atmosphere × instrument, the lamp's level does not depend on the grid
+    it is evaluated on, and calibrate.synthetic's throughputs use the same formula."""
+    from gpuspec.calibrate import synthetic
+    from gpuspec.sim import instrument as ins
+
+    w = np.array([3600.0, 5000.0, 7000.0, 9000.0])
+    k = ins.atmosphere_extinction(w)
+    assert np.all(np.diff(k) < 0) and 0.4 < k[0] < 0.7 and k[-1] < 0.05
+    np.testing.assert_allclose(ins.throughput("b", w[:2], airmass=1.3),
+                               ins.instrument_throughput("b", w[:2]) * 10 ** (-0.4 * 1.3 * k[:2]))
+    full = np.arange(3600.0, 5800.0, 0.5)
+    assert ins.flat_lamp("b", full).max() == pytest.approx(2e4, rel=1e-3)
+    part = np.arange(5000.0, 5100.0, 0.8)
+    np.testing.assert_allclose(ins.flat_lamp("b", part),
+                               np.interp(part, full, ins.flat_lamp("b", full)), rtol=1e-4)
+    g = np.random.default_rng([9, 7001]).normal(size=(3, 30))
+    wave = np.arange(5000.0, 6000.0, 10.0)
+    t = ins.fiber_throughput(1 + 0.03 * g[0], g[1], g[2], wave)
+    np.testing.assert_allclose(synthetic.fiber_throughput(30, wave, seed=9),
+                               t / np.median(t, axis=0), rtol=1e-12)
+    x = (wave - 6700.0) / 3100.0
+    np.testing.assert_allclose(t[4], (1 + 0.03 * g[0, 4]) * (1 + 0.02 * g[1, 4] * x
+                                                            + 0.006 * g[2, 4] * x ** 2))
