@@ -210,3 +210,34 @@ def test_cli_calibration_options(tmp_path):
     assert info["flat_expids"] == [98, 99] and info["expids"] == [100]
     assert (info["nsky"], info["nstd"], info["flat_exptime"]) == (5, 2, 120.0)
     assert os.path.exists(_paths(str(d), 98)[0]) and os.path.exists(_paths(str(d), 99)[2])
+
+
+@pytest.mark.interop
+def test_desi_preproc_reads_the_flat_raw_like_gpuspec(flatsim, tmp_path):
+    """desispec's desi_preproc runs unchanged on the simulated flat-lamp raw file and
+    agrees with gpuspec preproc (the tolerances of test_interop_desispec)."""
+    pytest.importorskip("desispec", reason="needs the real desispec")
+    os.environ.setdefault("DESI_LOGLEVEL", "WARNING")
+    import fitsio
+    from desispec.scripts import preproc as desi_preproc
+    from gpuspec.preproc import preproc_file
+
+    d = flatsim["outdir"]
+    raw, fmf, _ = _paths(d, FLAT)
+    cal = {k: os.path.join(d, "calib", f"{k}-r0.fits") for k in ("bias", "dark", "pixflat",
+                                                                 "mask")}
+    ref = str(tmp_path / "desi-preproc-r0.fits")
+    desi_preproc.main(desi_preproc.parse(
+        ["-i", raw, "--cameras", "r0", "--fibermap", fmf, "--no-ccd-calib-filename",
+         "--noregionmask", "--no-cte-correction", "-o", ref]
+        + [a for k, v in cal.items() for a in (f"--{k}", v)]))
+    got = str(tmp_path / "preproc-r0.fits")
+    preproc_file(raw, "r0", got, fibermap=fmf, backend="numpy", **cal)
+    assert fitsio.read_header(ref, "IMAGE")["OBSTYPE"] == "FLAT"
+    for name in ("IMAGE", "IVAR"):
+        a = fitsio.read(got, name).astype(np.float64)
+        r = fitsio.read(ref, name).astype(np.float64)
+        diff = np.abs(a - r)
+        assert not ((diff > 1e-4) & (diff > 1e-6 * np.abs(r))).any(), name
+    assert np.array_equal(fitsio.read(got, "MASK").astype(np.int32),
+                          fitsio.read(ref, "MASK").astype(np.int32))
