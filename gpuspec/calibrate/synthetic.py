@@ -1,17 +1,18 @@
 """Synthetic calibration inputs with known truth: flats, sky, standard stars, targets.
 
-Reusable spectrum generators (the full simulator is meant to call these) and small
-frame builders for tests and benchmarks:
+Small frame builders for tests and benchmarks, on the simulator's generators (one home
+each, :mod:`gpuspec.sim.instrument` and :mod:`gpuspec.sim.spectra`):
 
-- :func:`fiber_throughput` — per-fiber relative throughput, a few % from fiber to
-  fiber and across wavelength, normalised to median 1 over fibers at each wavelength
-  (exactly what a fiber flat recovers);
-- :func:`flat_lamp` — continuum-lamp spectrum (3100 K halogen blackbody seen through
-  the camera's throughput), electron/Å per fiber;
+- :func:`fiber_throughput` — per-fiber relative throughput
+  (:func:`gpuspec.sim.instrument.fiber_throughput` with random coefficients), a few %
+  from fiber to fiber and across wavelength, normalised to median 1 over fibers at each
+  wavelength (exactly what a fiber flat recovers);
+- :func:`flat_lamp` — :func:`gpuspec.sim.instrument.flat_lamp` (3100 K halogen blackbody
+  seen through the instrument), electron/Å per fiber;
 - :func:`sky_flux` — night sky, f_λ per fiber: :func:`gpuspec.sim.spectra.make_sky`
-  (continuum, Hg/[OI]/Na lines and a pseudo-OH forest; [OI] 5578.9 and 6302.0 Å);
-- :func:`calib_vector` — instrument + atmosphere throughput as electron/Å per unit
-  f_λ (10⁻¹⁷ erg/s/cm²/Å), :func:`gpuspec.sim.spectra.calib_vector` per Å;
+  (continuum, Hg/[OI]/Na lines and the OH forest; [OI] 5578.9 and 6302.0 Å);
+- :func:`calib_vector` — atmosphere + instrument throughput as electron/Å per unit
+  f_λ (10⁻¹⁷ erg/s/cm²/Å), :func:`gpuspec.sim.instrument.calib_vector` per Å;
 - :func:`gaussian_resolution` — banded resolution matrices with a Gaussian LSF whose
   width varies with fiber and wavelength;
 - stellar spectra from :mod:`gpuspec.calibrate.templates`, science targets
@@ -33,14 +34,15 @@ import numpy as np
 
 from ..frame import Frame
 from ..io.fibermap import empty_fibermap
+from ..sim import instrument as _instrument
+from ..sim.instrument import planck_lambda
 from .fibers import FA_TYPE_STD, STD_DESI_BITS
 
 __all__ = ["fiber_throughput", "flat_lamp", "sky_flux", "calib_vector", "gaussian_resolution",
            "target_flux", "convolve", "make_exposure", "Exposure", "SKY_DESI_BIT",
-           "short_waves"]
+           "short_waves", "planck_lambda"]
 
 SKY_DESI_BIT = 1 << 32
-H_PLANCK, C_LIGHT, K_BOLTZ = 6.62607015e-27, 2.99792458e10, 1.380649e-16  # cgs
 #: modest camera grids for tests: overlapping, 0.8 Å, containing [OI] 5578.9 / 6302.0
 SHORT_RANGES = {"b": (5000.0, 5800.0), "r": (5760.0, 6600.0), "z": (6560.0, 7400.0)}
 READ_NOISE = 3.0     # electrons per pixel
@@ -54,39 +56,24 @@ def short_waves(bands=("b", "r", "z"), ranges=None, step: float = 0.8) -> dict:
     return camera_waves(bands, step=step, ranges=ranges or SHORT_RANGES)
 
 
-def planck_lambda(wave, teff):
-    """Blackbody B_λ(T) in erg/s/cm²/Å/sr (``wave`` Å, ``teff`` K; broadcasting)."""
-    lam = np.asarray(wave, np.float64) * 1e-8
-    x = H_PLANCK * C_LIGHT / (lam * K_BOLTZ * np.asarray(teff, np.float64))
-    return 2 * H_PLANCK * C_LIGHT ** 2 / lam ** 5 / np.expm1(x) * 1e-8
-
-
 def fiber_throughput(nfiber: int, wave, seed: int = 0, rms: float = 0.03,
                      chromatic: float = 0.02) -> np.ndarray:
     """Relative fiber throughput (nfiber, nwave), median 1 over fibers at each wavelength.
 
-    Each fiber: ``(1 + rms·g1) · (1 + chromatic·g2·x + 0.3·chromatic·g3·x²)`` with
-    ``x`` the wavelength scaled to [-1, 1] over 3600–9800 Å and ``g`` standard normals.
+    :func:`gpuspec.sim.instrument.fiber_throughput` with an achromatic factor
+    ``1 + rms·g0`` and shape coefficients ``g1, g2`` (standard normals), divided by its
+    median over the fibers.
     """
     rng = np.random.default_rng([seed, 7001])
-    w = np.asarray(wave, np.float64)
-    x = (w - 6700.0) / 3100.0
-    g = rng.normal(size=(3, nfiber, 1))
-    t = (1 + rms * g[0]) * (1 + chromatic * g[1] * x[None, :] + 0.3 * chromatic * g[2] *
-                            x[None, :] ** 2)
+    g = rng.normal(size=(3, nfiber))
+    t = _instrument.fiber_throughput(1 + rms * g[0], g[1], g[2], wave, chromatic)
     return t / np.median(t, axis=0, keepdims=True)
 
 
 def flat_lamp(band: str, wave, level: float = 2.0e4) -> np.ndarray:
-    """Continuum lamp through the camera (electron/Å per fiber), peak ``level``.
-
-    A 3100 K blackbody (quartz-halogen lamp) times the camera's throughput curve.
-    """
-    from ..sim.spectra import throughput
-
-    w = np.asarray(wave, np.float64)
-    s = planck_lambda(w, 3100.0) * throughput(band, w)
-    return level * s / s.max()
+    """Continuum lamp through the camera (electron/Å per fiber), peak ``level``
+    (:func:`gpuspec.sim.instrument.flat_lamp`)."""
+    return _instrument.flat_lamp(band, wave, level)
 
 
 def sky_flux(wave, dw: float = 0.8, seed: int = 0, scale: float = 1.0) -> np.ndarray:
@@ -97,10 +84,8 @@ def sky_flux(wave, dw: float = 0.8, seed: int = 0, scale: float = 1.0) -> np.nda
 
 
 def calib_vector(band: str, wave, dw: float = 0.8, exptime: float = 900.0) -> np.ndarray:
-    """Instrument + atmosphere throughput: electron/Å per unit f_λ (desispec ``calib``)."""
-    from ..sim.spectra import calib_vector as cv
-
-    return cv(band, wave, dw, exptime) / dw
+    """Atmosphere + instrument throughput: electron/Å per unit f_λ (desispec ``calib``)."""
+    return _instrument.calib_vector(band, wave, dw, exptime) / dw
 
 
 def gaussian_resolution(nfiber: int, nwave: int, seed: int = 0, ndiag: int = 11,

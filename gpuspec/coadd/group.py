@@ -1,10 +1,14 @@
 """HEALPix regrouping of frames into spectra files, and the file-level coadd step.
 
-:func:`group_frames` reads frames (any cameras, any exposures), assigns every
-fiber to the HEALPix pixel of its TARGET_RA/TARGET_DEC (healpy, NESTED, default
-nside 64, as desispec) and writes one ``spectra-{SURVEY}-{PROGRAM}-{HPXPIXEL}.fits``
-per pixel in the desispec spectra layout: one row per (exposure, fiber) and one
-band per camera arm.
+:func:`group_frames` reads frames or calibrated frames (cframes; any cameras, any
+exposures), assigns every fiber to the HEALPix pixel of its TARGET_RA/TARGET_DEC
+(healpy, NESTED, default nside 64, as desispec) and writes one
+``spectra-{SURVEY}-{PROGRAM}-{HPXPIXEL}.fits`` per pixel in the desispec spectra
+layout: one row per (exposure, fiber) and one band per camera arm. As desispec's
+``desi_group_spectra`` (``frames2spectra``): the fibermap row of a fiber is its first
+camera's, with FIBERSTATUS OR-ed over the cameras of the exposure, and the flux unit
+(BUNIT of the FLUX HDUs: electron/Angstrom for frames, 10**-17 erg/(s cm2 Angstrom) for
+cframes) is carried to the spectra; frames of different units are refused.
 
 :func:`coadd_file` reads a spectra file, coadds it (plain or
 spectroperfectionism) and writes the coadd file.
@@ -90,6 +94,20 @@ def _band_scores_table(frames, band, nrow):
     return None
 
 
+def _flux_unit(frames):
+    """The common BUNIT of the frames' FLUX (None when none has one); mixed units refused."""
+    units = {}
+    for f, _, fr in frames:
+        units.setdefault(str(fr.meta.get("BUNIT", "") or "").strip(), f)
+    if len(units) > 1:
+        desc = ", ".join(f"{u or 'none'!r} ({os.path.basename(f)})" for u, f in units.items())
+        raise InputError(f"frames of different flux units cannot be grouped: {desc}; group "
+                         "either frames or calibrated frames (cframes)",
+                         path=list(units.values())[-1], hdu="FLUX", keyword="BUNIT")
+    unit = next(iter(units), "")
+    return unit or None
+
+
 def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = DEFAULT_SURVEY,
                  program: str = DEFAULT_PROGRAM, healpix=None) -> list[str]:
     """Regroup frames into per-HEALPix spectra files.
@@ -97,8 +115,9 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
     Parameters
     ----------
     framefiles : list of str
-        Frame files (``gpuspec.io.read_frame``), any mix of cameras and exposures.
-        All frames of one camera arm must share a wavelength grid.
+        Frame or cframe files (``gpuspec.io.read_frame``), any mix of cameras and
+        exposures, all of one flux unit. All frames of one camera arm must share a
+        wavelength grid.
     outdir : str
         Output folder (created).
     nside : int
@@ -117,7 +136,8 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
     Raises
     ------
     InputError
-        A frame without CAMERA or FIBERMAP, or inconsistent grids of one arm.
+        A frame without CAMERA or FIBERMAP, inconsistent grids of one arm, or frames of
+        different flux units (frames mixed with cframes).
     """
     from ..io import read_frame
     from ..io.spectra import write_spectra
@@ -143,8 +163,10 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             raise InputError(f"wavelength grid differs from other {b!r} frames", path=f,
                              hdu="WAVELENGTH")
     # rows: unique (NIGHT, EXPID, FIBER)
+    flux_unit = _flux_unit(frames)
     keys = {}
     fmrows = []
+    status: dict = {}
     for f, b, fr in frames:
         fm = _with_exposure_columns(fr.fibermap, fr.meta)
         for i in range(len(fm)):
@@ -153,6 +175,8 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             if k not in keys:
                 keys[k] = len(keys)
                 fmrows.append(fm[i:i + 1])
+            if "FIBERSTATUS" in fm.dtype.names:   # OR-ed over the cameras (desispec)
+                status[keys[k]] = status.get(keys[k], 0) | int(fm["FIBERSTATUS"][i])
     nrow = len(keys)
     dts = [r.dtype for r in fmrows]
     base = max(dts, key=lambda d: len(d.names))
@@ -161,6 +185,9 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
         for c in r.dtype.names:
             if c in base.names:
                 fmap[c][j] = r[c][0]
+    if "FIBERSTATUS" in base.names:
+        for j, v in status.items():
+            fmap["FIBERSTATUS"][j] = v
     flux = {b: np.zeros((nrow, waves[b].size)) for b in bands}
     ivar = {b: np.zeros((nrow, waves[b].size)) for b in bands}
     mask = {b: np.zeros((nrow, waves[b].size), np.int32) for b in bands}
@@ -187,8 +214,6 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             nd = fr.resolution_data.shape[1]
             off = (ndiag[b] - nd) // 2
             res[b][idx, off:off + nd] = fr.resolution_data
-    units = {str(fr.meta.get("BUNIT", "")).strip() for _, _, fr in frames}
-    flux_unit = units.pop() if len(units) == 1 and "" not in units else None
     allscores = spectra_scores(scores, fmap["TARGETID"]) \
         if any(v is not None for v in scores.values()) else None
     ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])

@@ -1,5 +1,5 @@
-"""gpuspec.sim: simulator of DESI-like nights (raw exposures, calibrations, PSFs,
-fibermaps and truth spectra).
+"""gpuspec.sim: simulator of DESI-like nights (raw science and flat-lamp exposures,
+calibrations, PSFs, fibermaps and truth spectra).
 
 >>> from gpuspec.sim import simulate_night
 >>> info = simulate_night("D", cameras="b0,r0,z0", nspec=50, seed=1)   # doctest: +SKIP
@@ -8,7 +8,9 @@ Modules: :mod:`~gpuspec.sim.night` (orchestration and layout),
 :mod:`~gpuspec.sim.camera` (one camera), :mod:`~gpuspec.sim.render` (PSF
 projection), :mod:`~gpuspec.sim.raw` (electronics), :mod:`~gpuspec.sim.calib`
 (calibration images), :mod:`~gpuspec.sim.geometry` (amp layout),
-:mod:`~gpuspec.sim.targets`, :mod:`~gpuspec.sim.spectra` (truth spectra),
+:mod:`~gpuspec.sim.targets`, :mod:`~gpuspec.sim.spectra` (truth spectra, sky),
+:mod:`~gpuspec.sim.stars` (standard stars from the stellar template library),
+:mod:`~gpuspec.sim.instrument` (throughputs, atmosphere, fiber throughputs, flat lamp),
 :mod:`~gpuspec.sim.fibermap`, :mod:`~gpuspec.sim.truth` (truth files),
 :mod:`~gpuspec.sim.psfs` (per-camera PSFs), :mod:`~gpuspec.sim.streams` (seeds).
 See docs/simulator.md.

@@ -5,11 +5,13 @@ electronics, calibration images, truth wavelength grid, the noiseless object
 and sky images per unit scale). :func:`simulate_exposure` makes the raw image
 of one exposure:
 
-``expected e⁻ = pixflat · (transparency·R_obj + sky_scale·R_sky) + dark·EXPTIME``,
-drawn with Poisson noise, plus the bad-column charge, a small saturated blob
-and cosmic rays, then digitised (:func:`gpuspec.sim.raw.digitize`).
+``expected e⁻ = pixflat · (transparency·R_obj + sky_scale·R_sky) + dark·EXPTIME``
+(science) or ``pixflat · lamp_scale·R_flat + dark·EXPTIME`` (flat lamp), drawn with
+Poisson noise, plus the bad-column charge, a small saturated blob and cosmic rays,
+then digitised (:func:`gpuspec.sim.raw.digitize`).
 
-``R_obj`` and ``R_sky`` are the object and sky photons rendered through the PSF
+``R_obj``, ``R_sky`` and ``R_flat`` are the object, sky and lamp photons (each fiber's
+through its relative throughput ``T_f(λ)``) rendered through the PSF
 (:func:`gpuspec.psf.project.render_spectra`) on the chosen backend; the random
 draws are made on the host so pixels do not depend on the stream of device
 operations.
@@ -30,7 +32,8 @@ from .geometry import AMPS, MIN_AMP_ROWS, CCDGeometry
 from .psfs import trace_wave_range
 from .raw import Electronics, bias_structure, digitize, make_cosmics, make_electronics
 from ..psf.project import render_spectra
-from .spectra import SkyModel, calib_vector, object_flux
+from .instrument import calib_vector, flat_lamp
+from .spectra import SkyModel, object_flux
 from .streams import stream
 from .targets import Targets
 
@@ -76,8 +79,10 @@ class CameraSetup:
     objflux: np.ndarray              # (nspec, nwave) f_λ, 1e-17 erg/s/cm²/Å
     skyflux: np.ndarray              # (nwave,) f_λ per fiber at sky_scale=1
     calibvec: np.ndarray             # (nwave,) photons per bin per unit f_λ (for exptime)
+    thru: np.ndarray                 # (nspec, nwave) relative fiber throughput T_f(λ)
+    lamp: np.ndarray                 # (nwave,) flat lamp, electron/Å per fiber (T_f = 1)
     exptime: float
-    images: dict = field(default_factory=dict)   # {"obj", "sky"}: rendered host images
+    images: dict = field(default_factory=dict)   # {"obj", "sky"[, "flat"]}: host images
     timing: dict = field(default_factory=dict)   # seconds per stage
 
     @property
@@ -90,17 +95,24 @@ class CameraSetup:
 
         Host only (NumPy).
         """
-        thru = self.targets.fiber_thru[:, None]
-        sky = sky_scale * self.skyflux[None, :] * self.calibvec[None, :] * thru
-        obj = transparency * self.objflux * self.calibvec[None, :] * thru
+        sky = sky_scale * self.skyflux[None, :] * self.calibvec[None, :] * self.thru
+        obj = transparency * self.objflux * self.calibvec[None, :] * self.thru
         return obj + sky, sky
+
+    def flat_phot(self, lamp_scale: float) -> np.ndarray:
+        """Photo-electrons per bin (nspec, nwave) of a flat-lamp exposure.
+
+        Host only (NumPy).
+        """
+        return lamp_scale * self.lamp[None, :] * self.dw * self.thru
 
 
 @nvtx_range("sim_setup_camera")
 def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
                  wave_range, full_size: bool, exptime: float, xp=np,
-                 dw: float = WAVE_STEP) -> CameraSetup:
-    """Build the night-level state of ``camera`` and render its object and sky images.
+                 dw: float = WAVE_STEP, flats: bool = False) -> CameraSetup:
+    """Build the night-level state of ``camera`` and render its object and sky images
+    (and the flat-lamp image when ``flats``).
 
     Backends: numpy and cupy for the rendering (``xp``); the images are kept on the host.
     """
@@ -119,17 +131,21 @@ def setup_camera(seed: int, camera: str, psf, targets: Targets, sky: SkyModel,
     objflux = object_flux(targets, wave, dw)
     skyflux = sky.flux(wave, dw)
     calibvec = calib_vector(band, wave, dw, exptime)
+    thru = targets.throughput(wave)
     setup = CameraSetup(camera=camera, petal=petal, psf=psf, geom=geom, elec=elec, calib=cal,
                         wave_range=(float(wave_range[0]), float(wave_range[1])), wave=wave,
                         dw=dw, targets=targets, objflux=objflux, skyflux=skyflux,
-                        calibvec=calibvec, exptime=float(exptime))
+                        calibvec=calibvec, thru=thru, lamp=flat_lamp(band, wave),
+                        exptime=float(exptime))
     t1 = time.perf_counter()
-    thru = targets.fiber_thru[:, None]
-    ph = np.stack([objflux * calibvec[None, :] * thru,
-                   np.broadcast_to(skyflux[None, :] * calibvec[None, :] * thru, objflux.shape)])
-    img = render_spectra(psf, setup.fibers, wave, ph, (ny, nx), xp=xp)
-    setup.images["obj"] = backend.to_host(img[0])
-    setup.images["sky"] = backend.to_host(img[1])
+    comps = [objflux * calibvec[None, :] * thru, skyflux[None, :] * calibvec[None, :] * thru]
+    if flats:
+        comps.append(setup.flat_phot(1.0))
+    # components are rendered from the same spots, each independently (adding the flat
+    # leaves the object and sky images bit for bit unchanged)
+    img = render_spectra(psf, setup.fibers, wave, np.stack(comps), (ny, nx), xp=xp)
+    for k, name in enumerate(("obj", "sky", "flat")[:len(comps)]):
+        setup.images[name] = backend.to_host(img[k])
     del img
     backend.free_memory(xp)
     setup.timing = {"calib_s": round(t_cal, 3), "spectra_s": round(t1 - t0 - t_cal, 3),
@@ -147,7 +163,8 @@ def simulate_exposure(setup: CameraSetup, seed: int, expid: int, conditions: dic
     setup : CameraSetup
     seed, expid : int
     conditions : dict
-        ``transparency`` and ``sky_scale`` of the exposure.
+        ``transparency`` and ``sky_scale`` of a science exposure, or ``lamp_scale`` and
+        ``exptime`` of a flat-lamp exposure (``obstype`` ``"FLAT"``).
     return_model : bool
         Also return the expected electron image (noiseless, before cosmics).
 
@@ -155,19 +172,24 @@ def simulate_exposure(setup: CameraSetup, seed: int, expid: int, conditions: dic
     -------
     raw : int32 ndarray (raw shape)
     truth : dict
-        ``phot``, ``skyphot`` (nspec, nwave), ``cosmics`` (y, x, electrons),
-        ``saturated`` (y, x), ``offsets`` (amp -> ADU).
+        ``phot``, ``skyphot`` (nspec, nwave; None for a flat), ``cosmics`` (y, x,
+        electrons), ``saturated`` (y, x), ``offsets`` (amp -> ADU).
     model : ndarray, only if ``return_model``
 
     Host only (NumPy random draws on the images rendered by :func:`setup_camera`).
     """
     cam = setup.camera
     cal = setup.calib
-    tr, ss = conditions["transparency"], conditions["sky_scale"]
-    model = setup.images["obj"] * tr
-    model += setup.images["sky"] * ss
+    flat = conditions.get("obstype", "SCIENCE") == "FLAT"
+    exptime = float(conditions.get("exptime", setup.exptime))
+    if flat:
+        model = setup.images["flat"] * conditions["lamp_scale"]
+    else:
+        tr, ss = conditions["transparency"], conditions["sky_scale"]
+        model = setup.images["obj"] * tr
+        model += setup.images["sky"] * ss
     model *= cal.pixflat
-    model += cal.dark.astype(np.float64) * setup.exptime
+    model += cal.dark.astype(np.float64) * exptime
     electrons = stream(seed, "photons", cam, expid).poisson(model).astype(np.float64)
     rng = stream(seed, "defects", cam, expid)
     # bad column segment: spurious charge
@@ -181,13 +203,14 @@ def simulate_exposure(setup: CameraSetup, seed: int, expid: int, conditions: dic
     sat = np.stack(np.meshgrid(np.arange(sy, sy + 2), np.arange(sx, sx + 3), indexing="ij"),
                    axis=-1).reshape(-1, 2)
     cy, cx, ce = make_cosmics(stream(seed, "cosmics", cam, expid), setup.geom.trimmed_shape,
-                              setup.exptime)
+                              exptime)
     electrons[cy, cx] += ce
     brng = stream(seed, "bias_level", cam, expid)
     offsets = {a: setup.elec.offset[a] + float(brng.normal(0.0, 1.5)) for a in AMPS}
     raw = digitize(electrons, setup.geom, setup.elec, cal.structure, offsets,
                    stream(seed, "readnoise", cam, expid))
-    phot, skyphot = setup.phot(tr, ss)
+    phot, skyphot = (setup.flat_phot(conditions["lamp_scale"]), None) if flat else \
+        setup.phot(tr, ss)
     truth = {"phot": phot, "skyphot": skyphot, "cosmics": (cy, cx, ce), "saturated": sat,
              "offsets": offsets}
     if return_model:

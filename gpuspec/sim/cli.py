@@ -14,6 +14,11 @@ A narrow wavelength range (smaller crop) per band::
 
     gpuspec simulate --out D --cameras r0 --nspec 25 --wave-range r:6000:6300
 
+A flat-lamp exposure (EXPID 99) and two science exposures for the calibration chain,
+12 sky fibers and 6 standard stars among 50 fibers::
+
+    gpuspec simulate --out D --nspec 50 --nexp 2 --flats 1 --nsky 12 --nstd 6
+
 See docs/simulator.md for the layout, units and what is simulated.
 """
 
@@ -48,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     Host only (argument parsing; the step chooses its own backend).
     """
-    from .defaults import DEFAULT_EXPID0, DEFAULT_NIGHT
+    from .defaults import DEFAULT_EXPID0, DEFAULT_NFLAT, DEFAULT_NIGHT
 
     p = subparsers.add_parser(
         "simulate", help="write a simulated DESI-like night (raw, calibrations, PSFs, "
@@ -60,6 +65,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nspec", type=int, default=50,
                    help="fibers 0..nspec-1 of each petal (multiple of 25, <= 500; default 50)")
     p.add_argument("--nexp", type=int, default=1, help="number of exposures (default 1)")
+    p.add_argument("--flats", type=int, default=DEFAULT_NFLAT, metavar="N",
+                   help="flat-lamp exposures of the night (OBSTYPE FLAT, 120 s), EXPIDs "
+                        f"EXPID-N ... EXPID-1 (default {DEFAULT_NFLAT})")
+    p.add_argument("--nsky", type=int, default=None,
+                   help="sky fibers per petal among the NSPEC fibers (default 2 per "
+                        "25-fiber bundle)")
+    p.add_argument("--nstd", type=int, default=None,
+                   help="standard stars per petal among the NSPEC fibers (default 1 per "
+                        "25-fiber bundle)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--night", type=int, default=DEFAULT_NIGHT,
                    help=f"NIGHT, YYYYMMDD (default {DEFAULT_NIGHT})")
@@ -102,10 +116,12 @@ def main(args) -> int:
     info = simulate_night(args.out, cameras=args.cameras, nspec=args.nspec, nexp=args.nexp,
                           seed=args.seed, night=args.night, expid0=args.expid,
                           full_size=args.full_size, wave_ranges=ranges, exptime=args.exptime,
-                          backend_name=args.backend, template=args.template_psf)
+                          backend_name=args.backend, template=args.template_psf,
+                          nflat=args.flats, nsky=args.nsky, nstd=args.nstd)
     log.info("wrote %d files under %s in %.1f s", len(info["files"]), info["outdir"],
              info["timing"]["total_s"])
     print(json.dumps({"outdir": info["outdir"], "night": info["night"],
-                      "expids": info["expids"], "cameras": info["cameras"],
+                      "expids": info["expids"], "flat_expids": info["flat_expids"],
+                      "cameras": info["cameras"],
                       "nfiles": len(info["files"]), "total_s": info["timing"]["total_s"]}))
     return 0

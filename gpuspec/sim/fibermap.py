@@ -24,7 +24,7 @@ from ..io.fibermap import empty_fibermap
 from .streams import stream
 from .targets import Targets, Tile
 
-__all__ = ["make_fibermap", "desiname", "PLATE_SCALE_MM_PER_DEG"]
+__all__ = ["make_fibermap", "make_flat_fibermap", "desiname", "PLATE_SCALE_MM_PER_DEG"]
 
 PLATE_SCALE_MM_PER_DEG = 256.0
 _PRIORITY = {"ELG": 3000, "LRG": 3200, "QSO": 3400, "STD": 3300, "SKY": 0}
@@ -85,6 +85,30 @@ def make_fibermap(targets_by_petal: dict[int, Targets], tile: Tile, seed: int, n
         fm["PRIORITY_INIT"] = fm["PRIORITY"]
         fm["NUMOBS_INIT"] = np.where(kind == "QSO", 4, 1)
         _imaging(fm, t, stream(seed, "imaging", petal))
+        parts.append(fm)
+    return np.concatenate(parts)
+
+
+def make_flat_fibermap(targets_by_petal: dict[int, Targets], exptime: float) -> np.ndarray:
+    """Fibermap of a flat-lamp exposure: no targets, only where the fibers are.
+
+    What desispec's ``empty_fibermap`` gives a calibration exposure (FIBER, PETAL_LOC,
+    DEVICE_LOC, LOCATION, negative TARGETIDs, OBJTYPE ``'NON'``, FIBERSTATUS 0), with the
+    fibers' focal-plane positions (FIBERASSIGN_X/Y, FIBER_X/Y) where desispec takes them
+    from desimodel's focal plane: here the positions the night's tile puts them at
+    (the positioners do not move for the flats). ``autocalib_fiberflat`` fits the lamp
+    illumination in these coordinates.
+
+    Host only (NumPy).
+    """
+    parts = []
+    for petal in sorted(targets_by_petal):
+        t = targets_by_petal[petal]
+        fm = empty_fibermap(t.nspec, specmin=500 * petal, petal=petal)
+        fm["FIBERSTATUS"] = 0
+        fm["FIBERASSIGN_X"], fm["FIBERASSIGN_Y"] = t.fx, t.fy
+        fm["FIBER_X"], fm["FIBER_Y"] = t.fx, t.fy
+        fm["EXPTIME"] = exptime
         parts.append(fm)
     return np.concatenate(parts)
 

@@ -4,6 +4,7 @@
 
     D/raw/{NIGHT}/{EXPID:08d}/desi-{EXPID:08d}.fits.fz       raw, one HDU per camera
     D/raw/{NIGHT}/{EXPID:08d}/fibermap-{EXPID:08d}.fits      fibermap
+                                                              (science and flat-lamp exposures)
     D/calib/{bias,dark,pixflat,mask}-{camera}.fits           calibration images
     D/psf/psf-{camera}.fits                                   Gauss–Hermite PSF per camera
     D/truth/truth-{EXPID:08d}.fits                            true spectra per camera
@@ -34,7 +35,8 @@ from ..psf import read_psf, write_psf
 from ..profiling import nvtx_range
 from .camera import setup_camera, simulate_exposure
 from .cameras import PRODUCTION_WAVE, WAVE_STEP, parse_cameras
-from .fibermap import make_fibermap
+from .fibermap import make_fibermap, make_flat_fibermap
+from .instrument import AIRMASS
 from .geometry import AMPS
 from .psfs import camera_psf, default_template_path, load_template
 from .spectra import exposure_conditions, make_sky
@@ -45,8 +47,10 @@ __all__ = ["simulate_night", "DEFAULT_NIGHT", "DEFAULT_EXPID0", "layout"]
 
 log = logging.getLogger(__name__)
 
-from .defaults import DEFAULT_EXPID0, DEFAULT_NIGHT  # noqa: E402
+from .defaults import (DEFAULT_EXPID0, DEFAULT_NFLAT, DEFAULT_NIGHT,  # noqa: E402
+                       FLAT_EXPTIME)
 _OVERHEAD_S = 180.0  # seconds between exposures (readout, slew)
+_FLAT_OVERHEAD_S = 60.0  # seconds between flat-lamp exposures
 
 
 def layout(outdir: str, night: int, expid: int | None = None, camera: str | None = None) -> dict:
@@ -68,13 +72,18 @@ def layout(outdir: str, night: int, expid: int | None = None, camera: str | None
     return d
 
 
-def _dateobs(night: int, index: int, exptime: float) -> tuple[str, float]:
-    """DATE-OBS (UTC, ISO) and MJD-OBS of exposure ``index`` of ``night``."""
+def _dateobs(night: int, index: int, exptime: float, flat: bool = False) -> tuple[str, float]:
+    """DATE-OBS (UTC, ISO) and MJD-OBS of exposure ``index`` of ``night``.
+
+    Science exposures from 03:00 UTC after the night's date (20:00 MST), flat-lamp
+    exposures in the afternoon before, from 00:00 UTC (17:00 MST).
+    """
     try:
         d = _dt.datetime.strptime(str(int(night)), "%Y%m%d")
     except ValueError:
         raise InputError(f"night must be YYYYMMDD, got {night!r}") from None
-    t = d + _dt.timedelta(days=1, hours=3) + _dt.timedelta(seconds=index * (exptime + _OVERHEAD_S))
+    start, gap = (0, _FLAT_OVERHEAD_S) if flat else (3, _OVERHEAD_S)
+    t = d + _dt.timedelta(days=1, hours=start) + _dt.timedelta(seconds=index * (exptime + gap))
     mjd = (t - _dt.datetime(1858, 11, 17)).total_seconds() / 86400.0
     return t.strftime("%Y-%m-%dT%H:%M:%S.000"), mjd
 
@@ -105,13 +114,19 @@ def _wave_ranges(cameras, wave_ranges, psfs) -> dict:
 
 
 def _targets_table(targets: dict[int, Targets], tile: Tile) -> np.ndarray:
+    """The TARGETS table of the truth files (one row per simulated fiber)."""
+    from .stars import star_library
+
+    lib = star_library()
     rows = []
     for p in sorted(targets):
         t = targets[p]
         a = np.zeros(t.nspec, dtype=[("FIBER", "i4"), ("PETAL_LOC", "i2"), ("TARGETID", "i8"),
                                      ("TRUETYPE", "S3"), ("OBJTYPE", "S3"), ("TRUEZ", "f8"),
                                      ("MAG_R", "f4"), ("FLUX_G", "f4"), ("FLUX_R", "f4"),
-                                     ("FLUX_Z", "f4"), ("FIBER_THRU", "f8")])
+                                     ("FLUX_Z", "f4"), ("FIBER_THRU", "f8"),
+                                     ("TEMPLATEID", "i4"), ("TEFF", "f4"), ("LOGG", "f4"),
+                                     ("FEH", "f4"), ("VRAD", "f4")])
         a["FIBER"] = t.fiber
         a["PETAL_LOC"] = p
         a["TARGETID"] = t.targetid(tile.tileid)
@@ -121,15 +136,31 @@ def _targets_table(targets: dict[int, Targets], tile: Tile) -> np.ndarray:
         a["MAG_R"] = t.mag_r
         a["FLUX_G"], a["FLUX_R"], a["FLUX_Z"] = t.flux_g, t.flux_r, t.flux_z
         a["FIBER_THRU"] = t.fiber_thru
+        a["TEMPLATEID"] = t.template
+        std = t.template >= 0
+        a["TEFF"] = t.teff
+        a["LOGG"] = np.where(std, lib.logg[np.maximum(t.template, 0)], 0.0)
+        a["FEH"] = np.where(std, lib.feh[np.maximum(t.template, 0)], 0.0)
+        a["VRAD"] = t.vrad
         rows.append(a)
     return np.concatenate(rows)
 
 
-def _check(nspec, nexp, exptime, seed, expid0, night):
+def _check(nspec, nexp, exptime, seed, expid0, night, nflat=0, nsky=None, nstd=None):
     if not isinstance(nspec, (int, np.integer)) or nspec < 25 or nspec > 500 or nspec % 25:
         raise InputError(f"nspec must be a multiple of 25 between 25 and 500, got {nspec!r}")
     if int(nexp) < 1:
         raise InputError(f"nexp must be >= 1, got {nexp!r}")
+    if int(nflat) < 0:
+        raise InputError(f"the number of flat exposures must be >= 0, got {nflat!r}")
+    if int(expid0) - int(nflat) < 0:
+        raise InputError(f"flat exposures take the EXPIDs before the first science one: "
+                         f"expid {expid0} leaves no room for {nflat} flats")
+    for name, v in (("nsky", nsky), ("nstd", nstd)):
+        if v is not None and not 0 <= int(v) <= nspec:
+            raise InputError(f"{name} must be between 0 and nspec={nspec}, got {v!r}")
+    if (nsky or 0) + (nstd or 0) > nspec:
+        raise InputError(f"nsky + nstd = {(nsky or 0) + (nstd or 0)} exceeds nspec={nspec}")
     if not float(exptime) > 0:
         raise InputError(f"exptime must be > 0 s, got {exptime!r}")
     if int(seed) < 0:
@@ -165,14 +196,20 @@ def _write_calibrations(outdir, night, cam, setup, files, rel) -> None:
     files += [rel(lay[k]) for k in ("bias", "dark", "pixflat", "mask")]
 
 
-def _camera_header(cam, setup, night, expid, exptime, date, tile) -> dict:
-    """Raw camera-HDU header of one exposure (exposure keywords, geometry, electronics)."""
+def _camera_header(cam, setup, night, expid, exptime, date, tile, flat=False) -> dict:
+    """Raw camera-HDU header of one exposure (exposure keywords, geometry, electronics).
+
+    Flat-lamp exposures have OBSTYPE FLAT, FLAVOR flat and no tile keywords.
+    """
     dateobs, mjd = date
     hdr = {"CAMERA": cam, "DETECTOR": f"SIM-{cam}", "FEEVER": "SIM",
            "SPECGRPH": int(cam[1]), "NIGHT": night, "EXPID": expid, "EXPTIME": exptime,
-           "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE",
-           "FLAVOR": "science", "TILEID": tile.tileid, "TILERA": tile.ra,
-           "TILEDEC": tile.dec}
+           "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8)}
+    if flat:
+        hdr.update({"OBSTYPE": "FLAT", "FLAVOR": "flat"})
+    else:
+        hdr.update({"OBSTYPE": "SCIENCE", "FLAVOR": "science", "TILEID": tile.tileid,
+                    "TILERA": tile.ra, "TILEDEC": tile.dec})
     hdr.update(setup.geom.header())
     hdr.update(setup.elec.header())
     return hdr
@@ -201,17 +238,24 @@ def _simulate_camera(cam, p: dict, night_inputs: dict, raws, truths, files, rel)
     psf = night_inputs["psfs"][cam]
     setup = setup_camera(p["seed"], cam, psf, night_inputs["targets"][int(cam[1])],
                          night_inputs["sky"], night_inputs["ranges"][cam], p["full_size"],
-                         p["exptime"], xp=p["xp"])
+                         p["exptime"], xp=p["xp"], flats=bool(night_inputs["flat_expids"]))
     _write_calibrations(p["outdir"], p["night"], cam, setup, files, rel)
-    for e in night_inputs["expids"]:
-        raw, truth = simulate_exposure(setup, p["seed"], e, night_inputs["conds"][e])
-        hdr = _camera_header(cam, setup, p["night"], e, p["exptime"], night_inputs["dates"][e],
-                             p["tile"])
+    for e in night_inputs["flat_expids"] + night_inputs["expids"]:
+        cond = night_inputs["conds"][e]
+        flat = cond.get("obstype") == "FLAT"
+        raw, truth = simulate_exposure(setup, p["seed"], e, cond)
+        hdr = _camera_header(cam, setup, p["night"], e, cond.get("exptime", p["exptime"]),
+                             night_inputs["dates"][e], p["tile"], flat=flat)
         raws[e][cam] = (raw.astype(np.uint16), hdr)
-        truths[e][cam] = {"wave": setup.wave, "dw": setup.dw, "fibermin": 500 * setup.petal,
-                          "phot": truth["phot"], "skyphot": truth["skyphot"],
-                          "calib": setup.calibvec, "cosmics": truth["cosmics"],
-                          "saturated": truth["saturated"]}
+        t = {"wave": setup.wave, "dw": setup.dw, "fibermin": 500 * setup.petal,
+             "phot": truth["phot"], "thru": setup.thru, "cosmics": truth["cosmics"],
+             "saturated": truth["saturated"]}
+        if flat:
+            t["lamp"] = setup.lamp * cond["lamp_scale"]
+        else:
+            t.update(skyphot=truth["skyphot"], calib=setup.calibvec, objflux=setup.objflux,
+                     skyflux=setup.skyflux * cond["sky_scale"])
+        truths[e][cam] = t
     info = _camera_info(setup, night_inputs["ranges"][cam], psf)
     timing = dict(setup.timing, total_s=round(time.perf_counter() - t0, 3))
     log.info("simulated %s: %dx%d CCD, %d fibers x %d wavelengths, %.1f s", cam, setup.geom.ny,
@@ -219,42 +263,79 @@ def _simulate_camera(cam, p: dict, night_inputs: dict, raws, truths, files, rel)
     return info, timing
 
 
+def _primary_header(p: dict, e: int, night_inputs: dict, raw_cams) -> dict:
+    """Raw primary (SPEC) header of one exposure: science, or flat lamp (no tile)."""
+    night, tile, seed = p["night"], p["tile"], p["seed"]
+    dateobs, mjd = night_inputs["dates"][e]
+    cond = night_inputs["conds"][e]
+    hdr = {"EXPID": e, "NIGHT": night, "EXPTIME": cond.get("exptime", p["exptime"]),
+           "DATE-OBS": dateobs, "MJD-OBS": round(mjd, 8)}
+    if cond.get("obstype") == "FLAT":
+        hdr.update({"OBSTYPE": "FLAT", "FLAVOR": "flat", "PROGRAM": "calib",
+                    "SURVEY": "calib"})
+    else:
+        hdr.update({"OBSTYPE": "SCIENCE", "FLAVOR": "science", "PROGRAM": "dark",
+                    "SURVEY": "main", "TILEID": tile.tileid, "TILERA": tile.ra,
+                    "TILEDEC": tile.dec, "SKYRA": tile.ra, "SKYDEC": tile.dec,
+                    "AIRMASS": AIRMASS})
+    hdr.update({"INSTRUME": "DESI", "OBSERVAT": "KPNO", "DOSVER": "SIM", "SIMSEED": seed,
+                "CAMWORD": cameras_to_camword(raw_cams.keys())})
+    return hdr
+
+
 def _write_exposure(p: dict, e: int, night_inputs: dict, raw_cams: dict, truth_cams: dict,
                     ttable, files, rel) -> None:
-    """Raw file, fibermap and truth of one exposure."""
-    outdir, night, exptime, tile, seed = (p["outdir"], p["night"], p["exptime"], p["tile"],
-                                          p["seed"])
+    """Raw file, fibermap and truth of one exposure (science or flat lamp)."""
+    outdir, night, tile, seed = p["outdir"], p["night"], p["tile"], p["seed"]
     lay = layout(outdir, night, expid=e)
-    dateobs, mjd = night_inputs["dates"][e]
-    conds = night_inputs["conds"][e]
-    primary = {"EXPID": e, "NIGHT": night, "EXPTIME": exptime, "DATE-OBS": dateobs,
-               "MJD-OBS": round(mjd, 8), "OBSTYPE": "SCIENCE", "FLAVOR": "science",
-               "PROGRAM": "dark", "SURVEY": "main", "TILEID": tile.tileid,
-               "TILERA": tile.ra, "TILEDEC": tile.dec, "SKYRA": tile.ra, "SKYDEC": tile.dec,
-               "AIRMASS": 1.1, "INSTRUME": "DESI", "OBSERVAT": "KPNO", "DOSVER": "SIM",
-               "SIMSEED": seed, "CAMWORD": cameras_to_camword(raw_cams.keys())}
+    _, mjd = night_inputs["dates"][e]
+    cond = night_inputs["conds"][e]
+    flat = cond.get("obstype") == "FLAT"
+    primary = _primary_header(p, e, night_inputs, raw_cams)
+    exptime = primary["EXPTIME"]
     write_raw(lay["raw"], raw_cams, primary)
-    fm = make_fibermap(night_inputs["targets"], tile, seed, night, e, mjd, exptime)
-    write_fibermap(lay["fibermap"], fm, {"EXPID": e, "NIGHT": night, "TILEID": tile.tileid,
-                                         "TILERA": tile.ra, "TILEDEC": tile.dec,
-                                         "EXPTIME": exptime, "SURVEY": "main",
-                                         "PROGRAM": "dark"})
-    tmeta = {"NIGHT": night, "EXPID": e, "EXPTIME": exptime, "TILEID": tile.tileid,
-             "SEED": seed, "SKYSCALE": conds["sky_scale"],
-             "TRANSP": conds["transparency"], "DW": WAVE_STEP}
+    fmhdr = {"EXPID": e, "NIGHT": night, "EXPTIME": exptime,
+             "SURVEY": primary["SURVEY"], "PROGRAM": primary["PROGRAM"]}
+    if flat:
+        fm = make_flat_fibermap(night_inputs["targets"], exptime)
+    else:
+        fm = make_fibermap(night_inputs["targets"], tile, seed, night, e, mjd, exptime)
+        fmhdr.update({"TILEID": tile.tileid, "TILERA": tile.ra, "TILEDEC": tile.dec})
+    write_fibermap(lay["fibermap"], fm, fmhdr)
+    tmeta = {"NIGHT": night, "EXPID": e, "EXPTIME": exptime, "OBSTYPE": primary["OBSTYPE"],
+             "SEED": seed, "DW": WAVE_STEP}
+    if flat:
+        tmeta["LAMPSCAL"] = cond["lamp_scale"]
+    else:
+        tmeta.update({"TILEID": tile.tileid, "SKYSCALE": cond["sky_scale"],
+                      "TRANSP": cond["transparency"], "AIRMASS": AIRMASS})
     write_truth(lay["truth"], tmeta, ttable, truth_cams)
     files += [rel(lay["raw"]), rel(lay["fibermap"]), rel(lay["truth"])]
+
+
+def _flat_conditions(seed: int, expid: int) -> dict:
+    """Lamp brightness (1 ± 1 %, uniform) and exposure time of one flat-lamp exposure."""
+    from .streams import stream
+
+    return {"obstype": "FLAT", "exptime": FLAT_EXPTIME,
+            "lamp_scale": float(stream(seed, "lamp", expid).uniform(0.99, 1.01))}
 
 
 def _night_inputs(p: dict, cams, psfs, ranges) -> dict:
     """Targets per petal, sky, and per exposure: EXPIDs, conditions and dates."""
     expids = [p["expid0"] + i for i in range(p["nexp"])]
+    flat_expids = [p["expid0"] - p["nflat"] + i for i in range(p["nflat"])]
+    conds = {e: exposure_conditions(p["seed"], e) for e in expids}
+    conds.update({e: _flat_conditions(p["seed"], e) for e in flat_expids})
+    dates = {e: _dateobs(p["night"], i, p["exptime"]) for i, e in enumerate(expids)}
+    dates.update({e: _dateobs(p["night"], i, FLAT_EXPTIME, flat=True)
+                  for i, e in enumerate(flat_expids)})
     return {"psfs": psfs, "ranges": ranges,
-            "targets": {pt: make_targets(p["seed"], pt, p["nspec"], p["tile"])
+            "targets": {pt: make_targets(p["seed"], pt, p["nspec"], p["tile"], nsky=p["nsky"],
+                                         nstd=p["nstd"])
                         for pt in sorted({int(c[1]) for c in cams})},
-            "sky": make_sky(p["seed"]), "expids": expids,
-            "conds": {e: exposure_conditions(p["seed"], e) for e in expids},
-            "dates": {e: _dateobs(p["night"], i, p["exptime"]) for i, e in enumerate(expids)}}
+            "sky": make_sky(p["seed"]), "expids": expids, "flat_expids": flat_expids,
+            "conds": conds, "dates": dates}
 
 
 def _write_simulation_json(p: dict, cams, night_inputs, ranges, template_path, caminfo,
@@ -265,6 +346,9 @@ def _write_simulation_json(p: dict, cams, night_inputs, ranges, template_path, c
         "gpuspec_version": __version__,
         "seed": p["seed"], "night": p["night"], "expids": expids, "cameras": cams,
         "nspec": p["nspec"], "nexp": p["nexp"], "exptime": p["exptime"],
+        "flat_expids": night_inputs["flat_expids"], "nflat": p["nflat"],
+        "flat_exptime": FLAT_EXPTIME, "nsky": p["nsky"], "nstd": p["nstd"],
+        "airmass": AIRMASS,
         "full_size": bool(p["full_size"]),
         "wave_step": WAVE_STEP, "backend": backend.resolve(backend_name),
         "wave_ranges": {c: [ranges[c][0], ranges[c][1], WAVE_STEP] for c in cams},
@@ -272,6 +356,8 @@ def _write_simulation_json(p: dict, cams, night_inputs, ranges, template_path, c
         "template_psf": os.path.abspath(template_path),
         "conditions": {str(e): {k: conds[e][k] for k in ("sky_scale", "transparency")}
                        for e in expids},
+        "flat_conditions": {str(e): {"lamp_scale": conds[e]["lamp_scale"]}
+                            for e in night_inputs["flat_expids"]},
         "camera_info": caminfo, "amps": list(AMPS),
         "files": files, "timing": timing,
     }
@@ -287,7 +373,9 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
                    nexp: int = 1, seed: int = 1, night: int = DEFAULT_NIGHT,
                    expid0: int = DEFAULT_EXPID0, full_size: bool = False,
                    wave_ranges=None, exptime: float = 900.0, backend_name: str = "auto",
-                   tile: Tile | None = None, template: str | None = None) -> dict:
+                   tile: Tile | None = None, template: str | None = None,
+                   nflat: int = DEFAULT_NFLAT, nsky: int | None = None,
+                   nstd: int | None = None) -> dict:
     """Simulate a night of DESI-like exposures and write them under ``outdir``.
 
     Parameters
@@ -321,6 +409,12 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
         Tile pointing (default TILEID 1000 at RA 150.1, Dec 2.2).
     template : str, optional
         Template PSF file (default: the real r0 PSF of shared/reference).
+    nflat : int
+        Flat-lamp exposures (OBSTYPE FLAT, 120 s) of the night, EXPIDs
+        ``expid0-nflat … expid0-1``, taken before the science exposures.
+    nsky, nstd : int, optional
+        Sky fibers and standard stars per petal among the ``nspec`` lit fibers
+        (default 2 and 1 per 25-fiber bundle: 40 and 20 per 500 fibers).
 
     Returns
     -------
@@ -333,10 +427,12 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
     Rendering backends: numpy and cupy. Everything else is host NumPy.
     """
     t_start = time.perf_counter()
-    _check(nspec, nexp, exptime, seed, expid0, night)
+    _check(nspec, nexp, exptime, seed, expid0, night, nflat, nsky, nstd)
     outdir = os.fspath(outdir)
     p = {"outdir": outdir, "nspec": int(nspec), "nexp": int(nexp), "seed": int(seed),
          "night": int(night), "expid0": int(expid0), "exptime": float(exptime),
+         "nflat": int(nflat), "nsky": None if nsky is None else int(nsky),
+         "nstd": None if nstd is None else int(nstd),
          "full_size": full_size, "tile": tile or Tile(), "xp": backend.get_xp(backend_name)}
     cams = parse_cameras(cameras)
     os.makedirs(outdir, exist_ok=True)
@@ -352,7 +448,7 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
     ranges = _wave_ranges(cams, wave_ranges, band_psf_model)   # checked before any write
     psfs = _write_psfs(outdir, p["night"], cams, band_psf_model, template_path, files, rel)
     night_inputs = _night_inputs(p, cams, psfs, ranges)
-    expids = night_inputs["expids"]
+    expids = night_inputs["flat_expids"] + night_inputs["expids"]
     raws: dict = {e: {} for e in expids}
     truths: dict = {e: {} for e in expids}
     caminfo: dict = {}

@@ -6,10 +6,12 @@ Units
   with constant step ``dw`` (default 0.8 Å, aligned with the production grid).
 - Flux densities f_λ: 1e-17 erg/s/cm²/Å (DESI's unit), averaged over each bin
   (emission and absorption lines are integrated exactly over the bin edges).
-- ``calib`` (:func:`calib_vector`): photons detected per bin per unit f_λ
-  (1e-17 erg/s/cm²/Å) for the exposure time, the collecting area and the system
-  throughput of the camera. ``PHOT = (f_obj·transparency + f_sky)·calib·fiber_thru``
-  are the photo-electrons per bin that enter the rendering (before pixflat).
+- ``calib`` (:func:`gpuspec.sim.instrument.calib_vector`): photons detected per bin per
+  unit f_λ (1e-17 erg/s/cm²/Å) for the exposure time, the collecting area, the
+  atmosphere and the instrument throughput of the camera.
+  ``PHOT = (f_obj·transparency + f_sky·sky_scale)·calib·T_f(λ)`` are the photo-electrons
+  per bin that enter the rendering (before pixflat), ``T_f`` the fiber's relative
+  throughput (:meth:`gpuspec.sim.targets.Targets.throughput`).
 
 Host-side NumPy (small arrays: nspec × nwave).
 """
@@ -21,39 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
+from .instrument import AREA_CM2, calib_vector, throughput
 from .streams import stream
 from .targets import Targets, continuum
 
+# AREA_CM2, throughput and calib_vector live in :mod:`gpuspec.sim.instrument`
 __all__ = ["AREA_CM2", "throughput", "calib_vector", "bin_gauss", "object_flux", "SkyModel",
            "make_sky", "exposure_conditions"]
-
-HC_ERG_AA = 6.62607015e-27 * 2.99792458e18   # h·c in erg·Å (exact SI definitions)
-AREA_CM2 = 8.678e4          # Mayall collecting area used by the simulator (cm²)
-
-# system throughput (atmosphere × telescope × fiber × spectrograph × CCD QE), piecewise linear
-_THRU = {
-    "b": ([3300, 3600, 4000, 4600, 5200, 5800, 6100], [0.02, 0.08, 0.22, 0.32, 0.33, 0.28, 0.22]),
-    "r": ([5500, 5760, 6500, 7620, 7850], [0.22, 0.30, 0.34, 0.30, 0.25]),
-    "z": ([7200, 7520, 8500, 9300, 9824, 10100], [0.26, 0.32, 0.30, 0.20, 0.10, 0.05]),
-}
-
-
-def throughput(band: str, wave) -> np.ndarray:
-    """System throughput of ``band`` at ``wave`` (0–1).
-
-    Host only (NumPy).
-    """
-    x, y = _THRU[band]
-    return np.interp(np.asarray(wave, dtype=np.float64), x, y)
-
-
-def calib_vector(band: str, wave, dw: float, exptime: float) -> np.ndarray:
-    """Photons per bin per unit f_λ (1e-17 erg/s/cm²/Å): 1e-17·λ/(hc)·A·T(λ)·t·dw.
-
-    Host only (NumPy).
-    """
-    w = np.asarray(wave, dtype=np.float64)
-    return 1e-17 * w / HC_ERG_AA * AREA_CM2 * throughput(band, w) * float(exptime) * float(dw)
 
 
 def bin_gauss(wave, dw: float, center, sigma) -> np.ndarray:
@@ -71,13 +47,19 @@ def bin_gauss(wave, dw: float, center, sigma) -> np.ndarray:
 def object_flux(t: Targets, wave, dw: float) -> np.ndarray:
     """Bin-averaged object f_λ (1e-17 erg/s/cm²/Å), shape (nspec, nwave).
 
-    Continuum (sampled at bin centres) × absorption dips + emission lines
-    integrated over each bin. Sky fibers get 0.
+    Galaxies and QSOs: continuum (sampled at bin centres) × absorption dips + emission
+    lines integrated over each bin. Standard stars: their template averaged over each
+    bin (:func:`gpuspec.sim.stars.star_flux`). Sky fibers get 0.
 
     Host only (NumPy).
     """
+    from .stars import star_flux
+
     w = np.asarray(wave, dtype=np.float64)
     f = continuum(t, w)
+    std = np.flatnonzero(t.kind == "STD")
+    if std.size:
+        f[std] = star_flux(t.template[std], t.vrad[std], t.mag_r[std], w)
     for j in range(t.ab_wave.shape[1]):
         depth = t.ab_depth[:, j]
         if not np.any(depth):
@@ -141,17 +123,22 @@ _SKY_LINES = [  # vacuum Å, flux (1e-17 erg/s/cm² per fiber)
 def make_sky(seed: int) -> SkyModel:
     """The night's sky model (fixed for the night; drawn from ``stream(seed, "sky")``).
 
-    Fixed atomic lines (Hg, [OI], Na) plus a pseudo-OH forest of ~300 lines
-    between 6200 and 10100 Å whose density and strength grow to the red.
+    Atomic lines (Hg 4047/4358/5461, [OI] 5577/6300/6364, Na D) plus an OH forest: the
+    bright Kitt Peak lines redward of 5900 Å (:data:`gpuspec.calibrate.skylines.SKY_LINES`,
+    the wavelengths desispec fits throughput corrections on) with log-normal fluxes
+    (median 8 × 1e-17 erg/s/cm² per fiber, σ_ln 0.9) growing to the red (×3 at 10100 Å).
 
     Host only (NumPy).
     """
+    from ..calibrate.skylines import SKY_LINES
+
     rng = stream(seed, "sky")
-    nb = 300
-    u = rng.random(nb)
-    oh_wave = 6200.0 + 3900.0 * np.sqrt(u)  # more lines to the red
-    oh_flux = rng.lognormal(np.log(8.0), 0.9, nb) * (1.0 + 2.0 * (oh_wave - 6200.0) / 3900.0)
-    lw = np.concatenate([[w for w, _ in _SKY_LINES], oh_wave])
+    atomic = np.array([w for w, _ in _SKY_LINES])
+    oh_wave = SKY_LINES[(SKY_LINES > 5900.0)
+                        & (np.abs(SKY_LINES[:, None] - atomic[None, :]).min(axis=1) > 1.0)]
+    oh_flux = rng.lognormal(np.log(8.0), 0.9, oh_wave.size) * (
+        1.0 + 2.0 * np.clip(oh_wave - 6200.0, 0.0, None) / 3900.0)
+    lw = np.concatenate([atomic, oh_wave])
     lf = np.concatenate([[f for _, f in _SKY_LINES], oh_flux])
     order = np.argsort(lw)
     cx = np.array([3300.0, 3800.0, 4500.0, 5500.0, 6500.0, 7500.0, 8500.0, 9500.0, 10200.0])

@@ -5,8 +5,10 @@ Each petal's 500 fibers are drawn from their own random stream
 fiber's target does not depend on ``nspec`` or on the other petals. The same
 targets are observed in every exposure of the night.
 
-Per 25-fiber bundle: 2 sky fibers and 1 standard star at random slots; the other
-fibers are ELG (55 %), LRG (30 %) or QSO (15 %).
+Per 25-fiber bundle, by default, 2 sky fibers and 1 standard star at random slots (40
+and 20 per petal); other numbers per petal (``nsky``, ``nstd``) are spread evenly over
+the lit bundles. The other fibers are ELG (55 %), LRG (30 %) or QSO (15 %). Standard
+stars are templates of :mod:`gpuspec.calibrate.templates` (:mod:`gpuspec.sim.stars`).
 
 All wavelengths are vacuum Å in the observed frame; line fluxes are in
 1e-17 erg/s/cm²; magnitudes are AB; ``FLUX_*`` in nanomaggies.
@@ -49,20 +51,13 @@ _QSO_LINES = [  # name, λ, rest equivalent width (Å)
     ("LYA", 1215.67, 80.0), ("CIV", 1549.48, 30.0), ("CIII", 1908.73, 20.0),
     ("MGII", 2799.49, 30.0), ("HBETA", 4862.68, 45.0), ("HALPHA", 6564.61, 200.0),
 ]
-_STAR_LINES = [  # name, λ, depth, sigma (Å)
-    ("H8", 3890.15, 0.35, 5.0), ("CAK", 3934.78, 0.45, 4.0), ("CAH", 3969.59, 0.40, 4.0),
-    ("HDELTA", 4102.89, 0.40, 7.0), ("HGAMMA", 4341.68, 0.40, 7.0),
-    ("HBETA", 4862.68, 0.40, 7.0), ("MGB1", 5174.1, 0.25, 2.0), ("MGB2", 5185.0, 0.25, 2.0),
-    ("NAD1", 5891.58, 0.25, 1.5), ("NAD2", 5897.56, 0.25, 1.5), ("HALPHA", 6564.61, 0.35, 6.0),
-    ("CAT1", 8500.36, 0.25, 3.0), ("CAT2", 8544.44, 0.30, 3.0), ("CAT3", 8664.52, 0.28, 3.0),
-]
 _LRG_LINES = [  # absorption: name, λ, depth, sigma (Å), rest frame
     ("CAK", 3934.78, 0.35, 6.0), ("CAH", 3969.59, 0.30, 6.0), ("GBAND", 4305.6, 0.15, 8.0),
     ("MGB", 5177.0, 0.15, 8.0), ("NAD", 5894.6, 0.10, 6.0),
 ]
 
 _NEM = max(len(_ELG_LINES), len(_QSO_LINES))
-_NAB = max(len(_STAR_LINES), len(_LRG_LINES))
+_NAB = len(_LRG_LINES)
 
 
 @dataclass(frozen=True)
@@ -86,12 +81,18 @@ class Targets:
     z : redshift (0 for stars and sky)
     mag_r : AB r magnitude (nan for sky)
     flux_g, flux_r, flux_z : nanomaggies of the continuum at :data:`BAND_WAVE`
-    cont_kind : 0 galaxy, 1 QSO power law, 2 blackbody, -1 none (sky)
+    cont_kind : 0 galaxy, 1 QSO power law, 2 stellar template, -1 none (sky)
     cont_norm : f_λ (1e-17 erg/s/cm²/Å) of the continuum at 6400 Å
-    slope, dbreak, teff : continuum shape (galaxy slope/4000 Å break, QSO slope, star Teff)
+    slope, dbreak : continuum shape (galaxy slope/4000 Å break, QSO slope)
+    teff : Teff of a standard star's template (0 for other fibers)
     em_wave, em_flux, em_sigma : (nspec, NEM) observed emission lines (Å, 1e-17 erg/s/cm², Å)
     ab_wave, ab_depth, ab_sigma : (nspec, NAB) observed absorption lines (multiplicative)
-    fiber_thru : relative fiber throughput (night-fixed)
+    fiber_thru : achromatic relative fiber throughput (night-fixed)
+    thru_g1, thru_g2 : wavelength-shape coefficients of the fiber throughput
+        (:func:`gpuspec.sim.instrument.fiber_throughput`)
+    template : index of the standard star's template in
+        :func:`gpuspec.sim.stars.star_library` (−1 for other fibers)
+    vrad : radial velocity of standard stars (km/s)
     ra, dec, fx, fy : target position (deg) and focal-plane position (mm)
     """
 
@@ -115,6 +116,10 @@ class Targets:
     ab_depth: np.ndarray
     ab_sigma: np.ndarray
     fiber_thru: np.ndarray
+    thru_g1: np.ndarray
+    thru_g2: np.ndarray
+    template: np.ndarray
+    vrad: np.ndarray
     ra: np.ndarray
     dec: np.ndarray
     fx: np.ndarray
@@ -142,6 +147,15 @@ class Targets:
             out[self.kind == k] = bit
         return out
 
+    def throughput(self, wave) -> np.ndarray:
+        """Relative throughput T_f(λ) of each fiber on ``wave``: (nspec, nwave).
+
+        Host only (NumPy).
+        """
+        from .instrument import fiber_throughput
+
+        return fiber_throughput(self.fiber_thru, self.thru_g1, self.thru_g2, wave)
+
     def subset(self, n: int) -> "Targets":
         """The first ``n`` fibers.
 
@@ -155,7 +169,9 @@ class Targets:
 
 
 def continuum(t: Targets, wave: np.ndarray) -> np.ndarray:
-    """Continuum f_λ (1e-17 erg/s/cm²/Å) of each fiber at ``wave``: (nspec, nwave).
+    """Continuum f_λ (1e-17 erg/s/cm²/Å) of each galaxy and QSO at ``wave``: (nspec, nwave).
+
+    0 for standard stars (whole templates, :func:`gpuspec.sim.stars.star_flux`) and sky.
 
     Host only (NumPy).
     """
@@ -172,12 +188,9 @@ def continuum(t: Targets, wave: np.ndarray) -> np.ndarray:
     lya = 1215.67 * z1
     tau = 0.0036 * (w / 1215.67) ** 3.46
     qso = np.where(w < lya, qso * np.exp(-tau), qso)
-    # blackbody shape normalised at 6400 Å
-    hc_k = 1.438777e8  # hc/k in Å·K
-    teff = np.where(t.teff > 0, t.teff, 6000.0)[:, None]  # unused for non-stars
-    bb = (6400.0 / w) ** 5 * np.expm1(hc_k / (6400.0 * teff)) / np.expm1(hc_k / (w * teff))
     kind = t.cont_kind[:, None]
-    shape = np.where(kind == 0, gal, np.where(kind == 1, qso, np.where(kind == 2, bb, 0.0)))
+    # standard stars (cont_kind 2) are templates (gpuspec.sim.stars), sky fibers have none
+    shape = np.where(kind == 0, gal, np.where(kind == 1, qso, 0.0))
     return t.cont_norm[:, None] * shape
 
 
@@ -185,17 +198,56 @@ def _nmgy(flam17, wave):
     return flam17 * wave ** 2 / NMGY_TO_FLAM17
 
 
-def _draw_kinds(rng, n: int) -> np.ndarray:
-    """Target class per fiber: ELG/LRG/QSO, with 2 SKY and 1 STD fiber per bundle."""
+def _draw_kinds(rng, n: int):
+    """Science class per fiber (ELG/LRG/QSO) and the 3 special slots of each bundle.
+
+    Returns ``(science_kind, slots)``; ``slots[b]`` holds bundle ``b``'s two default sky
+    slots and its default standard-star slot (fiber indices).
+    """
     kind = np.empty(n, dtype="<U3")
     kind[:] = "ELG"
     u = rng.random(n)
     kind[u > 0.55] = "LRG"
     kind[u > 0.85] = "QSO"
-    for b0 in range(0, n, BUNDLE):
-        slots = b0 + rng.choice(BUNDLE, size=3, replace=False)
-        kind[slots[:2]] = "SKY"
-        kind[slots[2]] = "STD"
+    slots = np.array([b0 + rng.choice(BUNDLE, size=3, replace=False)
+                      for b0 in range(0, n, BUNDLE)])
+    return kind, slots
+
+
+def _per_bundle(total: int, nb: int, reverse: bool) -> np.ndarray:
+    """``total`` spread over ``nb`` bundles (remainder to the first, or last, bundles)."""
+    b = np.arange(nb)
+    extra = (nb - 1 - b) if reverse else b
+    return total // nb + (extra < total % nb)
+
+
+def _assign_classes(seed: int, petal: int, science: np.ndarray, slots: np.ndarray,
+                    nspec: int, nsky, nstd) -> np.ndarray:
+    """Final class of every fiber: SKY and STD slots per bundle, science elsewhere.
+
+    By default 2 SKY and 1 STD per bundle at ``slots``. Otherwise the lit bundles
+    (``nspec // 25``) share ``nsky`` and ``nstd``; a bundle's sky fibers are taken from
+    its two default sky slots, then from a permutation of its other 22 slots (from the
+    front), its standards from its default slot, then from the same permutation (from
+    the back), so that the default counts give the default classes.
+    """
+    nb_all = len(slots)
+    nb = max(1, -(-nspec // BUNDLE))
+    k_sky = np.full(nb_all, 2)
+    k_std = np.full(nb_all, 1)
+    if nsky is not None:
+        k_sky[:nb] = _per_bundle(int(nsky), nb, reverse=False)
+    if nstd is not None:
+        k_std[:nb] = _per_bundle(int(nstd), nb, reverse=True)
+    kind = science.copy()
+    prng = stream(seed, "fiber_classes", petal)
+    for b in range(nb_all):  # 20 bundles per petal: a permutation each, always drawn
+        rest = np.setdiff1d(b * BUNDLE + np.arange(BUNDLE), slots[b])
+        perm = rest[prng.permutation(rest.size)]
+        sky = np.concatenate([slots[b][:2], perm])[:k_sky[b]]
+        std = np.concatenate([slots[b][2:], perm[::-1]])[:k_std[b]]
+        kind[sky] = "SKY"
+        kind[std] = "STD"
     return kind
 
 
@@ -218,7 +270,8 @@ def _draw_continua(rng, kind: np.ndarray, n: int) -> dict:
     slope = np.where(kind == "QSO", rng.uniform(-2.0, -1.2, n), slope)
     dbreak = np.where(kind == "LRG", rng.uniform(0.35, 0.6, n),
                       np.where(kind == "ELG", rng.uniform(0.0, 0.15, n), 0.0))
-    teff = np.where(kind == "STD", rng.uniform(5800.0, 6800.0, n), 0.0)
+    rng.uniform(5800.0, 6800.0, n)  # (former stellar Teff: kept so later draws stay put)
+    teff = np.zeros(n)  # the template's, for standard stars (make_targets)
     flux_r_nmgy = np.where(np.isfinite(mag), 10 ** ((22.5 - np.nan_to_num(mag, nan=99.0)) / 2.5),
                            0.0)
     cont_norm = flux_r_nmgy * NMGY_TO_FLAM17 / BAND_WAVE["R"] ** 2  # f_λ at 6400 Å
@@ -259,22 +312,17 @@ def _draw_emission_lines(rng, kind, z, cont_norm, slope, n: int) -> dict:
 
 
 def _draw_absorption_lines(rng, kind, z, n: int) -> dict:
-    """Absorption lines (multiplicative dips): stellar lines of STDs, LRG features."""
+    """LRG absorption features (multiplicative dips) and the stars' radial velocities."""
     ab_wave = np.zeros((n, _NAB))
     ab_depth = np.zeros((n, _NAB))
     ab_sigma = np.ones((n, _NAB))
-    std = kind == "STD"
     lrg = kind == "LRG"
-    vstar = rng.uniform(-80.0, 80.0, n)  # km/s radial velocity
-    for j, (name, lam, depth, sig) in enumerate(_STAR_LINES):
-        ab_wave[std, j] = (lam * (1 + vstar / _C_KMS))[std]
-        ab_depth[std, j] = depth
-        ab_sigma[std, j] = sig
+    vrad = np.where(kind == "STD", rng.uniform(-80.0, 80.0, n), 0.0)  # km/s, stars
     for j, (name, lam, depth, sig) in enumerate(_LRG_LINES):
         ab_wave[lrg, j] = (lam * (1 + z))[lrg]
         ab_depth[lrg, j] = depth
         ab_sigma[lrg, j] = (sig * (1 + z))[lrg]
-    return {"ab_wave": ab_wave, "ab_depth": ab_depth, "ab_sigma": ab_sigma}
+    return {"ab_wave": ab_wave, "ab_depth": ab_depth, "ab_sigma": ab_sigma, "vrad": vrad}
 
 
 def _draw_positions(rng, petal: int, tile: Tile, n: int) -> dict:
@@ -288,7 +336,8 @@ def _draw_positions(rng, petal: int, tile: Tile, n: int) -> dict:
     return {"ra": ra, "dec": dec, "fx": dx * plate_scale, "fy": dy * plate_scale}
 
 
-def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targets:
+def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile(), nsky: int | None = None,
+                 nstd: int | None = None) -> Targets:
     """Draw the targets of fibers 0..nspec-1 of ``petal``.
 
     Parameters
@@ -301,28 +350,45 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile()) -> Targ
         Number of fibers (1–500); the draw is always made for all 500 fibers.
     tile : Tile
         Pointing; positions fall in the petal's wedge of the field.
+    nsky, nstd : int, optional
+        Sky fibers and standard stars among the ``nspec`` fibers (default 2 and 1 per
+        25-fiber bundle), spread evenly over the bundles.
 
     Returns
     -------
     Targets
+        A fiber's parameters depend on the seed, the petal and the fiber only; its class
+        (SKY, STD or science) also on ``nspec``, ``nsky`` and ``nstd`` when those are given.
 
     Host only (NumPy).
     """
     if not 0 < nspec <= FIBERS_PER_PETAL:
         raise ValueError(f"nspec must be in 1..{FIBERS_PER_PETAL}, got {nspec}")
+    from .stars import draw_templates, star_library, star_nanomaggies
+
     n = FIBERS_PER_PETAL
     rng = stream(seed, "targets", petal)
     # the draws happen in this order (one stream): kinds, continua, lines, throughput, positions
-    kind = _draw_kinds(rng, n)
+    science, slots = _draw_kinds(rng, n)
+    kind = _assign_classes(seed, petal, science, slots, nspec, nsky, nstd)
     cont = _draw_continua(rng, kind, n)
     em = _draw_emission_lines(rng, kind, cont["z"], cont["cont_norm"], cont["slope"], n)
     ab = _draw_absorption_lines(rng, kind, cont["z"], n)
     fiber_thru = rng.uniform(0.92, 1.04, n)
     pos = _draw_positions(rng, petal, tile, n)
+    g = stream(seed, "fiber_throughput", petal).standard_normal((2, n))
+    std = kind == "STD"
+    template = np.where(std, draw_templates(seed, petal, n), -1)
+    cont["teff"] = np.where(std, star_library().teff[np.maximum(template, 0)], 0.0)
     t = Targets(petal=petal, fiber=500 * petal + np.arange(n), kind=kind, flux_g=np.zeros(n),
                 flux_r=np.zeros(n), flux_z=np.zeros(n), fiber_thru=fiber_thru,
-                **cont, **em, **ab, **pos)
+                thru_g1=g[0], thru_g2=g[1], template=template, **cont, **em, **ab, **pos)
     bw = np.array([BAND_WAVE["G"], BAND_WAVE["R"], BAND_WAVE["Z"]])
     c = continuum(t, bw)
     t.flux_g, t.flux_r, t.flux_z = (_nmgy(c[:, i], bw[i]) for i in range(3))
-    return t.subset(nspec)
+    t = t.subset(nspec)
+    s = np.flatnonzero(t.kind == "STD")
+    if s.size:
+        nm = star_nanomaggies(t.template[s], t.vrad[s], t.mag_r[s])
+        t.flux_g[s], t.flux_r[s], t.flux_z[s] = nm["G"], nm["R"], nm["Z"]
+    return t

@@ -3,11 +3,13 @@
 HDUs
 ----
 ``PRIMARY``
-    Empty; header NIGHT, EXPID, EXPTIME, TILEID, SEED, SKYSCALE, TRANSP.
+    Empty; header NIGHT, EXPID, EXPTIME, OBSTYPE (SCIENCE or FLAT), SEED, DW; science:
+    TILEID, SKYSCALE, TRANSP, AIRMASS; flat: LAMPSCAL (lamp brightness of the exposure).
 ``TARGETS``
     Table, one row per simulated fiber: FIBER, PETAL_LOC, TARGETID, TRUETYPE
     (ELG, LRG, QSO, STD, SKY), OBJTYPE, TRUEZ, MAG_R, FLUX_G/R/Z (nanomaggies),
-    FIBER_THRU (relative fiber throughput).
+    FIBER_THRU (achromatic part of the fiber throughput), TEMPLATEID, TEFF, LOGG, FEH,
+    VRAD (km/s) of the standard stars' templates (−1 / 0 for other fibers).
 For each camera ``C`` (upper case, e.g. ``B0``):
 
 ``WAVE_C``
@@ -19,12 +21,30 @@ For each camera ``C`` (upper case, e.g. ``B0``):
     FIBERMIN, NSPEC), i.e. what the rendering projected through the PSF before
     pixflat. Each bin is rendered as the PSF spot at the bin centre, so an
     extraction on the same grid measures ``flux [e⁻/Å] ≈ R·PHOT / DW``.
+``THRU_C``
+    float32 (nspec, nwave): relative throughput ``T_f(λ)`` of each fiber (the same in
+    every exposure of the night; a fiber flat measures ``T_f`` divided by its median
+    over fibers).
+Science exposures only:
+
 ``SKYPHOT_C``
     float32 (nspec, nwave): the sky part of PHOT_C.
 ``CALIB_C``
-    float64 (nwave,): photons per bin per 1e-17 erg/s/cm²/Å (for a fiber of
-    throughput 1 and transparency 1), so that
-    ``PHOT = (TRANSP·f_obj + f_sky)·CALIB·FIBER_THRU``.
+    float64 (nwave,): photons per bin per 1e-17 erg/s/cm²/Å (atmosphere at AIRMASS ×
+    instrument, for a fiber of throughput 1 and transparency 1), so that
+    ``PHOT = (TRANSP·OBJFLUX + SKYFLUX)·CALIB·THRU``.
+``OBJFLUX_C``
+    float32 (nspec, nwave): true f_λ of each fiber's object (1e-17 erg/s/cm²/Å, bin
+    averages; standard stars: their templates; 0 for sky fibers).
+``SKYFLUX_C``
+    float64 (nwave,): the sky f_λ of this exposure per fiber (SKYSCALE included).
+Flat-lamp exposures only:
+
+``LAMP_C``
+    float64 (nwave,): the lamp in electron/Å through a fiber of throughput 1, so that
+    ``PHOT = LAMP·DW·THRU``.
+Both:
+
 ``COSMICS_C``
     Table Y, X (trimmed CCD pixel), ELECTRONS: cosmic-ray deposits.
 ``SATURATED_C``
@@ -43,6 +63,15 @@ from ..io.util import atomic_output, header_records, open_fits, read_image_hdu, 
 __all__ = ["write_truth", "read_truth"]
 
 
+#: optional per-camera image HDUs: key -> (EXTNAME prefix, dtype, BUNIT, per fiber)
+_IMAGES = (("thru", "THRU", np.float32, "", True),
+           ("skyphot", "SKYPHOT", np.float32, "electron", True),
+           ("calib", "CALIB", np.float64, "electron / (1e-17 erg/cm2)", False),
+           ("objflux", "OBJFLUX", np.float32, "1e-17 erg/(s cm2 Angstrom)", True),
+           ("skyflux", "SKYFLUX", np.float64, "1e-17 erg/(s cm2 Angstrom)", False),
+           ("lamp", "LAMP", np.float64, "electron/Angstrom", False))
+
+
 def write_truth(path: str, meta: dict, targets_table: np.ndarray, cameras: dict) -> str:
     """Write a truth file atomically.
 
@@ -54,8 +83,8 @@ def write_truth(path: str, meta: dict, targets_table: np.ndarray, cameras: dict)
     targets_table : structured ndarray
         The TARGETS table.
     cameras : dict
-        ``{camera: {"wave", "dw", "fibermin", "phot", "skyphot", "calib", "cosmics",
-        "saturated"}}``.
+        ``{camera: {"wave", "dw", "fibermin", "phot", "cosmics", "saturated"}}`` plus
+        any of ``"thru", "skyphot", "calib", "objflux", "skyflux", "lamp"``.
 
     Host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
@@ -72,11 +101,13 @@ def write_truth(path: str, meta: dict, targets_table: np.ndarray, cameras: dict)
                      "NSPEC": d["phot"].shape[0], "CAMERA": cam}
                 fx.write(np.asarray(d["phot"], dtype=np.float64), extname=f"PHOT_{C}",
                          header=header_records(h))
-                fx.write(np.asarray(d["skyphot"], dtype=np.float32), extname=f"SKYPHOT_{C}",
-                         header=header_records(h))
-                fx.write(np.asarray(d["calib"], dtype=np.float64), extname=f"CALIB_{C}",
-                         header=header_records({"BUNIT": "electron / (1e-17 erg/cm2)",
-                                                "DW": d["dw"], "CAMERA": cam}))
+                for key, ext, dt, unit, per_fiber in _IMAGES:
+                    if d.get(key) is None:
+                        continue
+                    hh = dict(h, BUNIT=unit) if per_fiber else \
+                        {"BUNIT": unit, "DW": d["dw"], "CAMERA": cam}
+                    fx.write(np.asarray(d[key], dtype=dt), extname=f"{ext}_{C}",
+                             header=header_records(hh))
                 cy, cx, ce = d["cosmics"]
                 cos = np.zeros(len(cy), dtype=[("Y", "i4"), ("X", "i4"), ("ELECTRONS", "f4")])
                 cos["Y"], cos["X"], cos["ELECTRONS"] = cy, cx, ce
@@ -94,8 +125,9 @@ def read_truth(path: str, camera: str | None = None) -> dict:
     -------
     dict
         ``meta`` (primary header dict), ``targets`` (table) and, when ``camera``
-        is given, ``wave``, ``phot``, ``skyphot``, ``calib``, ``cosmics``,
-        ``saturated``, ``dw``, ``fibermin``.
+        is given, ``wave``, ``phot``, ``cosmics``, ``saturated``, ``dw``, ``fibermin``
+        and those of ``thru``, ``skyphot``, ``calib``, ``objflux``, ``skyflux``, ``lamp``
+        that the file has (float64; the others are absent from the dict).
 
     Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
@@ -105,11 +137,13 @@ def read_truth(path: str, camera: str | None = None) -> dict:
         out = {"meta": meta, "targets": read_table_hdu(fx, "TARGETS", path)}
         if camera is not None:
             C = camera.upper()
+            names = {h.get_extname() for h in fx}
             wave, hw = read_image_hdu(fx, f"WAVE_{C}", path, header=True)
             phot, hp = read_image_hdu(fx, f"PHOT_{C}", path, header=True)
             out.update(wave=wave, phot=phot, dw=float(hw["DW"]), fibermin=int(hp["FIBERMIN"]),
-                       skyphot=read_image_hdu(fx, f"SKYPHOT_{C}", path),
-                       calib=read_image_hdu(fx, f"CALIB_{C}", path),
                        cosmics=read_table_hdu(fx, f"COSMICS_{C}", path),
                        saturated=read_table_hdu(fx, f"SATURATED_{C}", path))
+            for key, ext, *_ in _IMAGES:
+                if f"{ext}_{C}" in names:
+                    out[key] = read_image_hdu(fx, f"{ext}_{C}", path).astype(np.float64)
     return out
