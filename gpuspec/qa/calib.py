@@ -266,9 +266,9 @@ def throughput_from_calib(calib, wave, exptime: float):
     """System throughput implied by a flux calibration (e⁻/Å per 1e-17 erg/s/cm²/Å).
 
     ``T = calib / (1e-17 · λ / (h c) · A · EXPTIME)`` with the collecting area
-    A of the simulator (:data:`gpuspec.sim.spectra.AREA_CM2`). Host (NumPy).
+    A of the simulator (:data:`gpuspec.sim.instrument.AREA_CM2`). Host (NumPy).
     """
-    from ..sim.spectra import AREA_CM2, HC_ERG_AA
+    from ..sim.instrument import AREA_CM2, HC_ERG_AA
 
     w = np.asarray(wave, dtype=np.float64)
     return np.asarray(calib, dtype=np.float64) / (1e-17 * w / HC_ERG_AA * AREA_CM2 *
