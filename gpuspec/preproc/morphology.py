@@ -17,10 +17,10 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module, is_cupy, scipy_module
+from ..backend import get_array_module, is_cupy
 
 __all__ = ["linear_element", "repair_elements", "dilate3x3", "repair_mask",
-           "REPAIR_ANGLES"]
+           "binary_dilation", "binary_erosion", "REPAIR_ANGLES"]
 
 #: Angles (degrees) of the linear structuring elements of the mask repair.
 REPAIR_ANGLES = (0, 20, 45, 70, 110, 135, 160)
@@ -87,8 +87,60 @@ def dilate3x3(mask):
     return out.astype(xp.bool_, copy=False)
 
 
+def _offsets(se: np.ndarray) -> list:
+    """(dy, dx) of the set elements of a structuring element, about its centre. Host."""
+    cy, cx = se.shape[0] // 2, se.shape[1] // 2
+    return [(int(y) - cy, int(x) - cx) for y, x in np.argwhere(se)]
+
+
+def _span(d: int, n: int) -> tuple:
+    """(destination, source) slices of a shift by ``d`` along an axis of length ``n``:
+    ``dst[i] = src[i - d]`` for the indices where both exist. Host only."""
+    return slice(max(0, d), n + min(0, d)), slice(max(0, -d), n - max(0, d))
+
+
+def binary_dilation(mask, offsets, out=None):
+    """Dilation by the offsets (``scipy.ndimage.binary_dilation`` semantics, border 0).
+
+    ``out[p] = OR over o of mask[p - o]``: one shifted OR per offset on the whole image.
+
+    Backends: numpy and cupy.
+    """
+    xp = get_array_module(mask)
+    ny, nx = mask.shape
+    out = xp.zeros(mask.shape, dtype=bool) if out is None else out
+    out[...] = False
+    for dy, dx in offsets:
+        (ydst, ysrc), (xdst, xsrc) = _span(dy, ny), _span(dx, nx)
+        out[ydst, xdst] |= mask[ysrc, xsrc]
+    return out
+
+
+def binary_erosion(mask, offsets, out=None):
+    """Erosion by the offsets with border value 1 (``scipy.ndimage`` semantics).
+
+    ``out[p] = AND over o of mask[p + o]``, where a pixel outside the image counts as
+    set: one shifted AND per offset.
+
+    Backends: numpy and cupy.
+    """
+    xp = get_array_module(mask)
+    ny, nx = mask.shape
+    out = xp.ones(mask.shape, dtype=bool) if out is None else out
+    out[...] = True
+    for dy, dx in offsets:
+        (ydst, ysrc), (xdst, xsrc) = _span(-dy, ny), _span(-dx, nx)
+        out[ydst, xdst] &= mask[ysrc, xsrc]
+    return out
+
+
 def repair_mask(mask, n: int = 11, m: int = 11):
     """OR of the binary closings of ``mask`` with the seven linear elements.
+
+    Each closing is a dilation (border 0) then an erosion (border 1), written as
+    shifted ORs and ANDs of the whole image (11 of each per element), which gives
+    ``scipy.ndimage.binary_closing``'s answer (tested against it) at a fraction of
+    its cost, on either backend. Two image-sized bool buffers are reused.
 
     Parameters
     ----------
@@ -98,17 +150,18 @@ def repair_mask(mask, n: int = 11, m: int = 11):
     -------
     bool array, same device.
 
-    Backends: numpy (scipy.ndimage) and cupy (cupyx.scipy.ndimage).
+    Backends: numpy and cupy.
     """
     xp = get_array_module(mask)
-    ndi = scipy_module(xp, "ndimage")
     bmask = mask > 0
     out = xp.zeros(bmask.shape, dtype=bool)
     if not is_cupy(bmask) and not bmask.any():
         return out
+    dil = xp.empty(bmask.shape, dtype=bool)
+    clo = xp.empty(bmask.shape, dtype=bool)
     for se in repair_elements(n, m):
-        s = xp.asarray(se)
-        dil = ndi.binary_dilation(bmask, structure=s)
-        clo = ndi.binary_erosion(dil, structure=s, border_value=1)
+        offs = _offsets(se)
+        binary_dilation(bmask, offs, out=dil)
+        binary_erosion(dil, offs, out=clo)
         out |= clo
     return out
