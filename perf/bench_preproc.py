@@ -70,14 +70,20 @@ NDY, NDX = 2064, 2057        # data rows/columns per amp -> trimmed 4128 x 4114
 NPRE, NOV, NOVR = 7, 64, 32  # prescan cols, overscan cols, overscan rows per amp
 
 
-def synth_camera(seed: int = 42, camera: str = "r3"):
-    """A full-size raw camera: (raw int32, header, primary, calibrations dict)."""
+def synth_camera(seed: int = 42, camera: str = "r3", ndy: int = NDY, ndx: int = NDX):
+    """A raw camera: (raw int32, header, primary, calibrations dict).
+
+    Full size by default (4 amps of ``ndy x ndx`` data pixels); smaller ``ndy, ndx``
+    scale the traces, cosmics and masked column (used by the tests).
+    """
     rng = np.random.default_rng(seed)
-    ny_t, nx_t = 2 * NDY, 2 * NDX
+    ny_t, nx_t = 2 * ndy, 2 * ndx
+    scale = (ny_t * nx_t) / (4.0 * NDY * NDX)
     # true signal in electrons: sky + 500 fibre traces with a smooth spectrum
     y = np.arange(ny_t, dtype=np.float64)[:, None]
     x = np.arange(nx_t, dtype=np.float64)
-    xc = 20 + np.arange(500) * (nx_t - 40) / 499.0
+    ntrace = max(2, int(round(500 * nx_t / (2.0 * NDX))))
+    xc = 20 + np.arange(ntrace) * (nx_t - 40) / (ntrace - 1.0)
     prof = np.zeros(nx_t)
     for c in xc:
         lo, hi = int(c) - 5, int(c) + 6
@@ -88,12 +94,13 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
     # dark current 0.0015 e-/s with a 20 % pixel-to-pixel scatter (a constant dark would
     # make its clipped noise degenerate: MAD = 0), plus hot pixels
     dark_rate = (0.0015 * (1 + 0.2 * rng.standard_normal((ny_t, nx_t)))).astype(np.float32)
-    hot = rng.integers(0, [ny_t, nx_t], size=(400, 2))
-    dark_rate[hot[:, 0], hot[:, 1]] = rng.uniform(0.05, 0.5, 400).astype(np.float32)
+    nhot = max(4, int(400 * scale))
+    hot = rng.integers(0, [ny_t, nx_t], size=(nhot, 2))
+    dark_rate[hot[:, 0], hot[:, 1]] = rng.uniform(0.05, 0.5, nhot).astype(np.float32)
     pixflat = (1 + 0.01 * rng.standard_normal((ny_t, nx_t))).astype(np.float32)
     electrons = rng.poisson(signal + dark_rate * exptime).astype(np.float64) * pixflat
     # cosmic rays: single hits and short tracks
-    for _ in range(3000):
+    for _ in range(max(10, int(3000 * scale))):
         yy, xx = rng.integers(2, ny_t - 12), rng.integers(2, nx_t - 12)
         n = rng.integers(1, 9)
         ang = rng.uniform(0, np.pi)
@@ -101,10 +108,12 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
             yk, xk = int(yy + k * np.sin(ang)), int(xx + k * np.cos(ang))
             electrons[yk, xk] += rng.uniform(400, 4000)
     mask = np.zeros((ny_t, nx_t), np.int32)
-    mask[:, 1500][1000:1800] = 1
+    col, r0, r1 = int(nx_t * 1500 / (2 * NDX)), int(ny_t * 1000 / (2 * NDY)), \
+        int(ny_t * 1800 / (2 * NDY))
+    mask[r0:r1, col] = 1
     # raw layout: [pre A][data A][ov A][ov B][data B][pre B], rows [A/B][orsec A/B][orsec C/D][C/D]
-    nx_r = 2 * (NPRE + NDX + NOV)
-    ny_r = 2 * (NDY + NOVR)
+    nx_r = 2 * (NPRE + ndx + NOV)
+    ny_r = 2 * (ndy + NOVR)
     hdr = {"CAMERA": camera, "DETECTOR": "SIM", "EXPID": 1234, "NIGHT": 20250101,
            "EXPTIME": exptime}
     raw = np.zeros((ny_r, nx_r))
@@ -117,18 +126,18 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
     for amp in "ABCD":
         top = amp in "CD"
         left = amp in "AC"
-        y0 = NDY + 2 * NOVR if top else 0
-        ry = slice(y0, y0 + NDY)
-        orow = slice(NDY + NOVR, NDY + 2 * NOVR) if top else slice(NDY, NDY + NOVR)
+        y0 = ndy + 2 * NOVR if top else 0
+        ry = slice(y0, y0 + ndy)
+        orow = slice(ndy + NOVR, ndy + 2 * NOVR) if top else slice(ndy, ndy + NOVR)
         if left:
-            pre, data, ov = (slice(0, NPRE), slice(NPRE, NPRE + NDX),
-                             slice(NPRE + NDX, NPRE + NDX + NOV))
+            pre, data, ov = (slice(0, NPRE), slice(NPRE, NPRE + ndx),
+                             slice(NPRE + ndx, NPRE + ndx + NOV))
         else:
             ov = slice(nx_r // 2, nx_r // 2 + NOV)
-            data = slice(ov.stop, ov.stop + NDX)
+            data = slice(ov.stop, ov.stop + ndx)
             pre = slice(data.stop, nx_r)
-        cy = slice(NDY, 2 * NDY) if top else slice(0, NDY)
-        cx = slice(0, NDX) if left else slice(NDX, 2 * NDX)
+        cy = slice(ndy, 2 * ndy) if top else slice(0, ndy)
+        cx = slice(0, ndx) if left else slice(ndx, 2 * ndx)
         g = gains[amp]
         full_rows = slice(min(ry.start, orow.start), max(ry.stop, orow.stop))
         raw[ry, data] = electrons[cy, cx] / g

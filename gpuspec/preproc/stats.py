@@ -200,9 +200,9 @@ def clipped_stats(pix, nsigma: float = 5.0, niter: int = 3, min_good: int = 5):
     row version's, ``|x - level| < nsigma·noise`` in float64; ``x - level`` is
     non-decreasing along the sorted values (rounding is monotone), so the two ends of
     the slice are found by binary searches that evaluate exactly that test on single
-    elements. The mean and standard deviation of the slice come from float64 sums of
-    ``x - median`` and its square, updated by the values entering or leaving the
-    slice (:class:`_SliceMoments`). This costs one sort and about one pass over the set
+    elements. The mean is the float64 sum of the slice over its size; the standard
+    deviation comes from float64 sums of ``x - median`` and its square, updated by the
+    values entering or leaving the slice (:class:`_SliceMoments`). This costs one sort and about one pass over the set
     instead of several full-size masked passes per round, and gives the estimator of
     :func:`clipped_stats_rows` (to ~1e-15 relative: the order of summation differs).
 
@@ -240,7 +240,10 @@ def clipped_stats(pix, nsigma: float = 5.0, niter: int = 3, min_good: int = 5):
         if ngood < min_good:
             return med, mad
         s1, s2 = mom.move(lo, hi)
-        m1 = s1 / ngood
-        level = med + m1
-        noise = math.sqrt(max(s2 / ngood - m1 * m1, 0.0))
+        # the mean as a plain sum of the kept values (exact for integer ADU, like numpy's
+        # mean); the variance about it from the moments about the median
+        level = float(xp.sum(s[lo:hi], dtype=xp.float64)) / ngood
+        delta = level - med
+        var = (s2 - 2.0 * delta * s1) / ngood + delta * delta
+        noise = math.sqrt(max(var, 0.0))
     return level, noise / clipped_std_bias(nsigma)
