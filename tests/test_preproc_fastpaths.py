@@ -112,9 +112,11 @@ def _elements():
 
 
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.4])
-def test_shifted_morphology_matches_scipy(xp, density):
-    rng = np.random.default_rng(int(density * 1000))
-    m = rng.random((61, 47)) < density
+@pytest.mark.parametrize("shape", [(61, 47), (33, 130), (20, 128), (9, 64)])
+def test_shifted_morphology_matches_scipy(xp, density, shape):
+    """Plain shifted ops and the 64-pixel packed closings (word edges, padding) vs scipy."""
+    rng = np.random.default_rng(int(density * 1000) + shape[1])
+    m = rng.random(shape) < density
     m[0, :3] = m[-1, -2:] = m[:, 0][::7] = True        # set pixels on the borders
     for se in _elements():
         offs = morphology._offsets(se)

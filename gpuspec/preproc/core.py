@@ -70,18 +70,41 @@ class _Planes:
     dark_e: Any = None        # dark in electrons (trimmed shape, the dark's dtype), or None
 
 
+class _BiasSubtracted:
+    """The raw image minus the bias, in float64, made section by section on demand.
+
+    ``r[sec]`` is ``float64(raw[sec]) - bias[sec]`` (a new array), which is what a full
+    float64 copy of the bias-subtracted image would hold there; no image-sized float64
+    plane is ever made (the raw stays in its own dtype on the device, int32 for DESI).
+    Backends: numpy and cupy (whatever ``raw`` and ``bias`` are).
+    """
+
+    def __init__(self, raw, bias):
+        self.raw = raw
+        self.bias = bias
+        self.shape = raw.shape
+
+    def __getitem__(self, sec):
+        out = self.raw[sec].astype(np.float64)
+        if self.bias is not None:
+            out -= self.bias[sec]
+        return out
+
+
 def _upload_raw(raw, xp, path):
-    """The raw image as float64 on the device (the caller's array is never touched)."""
+    """The raw image on the device in its own dtype (the caller's array is never touched).
+
+    Float images are checked for NaN/inf; integers are always finite.
+    """
     with nvtx_range("preproc:upload"):
-        # upload in the file's dtype (int32: half the bytes), convert on the device;
-        # astype copies
-        rawimg = to_device(raw, xp).astype(xp.float64)
+        # upload in the file's dtype (int32: half the bytes of float64)
+        rawdev = to_device(raw, xp)
     if np.dtype(raw.dtype).kind in "iub":
-        return rawimg                  # integers are always finite
-    if not bool(xp.isfinite(rawimg).all()):
-        nbad = int((~xp.isfinite(rawimg)).sum())
+        return rawdev
+    if not bool(xp.isfinite(rawdev).all()):
+        nbad = int((~xp.isfinite(rawdev)).sum())
         raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", path=path)
-    return rawimg
+    return rawdev
 
 
 def _record(meta: dict, key: str, cal: CalibInput | None, given) -> None:
@@ -341,8 +364,7 @@ def _amplifier_planes(rawimg, layout: RawLayout, cal: dict, meta: dict, hdr: dic
     out_shape = layout.trimmed_shape
     with nvtx_range("preproc:amps"):
         bias = cal["bias"].data if cal["bias"] is not None else None
-        if bias is not None:
-            rawimg -= bias                 # rawimg is preproc's own float64 copy
+        rawimg = _BiasSubtracted(rawimg, bias)
         planes = _Planes(image=xp.zeros(out_shape, dtype=xp.float64),
                          readnoise=xp.zeros(out_shape, dtype=xp.float64),
                          # the loaded mask is a private copy: it becomes the output plane
@@ -439,7 +461,7 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
                              pixflat, mask)
     planes = _amplifier_planes(rawimg, layout, cal, meta, hdr, layout.exptime,
                                use_overscan_row, camera, xp)
-    del rawimg                         # free the raw plane and the bias before ivar
+    del rawimg                         # free the raw upload and the bias before ivar
     cal["bias"] = cal["dark"] = None
     pix, ivar, outmask, readnoise = _calibrated_planes(planes, layout, cal["pixflat"], xp)
     cal["pixflat"] = None

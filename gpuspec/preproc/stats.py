@@ -162,13 +162,21 @@ class _SliceMoments:
         self.s1 = self.s2 = 0.0
         self._buf = None
 
+    #: values per chunk of the sums (an 8 MB float64 buffer, reused)
+    CHUNK = 2 ** 20
+
     def _sums(self, a: int, b: int):
         xp = self.xp
-        if self._buf is None or self._buf.size < b - a:
-            self._buf = xp.empty(b - a, dtype=xp.float64)
-        d = self._buf[:b - a]
-        xp.subtract(self.s[a:b], self.c, out=d, dtype=xp.float64)
-        return float(xp.sum(d)), float(xp.dot(d, d))
+        if self._buf is None:
+            self._buf = xp.empty(min(self.CHUNK, self.s.size), dtype=xp.float64)
+        t1 = t2 = 0.0
+        for c0 in range(a, b, self.CHUNK):
+            c1 = min(c0 + self.CHUNK, b)
+            d = self._buf[:c1 - c0]
+            xp.subtract(self.s[c0:c1], self.c, out=d, dtype=xp.float64)
+            t1 += float(xp.sum(d))
+            t2 += float(xp.dot(d, d))
+        return t1, t2
 
     def _add(self, a: int, b: int, sign: float):
         if b > a:
