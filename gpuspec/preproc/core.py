@@ -14,13 +14,17 @@ Steps (see ``docs/preproc.md`` and desispec ``preproc.preproc``), each a functio
    gain, SATURATED where the bias-subtracted raw ADU ≥ SATURLEV, the bias
    "Poisson" term of the read noise;
 3. Poisson variance = max(image, 0) before the dark;
-4. dark (:func:`_scaled_dark`, :func:`_subtract_dark`): rate (e⁻/s, or ADU/s for a
-   raw-shaped dark) × EXPTIME, subtracted in electrons; its clipped noise per
-   amplifier joins the read noise;
-5. pixflat (:func:`_apply_pixflat`; PIXFLATZERO ≤ 0.001, PIXFLATLOW < 0.1);
-   ivar = 1/(poisson + rdnoise²);
+4. dark (:func:`_scaled_dark`, :func:`_add_dark_noise`, :func:`_calibrate_rows`):
+   rate (e⁻/s, or ADU/s for a raw-shaped dark) × EXPTIME, subtracted in electrons;
+   its clipped noise per amplifier joins the read noise;
+5. pixflat (PIXFLATZERO ≤ 0.001, PIXFLATLOW < 0.1); ivar = 1/(poisson + rdnoise²);
 6. the bad-pixel mask, BADREADNOISE where read noise > 15 e⁻;
 7. cosmic rays (:mod:`.cosmics`).
+
+Memory: the raw image stays in its own dtype (bias-subtracted float64 sections are
+made on demand, :class:`_BiasSubtracted`), float32 calibrations stay float32, and the
+per-pixel steps write in place into the output planes by blocks of rows
+(:mod:`.blocks`): the only image-sized arrays are the inputs and the outputs.
 """
 
 from __future__ import annotations

@@ -4,10 +4,13 @@ The repair is desispec's: the OR of binary closings of the mask with seven
 linear 11x11 structuring elements (lines at 0, 20, 45, 70, 110, 135 and 160
 degrees through the centre), which joins the pieces of a cosmic-ray track.
 A closing is a dilation (border 0) followed by an erosion (border 1), with
-``scipy.ndimage`` semantics; on the GPU ``cupyx.scipy.ndimage`` runs the same
-operations on the device.
+``scipy.ndimage`` semantics. Both are written as one shifted OR (dilation) or AND
+(erosion) of the whole image per element offset (:func:`binary_dilation`,
+:func:`binary_erosion`); the repair runs them on the mask packed 64 pixels per
+machine word (:func:`_closings_packed`). Only array slicing, bit shifts and
+``packbits``/``unpackbits`` are used, so the same code runs on the GPU.
 
-Backends: numpy (scipy.ndimage) and cupy (cupyx.scipy.ndimage).
+Backends: numpy and cupy.
 """
 
 from __future__ import annotations
