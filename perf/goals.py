@@ -41,6 +41,11 @@ def _cpu(r):
     return t.get("cpu_median_s") or t["median_s"]
 
 
+def _load(r):
+    la = (r.get("loadavg") or {}).get("before")
+    return f"{la[0]:.1f}" if la else "?"
+
+
 def _src(*recs):
     files = sorted({r.get("_file", "?") for r in recs if r})
     return ", ".join(f"`{f}`" for f in files) if files else "–"
@@ -86,9 +91,12 @@ def _goal2(records, cm):
     for case in ("caseB_clean", "caseB_masked"):
         r = _latest(records, "extract", case, threads=1)
         if r and r.get("reference"):
-            k = r["reference"]["ratio"]
-            rows.append(_row(f"2a extraction {case} vs specter (1 thread)", "≥ 10×",
-                             f"{r['timing']['median_s']:.3g} s vs {r['reference']['seconds']:.3g} s",
+            # the reference ran alone on an idle machine (wall ≈ CPU): compare CPU time
+            c = _cpu(r)
+            k = r["reference"]["seconds"] / c
+            rows.append(_row(f"2a extraction {case} vs specter (1 thread, CPU time)", "≥ 10×",
+                             f"{c:.3g} CPU-s ({r['timing']['median_s']:.3g} s wall, load "
+                             f"{_load(r)}) vs {r['reference']['seconds']:.3g} s",
                              f"{k:.1f}×", f"{10 / k:.1f}× short" if k < 10 else "–", k >= 10,
                              _src(r)))
     gs = [r for r in records if r["benchmark"] == "extract" and r.get("reference")
@@ -111,7 +119,8 @@ def _goal2(records, cm):
     if one and two:
         k = one["timing"]["median_s"] / two["timing"]["median_s"]
         rows.append(_row("2c speed-up of 2 processes on 2 cores (frame50, wall)", "≥ 1.8×",
-                         f"{one['timing']['median_s']:.3g} s → {two['timing']['median_s']:.3g} s",
+                         f"{one['timing']['median_s']:.3g} s → {two['timing']['median_s']:.3g} s "
+                         f"(load {_load(one)} / {_load(two)})",
                          f"{k:.2f}×", f"{1.8 - k:.2f} short" if k < 1.8 else "–", k >= 1.8,
                          _src(one, two)))
     if cm and cm.get("cpu_limit"):
@@ -139,6 +148,10 @@ def _goal3(records):
     k = ref["ratio"]
     runs = ref.get("ratio_per_round") or []
     spread = f" (rounds {min(runs):.2f}–{max(runs):.2f})" if runs else ""
+    allr = [x["reference"]["ratio"] for x in records
+            if x["benchmark"] == "preproc" and x["case"] == "fullccd_vs_desispec"]
+    if len(allr) > 1:
+        spread += f"; {len(allr)} runs: {min(allr):.2f}–{max(allr):.2f}×"
     return [_row("3 preproc full camera with cosmics vs desispec (CPU time, 1 thread)", "≥ 3×",
                  f"{_cpu(r):.2f} CPU-s vs {ref['seconds']:.2f} CPU-s{spread}", f"{k:.2f}×",
                  f"{3 / k:.2f}× short" if k < 3 else "–", k >= 3, _src(r))]
@@ -159,7 +172,8 @@ def _goal4(records, cm):
             f"bound), DESI production {dp:.1f} GPU-s/frame ({b / dp:.1%})")
     return [_row("4 GPU cost model: roofline bound, fraction reached", "each GPU run vs its bound",
                   meas, "–", "no GPU measurement yet" if not gpu else f"{len(gpu)} GPU records",
-                  "open" if not gpu else "model done", "`costmodel.json`")]
+                  "model done; GPU runs open" if not gpu else "model done",
+                  "`costmodel.json`")]
 
 
 def _goal5(records):

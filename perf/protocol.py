@@ -156,7 +156,8 @@ class Meter:
     """Context manager: wall time, CPU time, page faults and peak RSS of a block.
 
     ``with Meter() as m: work()`` then ``m.result``: ``wall_s``, ``cpu_s`` (user +
-    system of this process), ``sys_s``, ``minflt``, ``majflt``, ``rss_before_mb``,
+    system of this process and of the child processes that ended during the block, e.g.
+    forked bundle workers), ``children_cpu_s`` (that part), ``sys_s`` (this process), ``minflt``, ``majflt``, ``rss_before_mb``,
     ``peak_rss_mb``, ``peak_scope`` (``"call"`` when the high-water mark could be reset
     before the block, else ``"process"``), ``children_peak_rss_mb``.
     """
@@ -171,6 +172,7 @@ class Meter:
         self._scope = "call" if reset_peak_rss() else "process"
         self._rss0 = rss_mb()
         self._ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._c0 = time.process_time()
         self._t0 = self.clock()
         return self
@@ -181,8 +183,11 @@ class Meter:
         t1 = self.clock()
         c1 = time.process_time()
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = (ch1.ru_utime + ch1.ru_stime) - (self._ch0.ru_utime + self._ch0.ru_stime)
         self.result = {
-            "wall_s": t1 - self._t0, "cpu_s": c1 - self._c0,
+            "wall_s": t1 - self._t0, "cpu_s": c1 - self._c0 + children,
+            "children_cpu_s": children,
             "sys_s": ru1.ru_stime - self._ru0.ru_stime,
             "minflt": ru1.ru_minflt - self._ru0.ru_minflt,
             "majflt": ru1.ru_majflt - self._ru0.ru_majflt,

@@ -17,6 +17,12 @@ to the host:
    ``niter`` times).
 4. Dilate by 3x3, then repair with binary closings (see :mod:`.morphology`).
 
+Cost: a necessary condition of criterion 2 (exact in floating point, see
+:func:`_may_pass_block` and :func:`_may_pass`) drops the smooth S/N candidates (traces,
+sky) with contiguous block operations before the per-candidate tests, and the
+iterations of step 3 work on the flat indices of the rejected pixels, so the work
+follows the number of cosmic-ray pixels rather than the image size.
+
 Backends: numpy and cupy.
 """
 
