@@ -37,6 +37,17 @@ def test_meter_sees_the_peak_of_the_block():
         assert r["peak_rss_mb"] > 0
 
 
+def test_meter_counts_finished_children():
+    import subprocess
+
+    with P.Meter() as m:
+        subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"],
+                       check=True)
+    r = m.result
+    assert r["children_cpu_s"] > 0.05
+    assert r["cpu_s"] >= r["children_cpu_s"]
+
+
 def test_measure_and_single_carry_the_meter_keys():
     t = P.measure(lambda: np.ones(1000).sum(), None, warmup=0, repeat=3)
     for k in P.METER_KEYS:

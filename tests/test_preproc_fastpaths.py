@@ -86,6 +86,50 @@ def test_clipped_stats_kept_test_at_the_exact_boundary(xp):
     assert got[0] == pytest.approx(x[kept].mean(), abs=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sorted_boundary_is_the_exact_kept_test(xp, dtype):
+    """The kept-slice ends found by value threshold + searchsorted equal a brute-force
+    evaluation of the float64 test on every element (ties, thresholds on a value)."""
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        vals = rng.normal(100.0, 3.0, 3000)
+        if trial % 2:
+            vals = np.round(vals * 4) / 4            # many ties
+        s = np.sort(vals.astype(dtype))
+        level = float(s[rng.integers(0, s.size)]) + (0.0 if trial % 3 else 1e-13)
+        edge = s[rng.integers(0, s.size)]
+        t = float(abs(edge - level))                          # a threshold on a value
+        # values one and two units in the last place on either side of both boundaries
+        near = []
+        for v in (edge, dtype(2 * level - float(edge))):
+            a = b = dtype(v)
+            for _ in range(2):
+                a, b = np.nextafter(a, dtype(np.inf)), np.nextafter(b, dtype(-np.inf))
+                near += [a, b]
+        s = np.sort(np.concatenate([s, np.asarray(near, dtype=dtype)]))
+        sd = xp.asarray(s)
+        lo = stats._sorted_boundary(sd, lambda u: u - level > -t, level - t, xp)
+        hi = stats._sorted_boundary(sd, lambda u: u - level >= t, level + t, xp)
+        d = s.astype(np.float64) - level
+        assert lo == int(np.argmax(d > -t)) if np.any(d > -t) else lo == s.size
+        assert hi == int(np.argmax(d >= t)) if np.any(d >= t) else hi == s.size
+        assert hi - lo == int(np.sum(np.abs(d) < t))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_value_threshold_from_any_nearby_guess(dtype):
+    rng = np.random.default_rng(8)
+    for c in rng.normal(0, 100, 30).astype(dtype):
+        want = np.nextafter(c, dtype(np.inf))          # smallest value > c
+        for k in range(-4, 5):
+            g = c
+            for _ in range(abs(k)):
+                g = np.nextafter(g, dtype(np.inf if k > 0 else -np.inf))
+            got = stats._value_threshold(lambda u: u > float(c), float(g), dtype)
+            assert got == want and np.dtype(type(got)) == np.dtype(dtype), (c, k)
+    assert stats._value_threshold(lambda u: u > 1.0, 1e300, np.float64, max_steps=4) is None
+
+
 def test_clipped_stats_does_not_reorder_input():
     x = np.random.default_rng(1).normal(0, 1, (50, 40)).astype(np.float32)
     x0 = x.copy()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
+import numpy as np
+
+from ..backend import get_array_module, to_host
 
 __all__ = ["clipped_std_bias", "clipped_stats_rows", "clipped_stats", "MAD_TO_SIGMA"]
 
@@ -86,22 +88,31 @@ def clipped_stats_rows(pix, nsigma: float = 5.0, niter: int = 3, min_good: int =
     return level, noise
 
 
-def _kth_of_two_sorted(a_at, na: int, b_at, nb: int, k: int) -> float:
+def _kth_of_two_sorted(a_at, na: int, b_at, nb: int, k: int, read4=None) -> float:
     """The ``k``-th smallest (0-based) value of the union of two ascending sequences.
 
     ``a_at(i)`` / ``b_at(i)`` return element ``i`` of each (a host float). Binary search
     on how many of the ``k + 1`` smallest come from the first sequence: about
-    ``2·log2(n)`` element reads. Host only (the callers read device elements).
+    ``log2(n)`` steps of four element reads. ``read4(i, j)``, when given, returns
+    ``(a[i-1], a[i], b[j-1], b[j])`` at once (one device read per step); out-of-range
+    entries are ignored. Host only (the callers read device elements).
     """
     lo, hi = max(0, k + 1 - nb), min(k + 1, na)
     inf = float("inf")
     while True:
         i = (lo + hi) // 2          # elements taken from a
         j = k + 1 - i               # elements taken from b
-        a_last = a_at(i - 1) if i > 0 else -inf
-        b_last = b_at(j - 1) if j > 0 else -inf
-        a_next = a_at(i) if i < na else inf
-        b_next = b_at(j) if j < nb else inf
+        if read4 is not None:
+            a_last, a_next, b_last, b_next = read4(i, j)
+        else:
+            a_last = a_at(i - 1) if i > 0 else None
+            a_next = a_at(i) if i < na else None
+            b_last = b_at(j - 1) if j > 0 else None
+            b_next = b_at(j) if j < nb else None
+        a_last = a_last if i > 0 else -inf
+        b_last = b_last if j > 0 else -inf
+        a_next = a_next if i < na else inf
+        b_next = b_next if j < nb else inf
         if a_last > b_next:
             hi = i - 1
         elif b_last > a_next:
@@ -110,30 +121,66 @@ def _kth_of_two_sorted(a_at, na: int, b_at, nb: int, k: int) -> float:
             return max(a_last, b_last)
 
 
-def _sorted_median(at, n: int) -> float:
-    """Median of an ascending sequence given by ``at(i)`` (numpy's rule for even ``n``)."""
+def _sorted_median(vals_at, n: int) -> float:
+    """Median of an ascending sequence of ``n`` values (numpy's rule for even ``n``).
+
+    ``vals_at(list_of_indices)`` returns those values as host floats.
+    """
     if n % 2:
-        return at(n // 2)
-    return (at(n // 2 - 1) + at(n // 2)) / 2.0
+        return vals_at([n // 2])[0]
+    a, b = vals_at([n // 2 - 1, n // 2])
+    return (a + b) / 2.0
 
 
-def _abs_dev_median(at, med: float, j: int, n: int) -> float:
-    """Median of ``|x - med|`` over an ascending set given by ``at(i)`` (``n`` values).
+def _abs_dev_median(vals_at, med: float, j: int, n: int) -> float:
+    """Median of ``|x - med|`` over an ascending set of ``n`` values read by ``vals_at``.
 
     The first ``j`` values are below ``med``; ``|x - med|`` is then the union of two
     ascending runs (``med - x[j-1], med - x[j-2], ...`` and ``x[j] - med, ...``), so
-    its order statistics come from a two-sequence selection instead of a partition.
+    its order statistics come from a two-sequence selection (one read of four values per
+    step) instead of a partition of the whole set.
     """
-    def a_at(i):
-        return -(at(j - 1 - i) - med)
+    na, nb = j, n - j
 
-    def b_at(i):
-        return at(j + i) - med
+    def read4(i, k):
+        idx = [min(max(j - i, 0), n - 1), min(max(j - 1 - i, 0), n - 1),
+               min(max(j + k - 1, 0), n - 1), min(max(j + k, 0), n - 1)]
+        v = vals_at(idx)
+        return -(v[0] - med), -(v[1] - med), v[2] - med, v[3] - med
 
     def kth(k):
-        return _kth_of_two_sorted(a_at, j, b_at, n - j, k)
+        return _kth_of_two_sorted(None, na, None, nb, k, read4=read4)
 
-    return _sorted_median(kth, n)
+    if n % 2:
+        return kth(n // 2)
+    return (kth(n // 2 - 1) + kth(n // 2)) / 2.0
+
+
+def _value_threshold(pred, guess: float, dtype, max_steps: int = 64):
+    """Smallest value ``u`` of ``dtype`` with ``pred(float(u))`` true, searched from ``guess``.
+
+    ``pred`` is monotone (false below a threshold, true above). The threshold of the
+    kept test lies within a few units in the last place of ``guess``, so this walks a
+    few representable values up or down (host arithmetic, exact: IEEE doubles). Returns
+    None when ``max_steps`` are not enough (the caller then searches by index).
+    """
+    ft = np.dtype(dtype).type
+    u = ft(guess)
+    if not np.isfinite(u):
+        return u
+    down, up = ft(-np.inf), ft(np.inf)
+    if pred(float(u)):
+        for _ in range(max_steps):
+            v = np.nextafter(u, down)
+            if not pred(float(v)):
+                return u
+            u = v
+        return None
+    for _ in range(max_steps):
+        u = np.nextafter(u, up)
+        if pred(float(u)):
+            return u
+    return None
 
 
 def _first_index(pred, lo: int, hi: int) -> int:
@@ -146,6 +193,20 @@ def _first_index(pred, lo: int, hi: int) -> int:
         else:
             lo = mid + 1
     return lo
+
+
+def _sorted_boundary(s, pred, guess: float, xp) -> int:
+    """First index of the ascending ``s`` whose value satisfies the monotone ``pred``.
+
+    The threshold value is found on the host (:func:`_value_threshold`) and located with
+    one ``searchsorted`` in the array's own dtype: one device read. Falls back to a
+    binary search over indices (one read per step) when the walk fails.
+    """
+    u = _value_threshold(pred, guess, s.dtype)
+    if u is None:
+        return _first_index(lambda i: pred(float(s[i])), 0, int(s.size))
+    key = xp.asarray(np.asarray([u], dtype=s.dtype))
+    return int(xp.searchsorted(s, key, side="left")[0])
 
 
 class _SliceMoments:
@@ -231,20 +292,20 @@ def clipped_stats(pix, nsigma: float = 5.0, niter: int = 3, min_good: int = 5):
         raise ValueError("clipped_stats of an empty set")
     s.sort()
 
-    def at(i):
-        return float(s[i])
+    def vals_at(idx):
+        return [float(v) for v in to_host(s[xp.asarray(np.asarray(idx, dtype=np.int64))])]
 
-    med = _sorted_median(at, n)
-    j = _first_index(lambda i: at(i) - med >= 0.0, 0, n)
-    mad = MAD_TO_SIGMA * _abs_dev_median(at, med, j, n)
+    med = _sorted_median(vals_at, n)
+    j = _sorted_boundary(s, lambda u: u - med >= 0.0, med, xp)
+    mad = MAD_TO_SIGMA * _abs_dev_median(vals_at, med, j, n)
     level, noise = med, mad
     mom = _SliceMoments(s, med, xp)
     for _ in range(niter):
         t = nsigma * noise
         lev = level
-        lo = _first_index(lambda i: at(i) - lev > -t, 0, n)
-        hi = _first_index(lambda i: at(i) - lev >= t, lo, n)
-        ngood = hi - lo
+        lo = _sorted_boundary(s, lambda u: u - lev > -t, lev - t, xp)
+        hi = _sorted_boundary(s, lambda u: u - lev >= t, lev + t, xp)
+        ngood = max(hi - lo, 0)
         if ngood < min_good:
             return med, mad
         s1, s2 = mom.move(lo, hi)
