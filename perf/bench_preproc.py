@@ -16,6 +16,17 @@ synchronised before each clock read):
 - ``cli_file`` (once, not a median): ``gpuspec preproc`` on the camera written to a
   RICE-compressed raw file with calibration files (read + preproc + write).
 
+``--vs-desispec``: gpuspec (numpy) against the real ``desispec.preproc.preproc``
+(desispec 0.70, the ``interop`` extra) side by side in this one process, on the same
+raw image and the same calibration files (read inside each call), single-threaded
+(threads pinned before numpy is imported): one warm-up of each (numba JIT), then
+``--rounds`` interleaved rounds (the order alternates each round). Every call is
+metered (perf/protocol.py ``Meter``: wall, CPU time, page faults, peak RSS during the
+call). The outputs of the two are compared (IMAGE, IVAR, READNOISE, MASK, COSMIC
+pixels). Writes protocol records ``perf/results/<host>-<stamp>-preproc.jsonl``
+(``preproc/fullccd_vs_desispec[_nocosmic]``) whose ``reference`` is desispec's
+median CPU time in the same run; ``ratio`` = desispec / gpuspec CPU time.
+
 Writes ``perf/results/preproc-<host>-<backend>.json`` with the machine, the
 device name, library versions and the git commit.
 
@@ -25,6 +36,7 @@ With ``--raw FILE --camera CAM --calib-dir D`` a simulated night from
 
 Usage::
 
+    python perf/bench_preproc.py --vs-desispec [--rounds 5] [--nocosmic]
     python perf/bench_preproc.py [--backends numpy,cupy] [--repeat 5] [--warmup 1]
     gpuspec simulate --out D --cameras r0 --nspec 500 --full-size
     python perf/bench_preproc.py --raw D/raw/20250115/00000100/desi-00000100.fits.fz \
@@ -40,6 +52,11 @@ import socket
 import sys
 import time
 
+if __name__ == "__main__":      # pin the threads before numpy is imported
+    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_v, "1")
+
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,14 +70,20 @@ NDY, NDX = 2064, 2057        # data rows/columns per amp -> trimmed 4128 x 4114
 NPRE, NOV, NOVR = 7, 64, 32  # prescan cols, overscan cols, overscan rows per amp
 
 
-def synth_camera(seed: int = 42, camera: str = "r3"):
-    """A full-size raw camera: (raw int32, header, primary, calibrations dict)."""
+def synth_camera(seed: int = 42, camera: str = "r3", ndy: int = NDY, ndx: int = NDX):
+    """A raw camera: (raw int32, header, primary, calibrations dict).
+
+    Full size by default (4 amps of ``ndy x ndx`` data pixels); smaller ``ndy, ndx``
+    scale the traces, cosmics and masked column (used by the tests).
+    """
     rng = np.random.default_rng(seed)
-    ny_t, nx_t = 2 * NDY, 2 * NDX
+    ny_t, nx_t = 2 * ndy, 2 * ndx
+    scale = (ny_t * nx_t) / (4.0 * NDY * NDX)
     # true signal in electrons: sky + 500 fibre traces with a smooth spectrum
     y = np.arange(ny_t, dtype=np.float64)[:, None]
     x = np.arange(nx_t, dtype=np.float64)
-    xc = 20 + np.arange(500) * (nx_t - 40) / 499.0
+    ntrace = max(2, int(round(500 * nx_t / (2.0 * NDX))))
+    xc = 20 + np.arange(ntrace) * (nx_t - 40) / (ntrace - 1.0)
     prof = np.zeros(nx_t)
     for c in xc:
         lo, hi = int(c) - 5, int(c) + 6
@@ -68,13 +91,16 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
     spec = 40 + 25 * np.sin(y / 97.0) ** 2
     signal = 12.0 + spec * prof[None, :]
     exptime = 900.0
-    dark_rate = np.full((ny_t, nx_t), 0.0015, np.float32)
-    hot = rng.integers(0, [ny_t, nx_t], size=(400, 2))
-    dark_rate[hot[:, 0], hot[:, 1]] = rng.uniform(0.05, 0.5, 400).astype(np.float32)
+    # dark current 0.0015 e-/s with a 20 % pixel-to-pixel scatter (a constant dark would
+    # make its clipped noise degenerate: MAD = 0), plus hot pixels
+    dark_rate = (0.0015 * (1 + 0.2 * rng.standard_normal((ny_t, nx_t)))).astype(np.float32)
+    nhot = max(4, int(400 * scale))
+    hot = rng.integers(0, [ny_t, nx_t], size=(nhot, 2))
+    dark_rate[hot[:, 0], hot[:, 1]] = rng.uniform(0.05, 0.5, nhot).astype(np.float32)
     pixflat = (1 + 0.01 * rng.standard_normal((ny_t, nx_t))).astype(np.float32)
     electrons = rng.poisson(signal + dark_rate * exptime).astype(np.float64) * pixflat
     # cosmic rays: single hits and short tracks
-    for _ in range(3000):
+    for _ in range(max(10, int(3000 * scale))):
         yy, xx = rng.integers(2, ny_t - 12), rng.integers(2, nx_t - 12)
         n = rng.integers(1, 9)
         ang = rng.uniform(0, np.pi)
@@ -82,10 +108,12 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
             yk, xk = int(yy + k * np.sin(ang)), int(xx + k * np.cos(ang))
             electrons[yk, xk] += rng.uniform(400, 4000)
     mask = np.zeros((ny_t, nx_t), np.int32)
-    mask[:, 1500][1000:1800] = 1
+    col, r0, r1 = int(nx_t * 1500 / (2 * NDX)), int(ny_t * 1000 / (2 * NDY)), \
+        int(ny_t * 1800 / (2 * NDY))
+    mask[r0:r1, col] = 1
     # raw layout: [pre A][data A][ov A][ov B][data B][pre B], rows [A/B][orsec A/B][orsec C/D][C/D]
-    nx_r = 2 * (NPRE + NDX + NOV)
-    ny_r = 2 * (NDY + NOVR)
+    nx_r = 2 * (NPRE + ndx + NOV)
+    ny_r = 2 * (ndy + NOVR)
     hdr = {"CAMERA": camera, "DETECTOR": "SIM", "EXPID": 1234, "NIGHT": 20250101,
            "EXPTIME": exptime}
     raw = np.zeros((ny_r, nx_r))
@@ -98,18 +126,18 @@ def synth_camera(seed: int = 42, camera: str = "r3"):
     for amp in "ABCD":
         top = amp in "CD"
         left = amp in "AC"
-        y0 = NDY + 2 * NOVR if top else 0
-        ry = slice(y0, y0 + NDY)
-        orow = slice(NDY + NOVR, NDY + 2 * NOVR) if top else slice(NDY, NDY + NOVR)
+        y0 = ndy + 2 * NOVR if top else 0
+        ry = slice(y0, y0 + ndy)
+        orow = slice(ndy + NOVR, ndy + 2 * NOVR) if top else slice(ndy, ndy + NOVR)
         if left:
-            pre, data, ov = (slice(0, NPRE), slice(NPRE, NPRE + NDX),
-                             slice(NPRE + NDX, NPRE + NDX + NOV))
+            pre, data, ov = (slice(0, NPRE), slice(NPRE, NPRE + ndx),
+                             slice(NPRE + ndx, NPRE + ndx + NOV))
         else:
             ov = slice(nx_r // 2, nx_r // 2 + NOV)
-            data = slice(ov.stop, ov.stop + NDX)
+            data = slice(ov.stop, ov.stop + ndx)
             pre = slice(data.stop, nx_r)
-        cy = slice(NDY, 2 * NDY) if top else slice(0, NDY)
-        cx = slice(0, NDX) if left else slice(NDX, 2 * NDX)
+        cy = slice(ndy, 2 * ndy) if top else slice(0, ndy)
+        cx = slice(0, ndx) if left else slice(ndx, 2 * ndx)
         g = gains[amp]
         full_rows = slice(min(ry.start, orow.start), max(ry.stop, orow.stop))
         raw[ry, data] = electrons[cy, cx] / g
@@ -233,6 +261,108 @@ def bench(backend_name: str, warmup: int, repeat: int, data, files=None,
     }
 
 
+def _desispec_preproc():
+    """desispec's preproc (logging at WARNING), or None when desispec is not installed."""
+    try:
+        import logging
+
+        import desispec.preproc as dp
+        from desiutil.log import get_logger
+    except ImportError:
+        return None
+    get_logger().setLevel(logging.WARNING)
+    return dp.preproc
+
+
+def _compare(gimg, dimg) -> dict:
+    """Largest differences between the gpuspec and desispec outputs (numpy arrays)."""
+    from gpuspec.maskbits import ccdmask
+
+    g = {k: backend.to_host(getattr(gimg, k)) for k in ("pix", "ivar", "readnoise", "mask")}
+    d = {"pix": dimg.pix, "ivar": dimg.ivar, "readnoise": dimg.readnoise, "mask": dimg.mask}
+    out = {}
+    for k in ("pix", "ivar", "readnoise"):
+        diff = np.abs(g[k] - d[k])
+        out[f"{k}_max_abs"] = float(diff.max())
+        out[f"{k}_max_rel"] = float((diff / np.maximum(np.abs(d[k]), 1e-30)).max())
+    out["mask_identical_fraction"] = float(np.mean(g["mask"] == d["mask"]))
+    bit = ccdmask.COSMIC
+    out["cosmic_pixels_gpuspec"] = int(np.count_nonzero(g["mask"] & bit))
+    out["cosmic_pixels_desispec"] = int(np.count_nonzero(d["mask"] & bit))
+    return out
+
+
+def vs_desispec(rounds: int = 5, cosmics: bool = True, seed: int = 42) -> list:
+    """gpuspec vs desispec preproc, interleaved in this process: protocol records."""
+    import tempfile
+
+    desi = _desispec_preproc()
+    if desi is None:
+        print("vs-desispec: desispec is not installed (pip install -e '.[interop]'); skipped")
+        return []
+    data = synth_camera(seed=seed)
+    raw, hdr, prim, _ = data
+    tmp = tempfile.TemporaryDirectory(prefix="bench_preproc_vs_")
+    _, cal = write_inputs(tmp.name, data)
+
+    def run_g():
+        return preproc(raw, hdr, prim, backend="numpy", cosmics=cosmics, **cal)
+
+    def run_d():
+        return desi(raw, dict(hdr), dict(prim), nocosmic=not cosmics,
+                    ccd_calibration_filename=False, no_ccd_region_mask=True,
+                    no_cte_corr=True, **cal)
+
+    meters = {"gpuspec": [], "desispec": []}
+    la0 = P.loadavg()
+    # warm-up of each (numba JIT, caches); their outputs are the ones compared, then
+    # freed, so every timed call starts from the same memory state
+    cmp = _compare(run_g(), run_d())
+    for i in range(rounds):
+        order = ("desispec", "gpuspec") if i % 2 == 0 else ("gpuspec", "desispec")
+        for who in order:
+            with P.Meter() as m:
+                out = (run_d if who == "desispec" else run_g)()
+            del out
+            meters[who].append(m.result)
+            r = m.result
+            print(f"round {i} {who:8s} wall {r['wall_s']:6.2f} s  cpu {r['cpu_s']:6.2f} s  "
+                  f"sys {r['sys_s']:5.2f} s  faults {r['minflt']:7d}  peak RSS "
+                  f"{r['peak_rss_mb']:7.0f} MB (before {r['rss_before_mb']:.0f})", flush=True)
+    la1 = P.loadavg()
+    tg = P.stats([m["wall_s"] for m in meters["gpuspec"]])
+    tg.update(warmup=1, repeat=rounds, **P.meter_summary(meters["gpuspec"]))
+    dsum = P.meter_summary(meters["desispec"])
+    dwall = P.stats([m["wall_s"] for m in meters["desispec"]])
+    ratio_cpu = dsum["cpu_median_s"] / tg["cpu_median_s"]
+    ratios = [d["cpu_s"] / g["cpu_s"] for d, g in zip(meters["desispec"], meters["gpuspec"])]
+    ref = {"name": "desispec 0.70 preproc", "call": "desispec.preproc.preproc",
+           "key": "same run, CPU s (process time)", "seconds": dsum["cpu_median_s"],
+           "wall_median_s": dwall["median_s"], "wall_runs_s": dwall["runs_s"],
+           "cpu_runs_s": dsum["cpu_s"], "sys_median_s": dsum["sys_median_s"],
+           "minflt_median": dsum["minflt_median"], "peak_rss_mb": dsum["peak_rss_mb"],
+           "rss_before_mb": dsum["rss_before_mb"],
+           "ratio": ratio_cpu, "ratio_per_round": ratios,
+           "ratio_wall": dwall["median_s"] / tg["median_s"],
+           "measured_on": "this machine, this process, interleaved rounds, 1 thread"}
+    case = "fullccd_vs_desispec" + ("" if cosmics else "_nocosmic")
+    rec = P.record("preproc", case, size="full", backend_name="numpy", timing=tg,
+                   loadavg_before=la0, reference=ref,
+                   sizes={"raw_shape": list(raw.shape), "image_shape": [2 * NDY, 2 * NDX]},
+                   extra={"source": "synthetic camera of perf/bench_preproc.py, calibration "
+                                    "files read inside each call",
+                          "cosmics": cosmics, "outputs_compared": cmp,
+                          "peak_rss_ratio_desispec_over_gpuspec":
+                              dsum["peak_rss_mb"] / tg["peak_rss_mb"],
+                          "loadavg_after_all": la1})
+    print(f"{case}: desispec/gpuspec CPU time x{ratio_cpu:.2f} (rounds: "
+          + ", ".join(f"{r:.2f}" for r in ratios) + f"); wall x{ref['ratio_wall']:.2f}; "
+          f"peak RSS gpuspec {tg['peak_rss_mb']:.0f} MB, desispec {dsum['peak_rss_mb']:.0f} MB",
+          flush=True)
+    print("outputs:", json.dumps(cmp), flush=True)
+    return [rec]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,7 +376,20 @@ def main(argv=None) -> int:
     p.add_argument("--raw", default=None, help="simulated raw file to use instead")
     p.add_argument("--camera", default="r0", help="camera of --raw")
     p.add_argument("--calib-dir", default=None, help="calibrations of --raw")
+    p.add_argument("--vs-desispec", action="store_true",
+                   help="side by side with desispec.preproc.preproc (records to --outdir)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--vs-desispec)")
+    p.add_argument("--nocosmic", action="store_true", help="--vs-desispec without cosmics")
     args = p.parse_args(argv)
+    if args.vs_desispec:
+        recs = vs_desispec(args.rounds, cosmics=not args.nocosmic)
+        if recs:
+            host = P.machine()["host"]
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            fn = os.path.join(args.outdir, f"{host}-{stamp}-preproc.jsonl")
+            P.append(fn, recs)
+            print("wrote", fn)
+        return 0
     names = args.backends.split(",") if args.backends else \
         ["numpy"] + (["cupy"] if backend.resolve("auto") == "cupy" else [])
     if args.raw:

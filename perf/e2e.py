@@ -94,16 +94,24 @@ def run_camera(folder: str, camera: str, nspec: int, outdir: str, backend_name: 
     cal = {k: p[k] for k in ("bias", "dark", "pixflat", "mask") if os.path.exists(p[k])}
     fm = p["fibermap"] if os.path.exists(p["fibermap"]) else None
     backend.synchronize(xp)
-    t0 = time.perf_counter()
-    preproc_file(p["raw"], camera, pre, fibermap=fm, backend=backend_name, **cal)
-    backend.synchronize(xp)
-    t1 = time.perf_counter()
+    with P.Meter() as mp:
+        preproc_file(p["raw"], camera, pre, fibermap=fm, backend=backend_name, **cal)
+        backend.synchronize(xp)
     wmin, wmax = PRODUCTION_WAVE[camera[0]]
     kw = {"bundles": bundles} if bundles is not None else {"nspec": nspec}
-    extract_file(pre, p["psf"], frm, (wmin, wmax, 0.8), backend=backend_name, nproc=nproc, **kw)
-    backend.synchronize(xp)
-    t2 = time.perf_counter()
-    return {"preproc_s": t1 - t0, "extract_s": t2 - t1, "total_s": t2 - t0}
+    with P.Meter() as me:
+        extract_file(pre, p["psf"], frm, (wmin, wmax, 0.8), backend=backend_name, nproc=nproc,
+                     **kw)
+        backend.synchronize(xp)
+    a, b = mp.result, me.result
+    whole = {"wall_s": a["wall_s"] + b["wall_s"], "cpu_s": a["cpu_s"] + b["cpu_s"],
+             "sys_s": a["sys_s"] + b["sys_s"], "minflt": a["minflt"] + b["minflt"],
+             "majflt": a["majflt"] + b["majflt"], "rss_before_mb": a["rss_before_mb"],
+             "peak_rss_mb": max(a["peak_rss_mb"], b["peak_rss_mb"]),
+             "peak_scope": a["peak_scope"],
+             "children_peak_rss_mb": max(a["children_peak_rss_mb"], b["children_peak_rss_mb"])}
+    return {"preproc_s": a["wall_s"], "extract_s": b["wall_s"], "total_s": whole["wall_s"],
+            "meter": whole, "preproc_meter": a, "extract_meter": b}
 
 
 def bench_e2e(size: str, backend_name: str, cameras: str | None = None,
@@ -138,19 +146,29 @@ def bench_e2e(size: str, backend_name: str, cameras: str | None = None,
             r = run_camera(folders[cam], cam, nspec, out, backend_name, nproc)
             per[cam] = r
             rec = P.record("e2e", f"camera_{cam}", size=size, backend_name=backend_name,
-                           timing=P.single(r["total_s"], warmup=1), xp=xp, loadavg_before=la,
-                           sizes={"nspec": nspec, "full_size": full_size},
+                           timing=P.single(r["total_s"], warmup=1, meter=r["meter"]), xp=xp,
+                           loadavg_before=la, sizes={"nspec": nspec, "full_size": full_size},
                            extra={"preproc_s": r["preproc_s"], "extract_s": r["extract_s"],
-                                  "nproc": nproc, "simulate_s": sim_s[cam]})
+                                  "nproc": nproc, "simulate_s": sim_s[cam],
+                                  "preproc_peak_rss_mb": r["preproc_meter"]["peak_rss_mb"],
+                                  "extract_peak_rss_mb": r["extract_meter"]["peak_rss_mb"],
+                                  "extract_children_peak_rss_mb":
+                                      r["extract_meter"]["children_peak_rss_mb"]})
             recs.append(rec)
             print(f"  e2e {cam}: preproc {r['preproc_s']:.2f} s + extract {r['extract_s']:.2f} s"
                   f" = {r['total_s']:.2f} s", flush=True)
         total = sum(r["total_s"] for r in per.values())
+        ms = [r["meter"] for r in per.values()]
+        whole = dict(ms[0], wall_s=total, cpu_s=sum(m["cpu_s"] for m in ms),
+                     sys_s=sum(m["sys_s"] for m in ms), minflt=sum(m["minflt"] for m in ms),
+                     peak_rss_mb=max(m["peak_rss_mb"] for m in ms),
+                     children_peak_rss_mb=max(m["children_peak_rss_mb"] for m in ms))
         fph = 3600.0 * len(cams) / total
         eq = fph * nspec / 500.0
         gs = P.GPU_SPECTER_FRAMES_PER_NODE_HOUR / P.GPU_SPECTER_GPUS_PER_NODE
         rec = P.record("e2e", "exposure", size=size, backend_name=backend_name,
-                       timing=P.single(total, warmup=1), xp=xp, loadavg_before=la0,
+                       timing=P.single(total, warmup=1, meter=whole), xp=xp,
+                       loadavg_before=la0,
                        sizes={"ncameras": len(cams), "cameras": cams, "nspec": nspec,
                               "full_size": full_size},
                        reference={"name": "gpu_specter", "frames_per_gpu_hour": gs,

@@ -8,6 +8,18 @@ a device synchronisation (:func:`gpuspec.backend.synchronize`) so queued GPU wor
 counted. The record keeps every run, the median, min, max and the spread (half the
 inter-quartile range and the relative median absolute deviation).
 
+Memory and CPU time
+-------------------
+Every timed run is also metered (:class:`Meter`): process CPU time (user + system,
+``time.process_time``), system time, minor/major page faults, and the peak resident
+set size of the run. On Linux the peak is the run's own: the kernel's high-water mark
+(``VmHWM``) is reset before the run by writing ``5`` to ``/proc/self/clear_refs``, so
+``peak_rss_mb`` is the largest RSS of the process *during* that run (inputs already in
+memory included; ``rss_before_mb`` is the RSS just before it). Where the reset is not
+possible the peak is the process's lifetime maximum (``peak_scope: "process"``).
+Forked workers are reported apart (``children_peak_rss_mb``: the largest RSS of any
+finished child so far). On a GPU these are host figures.
+
 Records
 -------
 One JSON object per line (JSON lines), appended to one file per suite run
@@ -38,6 +50,10 @@ RECORD_KEYS = ("schema", "benchmark", "case", "size", "backend", "device", "thre
                "loadavg", "reference", "extra")
 TIMING_KEYS = ("median_s", "min_s", "max_s", "iqr_half_s", "mad_rel", "runs_s", "warmup",
                "repeat")
+#: Memory/CPU keys that :func:`measure` adds to a timing (records made before they
+#: existed lack them; :func:`validate` does not require them).
+METER_KEYS = ("cpu_s", "cpu_median_s", "sys_median_s", "minflt_median", "peak_rss_mb",
+              "rss_before_mb", "peak_scope")
 #: gpu_specter's published throughput: 575 frames per node-hour on 4 x A100 (Perlmutter)
 GPU_SPECTER_FRAMES_PER_NODE_HOUR = 575.0
 GPU_SPECTER_GPUS_PER_NODE = 4
@@ -91,6 +107,115 @@ def stats(runs: Iterable[float]) -> dict:
             "mad_rel": (mad / med) if med > 0 else 0.0, "runs_s": r}
 
 
+def _status_kb(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_mb() -> float | None:
+    """Current resident set size of this process (MB = 2**20 bytes), or None."""
+    kb = _status_kb("VmRSS")
+    return kb / 1024.0 if kb is not None else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark of this process (Linux); True when done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process since the last :func:`reset_peak_rss` (else lifetime), MB."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        kb = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # kB on Linux
+    return kb / 1024.0
+
+
+def children_peak_rss_mb() -> float:
+    """Largest peak RSS of any finished child process so far (MB; 0 when none)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+class Meter:
+    """Context manager: wall time, CPU time, page faults and peak RSS of a block.
+
+    ``with Meter() as m: work()`` then ``m.result``: ``wall_s``, ``cpu_s`` (user +
+    system of this process and of the child processes that ended during the block, e.g.
+    forked bundle workers), ``children_cpu_s`` (that part), ``sys_s`` (this process), ``minflt``, ``majflt``, ``rss_before_mb``,
+    ``peak_rss_mb``, ``peak_scope`` (``"call"`` when the high-water mark could be reset
+    before the block, else ``"process"``), ``children_peak_rss_mb``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.result: dict = {}
+
+    def __enter__(self):
+        import resource
+
+        self._scope = "call" if reset_peak_rss() else "process"
+        self._rss0 = rss_mb()
+        self._ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._c0 = time.process_time()
+        self._t0 = self.clock()
+        return self
+
+    def __exit__(self, *exc):
+        import resource
+
+        t1 = self.clock()
+        c1 = time.process_time()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = (ch1.ru_utime + ch1.ru_stime) - (self._ch0.ru_utime + self._ch0.ru_stime)
+        self.result = {
+            "wall_s": t1 - self._t0, "cpu_s": c1 - self._c0 + children,
+            "children_cpu_s": children,
+            "sys_s": ru1.ru_stime - self._ru0.ru_stime,
+            "minflt": ru1.ru_minflt - self._ru0.ru_minflt,
+            "majflt": ru1.ru_majflt - self._ru0.ru_majflt,
+            "rss_before_mb": self._rss0, "peak_rss_mb": peak_rss_mb(),
+            "peak_scope": self._scope, "children_peak_rss_mb": children_peak_rss_mb()}
+        return False
+
+
+def meter_summary(meters: list[dict]) -> dict:
+    """The :data:`METER_KEYS` summary of the :class:`Meter` results of several runs.
+
+    CPU, system time and faults: medians (and every run's CPU time); peak RSS: the
+    largest over the runs; RSS before: the first run's.
+    """
+    if not meters:
+        return {}
+    med = statistics.median
+    out = {"cpu_s": [m["cpu_s"] for m in meters],
+           "cpu_median_s": med(m["cpu_s"] for m in meters),
+           "sys_median_s": med(m["sys_s"] for m in meters),
+           "minflt_median": med(m["minflt"] for m in meters),
+           "peak_rss_mb": max(m["peak_rss_mb"] for m in meters),
+           "rss_before_mb": meters[0]["rss_before_mb"],
+           "peak_scope": meters[0]["peak_scope"],
+           "children_peak_rss_mb": max(m["children_peak_rss_mb"] for m in meters)}
+    return out
+
+
 def measure(fn: Callable[[], Any], xp: Any = None, *, warmup: int = 1, repeat: int = 3,
             clock: Callable[[], float] = time.perf_counter) -> dict:
     """Time ``fn()`` with the protocol: warm-up, synchronised timed runs, statistics.
@@ -109,7 +234,8 @@ def measure(fn: Callable[[], Any], xp: Any = None, *, warmup: int = 1, repeat: i
     Returns
     -------
     dict
-        :func:`stats` plus ``warmup`` and ``repeat``.
+        :func:`stats` plus ``warmup`` and ``repeat``, and the :data:`METER_KEYS`
+        (CPU time, page faults, peak RSS of the runs, see :class:`Meter`).
     """
     from gpuspec import backend
 
@@ -118,22 +244,30 @@ def measure(fn: Callable[[], Any], xp: Any = None, *, warmup: int = 1, repeat: i
     for _ in range(warmup):
         fn()
         backend.synchronize(xp)
-    runs = []
+    runs, meters = [], []
     for _ in range(repeat):
         backend.synchronize(xp)
-        t0 = clock()
-        fn()
-        backend.synchronize(xp)
-        runs.append(clock() - t0)
+        with Meter() as m:
+            t0 = clock()
+            fn()
+            backend.synchronize(xp)
+            runs.append(clock() - t0)
+        meters.append(m.result)
     out = stats(runs)
     out.update(warmup=int(warmup), repeat=int(repeat))
+    out.update(meter_summary(meters))
     return out
 
 
-def single(seconds: float, warmup: int = 0) -> dict:
-    """Timing dict of one measured run (for long runs timed once)."""
+def single(seconds: float, warmup: int = 0, meter: dict | None = None) -> dict:
+    """Timing dict of one measured run (for long runs timed once).
+
+    ``meter``: the :class:`Meter` result of that run (adds CPU time and peak RSS).
+    """
     out = stats([seconds])
     out.update(warmup=int(warmup), repeat=1)
+    if meter:
+        out.update(meter_summary([meter]))
     return out
 
 

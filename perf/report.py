@@ -98,6 +98,7 @@ def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | No
     now = now or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     recs = latest(records)
     lines = [HEADER.format(now=now, nrec=len(records), folder=folder, nfiles=nfiles)]
+    lines += goals_table(records, folder)
     if not recs:
         lines.append("\nNo results yet: run `python -m perf --size small`.\n")
         return "\n".join(lines)
@@ -206,6 +207,15 @@ def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | No
             lines.append(f"* [`{name}`](../perf/results/{name})" + (f": {first}" if first else ""))
         lines.append("")
     return "\n".join(lines)
+
+
+def goals_table(records, folder: str) -> list:
+    """The issue-16 goals section (perf/goals.py): goal, measured ratio, gap per goal line,
+    the GPU cost model and, for GPU records, the fraction of the bound reached."""
+    from . import goals
+
+    results_dir = folder if os.path.isabs(folder) else os.path.join(P.REPO, folder)
+    return goals.section(records, results_dir)
 
 
 def write_report(results_dir: str, out: str) -> str:

@@ -9,7 +9,9 @@ Cases (``size`` = ``small`` | ``full``):
 preproc
     ``caseA_<run>`` for the 4 runs of shared/reference Case A (desispec second-call time
     as the reference); ``full``: also a synthetic full-size camera (4128 x 4114,
-    500 traces, cosmics) with and without cosmic-ray rejection.
+    500 traces, cosmics) with and without cosmic-ray rejection, and (numpy, when
+    desispec is installed) ``fullccd_vs_desispec``: gpuspec and desispec's preproc
+    interleaved in the same process on the same files (perf/bench_preproc.py).
 extract
     ``caseB_clean`` and ``caseB_masked`` (specter ex2d, 50 fibers x 375 bins);
     ``bundle``: one 25-fiber bundle over the whole r wavelength range of a rendered
@@ -115,6 +117,14 @@ def bench_preproc(size: str, backend_name: str) -> list[dict]:
         sys.path.insert(0, P.HERE)
         from bench_preproc import synth_camera  # perf/bench_preproc.py
 
+        if backend_name == "numpy":
+            # goal record: side by side with desispec.preproc.preproc in this process
+            from bench_preproc import vs_desispec
+
+            for r in vs_desispec(rounds=3):
+                r["size"] = size
+                recs.append(r)
+                _say(_summary(r))
         raw, hdr, prim, calib = synth_camera()
         cal_dev = {k: backend.to_device(v, xp) for k, v in calib.items()}
         for case, cosm in (("fullccd", True), ("fullccd_nocosmic", False)):

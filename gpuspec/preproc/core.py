@@ -14,13 +14,17 @@ Steps (see ``docs/preproc.md`` and desispec ``preproc.preproc``), each a functio
    gain, SATURATED where the bias-subtracted raw ADU ≥ SATURLEV, the bias
    "Poisson" term of the read noise;
 3. Poisson variance = max(image, 0) before the dark;
-4. dark (:func:`_scaled_dark`, :func:`_subtract_dark`): rate (e⁻/s, or ADU/s for a
-   raw-shaped dark) × EXPTIME, subtracted in electrons; its clipped noise per
-   amplifier joins the read noise;
-5. pixflat (:func:`_apply_pixflat`; PIXFLATZERO ≤ 0.001, PIXFLATLOW < 0.1);
-   ivar = 1/(poisson + rdnoise²);
+4. dark (:func:`_scaled_dark`, :func:`_add_dark_noise`, :func:`_calibrate_rows`):
+   rate (e⁻/s, or ADU/s for a raw-shaped dark) × EXPTIME, subtracted in electrons;
+   its clipped noise per amplifier joins the read noise;
+5. pixflat (PIXFLATZERO ≤ 0.001, PIXFLATLOW < 0.1); ivar = 1/(poisson + rdnoise²);
 6. the bad-pixel mask, BADREADNOISE where read noise > 15 e⁻;
 7. cosmic rays (:mod:`.cosmics`).
+
+Memory: the raw image stays in its own dtype (bias-subtracted float64 sections are
+made on demand, :class:`_BiasSubtracted`), float32 calibrations stay float32, and the
+per-pixel steps write in place into the output planes by blocks of rows
+(:mod:`.blocks`): the only image-sized arrays are the inputs and the outputs.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ..io.raw import RawLayout, raw_layout
 from ..io.util import header_dict, require_keyword
 from ..maskbits import ccdmask
 from ..profiling import nvtx_range
+from .blocks import row_blocks
 from .calib import CalibInput, check_shape, load_calibration
 from .cosmics import C2FUDGE, CFUDGE, NITER, NSIG, cosmic_mask
 from .header import add_missing_keys, set_dependency
@@ -66,19 +71,44 @@ class _Planes:
     image: Any
     readnoise: Any
     mask: Any
-    dark_e: Any = None        # dark in electrons (trimmed shape), or None
+    dark_e: Any = None        # dark in electrons (trimmed shape, the dark's dtype), or None
+
+
+class _BiasSubtracted:
+    """The raw image minus the bias, in float64, made section by section on demand.
+
+    ``r[sec]`` is ``float64(raw[sec]) - bias[sec]`` (a new array), which is what a full
+    float64 copy of the bias-subtracted image would hold there; no image-sized float64
+    plane is ever made (the raw stays in its own dtype on the device, int32 for DESI).
+    Backends: numpy and cupy (whatever ``raw`` and ``bias`` are).
+    """
+
+    def __init__(self, raw, bias):
+        self.raw = raw
+        self.bias = bias
+        self.shape = raw.shape
+
+    def __getitem__(self, sec):
+        out = self.raw[sec].astype(np.float64)
+        if self.bias is not None:
+            out -= self.bias[sec]
+        return out
 
 
 def _upload_raw(raw, xp, path):
-    """The raw image as float64 on the device (the caller's array is never touched)."""
+    """The raw image on the device in its own dtype (the caller's array is never touched).
+
+    Float images are checked for NaN/inf; integers are always finite.
+    """
     with nvtx_range("preproc:upload"):
-        # upload in the file's dtype (int32: half the bytes), convert on the device;
-        # astype copies
-        rawimg = to_device(raw, xp).astype(xp.float64)
-    if not bool(xp.isfinite(rawimg).all()):
-        nbad = int((~xp.isfinite(rawimg)).sum())
+        # upload in the file's dtype (int32: half the bytes of float64)
+        rawdev = to_device(raw, xp)
+    if np.dtype(raw.dtype).kind in "iub":
+        return rawdev
+    if not bool(xp.isfinite(rawdev).all()):
+        nbad = int((~xp.isfinite(rawdev)).sum())
         raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", path=path)
-    return rawimg
+    return rawdev
 
 
 def _record(meta: dict, key: str, cal: CalibInput | None, given) -> None:
@@ -91,12 +121,17 @@ def _record(meta: dict, key: str, cal: CalibInput | None, given) -> None:
 
 def _load_calibrations(xp, meta: dict, raw_shape, out_shape, bias, dark, pixflat, mask) -> dict:
     """Load and shape-check the four calibrations (before any work); record their provenance."""
-    cal = {"bias": load_calibration(bias, "bias", xp),
-           # the dark keeps its own float dtype until it is scaled by EXPTIME (as in
-           # desispec, where a float32 dark file times EXPTIME stays float32)
+    # bias, dark and pixflat keep their stored float dtype (float32 files: half the
+    # memory, as in desispec); every operation on them promotes to float64 (exact), and
+    # the dark times EXPTIME stays float32 like desispec's
+    cal = {"bias": load_calibration(bias, "bias", xp, dtype=None),
            "dark": load_calibration(dark, "dark", xp, dtype=None),
            "mask": load_calibration(mask, "mask", xp, dtype=np.int32),
-           "pixflat": load_calibration(pixflat, "pixflat", xp)}
+           "pixflat": load_calibration(pixflat, "pixflat", xp, dtype=None)}
+    for name in ("bias", "pixflat"):
+        c = cal[name]
+        if c is not None and c.data.dtype.kind != "f":
+            c.data = c.data.astype(xp.float64)
     if cal["bias"] is not None:
         check_shape(cal["bias"], raw_shape, "raw image")
     _record(meta, "CCD_CALIB_BIAS", cal["bias"], bias)
@@ -116,14 +151,19 @@ def _load_calibrations(xp, meta: dict, raw_shape, out_shape, bias, dark, pixflat
 
 
 def _scaled_dark(cal_dark: CalibInput | None, exptime, xp, camera: str):
-    """Dark rate × EXPTIME (float64, the dark's own shape), or None when absent or all zero."""
+    """Dark rate × EXPTIME in the dark's float dtype and shape, or None when absent or all zero.
+
+    Scaled in place (the loaded calibration is a private copy); a float32 dark stays
+    float32, rounded exactly like desispec's ``exptime * dark``.
+    """
     if cal_dark is None:
         return None
     dd = cal_dark.data
     if dd.dtype.kind != "f":
         dd = dd.astype(xp.float64)
-    dark_scaled = (dd * dd.dtype.type(exptime)).astype(xp.float64)
-    if bool(xp.all(dark_scaled == 0.0)):
+    dd *= dd.dtype.type(exptime)
+    dark_scaled = dd
+    if int(xp.count_nonzero(dark_scaled)) == 0:
         log.info("camera %s: dark model is all zeros (EXPTIME=%s); not applied", camera,
                  exptime)
         return None
@@ -160,7 +200,7 @@ def _amp_read_noise(ov: OverscanResult, bias, secs: dict) -> float:
     if bias is not None:
         _, bn_data = clipped_stats(bias[secs["DATASEC"]])
         _, bn_ov = clipped_stats(bias[secs["BIASSEC"]])
-        rdnoise = float(np.sqrt(rdnoise ** 2 + float(bn_data) ** 2 - float(bn_ov) ** 2))
+        rdnoise = float(np.sqrt(rdnoise ** 2 + bn_data ** 2 - bn_ov ** 2))
     return rdnoise
 
 
@@ -168,7 +208,7 @@ def _overscan_row_offset(rawimg, secs: dict) -> float:
     """Clipped level of the overscan rows (ORSEC) after removing the overscan-column level."""
     col_level, _ = clipped_stats(rawimg[secs["BIASSEC"]])
     row_offset, _ = clipped_stats(rawimg[secs["ORSEC"]] - col_level)
-    return float(row_offset)
+    return row_offset
 
 
 def _check_expected_read_noise(hdr: dict, amp: str, rdnoise_e: float, camera: str) -> None:
@@ -199,24 +239,45 @@ def _amp_overscan(rawimg, secs, meta, amp, per_row_allowed, planes, camera):
     return ov
 
 
+def _sub_rows(sec, rows: slice):
+    """Rows ``rows`` (relative) of the 2-D section ``sec`` = (yslice, xslice). Host only."""
+    ys, xs = sec
+    return slice(ys.start + rows.start, ys.start + rows.stop), xs
+
+
 def _fill_amp(planes: _Planes, rawimg, secs, level, row_offset, gain, saturlev, rdnoise_e,
               bias, dark_scaled, xp) -> None:
-    """Electrons, SATURATED bits, read noise (and a raw-shaped dark) of one amp's CCDSEC."""
+    """Electrons, SATURATED bits, read noise (and a raw-shaped dark) of one amp's CCDSEC.
+
+    Written in place into the planes, block of rows by block of rows (no amplifier- or
+    image-sized temporary); the arithmetic is in float64 (float32 calibrations are
+    promoted before any operation).
+    """
     data_sec, ccd_sec = secs["DATASEC"], secs["CCDSEC"]
-    data = rawimg[data_sec] - level[:, None]
-    if row_offset is not None:
-        data = data - row_offset
-    saturated = rawimg[data_sec] >= saturlev
-    sub = planes.mask[ccd_sec]
-    planes.mask[ccd_sec] = xp.where(saturated, sub | np.int32(ccdmask.SATURATED), sub)
-    planes.image[ccd_sec] = data * gain
-    rn = xp.full(data.shape, rdnoise_e, dtype=xp.float64)
-    if bias is not None:
-        tb = bias[data_sec] * gain
-        rn = xp.sqrt(rn * rn + tb * (tb > 0))
-    planes.readnoise[ccd_sec] = rn
-    if dark_scaled is not None and dark_scaled.shape != planes.image.shape:
-        planes.dark_e[ccd_sec] = dark_scaled[data_sec] * gain
+    nrows = data_sec[0].stop - data_sec[0].start
+    for rows in row_blocks(0, nrows, xp):
+        dsec, csec = _sub_rows(data_sec, rows), _sub_rows(ccd_sec, rows)
+        raw = rawimg[dsec]
+        img = planes.image[csec]
+        xp.subtract(raw, level[rows, None], out=img)
+        if row_offset is not None:
+            img -= row_offset
+        img *= gain
+        planes.mask[csec] |= xp.where(raw >= saturlev, np.int32(ccdmask.SATURATED),
+                                      np.int32(0))
+        rn = planes.readnoise[csec]
+        if bias is not None:
+            tb = bias[dsec].astype(xp.float64)
+            tb *= gain
+            xp.maximum(tb, 0.0, out=tb)             # = tb·(tb > 0) once added
+            tb += rdnoise_e * rdnoise_e
+            xp.sqrt(tb, out=rn)
+        else:
+            rn[...] = rdnoise_e
+        if dark_scaled is not None and dark_scaled.shape != planes.image.shape:
+            d = planes.dark_e[csec]
+            d[...] = dark_scaled[dsec]
+            d *= gain
 
 
 def _preproc_amp(rawimg, layout: RawLayout, amp: str, planes: _Planes, meta: dict, hdr: dict,
@@ -238,45 +299,67 @@ def _preproc_amp(rawimg, layout: RawLayout, amp: str, planes: _Planes, meta: dic
               dark_scaled, xp)
 
 
-def _subtract_dark(image, planes: _Planes, layout: RawLayout, xp):
-    """Image minus the dark (e⁻); the dark's clipped noise per amp joins the read noise."""
-    if planes.dark_e is None:
-        return image
-    image = image - planes.dark_e
+def _add_dark_noise(planes: _Planes, layout: RawLayout, xp) -> None:
+    """Per amp, the clipped noise of the dark (e⁻) joins the read noise (in place)."""
     for amp in layout.amps:
         ccd_sec = layout.sections[amp]["CCDSEC"]
         _, darknoise = clipped_stats(planes.dark_e[ccd_sec])
-        planes.readnoise[ccd_sec] = xp.sqrt(planes.readnoise[ccd_sec] ** 2 + darknoise ** 2)
-    return image
+        rn = planes.readnoise[ccd_sec]
+        xp.multiply(rn, rn, out=rn)
+        rn += darknoise * darknoise
+        xp.sqrt(rn, out=rn)
 
 
-def _apply_pixflat(image, readnoise, poisson_var, mask, pixflat, xp):
-    """Divide by the pixel flat where > PIXFLAT_ZERO; PIXFLATZERO and PIXFLATLOW bits."""
-    good = pixflat > PIXFLAT_ZERO
-    safe = xp.where(good, pixflat, 1.0)
-    image = image / safe
-    readnoise = readnoise / safe
-    poisson_var = poisson_var / safe ** 2
-    mask = xp.where(good, mask, mask | np.int32(ccdmask.PIXFLATZERO))
-    low = (pixflat > 0) & (pixflat < PIXFLAT_LOW)
-    mask = xp.where(low, mask | np.int32(ccdmask.PIXFLATLOW), mask)
-    return image, readnoise, poisson_var, mask
+def _bits_where(cond, bit: int, xp):
+    """int32 array: ``bit`` where ``cond``, else 0."""
+    return xp.where(cond, np.int32(bit), np.int32(0))
+
+
+def _calibrate_rows(img, rn, mask, ivar, dark, pixflat, xp) -> None:
+    """Dark, pixflat, ivar and BADREADNOISE on one block of rows (all arguments are views).
+
+    Poisson variance = max(image, 0) before the dark; pixflat > PIXFLAT_ZERO divides the
+    image and read noise (and the variance by its square), PIXFLATZERO elsewhere,
+    PIXFLATLOW where 0 < pixflat < PIXFLAT_LOW; ivar = 1/(poisson + rdnoise²) where > 0.
+    """
+    xp.maximum(img, 0.0, out=ivar)              # Poisson variance, before the dark
+    if dark is not None:
+        img -= dark
+    if pixflat is not None:
+        pf = pixflat.astype(xp.float64)
+        good = pf > PIXFLAT_ZERO
+        safe = xp.where(good, pf, 1.0)
+        img /= safe
+        rn /= safe
+        xp.multiply(safe, safe, out=safe)
+        ivar /= safe
+        mask |= _bits_where(~good, ccdmask.PIXFLATZERO, xp)
+        mask |= _bits_where((pf > 0) & (pf < PIXFLAT_LOW), ccdmask.PIXFLATLOW, xp)
+    ivar += rn * rn                             # variance
+    pos = ivar > 0
+    xp.divide(1.0, xp.where(pos, ivar, 1.0), out=ivar)
+    ivar *= pos
+    mask |= _bits_where(rn > BADREADNOISE_LIMIT, ccdmask.BADREADNOISE, xp)
 
 
 def _calibrated_planes(planes: _Planes, layout: RawLayout, pixflat, xp):
-    """Dark, pixflat, ivar and BADREADNOISE: the (pix, ivar, mask, readnoise) of the Image."""
+    """Dark, pixflat, ivar and BADREADNOISE: the (pix, ivar, mask, readnoise) of the Image.
+
+    The image, read noise and mask planes are updated in place, block of rows by block
+    of rows (:mod:`.blocks`), and ivar is the only new plane.
+    """
     with nvtx_range("preproc:calib"):
-        poisson_var = xp.clip(planes.image, 0, None)
-        image = _subtract_dark(planes.image, planes, layout, xp)
-        readnoise, mask = planes.readnoise, planes.mask
-        if pixflat is not None:
-            image, readnoise, poisson_var, mask = _apply_pixflat(
-                image, readnoise, poisson_var, mask, pixflat.data, xp)
-        var = poisson_var + readnoise ** 2
-        ivar = xp.where(var > 0, 1.0 / xp.where(var > 0, var, 1.0), 0.0)
-        mask = xp.where(readnoise > BADREADNOISE_LIMIT,
-                        mask | np.int32(ccdmask.BADREADNOISE), mask)
-    return image, ivar, mask.astype(xp.int32, copy=False), readnoise
+        image, readnoise, mask, dark = planes.image, planes.readnoise, planes.mask, \
+            planes.dark_e
+        if dark is not None:
+            _add_dark_noise(planes, layout, xp)
+        pf = pixflat.data if pixflat is not None else None
+        ivar = xp.empty_like(image)
+        for rows in row_blocks(0, image.shape[0], xp):
+            _calibrate_rows(image[rows], readnoise[rows], mask[rows], ivar[rows],
+                            None if dark is None else dark[rows],
+                            None if pf is None else pf[rows], xp)
+    return image, ivar, mask, readnoise
 
 
 def _amplifier_planes(rawimg, layout: RawLayout, cal: dict, meta: dict, hdr: dict,
@@ -285,11 +368,11 @@ def _amplifier_planes(rawimg, layout: RawLayout, cal: dict, meta: dict, hdr: dic
     out_shape = layout.trimmed_shape
     with nvtx_range("preproc:amps"):
         bias = cal["bias"].data if cal["bias"] is not None else None
-        if bias is not None:
-            rawimg = rawimg - bias
+        rawimg = _BiasSubtracted(rawimg, bias)
         planes = _Planes(image=xp.zeros(out_shape, dtype=xp.float64),
                          readnoise=xp.zeros(out_shape, dtype=xp.float64),
-                         mask=(cal["mask"].data.copy() if cal["mask"] is not None
+                         # the loaded mask is a private copy: it becomes the output plane
+                         mask=(cal["mask"].data if cal["mask"] is not None
                                else xp.zeros(out_shape, dtype=xp.int32)))
         dark_scaled = _scaled_dark(cal["dark"], exptime, xp, camera)
         if dark_scaled is not None:
@@ -382,13 +465,17 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
                              pixflat, mask)
     planes = _amplifier_planes(rawimg, layout, cal, meta, hdr, layout.exptime,
                                use_overscan_row, camera, xp)
+    del rawimg                         # free the raw upload and the bias before ivar
+    cal["bias"] = cal["dark"] = None
     pix, ivar, outmask, readnoise = _calibrated_planes(planes, layout, cal["pixflat"], xp)
+    cal["pixflat"] = None
+    planes.dark_e = None
     img = Image(pix=pix, ivar=ivar, mask=outmask, readnoise=readnoise, camera=camera, meta=meta)
     if cosmics:
         with nvtx_range("preproc:cosmics"):
             cosmic_mask(img, nsig=cosmics_nsig, cfudge=cosmics_cfudge,
                         c2fudge=cosmics_c2fudge, niter=cosmics_niter)
-    if not is_cupy(img.mask) and bool(np.all(img.mask > 0)):
+    if not is_cupy(img.mask) and int(np.count_nonzero(img.mask)) == img.mask.size:
         log.error("camera %s is entirely masked", camera)
     set_dependency(meta, "GPUSPEC", __version__)
     add_missing_keys(meta, prim)

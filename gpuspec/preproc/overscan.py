@@ -112,8 +112,6 @@ def cosmic_trail_rows(raw, ov_sec, data_sec, row_levels, col_width: int = 300,
 
     Backends: numpy and cupy.
     """
-    xp = get_array_module(raw)
-    ndi = scipy_module(xp, "ndimage")
     ys, xs = ov_sec
     nx = raw.shape[1]
     if overscan_right_of_data(data_sec, ov_sec):
@@ -121,6 +119,8 @@ def cosmic_trail_rows(raw, ov_sec, data_sec, row_levels, col_width: int = 300,
     else:
         cols = slice(xs.stop, min(xs.stop + col_width, nx))
     band = raw[ys, cols]
+    xp = get_array_module(band)
+    ndi = scipy_module(xp, "ndimage")
     if band.shape[1] == 0:
         return xp.zeros(row_levels.shape, dtype=bool)
     val = xp.max(band, axis=1).astype(xp.float64)
@@ -143,7 +143,7 @@ def amp_overscan(raw, ov_sec, data_sec, per_row_allowed: bool, nsigma: float = 5
 
     Parameters
     ----------
-    raw : float array
+    raw : float array, or anything whose ``[section]`` is one
         Raw image (bias already subtracted when a bias is used), ADU.
     ov_sec, data_sec : (slice, slice)
         BIASSEC and DATASEC of the amplifier (DATASEC tells on which side of the
@@ -156,8 +156,8 @@ def amp_overscan(raw, ov_sec, data_sec, per_row_allowed: bool, nsigma: float = 5
 
     Backends: numpy and cupy (the level stays on the device; scalars on the host).
     """
-    xp = get_array_module(raw)
     block = raw[ov_sec]
+    xp = get_array_module(block)
     nrows = block.shape[0]
     levels, _ = clipped_stats_rows(block, nsigma=nsigma, niter=niter)
     bad = cosmic_trail_rows(raw, ov_sec, data_sec, levels)

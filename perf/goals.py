@@ -1,0 +1,363 @@
+"""The goals table of issue 16 (speed and memory) for docs/performance.md.
+
+Each goal line shows the target, the latest measurement that answers it (with its record
+file), the measured ratio and the gap to the goal, and whether it is met or open. A
+goal without a measurement yet shows "no record" and is open. The GPU cost model
+(``perf/results/costmodel.json``, written by ``python -m perf.costmodel``) gives the
+bounds, the CPU extraction limit and, for every GPU record, the fraction of the bound
+reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+#: Perlmutter GPU node: host memory (GB) shared by the ranks of a node.
+PERLMUTTER_HOST_GB = 256
+RANKS = (4, 20)
+
+
+def _latest(records, bench, case, threads=None, size=None, backend="numpy"):
+    """Newest record of (benchmark, case[, threads, size, backend])."""
+    best = None
+    for r in records:
+        if r["benchmark"] != bench or r["case"] != case:
+            continue
+        if threads is not None and str(r["threads"]) != str(threads):
+            continue
+        if size is not None and r["size"] != size:
+            continue
+        if backend is not None and r["backend"] != backend:
+            continue
+        if best is None or r["date_utc"] >= best["date_utc"]:
+            best = r
+    return best
+
+
+def _cpu(r):
+    """CPU seconds of a record (process time when metered, else wall)."""
+    t = r["timing"]
+    return t.get("cpu_median_s") or t["median_s"]
+
+
+def _load(r):
+    la = (r.get("loadavg") or {}).get("before")
+    return f"{la[0]:.1f}" if la else "?"
+
+
+def _src(*recs):
+    files = sorted({r.get("_file", "?") for r in recs if r})
+    return ", ".join(f"`{f}`" for f in files) if files else "–"
+
+
+def _row(goal, target, measured, ratio, gap, met, src):
+    status = "**met**" if met is True else ("open" if met is False else met)
+    return f"| {goal} | {target} | {measured} | {ratio} | {gap} | {status} | {src} |"
+
+
+def load_costmodel(results_dir):
+    fn = os.path.join(results_dir, "costmodel.json")
+    if not os.path.exists(fn):
+        return None
+    with open(fn) as f:
+        return json.load(f)
+
+
+def _goal1(records):
+    sp = _latest(records, "coadd", "healpix_spectroperf", threads=1)
+    pl = _latest(records, "coadd", "healpix_plain", threads=1)
+    rows = []
+    if sp and pl:
+        k = _cpu(sp) / _cpu(pl)
+        rows.append(_row("1a spectroperf coadd cost / plain coadd (CPU, 1 thread)", "≤ 5×",
+                         f"{_cpu(sp):.3g} s vs {_cpu(pl):.3g} s ({sp['sizes'].get('ntarget')} "
+                         f"targets)", f"{k:.1f}×", f"{k / 5:.1f}× too slow" if k > 5 else "–",
+                         k <= 5, _src(sp, pl)))
+    else:
+        rows.append(_row("1a spectroperf coadd cost / plain coadd (CPU)", "≤ 5×", "no record",
+                         "–", "–", False, "–"))
+    gpu = [r for r in records if r["benchmark"] == "coadd" and r["backend"] == "cupy"
+           and r["case"] == "healpix_spectroperf"]
+    rows.append(_row("1b spectroperf coadd on a GPU vs desispec single core (500+ targets)",
+                     "≥ 100×", "no GPU record" if not gpu else
+                     f"{gpu[-1]['timing']['median_s']:.3g} s (GPU)", "–", "–", False,
+                     _src(*gpu[-1:]) if gpu else "–"))
+    return rows
+
+
+def _goal2(records, cm):
+    rows = []
+    for case in ("caseB_clean", "caseB_masked"):
+        r = _latest(records, "extract", case, threads=1)
+        if r and r.get("reference"):
+            # the reference ran alone on an idle machine (wall ≈ CPU): compare CPU time
+            c = _cpu(r)
+            k = r["reference"]["seconds"] / c
+            rows.append(_row(f"2a extraction {case} vs specter (1 thread, CPU time)", "≥ 10×",
+                             f"{c:.3g} CPU-s ({r['timing']['median_s']:.3g} s wall, load "
+                             f"{_load(r)}) vs {r['reference']['seconds']:.3g} s",
+                             f"{k:.1f}×", f"{10 / k:.1f}× short" if k < 10 else "–", k >= 10,
+                             _src(r)))
+    gs = [r for r in records if r["benchmark"] == "extract" and r.get("reference")
+          and "gpu_specter" in str(r["reference"].get("name", ""))]
+    rows.append(_row("2a extraction vs gpu_specter's CPU path (1 thread)", "≥ 5×",
+                     "no record (gpu_specter is not installed here)" if not gs else
+                     f"{gs[-1]['reference']['ratio']:.1f}×", "–", "–", False, _src(*gs[-1:])))
+    fr = _latest(records, "extract", "frame500", threads=1)
+    if fr:
+        c = _cpu(fr)
+        rows.append(_row("2b 500-fiber frame, CPU seconds (1 process)", "≤ 100 CPU-s",
+                         f"{c:.0f} CPU-s ({fr['timing']['median_s']:.0f} s wall)",
+                         f"{c / 100:.2f}× the goal", f"{c - 100:.0f} s over" if c > 100 else "–",
+                         c <= 100, _src(fr)))
+    else:
+        rows.append(_row("2b 500-fiber frame, CPU seconds", "≤ 100 CPU-s", "no 1-thread record",
+                         "–", "–", False, "–"))
+    one = _latest(records, "extract", "frame50", threads=1)
+    two = _latest(records, "extract", "frame50", threads=2)
+    if one and two:
+        k = one["timing"]["median_s"] / two["timing"]["median_s"]
+        rows.append(_row("2c speed-up of 2 processes on 2 cores (frame50, wall)", "≥ 1.8×",
+                         f"{one['timing']['median_s']:.3g} s → {two['timing']['median_s']:.3g} s "
+                         f"(load {_load(one)} / {_load(two)})",
+                         f"{k:.2f}×", f"{1.8 - k:.2f} short" if k < 1.8 else "–", k >= 1.8,
+                         _src(one, two)))
+    if cm and cm.get("cpu_limit"):
+        lim = cm["cpu_limit"]
+        meas = f"limit {lim['seconds']:.0f} s/frame at the measured kernel rates " \
+               f"({lim['seconds_at_dgemm_peak']:.0f} s at the dgemm rate " \
+               f"{lim['dgemm_gflops']:.0f} GFLOP/s), {lim['flops']:.3g} flops"
+        if fr:
+            k = _cpu(fr) / lim["seconds"]
+            rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
+                             meas, f"{k:.1f}× the limit", f"{_cpu(fr) - lim['seconds']:.0f} s "
+                             "above", "open", "`costmodel.json`, " + _src(fr)))
+        else:
+            rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
+                             meas, "–", "–", "open", "`costmodel.json`"))
+    return rows
+
+
+def _goal3(records):
+    r = _latest(records, "preproc", "fullccd_vs_desispec", threads=None)
+    if not r:
+        return [_row("3 preproc full camera with cosmics vs desispec (CPU)", "≥ 3×",
+                     "no record", "–", "–", False, "–")]
+    ref = r["reference"]
+    k = ref["ratio"]
+    runs = ref.get("ratio_per_round") or []
+    spread = f" (rounds {min(runs):.2f}–{max(runs):.2f})" if runs else ""
+    allr = [x["reference"]["ratio"] for x in records
+            if x["benchmark"] == "preproc" and x["case"] == "fullccd_vs_desispec"]
+    if len(allr) > 1:
+        spread += f"; {len(allr)} runs: {min(allr):.2f}–{max(allr):.2f}×"
+    return [_row("3 preproc full camera with cosmics vs desispec (CPU time, 1 thread)", "≥ 3×",
+                 f"{_cpu(r):.2f} CPU-s vs {ref['seconds']:.2f} CPU-s{spread}", f"{k:.2f}×",
+                 f"{3 / k:.2f}× short" if k < 3 else "–", k >= 3, _src(r))]
+
+
+def _goal4(records, cm):
+    if not cm:
+        return [_row("4 GPU cost model", "bounds per stage", "no costmodel.json", "–", "–",
+                     False, "–")]
+    pf = cm["per_frame"]
+    a = cm["anchors"]
+    gs = a["gpu_specter"]["gpu_s_per_frame"]
+    dp = a["desi_production"]["gpu_s_per_frame"]
+    b = pf.get("A100-40GB")
+    gpu = [r for r in records if r["backend"] == "cupy"]
+    meas = ("bound per frame " + ", ".join(f"{g} {v:.2f} s" for g, v in pf.items())
+            + f"; anchors on A100: gpu_specter {gs:.1f} GPU-s/frame ({b / gs:.1%} of the "
+            f"bound), DESI production {dp:.1f} GPU-s/frame ({b / dp:.1%})")
+    return [_row("4 GPU cost model: roofline bound, fraction reached", "each GPU run vs its bound",
+                  meas, "–", "no GPU measurement yet" if not gpu else f"{len(gpu)} GPU records",
+                  "model done; GPU runs open" if not gpu else "model done",
+                  "`costmodel.json`")]
+
+
+def _goal5(records):
+    rows = []
+    new = [r for r in records if "peak_rss_mb" in r["timing"]]
+    latest = {}
+    for r in records:
+        latest[(r["benchmark"], r["case"], r["size"], r["backend"], str(r["threads"]))] = r
+    have = sum("peak_rss_mb" in r["timing"] for r in latest.values())
+    rows.append(_row("5a peak RSS in every benchmark record", "all records",
+                     f"{have} of {len(latest)} newest records ({len(new)} records in all)",
+                     "–", f"{len(latest) - have} older records without it" if have < len(latest)
+                     else "–", have == len(latest) if latest else False, "all"))
+    r = _latest(records, "preproc", "fullccd_vs_desispec", threads=None)
+    if r and "peak_rss_mb" in r["timing"]:
+        g, d = r["timing"]["peak_rss_mb"], r["reference"]["peak_rss_mb"]
+        base = r["timing"].get("rss_before_mb") or 0
+        rows.append(_row("5b preproc peak RSS vs desispec (same process, same inputs)",
+                         "below desispec",
+                         f"{g:.0f} MB vs {d:.0f} MB (inputs held: {base:.0f} MB); faults "
+                         f"{r['timing']['minflt_median']:.0f} vs {r['reference']['minflt_median']:.0f}",
+                         f"{g / d:.2f}", "–" if g < d else f"{g - d:.0f} MB over", g < d, _src(r)))
+    else:
+        rows.append(_row("5b preproc peak RSS vs desispec", "below desispec", "no record", "–",
+                         "–", False, "–"))
+    fr = _latest(records, "extract", "frame500", threads=1) or \
+        _latest(records, "extract", "frame500", threads=None)
+    e2e = [r for r in records if r["benchmark"] == "e2e" and r["case"].startswith("camera_")
+           and r["sizes"].get("full_size") and "extract_peak_rss_mb" in r.get("extra", {})]
+    e2e = max(e2e, key=lambda r: r["date_utc"]) if e2e else None
+    if fr and "peak_rss_mb" in fr["timing"]:
+        pk = fr["timing"]["peak_rss_mb"] / 1024.0
+        what = f"{pk:.2f} GB per rank (extract_frame, image in memory, threads {fr['threads']})"
+        if e2e:
+            pe = e2e["extra"]["extract_peak_rss_mb"] / 1024.0
+            what += f"; {pe:.2f} GB (extract_file of a preproc file, e2e {e2e['case']})"
+            pk = max(pk, pe)
+        per = {n: PERLMUTTER_HOST_GB / n for n in RANKS}
+        fits = all(pk < v for v in per.values())
+        rows.append(_row("5c full-frame extraction peak RSS per rank vs Perlmutter host memory",
+                         f"< {per[RANKS[-1]]:.1f} GB (256 GB / {RANKS[-1]} ranks)", what,
+                         f"{pk / per[RANKS[-1]]:.2f} of 12.8 GB, {pk / per[RANKS[0]]:.2f} of 64 GB",
+                         "–", fits, _src(fr, e2e)))
+    else:
+        rows.append(_row("5c full-frame extraction peak RSS per rank", "< 12.8 GB", "no record",
+                         "–", "–", False, "–"))
+    return rows
+
+
+def gpu_fractions(records, cm):
+    """Rows: each GPU record with a modelled stage, its bound and the fraction reached."""
+    if not cm:
+        return []
+    out = []
+    names = {"A100": "A100-40GB", "H100": "H100-SXM", "H200": "H200-SXM"}
+    for r in records:
+        if r["backend"] != "cupy":
+            continue
+        gpu = next((v for k, v in names.items() if k in r["device"]), None)
+        if gpu is None:
+            continue
+        b = _stage_bound(r, cm, gpu)
+        if not b:
+            continue
+        t = r["timing"]["median_s"]
+        out.append(f"| {r['benchmark']}/{r['case']} | {r['device']} | {t:.3g} s | {b:.3g} s | "
+                   f"{b / t:.1%} | `{r.get('_file')}` |")
+    return out
+
+
+def _stage_bound(r, cm, gpu):
+    """The model's bound for a GPU record, scaled to its size (None when not modelled)."""
+    bd = cm["bounds"]
+    nf = cm["frame"]["nspec"] * cm["frame"]["nwave"]
+    s = r["sizes"]
+    if r["benchmark"] == "extract" and r["case"].startswith(("frame", "bundle", "caseB")):
+        return bd["extraction"][gpu]["bound_s"] * s.get("nspec", 0) * s.get("nwave", 0) / nf
+    if r["benchmark"] == "preproc" and r["case"].startswith("fullccd"):
+        return bd["preproc"][gpu]["bound_s"]
+    if r["benchmark"] == "coadd" and r["case"] in ("healpix_plain", "healpix_spectroperf"):
+        px = cm["healpix_pixel"]
+        k = s.get("ntarget", 0) * s.get("nexp", 0) / (px["ntarget"] * px["nexp"])
+        key = "coadd plain" if r["case"] == "healpix_plain" else "coadd spectroperf"
+        return bd[key][gpu]["bound_s"] * k
+    if r["benchmark"] == "e2e" and r["case"] == "exposure":
+        per = bd["preproc"][gpu]["bound_s"] + bd["extraction"][gpu]["bound_s"]
+        return per * s.get("ncameras", 1) * s.get("nspec", 500) / 500.0
+    return None
+
+
+def section(records, results_dir) -> list:
+    """Markdown lines of the goals section (table, cost model, GPU fractions)."""
+    cm = load_costmodel(results_dir)
+    lines = ["## Goals of issue 16 (speed, memory)\n",
+             "Latest measurement per goal; ratios are reference / gpuspec (> 1: gpuspec "
+             "faster) unless stated; CPU seconds are process time (the machine is shared). "
+             "Goal 2's CPU limit and goal 4's bounds come from the cost model "
+             "(`perf/costmodel.py`, section below).\n",
+             "| goal | target | measured | ratio | gap | status | record |",
+             "|---|---|---|---|---|---|---|"]
+    lines += _goal1(records) + _goal2(records, cm) + _goal3(records) + _goal4(records, cm) \
+        + _goal5(records)
+    lines.append("")
+    if cm:
+        lines += costmodel_lines(cm)
+    fr = gpu_fractions(records, cm)
+    lines.append("### GPU runs against the bound\n")
+    if fr:
+        lines += ["| record | device | measured | bound | fraction of the bound | file |",
+                  "|---|---|---|---|---|---|"] + fr + [""]
+    else:
+        lines.append("No GPU measurement exists yet (no GPU was available to these runs): "
+                     "once `perf/gpu-check` records cupy results, each appears here with the "
+                     "model's bound for its size and the fraction of it reached.\n")
+    return lines
+
+
+def costmodel_lines(cm) -> list:
+    """Tables of the model: bounds per stage and GPU, per frame, per exposure."""
+    gpus = list(cm["gpus"])
+    lines = ["### GPU cost model (roofline lower bounds)\n",
+             f"`perf/costmodel.py` ({cm.get('date_utc', '')}): frame of "
+             f"{cm['frame']['nspec']} fibers × {cm['frame']['nwave']} bins "
+             f"({cm['frame']['band']} camera, {cm['frame']['npatch']:.0f} patches, shapes from "
+             f"`{cm['frame'].get('psf')}`); HEALPix pixel of {cm['healpix_pixel']['ntarget']} "
+             f"targets × {cm['healpix_pixel']['nexp']} exposures × brz. Bound = Σ over the "
+             "batched operations of max(flops / peak, bytes / bandwidth) + PCIe transfers; "
+             "FP64 Tensor Core peak for dense GEMMs, FP64 vector peak otherwise.\n",
+             "| stage | " + " | ".join(gpus) + " | dominant operation | GFLOP | GB moved |",
+             "|---|" + "---|" * len(gpus) + "---|---|---|"]
+    for st, b in cm["bounds"].items():
+        one = b[gpus[0]]
+        lines.append(f"| {st} | " + " | ".join(f"{b[g]['bound_s'] * 1e3:.1f} ms" for g in gpus)
+                     + f" | {one['dominant']} | {one['flops'] / 1e9:.0f} | "
+                     f"{one['bytes'] / 1e9:.1f} |")
+    lines.append("| **frame** (preproc + extraction + calibration) | " + " | ".join(
+        f"**{cm['per_frame'][g]:.2f} s**" for g in gpus) + " | | | |")
+    lines.append("| **exposure** (30 frames, one GPU) | " + " | ".join(
+        f"**{cm['per_exposure'][g]:.1f} s**" for g in gpus) + " | | | |")
+    lines.append("")
+    a = cm["anchors"]
+    lines.append("Published anchors (A100, GPU-seconds per 500-fiber frame): "
+                 f"gpu_specter {a['gpu_specter']['gpu_s_per_frame']:.1f} "
+                 f"(575 frames per node-hour, 4 GPUs), DESI production "
+                 f"{a['desi_production']['gpu_s_per_frame']:.1f} (253.5 s per 30-frame exposure "
+                 "on 4 GPUs): "
+                 f"{cm['per_frame']['A100-40GB'] / a['gpu_specter']['gpu_s_per_frame']:.1%} and "
+                 f"{cm['per_frame']['A100-40GB'] / a['desi_production']['gpu_s_per_frame']:.1%} "
+                 "of the A100 bound.\n")
+    lines.append("Peak figures: " + "; ".join(
+        f"{g} FP64 {v['fp64'] / 1e12:.1f} / tensor {v['fp64_tc'] / 1e12:.1f} TFLOP/s, "
+        f"{v['bw'] / 1e12:.2f} TB/s, host link {v['host'] / 1e9:.0f} GB/s"
+        for g, v in cm["gpus"].items()) + ". " + cm["gpu_source"] + "\n")
+    lines.append(
+        "How the counts are made (from the array shapes of the code; each function's "
+        "docstring in `perf/costmodel.py` has the details): *preproc* — bytes of every "
+        "array pass per pixel (raw int32 and float32 calibrations in, 28 B/pixel of planes "
+        "out over PCIe, ~26 calibration passes, 8 radix sorts of the clipped-noise sets, the "
+        "cosmic selection and prefilter, 7 × 22 shifted bool passes of the repair). "
+        "*Extraction*, per patch with F fibers × NW wavelengths (n = F·NW unknowns), "
+        "Q = WY·WX window pixels per fiber and K = ND·NE·T tiled columns, all measured on "
+        "the PSF's patch layout: the tiled GEMM `(own·W)ᵀ·At` 2·F·NT·T·RT·WX·K flops "
+        "(tensor cores), `cholesky` n³/3, the LU-based `inv(L)` 8n³/3, `C_ff = Z_fᵀZ_f` "
+        "2·F·n·NW², `eigh` of the F blocks 9·NW³ each (nominal), the χ² products 8·F·Q·NW; "
+        "bytes of A0 (F·Q·NW), At (F·NT·RT·WX·K), M (n²) and their index arrays. "
+        "*Decorrelation*: blocks of m = 2chw + 1 + 2skin (149 at 0.8 Å), 9m³ per eigh and "
+        "(4 + 2·ndiag)·2m² for s, flux and the band of R. *Plain coadd*: one read of flux, "
+        "ivar, mask and the resolution diagonals per input bin. *Spectroperfectionism "
+        "coadd*: per input row the banded Cinv accumulation (L ≈ ndiag + 2 columns per bin, "
+        "~3·m·L²/2 flops, a scatter-add per value) then the decorrelation. *Calibration*: "
+        "the banded normal matrix Σ_f R_fᵀW_fR_f (2·b·(2b−1) flops per fiber and bin, b = 11 "
+        "diagonals) per iteration (10 assumed for each step), banded solves, the variance "
+        "band. The dominant GPU term of the extraction is the LU-based inverse of the "
+        "triangular factor: a triangular inverse or solve (n³/3) would remove ~1.25 TFLOP "
+        "per frame.\n")
+    if cm.get("cpu_rates"):
+        r = cm["cpu_rates"]
+        lim = cm["cpu_limit"]
+        lines.append(
+            "CPU (one core of this machine, FP64, CPU time): dgemm "
+            f"{r['dgemm_2048']:.0f} GFLOP/s (2048²), batched C_ff GEMM {r['batched_gemm_cff']:.0f}, "
+            f"LAPACK dpotrf + dtrtri (n = {r['shapes']['n']}) {r['dpotrf_dtrtri']:.1f}, batched "
+            f"eigh ({r['shapes']['nw']}²) {r['eigh_batched']:.1f} GFLOP/s (nominal 9n³). The CPU "
+            f"extraction does {lim['flops']:.3g} flops per frame; at these rates that is "
+            f"**{lim['seconds']:.0f} s per frame** (the CPU limit; "
+            f"{lim['seconds_at_dgemm_peak']:.0f} s if every flop ran at the dgemm rate).\n")
+    return lines

@@ -1,0 +1,186 @@
+"""The measurement meter (CPU time, faults, peak RSS), the GPU cost model and the goals
+table of issue 16. No timing assertions: only the arithmetic and the bookkeeping."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from perf import costmodel as C  # noqa: E402
+from perf import goals, report  # noqa: E402
+from perf import protocol as P  # noqa: E402
+
+
+# ---------------------------------------------------------------- meter
+def test_meter_sees_the_peak_of_the_block():
+    with P.Meter() as m:
+        a = np.ones(40 * 2 ** 20 // 8)          # 40 MB touched
+        a[::512] += 1.0
+        del a
+    r = m.result
+    assert set(r) >= {"wall_s", "cpu_s", "sys_s", "minflt", "peak_rss_mb", "rss_before_mb",
+                      "peak_scope", "children_peak_rss_mb"}
+    assert r["cpu_s"] >= 0 and r["wall_s"] > 0
+    if r["peak_scope"] == "call":                # Linux: the high-water mark was reset
+        assert r["peak_rss_mb"] - r["rss_before_mb"] >= 35
+        with P.Meter() as m2:
+            pass
+        assert m2.result["peak_rss_mb"] < r["peak_rss_mb"] - 30   # reset between blocks
+    else:
+        assert r["peak_rss_mb"] > 0
+
+
+def test_meter_counts_finished_children():
+    import subprocess
+
+    with P.Meter() as m:
+        subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"],
+                       check=True)
+    r = m.result
+    assert r["children_cpu_s"] > 0.05
+    assert r["cpu_s"] >= r["children_cpu_s"]
+
+
+def test_measure_and_single_carry_the_meter_keys():
+    t = P.measure(lambda: np.ones(1000).sum(), None, warmup=0, repeat=3)
+    for k in P.METER_KEYS:
+        assert k in t, k
+    assert len(t["cpu_s"]) == 3 and t["peak_rss_mb"] >= t["rss_before_mb"] * 0.5
+    with P.Meter() as m:
+        pass
+    s = P.single(0.5, warmup=1, meter=m.result)
+    assert s["peak_rss_mb"] == m.result["peak_rss_mb"] and s["repeat"] == 1
+    assert "peak_rss_mb" not in P.single(0.5)
+
+
+# ---------------------------------------------------------------- cost model
+def test_roofline_arithmetic():
+    g = C.GPUS["H100-SXM"]
+    ops = [C.Op("s", "gemm", 2e12, 1e9, tensor=True), C.Op("s", "stream", 1e6, 3.35e12),
+           C.Op("s", "copy", 0, 0, host=64e9)]
+    b = C.roofline(ops, "H100-SXM")
+    assert b["compute_s"] == pytest.approx(2e12 / g["fp64_tc"] + 1e6 / g["fp64"])
+    assert b["device_s"] == pytest.approx(2e12 / g["fp64_tc"] + 1.0)
+    assert b["host_s"] == pytest.approx(1.0)
+    assert b["bound_s"] == pytest.approx(b["device_s"] + 1.0)
+    assert b["dominant"] == "stream"
+    nt = C.roofline(ops, "H100-SXM", tensor=False)
+    assert nt["bound_s"] > b["bound_s"]
+
+
+def test_patch_ops_counts_from_shapes():
+    s = C.PatchShape(F=2, NW=4, WY=5, WX=3, NT=2, T=2, RT=3, ND=2, NE=3, nys=3, nxs=3)
+    ops = {o.name: o for o in C.patch_ops(s)}
+    n = 8
+    assert ops["cholesky"].flops == pytest.approx(n ** 3 / 3)
+    assert ops["inv(L) (LU inverse)"].flops == pytest.approx(8 * n ** 3 / 3)
+    assert ops["Mb = (own·W)^T At (batched GEMM)"].flops == \
+        pytest.approx(2 * 2 * 2 * 2 * 3 * 3 * (2 * 3 * 2))
+    assert ops["Mb = (own·W)^T At (batched GEMM)"].tensor
+    assert ops["eigh of the fiber blocks"].flops == pytest.approx(9 * 2 * 4 ** 3)
+    assert ops["C_ff = Z_f^T Z_f"].flops == pytest.approx(2 * 2 * n * 4 * 4)
+    twice = {o.name: o for o in C.patch_ops(C.PatchShape(**{**s.__dict__, "count": 2}))}
+    assert twice["cholesky"].bytes == pytest.approx(2 * ops["cholesky"].bytes)
+    cpu = {o.name for o in C.patch_ops(s, "cpu")}
+    assert "dpotrf + dtrtri" in cpu and "tiled gather At" not in cpu
+
+
+def test_decorrelation_blocks_match_the_code():
+    from gpuspec.coadd.decorrelate import block_layout
+
+    for nout, wavebin in ((7781, 0.8), (2326, 0.8), (1000, 2.0), (375, 0.8)):
+        m, starts, *_ = block_layout(nout, wavebin)
+        ops = C.decorrelate_ops(3, nout, wavebin)
+        eig = [o for o in ops if o.name.startswith("eigh")][0]
+        chw = max(10, int(50 / wavebin))
+        mm = 2 * chw + 1 + 2 * max(2, int(10 / wavebin))
+        assert mm == m or m == nout              # a short spectrum has one clipped block
+        assert eig.flops == pytest.approx(9.0 * 3 * starts.size * mm ** 3)
+
+
+def test_patch_geometry_from_a_psf(ref_psf_path):
+    from gpuspec.psf import read_psf
+
+    psf = read_psf(ref_psf_path)
+    wave = np.arange(5800.0, 5800.0 + 0.8 * 160, 0.8)
+    shapes = C.plan_frame(psf, wave, nspec=25, bundles=[0])
+    assert sum(s.count for s in shapes) == pytest.approx(5 * math.ceil(160 / 50))
+    for s in shapes:
+        assert s.F in (6, 7) and s.NW == s.NT * s.T and s.NW >= 10 + 2 * s.ndiag
+        assert s.nxs == 2 * psf.hsizex + 1 and s.WX >= s.nxs and s.RT <= s.WY
+        assert 2 <= s.ND <= s.F and s.NE % 2 == 1
+
+
+def test_frame_model_without_psf_and_limits(tmp_path):
+    m = C.frame_model(None)
+    assert m["frame"]["npatch"] == 4700
+    for st in ("preproc", "extraction", "calibration", "decorrelation", "coadd plain",
+               "coadd spectroperf"):
+        b = m["bounds"][st]
+        assert b["A100-40GB"]["bound_s"] > b["H200-SXM"]["bound_s"] > 0, st
+    assert m["per_exposure"]["A100-40GB"] == pytest.approx(30 * m["per_frame"]["A100-40GB"])
+    rates = {"dgemm_1024": 50.0, "dgemm_2048": 60.0, "batched_gemm_cff": 20.0,
+             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0}
+    lim = C.cpu_limit(m, rates)
+    fl = m["cpu_extraction"]["flops_by_op"]
+    assert lim["seconds_by_op"]["dpotrf + dtrtri"] == pytest.approx(fl["dpotrf + dtrtri"] / 1e10)
+    assert lim["seconds_at_dgemm_peak"] == pytest.approx(lim["flops"] / 60e9)
+    assert lim["seconds"] > lim["seconds_at_dgemm_peak"]
+
+
+# ---------------------------------------------------------------- goals table
+def _rec(bench, case, median, threads="1", reference=None, sizes=None, timing_extra=None,
+         backend="numpy", device=None):
+    t = P.stats([median, median]) | {"warmup": 1, "repeat": 2} | (timing_extra or {})
+    r = P.record(bench, case, size="full", backend_name="numpy", timing=t,
+                 reference=reference, sizes=sizes or {})
+    r.update(threads=threads, backend=backend, _file="x.jsonl")
+    if device:
+        r["device"] = device
+    return r
+
+
+def test_goals_table_states_met_and_open(tmp_path):
+    pre = _rec("preproc", "fullccd_vs_desispec", 3.0, reference={
+        "name": "desispec", "seconds": 12.0, "ratio": 4.0, "ratio_per_round": [3.8, 4.2],
+        "peak_rss_mb": 2000.0, "minflt_median": 30000},
+        timing_extra={"cpu_median_s": 3.0, "peak_rss_mb": 1400.0, "rss_before_mb": 700.0,
+                      "minflt_median": 6000})
+    fr = _rec("extract", "frame500", 150.0, sizes={"nspec": 500, "nwave": 2326},
+              timing_extra={"cpu_median_s": 140.0, "peak_rss_mb": 3000.0})
+    sp = _rec("coadd", "healpix_spectroperf", 3.0)
+    pl = _rec("coadd", "healpix_plain", 1.0)
+    gpu = _rec("extract", "frame500", 2.0, backend="cupy", sizes={"nspec": 500, "nwave": 2326},
+               device="NVIDIA H200 (device 0)")
+    C_json = C.frame_model(None)
+    import json
+
+    (tmp_path / "costmodel.json").write_text(json.dumps(C_json, default=float))
+    text = "\n".join(goals.section([pre, fr, sp, pl, gpu], str(tmp_path)))
+    line3 = next(x for x in text.splitlines() if x.startswith("| 3 preproc"))
+    assert "4.00×" in line3 and "**met**" in line3 and "3.8" in line3
+    line2b = next(x for x in text.splitlines() if x.startswith("| 2b"))
+    assert "140 CPU-s" in line2b and "open" in line2b
+    line1 = next(x for x in text.splitlines() if x.startswith("| 1a"))
+    assert "3.0×" in line1 and "**met**" in line1
+    line5c = next(x for x in text.splitlines() if x.startswith("| 5c"))
+    assert "2.93 GB" in line5c and "**met**" in line5c
+    line5b = next(x for x in text.splitlines() if x.startswith("| 5b"))
+    assert "1400 MB vs 2000 MB" in line5b and "**met**" in line5b
+    assert "GPU cost model (roofline lower bounds)" in text
+    # the GPU record is set against the bound of its size
+    b = C_json["bounds"]["extraction"]["H200-SXM"]["bound_s"]
+    assert f"{b / 2.0:.1%}" in text and "NVIDIA H200" in text
+    # without records or model: every goal open, nothing breaks
+    empty = "\n".join(goals.section([], str(tmp_path / "none")))
+    assert "no record" in empty and "No GPU measurement exists yet" in empty
+    # the page carries the section
+    page = report.render([pre], str(tmp_path), 1)
+    assert "Goals of issue 16" in page
