@@ -101,8 +101,8 @@ def accumulate_cinv(bands_data, wave_out, group, ngroup, xp, row_chunk: int = 64
     Parameters
     ----------
     bands_data : list of (wave_in, flux, ivar, rdata)
-        Per band: (m_all,), (nrow, m_all), (nrow, m_all), (nrow, ndiag, m_all) arrays on ``xp``.
-        ``ivar`` already includes any masking.
+        Per band: the host grid (m_all,), and (nrow, m_all), (nrow, m_all),
+        (nrow, ndiag, m_all) arrays on ``xp``; ``ivar`` already includes any masking.
     wave_out : (nout,) array
     group : (nrow,) int numpy array
         Output spectrum of every row (-1: skip the row).

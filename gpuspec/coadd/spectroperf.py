@@ -53,7 +53,7 @@ def _bands_data(spectra, xp, use_mask: bool):
         iv = to_device(spectra.ivar[b], xp, dtype=np.float64)
         if use_mask and spectra.mask is not None:
             iv = iv * (to_device(spectra.mask[b], xp) == 0)
-        out.append((to_device(spectra.wave[b], xp, dtype=np.float64),
+        out.append((np.asarray(to_host(spectra.wave[b]), dtype=np.float64),     # host grid
                     to_device(spectra.flux[b], xp, dtype=np.float64), iv,
                     to_device(spectra.resolution_data[b], xp, dtype=np.float64)))
     return out

@@ -127,52 +127,67 @@ def _factor(W, xp):
     """In-place banded LDLᵀ of ``(N, n + b, b + 1)`` lower bands (rows ≥ n are padding).
 
     On return ``W[:, j, k] = L[j+k, j]`` (k ≥ 1); the pivots ``D`` (``(N, n)``) are returned.
+    The trailing update of column j touches ``W[j+1+k1, k2−k1]`` (0 ≤ k1 ≤ k2 < b), which in
+    the flattened band is the contiguous range ``(j+1)(b+1) + k1·b + k2``: one masked
+    rank-1 update of a ``b × b`` slice per column (basic slicing only).
     """
     N, nr, b1 = W.shape
     b = b1 - 1
     n = nr - b
-    k1, k2 = np.nonzero(np.triu(np.ones((b, b), bool)))         # 0 ≤ k1 ≤ k2 < b
-    cols = xp.asarray(k2 - k1)
-    k1x, k2x = xp.asarray(k1 + 1), xp.asarray(k2)
-    rows0 = xp.asarray(k1 + 1)
+    triu = xp.asarray(np.triu(np.ones((b, b))))                 # k2 ≥ k1
+    Wf = W.reshape(N, nr * b1)
     D = xp.empty((N, n))
     for j in range(n):
         d = W[:, j, 0]
         D[:, j] = d
         lj = W[:, j, 1:] / d[:, None]                           # L[j+k, j], k = 1..b
-        upd = W[:, j, k1x] * lj[:, k2x]                         # C[j+k1, j]·L[j+k2, j]
-        rows = rows0 + j
-        W[:, rows, cols] = W[:, rows, cols] - upd
+        upd = (W[:, j, 1:, None] * lj[:, None, :]) * triu       # C[j+1+k1, j]·L[j+1+k2, j]
+        base = (j + 1) * b1
+        Wf[:, base: base + b * b] -= upd.reshape(N, b * b)
         W[:, j, 1:] = lj
     return D
 
 
-def _takahashi(W, D, xp):
-    """Entries of ``(LDLᵀ)^{-1}`` inside the band: ``Z[:, i, d] = Z_{i, i+d}``, d = 0..b."""
+def _takahashi_weighted(W, D, wts, h: int, xp):
+    """``Σ_k wts[β, k]·((C + σ_k)^{-1})[i, i+d]`` for d = 0..h (Takahashi's recursion).
+
+    The selected inverse ``Z_{i, i+d}`` (d ≤ b) is computed row by row from the bottom; row
+    ``i`` needs rows ``i+1 … i+b`` only, so they are kept in a circular window of ``b+1``
+    rows instead of the whole band, and each finished row is folded into the weighted sum
+    at once. ``W``/``D``: factors of ``(N, n+b, b+1)``, ``N = B·K``; ``wts``: ``(B, K)``.
+    Returns ``(B, n, h+1)``.
+    """
     N, nr, b1 = W.shape
     b = b1 - 1
     n = nr - b
+    B, K = wts.shape
     kk = np.arange(b)
-    rmin = xp.asarray(np.minimum.outer(kk, kk) + 1)            # row offset of Z_{i+1+k, i+1+j}
+    rmin = np.minimum.outer(kk, kk) + 1                        # row offset of Z_{i+1+k, i+1+j}
+    slots = xp.asarray((np.arange(n)[:, None, None] + rmin[None]) % b1)    # (n, b, b)
     dabs = xp.asarray(np.abs(np.subtract.outer(kk, kk)))
-    Z = xp.zeros((N, nr, b1))
+    Zw = xp.zeros((N, b1, b1))                                 # slot r % b1 holds row r
+    out = xp.zeros((B, n, h + 1))
     for i in range(n - 1, -1, -1):
-        G = Z[:, i + rmin, dabs]                                # (N, b, b)
+        G = Zw[:, slots[i], dabs]                               # (N, b, b)
         li = W[:, i, 1:]
         zr = -xp.einsum("nk,nkj->nj", li, G)
-        Z[:, i, 1:] = zr
-        Z[:, i, 0] = 1.0 / D[:, i] - xp.sum(li * zr, axis=1)
-    return Z
+        slot = i % b1
+        Zw[:, slot, 1:] = zr
+        Zw[:, slot, 0] = 1.0 / D[:, i] - xp.sum(li * zr, axis=1)
+        out[:, i, :] = xp.einsum("bk,bkd->bd", wts, Zw[:, slot, : h + 1].reshape(B, K, h + 1))
+    return out
 
 
 def _solve(W, D, r, xp):
-    """Solve ``LDLᵀ x = r`` for ``r`` of shape ``(N, q, n)``; returns ``(N, q, n)``."""
+    """Solve ``LDLᵀ x = r`` for every shift; ``r`` ``(B, q, n)`` is shared by the ``K = N/B``
+    shifts of a block. Returns ``(N, q, n)``."""
     N, nr, b1 = W.shape
     b = b1 - 1
     n = nr - b
-    q = r.shape[1]
-    u = xp.zeros((N, q, nr))
-    u[:, :, :n] = r
+    B, q = r.shape[0], r.shape[1]
+    u = xp.zeros((B, N // B, q, nr))
+    u[:, :, :, :n] = r[:, None]
+    u = u.reshape(N, q, nr)
     for j in range(n):                                          # forward: L u = r
         u[:, :, j + 1: j + b1] -= u[:, :, j: j + 1] * W[:, None, j, 1:]
     u[:, :, :n] /= D[:, None, :]
@@ -231,15 +246,14 @@ def band_sqrt(W0, rhs, h: int, xp, *, npoles: int = NPOLES, kappa: float = KAPPA
     D = _factor(W, xp)
     Dc = D.reshape(B, K1, n)[:, 0]
     ok = xp.all(Dc > 0, axis=1) & xp.all(xp.isfinite(D.reshape(B, K1 * n)), axis=1) & (M > 0)
-    Z = _takahashi(W, D, xp)[:, :n, : h + 1].reshape(B, K1, n, h + 1)[:, 1:]
+    sigma = shifts[:, 1:]
+    bs = xp.concatenate([xp.zeros((B, 1)), beta * sigma], axis=1)  # shift 0 has no weight
+    zsum = _takahashi_weighted(W, D, bs, h, xp)                  # Σ β σ (C + σ)^{-1}, band
     r = xp.stack([xp.ones((B, n)), rhs], axis=1)                 # (B, 2, n)
-    X = _solve(W, D, xp.broadcast_to(r[:, None], (B, K1, 2, n)).reshape(N, 2, n), xp)
+    X = _solve(W, D, r, xp)
     X = X.reshape(B, K1, 2, n)[:, 1:]
     del W, D
-    sigma = shifts[:, 1:]
-    bs = beta * sigma
-    qb = alpha0[:, None, None] * W0[:, :, : h + 1] \
-        - xp.einsum("bk,bkid->bid", bs, Z)
+    qb = alpha0[:, None, None] * W0[:, :, : h + 1] - zsum
     qb[:, :, 0] += xp.sum(beta, axis=1)[:, None]
     v = alpha0[:, None, None] * r + xp.einsum("bk,bkqi->bqi", beta, X)   # C^{-1/2}·[1, rhs]
     s = _band_matvec(W0, v[:, 0], xp)
