@@ -22,7 +22,8 @@ import numpy as np
 from ..backend import to_host
 from . import cinv_cpu
 
-__all__ = ["accumulate_cinv", "resampling_windows", "resampling_terms", "accumulate_flops"]
+__all__ = ["accumulate_cinv", "accumulate_upper", "upper_to_band", "band_to_upper",
+           "resampling_windows", "resampling_terms", "accumulate_flops"]
 
 
 def resampling_windows(wave_in, wave_out):
@@ -95,8 +96,8 @@ def resampling_terms(wave_in, wave_out, ndiag: int):
             "al": np.where(okk & (gk > 0), 1.0 - alpha[kc], 0.0)}
 
 
-def accumulate_cinv(bands_data, wave_out, group, ngroup, xp, row_chunk: int = 64):
-    """Banded ``Cinv = Σ RRᵀ diag(ivar) RR`` and ``Cinvf`` per output group.
+def accumulate_upper(bands_data, wave_out, groups, ngroup, xp, row_chunk: int = 64):
+    """Row-major upper band ``U[t, i, k] = Cinv_t[i, i+k]`` and ``Cinvf`` per output group.
 
     Parameters
     ----------
@@ -104,64 +105,86 @@ def accumulate_cinv(bands_data, wave_out, group, ngroup, xp, row_chunk: int = 64
         Per band: the host grid (m_all,), and (nrow, m_all), (nrow, m_all),
         (nrow, ndiag, m_all) arrays on ``xp``; ``ivar`` already includes any masking.
     wave_out : (nout,) array
-    group : (nrow,) int numpy array
-        Output spectrum of every row (-1: skip the row).
+    groups : (nrow,) int numpy array, or a list of them (one per band)
+        Output spectrum of every row (-1: skip the row in that band).
     ngroup : int
     row_chunk : int
         Rows per scatter-add (array path).
 
     Returns
     -------
-    cinv_band : (ngroup, 2*hb+1, nout)
-        ``cinv_band[t, d, i] = Cinv_t[i, i + d − hb]``.
+    U : (ngroup, nout, L)
+        ``U[t, i, k] = Cinv_t[i, i + k]`` (0 beyond the matrix), L the largest window.
     cinvf : (ngroup, nout)
 
     Backends: numpy (Numba twin when available), cupy (no host synchronisation).
     """
     wave_out = np.asarray(wave_out, dtype=np.float64)
     nout = wave_out.size
-    group = np.asarray(group, dtype=np.int64)
-    upper = None
+    if not isinstance(groups, (list, tuple)):
+        groups = [groups] * len(bands_data)
+    terms = [resampling_terms(to_host(bd[0]), wave_out, bd[3].shape[1]) for bd in bands_data]
+    L = max([t["L"] for t in terms if t is not None], default=1)
+    U = xp.zeros((ngroup, nout, L))
     cinvf = xp.zeros((ngroup, nout))
     use_numba = xp is np and cinv_cpu.available()
-    for wave_in, flux, ivar, rdata in bands_data:
-        terms = resampling_terms(to_host(wave_in), wave_out, rdata.shape[1])
-        if terms is None:
+    for (_, flux, ivar, rdata), grp, tm in zip(bands_data, groups, terms):
+        if tm is None:
             continue
-        up = xp.zeros((ngroup, terms["L"], nout))
+        grp = np.asarray(grp, dtype=np.int64)
         if use_numba:
-            cinv_cpu.accumulate_band(flux, ivar, rdata, group, terms, up, cinvf)
+            cinv_cpu.accumulate_band(flux, ivar, rdata, grp, tm, U, cinvf)
         else:
-            _accumulate_band_xp(flux, ivar, rdata, group, terms, up, cinvf, row_chunk, xp)
-        upper = up if upper is None else _add_upper(upper, up, xp)
-    return _symmetric_band(upper, ngroup, nout, xp), cinvf
+            _accumulate_band_xp(flux, ivar, rdata, grp, tm, U, cinvf, row_chunk, xp)
+    return U, cinvf
 
 
-def _add_upper(u1, u2, xp):
-    L = max(u1.shape[1], u2.shape[1])
-    out = xp.zeros((u1.shape[0], L, u1.shape[2]))
-    out[:, : u1.shape[1]] += u1
-    out[:, : u2.shape[1]] += u2
-    return out
+def accumulate_cinv(bands_data, wave_out, group, ngroup, xp, row_chunk: int = 64):
+    """Banded ``Cinv = Σ RRᵀ diag(ivar) RR`` and ``Cinvf`` per output group.
+
+    Same parameters as :func:`accumulate_upper`.
+
+    Returns
+    -------
+    cinv_band : (ngroup, 2*hb+1, nout)
+        ``cinv_band[t, d, i] = Cinv_t[i, i + d − hb]`` (the layout of
+        :func:`gpuspec.coadd.decorrelate.decorrelate` and of desispec's ``decorrelate.fits``).
+    cinvf : (ngroup, nout)
+
+    Backends: numpy (Numba twin when available), cupy (no host synchronisation).
+    """
+    U, cinvf = accumulate_upper(bands_data, wave_out, group, ngroup, xp, row_chunk)
+    return upper_to_band(U, xp), cinvf
 
 
-def _symmetric_band(upper, ngroup: int, nout: int, xp):
-    """``(ngroup, L, nout)`` upper diagonals ``Cinv[i, i+δ]`` → the symmetric band layout."""
-    if upper is None:
-        return xp.zeros((ngroup, 1, nout))
-    hb = upper.shape[1] - 1
+def upper_to_band(U, xp):
+    """``U[t, i, k] = Cinv[i, i+k]`` → the symmetric band ``band[t, hb+d, i] = Cinv[i, i+d]``.
+
+    Backends: numpy, cupy.
+    """
+    ngroup, nout, L = U.shape
+    hb = L - 1
     band = xp.zeros((ngroup, 2 * hb + 1, nout))
-    band[:, hb] = upper[:, 0]
-    for dl in range(1, hb + 1):
-        band[:, hb + dl, :] = upper[:, dl]                                     # Cinv[i, i+dl]
-        band[:, hb - dl, dl:] = upper[:, dl, :-dl]                              # Cinv[i, i-dl]
+    band[:, hb:] = xp.swapaxes(U, 1, 2)                                        # Cinv[i, i+k]
+    for k in range(1, L):
+        band[:, hb - k, k:] = U[:, :-k, k]                                      # Cinv[i, i-k]
     return band
 
 
-def _accumulate_band_xp(flux, ivar, rdata, group, terms, upper, cinvf, row_chunk: int, xp):
-    """Array path of one band: RR windows of a chunk of rows, then scatter-adds."""
+def band_to_upper(band, xp):
+    """Inverse of :func:`upper_to_band` (the upper half of the symmetric band).
+
+    Backends: numpy, cupy.
+    """
+    hb = band.shape[1] // 2
+    return xp.ascontiguousarray(xp.swapaxes(band[:, hb:, :], 1, 2))
+
+
+def _accumulate_band_xp(flux, ivar, rdata, group, terms, U, cinvf, row_chunk: int, xp):
+    """Array path of one band: RR windows of a chunk of rows, then scatter-adds into
+    ``U`` (``(ngroup, nout, Lmax)``) and ``cinvf``."""
     sel, m, L = terms["sel"], terms["m"], terms["L"]
-    ngroup, _, nout = upper.shape
+    ngroup, nout, Lmax = U.shape
     ndiag = rdata.shape[1]
     # loop-invariant index/coefficient arrays: uploaded once per band, not per chunk
     tab = {k: xp.asarray(terms[k]) for k in ("kc", "ch", "ah", "cl", "al", "j0")}
@@ -169,7 +192,7 @@ def _accumulate_band_xp(flux, ivar, rdata, group, terms, upper, cinvf, row_chunk
     rows = np.nonzero(group >= 0)[0]
     rows_x = xp.asarray(rows)
     group_x = xp.asarray(group)
-    up_flat = upper.reshape(-1)
+    up_flat = U.reshape(-1)
     cf_flat = cinvf.reshape(-1)
     jpos = tab["j0"][None, :, None] + xp.arange(L)[None, None, :]              # (1, m, L)
     for r0 in range(0, rows.size, row_chunk):
@@ -184,13 +207,15 @@ def _accumulate_band_xp(flux, ivar, rdata, group, terms, upper, cinvf, row_chunk
             RRw[:, ix, tab["cl"][d]] += val * tab["al"][d]
         g = group_x[rrx][:, None, None]
         ok = xp.broadcast_to(jpos < nout, RRw.shape)
-        idx = (g * nout + xp.minimum(jpos, nout - 1)).ravel()
-        _scatter_add(xp, cf_flat, idx, xp.where(ok, RRw * (iv * fl)[..., None], 0.0).ravel())
+        jc = xp.minimum(jpos, nout - 1)
+        _scatter_add(xp, cf_flat, (g * nout + jc).ravel(),
+                     xp.where(ok, RRw * (iv * fl)[..., None], 0.0).ravel())
         for dl in range(L):
             P = iv[..., None] * RRw[:, :, : L - dl] * RRw[:, :, dl:]
             jp = jpos[:, :, : L - dl]
             okd = xp.broadcast_to((jp + dl) < nout, P.shape).ravel()
-            idx = xp.broadcast_to((g * L + dl) * nout + xp.minimum(jp, nout - 1), P.shape).ravel()
+            idx = xp.broadcast_to((g * nout + xp.minimum(jp, nout - 1)) * Lmax + dl,
+                                  P.shape).ravel()
             _scatter_add(xp, up_flat, idx, xp.where(okd, P.ravel(), 0.0))
 
 

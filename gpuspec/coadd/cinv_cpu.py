@@ -26,9 +26,10 @@ def _get_kernel():
     if _kernel is None:
         from numba import njit
 
-        @njit(cache=True, nogil=True, error_model="numpy")
-        def kernel(flux, ivar, rdata, group, s0, kc, ch, ah, cl, al, j0, upper, cinvf):
-            ngroup, nout, L = upper.shape
+        @njit(cache=True, nogil=True, error_model="numpy",
+              fastmath={"contract", "reassoc", "nsz", "arcp"})
+        def kernel(flux, ivar, rdata, group, s0, kc, ch, ah, cl, al, j0, L, upper, cinvf):
+            nout = upper.shape[1]
             ndiag, m = kc.shape
             rr = np.empty(L)
             for r in range(flux.shape[0]):
@@ -47,31 +48,26 @@ def _get_kernel():
                         rr[cl[d, i]] += val * al[d, i]
                     w = iv * flux[r, s0 + i]
                     jb = j0[i]
-                    for a in range(L):
+                    amax = min(L, nout - jb)
+                    for a in range(amax):
                         j = jb + a
-                        if j >= nout:
-                            break
                         cinvf[g, j] += rr[a] * w
                         ra = iv * rr[a]
-                        for dl in range(L - a):
-                            if j + dl >= nout:
-                                break
-                            upper[g, j, dl] += ra * rr[a + dl]
+                        urow = upper[g, j]
+                        for dl in range(min(L - a, amax - a)):
+                            urow[dl] += ra * rr[a + dl]
 
         _kernel = kernel
     return _kernel
 
 
 def accumulate_band(flux, ivar, rdata, group, terms, upper, cinvf):
-    """Add one band's ``Cinv`` upper diagonals into ``upper`` (``(ngroup, L, nout)``) and
-    ``Cinvf`` into ``cinvf`` (``(ngroup, nout)``), in place (host float64 arrays).
-
-    The kernel accumulates into an ``(ngroup, nout, L)`` array (the window of one pixel is
-    then contiguous in memory) that is added to ``upper`` at the end.
+    """Add one band's ``Cinv`` into the row-major upper band ``upper`` (``(ngroup, nout, L)``,
+    ``upper[t, i, k] = Cinv_t[i, i+k]``, L at least the band's window) and ``Cinvf`` into
+    ``cinvf`` (``(ngroup, nout)``), in place (host float64 arrays).
 
     Backends: numpy (Numba).
     """
-    ut = np.zeros((upper.shape[0], upper.shape[2], upper.shape[1]))
     _get_kernel()(np.ascontiguousarray(flux, dtype=np.float64),
                   np.ascontiguousarray(ivar, dtype=np.float64),
                   np.ascontiguousarray(rdata, dtype=np.float64),
@@ -81,5 +77,5 @@ def accumulate_band(flux, ivar, rdata, group, terms, upper, cinvf):
                   np.ascontiguousarray(terms["ah"], dtype=np.float64),
                   np.ascontiguousarray(terms["cl"], dtype=np.int64),
                   np.ascontiguousarray(terms["al"], dtype=np.float64),
-                  np.ascontiguousarray(terms["j0"], dtype=np.int64), ut, cinvf)
-    upper += ut.transpose(0, 2, 1)
+                  np.ascontiguousarray(terms["j0"], dtype=np.int64), int(terms["L"]),
+                  upper, cinvf)

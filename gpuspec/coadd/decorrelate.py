@@ -35,8 +35,9 @@ from ..threads import limit_blas
 from ..backend import get_array_module, get_xp, to_device, to_host
 from ..profiling import nvtx_range
 from . import sqrtm_band, sqrtm_band_cpu
+from .cinv import band_to_upper
 
-__all__ = ["decorrelate", "block_layout", "METHODS", "EIG_FLOOR", "decorrelate_flops"]
+__all__ = ["decorrelate", "decorrelate_upper", "block_layout", "METHODS", "EIG_FLOOR", "decorrelate_flops"]
 
 #: eigenvalue floor of desispec's decorrelation, relative to 1/mean(diag Cinv) of the spectrum
 EIG_FLOOR = 1e-15
@@ -96,26 +97,24 @@ class _Plan:
         rr = self.li[:, None] + dd[None, :]                                     # local row p+d
         g = self.gcore[:, None] + dd[None, :]
         self.okr = (rr >= 0) & (rr < self.sizes[self.bi][:, None]) & (g >= 0) & (g < nn)
-        # lower band of a block from the spectrum's band: W0[i, k] = Cinv[g(i)+k, g(i)]
+        # lower band of a block from the upper band U[t, i, k] = Cinv[i, i+k]:
+        # W0[i, k] = Cinv[g(i)+k, g(i)] = U[g(i), k] inside the block
         k = np.arange(hb + 1)
-        self.wk = np.broadcast_to(hb + k, (self.nblk, self.m, hb + 1))
         inside = (loc[None, :, None] + k[None, None, :]) < self.sizes[:, None, None]
         self.wmask = inside & self.real[:, :, None]
-        self.wg = np.where(self.wmask, self.gidx[:, :, None], 0)
 
 
-def _gather(cinv_band, cinvf, plan: _Plan, dev: dict, xp):
+def _gather(U, cinvf, plan: _Plan, dev: dict, xp):
     """Lower bands ``W0`` (``(nt·nblk, m, hb+1)``) and right-hand sides of all blocks."""
-    nt = cinv_band.shape[0]
-    W0 = cinv_band[:, dev["wk"], dev["wg"]] * dev["wmask"]                     # (nt, nblk, m, hb+1)
+    nt = U.shape[0]
+    W0 = U[:, dev["gidx"], :] * dev["wmask"]                                  # (nt, nblk, m, hb+1)
     rhs = cinvf[:, dev["gidx"]] * dev["realf"]
     nb = nt * plan.nblk
     return W0.reshape(nb, plan.m, plan.hb + 1), rhs.reshape(nb, plan.m)
 
 
 def _device_tables(plan: _Plan, xp) -> dict:
-    return {"wk": xp.asarray(plan.wk), "wg": xp.asarray(plan.wg),
-            "wmask": xp.asarray(plan.wmask.astype(np.float64)),
+    return {"wmask": xp.asarray(plan.wmask.astype(np.float64)),
             "gidx": xp.asarray(plan.gidx), "realf": xp.asarray(plan.real.astype(np.float64)),
             "real": xp.asarray(plan.real), "bi": xp.asarray(plan.bi), "li": xp.asarray(plan.li),
             "gcore": xp.asarray(plan.gcore), "okr": xp.asarray(plan.okr.astype(np.float64))}
@@ -249,12 +248,25 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     squeeze = cinv_band.ndim == 2
     if squeeze:
         cinv_band, cinvf = cinv_band[None], cinvf[None]
-    nt, nband, nn = cinv_band.shape
-    hb = nband // 2
+    out = decorrelate_upper(band_to_upper(cinv_band, xp), cinvf, wavebin, ndiag,
+                            max_blocks=max_blocks, method=method, xp=xp)
+    return tuple(o[0] for o in out) if squeeze else out
+
+
+def decorrelate_upper(U, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks=None,
+                      method: str = "auto", xp=np):
+    """:func:`decorrelate` on the row-major upper band ``U[t, i, k] = Cinv_t[i, i+k]``
+    (``(nspec, nwave, hb+1)``, :func:`gpuspec.coadd.cinv.accumulate_upper`'s layout), device
+    arrays on ``xp``. Same outputs.
+
+    Backends: numpy (Numba twin when available), cupy (one host synchronisation per call).
+    """
+    nt, nn, b1 = U.shape
+    hb = b1 - 1
     kind, use_numba = _resolve_method(method, xp)
     plan = _Plan(nn, wavebin, ndiag, hb)
     dev = _device_tables(plan, xp)
-    meandiag = xp.mean(cinv_band[:, hb, :], axis=-1)                           # (nt,)
+    meandiag = xp.mean(U[:, :, 0], axis=-1)                                    # (nt,)
     empty = ~(meandiag > 0)                      # no data at all: output zeros, not NaN
     lmin_t = EIG_FLOOR / xp.where(empty, 1.0, meandiag)
     out = (xp.zeros((nt, nn)), xp.zeros((nt, nn)), xp.zeros((nt, ndiag, nn)))
@@ -270,7 +282,7 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
         for t0 in range(0, nt, tchunk):
             ts = slice(t0, min(nt, t0 + tchunk))
             ntc = ts.stop - ts.start
-            W0, rhs = _gather(cinv_band[ts], cinvf[ts], plan, dev, xp)
+            W0, rhs = _gather(U[ts], cinvf[ts], plan, dev, xp)
             real = xp.broadcast_to(dev["real"][None], (ntc, plan.nblk, plan.m)).reshape(
                 ntc * plan.nblk, plan.m)
             lmin = xp.repeat(lmin_t[ts], plan.nblk)
@@ -281,15 +293,12 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
                 oks.append(xp.asarray(ok))
             _assemble(qb, s, y, ntc, plan, dev, out, ts, xp)
         if oks:
-            _eigh_fallback(cinv_band, cinvf, lmin_t, xp.concatenate(oks), plan, dev, out, h, xp)
+            _eigh_fallback(U, cinvf, lmin_t, xp.concatenate(oks), plan, dev, out, h, xp)
     keep = (~empty).astype(np.float64)
-    flux, ivar, rdata = out[0] * keep[:, None], out[1] * keep[:, None], out[2] * keep[:, None, None]
-    if squeeze:
-        return flux[0], ivar[0], rdata[0]
-    return flux, ivar, rdata
+    return out[0] * keep[:, None], out[1] * keep[:, None], out[2] * keep[:, None, None]
 
 
-def _eigh_fallback(cinv_band, cinvf, lmin_t, ok, plan: _Plan, dev: dict, out, h: int, xp):
+def _eigh_fallback(U, cinvf, lmin_t, ok, plan: _Plan, dev: dict, out, h: int, xp):
     """Recompute with ``eigh`` the blocks the rational approximation does not cover.
 
     One device→host copy of the per-block flags (the only synchronisation of
@@ -302,7 +311,7 @@ def _eigh_fallback(cinv_band, cinvf, lmin_t, ok, plan: _Plan, dev: dict, out, h:
     for t in np.unique(tb):
         ks = kb[tb == t]
         ksx = xp.asarray(ks)
-        W0, rhs = _gather(cinv_band[t:t + 1], cinvf[t:t + 1], plan, dev, xp)
+        W0, rhs = _gather(U[t:t + 1], cinvf[t:t + 1], plan, dev, xp)
         lmin = xp.repeat(lmin_t[t:t + 1], ks.size)
         qb, s, y = _pieces_eigh(W0[ksx], rhs[ksx], dev["real"][ksx], lmin, EIG_FLOOR / lmin,
                                 h, xp)

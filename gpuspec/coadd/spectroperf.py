@@ -22,8 +22,8 @@ from ..backend import get_xp, to_device, to_host
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from ..spectra import Spectra
-from .cinv import accumulate_cinv, resampling_windows
-from .decorrelate import decorrelate
+from .cinv import accumulate_cinv, accumulate_upper, resampling_windows
+from .decorrelate import decorrelate_upper
 from .fibermap import coadd_fibermap
 from .groups import ordered_unique, use_for_coadd
 
@@ -80,9 +80,9 @@ def spectroperf_resample(spectra: Spectra, wave_out, backend="auto", **kw) -> Sp
     nrow = spectra.flux[spectra.bands[0]].shape[0]
     ndiag = max(spectra.resolution_data[b].shape[1] for b in spectra.bands)
     with nvtx_range("coadd.spectroperf.accumulate"):
-        cb, cf = accumulate_cinv(_bands_data(spectra, xp, False), wave_out, np.arange(nrow),
+        U, cf = accumulate_upper(_bands_data(spectra, xp, False), wave_out, np.arange(nrow),
                                  nrow, xp)
-    flux, ivar, rdata = decorrelate(cb, cf, min_wavebin(wave_out), ndiag=ndiag, backend=xp, **kw)
+    flux, ivar, rdata = decorrelate_upper(U, cf, min_wavebin(wave_out), ndiag=ndiag, xp=xp, **kw)
     name = "".join(spectra.bands)
     mask = {name: np.zeros((nrow, wave_out.size), np.int32)} if spectra.mask is not None else None
     return Spectra(bands=[name], wave={name: wave_out}, flux={name: to_host(flux)},
@@ -126,18 +126,11 @@ def coadd_spectroperf(spectra: Spectra, wave_out=None, *, onetile: bool = False,
     wave_out = combined_wave(spectra) if wave_out is None else np.asarray(wave_out, np.float64)
     fskey = "FIBERSTATUS" if "FIBERSTATUS" in fm.dtype.names else "COADD_FIBERSTATUS"
     ndiag = max(spectra.resolution_data[b].shape[1] for b in spectra.bands)
-    cb = cf = None
+    groups = [np.where(use_for_coadd(fm[fskey], b), grp, -1) for b in spectra.bands]
     with nvtx_range("coadd.spectroperf.accumulate"):
-        for bd, b in zip(_bands_data(spectra, xp, True), spectra.bands):
-            g = np.where(use_for_coadd(fm[fskey], b), grp, -1)
-            c1, f1 = accumulate_cinv([bd], wave_out, g, targets.size, xp)
-            if cb is None:
-                cb, cf = c1, f1
-            else:
-                hb = max(cb.shape[1], c1.shape[1]) // 2
-                cb = _pad_band(cb, hb, xp) + _pad_band(c1, hb, xp)
-                cf = cf + f1
-    flux, ivar, rdata = decorrelate(cb, cf, min_wavebin(wave_out), ndiag=ndiag, backend=xp, **kw)
+        U, cf = accumulate_upper(_bands_data(spectra, xp, True), wave_out, groups,
+                                 targets.size, xp)
+    flux, ivar, rdata = decorrelate_upper(U, cf, min_wavebin(wave_out), ndiag=ndiag, xp=xp, **kw)
     bands = sorted(spectra.bands, key=lambda b: float(np.mean(to_host(spectra.wave[b]))))
     name = "".join(bands)
     tfmap, efmap = coadd_fibermap(fm, onetile=onetile)
@@ -147,12 +140,3 @@ def coadd_spectroperf(spectra: Spectra, wave_out=None, *, onetile: bool = False,
     return Spectra(bands=[name], wave={name: wave_out}, flux={name: to_host(flux)},
                    ivar={name: ivar_h}, mask=mask, resolution_data={name: to_host(rdata)},
                    fibermap=tfmap, exp_fibermap=efmap, meta=copy.deepcopy(spectra.meta))
-
-
-def _pad_band(band, hb, xp):
-    h0 = band.shape[1] // 2
-    if h0 == hb:
-        return band
-    out = xp.zeros((band.shape[0], 2 * hb + 1, band.shape[2]))
-    out[:, hb - h0: hb + h0 + 1] = band
-    return out
