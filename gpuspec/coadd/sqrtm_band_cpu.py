@@ -2,18 +2,19 @@
 
 The array path runs one array operation per column of the banded factorisation over all
 (block, shift) pairs: right for a GPU, but on a CPU each of its ~5000 operations per batch
-streams the whole batch through memory. This kernel does the same arithmetic block by
-block, with the shifts (the poles of the rational approximation) as the innermost,
-contiguous loop, so the compiler vectorises over them and the working set of a block
-(a few hundred kB) stays in cache.
+streams the whole batch through memory. This kernel does the same arithmetic a few blocks
+at a time, with the shifts (the poles of the rational approximation) of those blocks side
+by side as the innermost, contiguous loop ("lanes"), so the compiler vectorises over them
+and the working set (a few hundred kB) stays in cache.
 
 Per block it takes the first of :data:`TIERS` (``(poles, κ)`` pairs) whose interval covers
-the block, qualified by a scalar banded factorisation of ``C − (M/κ)·I``; a block no tier
-covers is flagged for the eigh fallback. The default is the array path's single
-approximation (32 poles, κ = 1e9), so both paths give the same numbers; a first tier of
-16 poles for blocks below κ = 1e4 (61% of the blocks of a synthetic DESI pixel) saved only
-~10%, because 16 lanes vectorise worse than 32 (lane counts are best multiples of 16, the
-compiler's vector width times its unrolling).
+the block, qualified by a scalar banded factorisation of ``C − (M/κ)·I``: 16 poles below
+κ = 1e4 (61% of the blocks of a synthetic DESI pixel), else the array path's 32 poles up to
+κ = 1e9; a block no tier covers is flagged for the eigh fallback. Blocks are packed into
+batches of :data:`LANES` lanes (four 16-pole blocks, or two 32-pole ones): the loops over
+lanes are short and their fixed cost per entry (address arithmetic, alias checks) is what
+limits the speed, so more lanes per entry is faster. ``tiers=((NPOLES, KAPPA),)`` gives
+the array path's numbers exactly.
 
 Used for the numpy backend when numba is importable (``GPUSPEC_COADD_NUMBA=0`` turns it
 off). ``tests/test_coadd_decorrelate.py`` checks it against the array path.
@@ -27,10 +28,14 @@ import numpy as np
 
 from .sqrtm_band import KAPPA, NPOLES, zolotarev_invsqrt
 
-__all__ = ["available", "band_sqrt", "TIERS"]
+__all__ = ["available", "band_sqrt", "TIERS", "LANES"]
 
-#: (poles, kappa) tried in turn for every block (default: the array path's approximation)
-TIERS = ((NPOLES, KAPPA),)
+#: (poles, kappa) tried in turn for every block: 16 poles up to κ = 1e4 (relative error
+#: 6e-12), else the array path's 32 poles up to κ = 1e9 (9e-12)
+TIERS = ((16, 1e4), (NPOLES, KAPPA))
+#: lanes of one batch: the poles of several blocks side by side (the loops over lanes are
+#: short, so their fixed cost per entry dominates; 64 lanes amortise it better than 32)
+LANES = 64
 
 _kernel = None
 _FLAGS = dict(cache=True, nogil=True, error_model="numpy",
@@ -85,17 +90,16 @@ def _build():
         return True
 
     @njit(**_FLAGS)
-    def load(W0, blk, sh, K1, W):
-        """Shifted lower bands W[i, kk, k] = C[i+kk, i] + δ_kk0·sh[k]; padding rows = 1."""
+    def load(W0, lane_blk, sh, K1, W):
+        """Shifted lower bands W[i, kk, k] = C_blk(k)[i+kk, i] + δ_kk0·sh[k]; padding rows = 1."""
         n, b1 = W0.shape[1], W0.shape[2]
         nr = W.shape[0]
         for i in range(nr):
             for kk in range(b1):
-                v = W0[blk, i, kk] if i < n else 0.0
                 for k in range(K1):
-                    W[i, kk, k] = v
+                    W[i, kk, k] = W0[lane_blk[k], i, kk] if i < n else 0.0
             for k in range(K1):
-                W[i, 0, k] = (W0[blk, i, 0] + sh[k]) if i < n else 1.0
+                W[i, 0, k] = (W0[lane_blk[k], i, 0] + sh[k]) if i < n else 1.0
 
     @njit(**_FLAGS)
     def factor(W, Dinv, n, K1, lj):
@@ -165,22 +169,23 @@ def _build():
                     U[q, j, k] -= W[j, kk, k] * U[q, j + kk, k]
 
     @njit(**_FLAGS)
-    def combine(W0, rhs, blk, h, K1, alpha0, bet, sh, Z, U, v, qb, s, y):
-        """Sum the poles: Q's band, C^{-1/2}·[1, rhs], then s = C·(C^{-1/2}·1)."""
+    def combine(W0, rhs, blk, h, o, K, alpha0, bet, sh, Z, U, v, qb, s, y):
+        """Sum the poles of block ``blk`` (lanes o..o+K): Q's band, C^{-1/2}·[1, rhs], then
+        s = C·(C^{-1/2}·1)."""
         n, b1 = W0.shape[1], W0.shape[2]
         sb = 0.0
-        for k in range(K1):
+        for k in range(o, o + K):
             sb += bet[k]
         for i in range(n):
             for d in range(h + 1):
                 acc = 0.0
-                for k in range(K1):
+                for k in range(o, o + K):
                     acc += bet[k] * sh[k] * Z[i, d, k]
                 qv = alpha0 * W0[blk, i, d] - acc if i + d < n else 0.0
                 qb[blk, i, d] = qv + sb if d == 0 else qv
             for q in range(2):
                 acc = 0.0
-                for k in range(K1):
+                for k in range(o, o + K):
                     acc += bet[k] * U[q, i, k]
                 v[q, i] = alpha0 * (1.0 if q == 0 else rhs[blk, i]) + acc
         for i in range(n):
@@ -194,54 +199,91 @@ def _build():
             s[blk, i] = acc
 
     @njit(**_FLAGS)
-    def kernel(W0, rhs, h, d0s, As, Cs, kappas, nps, qb, s, y, ok, tier):
+    def classify(W0, kappas, Mb, tier):
+        """Gershgorin bound and the first tier whose interval covers each block (-1: none)."""
         B, n, b1 = W0.shape
-        nr = n + b1 - 1
-        Kmax = As.shape[1]
-        W = np.empty((nr, b1, Kmax))
-        Z = np.empty((nr, b1, Kmax))
-        U = np.empty((2, nr, Kmax))
-        T = np.empty((nr + 1, b1))
-        Dinv = np.empty((n, Kmax))
-        lj = np.empty((b1, Kmax))
-        zacc = np.empty(Kmax)
-        acc0 = np.empty(Kmax)
-        sh = np.empty(Kmax)
-        bet = np.empty(Kmax)
-        v = np.empty((2, n))
+        T = np.empty((n + b1, b1))
         for blk in range(B):
             M = gershgorin(W0, blk)
-            t = -1
+            Mb[blk] = M
+            tier[blk] = -1
             if M > 0.0:
                 for tt in range(kappas.size):
                     if positive_definite(W0, blk, M / kappas[tt], T):
-                        t = tt
+                        tier[blk] = tt
                         break
-            tier[blk] = t
-            ok[blk] = t >= 0
-            if t < 0:
-                continue
-            K1 = nps[t]
-            lam = M / kappas[t]
+
+    @njit(**_FLAGS)
+    def run_pack(W0, rhs, h, members, nm, offs, d0s, As, Cs, kappas, nps, Mb, tier,
+                 W, Z, U, Dinv, lj, zacc, acc0, sh, bet, lane_blk, v, qb, s, y, ok):
+        """All poles of the blocks ``members[:nm]`` side by side in one set of lanes."""
+        n = W0.shape[1]
+        nr = W.shape[0]
+        nl = 0
+        for j in range(nm):
+            blk = members[j]
+            t = tier[blk]
+            lam = Mb[blk] / kappas[t]
             sq = np.sqrt(lam)
-            for k in range(K1):
-                sh[k] = lam * Cs[t, k]
-                bet[k] = d0s[t] * As[t, k] * sq
-            load(W0, blk, sh, K1, W)
-            if not factor(W, Dinv, n, K1, lj):
+            offs[j] = nl
+            for k in range(nps[t]):
+                sh[nl + k] = lam * Cs[t, k]
+                bet[nl + k] = d0s[t] * As[t, k] * sq
+                lane_blk[nl + k] = blk
+            nl += nps[t]
+        load(W0, lane_blk, sh, nl, W)
+        good = factor(W, Dinv, n, nl, lj)
+        takahashi(W, Dinv, n, nl, Z, zacc, acc0)
+        for q in range(2):
+            for i in range(nr):
+                for k in range(nl):
+                    U[q, i, k] = 0.0 if i >= n else (1.0 if q == 0 else rhs[lane_blk[k], i])
+            solve(W, Dinv, n, nl, U, q)
+        for j in range(nm):
+            blk = members[j]
+            t = tier[blk]
+            ok[blk] = good
+            sq = np.sqrt(Mb[blk] / kappas[t])
+            combine(W0, rhs, blk, h, offs[j], nps[t], d0s[t] / sq, bet, sh, Z, U, v, qb, s, y)
+
+    @njit(**_FLAGS)
+    def kernel(W0, rhs, h, d0s, As, Cs, kappas, nps, lanes, qb, s, y, ok, tier):
+        B, n, b1 = W0.shape
+        nr = n + b1 - 1
+        Mb = np.empty(B)
+        classify(W0, kappas, Mb, tier)
+        W = np.empty((nr, b1, lanes))
+        Z = np.empty((nr, b1, lanes))
+        U = np.empty((2, nr, lanes))
+        Dinv = np.empty((n, lanes))
+        lj = np.empty((b1, lanes))
+        zacc = np.empty(lanes)
+        acc0 = np.empty(lanes)
+        sh = np.empty(lanes)
+        bet = np.empty(lanes)
+        lane_blk = np.zeros(lanes, dtype=np.int64)
+        v = np.empty((2, n))
+        members = np.empty(lanes, dtype=np.int64)
+        offs = np.empty(lanes, dtype=np.int64)
+        nm = 0
+        used = 0
+        for blk in range(B + 1):
+            t = tier[blk] if blk < B else -1
+            if blk < B:
                 ok[blk] = False
-                continue
-            takahashi(W, Dinv, n, K1, Z, zacc, acc0)
-            for q in range(2):
-                for i in range(nr):
-                    for k in range(K1):
-                        U[q, i, k] = 0.0 if i >= n else (1.0 if q == 0 else rhs[blk, i])
-                solve(W, Dinv, n, K1, U, q)
-            combine(W0, rhs, blk, h, K1, d0s[t] / sq, bet, sh, Z, U, v, qb, s, y)
+            if nm > 0 and (blk == B or (t >= 0 and used + nps[t] > lanes)):
+                run_pack(W0, rhs, h, members, nm, offs, d0s, As, Cs, kappas, nps, Mb, tier,
+                         W, Z, U, Dinv, lj, zacc, acc0, sh, bet, lane_blk, v, qb, s, y, ok)
+                nm = 0
+                used = 0
+            if t >= 0:
+                members[nm] = blk
+                nm += 1
+                used += nps[t]
 
     return {"kernel": kernel, "gershgorin": gershgorin, "load": load, "factor": factor,
             "takahashi": takahashi, "solve": solve, "combine": combine,
-            "positive_definite": positive_definite}
+            "positive_definite": positive_definite, "classify": classify}
 
 
 def _get_kernel():
@@ -261,7 +303,7 @@ def _tier_tables(tiers):
             np.array([k for k, _ in tiers], dtype=np.int64))
 
 
-def band_sqrt(W0, rhs, h: int, *, tiers=TIERS, return_tier: bool = False):
+def band_sqrt(W0, rhs, h: int, *, tiers=TIERS, lanes: int = LANES, return_tier: bool = False):
     """Same inputs and outputs as :func:`gpuspec.coadd.sqrtm_band.band_sqrt` (host arrays).
 
     ``tiers``: the (poles, kappa) approximations tried in turn per block (default
@@ -278,5 +320,7 @@ def band_sqrt(W0, rhs, h: int, *, tiers=TIERS, return_tier: bool = False):
     y = np.zeros((B, n))
     ok = np.empty(B, dtype=np.bool_)
     tier = np.empty(B, dtype=np.int64)
-    _get_kernel()(W0, rhs, int(h), *_tier_tables(tuple(tiers)), qb, s, y, ok, tier)
+    tabs = _tier_tables(tuple(tiers))
+    lanes = max(int(lanes), int(tabs[-1].max()))
+    _get_kernel()(W0, rhs, int(h), *tabs, lanes, qb, s, y, ok, tier)
     return (qb, s, y, ok, tier) if return_tier else (qb, s, y, ok)
