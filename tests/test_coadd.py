@@ -131,7 +131,8 @@ def test_coadd_default_variable_bit_and_unscaled_targets(inp):
     # VARIABLE exactly on the exposures of the scaled target, as in the reference
     var = fibermask.VARIABLE
     assert var == 2 ** 20
-    assert np.array_equal(c.exp_fibermap["FIBERSTATUS"] & var, ref.exp_fibermap["FIBERSTATUS"] & var)
+    assert np.array_equal(c.exp_fibermap["FIBERSTATUS"] & var,
+                          ref.exp_fibermap["FIBERSTATUS"] & var)
     assert np.array_equal(c.fibermap["COADD_FIBERSTATUS"], ref.fibermap["COADD_FIBERSTATUS"])
     keep = ref.exp_fibermap["COADD_NORM"] == 1.0
     np.testing.assert_array_equal(c.exp_fibermap["COADD_NORM"][keep], 1.0)
@@ -359,7 +360,7 @@ def test_plain_coadd_vs_naive_with_masks_and_bad_fibers():
     for e in range(3):     # pixel 20 of target 1 masked in every exposure, different bits
         m[e * 4 + 1, 20] = 1 << e
     sp.ivar["r"][2, 30] = 0.0
-    sp.fibermap["FIBERSTATUS"][7] = 2 ** 16   # BADFIBER: exposure 1 of target 3 excluded
+    sp.fibermap["FIBERSTATUS"][7] = fibermask.BADFIBER   # exposure 1 of target 3 excluded
     c = coadd(sp, cosmics_nsig=0, onetile=True, no_normalize=True, backend="numpy")
     f, iv, mk, rd = _naive_plain(sp, "r")
     np.testing.assert_allclose(c.flux["r"], f, rtol=1e-12)

@@ -37,7 +37,8 @@ from ..profiling import nvtx_range
 from . import sqrtm_band, sqrtm_band_cpu
 from .cinv import band_to_upper
 
-__all__ = ["decorrelate", "decorrelate_upper", "block_layout", "METHODS", "EIG_FLOOR", "decorrelate_flops"]
+__all__ = ["decorrelate", "decorrelate_upper", "block_layout", "METHODS", "EIG_FLOOR",
+           "decorrelate_flops"]
 
 #: eigenvalue floor of desispec's decorrelation, relative to 1/mean(diag Cinv) of the spectrum
 EIG_FLOOR = 1e-15

@@ -119,8 +119,33 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
     InputError
         A frame without CAMERA or FIBERMAP, or inconsistent grids of one arm.
     """
+    frames = _read_frames(framefiles)
+    bands, waves = _bands_and_grids(frames)
+    keys, fmap = _row_table(frames)
+    arrays = _fill_rows(frames, keys, bands, waves, fmap["TARGETID"])
+    ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])
+    pix = np.full(len(keys), -1)
+    pix[ok] = healpix_pixels(fmap["TARGET_RA"][ok], fmap["TARGET_DEC"][ok], nside)
+    os.makedirs(outdir, exist_ok=True)
+    wanted = np.unique(pix[pix >= 0])
+    if healpix is not None:
+        wanted = wanted[np.isin(wanted, np.asarray(list(healpix), dtype=int))]
+    with nvtx_range("group.write"):
+        written = [_write_pixel(outdir, p, np.nonzero(pix == p)[0], bands, waves, fmap, arrays,
+                                nside, survey, program) for p in wanted]
+    log.info("wrote %d spectra files from %d frames", len(written), len(frames))
+    return written
+
+
+def _frame_key(fm, i):
+    """Row identity of fiber ``i`` of a frame fibermap: (EXPID, NIGHT, FIBER or index)."""
+    return (int(fm["EXPID"][i]), int(fm["NIGHT"][i]),
+            int(fm["FIBER"][i]) if "FIBER" in fm.dtype.names else i)
+
+
+def _read_frames(framefiles):
+    """``[(path, arm, frame)]``; a frame without CAMERA or FIBERMAP is an InputError."""
     from ..io import read_frame
-    from ..io.spectra import write_spectra
 
     frames = []
     with nvtx_range("group.read"):
@@ -133,6 +158,11 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             if fr.fibermap is None:
                 raise InputError("frame has no FIBERMAP", path=f, hdu="FIBERMAP")
             frames.append((f, cam[0], fr))
+    return frames
+
+
+def _bands_and_grids(frames):
+    """Bands (b, r, z first) and the one wavelength grid of each arm."""
     bands = [b for b in "brz" if any(x[1] == b for x in frames)] + \
         sorted({x[1] for x in frames} - set("brz"))
     waves = {}
@@ -142,40 +172,44 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
         elif fr.wave.shape != waves[b].shape or np.any(np.abs(fr.wave - waves[b]) > 1e-4):
             raise InputError(f"wavelength grid differs from other {b!r} frames", path=f,
                              hdu="WAVELENGTH")
-    # rows: unique (NIGHT, EXPID, FIBER)
+    return bands, waves
+
+
+def _row_table(frames):
+    """Output rows (unique (EXPID, NIGHT, FIBER)) and their fibermap, first-seen order."""
     keys = {}
     fmrows = []
     for f, b, fr in frames:
         fm = _with_exposure_columns(fr.fibermap, fr.meta)
         for i in range(len(fm)):
-            k = (int(fm["EXPID"][i]), int(fm["NIGHT"][i]), int(fm["FIBER"][i]) if "FIBER" in
-                 fm.dtype.names else i)
+            k = _frame_key(fm, i)
             if k not in keys:
                 keys[k] = len(keys)
                 fmrows.append(fm[i:i + 1])
-    nrow = len(keys)
-    dts = [r.dtype for r in fmrows]
-    base = max(dts, key=lambda d: len(d.names))
-    fmap = np.zeros(nrow, dtype=base)
+    base = max((r.dtype for r in fmrows), key=lambda d: len(d.names))
+    fmap = np.zeros(len(keys), dtype=base)
     for j, r in enumerate(fmrows):
         for c in r.dtype.names:
             if c in base.names:
                 fmap[c][j] = r[c][0]
+    return keys, fmap
+
+
+def _fill_rows(frames, keys, bands, waves, tids):
+    """Per-band flux, ivar, mask (NODATA where no frame), resolution and SCORES of every row."""
+    from ..maskbits import specmask
+
+    nrow = len(keys)
     flux = {b: np.zeros((nrow, waves[b].size)) for b in bands}
     ivar = {b: np.zeros((nrow, waves[b].size)) for b in bands}
-    mask = {b: np.zeros((nrow, waves[b].size), np.int32) for b in bands}
+    mask = {b: np.full((nrow, waves[b].size), specmask.NODATA, np.int32) for b in bands}
     ndiag = {b: max((fr.resolution_data.shape[1] for _, bb, fr in frames
                      if bb == b and fr.resolution_data is not None), default=1) for b in bands}
     res = {b: np.zeros((nrow, ndiag[b], waves[b].size)) for b in bands}
-    from ..maskbits import specmask
-    for b in bands:
-        mask[b][:] = specmask.NODATA
     scores = {b: _band_scores_table(frames, b, nrow) for b in bands}
     for f, b, fr in frames:
         fm = _with_exposure_columns(fr.fibermap, fr.meta)
-        idx = np.array([keys[(int(fm["EXPID"][i]), int(fm["NIGHT"][i]),
-                              int(fm["FIBER"][i]) if "FIBER" in fm.dtype.names else i)]
-                        for i in range(len(fm))])
+        idx = np.array([keys[_frame_key(fm, i)] for i in range(len(fm))])
         flux[b][idx] = fr.flux
         ivar[b][idx] = fr.ivar
         mask[b][idx] = fr.mask
@@ -189,33 +223,28 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             res[b][idx, off:off + nd] = fr.resolution_data
     units = {str(fr.meta.get("BUNIT", "")).strip() for _, _, fr in frames}
     flux_unit = units.pop() if len(units) == 1 and "" not in units else None
-    allscores = spectra_scores(scores, fmap["TARGETID"]) \
-        if any(v is not None for v in scores.values()) else None
-    ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])
-    pix = np.full(nrow, -1)
-    pix[ok] = healpix_pixels(fmap["TARGET_RA"][ok], fmap["TARGET_DEC"][ok], nside)
-    os.makedirs(outdir, exist_ok=True)
-    written = []
-    with nvtx_range("group.write"):
-        wanted = np.unique(pix[pix >= 0])
-        if healpix is not None:
-            wanted = wanted[np.isin(wanted, np.asarray(list(healpix), dtype=int))]
-        for p in wanted:
-            rows = np.nonzero(pix == p)[0]
-            meta = {"SPGRP": "healpix", "SPGRPVAL": int(p), "HPXPIXEL": int(p),
-                    "HPXNSIDE": int(nside), "HPXNEST": True, "SURVEY": survey,
-                    "PROGRAM": program}
-            sp = Spectra(bands=list(bands), wave={b: waves[b] for b in bands},
-                         flux={b: flux[b][rows] for b in bands},
-                         ivar={b: ivar[b][rows] for b in bands},
-                         mask={b: mask[b][rows] for b in bands},
-                         resolution_data={b: res[b][rows] for b in bands},
-                         fibermap=fmap[rows], meta=meta, flux_unit=flux_unit,
-                         scores=None if allscores is None else allscores[rows])
-            path = os.path.join(outdir, healpix_filename("spectra", survey, program, p))
-            written.append(write_spectra(path, sp))
-    log.info("wrote %d spectra files from %d frames", len(written), len(frames))
-    return written
+    allscores = spectra_scores(scores, tids) if any(v is not None for v in scores.values()) \
+        else None
+    return {"flux": flux, "ivar": ivar, "mask": mask, "res": res, "scores": allscores,
+            "flux_unit": flux_unit}
+
+
+def _write_pixel(outdir, p, rows, bands, waves, fmap, arrays, nside, survey, program):
+    """One ``spectra-SURVEY-PROGRAM-PIXEL.fits`` with the rows of pixel ``p``."""
+    from ..io.spectra import write_spectra
+
+    allscores = arrays["scores"]
+    meta = {"SPGRP": "healpix", "SPGRPVAL": int(p), "HPXPIXEL": int(p),
+            "HPXNSIDE": int(nside), "HPXNEST": True, "SURVEY": survey, "PROGRAM": program}
+    sp = Spectra(bands=list(bands), wave={b: waves[b] for b in bands},
+                 flux={b: arrays["flux"][b][rows] for b in bands},
+                 ivar={b: arrays["ivar"][b][rows] for b in bands},
+                 mask={b: arrays["mask"][b][rows] for b in bands},
+                 resolution_data={b: arrays["res"][b][rows] for b in bands},
+                 fibermap=fmap[rows], meta=meta, flux_unit=arrays["flux_unit"],
+                 scores=None if allscores is None else allscores[rows])
+    path = os.path.join(outdir, healpix_filename("spectra", survey, program, p))
+    return write_spectra(path, sp)
 
 
 def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: float | None = None,

@@ -22,9 +22,10 @@ from ..backend import get_xp, to_device, to_host
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from ..spectra import Spectra
+from .cameras import combined_wave
 from .cinv import accumulate_cinv, accumulate_upper, resampling_windows
 from .decorrelate import decorrelate_upper
-from .fibermap import coadd_fibermap
+from .fibermap import coadd_fibermap, fiberstatus_column
 from .groups import ordered_unique, use_for_coadd
 
 __all__ = ["spectroperf_resample", "coadd_spectroperf", "accumulate_cinv", "resampling_windows",
@@ -35,16 +36,6 @@ def min_wavebin(wave_out) -> float:
     """Smallest positive ``np.gradient`` step of the output grid (desispec ``wavebin``)."""
     dw = np.gradient(np.asarray(wave_out, dtype=np.float64))
     return float(np.min(dw[dw > 0]))
-
-
-def combined_wave(spectra, tol: float = 1e-4):
-    """Union of the band grids (desispec ``coadd_cameras`` rule; bands sorted by mean λ)."""
-    bands = sorted(spectra.bands, key=lambda b: float(np.mean(to_host(spectra.wave[b]))))
-    wave = None
-    for b in bands:
-        w = np.asarray(to_host(spectra.wave[b]), dtype=np.float64)
-        wave = w.copy() if wave is None else np.append(wave, w[w > wave[-1] + tol])
-    return wave
 
 
 def _bands_data(spectra, xp, use_mask: bool):
@@ -124,15 +115,14 @@ def coadd_spectroperf(spectra: Spectra, wave_out=None, *, onetile: bool = False,
     pos = {t: i for i, t in enumerate(targets.tolist())}
     grp = np.array([pos[t] for t in fm["TARGETID"].tolist()])
     wave_out = combined_wave(spectra) if wave_out is None else np.asarray(wave_out, np.float64)
-    fskey = "FIBERSTATUS" if "FIBERSTATUS" in fm.dtype.names else "COADD_FIBERSTATUS"
+    fskey = fiberstatus_column(fm.dtype.names)
     ndiag = max(spectra.resolution_data[b].shape[1] for b in spectra.bands)
     groups = [np.where(use_for_coadd(fm[fskey], b), grp, -1) for b in spectra.bands]
     with nvtx_range("coadd.spectroperf.accumulate"):
         U, cf = accumulate_upper(_bands_data(spectra, xp, True), wave_out, groups,
                                  targets.size, xp)
     flux, ivar, rdata = decorrelate_upper(U, cf, min_wavebin(wave_out), ndiag=ndiag, xp=xp, **kw)
-    bands = sorted(spectra.bands, key=lambda b: float(np.mean(to_host(spectra.wave[b]))))
-    name = "".join(bands)
+    name = "".join(sorted(spectra.bands, key=lambda b: float(np.mean(to_host(spectra.wave[b])))))
     tfmap, efmap = coadd_fibermap(fm, onetile=onetile)
     ivar_h = to_host(ivar)
     mask = {name: np.where(ivar_h > 0, 0, specmask.ALLBADPIX).astype(np.int32)} \
