@@ -39,7 +39,10 @@ DEFAULT_NSIDE = 64
 
 
 def healpix_pixels(ra, dec, nside: int = DEFAULT_NSIDE):
-    """NESTED HEALPix pixel of each (RA, Dec) in degrees (host arrays; returns int64 numpy)."""
+    """NESTED HEALPix pixel of each (RA, Dec) in degrees (host arrays; returns int64 numpy).
+
+    Backends: host (healpy).
+    """
     import healpy
 
     return healpy.ang2pix(int(nside), np.asarray(ra, float), np.asarray(dec, float),
@@ -51,6 +54,8 @@ def healpix_filename(kind: str, survey: str, program: str, pixel: int, ext: str 
 
     ``kind`` is ``spectra`` or ``coadd`` (desispec ``findfile``). The same survey
     and program go into the SURVEY/PROGRAM header keywords (:func:`group_frames`).
+
+    Backends: host.
     """
     return f"{kind}-{survey}-{program}-{int(pixel)}.{ext}"
 
@@ -59,6 +64,8 @@ def healpix_path(kind: str, survey: str, program: str, pixel: int, ext: str = "f
     """Path of a HEALPix product below a production's ``healpix/`` folder (desispec layout).
 
     ``{survey}/{program}/{pixel//100}/{pixel}/`` + :func:`healpix_filename`.
+
+    Backends: host.
     """
     pixel = int(pixel)
     return os.path.join(survey, program, str(pixel // 100), str(pixel),
@@ -118,6 +125,8 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
     ------
     InputError
         A frame without CAMERA or FIBERMAP, or inconsistent grids of one arm.
+
+    Backends: host (file I/O and table work; no array backend).
     """
     frames = _read_frames(framefiles)
     bands, waves = _bands_and_grids(frames)
@@ -274,6 +283,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     -------
     str
         ``outfile``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     from ..io.spectra import read_spectra, write_spectra
     from .cameras import coadd_cameras as _cameras

@@ -33,7 +33,10 @@ __all__ = ["spectroperf_resample", "coadd_spectroperf", "accumulate_cinv", "resa
 
 
 def min_wavebin(wave_out) -> float:
-    """Smallest positive ``np.gradient`` step of the output grid (desispec ``wavebin``)."""
+    """Smallest positive ``np.gradient`` step of the output grid (desispec ``wavebin``).
+
+    Backends: host (numpy).
+    """
     dw = np.gradient(np.asarray(wave_out, dtype=np.float64))
     return float(np.min(dw[dw > 0]))
 

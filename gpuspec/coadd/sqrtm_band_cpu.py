@@ -43,7 +43,10 @@ _FLAGS = dict(cache=True, nogil=True, error_model="numpy",
 
 
 def available() -> bool:
-    """True when numba imports and ``GPUSPEC_COADD_NUMBA`` is not 0/false."""
+    """True when numba imports and ``GPUSPEC_COADD_NUMBA`` is not 0/false.
+
+    Backends: host.
+    """
     if os.environ.get("GPUSPEC_COADD_NUMBA", "1").strip().lower() in ("0", "false", "no"):
         return False
     try:
