@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import require_reference
-
 from gpuspec.cli import main as cli_main
 from gpuspec.coadd import coadd, coadd_cameras, coadd_spectroperf, group_frames
 from gpuspec.coadd.group import healpix_pixels
 from gpuspec.coadd.synth import SHORT_RANGES, make_spectra, write_frames
 from gpuspec.io.spectra import read_spectra
+from gpuspec.maskbits import fibermask
 from gpuspec.resolution import apply as rapply
 
 TID0 = 39630000000000
@@ -49,7 +48,6 @@ def test_group_healpix(frames, tmp_path):
     assert one == [str(tmp_path / "one" / f"spectra-main-dark-{pix[0]}.fits")]
 
 
-@pytest.mark.slow
 def test_cli_group_then_coadd_consistent_with_truth(frames, tmp_path):
     files, sp, truth, _ = frames
     hpx = tmp_path / "hpx"
@@ -159,7 +157,7 @@ def test_spectroperf_coadd_masks_and_fiberstatus():
     sp.flux["r"][0, 100:105] += 1e5
     sp.mask["r"][0, 100:105] = 1
     sp.flux["r"][4] *= 50.0
-    sp.fibermap["FIBERSTATUS"][4] = 2 ** 16  # BADFIBER
+    sp.fibermap["FIBERSTATUS"][4] = fibermask.BADFIBER
     got = coadd_spectroperf(sp, backend="numpy")
     # target 1 lost an exposure: only its ivar drops; target 0 changed only near the mask
     assert np.all(got.ivar["r"][1] <= ref.ivar["r"][1] * (1 + 1e-9))
@@ -205,7 +203,7 @@ def test_group_errors(frames, tmp_path):
 
 def test_spectroperf_coadd_target_without_good_exposure():
     sp, truth = make_spectra(ntarget=3, nexp=2, bands=("r",), ranges=SHORT_RANGES, seed=10)
-    sp.fibermap["FIBERSTATUS"][[1, 4]] = 2 ** 16     # both exposures of target 1 BADFIBER
+    sp.fibermap["FIBERSTATUS"][[1, 4]] = fibermask.BADFIBER  # both exposures of target 1
     c = coadd_spectroperf(sp, backend="numpy")
     assert np.all(np.isfinite(c.flux["r"])) and np.all(np.isfinite(c.ivar["r"]))
     assert np.all(c.ivar["r"][1] == 0) and np.all(c.flux["r"][1] == 0)

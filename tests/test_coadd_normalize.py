@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import require_reference
+from test_coadd import compare_backends, other_backend  # noqa: F401  (fixture)
 
 from gpuspec.coadd import coadd
 from gpuspec.coadd.normalize import NORM_CHI2_THRESHOLD, per_exposure_normalization
@@ -51,7 +52,8 @@ def test_case_d_variable_rows_norms_and_flux(case_d):
         sig = np.sqrt(np.clip(ref.ivar[b], 0, None))
         # flux within 1e-3 sigma (achieved 3e-6 sigma: float32 files)
         assert np.max(np.abs(c.flux[b] - ref.flux[b]) * sig) < 1e-4, b
-        np.testing.assert_allclose(c.ivar[b], ref.ivar[b], rtol=1e-5, atol=0)
+        # ivar: asked 1e-5, achieved 1e-7 (float32 files)
+        np.testing.assert_allclose(c.ivar[b], ref.ivar[b], rtol=1e-6, atol=0)
         assert np.array_equal(c.mask[b], ref.mask[b])
 
 
@@ -146,20 +148,20 @@ def test_input_not_modified(case_d):
         assert np.array_equal(inp.flux[b], before[1][b])
 
 
-@pytest.mark.gpu
-def test_gpu_matches_numpy(case_d):
-    """The CuPy path gives the NumPy factors, FIBERSTATUS and coadd (run on a GPU machine)."""
-    import cupy as cp
+def test_normalization_backends(case_d, other_backend):
+    """Factors, FIBERSTATUS and the coadd on every backend equal NumPy's (one body per
+    backend, compared; see tests/test_coadd.py)."""
+    from gpuspec.backend import get_xp, to_host
 
     inp, _ = case_d
     targets, _ = ordered_unique(inp.fibermap["TARGETID"])
-    ref = per_exposure_normalization(inp, targets, np)
-    got = per_exposure_normalization(inp, targets, cp)
-    np.testing.assert_allclose(got[0], ref[0], rtol=1e-10, atol=0)
-    np.testing.assert_allclose(got[1], ref[1], rtol=1e-10, atol=0)
-    assert np.array_equal(got[2], ref[2])
-    c_np = coadd(inp, onetile=True, backend="numpy")
-    c_cp = coadd(inp, onetile=True, backend="cupy")
-    for b in inp.bands:
-        np.testing.assert_allclose(c_cp.flux[b], c_np.flux[b], rtol=1e-9, atol=1e-9)
-    assert np.array_equal(c_cp.exp_fibermap, c_np.exp_fibermap)
+
+    def body(be):
+        n, s, f = per_exposure_normalization(inp, targets, get_xp(be))
+        c = coadd(inp, onetile=True, backend=be)
+        out = {"norm": to_host(n), "sigma": to_host(s), "fiberstatus": to_host(f)}
+        out.update({f"flux_{b}": c.flux[b] for b in inp.bands})
+        out.update({f"exp.{k}": c.exp_fibermap[k] for k in c.exp_fibermap.dtype.names})
+        return out
+
+    compare_backends(body, other_backend, rtol=1e-10, exact=("fiberstatus",))

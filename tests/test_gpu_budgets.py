@@ -39,7 +39,8 @@ BUDGETS = {
     "coadd spectroperf": ("one HEALPix pixel (synthetic, brz, 2 exposures)",
                           "at most 2 per band + 3 per pixel, whatever the number of targets",
                           "at most 1.1 × the output arrays",
-                          "at most 48 MB per target (until decorrelate's 8192-block cap)"),
+                          "at most 1 MB per decorrelation block (until the 4096-block "
+                          "batch of decorrelate)"),
 }
 
 
@@ -155,16 +156,20 @@ def test_coadd_plain_no_sync_per_target_or_chunk(emulate_cupy):
 
 def test_coadd_spectroperf_no_sync_per_target(emulate_cupy):
     from gpuspec.coadd import coadd_spectroperf
-    from gpuspec.coadd.synth import make_spectra
+    from gpuspec.coadd.decorrelate import block_layout
+    from gpuspec.coadd.spectroperf import combined_wave, min_wavebin
+    from gpuspec.coadd.synth import SHORT_RANGES, make_spectra
 
     seen = set()
-    for nt in (5, 12):
-        sp, _ = make_spectra(ntarget=nt, nexp=2, seed=3)
+    for nt in (3, 8):
+        sp, _ = make_spectra(ntarget=nt, nexp=2, ranges=SHORT_RANGES, seed=3)
         rec, out = _counted(lambda: coadd_spectroperf(sp, backend="cupy"))
         nband = len(sp.bands)
+        wave = combined_wave(sp)
+        nblock = nt * block_layout(wave.size, min_wavebin(wave))[1].size
         assert rec["syncs"] <= 2 * nband + 3, _sites(rec)
         assert rec["d2h_bytes"] <= 1.1 * _spectra_bytes(out), _sites(rec)
-        assert rec["peak_bytes"] <= 48 * MB * nt
+        assert rec["peak_bytes"] <= 1.0 * MB * nblock, rec["peak_bytes"] / nblock
         seen.add(rec["syncs"])
     assert len(seen) == 1, seen
 

@@ -31,16 +31,22 @@ def _coadd(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``group`` and ``coadd`` to the ``gpuspec`` command."""
+    """Add ``group`` and ``coadd`` to the ``gpuspec`` command.
+
+    Backends: host (argument parsing; the commands choose numpy or cupy).
+    """
+    from .group import DEFAULT_NSIDE, DEFAULT_PROGRAM, DEFAULT_SURVEY
+
     g = subparsers.add_parser("group", help="regroup frames into per-HEALPix spectra files",
                               description="Regroup frames into spectra-SURVEY-PROGRAM-PIXEL.fits "
                                           "files (HEALPix NESTED on TARGET_RA/DEC).")
     g.add_argument("-i", "--infiles", nargs="+", required=True, metavar="FRAME",
                    help="frame files")
     g.add_argument("-o", "--outdir", required=True, help="output folder")
-    g.add_argument("--nside", type=int, default=64, help="HEALPix nside (default 64)")
-    g.add_argument("--survey", default="main")
-    g.add_argument("--program", default="dark")
+    g.add_argument("--nside", type=int, default=DEFAULT_NSIDE,
+                   help=f"HEALPix nside (default {DEFAULT_NSIDE})")
+    g.add_argument("--survey", default=DEFAULT_SURVEY, help=f"default {DEFAULT_SURVEY}")
+    g.add_argument("--program", default=DEFAULT_PROGRAM, help=f"default {DEFAULT_PROGRAM}")
     g.set_defaults(func=_group)
 
     c = subparsers.add_parser("coadd", help="coadd a spectra file",

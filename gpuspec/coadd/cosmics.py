@@ -27,7 +27,10 @@ _MIN_FOR_COSMICS = 3
 
 
 def chi2_threshold(nspec, nsig: float):
-    """chi² (not reduced) of ``nspec`` values exceeded with the ``nsig``-sigma tail probability."""
+    """chi² (not reduced) of ``nspec`` values exceeded with the ``nsig``-sigma tail probability.
+
+    Backends: host (scipy.stats; a scalar).
+    """
     import scipy.stats  # lazy: scipy.stats costs ~0.4 s to import
 
     return scipy.stats.chi2(np.asarray(nspec) - 1).isf(scipy.stats.norm.cdf(-nsig))

@@ -5,18 +5,26 @@ desispec ``decorrelate_divide_and_conquer`` semantics, for many spectra at once:
 * core half-width ``chw = max(10, int(50/wavebin))`` and skin ``max(2, int(10/wavebin))`` bins;
 * block centres ``c = chw, chw + (2chw+1), ...``; block ``[c−chw−skin, c+chw+skin]``
   clipped to the spectrum, core ``[c−chw, c+chw]``;
-* per block: eigh, eigenvalues floored at ``1e-15/mean(diag Cinv)`` (per spectrum),
-  ``Q = V√Λ Vᵀ``, ``s = Q·1``, ``R = Q/s`` (rows), core flux
-  ``[(Rᵀ)⁻¹ Cinvf / s²]`` (computed as ``V Λ^{-1/2} Vᵀ Cinvf / s``), ivar ``s²``,
-  resolution band ``R[j+d, j]``. Q itself is never formed: ``s = V(√Λ ⊙ Vᵀ1)`` and the
-  ndiag needed diagonals of Q are row-wise dot products, so apart from eigh the cost
-  per block is O(ndiag·m²) instead of O(m³).
+* per block ``Q = C^{1/2}`` (eigenvalues floored at ``1e-15/mean(diag Cinv)`` per spectrum),
+  ``s = Q·1``, ``R = Q/s`` (rows), core flux ``[(Rᵀ)⁻¹ Cinvf / s²] = C^{-1/2}·Cinvf / s``,
+  ivar ``s²``, resolution band ``R[j+d, j]``.
 
-All blocks of all spectra are stacked into one ``(nblock, m, m)`` array and sent
-through a single batched ``xp.linalg.eigh`` (chunked by ``max_blocks`` to bound
-memory). Blocks shorter than ``m`` (at the spectrum ends) are padded with a
-decoupled diagonal, which leaves their eigen-decomposition unchanged. The
-inverse covariance is only ever stored banded; the dense pieces are the blocks.
+Every block of every spectrum is cut out of the band at once and all blocks go through one
+batched computation of the three pieces of ``Q`` the outputs need (``s``, ``C^{-1/2}·Cinvf``
+and ``Q``'s diagonals next to the main one). Two methods compute them:
+
+``"zolotarev"`` (default)
+    a rational approximation of ``C^{-1/2}`` with banded factorisations only
+    (:mod:`gpuspec.coadd.sqrtm_band`; Numba twin on the CPU): ``O(n·b²)`` per pole instead
+    of ``O(n³)``; relative difference to the exact square root ~1e-11. Blocks outside its
+    interval (numerically singular ones) are recomputed with ``"eigh"``.
+``"eigh"``
+    desispec's method: batched dense ``xp.linalg.eigh`` with the eigenvalue floor. It is
+    the reference; the default method is tested against it.
+
+Zero rows (output pixels no input pixel constrains) are decoupled: they get ivar
+``1e-15/mean(diag)`` (the floored eigenvalue), flux 0 and a unit resolution diagonal, as with
+the eigendecomposition.
 """
 
 from __future__ import annotations
@@ -24,10 +32,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..threads import limit_blas
-from ..backend import get_array_module, get_xp, to_device
+from ..backend import get_array_module, get_xp, to_device, to_host
 from ..profiling import nvtx_range
+from . import sqrtm_band, sqrtm_band_cpu
+from .cinv import band_to_upper
 
-__all__ = ["decorrelate", "block_layout"]
+__all__ = ["decorrelate", "decorrelate_upper", "block_layout", "METHODS", "EIG_FLOOR",
+           "decorrelate_flops"]
+
+#: eigenvalue floor of desispec's decorrelation, relative to 1/mean(diag Cinv) of the spectrum
+EIG_FLOOR = 1e-15
+METHODS = ("auto", "zolotarev", "eigh")
+#: blocks per batch: (numpy eigh, numpy array path, numba twin, cupy)
+_MAX_BLOCKS = {"eigh": 1024, "array": 256, "numba": 2048, "cupy": 4096}
 
 
 def block_layout(nn: int, wavebin: float):
@@ -43,6 +60,8 @@ def block_layout(nn: int, wavebin: float):
         Block sizes ``e − b``.
     core_lo, core_hi : (nblock,) int
         Local core range ``[bb, ee)`` of each block.
+
+    Backends: host (numpy).
     """
     chw = max(10, int(50 / wavebin))
     skin = max(2, int(10 / wavebin))
@@ -62,16 +81,143 @@ def block_layout(nn: int, wavebin: float):
     return m, np.array(starts), np.array(sizes), np.array(lo), np.array(hi)
 
 
+class _Plan:
+    """Host index tables of the block layout of one spectrum length (shared by all spectra)."""
+
+    def __init__(self, nn: int, wavebin: float, ndiag: int, hb: int):
+        self.nn, self.ndiag, self.hb = nn, ndiag, hb
+        self.m, self.starts, self.sizes, lo, hi = block_layout(nn, wavebin)
+        self.nblk = self.starts.size
+        loc = np.arange(self.m)
+        self.real = loc[None, :] < self.sizes[:, None]                          # (nblk, m)
+        self.gidx = np.where(self.real, self.starts[:, None] + loc[None, :], 0)
+        core = (loc[None, :] >= lo[:, None]) & (loc[None, :] < hi[:, None]) & self.real
+        self.bi, self.li = np.nonzero(core)                                    # core entries
+        self.gcore = self.gidx[self.bi, self.li]
+        dd = np.arange(ndiag) - ndiag // 2
+        rr = self.li[:, None] + dd[None, :]                                     # local row p+d
+        g = self.gcore[:, None] + dd[None, :]
+        self.okr = (rr >= 0) & (rr < self.sizes[self.bi][:, None]) & (g >= 0) & (g < nn)
+        # lower band of a block from the upper band U[t, i, k] = Cinv[i, i+k]:
+        # W0[i, k] = Cinv[g(i)+k, g(i)] = U[g(i), k] inside the block
+        k = np.arange(hb + 1)
+        inside = (loc[None, :, None] + k[None, None, :]) < self.sizes[:, None, None]
+        self.wmask = inside & self.real[:, :, None]
+
+
+def _gather(U, cinvf, plan: _Plan, dev: dict, xp):
+    """Lower bands ``W0`` (``(nt·nblk, m, hb+1)``) and right-hand sides of all blocks."""
+    nt = U.shape[0]
+    W0 = U[:, dev["gidx"], :] * dev["wmask"]                                  # (nt, nblk, m, hb+1)
+    rhs = cinvf[:, dev["gidx"]] * dev["realf"]
+    nb = nt * plan.nblk
+    return W0.reshape(nb, plan.m, plan.hb + 1), rhs.reshape(nb, plan.m)
+
+
+def _device_tables(plan: _Plan, xp) -> dict:
+    return {"wmask": xp.asarray(plan.wmask.astype(np.float64)),
+            "gidx": xp.asarray(plan.gidx), "realf": xp.asarray(plan.real.astype(np.float64)),
+            "real": xp.asarray(plan.real), "bi": xp.asarray(plan.bi), "li": xp.asarray(plan.li),
+            "gcore": xp.asarray(plan.gcore), "okr": xp.asarray(plan.okr.astype(np.float64))}
+
+
+def _pieces_eigh(W0, rhs, real, lmin, padval, h: int, xp):
+    """desispec's method: ``Q`` from a dense ``eigh`` of every block (reference path).
+
+    ``real`` (``(nb, m)`` bool) marks the rows inside the spectrum; padding rows get the
+    decoupled diagonal ``padval`` (``(nb,)``), which leaves the real eigenpairs unchanged.
+    Returns ``qb`` (``Q[i, i+d]``, d = 0..h), ``s = Q·1_real`` and ``y = C^{-1/2}·rhs``.
+    """
+    nb, m, b1 = W0.shape
+    loc = np.arange(m)
+    dpq = loc[None, :] - loc[:, None]
+    rowi = xp.asarray(np.minimum(loc[:, None], loc[None, :]))
+    inb = np.abs(dpq) < b1
+    offs = xp.asarray(np.where(inb, np.abs(dpq), 0))
+    C = W0[:, rowi, offs] * xp.asarray(inb.astype(np.float64))                # (nb, m, m)
+    C += xp.eye(m) * ((~real) * padval[:, None])[:, :, None]
+    L, V = xp.linalg.eigh(C)
+    del C
+    L = xp.maximum(L, lmin[:, None])
+    sq = xp.sqrt(L)
+    realf = real.astype(V.dtype)
+    s = xp.einsum("bpk,bk->bp", V, sq * xp.einsum("bkp,bk->bp", V, realf)) * realf
+    y = xp.einsum("bpk,bk->bp", V, xp.einsum("bkp,bk->bp", V, rhs * realf) / sq)
+    Vs = V * sq[:, None, :]
+    qb = xp.zeros((nb, m, h + 1))
+    for d in range(h + 1):
+        qb[:, : m - d, d] = xp.einsum("bpk,bpk->bp", Vs[:, : m - d], V[:, d:])
+    return qb, s, y
+
+
+def _pieces_zolotarev(W0, rhs, real, lmin, h: int, xp, use_numba: bool):
+    """Same pieces by the rational approximation; ``ok`` flags the blocks it covers."""
+    d = W0[:, :, 0]
+    zero = d == 0                                          # zero rows and padding: decoupled
+    fill = xp.max(d, axis=1)
+    fill = xp.where(fill > 0, fill, 1.0)
+    W = W0.copy()
+    W[:, :, 0] = xp.where(zero, fill[:, None], d)
+    if use_numba:
+        qb, s, y, ok = sqrtm_band_cpu.band_sqrt(W, rhs, h)
+    else:
+        qb, s, y, ok = sqrtm_band.band_sqrt(W, rhs, h, xp)
+    zr = zero & real                                       # rows of the spectrum without data
+    sl = xp.sqrt(lmin)[:, None]
+    s = xp.where(zr, sl, s)
+    qb[:, :, 0] = xp.where(zr, sl, qb[:, :, 0])
+    y = xp.where(zr, rhs / sl, y)
+    return qb, s, y, ok
+
+
+def _assemble(qb, s, y, nt: int, plan: _Plan, dev: dict, out, ts, xp):
+    """Core outputs of a chunk of whole spectra (``ts``) into ``out = (flux, ivar, rdata)``."""
+    flux, ivar, rdata = out
+    m, nblk = plan.m, plan.nblk
+    real = xp.broadcast_to(dev["real"][None], (nt, nblk, m)).reshape(nt * nblk, m)
+    sgood = xp.where(real & (s != 0), s, 1.0)      # s = 0 only in blocks recomputed later
+    shp = (nt, nblk, m)
+    bi, li, gcore = dev["bi"], dev["li"], dev["gcore"]
+    flux[ts, gcore] = (y / sgood).reshape(shp)[:, bi, li]
+    ivar[ts, gcore] = (s ** 2).reshape(shp)[:, bi, li]
+    for di, d in enumerate(np.arange(plan.ndiag) - plan.ndiag // 2):
+        rd = _rdiag(qb, sgood, int(d), xp)
+        rdata[ts, di, gcore] = rd.reshape(shp)[:, bi, li] * dev["okr"][None, :, di]
+
+
+def _rdiag(qb, sgood, d: int, xp):
+    """``R[p+d, p] = Q[p+d, p] / s[p+d]`` for every local row p (0 outside the block)."""
+    nb, m, h1 = qb.shape
+    rd = xp.zeros((nb, m))
+    a = abs(d)
+    if a >= h1 or a >= m:
+        return rd
+    if d >= 0:
+        rd[:, : m - d] = qb[:, : m - d, d] / sgood[:, d:]
+    else:
+        rd[:, a:] = qb[:, : m - a, a] / sgood[:, : m - a]
+    return rd
+
+
+def _resolve_method(method: str, xp):
+    if method not in METHODS:
+        raise ValueError(f"decorrelate method must be one of {METHODS}, not {method!r}")
+    if method == "eigh":
+        return "eigh", False
+    use_numba = xp is np and sqrtm_band_cpu.available()
+    return "zolotarev", use_numba
+
+
 @limit_blas
 def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks: int | None = None,
-                backend=None):
+                method: str = "auto", backend=None):
     """Decorrelate banded inverse covariances (batched divide and conquer).
 
     Parameters
     ----------
     cinv_band : (nspec, 2*hb+1, nwave) array
         ``cinv_band[t, d, i] = Cinv_t[i, i + d − hb]`` (0 outside the matrix);
-        Cinv symmetric.
+        Cinv symmetric positive semi-definite.
     cinvf : (nspec, nwave) array
         ``Σ Rᵀ·ivar·flux``.
     wavebin : float
@@ -79,8 +225,12 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     ndiag : int
         Number of diagonals of the output resolution.
     max_blocks : int, optional
-        Blocks per batched eigh call (default 1024 on numpy, 8192 on cupy; a
-        block of m = 149 is 178 kB of float64 and about six such arrays are live).
+        Blocks per batch (bounds memory; default 2048 with the Numba twin, 256 for the
+        numpy array path, 1024 for numpy eigh, 4096 on cupy: about 1 MB per block there).
+    method : {"auto", "zolotarev", "eigh"}
+        ``"eigh"``: desispec's eigendecomposition (reference); ``"zolotarev"``/``"auto"``:
+        the rational approximation (:mod:`gpuspec.coadd.sqrtm_band`), blocks it does not
+        cover recomputed by ``"eigh"``.
     backend : str or module, optional
         Default: the array module of ``cinv_band``.
 
@@ -90,109 +240,119 @@ def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks
     rdata : (nspec, ndiag, nwave)
         Banded decorrelated resolution, ``rdata[t, d, j] = R_t[j + d − ndiag//2, j]``.
 
-    Backends: numpy, cupy.
+    Backends: numpy (Numba twin when available), cupy (one host synchronisation per call,
+    to find blocks for the eigh fallback).
     """
     xp = get_array_module(cinv_band) if backend is None else get_xp(backend)
     cinv_band = to_device(cinv_band, xp, dtype=np.float64)
     cinvf = to_device(cinvf, xp, dtype=np.float64)
-    if cinv_band.ndim == 2:
+    squeeze = cinv_band.ndim == 2
+    if squeeze:
         cinv_band, cinvf = cinv_band[None], cinvf[None]
-        squeeze = True
-    else:
-        squeeze = False
-    nt, nband, nn = cinv_band.shape
-    hb = nband // 2
-    m, starts, sizes, lo, hi = block_layout(nn, wavebin)
-    nblk = starts.size
-    diag = cinv_band[:, hb, :]
-    meandiag = xp.mean(diag, axis=-1)                                          # (nt,)
+    out = decorrelate_upper(band_to_upper(cinv_band, xp), cinvf, wavebin, ndiag,
+                            max_blocks=max_blocks, method=method, xp=xp)
+    return tuple(o[0] for o in out) if squeeze else out
+
+
+def decorrelate_upper(U, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks=None,
+                      method: str = "auto", xp=np):
+    """:func:`decorrelate` on the row-major upper band ``U[t, i, k] = Cinv_t[i, i+k]``
+    (``(nspec, nwave, hb+1)``, :func:`gpuspec.coadd.cinv.accumulate_upper`'s layout), device
+    arrays on ``xp``. Same outputs.
+
+    Backends: numpy (Numba twin when available), cupy (one host synchronisation per call).
+    """
+    nt, nn, b1 = U.shape
+    hb = b1 - 1
+    kind, use_numba = _resolve_method(method, xp)
+    plan = _Plan(nn, wavebin, ndiag, hb)
+    dev = _device_tables(plan, xp)
+    meandiag = xp.mean(U[:, :, 0], axis=-1)                                    # (nt,)
     empty = ~(meandiag > 0)                      # no data at all: output zeros, not NaN
-    meandiag = xp.where(empty, 1.0, meandiag)
-    lmin = 1e-15 / meandiag
-
-    # local -> global index map per block, padding flagged
-    loc = np.arange(m)
-    gidx = starts[:, None] + loc[None, :]                                      # (nblk, m)
-    real = loc[None, :] < sizes[:, None]
-    gidx_c = np.where(real, gidx, 0)
-    # dense block entries from the band: C[p, q] = band[hb + q - p, g(p)]
-    dpq = loc[None, :] - loc[:, None]                                          # q - p
-    inband = np.abs(dpq) <= hb
-    realpq = real[:, :, None] & real[:, None, :] & inband[None]               # (nblk, m, m)
-    drow = np.clip(hb + dpq, 0, nband - 1)                                     # (m, m)
-    drow_b = np.broadcast_to(drow, (nblk, m, m))
-    grow_b = np.broadcast_to(gidx_c[:, :, None], (nblk, m, m))
-    padval = meandiag
-
-    flux = xp.zeros((nt, nn))
-    ivar = xp.zeros((nt, nn))
-    rdata = xp.zeros((nt, ndiag, nn))
-    core = (loc[None, :] >= lo[:, None]) & (loc[None, :] < hi[:, None]) & real   # (nblk, m)
-    bi, li = np.nonzero(core)
-    gcore = gidx[bi, li]
-    dd = np.arange(ndiag) - ndiag // 2
-    rr = li[:, None] + dd[None, :]                                             # local row p+dd
-    okr = (rr >= 0) & (rr < sizes[bi][:, None]) & (gcore[:, None] + dd[None, :] >= 0) & \
-        (gcore[:, None] + dd[None, :] < nn)
-
-    drow_x = xp.asarray(drow_b)
-    grow_x = xp.asarray(grow_b)
-    realpq_x = xp.asarray(realpq)
-    realdiag_x = xp.asarray(~real)
-    gidx_x = xp.asarray(gidx_c)
-    real_x = xp.asarray(real)
-    eye = xp.eye(m)
-    bi_x, li_x, gcore_x = xp.asarray(bi), xp.asarray(li), xp.asarray(gcore)
-    okr_x = xp.asarray(okr)
-    if max_blocks is None:
-        max_blocks = 1024 if xp is np else 8192
-    tchunk = max(1, int(max_blocks // max(nblk, 1)))
+    lmin_t = EIG_FLOOR / xp.where(empty, 1.0, meandiag)
+    out = (xp.zeros((nt, nn)), xp.zeros((nt, nn)), xp.zeros((nt, ndiag, nn)))
+    key = "eigh" if kind == "eigh" else ("numba" if use_numba else
+                                         ("array" if xp is np else "cupy"))
+    if kind == "eigh" and xp is not np:
+        key = "cupy"
+    max_blocks = _MAX_BLOCKS[key] if max_blocks is None else max_blocks
+    tchunk = max(1, int(max_blocks // max(plan.nblk, 1)))
+    h = ndiag // 2
+    oks = []
     with nvtx_range("coadd.decorrelate"):
         for t0 in range(0, nt, tchunk):
             ts = slice(t0, min(nt, t0 + tchunk))
             ntc = ts.stop - ts.start
-            band = cinv_band[ts]                                               # (ntc, nband, nn)
-            C = band[:, drow_x, grow_x]                                        # (ntc, nblk, m, m)
-            C *= realpq_x
-            C += eye * (realdiag_x[None, :, :, None] * padval[ts, None, None, None])
-            nb = ntc * nblk
-            L, V = xp.linalg.eigh(C.reshape(nb, m, m))                         # (nb, m), (nb, m, m)
-            del C
-            L = xp.maximum(L, xp.repeat(lmin[ts], nblk)[:, None])
-            sq = xp.sqrt(L)
-            Vt = xp.swapaxes(V, -1, -2)
-            realb = xp.broadcast_to(real_x[None], (ntc, nblk, m)).reshape(nb, m)
-            realf = realb.astype(V.dtype)
-            # s = Q·1 over the real columns, Q = V √Λ Vᵀ, without forming Q: O(m²) per block
-            vt1 = xp.einsum("bkp,bk->bp", V, realf)                            # Vᵀ·1_real
-            s = xp.einsum("bpk,bk->bp", V, sq * vt1) * realf                   # (nb, m)
-            sgood = xp.where(realb, s, 1.0)
-            cf = cinvf[ts][:, gidx_x].reshape(nb, m) * realf
-            vtc = xp.einsum("bkp,bk->bp", V, cf) / sq
-            y = xp.einsum("bpk,bk->bp", V, vtc)
-            shp = (ntc, nblk, m)
-            fblk = (y / sgood).reshape(shp)
-            flux[ts, gcore_x] = fblk[:, bi_x, li_x]
-            ivar[ts, gcore_x] = (s ** 2).reshape(shp)[:, bi_x, li_x]
-            # band of R = Q/s (rows): R[p+d, p] = Σ_k V[p+d,k] √λ_k V[p,k] / s[p+d]
-            Vs = V * sq[:, None, :]
-            for di, d in enumerate(dd):
-                d = int(d)
-                rd = xp.zeros((nb, m))                                         # R[p+d, p]
-                if d >= 0:
-                    rd[:, :m - d] = xp.einsum("bpk,bpk->bp", Vs[:, d:, :],
-                                              V[:, :m - d, :]) / sgood[:, d:]
-                else:
-                    rd[:, -d:] = xp.einsum("bpk,bpk->bp", Vs[:, :m + d, :],
-                                           V[:, -d:, :]) / sgood[:, :m + d]
-                rdata[ts.start:ts.stop, di, gcore_x] = \
-                    rd.reshape(shp)[:, bi_x, li_x] * okr_x[None, :, di]
-            del Vt
-    # unconditionally (testing xp.any(empty) first would synchronise on cupy)
-    keep = ~empty
-    flux = flux * keep[:, None]
-    ivar = ivar * keep[:, None]
-    rdata = rdata * keep[:, None, None]
-    if squeeze:
-        return flux[0], ivar[0], rdata[0]
-    return flux, ivar, rdata
+            W0, rhs = _gather(U[ts], cinvf[ts], plan, dev, xp)
+            real = xp.broadcast_to(dev["real"][None], (ntc, plan.nblk, plan.m)).reshape(
+                ntc * plan.nblk, plan.m)
+            lmin = xp.repeat(lmin_t[ts], plan.nblk)
+            if kind == "eigh":
+                qb, s, y = _pieces_eigh(W0, rhs, real, lmin, EIG_FLOOR / lmin, h, xp)
+            else:
+                qb, s, y, ok = _pieces_zolotarev(W0, rhs, real, lmin, h, xp, use_numba)
+                oks.append(xp.asarray(ok))
+            _assemble(qb, s, y, ntc, plan, dev, out, ts, xp)
+        if oks:
+            _eigh_fallback(U, cinvf, lmin_t, xp.concatenate(oks), plan, dev, out, h, xp)
+    keep = (~empty).astype(np.float64)
+    return out[0] * keep[:, None], out[1] * keep[:, None], out[2] * keep[:, None, None]
+
+
+def _eigh_fallback(U, cinvf, lmin_t, ok, plan: _Plan, dev: dict, out, h: int, xp):
+    """Recompute with ``eigh`` the blocks the rational approximation does not cover.
+
+    One device→host copy of the per-block flags (the only synchronisation of
+    :func:`decorrelate`); nothing else happens when every block is covered.
+    """
+    bad = np.flatnonzero(~to_host(ok))
+    if bad.size == 0:
+        return
+    tb, kb = np.divmod(bad, plan.nblk)
+    for t in np.unique(tb):
+        ks = kb[tb == t]
+        ksx = xp.asarray(ks)
+        W0, rhs = _gather(U[t:t + 1], cinvf[t:t + 1], plan, dev, xp)
+        lmin = xp.repeat(lmin_t[t:t + 1], ks.size)
+        qb, s, y = _pieces_eigh(W0[ksx], rhs[ksx], dev["real"][ksx], lmin, EIG_FLOOR / lmin,
+                                h, xp)
+        _assemble_blocks(qb, s, y, t, ks, plan, out, xp)
+
+
+def _assemble_blocks(qb, s, y, t: int, ks, plan: _Plan, out, xp):
+    """Core outputs of the blocks ``ks`` of spectrum ``t`` (host-chosen subset)."""
+    flux, ivar, rdata = out
+    sel = np.isin(plan.bi, ks)
+    pos = {int(k): i for i, k in enumerate(ks)}
+    bl = np.array([pos[int(k)] for k in plan.bi[sel]])
+    li, gcore = plan.li[sel], plan.gcore[sel]
+    real = plan.real[ks]
+    sgood = xp.where(xp.asarray(real) & (s != 0), s, 1.0)
+    blx, lix, gx = xp.asarray(bl), xp.asarray(li), xp.asarray(gcore)
+    flux[t, gx] = (y / sgood)[blx, lix]
+    ivar[t, gx] = (s ** 2)[blx, lix]
+    okr = xp.asarray(plan.okr[sel].astype(np.float64))
+    for di, d in enumerate(np.arange(plan.ndiag) - plan.ndiag // 2):
+        rdata[t, di, gx] = _rdiag(qb, sgood, int(d), xp)[blx, lix] * okr[:, di]
+
+
+def decorrelate_flops(nspec: int, nwave: int, wavebin: float, hb: int, ndiag: int = 11,
+                      method: str = "zolotarev") -> dict:
+    """Floating-point operations and bytes of :func:`decorrelate` (for the GPU cost model).
+
+    ``"zolotarev"``: :func:`gpuspec.coadd.sqrtm_band.band_sqrt_flops` over all blocks;
+    ``"eigh"``: about ``9·m³`` per block for a dense symmetric eigendecomposition with
+    vectors (tridiagonal reduction ``4/3·m³``, divide and conquer ``~3·m³`` worst case,
+    back-transformation ``2·m³``, plus the products forming ``s`` and ``Q``'s band), bytes
+    the ``m × m`` blocks read and written a few times.
+
+    Backends: host (pure arithmetic).
+    """
+    m, starts, *_ = block_layout(nwave, wavebin)
+    nblock = nspec * starts.size
+    if method == "eigh":
+        flops = nblock * (9.0 * m ** 3 + 4.0 * m * m)
+        return {"flops": flops, "bytes": nblock * 8.0 * m * m * 6, "nblock": nblock, "m": m}
+    r = sqrtm_band.band_sqrt_flops(nblock, m, hb, ndiag // 2)
+    r["m"] = m
+    return r

@@ -43,7 +43,10 @@ DEFAULT_NSIDE = 64
 
 
 def healpix_pixels(ra, dec, nside: int = DEFAULT_NSIDE):
-    """NESTED HEALPix pixel of each (RA, Dec) in degrees (host arrays; returns int64 numpy)."""
+    """NESTED HEALPix pixel of each (RA, Dec) in degrees (host arrays; returns int64 numpy).
+
+    Backends: host (healpy).
+    """
     import healpy
 
     return healpy.ang2pix(int(nside), np.asarray(ra, float), np.asarray(dec, float),
@@ -55,6 +58,8 @@ def healpix_filename(kind: str, survey: str, program: str, pixel: int, ext: str 
 
     ``kind`` is ``spectra`` or ``coadd`` (desispec ``findfile``). The same survey
     and program go into the SURVEY/PROGRAM header keywords (:func:`group_frames`).
+
+    Backends: host.
     """
     return f"{kind}-{survey}-{program}-{int(pixel)}.{ext}"
 
@@ -63,6 +68,8 @@ def healpix_path(kind: str, survey: str, program: str, pixel: int, ext: str = "f
     """Path of a HEALPix product below a production's ``healpix/`` folder (desispec layout).
 
     ``{survey}/{program}/{pixel//100}/{pixel}/`` + :func:`healpix_filename`.
+
+    Backends: host.
     """
     pixel = int(pixel)
     return os.path.join(survey, program, str(pixel // 100), str(pixel),
@@ -138,9 +145,36 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
     InputError
         A frame without CAMERA or FIBERMAP, inconsistent grids of one arm, or frames of
         different flux units (frames mixed with cframes).
+
+    Backends: host (file I/O and table work; no array backend).
     """
+    frames = _read_frames(framefiles)
+    bands, waves = _bands_and_grids(frames)
+    keys, fmap = _row_table(frames)
+    arrays = _fill_rows(frames, keys, bands, waves, fmap["TARGETID"])
+    ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])
+    pix = np.full(len(keys), -1)
+    pix[ok] = healpix_pixels(fmap["TARGET_RA"][ok], fmap["TARGET_DEC"][ok], nside)
+    os.makedirs(outdir, exist_ok=True)
+    wanted = np.unique(pix[pix >= 0])
+    if healpix is not None:
+        wanted = wanted[np.isin(wanted, np.asarray(list(healpix), dtype=int))]
+    with nvtx_range("group.write"):
+        written = [_write_pixel(outdir, p, np.nonzero(pix == p)[0], bands, waves, fmap, arrays,
+                                nside, survey, program) for p in wanted]
+    log.info("wrote %d spectra files from %d frames", len(written), len(frames))
+    return written
+
+
+def _frame_key(fm, i):
+    """Row identity of fiber ``i`` of a frame fibermap: (EXPID, NIGHT, FIBER or index)."""
+    return (int(fm["EXPID"][i]), int(fm["NIGHT"][i]),
+            int(fm["FIBER"][i]) if "FIBER" in fm.dtype.names else i)
+
+
+def _read_frames(framefiles):
+    """``[(path, arm, frame)]``; a frame without CAMERA or FIBERMAP is an InputError."""
     from ..io import read_frame
-    from ..io.spectra import write_spectra
 
     frames = []
     with nvtx_range("group.read"):
@@ -153,6 +187,11 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             if fr.fibermap is None:
                 raise InputError("frame has no FIBERMAP", path=f, hdu="FIBERMAP")
             frames.append((f, cam[0], fr))
+    return frames
+
+
+def _bands_and_grids(frames):
+    """Bands (b, r, z first) and the one wavelength grid of each arm."""
     bands = [b for b in "brz" if any(x[1] == b for x in frames)] + \
         sorted({x[1] for x in frames} - set("brz"))
     waves = {}
@@ -162,25 +201,29 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
         elif fr.wave.shape != waves[b].shape or np.any(np.abs(fr.wave - waves[b]) > 1e-4):
             raise InputError(f"wavelength grid differs from other {b!r} frames", path=f,
                              hdu="WAVELENGTH")
-    # rows: unique (NIGHT, EXPID, FIBER)
-    flux_unit = _flux_unit(frames)
+    return bands, waves
+
+
+def _row_table(frames):
+    """Output rows (unique (EXPID, NIGHT, FIBER)) and their fibermap, first-seen order.
+
+    The fibermap row is the first camera's; FIBERSTATUS is OR-ed over the cameras
+    (desispec ``frames2spectra``).
+    """
     keys = {}
     fmrows = []
     status: dict = {}
     for f, b, fr in frames:
         fm = _with_exposure_columns(fr.fibermap, fr.meta)
         for i in range(len(fm)):
-            k = (int(fm["EXPID"][i]), int(fm["NIGHT"][i]), int(fm["FIBER"][i]) if "FIBER" in
-                 fm.dtype.names else i)
+            k = _frame_key(fm, i)
             if k not in keys:
                 keys[k] = len(keys)
                 fmrows.append(fm[i:i + 1])
-            if "FIBERSTATUS" in fm.dtype.names:   # OR-ed over the cameras (desispec)
+            if "FIBERSTATUS" in fm.dtype.names:
                 status[keys[k]] = status.get(keys[k], 0) | int(fm["FIBERSTATUS"][i])
-    nrow = len(keys)
-    dts = [r.dtype for r in fmrows]
-    base = max(dts, key=lambda d: len(d.names))
-    fmap = np.zeros(nrow, dtype=base)
+    base = max((r.dtype for r in fmrows), key=lambda d: len(d.names))
+    fmap = np.zeros(len(keys), dtype=base)
     for j, r in enumerate(fmrows):
         for c in r.dtype.names:
             if c in base.names:
@@ -188,21 +231,24 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
     if "FIBERSTATUS" in base.names:
         for j, v in status.items():
             fmap["FIBERSTATUS"][j] = v
+    return keys, fmap
+
+
+def _fill_rows(frames, keys, bands, waves, tids):
+    """Per-band flux, ivar, mask (NODATA where no frame), resolution and SCORES of every row."""
+    from ..maskbits import specmask
+
+    nrow = len(keys)
     flux = {b: np.zeros((nrow, waves[b].size)) for b in bands}
     ivar = {b: np.zeros((nrow, waves[b].size)) for b in bands}
-    mask = {b: np.zeros((nrow, waves[b].size), np.int32) for b in bands}
+    mask = {b: np.full((nrow, waves[b].size), specmask.NODATA, np.int32) for b in bands}
     ndiag = {b: max((fr.resolution_data.shape[1] for _, bb, fr in frames
                      if bb == b and fr.resolution_data is not None), default=1) for b in bands}
     res = {b: np.zeros((nrow, ndiag[b], waves[b].size)) for b in bands}
-    from ..maskbits import specmask
-    for b in bands:
-        mask[b][:] = specmask.NODATA
     scores = {b: _band_scores_table(frames, b, nrow) for b in bands}
     for f, b, fr in frames:
         fm = _with_exposure_columns(fr.fibermap, fr.meta)
-        idx = np.array([keys[(int(fm["EXPID"][i]), int(fm["NIGHT"][i]),
-                              int(fm["FIBER"][i]) if "FIBER" in fm.dtype.names else i)]
-                        for i in range(len(fm))])
+        idx = np.array([keys[_frame_key(fm, i)] for i in range(len(fm))])
         flux[b][idx] = fr.flux
         ivar[b][idx] = fr.ivar
         mask[b][idx] = fr.mask
@@ -214,33 +260,29 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
             nd = fr.resolution_data.shape[1]
             off = (ndiag[b] - nd) // 2
             res[b][idx, off:off + nd] = fr.resolution_data
-    allscores = spectra_scores(scores, fmap["TARGETID"]) \
-        if any(v is not None for v in scores.values()) else None
-    ok = np.isfinite(fmap["TARGET_RA"]) & np.isfinite(fmap["TARGET_DEC"])
-    pix = np.full(nrow, -1)
-    pix[ok] = healpix_pixels(fmap["TARGET_RA"][ok], fmap["TARGET_DEC"][ok], nside)
-    os.makedirs(outdir, exist_ok=True)
-    written = []
-    with nvtx_range("group.write"):
-        wanted = np.unique(pix[pix >= 0])
-        if healpix is not None:
-            wanted = wanted[np.isin(wanted, np.asarray(list(healpix), dtype=int))]
-        for p in wanted:
-            rows = np.nonzero(pix == p)[0]
-            meta = {"SPGRP": "healpix", "SPGRPVAL": int(p), "HPXPIXEL": int(p),
-                    "HPXNSIDE": int(nside), "HPXNEST": True, "SURVEY": survey,
-                    "PROGRAM": program}
-            sp = Spectra(bands=list(bands), wave={b: waves[b] for b in bands},
-                         flux={b: flux[b][rows] for b in bands},
-                         ivar={b: ivar[b][rows] for b in bands},
-                         mask={b: mask[b][rows] for b in bands},
-                         resolution_data={b: res[b][rows] for b in bands},
-                         fibermap=fmap[rows], meta=meta, flux_unit=flux_unit,
-                         scores=None if allscores is None else allscores[rows])
-            path = os.path.join(outdir, healpix_filename("spectra", survey, program, p))
-            written.append(write_spectra(path, sp))
-    log.info("wrote %d spectra files from %d frames", len(written), len(frames))
-    return written
+    flux_unit = _flux_unit(frames)
+    allscores = spectra_scores(scores, tids) if any(v is not None for v in scores.values()) \
+        else None
+    return {"flux": flux, "ivar": ivar, "mask": mask, "res": res, "scores": allscores,
+            "flux_unit": flux_unit}
+
+
+def _write_pixel(outdir, p, rows, bands, waves, fmap, arrays, nside, survey, program):
+    """One ``spectra-SURVEY-PROGRAM-PIXEL.fits`` with the rows of pixel ``p``."""
+    from ..io.spectra import write_spectra
+
+    allscores = arrays["scores"]
+    meta = {"SPGRP": "healpix", "SPGRPVAL": int(p), "HPXPIXEL": int(p),
+            "HPXNSIDE": int(nside), "HPXNEST": True, "SURVEY": survey, "PROGRAM": program}
+    sp = Spectra(bands=list(bands), wave={b: waves[b] for b in bands},
+                 flux={b: arrays["flux"][b][rows] for b in bands},
+                 ivar={b: arrays["ivar"][b][rows] for b in bands},
+                 mask={b: arrays["mask"][b][rows] for b in bands},
+                 resolution_data={b: arrays["res"][b][rows] for b in bands},
+                 fibermap=fmap[rows], meta=meta, flux_unit=arrays["flux_unit"],
+                 scores=None if allscores is None else allscores[rows])
+    path = os.path.join(outdir, healpix_filename("spectra", survey, program, p))
+    return write_spectra(path, sp)
 
 
 def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: float | None = None,
@@ -270,6 +312,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     -------
     str
         ``outfile``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     from ..io.spectra import read_spectra, write_spectra
     from .cameras import coadd_cameras as _cameras

@@ -17,7 +17,10 @@ __all__ = ["ordered_unique", "target_index_table", "gather_rows", "use_for_coadd
 
 
 def ordered_unique(values):
-    """Unique values in order of first appearance, and the index of each first appearance."""
+    """Unique values in order of first appearance, and the index of each first appearance.
+
+    Backends: host (numpy).
+    """
     values = np.asarray(values)
     _, first = np.unique(values, return_index=True)
     first = np.sort(first)
@@ -26,7 +29,10 @@ def ordered_unique(values):
 
 def nonamp_bad_fiberstatus() -> int:
     """FIBERSTATUS bits that exclude an exposure from any coadd (desispec
-    ``get_all_nonamp_fiberbitmask_val``)."""
+    ``get_all_nonamp_fiberbitmask_val``).
+
+    Backends: host.
+    """
     bits = 0
     for name in ("BROKENFIBER", "MISSINGPOSITION", "BADPOSITION", "BADFIBER", "BADTRACE",
                  "BADARC", "BADFLAT", "MANYBADCOL", "MANYREJECTED"):
@@ -42,6 +48,8 @@ def use_for_coadd(fiberstatus, band: str):
 
     Mirrors desispec ``use_for_coadd``: the non-amplifier bad bits, plus BADAMPB/R/Z
     for the cameras in ``band``.
+
+    Backends: host (numpy).
     """
     bits = nonamp_bad_fiberstatus()
     for c, name in (("b", "BADAMPB"), ("r", "BADAMPR"), ("z", "BADAMPZ")):
@@ -67,6 +75,8 @@ def target_index_table(targetids, targets, use=None):
     idx : (ntarget, nmax) int64
         Row indices in input order; padding = nrows.
     valid : (ntarget, nmax) bool
+
+    Backends: host (numpy); the tables are uploaded by the callers.
     """
     targetids = np.asarray(targetids)
     nrows = targetids.size

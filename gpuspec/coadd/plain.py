@@ -25,7 +25,7 @@ from ..backend import get_xp, to_device, to_host
 from ..profiling import nvtx_range
 from ..spectra import Spectra
 from .cosmics import mask_cosmics
-from .fibermap import coadd_fibermap
+from .fibermap import coadd_fibermap, fiberstatus_column
 from .groups import gather_rows, ordered_unique, target_index_table, use_for_coadd
 from .normalize import NORM_CHI2_THRESHOLD, per_exposure_normalization
 from .scores import coadd_scores
@@ -168,7 +168,7 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
         raise ValueError("coadd needs a fibermap with TARGETID")
     targets, _ = ordered_unique(fm["TARGETID"])
     nrows = len(fm)
-    fskey = "FIBERSTATUS" if "FIBERSTATUS" in fm.dtype.names else "COADD_FIBERSTATUS"
+    fskey = fiberstatus_column(fm.dtype.names)
     fstat = np.asarray(fm[fskey]).astype(np.int64)
     norm = np.ones(nrows)
     sigma = None

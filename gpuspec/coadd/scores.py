@@ -38,7 +38,10 @@ def _band_scores(wave, flux, ivar, band, out, suffix="COADD"):
 
 
 def frame_band(wave, camera=None) -> str:
-    """Camera arm of a frame: from CAMERA, else from the mean wavelength (desispec rule)."""
+    """Camera arm of a frame: from CAMERA, else from the mean wavelength (desispec rule).
+
+    Backends: host.
+    """
     if camera and str(camera).strip()[:1].lower() in TOPHAT_WAVE:
         return str(camera).strip()[0].lower()
     m = float(np.mean(np.asarray(wave)))
@@ -60,6 +63,8 @@ def frame_scores(wave, flux, ivar, camera=None, suffix: str = "RAW") -> np.ndarr
     frame's arm X; none when the wavelength grid misses the arm's top-hat range
     (desispec then has no scores either). No TARGETID: desispec adds it from the
     fibermap when it groups frames.
+
+    Backends: host (numpy).
     """
     flux = np.asarray(to_host(flux))
     out: dict = {}
@@ -76,6 +81,8 @@ def spectra_scores(per_band: dict, targetids) -> np.ndarray | None:
     per_band : {band: structured array or None}
         Row-matched scores of each band (rows of missing frames zero-filled).
     targetids : (nrows,) array
+
+    Backends: host (numpy).
     """
     cols = {"TARGETID": np.asarray(targetids)}
     for b in sorted(per_band, key=lambda x: "brz".find(x) if x in "brz" else 9):
@@ -99,6 +106,8 @@ def coadd_scores(coadd, input_scores=None, input_targetids=None):
         Scores of the uncoadded rows; their ``TSNR2_*_{B,R,Z}`` are summed per target.
     input_targetids : (nrows,) array, optional
         TARGETID of ``input_scores`` rows.
+
+    Backends: host (numpy; the coadd arrays are host arrays).
     """
     out = {"TARGETID": np.asarray(coadd.fibermap["TARGETID"])}
     for b in coadd.bands:

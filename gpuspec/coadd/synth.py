@@ -27,7 +27,10 @@ SHORT_RANGES = {"b": (5000.0, 5800.0), "r": (5760.0, 6600.0), "z": (6560.0, 7400
 
 
 def camera_waves(bands=("b", "r", "z"), step: float = 0.8, ranges=None):
-    """Camera grids on a common 0.8 Å lattice (default DESI ranges; see SHORT_RANGES)."""
+    """Camera grids on a common 0.8 Å lattice (default DESI ranges; see SHORT_RANGES).
+
+    Backends: host (numpy).
+    """
     ranges = DESI_RANGES if ranges is None else ranges
     out = {}
     for b in bands:
@@ -76,6 +79,8 @@ def make_spectra(ntarget=20, nexp=3, bands=("b", "r", "z"), ranges=None, seed=1,
     truth : dict
         band -> (ntarget, nwave) array; ``"wave"``/``"all"``: the union grid and
         the truth on it.
+
+    Backends: host (numpy).
     """
     rng = np.random.default_rng(seed)
     waves = camera_waves(bands, ranges=ranges)
@@ -125,6 +130,8 @@ def write_frames(outdir, ntarget=20, nexp=3, bands=("b", "r", "z"), ranges=None,
     -------
     files : list of str
     spectra, truth : as :func:`make_spectra` (same_resolution=True)
+
+    Backends: host (numpy, file I/O).
     """
     from ..frame import Frame
     from ..io.frame import write_frame
