@@ -26,7 +26,6 @@ How a bundle is computed (all on the array backend, batched over patches):
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
@@ -35,10 +34,11 @@ from ..errors import InputError
 from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
-from . import normal_cpu
+from . import normal_cpu, pixels_cpu, windows
 from .. import threads as _threads
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
-from .solve import apply_fallback, decorrelate, inv_cholesky, inv_cholesky_device, regularize_normal
+from .layout import chunk_layout
+from .solve import decorrelate, regularize_normal, solve_tail
 
 __all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
 
@@ -112,318 +112,92 @@ def _empty_results(xp, nb, nwave, ndiag):
     )
 
 
-def _chunk_dims(patches, xc, yc, b0, kmin, nxs):
-    """Host-side common dimensions and per-patch window offsets of a chunk."""
-    P = len(patches)
-    F = max(p.nspec for p in patches)
-    NW = max(p.nwave for p in patches)
-    WY = max(p.box[3] - p.box[2] for p in patches)
-    xw = np.zeros((P, F), dtype=np.int64)
-    nf = np.array([p.nspec for p in patches])
-    wx = 1
-    for i, p in enumerate(patches):
-        k0 = p.kfirst - kmin
-        for f in range(p.nspec):
-            xs = xc[p.speclo - b0 + f, k0:k0 + p.nwave]
-            xw[i, f] = xs.min()
-            wx = max(wx, int(xs.max()) + nxs - int(xs.min()))
-        xw[i, p.nspec:] = xw[i, p.nspec - 1]
-    # largest fiber offset whose windows overlap
-    D = 0
-    for i, p in enumerate(patches):
-        for d in range(1, p.nspec):
-            a, b = xw[i, : p.nspec - d], xw[i, d: p.nspec]
-            if np.any((b < a + wx) & (a < b + wx)):
-                D = d
-    return P, F, NW, WY, wx, D + 1, xw, nf
-
-
-def _scatter(xp, stamps, sf, sk, ok, win, col, oy, ox, rlo, rhi, clo, chi, nwin, wy, wx, K):
-    """Dense window matrices from spots: ``out[win, y, u, col] = stamp[y - oy, u - ox]``.
-
-    All item arrays (``sf`` … ``chi``) share one shape and are host ints: the spot
-    (fiber row ``sf``, wavelength ``sk``) of each item, whether it exists (``ok``),
-    the window and column it goes to, its origin in window coordinates and the
-    region (rows ``[rlo, rhi)``, columns ``[clo, chi)``) where pixels are kept (the
-    patch box). Returns a device array (nwin, wy * wx, K). No duplicates are written,
-    so a plain indexed assignment is exact on every backend.
-    """
-    nys, nxs = stamps.shape[-2:]
-    sy = xp.arange(nys)[:, None]
-    sx = xp.arange(nxs)[None, :]
-
-    def dev(a):
-        return xp.asarray(np.ascontiguousarray(a).reshape(-1))[:, None, None]
-
-    yy = dev(oy) + sy                                   # (items, nys, 1)
-    uu = dev(ox) + sx                                   # (items, 1, nxs)
-    rv = dev(ok) & (yy >= xp.maximum(dev(rlo), 0)) & (yy < xp.minimum(dev(rhi), wy))
-    cv = (uu >= xp.maximum(dev(clo), 0)) & (uu < xp.minimum(dev(chi), wx))
-    size = nwin * wy * wx * K
-    flat = xp.where(rv & cv, (dev(win) * wy + yy) * (wx * K) + dev(col) + uu * K, size)
-    vals = stamps[xp.asarray(np.ascontiguousarray(sf).reshape(-1)),
-                  xp.asarray(np.ascontiguousarray(sk).reshape(-1))]
-    out = xp.zeros(size + 1)
-    out[flat.reshape(-1)] = vals.reshape(-1)
-    return out[:size].reshape(nwin, wy * wx, K)
-
-
-def _window_pixels(ctx, rows0, cols0, nrow, ncol, rowmax, bx0, bx1):
-    """Gather image and ivar into windows (host-int origins ``rows0``/``cols0``).
-
-    ``rows0``, ``cols0``: (nwin,) CCD row/column of each window's pixel (0, 0);
-    ``rowmax``: (nwin,) last CCD row (exclusive) of the box; ``bx0``/``bx1``: box
-    columns. Pixels outside the box or the image get ivar 0. Returns (nwin, nrow*ncol)
-    device arrays (pix, ivar).
-    """
-    xp = ctx.xp
-    yw = xp.arange(nrow)[None, :, None]
-    uw = xp.arange(ncol)[None, None, :]
-    rows = xp.asarray(rows0)[:, None, None] + yw
-    cols = xp.asarray(cols0)[:, None, None] + uw
-    ok = ((rows < xp.asarray(rowmax)[:, None, None]) & (cols >= xp.asarray(bx0)[:, None, None])
-          & (cols < xp.asarray(bx1)[:, None, None]))
-    iy = rows - ctx.y0
-    ix = cols - ctx.x0
-    ok &= (iy >= 0) & (iy < ctx.shape[0]) & (ix >= 0) & (ix < ctx.shape[1])
-    iyc = xp.clip(iy, 0, ctx.shape[0] - 1)
-    ixc = xp.clip(ix, 0, ctx.shape[1] - 1)
-    n = len(rows0)
-    pix = xp.where(ok, ctx.image[iyc, ixc], 0.0).reshape(n, nrow * ncol)
-    iv = xp.where(ok, ctx.ivar[iyc, ixc], 0.0).reshape(n, nrow * ncol)
-    return pix, iv
-
-
-#: target number of wavelengths per tile of the normal-equation products
-TILE = 16
+def _use_cpu_twin(ctx) -> bool:
+    """numpy backend with the Numba twins (``USE_NUMBA`` and numba importable)."""
+    return ctx.xp is np and USE_NUMBA and normal_cpu.available()
 
 
 @nvtx_range("extract:chunk")
 def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc, stamps,
                  fallback=None):
-    """Solve a chunk of patches; returns device arrays indexed [p, f, ...].
+    """Solve a chunk of patches; returns device arrays indexed [p, f, ...] (fiber order).
+
+    Normal equations, right-hand side and diagnostics come from the Numba twins on the
+    numpy backend (:mod:`~gpuspec.extract.normal_cpu`, :mod:`~gpuspec.extract.pixels_cpu`)
+    and from the batched window arrays otherwise (:mod:`~gpuspec.extract.windows`, what
+    CuPy runs); the solve and decorrelation (:func:`_solve_normal`) are common.
+    Dimension names: :mod:`gpuspec.extract.layout`.
 
     On a GPU the batched Cholesky reports failures per patch on the device
     (``res["chol_bad"]``, no host synchronisation); the caller re-solves such a chunk with
     ``fallback`` (host bool per patch) to use the eigh-based inverse for those patches.
     """
-    xp = ctx.xp
     nys, nxs = stamps.shape[-2:]
-    P, F, NW0, WY, WX, ND, xw, nf = _chunk_dims(patches, xc, yc, b0, kmin, nxs)
-    NT = max(1, math.ceil(NW0 / TILE))
-    T = math.ceil(NW0 / NT)
-    NW = NT * T                                   # padded wavelengths per fiber
-    Q = WY * WX
-    nw = np.array([p.nwave for p in patches])
-    k0 = np.array([p.kfirst - kmin for p in patches])
-    fb0 = np.array([p.speclo - b0 for p in patches])
-    bx0 = np.array([p.box[0] for p in patches])
-    bx1 = np.array([p.box[1] for p in patches])
-    by0 = np.array([p.box[2] for p in patches])
-    bh = np.array([p.box[3] - p.box[2] for p in patches])
-    # spot of (p, fiber f, wavelength j), clamped to valid ones; host ints
-    fI = np.arange(F)[None, :, None]
-    jI = np.arange(NW)[None, None, :]
-    okfj = (fI < nf[:, None, None]) & (jI < nw[:, None, None])             # (P,F,NW)
-    sf = fb0[:, None, None] + np.minimum(fI, nf[:, None, None] - 1)
-    sk = k0[:, None, None] + np.minimum(jI, nw[:, None, None] - 1)
-    sf, sk = np.broadcast_arrays(sf, sk)
-    ycs = yc[sf, sk] - by0[:, None, None]          # stamp row 0, box coordinates
-    xcs = xc[sf, sk]                               # stamp column 0, CCD
-
-    with nvtx_range("extract:projection"):
-        # ---- own-fiber windows (P*F windows of WY x WX pixels, NW columns)
-        pidx = np.arange(P)[:, None, None]
-        A0 = _scatter(xp, stamps, sf, sk, okfj, pidx * F + fI + 0 * jI, jI + 0 * fI + 0 * pidx,
-                      ycs, xcs - xw[:, :, None], np.zeros_like(ycs), bh[:, None, None] + 0 * ycs,
-                      bx0[:, None, None] - xw[:, :, None] + 0 * jI,
-                      bx1[:, None, None] - xw[:, :, None] + 0 * jI, P * F, WY, WX, NW)
-        A0 = A0.reshape(P, F, Q, NW)
-        Pw, Ww = _window_pixels(ctx, np.repeat(by0, F), xw.reshape(-1), WY, WX,
-                                np.repeat(by0 + bh, F), np.repeat(bx0, F), np.repeat(bx1, F))
-        Pw = Pw.reshape(P, F, Q)
-        Ww = Ww.reshape(P, F, Q)
-
-    use_nb = ctx.xp is np and USE_NUMBA and normal_cpu.available()
-    if not use_nb:
-        with nvtx_range("extract:projection_tiles"):
-            # ---- tiled windows for M: tile t of fiber f covers the rows of its stamps
-            ycT = np.where(okfj, ycs, np.iinfo(np.int64).max).reshape(P, F, NT, T)
-            ry = np.where(ycT.min(axis=-1) == np.iinfo(np.int64).max, 0, ycT.min(axis=-1))
-            ry = np.maximum(ry, 0)                                              # (P,F,NT)
-            ycT2 = np.where(okfj, ycs, np.iinfo(np.int64).min).reshape(P, F, NT, T)
-            RT = int(max(1, (ycT2.max(axis=-1) - ry).max() + nys))
-            RT = min(RT, WY)
-            # neighbour tiles whose stamps reach tile t's rows (for fibers f..f+ND-1)
-            E = 0
-            for d in range(ND):
-                g = fI + d
-                okg = (g < nf[:, None, None])
-                gl = np.minimum(g, F - 1)
-                ycg = np.take_along_axis(np.where(okfj, ycs, -10 ** 9),
-                                         np.broadcast_to(gl, (P, F, NW)), axis=1)   # (P,F,NW)
-                ycg = np.where(okg & okfj[np.arange(P)[:, None, None], gl, jI], ycg, -10 ** 9)
-                for t in range(NT):
-                    top = ry[:, :, t][..., None]
-                    hit = (ycg + nys > top) & (ycg < top + RT) & (ycg > -10 ** 8)
-                    if np.any(hit):
-                        ts = np.nonzero(hit.any(axis=(0, 1)))[0] // T
-                        E = max(E, int(abs(ts.min() - t)), int(abs(ts.max() - t)))
-            NE = 2 * E + 1
-            K = ND * NE * T
-        with nvtx_range("extract:projection_tiled_gather"):
-            # At[(p,f,t), (y,u), (d,e,q)] = own-window A0 of fiber g=f+d at box row ry+y,
-            # CCD column xw[f]+u, wavelength (t+e)*T+q: a gather of T-long rows of A0
-            # (zero outside g's window / the tiles / the fibers)
-            gI = np.arange(F)[None, :, None] + np.arange(ND)[None, None, :]            # (1,F,ND)
-            gok = gI < nf[:, None, None]                                                # (P,F,ND)
-            gcl = np.minimum(gI, F - 1)
-            xwg = np.take_along_axis(xw, np.broadcast_to(gcl, (P, F, ND)).reshape(P, -1),
-                                     axis=1).reshape(P, F, ND)
-            cshift = xw[:, :, None] - xwg                                               # (P,F,ND)
-            pgbase = np.where(gok, (np.arange(P)[:, None, None] * F + gcl) * WY, -1)    # (P,F,ND)
-            tt = np.arange(NT)[:, None] + np.arange(-E, E + 1)[None, :]                 # (NT,NE)
-            # device broadcasting over (P,F,NT,RT,WX,ND,NE)
-            yv = xp.arange(RT).reshape(1, 1, 1, RT, 1, 1, 1)
-            uv = xp.arange(WX).reshape(1, 1, 1, 1, WX, 1, 1)
-            r = xp.asarray(ry).reshape(P, F, NT, 1, 1, 1, 1) + yv
-            cc = uv + xp.asarray(cshift).reshape(P, F, 1, 1, 1, ND, 1)
-            pg = xp.asarray(pgbase).reshape(P, F, 1, 1, 1, ND, 1)
-            ttd = xp.asarray(tt).reshape(1, 1, NT, 1, 1, 1, NE)
-            okg = ((pg >= 0) & (r < WY) & (cc >= 0) & (cc < WX) & (ttd >= 0) & (ttd < NT))
-            rowsel = ((pg + r) * WX + cc) * NT + ttd
-            nrows = P * F * WY * WX * NT
-            rowsel = xp.where(okg, rowsel, nrows)
-            A0r = xp.concatenate([A0.reshape(nrows, T), xp.zeros((1, T))])
-            At = A0r[rowsel.reshape(-1)].reshape(P * F * NT, RT * WX, K)
-            _, Wt = _window_pixels(ctx, (by0[:, None, None] + ry).reshape(-1),
-                                   np.repeat(xw.reshape(-1), NT), RT, WX,
-                                   np.repeat(by0 + bh, F * NT), np.repeat(bx0, F * NT),
-                                   np.repeat(bx1, F * NT))
-
-    with nvtx_range("extract:normal"):
-        AW = A0 * Ww[..., None]                                        # (P,F,Q,NW)
-        bvec = xp.matmul(xp.swapaxes(AW, -1, -2), Pw[..., None])[..., 0]   # (P,F,NW)
-        fw = AW.sum(axis=2)                                            # (P,F,NW)
-        n = F * NW
-        if use_nb:  # CPU twin: M directly from the stamps
-            boxes = np.array([p.box for p in patches], dtype=np.int64)
-            M = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar, ctx.x0, ctx.y0, fb0, nf,
-                                           k0, nw, boxes, NW, F - 1, F)
-        else:
-            own = At[:, :, E * T:(E + 1) * T] * Wt[..., None]          # (P*F*NT, RT*WX, T)
-            Mb = xp.matmul(xp.swapaxes(own, -1, -2), At)                # (P*F*NT, T, K)
-            rows_i, cols_i, src_i = _assembly_index(F, NT, T, ND, E, K)
-            M = xp.zeros((P, n * n))
-            Mbf = Mb.reshape(P, F * NT * T * K)
-            M[:, xp.asarray(rows_i * n + cols_i)] = Mbf[:, xp.asarray(src_i)]
-            M[:, xp.asarray(cols_i * n + rows_i)] = Mbf[:, xp.asarray(src_i)]
-            M = M.reshape(P, n, n)
-        validu = xp.asarray(okfj.reshape(P, n))
-        regularize_normal(M, fw.reshape(P, n), validu, ctx.regularize)
-
-    with nvtx_range("extract:solve"):
-        chol_bad = None
-        if xp is np:
-            Z = inv_cholesky(M)                                # M^-1 = Z^T Z (LAPACK + fallback)
-        else:
-            Z, chol_bad = inv_cholesky_device(M)               # flags stay on the device
-            if fallback is not None:
-                Z = apply_fallback(Z, M, fallback)
-        Zt = xp.swapaxes(Z, -1, -2)
-        xflux = xp.matmul(Zt, xp.matmul(Z, bvec.reshape(P, n, 1)))[..., 0]   # deconvolved
-        # diagonal blocks of C = M^-1: C_ff = Z[:, f]^T Z[:, f]
-        Zf = xp.moveaxis(Z.reshape(P, n, F, NW), 2, 1)                 # (P,F,n,NW)
-        Cb = xp.matmul(xp.swapaxes(Zf, -1, -2), Zf)                     # (P,F,NW,NW)
-        R, ivar = decorrelate(Cb)
-        # patches without any weighted pixel carry no information
-        nodata = fw.reshape(P, n).max(axis=-1) <= 0
-        ivar = xp.where(nodata[:, None, None], 0.0, ivar)
-        x3 = xflux.reshape(P, F, NW)
-        flux = xp.matmul(R, x3[..., None])[..., 0]
-        h = ctx.ndiag
-        jj = xp.arange(NW)
-        ri = jj[None, :] - h + xp.arange(2 * h + 1)[:, None]           # (2h+1, NW)
-        rok = (ri >= 0) & (ri < NW)
-        rd = R[:, :, xp.clip(ri, 0, NW - 1), jj[None, :]] * rok        # (P,F,2h+1,NW)
-
-    with nvtx_range("extract:chi2"):
-        yw = xp.arange(WY)[:, None]
-        uw = xp.arange(WX)[None, :]
-        m_own = xp.matmul(A0, x3[..., None])[..., 0]                    # (P,F,Q)
-        # full model in each fiber window: own + neighbours' own-window models
-        e_ = np.arange(-(ND - 1), ND)
-        gidx = np.arange(F)[None, :, None] + e_[None, None, :]          # (1,F,E)
-        gok = (gidx >= 0) & (gidx < nf[:, None, None])
-        gcl = np.clip(gidx, 0, F - 1)
-        shift = np.where(gok, xw[:, :, None] - np.take_along_axis(
-            xw, np.broadcast_to(gcl, (P, F, e_.size)).reshape(P, -1), axis=1).reshape(P, F, -1), 0)
-        gbase = (np.arange(P)[:, None, None] * F + gcl) * Q             # (P,F,E)
-        uu2 = xp.asarray(shift)[..., None, None] + uw                     # (P,F,E,1,WX)
-        ok2 = xp.asarray(gok)[..., None, None] & (uu2 >= 0) & (uu2 < WX)
-        idx2 = xp.asarray(gbase)[..., None, None] + yw * WX + uu2        # (P,F,E,WY,WX)
-        msize = P * F * Q
-        idx2 = xp.where(ok2, idx2, msize)
-        mext = xp.concatenate([m_own.reshape(-1), xp.zeros(1)])
-        mwin = mext[idx2].sum(axis=2).reshape(P, F, Q)
-        good = Ww > 0
-        tot = xp.where(good, 1.0 / ((mwin * ctx.psferr + 1e-32) ** 2
-                                    + 1.0 / xp.where(good, Ww, 1.0)), 0.0)
-        chi2 = (Pw - mwin) ** 2 * tot
-        A0t = xp.swapaxes(A0, -1, -2)
-        num = xp.matmul(A0t, chi2[..., None])[..., 0]
-        psfw = xp.matmul(A0t, (tot > 0).astype(A0.dtype)[..., None])[..., 0]
-        bad = psfw == 0
-        chi2pix = xp.where(bad, 0.0, num / xp.where(bad, 1.0, psfw))
-        pixmask = 1.0 - xp.matmul(A0t, good.astype(A0.dtype)[..., None])[..., 0]
-
-    boxmodel = None
-    if ctx.model:
-        BW = int(max(bx1 - bx0))
-        bsize = P * WY * BW
-        box = xp.zeros(bsize + 1)
-        for f in range(F):
-            colb = xp.asarray(xw[:, f] - bx0)[:, None, None] + uw       # (P,1,WX)
-            okb = ((colb >= 0) & (colb < xp.asarray(bx1 - bx0)[:, None, None])
-                   & (yw < xp.asarray(bh)[:, None, None]) & xp.asarray(f < nf)[:, None, None])
-            idxb = (xp.arange(P)[:, None, None] * WY + yw) * BW + colb
-            idxb = xp.where(okb, idxb, bsize).reshape(-1)
-            box[idxb] += m_own[:, f].reshape(-1)
-        boxmodel = box[:bsize].reshape(P, WY, BW)
-
-    return dict(flux=flux, ivar=ivar, rd=rd, chi2pix=chi2pix, pixmask=pixmask,
-                boxmodel=boxmodel, F=F, NW=NW, chol_bad=chol_bad)
+    if _use_cpu_twin(ctx):
+        lay = chunk_layout(patches, b0, kmin)
+        with nvtx_range("extract:normal"):
+            M, bvec, fw = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar, ctx.image,
+                                                     ctx.x0, ctx.y0, lay)
+        sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=True)
+        with nvtx_range("extract:chi2"):
+            chi2pix, pixmask, boxmodel = pixels_cpu.diagnostics(
+                stamps, xc, yc, ctx.image, ctx.ivar, ctx.x0, ctx.y0, lay, sol["x3"],
+                ctx.psferr, ctx.model)
+    else:
+        win = windows.window_layout(patches, b0, kmin, xc, yc, nxs)
+        lay = chunk_layout(patches, b0, kmin, NW=win.NW)
+        A0, Pw, Ww = windows.own_windows(ctx, lay, win, stamps)
+        M = windows.tiled_normal(ctx, lay, win, A0, nys)
+        bvec, fw = windows.rhs(A0, Pw, Ww)
+        sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=False)
+        chi2pix, pixmask, boxmodel = windows.diagnostics(ctx, lay, win, A0, Pw, Ww, sol["x3"])
+    return dict(flux=sol["flux"], ivar=sol["ivar"], rd=sol["rd"], chi2pix=chi2pix,
+                pixmask=pixmask, boxmodel=boxmodel, F=lay.F, NW=lay.NW,
+                chol_bad=sol["chol_bad"])
 
 
-_ASSEMBLY_CACHE: dict = {}
+@nvtx_range("extract:solve")
+def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order: bool):
+    """Regularise and solve the normal equations, decorrelate the kept fibers.
 
-
-def _assembly_index(F, NT, T, ND, E, K):
-    """Where each element of the tiled products goes in M (host, cached by shape).
-
-    Returns ``rows, cols, src``: M[row, col] = Mb.flat[src] for the blocks on and above
-    the block diagonal (fiber g >= f; same fiber: tile t2 >= t); the caller also writes
-    the transposes.
+    ``M`` is in slot order (kept fibers last, :mod:`gpuspec.extract.layout`) when
+    ``slot_order``, else in fiber order and permuted here; ``bvec``/``fw`` (P, F, NW)
+    are in fiber order. Returns device arrays in fiber order: ``x3`` (deconvolved flux,
+    every fiber), ``flux``, ``ivar`` (P, F, NW) and ``rd`` (P, F, 2h+1, NW) for the kept
+    fibers (zero for the others), and ``chol_bad`` (device flags or None).
     """
-    key = (F, NT, T, ND, E, K)
-    if key not in _ASSEMBLY_CACHE:
-        NE = 2 * E + 1
-        NW = NT * T
-        f = np.arange(F).reshape(-1, 1, 1, 1, 1, 1)
-        t = np.arange(NT).reshape(1, -1, 1, 1, 1, 1)
-        i = np.arange(T).reshape(1, 1, -1, 1, 1, 1)
-        d = np.arange(ND).reshape(1, 1, 1, -1, 1, 1)
-        e = np.arange(-E, E + 1).reshape(1, 1, 1, 1, -1, 1)
-        q = np.arange(T).reshape(1, 1, 1, 1, 1, -1)
-        g = f + d
-        t2 = t + e
-        keep = (g < F) & (t2 >= 0) & (t2 < NT) & ((d > 0) | (e >= 0))
-        row = f * NW + t * T + i
-        col = g * NW + t2 * T + q
-        src = (((f * NT + t) * T + i) * K) + (d * NE + e + E) * T + q
-        row, col, src, keep = np.broadcast_arrays(row, col, src, keep)
-        _ASSEMBLY_CACHE[key] = (row[keep], col[keep], src[keep])
-    return _ASSEMBLY_CACHE[key]
+    xp = ctx.xp
+    P, F, NW, NK, n = lay.P, lay.F, lay.NW, lay.NK, lay.n
+    order = xp.asarray(lay.order())                                   # (P, n)
+    pI = xp.arange(P)[:, None]
+    if not slot_order:
+        M = M[pI[:, :, None], order[:, :, None], order[:, None, :]]
+    b = xp.take_along_axis(bvec.reshape(P, n), order, axis=1)
+    w = xp.take_along_axis(fw.reshape(P, n), order, axis=1)
+    valid = xp.asarray(np.take_along_axis(lay.valid.reshape(P, n), lay.order(), axis=1))
+    regularize_normal(M, w, valid, ctx.regularize)
+    x, Cb, chol_bad = solve_tail(M, b, NK * NW, NW, fallback)
+    R, ivar = decorrelate(Cb)                                         # (P, NK, NW, NW)
+    # patches without any weighted pixel carry no information
+    nodata = w.max(axis=-1) <= 0
+    ivar = xp.where(nodata[:, None, None], 0.0, ivar)
+    xs = x.reshape(P, F, NW)
+    flux = xp.matmul(R, xs[:, F - NK:, :, None])[..., 0]
+    h = ctx.ndiag
+    jj = xp.arange(NW)
+    ri = jj[None, :] - h + xp.arange(2 * h + 1)[:, None]             # (2h+1, NW)
+    rok = (ri >= 0) & (ri < NW)
+    rd = R[:, :, xp.clip(ri, 0, NW - 1), jj[None, :]] * rok          # (P,NK,2h+1,NW)
+    # back to fiber order; fibers that are not kept get zeros
+    kf = xp.asarray(lay.kept_fibers())
+    out = dict(x3=xp.take_along_axis(xs, xp.asarray(lay.pos)[:, :, None], axis=1),
+               chol_bad=chol_bad)
+    for name, val in (("flux", flux), ("ivar", ivar), ("rd", rd)):
+        full = xp.zeros((P, F) + val.shape[2:])
+        full[pI, kf] = val
+        out[name] = full
+    return out
+
 
 
 def _chunks(patches, per_patch_bytes, budget):
