@@ -74,6 +74,7 @@ def _get_kernel():
         def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW, D,
                    M, bvec, fw, SW):
             P = fb0.shape[0]
+            lo = np.zeros(pos.shape[1], dtype=np.int64)
             nys = stamps.shape[2]
             nxs = stamps.shape[3]
             for p in range(P):
@@ -81,8 +82,17 @@ def _get_kernel():
                                 nw[p], boxes[p], SW, bvec[p], fw[p])
                 ylo_b = boxes[p, 2]
                 yhi_b = boxes[p, 3]
+                # stamp rows increase with wavelength along each trace (DESI): then the
+                # partners of spot (f, j) in fiber g are a window of l that moves with j
+                mono = True
+                for g in range(nf[p]):
+                    for l in range(1, nw[p]):
+                        if yc[fb0[p] + g, k0[p] + l] < yc[fb0[p] + g, k0[p] + l - 1]:
+                            mono = False
                 for f in range(nf[p]):
                     fa = fb0[p] + f
+                    for g in range(nf[p]):
+                        lo[g] = 0
                     for j in range(nw[p]):
                         ka = k0[p] + j
                         xa = xc[fa, ka]
@@ -91,11 +101,18 @@ def _get_kernel():
                         gmax = min(f + D + 1, nf[p])
                         for g in range(f, gmax):
                             fg = fb0[p] + g
-                            lstart = j if g == f else 0
+                            if mono:
+                                while lo[g] < nw[p] and yc[fg, k0[p] + lo[g]] + nys <= ya:
+                                    lo[g] += 1
+                            lstart = j if g == f else lo[g]
                             for l in range(lstart, nw[p]):
                                 kb = k0[p] + l
                                 yb = yc[fg, kb]
-                                if yb >= ya + nys or yb + nys <= ya:
+                                if yb >= ya + nys:
+                                    if mono:
+                                        break
+                                    continue
+                                if yb + nys <= ya:
                                     continue
                                 xb = xc[fg, kb]
                                 if xb >= xa + nxs or xb + nxs <= xa:

@@ -123,6 +123,41 @@ def _pinv_tail(M, b, m, nw):
     return x, xp.stack(blocks, axis=-3)
 
 
+def _inverse_block_columns(L22, nw):
+    """Diagonal ``nw``-blocks of ``Z22ᵀ Z22`` with ``Z22 = L22⁻¹`` (host, one matrix).
+
+    Block column s of ``Z22`` (rows ``>= s·nw``) by block forward substitution,
+    ``Z_ts = −Z_tt Σ_{u=s}^{t−1} L_tu Z_us`` with ``Z_tt = L_tt⁻¹`` (``trtri`` of the
+    small diagonal blocks): BLAS-3 products of nw × nw blocks, faster than one ``trtri``
+    of the whole ``L22`` at these sizes. Only the lower triangle of ``L22``'s diagonal
+    blocks is read.
+    """
+    from scipy.linalg import lapack
+
+    K = L22.shape[0] // nw
+    blk = [[L22[t * nw:(t + 1) * nw, u * nw:(u + 1) * nw] for u in range(t + 1)]
+           for t in range(K)]
+    zd = []
+    for t in range(K):
+        z, info = lapack.dtrtri(blk[t][t], lower=1)
+        if info != 0:
+            return None
+        zd.append(np.tril(z))
+    out = np.empty((K, nw, nw))
+    for s_ in range(K):
+        col = [zd[s_]]
+        acc = zd[s_].T @ zd[s_]
+        for t in range(s_ + 1, K):
+            v = blk[t][s_] @ col[0]
+            for u in range(s_ + 1, t):
+                v += blk[t][u] @ col[u - s_]
+            z = -(zd[t] @ v)
+            col.append(z)
+            acc += z.T @ z
+        out[s_] = acc
+    return out
+
+
 def _solve_tail_host(M, b, m, nw):
     """numpy branch of :func:`solve_tail`: LAPACK per matrix, eigh fallback at once."""
     from scipy.linalg import lapack
@@ -133,20 +168,14 @@ def _solve_tail_host(M, b, m, nw):
     Cb = np.empty((P, m // nw, nw, nw))
     for p in range(P):
         # M[p] is symmetric: its transpose is the same matrix in Fortran order (no copy
-        # to reorder); clean=0 leaves M's values above the diagonal (cleared below)
+        # to reorder); clean=0 leaves M's values above the diagonal (never read)
         c, info = lapack.dpotrf(M[p].T, lower=1, clean=0)
-        if info == 0:
-            z22, info = lapack.dtrtri(c[k:, k:], lower=1)
-        if info == 0 and k:
-            z11, info = lapack.dtrtri(c[:k, :k], lower=1)
-        if info != 0:
-            xp_, cb = _pinv_tail(M[p], b[p], m, nw)
-            x[p], Cb[p] = xp_, cb
+        cb = _inverse_block_columns(c[k:, k:], nw) if info == 0 else None
+        if cb is None:
+            x[p], Cb[p] = _pinv_tail(M[p], b[p], m, nw)
             continue
-        z22 = np.tril(z22)
-        z11 = np.tril(z11) if k else np.zeros((0, 0))
-        x[p] = _tail_x(c[k:, :k], z11, z22, b[p])
-        Cb[p] = _tail_blocks(z22, nw)
+        x[p], _ = lapack.dpotrs(c, b[p], lower=1)
+        Cb[p] = cb
     return x, Cb
 
 
@@ -213,10 +242,12 @@ def solve_tail(M, b, m: int, nw: int, fallback=None):
 
     Notes
     -----
-    ``M = L Lᵀ`` (``potrf``, n³/3 flops); ``Z22 = L22⁻¹`` and ``Z11 = L11⁻¹`` (``trtri``,
-    (m³ + k³)/3 instead of n³/3 for the whole ``L⁻¹``); ``x`` by block substitution with
-    ``Z11``, ``L21``, ``Z22`` (matrix-vector products); block s of the covariance is
-    ``Z22[s·nw:, s]ᵀ Z22[s·nw:, s]``. A matrix that is not numerically positive definite
+    ``M = L Lᵀ`` (``potrf``, n³/3 flops) and only the trailing block of ``L⁻¹``,
+    ``Z22 = L22⁻¹`` (m³/3 instead of n³/3 for the whole ``L⁻¹``): block s of the
+    covariance is ``Z22[s·nw:, s]ᵀ Z22[s·nw:, s]``. numpy: ``x`` by ``potrs`` and the
+    block columns of ``Z22`` by block substitution (:func:`_inverse_block_columns`);
+    cupy: batched ``inv`` of ``L22`` and ``L11`` and ``x`` by block substitution
+    (matrix-vector products). A matrix that is not numerically positive definite
     is solved through ``eigh`` with specter's eigenvalue floor
     (``C = V diag(1/max(w, floor)) Vᵀ``, as :func:`pinv_sqrt`).
 
