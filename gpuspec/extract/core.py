@@ -36,6 +36,7 @@ from ..maskbits import specmask
 from ..profiling import nvtx_range
 from . import normal_cpu, pixels_cpu, windows
 from .. import threads as _threads
+from .defaults import DEFAULT_PSFERR, SPECTER
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
 from .layout import chunk_layout
 from .solve import decorrelate, regularize_normal, solve_tail
@@ -93,7 +94,7 @@ class _Context:
         self.regularize = float(regularize)
         if psferr is None:
             psferr = getattr(psf, "psferr", None)
-        self.psferr = 0.01 if psferr is None else float(psferr)
+        self.psferr = DEFAULT_PSFERR if psferr is None else float(psferr)
         self.model = bool(model)
         self.ndiag = resolution_halfwidth(psf, self.dw)
         if chunk_mb is None:
@@ -337,9 +338,10 @@ def _make_context(image, ivar, psf, wave, kw):
     return _Context(image, ivar, psf, wave, **kw)
 
 
-def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=25,
-                  nsubbundles=5, nwavestep=50, wavepad_frac=0.2, pixpad_frac=0.8,
-                  regularize=0.0, psferr=None, xyorigin=None, xyrange=None, model=False,
+def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *,
+                  bundlesize=SPECTER.bundlesize, nsubbundles=SPECTER.nsubbundles,
+                  nwavestep=SPECTER.nwavestep, wavepad_frac=SPECTER.wavepad_frac,
+                  pixpad_frac=SPECTER.pixpad_frac, regularize=SPECTER.regularize, psferr=None, xyorigin=None, xyrange=None, model=False,
                   full_output=None, backend="auto", chunk_mb=None, meta=None,
                   blas_threads=None, nproc=1) -> Frame:
     """Spectroperfectionism extraction of fibers ``[specmin, specmin + nspec)``.
@@ -360,9 +362,11 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *, bundlesize=2
     bundlesize : int
         Fibers per bundle, counted from ``specmin`` as in specter (25 for DESI).
     nsubbundles, nwavestep, wavepad_frac, pixpad_frac, regularize
-        specter ``ex2d`` settings (``wavesize`` = ``nwavestep``).
+        specter ``ex2d`` settings (``wavesize`` = ``nwavestep``); defaults
+        :data:`gpuspec.extract.defaults.SPECTER`.
     psferr : float, optional
-        Fractional PSF model error for chi2pix (default ``psf.psferr``, else 0.01).
+        Fractional PSF model error for chi2pix (default ``psf.psferr``, else
+        :data:`~gpuspec.extract.defaults.DEFAULT_PSFERR` = 0.01).
     xyorigin : (x0, y0), optional
         CCD coordinates of ``image[0, 0]``.
     xyrange : (xmin, xmax, ymin, ymax), optional
@@ -447,7 +451,8 @@ def _extract_parallel(ctx, ranges, nproc):
         _POOL_CTX = None
 
 
-def extract_bundle(image, ivar, psf, wave, bundle, *, bundlesize=25, **kwargs) -> Frame:
+def extract_bundle(image, ivar, psf, wave, bundle, *, bundlesize=SPECTER.bundlesize,
+                   **kwargs) -> Frame:
     """Extract one bundle: fibers ``[bundle·bundlesize, (bundle+1)·bundlesize)``.
 
     The unit of work the launcher distributes; the result is a partial frame with

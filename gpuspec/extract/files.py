@@ -13,7 +13,9 @@ from ..errors import BadDataError, InputError
 from ..frame import Frame
 from ..maskbits import ccdmask, specmask
 from ..profiling import nvtx_range
+from ..grids import linear_grid
 from .core import extract_frame
+from .defaults import SPECTER
 
 __all__ = ["extract_file", "merge_frames", "wave_grid", "HEADER_KEYS", "EXTRACT_MASK",
            "BAD2DFIT_FACTOR", "bad2dfit"]
@@ -49,6 +51,8 @@ def bad2dfit(chi2pix, factor: float = BAD2DFIT_FACTOR) -> np.ndarray:
     Returns
     -------
     (nspec, nwave) bool
+
+    Backends: host only (NumPy).
     """
     c = np.asarray(chi2pix, dtype=np.float64)
     over_fibers = np.median(c, axis=0)[None, :]
@@ -71,13 +75,16 @@ def wave_grid(wave) -> np.ndarray:
     Parameters
     ----------
     wave : (wmin, wmax, dw) or array
-        A triple as in desispec (``np.arange(wmin, wmax + dw/2, dw)``: wmax included
-        when it falls on the grid) or an explicit 1-D grid.
+        A triple as in desispec (:func:`gpuspec.grids.linear_grid`,
+        ``np.arange(wmin, wmax + dw/2, dw)``: wmax included when it falls on the grid) or
+        an explicit 1-D grid.
+
+    Backends: host only (NumPy; the grid is small).
     """
     w = np.asarray(wave, dtype=np.float64)
     if w.ndim == 1 and w.size == 3 and w[2] > 0 and w[1] > w[0] and w[2] < (w[1] - w[0]):
         wmin, wmax, dw = (float(v) for v in w)
-        return np.arange(wmin, wmax + dw / 2.0, dw)
+        return linear_grid(wmin, wmax, dw)
     if w.ndim != 1 or w.size < 2:
         raise InputError(f"wavelength must be (wmin, wmax, dw) or a 1-D grid, got {wave!r}")
     return w
@@ -112,8 +119,10 @@ def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
 
 @nvtx_range("extract:file")
 def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, bundles=None,
-                 bundlesize=25, nsubbundles=5, nwavestep=50, wavepad_frac=0.2,
-                 pixpad_frac=0.8, regularize=0.0, psferr=None, model=None,
+                 bundlesize=SPECTER.bundlesize, nsubbundles=SPECTER.nsubbundles,
+                 nwavestep=SPECTER.nwavestep, wavepad_frac=SPECTER.wavepad_frac,
+                 pixpad_frac=SPECTER.pixpad_frac, regularize=SPECTER.regularize, psferr=None,
+                 model=None,
                  backend="auto", nproc=1, model_ivar=False) -> str:
     """Extract a preproc file into a frame file (desispec layout).
 
@@ -256,6 +265,8 @@ def merge_frames(partfiles, outfile) -> str:
     InputError
         No inputs, different wavelength grids, gaps/overlaps in the fibers, or some
         parts with and some without an optional HDU.
+
+    Backends: host only (file I/O, NumPy).
     """
     from .. import io as gio
 

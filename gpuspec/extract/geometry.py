@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..profiling import nvtx_range
+from .defaults import SPECTER
 
 __all__ = ["split_bundle", "Patch", "plan_bundle", "resolution_halfwidth", "check_wave"]
 
@@ -53,6 +54,8 @@ def split_bundle(bundlesize: int, n: int):
     --------
     >>> [list(s) for s in split_bundle(10, 3)[0]]
     [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+    Backends: host only (NumPy).
     """
     n = max(1, min(int(n), int(bundlesize)))
     sizes = [len(a) for a in np.array_split(np.arange(bundlesize), n)]
@@ -93,6 +96,8 @@ class Patch:
         Padding bins below / above the core.
     box : tuple (xlo, xhi, ylo, yhi)
         CCD pixel box used, already clipped to the image and the CCD.
+
+    Backends: host only (plain values).
     """
 
     speclo: int
@@ -127,6 +132,8 @@ def check_wave(wave) -> float:
     ------
     InputError
         Fewer than two bins, non-increasing or non-linear grid.
+
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, dtype=np.float64)
     if w.ndim != 1 or w.size < 2:
@@ -142,6 +149,8 @@ def resolution_halfwidth(psf, dw: float) -> int:
 
     ``round(9 · wdisp / dw)`` maximised over fibers (first, middle, last) and
     wavelengths (wmin, middle, wmax), capped at half the spot size.
+
+    Backends: host only (NumPy).
     """
     fibers = [0, psf.nspec // 2, psf.nspec - 1]
     waves = [psf.wmin, 0.5 * (psf.wmin + psf.wmax), psf.wmax]
@@ -154,8 +163,10 @@ def resolution_halfwidth(psf, dw: float) -> int:
 
 
 @nvtx_range("extract:plan")
-def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5,
-                nwavestep: int = 50, pixpad_frac: float = 0.8, wavepad_frac: float = 0.2,
+def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *,
+                nsubbundles: int = SPECTER.nsubbundles, nwavestep: int = SPECTER.nwavestep,
+                pixpad_frac: float = SPECTER.pixpad_frac,
+                wavepad_frac: float = SPECTER.wavepad_frac,
                 ndiag: int | None = None, image_box=None) -> list[Patch]:
     """All patches of one bundle, in specter's order (subbundle-major, then wavelength).
 
@@ -177,6 +188,8 @@ def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5
     Returns
     -------
     list of Patch
+
+    Backends: host only (NumPy: integers and trace evaluations).
     """
     wave = np.asarray(wave, dtype=np.float64)
     dw = check_wave(wave)

@@ -58,6 +58,8 @@ class ChunkLayout:
     perm : int64 (P, F)
         Fiber in each slot of the solve order (kept fibers last, each group in fiber
         order); ``pos`` is its inverse (slot of each fiber).
+
+    Backends: host only (NumPy).
     """
 
     P: int
@@ -100,6 +102,8 @@ def chunk_layout(patches, b0: int, kmin: int, NW: int | None = None) -> ChunkLay
         Output-grid index of column 0 of the bundle's spot grid.
     NW : int, optional
         Wavelengths per fiber in the layout (default: the largest patch's).
+
+    Backends: host only (NumPy).
     """
     P = len(patches)
     F = max(p.nspec for p in patches)

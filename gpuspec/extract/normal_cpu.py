@@ -24,7 +24,10 @@ _kernel = None
 
 
 def available() -> bool:
-    """True when numba imports and ``GPUSPEC_EXTRACT_NUMBA`` is not 0/false."""
+    """True when numba imports and ``GPUSPEC_EXTRACT_NUMBA`` is not 0/false.
+
+    Backends: host only.
+    """
     if os.environ.get("GPUSPEC_EXTRACT_NUMBA", "1").strip().lower() in ("0", "false", "no"):
         return False
     try:

@@ -50,6 +50,8 @@ class WindowLayout:
     ``xw[p, f]`` is the CCD column of pixel 0 of fiber f's window; ``sf, sk`` (P, F, NW)
     the spot (bundle fiber, spot-grid wavelength) of each unknown, clamped to existing
     ones; ``ycs`` its stamp's row 0 in box coordinates and ``xcs`` its CCD column 0.
+
+    Backends: host only (NumPy).
     """
 
     WY: int
@@ -73,7 +75,10 @@ class WindowLayout:
 
 
 def window_layout(patches, b0: int, kmin: int, xc, yc, nxs: int) -> WindowLayout:
-    """Windows of a chunk: offsets, widths, the fiber reach ND and the tiles (host)."""
+    """Windows of a chunk: offsets, widths, the fiber reach ND and the tiles (host).
+
+    Backends: host only (NumPy).
+    """
     P = len(patches)
     F = max(p.nspec for p in patches)
     NW0 = max(p.nwave for p in patches)
@@ -145,6 +150,8 @@ def window_pixels(ctx, rows0, cols0, nrow, ncol, rowmax, bx0, bx1):
     ``rowmax``: (nwin,) last CCD row (exclusive) of the box; ``bx0``/``bx1``: box
     columns. Pixels outside the box or the image get ivar 0. Returns (nwin, nrow*ncol)
     device arrays (pix, ivar).
+
+    Backends: numpy, cupy.
     """
     xp = ctx.xp
     yw = xp.arange(nrow)[None, :, None]
@@ -171,7 +178,10 @@ def _box(lay):
 
 @nvtx_range("extract:projection")
 def own_windows(ctx, lay, win: WindowLayout, stamps):
-    """``A0`` (P, F, Q, NW) and the window pixels ``Pw`` and weights ``Ww`` (P, F, Q)."""
+    """``A0`` (P, F, Q, NW) and the window pixels ``Pw`` and weights ``Ww`` (P, F, Q).
+
+    Backends: numpy, cupy.
+    """
     xp = ctx.xp
     P, F, NW, WY, WX = lay.P, lay.F, lay.NW, win.WY, win.WX
     bx0, bx1, by0, bh = _box(lay)
@@ -189,7 +199,10 @@ def own_windows(ctx, lay, win: WindowLayout, stamps):
 
 
 def rhs(A0, Pw, Ww):
-    """``b = AᵀWp`` and the weights ``Σ W·A_j`` per unknown, (P, F, NW) each."""
+    """``b = AᵀWp`` and the weights ``Σ W·A_j`` per unknown, (P, F, NW) each.
+
+    Backends: numpy, cupy.
+    """
     xp = _xp(A0)
     AW = A0 * Ww[..., None]                                            # (P,F,Q,NW)
     bvec = xp.matmul(xp.swapaxes(AW, -1, -2), Pw[..., None])[..., 0]
@@ -273,7 +286,10 @@ def _tile_gather(ctx, lay, win: WindowLayout, A0, ry, RT, E):
 
 @nvtx_range("extract:normal")
 def tiled_normal(ctx, lay, win: WindowLayout, A0, nys: int):
-    """``M = AᵀWA`` (P, n, n), fiber order, from tiled batched products of the windows."""
+    """``M = AᵀWA`` (P, n, n), fiber order, from tiled batched products of the windows.
+
+    Backends: numpy, cupy.
+    """
     xp = ctx.xp
     P, F, n, T, NT = lay.P, lay.F, lay.n, win.T, win.NT
     with nvtx_range("extract:projection_tiles"):
@@ -368,7 +384,10 @@ def _box_model(lay, win: WindowLayout, m_own):
 @nvtx_range("extract:chi2")
 def diagnostics(ctx, lay, win: WindowLayout, A0, Pw, Ww, x3):
     """Pixel χ², chi2pix and the masked fraction per unknown (P, F, NW), and the box
-    model (P, WY, BW) when ``ctx.model``, from the deconvolved flux ``x3`` (P, F, NW)."""
+    model (P, WY, BW) when ``ctx.model``, from the deconvolved flux ``x3`` (P, F, NW).
+
+    Backends: numpy, cupy.
+    """
     xp = ctx.xp
     m_own, mwin = _window_model(lay, win, A0, x3)
     good = Ww > 0
