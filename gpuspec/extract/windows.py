@@ -37,7 +37,7 @@ import numpy as np
 from ..profiling import nvtx_range
 
 __all__ = ["WindowLayout", "window_layout", "own_windows", "tiled_normal", "rhs",
-           "diagnostics", "TILE"]
+           "diagnostics", "bytes_per_patch", "TILE"]
 
 #: target number of wavelengths per tile of the normal-equation products
 TILE = 16
@@ -111,6 +111,37 @@ def window_layout(patches, b0: int, kmin: int, xc, yc, nxs: int) -> WindowLayout
     by0 = np.array([p.box[2] for p in patches])[:, None, None]
     return WindowLayout(WY=WY, WX=wx, ND=D + 1, T=T, NT=NT, xw=xw, sf=sf, sk=sk,
                         ycs=yc[sf, sk] - by0, xcs=xc[sf, sk])
+
+
+def bytes_per_patch(patches, b0: int, kmin: int, xc, yc, nys: int, nxs: int) -> int:
+    """Peak bytes one patch adds to a chunk on the array path (the chunk-size model).
+
+    The peak is reached in the tiled gather (:func:`_tile_gather`), where these arrays
+    are alive at once (float64 and int64 are 8 bytes; dimensions of the module docstring):
+
+    * ``A0`` and its copy with a zero row appended (the gather source): 2 · F·Q·NW;
+    * ``At``, the gathered tiles: F·NT·RT·WX·KT = F·NW·RT·WX·ND·NE;
+    * the gather index and its masked copy (int64): 2 · F·NT·RT·WX·ND·NE.
+
+    So ``8·(2·F·Q·NW + F·NW·RT·WX·ND·NE + 2·F·NT·RT·WX·ND·NE)`` bytes, with every
+    dimension the largest over ``patches`` (the whole bundle: an upper bound for any chunk
+    of it). At Case B geometry (F 7, NW 75, Q 105·18, RT 32, ND 3, NE 3, NT 5) that is
+    40.6 MB per patch; the peak measured with ``tracemalloc`` around ``_solve_chunk``
+    (numpy, Case B bundle 0) is 38.2–38.4 MB per patch for 1, 5 and 20 patches per chunk
+    (``tests/test_extract_paths.py::test_chunk_memory_model``). Everything else of a chunk
+    (window pixels, normal matrices, the solve, the diagnostics) is smaller and is freed
+    before or allocated after.
+
+    Backends: host only (NumPy; integers from the patch geometry).
+    """
+    from .layout import chunk_layout
+
+    win = window_layout(patches, b0, kmin, xc, yc, nxs)
+    lay = chunk_layout(patches, b0, kmin, NW=win.NW)
+    _, RT, E = _tile_rows(lay, win, nys)
+    F, NW, NT, ND, NE = lay.F, lay.NW, win.NT, win.ND, 2 * E + 1
+    tile = F * NT * RT * win.WX * ND * NE
+    return 8 * (2 * F * win.Q * NW + tile * win.T + 2 * tile)
 
 
 def _scatter(xp, stamps, sf, sk, ok, win, col, oy, ox, rlo, rhi, clo, chi, nwin, wy, wx, K):
@@ -227,6 +258,8 @@ def _tile_rows(lay, win: WindowLayout, nys: int):
     RT = min(int(max(1, (ycT2.max(axis=-1) - ry).max() + nys)), win.WY)
     fI = np.arange(F)[None, :, None]
     jI = np.arange(NW)[None, None, :]
+    # tiles without unknowns (a short patch padded to the chunk's NW) reach nothing
+    tile_ok = okfj.reshape(P, F, NT, T).any(axis=-1)                   # (P,F,NT)
     E = 0
     for d in range(win.ND):
         g = fI + d
@@ -237,7 +270,8 @@ def _tile_rows(lay, win: WindowLayout, nys: int):
         ycg = np.where(okg & okfj[np.arange(P)[:, None, None], gl, jI], ycg, -10 ** 9)
         for t in range(NT):
             top = ry[:, :, t][..., None]
-            hit = (ycg + nys > top) & (ycg < top + RT) & (ycg > -10 ** 8)
+            hit = ((ycg + nys > top) & (ycg < top + RT) & (ycg > -10 ** 8)
+                   & tile_ok[:, :, t][..., None])
             if np.any(hit):
                 ts = np.nonzero(hit.any(axis=(0, 1)))[0] // T
                 E = max(E, int(abs(ts.min() - t)), int(abs(ts.max() - t)))
