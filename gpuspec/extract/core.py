@@ -26,6 +26,7 @@ How a bundle is computed (all on the array backend, batched over patches):
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -101,6 +102,8 @@ class _Context:
             chunk_mb = 64 if xp is np else 2048
         self.chunk_bytes = int(chunk_mb * 2 ** 20)
         self.image_box = (self.x0, self.x0 + self.shape[1], self.y0, self.y0 + self.shape[0])
+        # progress of the frame (set by extract_frame)
+        self.t0, self.specmin, self.bundlesize, self.nbundles = time.perf_counter(), 0, 1, 1
 
 
 def _empty_results(xp, nb, nwave, ndiag):
@@ -255,6 +258,7 @@ def _chunks(patches, per_patch_bytes, budget):
 @nvtx_range("extract:bundle")
 def _extract_range(ctx: _Context, b0: int, b1: int, modelimage=None):
     """Extract fibers [b0, b1) as one bundle; returns device arrays (nb, nwave, ...)."""
+    t0 = time.perf_counter()
     xp = ctx.xp
     psf = ctx.psf
     nwave = ctx.wave.size
@@ -293,7 +297,16 @@ def _extract_range(ctx: _Context, b0: int, b1: int, modelimage=None):
                 res = _solve_chunk(ctx, chunks[i], b0, kmin, xc, yc, stamps,
                                    fallback=fb if fb.any() else None)
                 _store_chunk(ctx, out, chunks[i], res, b0, nwave, modelimage)
+    _log_bundle(ctx, b0, b1, len(patches), t0)
     return out
+
+
+def _log_bundle(ctx, b0, b1, npatch, t0):
+    """One progress line per bundle (a launcher task log shows where it stands)."""
+    now = time.perf_counter()
+    ib = (b0 - ctx.specmin) // max(ctx.bundlesize, 1) + 1
+    log.info("extract: bundle %d/%d (fibers %d-%d, %d patches) in %.1f s, %.1f s elapsed",
+             ib, ctx.nbundles, b0, b1 - 1, npatch, now - t0, now - ctx.t0)
 
 
 @nvtx_range("extract:store")
@@ -423,6 +436,8 @@ def extract_frame(image, ivar, psf, wave, specmin=0, nspec=None, *,
         pixpad_frac=pixpad_frac, regularize=regularize, psferr=psferr, xyorigin=xyorigin,
         xyrange=xyrange, model=model, backend=backend, chunk_mb=chunk_mb))
     modelimage = ctx.xp.zeros(ctx.shape) if model else None
+    ctx.t0, ctx.specmin, ctx.bundlesize = time.perf_counter(), int(specmin), int(bundlesize)
+    ctx.nbundles = -(-int(nspec) // int(bundlesize))
     results = []
     if blas_threads is None:
         blas_threads = _threads.default_blas_threads()

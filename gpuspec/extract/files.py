@@ -183,36 +183,15 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     ivar = np.asarray(image.ivar, dtype=np.float64)
     if image.mask is not None:
         ivar = ivar * ((np.asarray(image.mask) & EXTRACT_MASK) == 0)
-    meta = {k: v for k, v in image.meta.items() if k != "BUNIT"}
-    if image.camera and "CAMERA" not in meta:
-        meta["CAMERA"] = image.camera
-    cam = str(meta.get("CAMERA", "")).strip()
-    petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
-    meta.update(_wave_keywords(wave, w))
-    meta.update({"IN_PSF": os.path.basename(os.fspath(psffile)),
-                 "IN_IMG": os.path.basename(os.fspath(preprocfile)),
-                 "FIBERMIN": 500 * petal + int(specmin)})
-    meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
-                 "INFILE": os.path.basename(os.fspath(preprocfile)),
-                 "NSUBBUN": int(nsubbundles), "NWAVESTP": int(nwavestep),
-                 "BUNDLSZ": int(bundlesize)})
+    meta = _frame_meta(image, wave, w, preprocfile, psffile, specmin,
+                       dict(NSUBBUN=int(nsubbundles), NWAVESTP=int(nwavestep),
+                            BUNDLSZ=int(bundlesize)))
     opts = dict(bundlesize=bundlesize, nsubbundles=nsubbundles, nwavestep=nwavestep,
                 wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac, regularize=regularize,
                 psferr=psferr, backend=backend, nproc=nproc)
     pix = image.pix
     if model_ivar:
-        from .. import backend as _backend
-        from .variance import model_ivar as _model_ivar
-
-        # image and ivar go to the device once and the model ivar stays there: no
-        # full-image device -> host -> device round trip between the two passes
-        xp = _backend.get_xp(backend)
-        pix = _backend.to_device(image.pix, xp, dtype=np.float64)
-        ivar = _backend.to_device(ivar, xp, dtype=np.float64)
-        first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
-        ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
-                           readnoise=image.readnoise, image=pix, xp=xp)
-        meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
+        pix, ivar = _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts)
     frame = extract_frame(pix, ivar, psf, w, specmin, nspec, model=model is not None,
                           meta=meta, **opts)
     if image.fibermap is not None:
@@ -229,6 +208,43 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     if model is not None:
         _write_model(model, modelimage, frame.meta)
     return os.fspath(outfile)
+
+
+def _frame_meta(image, wave, grid, preprocfile, psffile, specmin, settings) -> dict:
+    """The frame header: the preproc header (but BUNIT), CAMERA, WAVEMIN/WAVEMAX/WAVESTEP,
+    IN_PSF/IN_IMG, FIBERMIN (500 per petal), PSFFILE/INFILE and the settings."""
+    meta = {k: v for k, v in image.meta.items() if k != "BUNIT"}
+    if image.camera and "CAMERA" not in meta:
+        meta["CAMERA"] = image.camera
+    cam = str(meta.get("CAMERA", "")).strip()
+    petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
+    meta.update(_wave_keywords(wave, grid))
+    meta.update({"IN_PSF": os.path.basename(os.fspath(psffile)),
+                 "IN_IMG": os.path.basename(os.fspath(preprocfile)),
+                 "FIBERMIN": 500 * petal + int(specmin)})
+    meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
+                 "INFILE": os.path.basename(os.fspath(preprocfile))})
+    meta.update(settings)
+    return meta
+
+
+def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
+    """First pass of ``model_ivar``: extract, then pixel ivar from the projected model
+    (:mod:`gpuspec.extract.variance`). Returns the device image and the model ivar and
+    sets IVARMODL in ``meta``."""
+    from .. import backend as _backend
+    from .variance import model_ivar as _model_ivar
+
+    # image and ivar go to the device once and the model ivar stays there: no
+    # full-image device -> host -> device round trip between the two passes
+    xp = _backend.get_xp(opts["backend"])
+    pix = _backend.to_device(image.pix, xp, dtype=np.float64)
+    ivar = _backend.to_device(ivar, xp, dtype=np.float64)
+    first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
+    ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
+                       readnoise=image.readnoise, image=pix, xp=xp)
+    meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
+    return pix, ivar
 
 
 def _write_model(path, modelimage, meta):
