@@ -72,7 +72,10 @@ class BackendUnavailable(RuntimeError):
 
 
 def gpu_disabled() -> bool:
-    """True when ``GPUSPEC_NO_GPU`` is set to anything but ``""``/``0``/``false``."""
+    """True when ``GPUSPEC_NO_GPU`` is set to anything but ``""``/``0``/``false``.
+
+    Backends: host only (reads the environment).
+    """
     v = os.environ.get("GPUSPEC_NO_GPU", "")
     return v.strip().lower() not in ("", "0", "false", "no")
 
@@ -82,7 +85,10 @@ EMULATE_ENV = "GPUSPEC_EMULATE_CUPY"
 
 
 def cupy_emulated() -> bool:
-    """True when ``GPUSPEC_EMULATE_CUPY`` asks for the NumPy-backed CuPy emulation (tests)."""
+    """True when ``GPUSPEC_EMULATE_CUPY`` asks for the NumPy-backed CuPy emulation (tests).
+
+    Backends: host only (reads the environment).
+    """
     v = os.environ.get(EMULATE_ENV, "")
     return v.strip().lower() not in ("", "0", "false", "no")
 
@@ -123,6 +129,8 @@ def cupy_available() -> bool:
     """True when cupy imports and reports a usable CUDA device.
 
     Ignores ``GPUSPEC_NO_GPU``; see :func:`resolve` for the policy.
+
+    Backends: host only (probes cupy and the CUDA runtime).
     """
     cp = _import_cupy()
     if cp is None:
@@ -153,6 +161,8 @@ def resolve(backend: str | types.ModuleType | None = "auto") -> str:
     BackendUnavailable
         ``"cupy"`` requested but cupy is missing, has no device, or
         ``GPUSPEC_NO_GPU`` is set.
+
+    Backends: host only (backend names).
     """
     if backend is None:
         backend = "auto"
@@ -178,14 +188,20 @@ def resolve(backend: str | types.ModuleType | None = "auto") -> str:
 
 
 def get_xp(backend: str | types.ModuleType | None = "auto") -> types.ModuleType:
-    """Return the array namespace (``numpy`` or ``cupy``) for a backend request."""
+    """Return the array namespace (``numpy`` or ``cupy``) for a backend request.
+
+    Backends: numpy, cupy (returns the namespace).
+    """
     if resolve(backend) == "cupy":
         return _import_cupy()
     return np
 
 
 def is_cupy(a: Any) -> bool:
-    """True if ``a`` is a cupy array (without importing cupy when it is absent)."""
+    """True if ``a`` is a cupy array (without importing cupy when it is absent).
+
+    Backends: numpy, cupy (any array).
+    """
     return type(a).__module__.startswith("cupy")
 
 
@@ -193,6 +209,8 @@ def get_array_module(*arrays: Any) -> types.ModuleType:
     """Return ``cupy`` if any argument is a cupy array, else ``numpy``.
 
     Works when cupy is not installed (returns numpy).
+
+    Backends: numpy, cupy (any arrays).
     """
     for a in arrays:
         if is_cupy(a):
@@ -201,7 +219,10 @@ def get_array_module(*arrays: Any) -> types.ModuleType:
 
 
 def native(a: np.ndarray) -> np.ndarray:
-    """Return ``a`` in native byte order (FITS data are big-endian); no copy if already native."""
+    """Return ``a`` in native byte order (FITS data are big-endian); no copy if already native.
+
+    Backends: numpy (host arrays).
+    """
     a = np.asarray(a)
     if not a.dtype.isnative:
         return a.astype(a.dtype.newbyteorder("="))
@@ -224,6 +245,8 @@ def to_device(a: Any, xp: types.ModuleType | str | None = None, dtype: Any = Non
     -------
     array
         A numpy or cupy array. No copy is made when nothing changes.
+
+    Backends: numpy, cupy.
     """
     if xp is None or isinstance(xp, str):
         xp = get_xp(xp)
@@ -239,7 +262,10 @@ def to_device(a: Any, xp: types.ModuleType | str | None = None, dtype: Any = Non
 
 
 def to_host(a: Any) -> np.ndarray:
-    """Return ``a`` as a NumPy array (copies from the GPU when needed)."""
+    """Return ``a`` as a NumPy array (copies from the GPU when needed).
+
+    Backends: numpy, cupy (always returns a NumPy array).
+    """
     if is_cupy(a):
         return a.get()
     return np.asarray(a)
@@ -256,6 +282,8 @@ def synchronize(xp: types.ModuleType | None = None) -> None:
 
     Asynchronous CUDA errors (an illegal address in a kernel, a failed launch) surface
     here: they propagate, they are never swallowed.
+
+    Backends: numpy (no-op), cupy.
     """
     cp = _current_cupy(xp)
     if cp is None:
@@ -267,6 +295,8 @@ def free_memory(xp: types.ModuleType | None = None) -> None:
     """Release cupy's cached device and pinned memory blocks (no-op for numpy).
 
     Errors (including asynchronous CUDA errors reported by the driver) propagate.
+
+    Backends: numpy (no-op), cupy.
     """
     cp = _current_cupy(xp)
     if cp is None:
@@ -295,6 +325,8 @@ def launcher_size(environ: dict | None = None) -> int:
     """Number of ranks an MPI launcher started this process with (1 when not launched).
 
     Reads the first of :data:`_WORLD_SIZE_VARS` that holds an integer above 1.
+
+    Backends: host only (reads the environment).
     """
     env = os.environ if environ is None else environ
     for var in _WORLD_SIZE_VARS:
@@ -323,6 +355,8 @@ def local_rank(comm: Any = None, environ: dict | None = None) -> int:
     -------
     int
         The local rank, 0 when nothing tells otherwise.
+
+    Backends: host only (MPI communicator or environment).
     """
     if comm is not None:
         try:
@@ -351,6 +385,8 @@ def select_device(lrank: int, ndevices: int) -> int:
     One rank per GPU: ``lrank % ndevices``. With exactly one visible device
     (e.g. Slurm's ``--gpu-bind=single:1`` or per-rank ``CUDA_VISIBLE_DEVICES``)
     every rank uses device 0.
+
+    Backends: host only (integers).
     """
     if ndevices <= 0:
         raise BackendUnavailable("no CUDA device is visible")
@@ -363,6 +399,8 @@ def bind_device(comm: Any = None, environ: dict | None = None) -> int | None:
     """Bind this process to its GPU (local rank modulo visible devices).
 
     Returns the device index used, or None when running on numpy.
+
+    Backends: cupy (selects the CUDA device); numpy: no-op.
     """
     if resolve("auto") != "cupy":
         return None
@@ -374,7 +412,10 @@ def bind_device(comm: Any = None, environ: dict | None = None) -> int | None:
 
 
 def device_name(xp: types.ModuleType | None = None) -> str:
-    """Human-readable name of the current compute device ("cpu" for numpy)."""
+    """Human-readable name of the current compute device ("cpu" for numpy).
+
+    Backends: numpy, cupy.
+    """
     if xp is None:
         xp = get_xp("auto")
     if xp is np:
@@ -396,6 +437,8 @@ def scipy_module(xp: types.ModuleType, name: str) -> types.ModuleType:
 
     The two expose the same functions, so code stays on one path:
     ``special = scipy_module(xp, "special"); special.erf(u)``.
+
+    Backends: numpy, cupy.
     """
     import importlib
 

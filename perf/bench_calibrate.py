@@ -55,7 +55,7 @@ from gpuspec.calibrate.fiberflat import apply_fiberflat, compute_fiberflat  # no
 from gpuspec.calibrate.fluxcalib import compute_flux_calibration  # noqa: E402
 from gpuspec.calibrate.sky import compute_sky, subtract_sky  # noqa: E402
 from gpuspec.calibrate.synthetic import make_exposure  # noqa: E402
-from gpuspec.sim.cameras import PRODUCTION_WAVE, WAVE_STEP  # noqa: E402
+from gpuspec.grids import DESI_WAVE as PRODUCTION_WAVE, WAVE_STEP  # noqa: E402
 
 
 def full_waves(bands):

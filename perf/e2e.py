@@ -85,7 +85,7 @@ def run_camera(folder: str, camera: str, nspec: int, outdir: str, backend_name: 
     from gpuspec import backend
     from gpuspec.extract import extract_file
     from gpuspec.preproc import preproc_file
-    from gpuspec.sim.night import PRODUCTION_WAVE
+    from gpuspec.grids import desi_wavelength
 
     xp = backend.get_xp(backend_name)
     p = _paths(folder, camera)
@@ -97,10 +97,10 @@ def run_camera(folder: str, camera: str, nspec: int, outdir: str, backend_name: 
     with P.Meter() as mp:
         preproc_file(p["raw"], camera, pre, fibermap=fm, backend=backend_name, **cal)
         backend.synchronize(xp)
-    wmin, wmax = PRODUCTION_WAVE[camera[0]]
+    wmin, wmax, dw = desi_wavelength(camera)
     kw = {"bundles": bundles} if bundles is not None else {"nspec": nspec}
     with P.Meter() as me:
-        extract_file(pre, p["psf"], frm, (wmin, wmax, 0.8), backend=backend_name, nproc=nproc,
+        extract_file(pre, p["psf"], frm, (wmin, wmax, dw), backend=backend_name, nproc=nproc,
                      **kw)
         backend.synchronize(xp)
     a, b = mp.result, me.result

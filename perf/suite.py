@@ -152,6 +152,7 @@ def make_frame(psf, nspec: int, seed: int = 7, xp=None, truth: bool = False):
     import numpy as np
 
     from gpuspec import backend
+    from gpuspec.grids import linear_grid
     from gpuspec.psf.project import render_spectra
 
     xp = xp or np
@@ -159,8 +160,8 @@ def make_frame(psf, nspec: int, seed: int = 7, xp=None, truth: bool = False):
     dw = 0.8
     wrow = np.asarray(psf.wavelength(np.arange(psf.nspec), [40.0, psf.npix_y - 40.0]))
     wmin, wmax = float(np.ceil(wrow[:, 0].max())), float(np.floor(wrow[:, 1].min()))
-    wave = np.arange(wmin, wmax, dw)
-    wtrue = np.arange(wmin - 40 * dw, wmax + 40 * dw, dw)
+    wave = linear_grid(wmin, wmax, dw)
+    wtrue = linear_grid(wmin - 40 * dw, wmax + 40 * dw, dw)
     cont = rng.uniform(20, 120, (nspec, 1)) * (
         1 + 0.2 * np.sin(wtrue / rng.uniform(40, 200, (nspec, 1))))
     phot = cont.copy()

@@ -44,7 +44,7 @@ __all__ = ["fiber_throughput", "flat_lamp", "sky_flux", "calib_vector", "gaussia
 
 SKY_DESI_BIT = 1 << 32
 #: modest camera grids for tests: overlapping, 0.8 Å, containing [OI] 5578.9 / 6302.0
-SHORT_RANGES = {"b": (5000.0, 5800.0), "r": (5760.0, 6600.0), "z": (6560.0, 7400.0)}
+from ..coadd.synth import SHORT_RANGES  # noqa: E402  (one definition)
 READ_NOISE = 3.0     # electrons per pixel
 PIXELS_PER_BIN = 3.0  # pixels across a trace summed into one extracted bin
 

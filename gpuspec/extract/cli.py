@@ -17,6 +17,7 @@ import logging
 import time
 
 from ..errors import InputError
+from .defaults import SPECTER
 
 __all__ = ["add_parser", "main"]
 
@@ -35,7 +36,10 @@ def _wave(text: str):
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``extract`` subcommand to ``subparsers``."""
+    """Add the ``extract`` subcommand to ``subparsers``.
+
+    Backends: host only (argparse).
+    """
     p = subparsers.add_parser(
         "extract", help="preproc image + PSF -> frame (spectroperfectionism extraction)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,14 +52,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="number of fibers (default: all of the PSF from specmin)")
     p.add_argument("--bundles", default=None,
                    help="comma list of contiguous bundle indices (partial frame)")
-    p.add_argument("--bundlesize", type=int, default=25, help="fibers per bundle (25)")
-    p.add_argument("--nsubbundles", type=int, default=5, help="subbundles per bundle (5)")
-    p.add_argument("--nwavestep", type=int, default=50, help="core bins per patch (50)")
-    p.add_argument("--wavepad-frac", type=float, default=0.2,
-                   help="extra wavelength padding, fraction of the spot height (0.2)")
-    p.add_argument("--pixpad-frac", type=float, default=0.8,
-                   help="extra pixel rows, fraction of the spot height (0.8)")
-    p.add_argument("--regularize", type=float, default=0.0, help="Tikhonov term (0)")
+    d = SPECTER
+    p.add_argument("--bundlesize", type=int, default=d.bundlesize,
+                   help=f"fibers per bundle ({d.bundlesize})")
+    p.add_argument("--nsubbundles", type=int, default=d.nsubbundles,
+                   help=f"subbundles per bundle ({d.nsubbundles})")
+    p.add_argument("--nwavestep", type=int, default=d.nwavestep,
+                   help=f"core bins per patch ({d.nwavestep})")
+    p.add_argument("--wavepad-frac", type=float, default=d.wavepad_frac,
+                   help=f"extra wavelength padding, fraction of the spot height ({d.wavepad_frac})")
+    p.add_argument("--pixpad-frac", type=float, default=d.pixpad_frac,
+                   help=f"extra pixel rows, fraction of the spot height ({d.pixpad_frac})")
+    p.add_argument("--regularize", type=float, default=d.regularize,
+                   help=f"Tikhonov term ({d.regularize:g})")
     p.add_argument("--psferr", type=float, default=None,
                    help="fractional PSF error for chi2pix (default: the PSF's, else 0.01)")
     p.add_argument("-m", "--model", default=None, help="also write the model image here")
@@ -74,7 +83,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    """Run the ``extract`` subcommand."""
+    """Run the ``extract`` subcommand.
+
+    Backends: numpy, cupy (``--backend``/``--no-gpu``).
+    """
     from .files import extract_file, merge_frames
 
     t0 = time.perf_counter()

@@ -13,7 +13,9 @@ from ..errors import BadDataError, InputError
 from ..frame import Frame
 from ..maskbits import ccdmask, specmask
 from ..profiling import nvtx_range
+from ..grids import linear_grid
 from .core import extract_frame
+from .defaults import SPECTER
 
 __all__ = ["extract_file", "merge_frames", "wave_grid", "HEADER_KEYS", "EXTRACT_MASK",
            "BAD2DFIT_FACTOR", "bad2dfit"]
@@ -49,6 +51,8 @@ def bad2dfit(chi2pix, factor: float = BAD2DFIT_FACTOR) -> np.ndarray:
     Returns
     -------
     (nspec, nwave) bool
+
+    Backends: host only (NumPy).
     """
     c = np.asarray(chi2pix, dtype=np.float64)
     over_fibers = np.median(c, axis=0)[None, :]
@@ -71,13 +75,16 @@ def wave_grid(wave) -> np.ndarray:
     Parameters
     ----------
     wave : (wmin, wmax, dw) or array
-        A triple as in desispec (``np.arange(wmin, wmax + dw/2, dw)``: wmax included
-        when it falls on the grid) or an explicit 1-D grid.
+        A triple as in desispec (:func:`gpuspec.grids.linear_grid`,
+        ``np.arange(wmin, wmax + dw/2, dw)``: wmax included when it falls on the grid) or
+        an explicit 1-D grid.
+
+    Backends: host only (NumPy; the grid is small).
     """
     w = np.asarray(wave, dtype=np.float64)
     if w.ndim == 1 and w.size == 3 and w[2] > 0 and w[1] > w[0] and w[2] < (w[1] - w[0]):
         wmin, wmax, dw = (float(v) for v in w)
-        return np.arange(wmin, wmax + dw / 2.0, dw)
+        return linear_grid(wmin, wmax, dw)
     if w.ndim != 1 or w.size < 2:
         raise InputError(f"wavelength must be (wmin, wmax, dw) or a 1-D grid, got {wave!r}")
     return w
@@ -112,8 +119,10 @@ def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
 
 @nvtx_range("extract:file")
 def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, bundles=None,
-                 bundlesize=25, nsubbundles=5, nwavestep=50, wavepad_frac=0.2,
-                 pixpad_frac=0.8, regularize=0.0, psferr=None, model=None,
+                 bundlesize=SPECTER.bundlesize, nsubbundles=SPECTER.nsubbundles,
+                 nwavestep=SPECTER.nwavestep, wavepad_frac=SPECTER.wavepad_frac,
+                 pixpad_frac=SPECTER.pixpad_frac, regularize=SPECTER.regularize, psferr=None,
+                 model=None,
                  backend="auto", nproc=1, model_ivar=False) -> str:
     """Extract a preproc file into a frame file (desispec layout).
 
@@ -174,36 +183,15 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     ivar = np.asarray(image.ivar, dtype=np.float64)
     if image.mask is not None:
         ivar = ivar * ((np.asarray(image.mask) & EXTRACT_MASK) == 0)
-    meta = {k: v for k, v in image.meta.items() if k != "BUNIT"}
-    if image.camera and "CAMERA" not in meta:
-        meta["CAMERA"] = image.camera
-    cam = str(meta.get("CAMERA", "")).strip()
-    petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
-    meta.update(_wave_keywords(wave, w))
-    meta.update({"IN_PSF": os.path.basename(os.fspath(psffile)),
-                 "IN_IMG": os.path.basename(os.fspath(preprocfile)),
-                 "FIBERMIN": 500 * petal + int(specmin)})
-    meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
-                 "INFILE": os.path.basename(os.fspath(preprocfile)),
-                 "NSUBBUN": int(nsubbundles), "NWAVESTP": int(nwavestep),
-                 "BUNDLSZ": int(bundlesize)})
+    meta = _frame_meta(image, wave, w, preprocfile, psffile, specmin,
+                       dict(NSUBBUN=int(nsubbundles), NWAVESTP=int(nwavestep),
+                            BUNDLSZ=int(bundlesize)))
     opts = dict(bundlesize=bundlesize, nsubbundles=nsubbundles, nwavestep=nwavestep,
                 wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac, regularize=regularize,
                 psferr=psferr, backend=backend, nproc=nproc)
     pix = image.pix
     if model_ivar:
-        from .. import backend as _backend
-        from .variance import model_ivar as _model_ivar
-
-        # image and ivar go to the device once and the model ivar stays there: no
-        # full-image device -> host -> device round trip between the two passes
-        xp = _backend.get_xp(backend)
-        pix = _backend.to_device(image.pix, xp, dtype=np.float64)
-        ivar = _backend.to_device(ivar, xp, dtype=np.float64)
-        first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
-        ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
-                           readnoise=image.readnoise, image=pix, xp=xp)
-        meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
+        pix, ivar = _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts)
     frame = extract_frame(pix, ivar, psf, w, specmin, nspec, model=model is not None,
                           meta=meta, **opts)
     if image.fibermap is not None:
@@ -220,6 +208,43 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     if model is not None:
         _write_model(model, modelimage, frame.meta)
     return os.fspath(outfile)
+
+
+def _frame_meta(image, wave, grid, preprocfile, psffile, specmin, settings) -> dict:
+    """The frame header: the preproc header (but BUNIT), CAMERA, WAVEMIN/WAVEMAX/WAVESTEP,
+    IN_PSF/IN_IMG, FIBERMIN (500 per petal), PSFFILE/INFILE and the settings."""
+    meta = {k: v for k, v in image.meta.items() if k != "BUNIT"}
+    if image.camera and "CAMERA" not in meta:
+        meta["CAMERA"] = image.camera
+    cam = str(meta.get("CAMERA", "")).strip()
+    petal = int(cam[1]) if len(cam) == 2 and cam[1].isdigit() else 0
+    meta.update(_wave_keywords(wave, grid))
+    meta.update({"IN_PSF": os.path.basename(os.fspath(psffile)),
+                 "IN_IMG": os.path.basename(os.fspath(preprocfile)),
+                 "FIBERMIN": 500 * petal + int(specmin)})
+    meta.update({"PSFFILE": os.path.basename(os.fspath(psffile)),
+                 "INFILE": os.path.basename(os.fspath(preprocfile))})
+    meta.update(settings)
+    return meta
+
+
+def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
+    """First pass of ``model_ivar``: extract, then pixel ivar from the projected model
+    (:mod:`gpuspec.extract.variance`). Returns the device image and the model ivar and
+    sets IVARMODL in ``meta``."""
+    from .. import backend as _backend
+    from .variance import model_ivar as _model_ivar
+
+    # image and ivar go to the device once and the model ivar stays there: no
+    # full-image device -> host -> device round trip between the two passes
+    xp = _backend.get_xp(opts["backend"])
+    pix = _backend.to_device(image.pix, xp, dtype=np.float64)
+    ivar = _backend.to_device(ivar, xp, dtype=np.float64)
+    first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
+    ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
+                       readnoise=image.readnoise, image=pix, xp=xp)
+    meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
+    return pix, ivar
 
 
 def _write_model(path, modelimage, meta):
@@ -256,6 +281,8 @@ def merge_frames(partfiles, outfile) -> str:
     InputError
         No inputs, different wavelength grids, gaps/overlaps in the fibers, or some
         parts with and some without an optional HDU.
+
+    Backends: host only (file I/O, NumPy).
     """
     from .. import io as gio
 

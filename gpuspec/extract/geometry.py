@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..profiling import nvtx_range
+from .defaults import SPECTER
 
 __all__ = ["split_bundle", "Patch", "plan_bundle", "resolution_halfwidth", "check_wave"]
 
@@ -52,6 +54,8 @@ def split_bundle(bundlesize: int, n: int):
     --------
     >>> [list(s) for s in split_bundle(10, 3)[0]]
     [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+    Backends: host only (NumPy).
     """
     n = max(1, min(int(n), int(bundlesize)))
     sizes = [len(a) for a in np.array_split(np.arange(bundlesize), n)]
@@ -92,6 +96,8 @@ class Patch:
         Padding bins below / above the core.
     box : tuple (xlo, xhi, ylo, yhi)
         CCD pixel box used, already clipped to the image and the CCD.
+
+    Backends: host only (plain values).
     """
 
     speclo: int
@@ -126,6 +132,8 @@ def check_wave(wave) -> float:
     ------
     InputError
         Fewer than two bins, non-increasing or non-linear grid.
+
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, dtype=np.float64)
     if w.ndim != 1 or w.size < 2:
@@ -141,6 +149,8 @@ def resolution_halfwidth(psf, dw: float) -> int:
 
     ``round(9 · wdisp / dw)`` maximised over fibers (first, middle, last) and
     wavelengths (wmin, middle, wmax), capped at half the spot size.
+
+    Backends: host only (NumPy).
     """
     fibers = [0, psf.nspec // 2, psf.nspec - 1]
     waves = [psf.wmin, 0.5 * (psf.wmin + psf.wmax), psf.wmax]
@@ -152,8 +162,11 @@ def resolution_halfwidth(psf, dw: float) -> int:
     return int(min(nd, psf.hsizey, psf.hsizex))
 
 
-def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5,
-                nwavestep: int = 50, pixpad_frac: float = 0.8, wavepad_frac: float = 0.2,
+@nvtx_range("extract:plan")
+def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *,
+                nsubbundles: int = SPECTER.nsubbundles, nwavestep: int = SPECTER.nwavestep,
+                pixpad_frac: float = SPECTER.pixpad_frac,
+                wavepad_frac: float = SPECTER.wavepad_frac,
                 ndiag: int | None = None, image_box=None) -> list[Patch]:
     """All patches of one bundle, in specter's order (subbundle-major, then wavelength).
 
@@ -175,6 +188,8 @@ def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5
     Returns
     -------
     list of Patch
+
+    Backends: host only (NumPy: integers and trace evaluations).
     """
     wave = np.asarray(wave, dtype=np.float64)
     dw = check_wave(wave)
@@ -188,7 +203,7 @@ def plan_bundle(psf, wave, bspecmin: int, bspecmax: int, *, nsubbundles: int = 5
     cy0 = max(0, int(image_box[2]))
     cy1 = min(psf.npix_y, int(image_box[3]))
     own, ext = split_bundle(bspecmax - bspecmin, nsubbundles)
-    tr = _Traces(psf, bspecmin, bspecmax)
+    tr = _Traces(psf, bspecmin, bspecmax, wave)
     patches = []
     for ii_own, ii_ext in zip(own, ext):
         speclo = bspecmin + int(ii_ext[0])
@@ -224,27 +239,61 @@ class _Traces:
     """Cached trace geometry of a bundle: ``psf.xyrange``, spot heights and
     ``psf.wavelength`` at CCD rows, with specter's semantics but without evaluating
     spots (a spot's pixel slice is its corner ``floor(X - HSIZE + 0.5)`` plus its size,
-    clipped to the CCD)."""
+    clipped to the CCD).
 
-    def __init__(self, psf, fmin, fmax):
+    The trace x and y of the bundle's fibers are tabulated once at the wavelength of
+    every CCD row and at every wavelength of ``wave`` (the output grid, where patch cores
+    begin and end); other wavelengths are evaluated on demand. The series are evaluated
+    element by element, so a table entry is the value ``psf.x``/``psf.y`` returns.
+    """
+
+    def __init__(self, psf, fmin, fmax, wave=None):
         self.psf = psf
         self.fmin = fmin
         self.nx = 2 * psf.hsizex + 1
         self.ny = 2 * psf.hsizey + 1
-        self.rows = np.arange(psf.npix_y, dtype=np.float64)
-        self.wrows = np.asarray(psf.wavelength(np.arange(fmin, fmax), self.rows))
+        fib = np.arange(fmin, fmax)
+        grid = np.zeros(0) if wave is None else np.asarray(wave, dtype=np.float64)
+        self._col = {float(w): i for i, w in enumerate(grid)}
+        self.xgrid = np.asarray(psf.x(fib, grid)) if grid.size else None
+        self.ygrid = np.asarray(psf.y(fib, grid)) if grid.size else None
+        # rows tabulated: every row whose wavelength can lie on the grid, with margin
+        # for the padded boxes (other rows are evaluated on demand)
+        r0, r1 = 0, psf.npix_y
+        if grid.size:
+            pad = 4 * self.ny
+            r0 = max(0, min(r1, int(np.floor(self.ygrid.min())) - pad))
+            r1 = max(r0, min(r1, int(np.ceil(self.ygrid.max())) + pad))
+        self.row0 = r0
+        self.rows = np.arange(r0, r1, dtype=np.float64)
+        self.wrows = np.asarray(psf.wavelength(fib, self.rows))
+        self.xrows = np.asarray(psf.x(fib, self.wrows))
+        self.yrows = np.asarray(psf.y(fib, self.wrows))
 
-    def _slices(self, fiber, w):
-        """(x0, x1, y0, y1) of specter's ``xypix(fiber, w)`` slices (all 0 when off the CCD)."""
+    def _xy(self, fibers, w):
+        """(x, y) of the traces of ``fibers`` (absolute, array) at one wavelength."""
+        i = self._col.get(float(w))
+        if i is not None:
+            f = np.asarray(fibers) - self.fmin
+            return self.xgrid[f, i], self.ygrid[f, i]
+        return (np.asarray(self.psf.x(fibers, [w]))[:, 0],
+                np.asarray(self.psf.y(fibers, [w]))[:, 0])
+
+    def _slices_at(self, x, y):
+        """(x0, x1, y0, y1) of specter's ``xypix`` slices of a spot centred at (x, y)
+        (all 0 when off the CCD)."""
         psf = self.psf
-        x = float(np.asarray(psf.x([fiber], [w]))[0, 0])
-        y = float(np.asarray(psf.y([fiber], [w]))[0, 0])
-        xc = int(np.floor(x - psf.hsizex + 0.5))
-        yc = int(np.floor(y - psf.hsizey + 0.5))
+        xc = int(np.floor(float(x) - psf.hsizex + 0.5))
+        yc = int(np.floor(float(y) - psf.hsizey + 0.5))
         if (xc >= psf.npix_x or xc + self.nx <= 0 or yc >= psf.npix_y or yc + self.ny <= 0):
             return 0, 0, 0, 0
         return (max(xc, 0), min(xc + self.nx, psf.npix_x), max(yc, 0),
                 min(yc + self.ny, psf.npix_y))
+
+    def _slices(self, fiber, w):
+        """(x0, x1, y0, y1) of specter's ``xypix(fiber, w)`` slices (all 0 when off the CCD)."""
+        x, y = self._xy([fiber], w)
+        return self._slices_at(x[0], y[0])
 
     def spot_height(self, fiber, w) -> int:
         """Rows of the spot of ``fiber`` at ``w`` on the CCD (specter ``psf.pix(...).shape[0]``)."""
@@ -254,27 +303,35 @@ class _Traces:
     def wavelength(self, fiber, y) -> float:
         """``psf.wavelength(fiber, y)`` (table lookup for rows on the CCD)."""
         y = int(y)
-        if 0 <= y < self.wrows.shape[1]:
-            return float(self.wrows[fiber - self.fmin, y])
+        if self.row0 <= y < self.row0 + self.wrows.shape[1]:
+            return float(self.wrows[fiber - self.fmin, y - self.row0])
         return float(np.asarray(self.psf.wavelength([fiber], [float(y)]))[0, 0])
 
-    def _wgrid(self, fiber, wlo, whi):
-        ww = self.wrows[fiber - self.fmin]
-        ww = ww[(ww >= wlo) & (ww <= whi)]
-        return np.sort(np.concatenate([ww, [wlo, whi]]))
+    def _trace_between(self, fiber, wlo, whi):
+        """Wavelengths, x and y of ``fiber``'s trace at ``wlo``, ``whi`` and every CCD row
+        between them, sorted by wavelength (specter's sampling of ``xyrange``)."""
+        k = fiber - self.fmin
+        ww = self.wrows[k]
+        sel = (ww >= wlo) & (ww <= whi)
+        xe, ye = zip(*(self._xy([fiber], w) for w in (wlo, whi)))
+        w = np.concatenate([ww[sel], [wlo, whi]])
+        x = np.concatenate([self.xrows[k][sel], np.concatenate(xe)])
+        y = np.concatenate([self.yrows[k][sel], np.concatenate(ye)])
+        o = np.argsort(w, kind="stable")
+        return w[o], x[o], y[o]
 
     def xyrange(self, specmin, specmax, wlo, whi):
         """``psf.xyrange((specmin, specmax), (wlo, whi))``."""
-        psf = self.psf
         fib = np.arange(specmin, specmax)
-        ylo = np.asarray(psf.y(fib, [wlo]))[:, 0]
-        yhi = np.asarray(psf.y(fib, [whi]))[:, 0]
-        ymin = self._slices(specmin + int(np.argmin(ylo)), wlo)[2]
-        ymax = self._slices(specmin + int(np.argmax(yhi)), whi)[3]
-        wa = self._wgrid(specmin, wlo, whi)
-        xa = np.asarray(psf.x([specmin], wa))[0]
-        xmin = self._slices(specmin, wa[int(np.argmin(xa))])[0]
-        wb = self._wgrid(specmax - 1, wlo, whi)
-        xb = np.asarray(psf.x([specmax - 1], wb))[0]
-        xmax = self._slices(specmax - 1, wb[int(np.argmax(xb))])[1]
+        xlo_, ylo = self._xy(fib, wlo)
+        xhi_, yhi = self._xy(fib, whi)
+        a, b = int(np.argmin(ylo)), int(np.argmax(yhi))
+        ymin = self._slices_at(xlo_[a], ylo[a])[2]
+        ymax = self._slices_at(xhi_[b], yhi[b])[3]
+        _, xa, ya = self._trace_between(specmin, wlo, whi)
+        i = int(np.argmin(xa))
+        xmin = self._slices_at(xa[i], ya[i])[0]
+        _, xb, yb = self._trace_between(specmax - 1, wlo, whi)
+        i = int(np.argmax(xb))
+        xmax = self._slices_at(xb[i], yb[i])[1]
         return int(xmin), int(xmax), int(ymin), int(ymax)

@@ -24,6 +24,7 @@ import re
 import yaml
 
 from ..camword import cameras_to_camword, is_camera
+from ..extract.defaults import SPECTER
 from .manifest import CALIB_KINDS, STEPS, load_manifest
 
 __all__ = ["make_demo_manifest", "find_exposures", "find_cameras"]
@@ -86,7 +87,7 @@ def _available_steps(registry: str) -> list[str]:
 def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None,
                        exposures: list | None = None, cameras=None, bundles=(0, 1, 2),
                        bundles_per_task: int = 1, nbundles: int = 20,
-                       fibers_per_bundle: int = 25, steps: list | None = None,
+                       fibers_per_bundle: int = SPECTER.bundlesize, steps: list | None = None,
                        backend: str = "auto", wavelength=None, nside: int = 64,
                        registry: str = "desi", progress_interval: float = 10.0,
                        step_options: dict | None = None) -> str:

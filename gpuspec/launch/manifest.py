@@ -27,6 +27,8 @@ import yaml
 
 from ..camword import parse_cameras
 from ..errors import GpuspecError
+from ..extract.defaults import SPECTER
+from ..grids import DESI_WAVE, desi_wavelength
 
 __all__ = ["ManifestError", "Field", "SCHEMA", "STEPS", "STEP_CHAIN", "Manifest",
            "load_manifest", "parse_manifest", "describe_schema", "DEFAULT_WAVELENGTH",
@@ -38,8 +40,7 @@ STEPS = ("preproc", "extract", "frame", "group", "coadd")
 STEP_CHAIN = {"extract": "preproc", "frame": "extract", "group": "frame", "coadd": "group"}
 
 #: Default extraction wavelength grids per arm (desi_extract defaults): (min, max, step) Å.
-DEFAULT_WAVELENGTH = {"b": (3600.0, 5800.0, 0.8), "r": (5760.0, 7620.0, 0.8),
-                      "z": (7520.0, 9824.0, 0.8)}
+DEFAULT_WAVELENGTH = {arm: desi_wavelength(arm) for arm in DESI_WAVE}
 
 
 class ManifestError(GpuspecError, ValueError):
@@ -177,7 +178,8 @@ SCHEMA: dict[str, Field] = {
             bundles=Field("list", items=Field("int", minimum=0),
                           doc="bundles to extract (default: all nbundles)"),
             nbundles=Field("int", default=20, minimum=1, doc="bundles per camera"),
-            fibers_per_bundle=Field("int", default=25, minimum=1, doc="fibers per bundle"),
+            fibers_per_bundle=Field("int", default=SPECTER.bundlesize, minimum=1,
+                                    doc="fibers per bundle"),
             bundles_per_task=Field("int", default=1, minimum=1,
                                    doc="bundles extracted by one task (task sizing)"),
             wavelength=Field("wavelength", default="default",

@@ -37,14 +37,12 @@ def wavelength_grid(spec, psffile: str | None = None, arm: str = "r") -> np.ndar
     from ..extract import wave_grid
 
     if spec == "psf":
+        from ..grids import lattice_grid
         from ..psf import read_psf
         from .manifest import DEFAULT_WAVELENGTH
 
         psf = read_psf(psffile)
-        step = DEFAULT_WAVELENGTH[arm][2]
-        wmin = np.ceil(float(psf.wmin) / step) * step
-        wmax = np.floor(float(psf.wmax) / step) * step
-        spec = (wmin, wmax, step)
+        return lattice_grid(float(psf.wmin), float(psf.wmax), DEFAULT_WAVELENGTH[arm][2])
     return wave_grid(tuple(float(v) for v in spec))
 
 

@@ -11,9 +11,8 @@ __all__ = ["BANDS", "PRODUCTION_WAVE", "WAVE_STEP", "parse_cameras"]
 
 BANDS = ("b", "r", "z")
 
-#: Production extraction grids (Å): b 3600–5800, r 5760–7620, z 7520–9824, 0.8 Å steps.
-PRODUCTION_WAVE = {"b": (3600.0, 5800.0), "r": (5760.0, 7620.0), "z": (7520.0, 9824.0)}
-WAVE_STEP = 0.8
+#: Production extraction grids (Å) and their step: :mod:`gpuspec.grids`.
+from ..grids import DESI_WAVE as PRODUCTION_WAVE, WAVE_STEP  # noqa: E402
 
 
 def parse_cameras(cameras: str | Iterable[str]) -> list[str]:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from ..errors import MissingFileError
+from ..grids import lattice_grid
 from .cameras import PRODUCTION_WAVE
 
 __all__ = ["default_template_path", "band_domain", "camera_psf", "load_template",
@@ -94,9 +95,7 @@ def trace_wave_range(psf, fibers, y_lo: float, y_hi: float, step: float = 0.8,
 
     Host only (NumPy).
     """
-    k0 = int(np.ceil((psf.wmin - anchor) / step - 1e-9))
-    k1 = int(np.floor((psf.wmax - anchor) / step + 1e-9))
-    wave = anchor + step * np.arange(k0, k1 + 1)
+    wave = lattice_grid(psf.wmin, psf.wmax, step, anchor)
     y = psf.y(np.asarray(fibers), wave)
     ok = np.any((y >= y_lo) & (y <= y_hi), axis=0)
     if not ok.any():
