@@ -148,6 +148,7 @@ class CalibGraph:
             return None
         cframe = calib_path(prod, "cframe", night, expid, cam, ext=self.ext)
         if not self.run & set(_USES_FIBERFLAT):
+            self.g.would_make.setdefault(cframe, "cframe")
             return cframe if self.input == "cframe" else frame
         ffn = self._fiberflat_for(e, cam)
         sky = calib_path(prod, "sky", night, expid, cam, ext=self.ext)
@@ -220,12 +221,12 @@ class CalibGraph:
                                            outdir=os.path.dirname(outs[0]), options=opts)))
 
 
-def calibration_notes(m: Manifest, tasks: list) -> list[str]:
+def calibration_notes(m: Manifest, ext: str = "fits") -> list[str]:
     """What ``--check`` and ``--dry-run`` say about calibration (one line each)."""
     kinds = {}
     for e in m.exposures():
         try:
-            kinds[e["expid"]] = resolve_obstype(m, e)
+            kinds[e["expid"]] = resolve_obstype(m, e, ext)
         except Exception:  # the graph reported it already
             continue
     flats = sorted(x for x, k in kinds.items() if k == "FLAT")
