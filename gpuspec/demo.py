@@ -1,17 +1,23 @@
 """``gpuspec demo``: simulate a small night and reduce it end to end.
 
 The demo is the README's first command. It runs the simulator, then every
-reduction step that exists, in data-flow order:
+reduction step, in data-flow order:
 
-1. ``simulate``  — one exposure, cameras b0 r0 z0, a few bundles of fibers;
-2. ``preproc``   — raw → preproc images;
-3. ``extract``   — preproc → frames;
-4. ``group``     — frames → HEALPix spectra files;
-5. ``coadd``     — spectra → coadds.
+1. ``simulate``       — a flat-lamp exposure and two science exposures, cameras
+   b0 r0 z0, 25 fibers (8 sky fibers, 5 standard stars);
+2. ``preproc``        — raw → preproc images;
+3. ``extract``        — preproc → frames (science: with model-based pixel ivar;
+   the bright flat: one pass);
+4. ``fiberflat``      — flat frame → fiberflat, then ``fiberflatnight`` (autocalib);
+5. ``sky``, ``stdstars``, ``fluxcalib``, ``cframe`` — science frames → calibrated
+   frames in 10⁻¹⁷ erg/s/cm²/Å;
+6. ``group``          — cframes → HEALPix spectra files;
+7. ``coadd``          — spectra → coadds.
 
-Steps 2–5 run through ``gpuspec-run`` on a manifest written for the simulated
+Steps 2–7 run through ``gpuspec-run`` on a manifest written for the simulated
 night (SQLite state, no MPI), exactly as a production would; with
 ``--no-launcher`` the same tasks are called one after the other in this process.
+``--nflat 0`` gives the uncalibrated production (group and coadd on frames).
 """
 
 from __future__ import annotations
@@ -30,8 +36,14 @@ def _step(msg: str):
     print(f"[gpuspec demo] {msg}", flush=True)
 
 
-def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 1, seed: int = 1,
-             backend: str = "auto", use_launcher: bool = True) -> dict:
+#: The demo's night: fibers, exposures, sky fibers and standard stars per petal.
+DEMO = dict(nspec=25, nexp=2, nflat=1, nsky=8, nstd=5)
+
+
+def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = DEMO["nspec"],
+             nexp: int = DEMO["nexp"], seed: int = 1, backend: str = "auto",
+             use_launcher: bool = True, nflat: int = DEMO["nflat"], nsky: int | None = None,
+             nstd: int | None = None, wave_ranges=None) -> dict:
     """Simulate a small night in ``out/sim`` and reduce it into ``out/prod``.
 
     Parameters
@@ -43,7 +55,7 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
     nspec : int
         Fibers per camera (a multiple of 25).
     nexp : int
-        Number of exposures.
+        Number of science exposures.
     seed : int
         Simulator seed.
     backend : {"auto", "numpy", "cupy"}
@@ -51,6 +63,13 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
     use_launcher : bool
         True: ``gpuspec-run`` (SQLite state). False: the same tasks (same graph,
         names and settings) called one after the other in this process, no state.
+    nflat : int
+        Flat-lamp exposures (0: no calibration, group and coadd read frames).
+    nsky, nstd : int, optional
+        Sky fibers and standard stars of the petal (default: 8 and 5 with 25 fibers,
+        scaled with ``nspec``; the simulator's defaults without flats).
+    wave_ranges : dict, optional
+        ``{band: (wmin, wmax)}`` for the simulator (default: the production grids).
 
     Returns
     -------
@@ -67,13 +86,22 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
     result: dict = {"simdir": simdir, "prod": prod}
 
     t0 = time.perf_counter()
-    _step(f"simulating {nexp} exposure(s), cameras {','.join(cameras)}, {nspec} fibers -> {simdir}")
+    c0 = time.process_time()
+    if nflat and nsky is None:
+        nsky = max(1, round(DEMO["nsky"] * nspec / DEMO["nspec"]))
+    if nflat and nstd is None:
+        nstd = max(1, round(DEMO["nstd"] * nspec / DEMO["nspec"]))
+    _step(f"simulating {nflat} flat-lamp and {nexp} science exposure(s), cameras "
+          f"{','.join(cameras)}, {nspec} fibers -> {simdir}")
     result["simulation"] = simulate_night(simdir, cameras=list(cameras), nspec=nspec, nexp=nexp,
-                                          seed=seed)
+                                          seed=seed, nflat=nflat, nsky=nsky, nstd=nstd,
+                                          wave_ranges=wave_ranges)
     # model_ivar: weight pixels by a model of the signal (unbiased fluxes; see
-    # gpuspec.extract.variance) -- the coadds are then consistent with the truth.
+    # gpuspec.extract.variance) -- the coadds are then consistent with the truth. The
+    # flat lamp (~1e4 electrons per pixel) does not need it: one extraction pass.
     manifest = make_demo_manifest(simdir, prod, backend=backend,
-                                  step_options={"extract": {"model_ivar": True}})
+                                  step_options={"extract": {"model_ivar": True}},
+                                  flat_extract_options={})
     result["manifest"] = manifest
     if use_launcher:
         from .launch.runner import run_manifest
@@ -84,8 +112,9 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = 50, nexp: int = 
     else:
         _run_tasks_directly(manifest)
     result.update(_products(manifest))
-    _step(f"done in {time.perf_counter() - t0:.1f} s; outputs under {prod}")
-    for kind in ("preproc", "frames", "spectra", "coadds"):
+    result["wall_s"], result["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    _step(f"done in {result['wall_s']:.1f} s ({result['cpu_s']:.1f} s CPU); outputs under {prod}")
+    for kind in ("preproc", "frames", "fiberflats", "cframes", "spectra", "coadds"):
         files = result.get(kind)
         if files:
             _step(f"  {kind}: {len(files)} file(s), e.g. {files[0]}")
@@ -114,7 +143,8 @@ def _products(manifest: str) -> dict:
     from .launch.graph import build_graph
     from .launch.manifest import load_manifest
 
-    kinds = {"preproc": "preproc", "frame": "frames", "group": "spectra", "coadd": "coadds"}
+    kinds = {"preproc": "preproc", "frame": "frames", "fiberflatnight": "fiberflats",
+             "cframe": "cframes", "group": "spectra", "coadd": "coadds"}
     out: dict = {}
     for t in build_graph(load_manifest(manifest)):
         if t.step in kinds:
@@ -142,8 +172,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
     p.add_argument("--cameras", default="b0,r0,z0", help="cameras (default b0,r0,z0)")
-    p.add_argument("--nspec", type=int, default=50, help="fibers per camera (multiple of 25)")
-    p.add_argument("--nexp", type=int, default=1, help="number of exposures")
+    p.add_argument("--nspec", type=int, default=DEMO["nspec"],
+                   help=f"fibers per camera (multiple of 25; default {DEMO['nspec']})")
+    p.add_argument("--nexp", type=int, default=DEMO["nexp"],
+                   help=f"number of science exposures (default {DEMO['nexp']})")
+    p.add_argument("--nflat", type=int, default=DEMO["nflat"],
+                   help=f"flat-lamp exposures (default {DEMO['nflat']}; 0: uncalibrated, "
+                        "group and coadd on frames)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-gpu", action="store_true", help="use numpy even if a GPU is present")
     p.add_argument("--no-launcher", action="store_true",
@@ -157,6 +192,6 @@ def _cli(args) -> int:
     cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
     res = run_demo(args.out, cameras=cams, nspec=args.nspec, nexp=args.nexp, seed=args.seed,
                    backend="numpy" if args.no_gpu else "auto",
-                   use_launcher=not args.no_launcher)
+                   use_launcher=not args.no_launcher, nflat=args.nflat)
     rc = res.get("launcher_rc", 0)
     return int(rc or 0)

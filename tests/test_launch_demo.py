@@ -73,6 +73,34 @@ def test_demo_default_steps_are_available(simdir, tmp_path):
     assert steps and not DESI.unavailable(steps)
 
 
+def test_demo_manifest_is_calibrated_when_the_night_has_a_flat(simdir, tmp_path):
+    """A raw exposure whose header says OBSTYPE=FLAT switches the calibration steps on."""
+    import fitsio
+    import numpy as np
+
+    from gpuspec.launch.manifest import CALIB_STEPS, STEPS
+
+    path = make_demo_manifest(simdir, str(tmp_path / "p0"))
+    assert not set(yaml.safe_load(open(path))["steps"]) & set(CALIB_STEPS)  # no flat
+    d = os.path.join(simdir, "raw", "20250115", "00000099")
+    os.makedirs(d)
+    fitsio.write(os.path.join(d, "desi-00000099.fits.fz"), np.zeros((2, 2), np.int16),
+                 header=[{"name": "EXPTIME", "value": 120.0}, {"name": "OBSTYPE",
+                                                               "value": "FLAT"}])
+    import shutil
+
+    shutil.copy(os.path.join(simdir, "raw", "20250115", "00000100", "fibermap-00000100.fits"),
+                os.path.join(d, "fibermap-00000099.fits"))
+    path = make_demo_manifest(simdir, str(tmp_path / "p1"), flat_extract_options={},
+                              step_options={"extract": {"model_ivar": True}})
+    doc = yaml.safe_load(open(path))
+    assert list(doc["steps"]) == list(STEPS)
+    assert doc["steps"]["extract"]["flat_options"] == {}
+    assert [e["expid"] for e in doc["inputs"]["exposures"]] == [99, 100]
+    path = make_demo_manifest(simdir, str(tmp_path / "p2"), calibrate=False)
+    assert not set(yaml.safe_load(open(path))["steps"]) & set(CALIB_STEPS)
+
+
 def test_unknown_step_option_names_key_and_line(simdir, tmp_path, capsys):
     from gpuspec.launch.steps import DESI
 
@@ -110,3 +138,76 @@ def test_run_manifest_python_api(simdir, tmp_path, capsys):
     assert sum(ln.startswith("extract-") for ln in lines) == 3  # dry-run lines; -q: no others
     assert not any(ln.startswith("gpuspec-run [") for ln in lines)
     assert run_manifest(str(tmp_path / "nothere.yaml")) == 2
+
+
+@pytest.mark.slow
+def test_the_readme_demo_coadds_calibrated_spectra_that_match_the_truth(tmp_path):
+    """``gpuspec demo``: flat + 2 science exposures -> ... -> cframes -> coadds in erg units,
+    chi2/bin against the coadd of R . true f_lambda (tests/test_calib_chain.py's method)."""
+    import copy
+    import glob
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from gpuspec import resolution
+    from gpuspec.coadd import coadd
+    from gpuspec.io import read_spectra
+    from gpuspec.io.cframe import CFRAME_UNIT
+    from gpuspec.launch.steps import DESI
+    from gpuspec.sim import read_truth
+    from test_calib_chain import _inner, _truth_on
+    from test_launch_real import _env
+
+    if DESI.unavailable(list(DESI.steps)):
+        pytest.skip(f"steps not available: {DESI.unavailable(list(DESI.steps))}")
+    out = str(tmp_path / "demo")
+    r = subprocess.run([sys.executable, "-m", "gpuspec.cli", "demo", "--out", out, "--no-gpu"],
+                       env=_env(), capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = [ln.split("report: ")[1] for ln in r.stdout.splitlines() if "] report: " in ln]
+    assert report and os.path.exists(report[0])
+    sim, prod = os.path.join(out, "sim"), os.path.join(out, "prod")
+    truth = {}
+
+    def tr(expid, cam):
+        if (expid, cam) not in truth:
+            truth[(expid, cam)] = read_truth(os.path.join(sim, "truth", f"truth-{expid:08d}.fits"),
+                                             cam)
+        return truth[(expid, cam)]
+
+    chis = {b: [] for b in "brz"}
+    coadds = sorted(glob.glob(os.path.join(prod, "healpix", "**", "coadd-*.fits"), recursive=True))
+    assert coadds
+    for cofile in coadds:
+        sp = read_spectra(cofile.replace("coadd-", "spectra-"))
+        co = read_spectra(cofile)
+        assert sp.flux_unit == CFRAME_UNIT and co.flux_unit == CFRAME_UNIT
+        assert set(sp.fibermap["EXPID"].tolist()) == {100, 101}  # the flat (99) is not grouped
+        model = copy.deepcopy(sp)
+        for b in sp.bands:
+            for i in range(sp.num_spectra):
+                t = tr(int(sp.fibermap["EXPID"][i]), f"{b}0")
+                f = _truth_on(t, sp.wave[b], "objflux")[int(sp.fibermap["FIBER"][i]) % 500
+                                                        - t["fibermin"]]
+                model.flux[b][i] = resolution.apply(sp.resolution_data[b][i], f)
+        expect = coadd(model, no_normalize=True, cosmics_nsig=0, backend="numpy")
+        order = [int(np.flatnonzero(expect.fibermap["TARGETID"] == t)[0])
+                 for t in co.fibermap["TARGETID"]]
+        sci = (np.char.strip(co.fibermap["OBJTYPE"].astype(str)) == "TGT") & \
+            ((co.fibermap["DESI_TARGET"] & (1 << 33)) == 0)
+        for b in co.bands:
+            chi = (co.flux[b] - expect.flux[b][order]) * np.sqrt(co.ivar[b])
+            good = (co.ivar[b] > 0) & (co.mask[b] == 0) & sci[:, None] & \
+                _inner(co.wave[b].size)[None, :]
+            chis[b].append(chi[good])
+    report = {}
+    for b, c in chis.items():
+        c = np.concatenate(c)
+        report[b] = (float(np.mean(c ** 2)), float(np.mean(c)), c.size)
+    print("demo coadds vs truth, science targets (chi2/bin, mean chi, n):", report)
+    for b, (chi2, mean, n) in report.items():
+        assert n > 20000, (b, report)
+        assert 0.95 < chi2 < 1.10, (b, report)
+        assert abs(mean) < 0.05, (b, report)

@@ -185,7 +185,7 @@ def test_steps_as_list(workdir):
     assert m.steps == ["preproc", "extract"]
     assert m.step("extract")["bundles_per_task"] == 1
     with pytest.raises(ManifestError) as ei:
-        parse_manifest(GOOD.split("steps:")[0] + "steps: [preproc, fluxcalib]\n",
+        parse_manifest(GOOD.split("steps:")[0] + "steps: [preproc, redshift]\n",
                        str(workdir / "m.yaml"))
     assert ei.value.key == "steps[1]"
 

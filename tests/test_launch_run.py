@@ -225,6 +225,9 @@ def test_dry_run_prints_tasks_and_commands(inputs, tmp_path, capsys):
     path = _manifest(tmp_path, inputs)
     assert run_cli.main([path, "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
+    notes = [x for x in out if x.startswith("note: ")]
+    out = [x for x in out if not x.startswith("note: ")]
+    assert any("UNCALIBRATED production" in x for x in notes)   # toy: no calibration steps
     m = load_manifest(path)
     tasks = build_graph(m, "json")
     assert len(out) == len(tasks) + 1

@@ -134,8 +134,19 @@ def autocalib_fiberflat_file(infiles, prefix=None, night=None, arm=None, outdir=
 @nvtx_range("compute_sky_file")
 def compute_sky_file(infile, fiberflat, outfile, cosmics_nsig=0.0, no_extra_variance=False,
                      exclude_sky_targetids=None, override_sky_targetids=None,
-                     backend="auto", **unsupported) -> str:
-    """``desi_compute_sky -i FRAME --fiberflat FF -o SKY`` (default method)."""
+                     backend="auto", *, adjust_wavelength=False, adjust_lsf=False,
+                     adjust_with_more_fibers=False, fit_offsets=False, save_adjustments=None,
+                     pca_corr=None, skygradpca=None, tpcorrparam=None) -> str:
+    """``desi_compute_sky -i FRAME --fiberflat FF -o SKY`` (default method).
+
+    desispec's ``--adjust-wavelength --adjust-lsf --adjust-with-more-fibers --fit-offsets
+    --save-adjustments --pca-corr --skygradpca --tpcorrparam`` are named (so that a
+    launcher checks option names against this signature) and refused when given.
+    """
+    unsupported = dict(adjust_wavelength=adjust_wavelength, adjust_lsf=adjust_lsf,
+                       adjust_with_more_fibers=adjust_with_more_fibers, fit_offsets=fit_offsets,
+                       save_adjustments=save_adjustments, pca_corr=pca_corr,
+                       skygradpca=skygradpca, tpcorrparam=tpcorrparam)
     from ..io.fiberflat import read_fiberflat
     from ..io.frame import read_frame
     from ..io.sky import write_sky

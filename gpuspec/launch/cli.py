@@ -80,6 +80,8 @@ def _dispatch(args) -> int:
     if args.check:
         p = load_plan(args.manifest, write_db=False)
         print(f"{p.manifest.path}: valid; {len(p.tasks)} tasks")
+        for note in p.notes:
+            print(f"note: {note}")
         return 0
     if args.task:
         return run_one(load_plan(args.manifest, write_db=False), args.task, force=args.force)
@@ -91,6 +93,8 @@ def _dispatch(args) -> int:
         for step, why in p.missing.items():
             _err(f"step {step!r} cannot run: {why}")
         print("\n".join(dry_run_lines(p)))
+        for note in p.notes:
+            print(f"note: {note}")
         return 0
 
     def load():

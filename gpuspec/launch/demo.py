@@ -8,7 +8,10 @@ docs/design.md, "Simulated night layout")::
     D/psf/psf-{camera}.fits
 
 and writes a manifest running the gpuspec steps on it, for example the README
-demo: one exposure, three cameras, a few bundles, one process, SQLite state::
+demo: a flat-lamp exposure and science exposures, three cameras, a few bundles,
+one process, SQLite state. Flat exposures are recognised by the OBSTYPE of their
+raw header (:mod:`gpuspec.launch.calibgraph`); with at least one (or a nightly
+``fiberflat``) the calibration steps are included by default::
 
     from gpuspec.launch.demo import make_demo_manifest
     path = make_demo_manifest("sim", "prod", bundles=[0, 1])
@@ -25,7 +28,7 @@ import yaml
 
 from ..camword import cameras_to_camword, is_camera
 from ..extract.defaults import SPECTER
-from .manifest import CALIB_KINDS, STEPS, load_manifest
+from .manifest import CALIB_KINDS, CALIB_STEPS, STEPS, load_manifest
 
 __all__ = ["make_demo_manifest", "find_exposures", "find_cameras"]
 
@@ -90,7 +93,8 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
                        fibers_per_bundle: int = SPECTER.bundlesize, steps: list | None = None,
                        backend: str = "auto", wavelength=None, nside: int = 64,
                        registry: str = "desi", progress_interval: float = 10.0,
-                       step_options: dict | None = None) -> str:
+                       step_options: dict | None = None, calibrate: bool | None = None,
+                       fiberflat=None, flat_extract_options: dict | None = None) -> str:
     """Write a manifest that reduces a simulated night; return its path.
 
     Parameters
@@ -126,6 +130,17 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     step_options : dict of step -> dict, optional
         Keyword options of each step's function (``steps.<step>.options`` in the
         manifest), e.g. ``{"extract": {"model_ivar": True}}``.
+    calibrate : bool, optional
+        Include the calibration steps (fiberflat … cframe; group and coadd then read
+        cframes). Default: when a chosen exposure is a flat (OBSTYPE FLAT in its raw
+        header) or ``fiberflat`` is given; otherwise the production is uncalibrated.
+        Ignored when ``steps`` is given.
+    fiberflat : str or dict, optional
+        Nightly fiber flat (``inputs.fiberflat``: a template with ``{camera}``,
+        ``{night}``, or a camera mapping).
+    flat_extract_options : dict, optional
+        Extraction options for the flat-lamp exposures (``steps.extract.flat_options``;
+        default: those of the science exposures).
 
     Returns
     -------
@@ -137,7 +152,13 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     proddir = os.path.abspath(proddir)
     chosen = _choose_exposures(simdir, exposures)
     camword = _camword(simdir, cameras)
-    steps = list(steps) if steps is not None else _available_steps(registry)
+    if steps is None:
+        steps = _available_steps(registry)
+        if calibrate is None:
+            calibrate = fiberflat is not None or _has_flats(simdir, chosen)
+        if not calibrate:
+            steps = [s for s in steps if s not in CALIB_STEPS]
+    steps = list(steps)
     info = _simulation_info(simdir)
     nspec = info.get("nspec")
     if bundles is not None and nspec:
@@ -157,6 +178,7 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
             "exposures": [{"night": n, "expid": e} for n, e in chosen],
             "psf": os.path.join(simdir, "psf", "psf-{camera}.fits"),
             "calib": _sim_calib(simdir),
+            **({"fiberflat": fiberflat} if fiberflat is not None else {}),
         },
         "steps": {s: {} for s in steps},
         "run": {"progress_interval": float(progress_interval)},
@@ -167,6 +189,8 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
             "bundles_per_task": int(bundles_per_task), "wavelength": wavelength}
         if bundles is not None:
             doc["steps"]["extract"]["bundles"] = [int(b) for b in bundles]
+        if flat_extract_options is not None:
+            doc["steps"]["extract"]["flat_options"] = dict(flat_extract_options)
     if "group" in steps:
         doc["steps"]["group"] = {"nside": int(nside)}
     for s, opts in (step_options or {}).items():
@@ -191,6 +215,18 @@ def _choose_exposures(simdir: str, exposures) -> list[tuple[int, int]]:
             raise FileNotFoundError(f"exposure {e} not found under {simdir}/raw")
         chosen.append(match[0])
     return chosen
+
+
+def _has_flats(simdir: str, chosen) -> bool:
+    """True when one of the chosen exposures is a flat (OBSTYPE FLAT in its raw header)."""
+    from .calibgraph import exposure_obstype
+
+    for night, expid in chosen:
+        d = os.path.join(simdir, "raw", str(night), f"{expid:08d}")
+        raws = glob.glob(os.path.join(d, f"desi-{expid:08d}.fits*"))
+        if raws and exposure_obstype(raws[0]) == "FLAT":
+            return True
+    return False
 
 
 def _camword(simdir: str, cameras) -> str:
@@ -235,7 +271,8 @@ def main(argv=None) -> int:
     p.add_argument("--bundles", default="0,1,2", help="bundles to extract (default 0,1,2)")
     p.add_argument("--bundles-per-task", type=int, default=1)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
-    p.add_argument("--steps", help="comma-separated steps (default: all installed)")
+    p.add_argument("--steps", help="comma-separated steps (default: all installed; the "
+                                   "calibration steps only with a flat exposure)")
     a = p.parse_args(argv)
     path = make_demo_manifest(a.simdir, a.proddir, manifest=a.manifest,
                               bundles=[int(b) for b in a.bundles.split(",") if b.strip()],

@@ -151,8 +151,12 @@ class _Graph:
         self.tasks: dict[str, Task] = {}
         self.by_step: dict[str, list[str]] = {s: [] for s in STEPS}
         self.producer: dict[str, str] = {}  # output file -> task name
+        self.would_make: dict[str, str] = {}  # output file -> step (also of steps not run)
+        self.origin: dict[str, str] = {}  # external input file -> manifest key it comes from
 
     def add(self, t: Task) -> None:
+        for o in t.outputs:
+            self.would_make[o] = t.step
         if t.step not in self.run:
             return
         if t.name in self.tasks:
@@ -190,12 +194,19 @@ def _camera_tasks(g: _Graph, e: dict, cam: str, ext: str) -> str:
                    dict(preproc=pre, psf=psf, outfile=part, camera=cam, bundles=b,
                         nbundles=xs["nbundles"], fibers_per_bundle=xs["fibers_per_bundle"],
                         wavelength=wave, night=night, expid=expid,
-                        options=xs.get("options", {}))))
+                        options=_extract_options(xs, e))))
     frame = paths.frame(prod, night, expid, cam, ext)
     g.add(Task(f"frame-{cam}-{expid:08d}", "frame", [], list(parts), [frame],
                dict(parts=list(parts), outfile=frame, camera=cam, night=night, expid=expid,
                     options=m.step("frame").get("options", {}))))
     return frame
+
+
+def _extract_options(xs: dict, e: dict) -> dict:
+    """``steps.extract.options``, or ``flat_options`` for a flat-lamp exposure when given."""
+    if e.get("obstype") == "FLAT" and xs.get("flat_options") is not None:
+        return xs["flat_options"]
+    return xs.get("options", {})
 
 
 def _frame_pixels(m: Manifest, e: dict, cam: str) -> list[int]:
@@ -245,9 +256,11 @@ def _link(g: _Graph) -> None:
             if f in g.producer:
                 deps.append(g.producer[f])
             elif not os.path.exists(f):
+                if f in g.origin:
+                    raise m.error(g.origin[f], f"task {t.name} needs {f}, which does not exist")
                 raise m.error(f"steps.{t.step}", f"task {t.name} needs {f}, which does not "
                               f"exist and which no task of this manifest makes (step "
-                              f"{STEP_CHAIN.get(t.step)} is not run)")
+                              f"{g.would_make.get(f, STEP_CHAIN.get(t.step))} is not run)")
         for s in m.step(t.step).get("after", []):
             deps.extend(g.by_step.get(s, []))
         t.deps = sorted(set(deps) - {t.name})
@@ -274,14 +287,20 @@ def build_graph(m: Manifest, ext: str = "fits") -> list[Task]:
         wavelength grid is missing for an arm, a frame maps to no HEALPix pixel,
         or the graph has a cycle.
     """
+    from .calibgraph import CalibGraph
+
     g = _Graph(m)
+    cal = CalibGraph(g, ext)  # flats (OBSTYPE FLAT) -> fiberflats; science -> cframes
     frames_of_pixel: dict[int, list[str]] = {}
     for e in m.exposures():
+        e["obstype"] = cal.kind(e)
         for cam in e["cameras"]:
-            frame = _camera_tasks(g, e, cam, ext)
-            if g.run & {"group", "coadd"}:
+            frame = cal.camera(e, cam, _camera_tasks(g, e, cam, ext))
+            if frame is not None and g.run & {"group", "coadd"}:
                 for p in _frame_pixels(m, e, cam):
                     frames_of_pixel.setdefault(p, []).append(frame)
+        cal.exposure(e)
+    cal.finish()
     _healpix_tasks(g, frames_of_pixel, ext)
     _link(g)
     order = topological_order(g.tasks)

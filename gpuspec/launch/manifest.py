@@ -32,12 +32,22 @@ from ..grids import DESI_WAVE, desi_wavelength
 
 __all__ = ["ManifestError", "Field", "SCHEMA", "STEPS", "STEP_CHAIN", "Manifest",
            "load_manifest", "parse_manifest", "describe_schema", "DEFAULT_WAVELENGTH",
-           "CALIB_KINDS", "CAMERA_INPUTS", "PATH_FIELDS"]
+           "CALIB_KINDS", "CAMERA_INPUTS", "PATH_FIELDS", "CALIB_STEPS", "STEP_INPUTS",
+           "FILE_INPUTS", "OBSTYPES"]
 
+#: The calibration steps (docs/calibrate.md), between ``frame`` and ``group``.
+CALIB_STEPS = ("fiberflat", "fiberflatnight", "sky", "stdstars", "fluxcalib", "cframe")
 #: Step names in data-flow order.
-STEPS = ("preproc", "extract", "frame", "group", "coadd")
+STEPS = ("preproc", "extract", "frame") + CALIB_STEPS + ("group", "coadd")
 #: Built-in dependencies between steps (step -> the step it consumes).
 STEP_CHAIN = {"extract": "preproc", "frame": "extract", "group": "frame", "coadd": "group"}
+#: Further products a step reads (calibration; ``group`` reads cframes when they are made).
+STEP_INPUTS = {"fiberflat": ("frame",), "fiberflatnight": ("fiberflat",),
+               "sky": ("frame", "fiberflatnight"), "stdstars": ("frame", "fiberflatnight", "sky"),
+               "fluxcalib": ("frame", "fiberflatnight", "sky", "stdstars"),
+               "cframe": ("frame", "fiberflatnight", "sky", "fluxcalib"), "group": ("cframe",)}
+#: Exposure kinds the launcher reduces (OBSTYPE of the raw exposure header).
+OBSTYPES = ("SCIENCE", "FLAT")
 
 #: Default extraction wavelength grids per arm (desi_extract defaults): (min, max, step) Å.
 DEFAULT_WAVELENGTH = {arm: desi_wavelength(arm) for arm in DESI_WAVE}
@@ -117,17 +127,22 @@ _PATH_DOC = ("path, relative to the manifest's folder; may contain {camera}, {ni
 
 #: Calibration images given to preproc (``inputs.calib.<kind>``).
 CALIB_KINDS = ("bias", "dark", "pixflat", "mask")
-#: Every per-camera input that a night or an exposure may override (``psf`` plus the
-#: calibrations). The hook for nightly products: a new kind (e.g. a per-night
-#: ``fiberflat``) is added here and in :func:`_camera_inputs_schema`, and
-#: :meth:`Manifest.camera_file` resolves it like the others.
-CAMERA_INPUTS = ("psf",) + CALIB_KINDS
+#: Per-camera inputs given at the top level of inputs / a night / an exposure (not in ``calib``):
+#: the PSF and the nightly fiber flat applied by the calibration steps.
+FILE_INPUTS = ("psf", "fiberflat")
+#: Every per-camera input that a night or an exposure may override (``psf``, ``fiberflat``
+#: plus the calibrations). The hook for nightly products: a new kind is added here and in
+#: :func:`_camera_inputs_schema`, and :meth:`Manifest.camera_file` resolves it like the others.
+CAMERA_INPUTS = FILE_INPUTS + CALIB_KINDS
 
 
 def _camera_inputs_schema(where: str) -> dict:
-    """``psf`` and ``calib`` keys, for the inputs, a night or an exposure."""
+    """``psf``, ``fiberflat`` and ``calib`` keys, for the inputs, a night or an exposure."""
     return {
         "psf": Field("camfile", doc=f"PSF per camera{where}, " + _PATH_DOC),
+        "fiberflat": Field("camfile", doc=f"nightly fiber flat per camera{where} (used by sky, "
+                                          "stdstars, fluxcalib, cframe instead of the "
+                                          "fiberflatnight made from flat exposures), " + _PATH_DOC),
         "calib": Field("map", default={}, doc=f"calibration images{where}, " + _PATH_DOC,
                        schema={k: Field("camfile", doc=f"{k} image") for k in CALIB_KINDS}),
     }
@@ -140,6 +155,26 @@ def _group_defaults() -> dict:
 
 
 _GROUP = _group_defaults()
+
+
+def _calib_steps_schema() -> dict:
+    """Settings of the calibration steps (docs/launch.md, "Calibration")."""
+    docs = {"fiberflat": "flat-lamp frame -> exposures/{NIGHT}/{EXPID}/fiberflat-{cam}-{EXPID}.fits",
+            "sky": "science frame + fiber flat -> exposures/{NIGHT}/{EXPID}/sky-{cam}-{EXPID}.fits",
+            "stdstars": "b, r, z frames + skies + fiber flats of a spectrograph -> "
+                        "exposures/{NIGHT}/{EXPID}/stdstars-{SP}-{EXPID}.fits",
+            "fluxcalib": "frame + fiber flat + sky + stdstars -> "
+                         "exposures/{NIGHT}/{EXPID}/fluxcalib-{cam}-{EXPID}.fits",
+            "cframe": "frame + fiber flat + sky + fluxcalib -> "
+                      "exposures/{NIGHT}/{EXPID}/cframe-{cam}-{EXPID}.fits"}
+    out = {k: Field("map", default={}, schema=_step_schema(), doc=d) for k, d in docs.items()}
+    out["fiberflatnight"] = Field("map", default={}, schema=_step_schema(
+        method=Field("str", default="autocalib", choices=("autocalib", "average"),
+                     doc="'autocalib': one task per arm and night over every spectrograph "
+                         "(desi_autocalib_fiberflat, DESI's nightly flat); 'average': one task "
+                         "per camera and night (desi_average_fiberflat)")),
+        doc="the night's fiberflats -> calibnight/{NIGHT}/fiberflatnight-{cam}-{NIGHT}.fits")
+    return {k: out[k] for k in CALIB_STEPS}
 
 SCHEMA: dict[str, Field] = {
     "production": Field("path", required=True,
@@ -161,12 +196,16 @@ SCHEMA: dict[str, Field] = {
                 "raw": Field("path", doc="raw file (default from rawdir)"),
                 "fibermap": Field("path", doc="fibermap file (default from rawdir)"),
                 "cameras": Field("cameras", doc="cameras of this exposure (default inputs.cameras)"),
+                "obstype": Field("str", choices=OBSTYPES,
+                                 doc="SCIENCE or FLAT; default: OBSTYPE of the raw exposure "
+                                     "header (given here, it must agree with a readable header)"),
                 **_camera_inputs_schema(" of this exposure (overrides the night's and inputs')"),
             })),
         **_camera_inputs_schema(""),
         "nights": Field("nights", default={},
-                        doc="per-night inputs (nightly products such as psfnight): "
-                            "YEARMMDD -> {psf, calib}; override inputs.psf/calib",
+                        doc="per-night inputs (nightly products such as psfnight, "
+                            "fiberflatnight): YEARMMDD -> {psf, fiberflat, calib}; override "
+                            "inputs.psf/fiberflat/calib",
                         schema=_camera_inputs_schema(" of this night (overrides inputs')")),
     }),
     "steps": Field("steps", required=True,
@@ -184,10 +223,17 @@ SCHEMA: dict[str, Field] = {
                                    doc="bundles extracted by one task (task sizing)"),
             wavelength=Field("wavelength", default="default",
                              doc="'default' (DESI grids), 'psf' (the PSF's range) or "
-                                 "{b: [min, max, step], r: ..., z: ...}"))),
+                                 "{b: [min, max, step], r: ..., z: ...}"),
+            flat_options=Field("dict", default=None,
+                               doc="keyword arguments for the extraction of flat-lamp "
+                                   "exposures (default: options)"))),
         "frame": Field("map", default={}, schema=_step_schema(),
                        doc="merge partial frames -> exposures/{NIGHT}/{EXPID}/frame-{cam}-{EXPID}.fits"),
+        **_calib_steps_schema(),
         "group": Field("map", default={}, doc="frames -> healpix spectra", schema=_step_schema(
+            input=Field("str", default="auto", choices=("auto", "frame", "cframe"),
+                        doc="what is grouped: 'cframe' (calibrated), 'frame', or 'auto' "
+                            "(cframes when the cframe step runs, else frames)"),
             nside=Field("int", default=_GROUP["nside"], minimum=1, doc="HEALPix nside (NESTED)"),
             survey=Field("str", default=_GROUP["survey"],
                          doc="survey: in the healpix paths and the SURVEY keyword"),
@@ -504,7 +550,8 @@ class Manifest:
                 raw = raw or os.path.join(d, f"desi-{expid:08d}.fits.fz")
                 fmap = fmap or os.path.join(d, f"fibermap-{expid:08d}.fits")
             out.append(dict(night=night, expid=expid, raw=raw, fibermap=fmap,
-                            cameras=e.get("cameras") or inputs["cameras"], key=key, index=i))
+                            cameras=e.get("cameras") or inputs["cameras"], key=key, index=i,
+                            obstype=e.get("obstype")))
         return out
 
     def nights(self) -> list[int]:
@@ -525,11 +572,12 @@ class Manifest:
             if night is not None:
                 levels.append((night, f"inputs.nights.{exposure['night']}"))
         levels.append((inputs, "inputs"))
+        top = what in FILE_INPUTS
         for d, key in levels:
-            tmpl = d.get("psf") if what == "psf" else (d.get("calib") or {}).get(what)
+            tmpl = d.get(what) if top else (d.get("calib") or {}).get(what)
             if tmpl is not None:
-                return tmpl, f"{key}.psf" if what == "psf" else f"{key}.calib.{what}"
-        return None, "inputs.psf" if what == "psf" else f"inputs.calib.{what}"
+                return tmpl, f"{key}.{what}" if top else f"{key}.calib.{what}"
+        return None, f"inputs.{what}" if top else f"inputs.calib.{what}"
 
     def camera_file(self, what: str, camera: str, exposure: dict | None = None) -> str | None:
         """Per-camera input path (``psf`` or a calibration kind) of one exposure.
@@ -561,8 +609,8 @@ def _check_templates(m: Manifest) -> None:
     places += [(n, f"inputs.nights.{night}") for night, n in inputs.get("nights", {}).items()]
     places += [(e, f"inputs.exposures[{i}]") for i, e in enumerate(inputs["exposures"])]
     for d, key in places:
-        items = [("psf", d.get("psf"))] + [(f"calib.{k}", v) for k, v in
-                                           (d.get("calib") or {}).items()]
+        items = [(k, d.get(k)) for k in FILE_INPUTS] + [(f"calib.{k}", v) for k, v in
+                                                         (d.get("calib") or {}).items()]
         items = [(f"{sub}.{c}", t) for sub, v in items
                  for c, t in (v.items() if isinstance(v, dict) else [(None, v)])]
         items = [(sub.removesuffix(".None"), t) for sub, t in items]
@@ -587,6 +635,7 @@ def _check_cycles(m: Manifest) -> None:
         up = STEP_CHAIN.get(s)
         if up in steps:
             deps[s].append((up, f"steps.{s}"))
+        deps[s].extend((u, f"steps.{s}") for u in STEP_INPUTS.get(s, ()) if u in steps)
         for j, a in enumerate(m.step(s).get("after", [])):
             key = f"steps.{s}.after[{j}]"
             if a not in STEPS:

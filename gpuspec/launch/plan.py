@@ -60,7 +60,9 @@ class Plan:
     """A planned production: manifest, registry, tasks, their initial states.
 
     ``missing`` lists the steps that cannot run here (only a dry run plans with
-    some missing).
+    some missing). ``notes``: what ``--check`` and ``--dry-run`` print about the
+    production (flat exposures; calibrated or not), from
+    :func:`gpuspec.launch.calibgraph.calibration_notes`.
     """
 
     manifest: Manifest
@@ -68,6 +70,7 @@ class Plan:
     tasks: list
     states: dict
     missing: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)
 
     @property
     def by_name(self) -> dict:
@@ -93,12 +96,13 @@ def check_options(m: Manifest, reg: Registry, skip=()) -> None:
     for step in m.steps:
         if step in skip:
             continue
-        for name in reg.unknown_options(step, m.step(step).get("options", {})):
-            needs = reg.steps[step].needs
-            raise UnknownOption(f"unknown option of step {step} (not an argument of "
-                                f"{' or '.join(needs) if needs else step})", m.path,
-                                m.line(f"steps.{step}.options.{name}"),
-                                f"steps.{step}.options.{name}")
+        for key in ("options", "flat_options"):
+            for name in reg.unknown_options(step, m.step(step).get(key) or {}):
+                needs = reg.steps[step].needs
+                raise UnknownOption(f"unknown option of step {step} (not an argument of "
+                                    f"{' or '.join(needs) if needs else step})", m.path,
+                                    m.line(f"steps.{step}.{key}.{name}"),
+                                    f"steps.{step}.{key}.{name}")
 
 
 def _check_backend(m: Manifest) -> None:
@@ -154,7 +158,9 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
     states = compute_states(tasks)
     if write_db:
         write_plan(m, reg, tasks, states, force=force)
-    return Plan(m, reg, tasks, states, missing)
+    from .calibgraph import calibration_notes
+
+    return Plan(m, reg, tasks, states, missing, notes=calibration_notes(m, ext=reg.ext))
 
 
 def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,

@@ -22,6 +22,15 @@ says to skip it. The PSF: ``--psf TEMPLATE`` (``{camera}``, ``{night}``,
 or ``psf/psf-{camera}.fits`` in the calibration folder. Bundles: those holding
 fibers of the fibermap (``--bundles`` to choose).
 
+Flat-lamp and science exposures are handled the same way (the graph tells them
+apart by the OBSTYPE of the raw header, :mod:`gpuspec.launch.calibgraph`). The
+default steps are the calibrated chain (preproc … fiberflat, fiberflatnight, sky,
+stdstars, fluxcalib, cframe, group, coadd; DESI's) when a fiber flat is available
+for the night: a flat exposure among those reduced, ``--fiberflat TEMPLATE``, or
+the production's ``calibnight/{NIGHT}/fiberflatnight-{camera}-{NIGHT}.fits`` of
+every camera; otherwise the uncalibrated chain (group and coadd on frames), and
+the command says so.
+
 Host only (it writes a manifest; the run is gpuspec-run's).
 """
 
@@ -124,6 +133,23 @@ def _bundles_with_fibers(fibermap: str, cameras) -> list[int]:
     return list(range(min(nbundles, -(-n // fpb))))
 
 
+_UNCALIBRATED = ["preproc", "extract", "frame", "group", "coadd"]
+
+
+def _default_steps(args, prod, exposures) -> list[str]:
+    """The calibrated chain when the night has a fiber flat (see the module doc), else not."""
+    from .calibgraph import calib_path, exposure_obstype
+    from .manifest import STEPS
+
+    if args.fiberflat or any(exposure_obstype(e["raw"]) == "FLAT" for e in exposures):
+        return list(STEPS)
+    cams = {c for e in exposures for c in e["cameras"]}
+    if all(os.path.exists(calib_path(prod, "fiberflatnight", args.night, camera=c))
+           for c in cams):
+        return list(STEPS)
+    return list(_UNCALIBRATED)
+
+
 def build_proc_manifest(args) -> str:
     """Write the manifest for the arguments of ``gpuspec proc``; return its path."""
     from ..camword import cameras_to_camword, parse_cameras
@@ -149,12 +175,13 @@ def build_proc_manifest(args) -> str:
         raw = _raw_file(rawdir, args.night, expid)
         cams = parse_cameras(args.cameras) if args.cameras else _raw_cameras(raw)
         exposures.append(_exposure_entry(args, raw, expid, cams, calib_dir, psf_tries))
-    steps = args.steps.split(",") if args.steps else ["preproc", "extract", "frame", "group",
-                                                      "coadd"]
+    steps = args.steps.split(",") if args.steps else _default_steps(args, prod, exposures)
     doc = {"production": prod, "registry": "desi", "backend": args.backend,
            "inputs": {"rawdir": rawdir, "cameras": cameras_to_camword(
                sorted({c for e in exposures for c in e["cameras"]})), "exposures": exposures},
            "steps": {s: {} for s in steps}, "run": {"progress_interval": 30.0}}
+    if args.fiberflat:
+        doc["inputs"]["fiberflat"] = os.path.abspath(args.fiberflat)
     if "extract" in steps:
         fm = exposures[0].get("fibermap") or os.path.join(
             os.path.dirname(exposures[0]["raw"]), f"fibermap-{expids[0]:08d}.fits")
@@ -218,9 +245,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prod", help="production folder (default $DESI_SPECTRO_REDUX/$SPECPROD)")
     p.add_argument("--psf", help="PSF template with {camera} (and {night}, {expid}); default: "
                                  "the production's psfnight, else the calibration folder's")
+    p.add_argument("--fiberflat", help="nightly fiber flat template with {camera} (and {night}); "
+                                       "default: made from the night's flat exposures, else the "
+                                       "production's calibnight fiberflatnight")
     for k in _KINDS:
         p.add_argument(f"--no{k}", action="store_true", help=f"do not apply a {k}")
-    p.add_argument("--steps", help="comma list (default preproc,extract,frame,group,coadd)")
+    p.add_argument("--steps", help="comma list (default: the calibrated chain preproc,extract,"
+                                   "frame,fiberflat,fiberflatnight,sky,stdstars,fluxcalib,"
+                                   "cframe,group,coadd when the night has a fiber flat, else "
+                                   "preproc,extract,frame,group,coadd)")
     p.add_argument("--bundles", help="bundles to extract (default: those with fibers)")
     p.add_argument("--bundles-per-task", type=int, default=1)
     p.add_argument("--wavelength", action="append", metavar="ARM:MIN:MAX:STEP",
@@ -242,8 +275,21 @@ def _cli(args) -> int:
     if args.no_run:
         print(path)
         print(f"run: gpuspec-run {path}")
+        if comm_rank == 0:
+            _print_notes(path)
         return 0
+    if comm_rank == 0 and not args.dry_run:  # a dry run prints them itself
+        _print_notes(path)
     return run_cli.main([path] + (["--dry-run"] if args.dry_run else []))
+
+
+def _print_notes(path: str) -> None:
+    """Say whether the production is calibrated (and which exposures are flats)."""
+    from .calibgraph import calibration_notes
+    from .manifest import load_manifest
+
+    for note in calibration_notes(load_manifest(path)):
+        print(f"gpuspec proc: {note}", flush=True)
 
 
 def _rank() -> int:

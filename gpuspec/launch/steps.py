@@ -149,3 +149,8 @@ DESI = Registry("desi", {
     "coadd": StepSpec("gpuspec.launch.steps:desi_coadd", ("gpuspec.coadd:coadd_file",),
                       "spectra -> coadd"),
 }, ext="fits")
+
+# The calibration steps (fiberflat ... cframe), in their own module.
+from .calibsteps import CALIB_STEPS as _CALIB_STEPS  # noqa: E402
+
+DESI.steps.update(_CALIB_STEPS)

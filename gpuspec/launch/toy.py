@@ -128,6 +128,11 @@ TOY = Registry("toy", {
     "coadd": StepSpec(toy_coadd, doc="mean per fiber"),
 }, ext="json")
 
+# the toy calibration steps (fiberflat ... cframe), in their own module
+from .toycalib import TOY_CALIB_STEPS as _TOY_CALIB_STEPS  # noqa: E402
+
+TOY.steps.update(_TOY_CALIB_STEPS)
+
 
 # --------------------------------------------------------------------------- toy inputs
 
