@@ -111,9 +111,9 @@ def normal_matrices(stamps, xc, yc, ivar, x0, y0, fb0, nf, k0, nw, boxes, NW, D,
     P = len(fb0)
     M = np.zeros((P, F * NW, F * NW))
     b = np.asarray(boxes, dtype=np.int64)
+    xc, yc = _checked_args(stamps, xc, yc, fb0, nf, k0, nw, b, NW, F)
     _get_kernel()(np.ascontiguousarray(stamps, dtype=np.float64),
-                  np.ascontiguousarray(xc, dtype=np.int64),
-                  np.ascontiguousarray(yc, dtype=np.int64),
+                  xc, yc,
                   np.ascontiguousarray(ivar, dtype=np.float64), int(x0), int(y0),
                   np.asarray(fb0, np.int64), np.asarray(nf, np.int64),
                   np.asarray(k0, np.int64), np.asarray(nw, np.int64),
@@ -121,3 +121,34 @@ def normal_matrices(stamps, xc, yc, ivar, x0, y0, fb0, nf, k0, nw, boxes, NW, D,
                   np.ascontiguousarray(b[:, 2]), np.ascontiguousarray(b[:, 3]),
                   int(NW), int(D), M)
     return M
+
+
+#: Stamp corners are clipped to +-2**40 before the kernel: the pixel loops are then
+#: ranges between values of that size, which never overflow int64 (a NaN trace casts
+#: to -2**63, and ``range(113, -2**63 + 17)`` would wrap to a huge count).
+_CORNER_BOUND = 2 ** 40
+
+
+def _checked_args(stamps, xc, yc, fb0, nf, k0, nw, boxes, NW, F):
+    """Refuse indices outside the arrays; clip the corners; return (xc, yc) for the kernel.
+
+    Every index the kernel computes is then inside its array: fibers
+    ``fb0 + [0, nf)`` and wavelengths ``k0 + [0, nw)`` inside ``stamps``/``xc``/``yc``,
+    ``nf <= F`` and ``nw <= NW`` inside ``M``, and pixel loops bounded by the stamp,
+    the box and the image. Host only.
+    """
+    nfib, nwave = np.shape(stamps)[:2]
+    fb0, nf, k0, nw = (np.asarray(a, dtype=np.int64) for a in (fb0, nf, k0, nw))
+    if np.shape(xc) != (nfib, nwave) or np.shape(yc) != (nfib, nwave):
+        raise ValueError(f"normal_matrices: corners {np.shape(xc)}/{np.shape(yc)} do not match "
+                         f"the stamps {np.shape(stamps)}")
+    if len({len(fb0), len(nf), len(k0), len(nw), len(boxes)}) != 1 or np.ndim(boxes) != 2:
+        raise ValueError("normal_matrices: per-patch arrays of different lengths")
+    if fb0.size and ((fb0 < 0).any() or (nf < 0).any() or (fb0 + nf > nfib).any()
+                     or (k0 < 0).any() or (nw < 0).any() or (k0 + nw > nwave).any()
+                     or (nf > F).any() or (nw > NW).any()):
+        raise ValueError("normal_matrices: a patch's fibers or wavelengths fall outside the "
+                         f"stamps ({nfib} x {nwave}) or the output layout ({F} x {NW})")
+    xc = np.clip(np.asarray(xc, dtype=np.int64), -_CORNER_BOUND, _CORNER_BOUND)
+    yc = np.clip(np.asarray(yc, dtype=np.int64), -_CORNER_BOUND, _CORNER_BOUND)
+    return np.ascontiguousarray(xc), np.ascontiguousarray(yc)
