@@ -241,6 +241,20 @@ def _check_grid_options(lin_step, wave_min, wave_max) -> None:
                          "must be smaller")
 
 
+def check_coadd_options(*, lin_step=None, wave_min=None, wave_max=None, cosmics_nsig=None,
+                        norm_chi2_threshold=None, **_ignored) -> None:
+    """Raise :class:`InputError` for an option value :func:`coadd_file` cannot use
+    (``gpuspec-run --check`` calls it on ``steps.coadd.options``). Host only."""
+    _check_grid_options(lin_step, wave_min, wave_max)
+    if (wave_min is not None or wave_max is not None) and lin_step is None:
+        raise InputError("options wave_min/wave_max need lin_step")
+    for name, v in (("cosmics_nsig", cosmics_nsig), ("norm_chi2_threshold",
+                                                      norm_chi2_threshold)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not v >= 0 or v == float("inf")):
+            raise InputError(f"option {name}={v!r}: must be a finite number >= 0")
+
+
 def check_nside(nside) -> int:
     """A valid HEALPix nside (a power of 2 up to :data:`gpuspec.limits.MAX_NSIDE`)."""
     ok = isinstance(nside, (int, np.integer)) and not isinstance(nside, bool) \

@@ -89,16 +89,42 @@ def compute_states(tasks: list) -> dict:
 
 
 def check_options(m: Manifest, reg: Registry, skip=()) -> None:
-    """Raise :class:`UnknownOption` for a step option the step's functions do not take."""
+    """Raise :class:`UnknownOption` for a step option that cannot work.
+
+    An option the step's functions do not take, one the launcher sets itself, a value
+    of the wrong type, or a value the step's own check refuses
+    (:meth:`gpuspec.launch.registry.Registry.option_problems`).
+    """
     for step in m.steps:
         if step in skip:
             continue
-        for name in reg.unknown_options(step, m.step(step).get("options", {})):
-            needs = reg.steps[step].needs
-            raise UnknownOption(f"unknown option of step {step} (not an argument of "
-                                f"{' or '.join(needs) if needs else step})", m.path,
-                                m.line(f"steps.{step}.options.{name}"),
+        for name, why in reg.option_problems(step, m.step(step).get("options", {})):
+            if why.startswith("unknown option"):
+                why = why.replace("unknown option", f"unknown option of step {step}", 1)
+            raise UnknownOption(why, m.path, m.line(f"steps.{step}.options.{name}"),
                                 f"steps.{step}.options.{name}")
+
+
+def _check_production(m: Manifest) -> None:
+    """The production folder is a folder (or can be made) and can be written."""
+    prod = m.production
+    if os.path.exists(prod) and not os.path.isdir(prod):
+        raise m.error("production", f"{prod} is a file, not a folder")
+    d = prod
+    while not os.path.exists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    if not os.path.isdir(d):
+        raise m.error("production", f"cannot create {prod}: {d} is a file, not a folder")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise m.error("production", f"{prod} cannot be written: folder {d} is not "
+                                    "writable")
+    run = os.path.join(prod, "run")
+    for p in (run, os.path.join(run, "state.sqlite3")):
+        if os.path.exists(p) and not os.access(p, os.W_OK):
+            raise m.error("production", f"{p} is not writable")
 
 
 def _check_backend(m: Manifest) -> None:
@@ -143,6 +169,7 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
         Another run is writing this production.
     """
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    _check_production(m)
     reg = get_registry(m.data["registry"])
     if check_backend:
         _check_backend(m)
