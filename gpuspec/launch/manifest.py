@@ -159,6 +159,16 @@ def _group_defaults() -> dict:
 _GROUP = _group_defaults()
 
 
+def _signal_names(d) -> str | None:
+    import signal
+
+    for task, sig in d.items():
+        if not isinstance(sig, str) or not isinstance(getattr(signal, sig.upper(), None),
+                                                      signal.Signals):
+            return f"{task}: {_short(sig)} is not a signal name (e.g. SIGSEGV, SIGKILL)"
+    return None
+
+
 def _power_of_two(v) -> str | None:
     from ..limits import MAX_NSIDE
 
@@ -240,6 +250,13 @@ SCHEMA: dict[str, Field] = {
                              "(gpuspec.threads)"),
         "fail_tasks": Field("list", items=Field("str"), default=[],
                             doc="task names made to fail on purpose (tests, drills)"),
+        "crash_tasks": Field("dict", default={}, validate=_signal_names,
+                             doc="task name -> signal (SIGSEGV, SIGKILL, ...): the task's "
+                                 "process kills itself with it (tests, drills)"),
+        "isolate": Field("bool", default=True,
+                         doc="run each rank's tasks in a task process, so that a task whose "
+                             "process dies (signal, native crash, out-of-memory killer) "
+                             "fails alone, with the cause"),
         "sleep": Field("float", default=0.0, minimum=0,
                        doc="seconds each task sleeps before running (tests, drills)"),
     }),
@@ -332,6 +349,10 @@ class _Validator:
             name = self._plain(knode, key, "an option name")
             out[name] = self.scalar(vnode, f"{key}.{name}")
             self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
+        if field.validate is not None:
+            why = field.validate(out)
+            if why:
+                self.error(node, key, why)
         return out
 
     def _list(self, node, field, key):
