@@ -23,11 +23,12 @@ Host only.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 
 from ..errors import GpuspecError
-from .db import RunActive, StateDB, db_path
+from .db import RunActive, StateDB, db_path, manifest_pointer, open_rebuilding, run_dir
 from .graph import Task, build_graph, cleanup_temporaries, outputs_current
 from .manifest import Manifest, ManifestError, load_manifest
 from .registry import Registry, StepUnavailable, get_registry
@@ -103,6 +104,18 @@ def check_options(m: Manifest, reg: Registry, skip=()) -> None:
                 why = why.replace("unknown option", f"unknown option of step {step}", 1)
             raise UnknownOption(why, m.path, m.line(f"steps.{step}.options.{name}"),
                                 f"steps.{step}.options.{name}")
+
+
+def _write_pointer(m: Manifest) -> None:
+    """``run/manifest-path``: lets ``gpuspec status`` derive states when the database is lost."""
+    from ..io.util import atomic_output
+
+    try:
+        with atomic_output(manifest_pointer(m.production)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(m.path + "\n")
+    except (OSError, GpuspecError):  # not essential: the database records the path too
+        pass
 
 
 def _check_production(m: Manifest) -> None:
@@ -186,9 +199,21 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
 
 def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,
                force: bool = False) -> None:
-    """Claim the production's database, remove leftovers of killed writers, record the states."""
-    os.makedirs(m.production, exist_ok=True)
-    with StateDB(db_path(m.production)) as db:
+    """Claim the production's database, remove leftovers of killed writers, record the states.
+
+    A corrupt database is moved aside and rebuilt from these states (derived from the
+    products on disk); the move is logged as a warning (logger ``gpuspec.launch.plan``).
+    """
+    try:
+        os.makedirs(run_dir(m.production), exist_ok=True)
+    except OSError as exc:
+        raise m.error("production", f"cannot create {run_dir(m.production)}: "
+                                    f"{exc.strerror}") from None
+    db, note = open_rebuilding(db_path(m.production))
+    if note:
+        logging.getLogger(__name__).warning("%s", note)
+    _write_pointer(m)
+    with db:
         db.claim_run(f"gpuspec-run {m.path}", force=force)
         for t in tasks:
             if states[t.name] != "done":

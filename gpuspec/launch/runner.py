@@ -20,7 +20,7 @@ import sys
 import time
 
 from ..errors import GpuspecError, Terminated
-from .db import StateDB, db_path
+from .db import StateDB, db_path, open_rebuilding
 from .execute import Worker, device_label
 from .plan import Plan, PlanError, compute_states, load_plan
 from .scheduler import Progress, Scheduler, exit_code, final_lines, interrupt_reason
@@ -158,7 +158,10 @@ def run_one(p: Plan, name: str, force: bool = False, what: str | None = None) ->
         raise DependenciesNotDone(f"task {name} needs {', '.join(missing[:5])} done first "
                                   "(use --force to run anyway)")
     device = device_label(p.manifest)
-    with StateDB(db_path(p.manifest.production)) as db:
+    db, note = open_rebuilding(db_path(p.manifest.production))
+    if note:
+        log.warning("%s", note)
+    with db:
         db.claim_run(what or f"gpuspec-run {p.manifest.path} --task {name}", force=force)
         try:
             return _run_one_claimed(db, p, task, device)

@@ -22,8 +22,9 @@ import os
 import sys
 import time
 
+from ..cli import float_range
 from ..errors import GpuspecError
-from .db import STATES, StateDB, db_path
+from .db import STATES, CorruptDatabase, StateDB, db_path, manifest_pointer
 
 __all__ = ["add_parser", "format_counts", "format_tasks", "format_running", "cmd_status",
            "cmd_tasks", "cmd_retry", "production_db"]
@@ -45,10 +46,42 @@ def production_db(arg: str) -> str:
 
 
 def _db(arg: str) -> StateDB:
+    """The production's database, read-only; when it is corrupt, an in-memory one
+    derived from the products on disk (with a note on stderr)."""
+    path = production_db(arg)
     try:
-        return StateDB(production_db(arg), readonly=True)
+        return StateDB(path, readonly=True)
     except FileNotFoundError as exc:
         raise NoProduction(str(exc)) from None
+    except CorruptDatabase as exc:
+        return _derived_db(arg, path, exc)
+
+
+def _derived_db(arg: str, path: str, exc: CorruptDatabase) -> StateDB:
+    """States re-derived from the files (like a run's start), never written to disk."""
+    from .plan import load_plan
+
+    manifest = None
+    if os.path.isfile(arg) and not arg.endswith(".sqlite3"):
+        manifest = arg
+    else:
+        pointer = manifest_pointer(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+        try:
+            with open(pointer, encoding="utf-8") as f:
+                manifest = f.read().strip() or None
+        except OSError:
+            pass
+    if not manifest or not os.path.isfile(manifest):
+        raise GpuspecError(f"{exc}; give the production's manifest instead (gpuspec status "
+                           "MANIFEST) to see the state derived from the files, or run "
+                           "gpuspec-run MANIFEST to rebuild it")
+    p = load_plan(manifest, write_db=False, check_backend=False, require_steps=False)
+    db = StateDB(":memory:")
+    db.sync_tasks(p.tasks, p.states)
+    print(f"note: {exc}; the states below are derived from the products on disk (failures "
+          f"are not known); 'gpuspec-run {manifest}' rebuilds the database", file=sys.stderr,
+          flush=True)
+    return db
 
 
 def format_counts(counts: dict) -> str:
@@ -186,7 +219,7 @@ def cmd_retry(args) -> int:
     from .runner import run_one
 
     with _db(args.production) as db:
-        mpath = args.manifest or db.get_meta("manifest_path")
+        mpath = args.manifest or db.get_meta("manifest_path") or _pointer(args.production)
     if not mpath:
         raise GpuspecError("the database records no manifest; give --manifest")
     p = load_plan(mpath, write_db=False)
@@ -194,6 +227,14 @@ def cmd_retry(args) -> int:
         raise GpuspecError(f"manifest {mpath} is for production {p.manifest.production}, not "
                            f"{args.production}")
     return run_one(p, args.task, force=args.force, what=f"gpuspec retry {args.task}")
+
+
+def _pointer(arg: str) -> str | None:
+    try:
+        with open(manifest_pointer(_production_dir(arg)), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _production_dir(arg: str) -> str:
@@ -208,7 +249,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("production", help="production folder, its run/state.sqlite3, or its manifest")
     p.add_argument("--once", action="store_true",
                    help="print once and exit (default: redraw while a run writes the production)")
-    p.add_argument("--interval", type=float, default=5.0, help="live refresh period, seconds")
+    p.add_argument("--interval", type=float_range(0.1, 3600), default=5.0,
+                   help="live refresh period, seconds")
     p.set_defaults(func=cmd_status)
 
     t = subparsers.add_parser("tasks", help="list the tasks of a production",
