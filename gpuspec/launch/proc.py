@@ -34,6 +34,7 @@ import re
 
 import yaml
 
+from ..cli import int_range
 from ..errors import GpuspecError, InputError
 
 __all__ = ["add_parser", "build_proc_manifest", "find_night_exposures"]
@@ -222,7 +223,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         p.add_argument(f"--no{k}", action="store_true", help=f"do not apply a {k}")
     p.add_argument("--steps", help="comma list (default preproc,extract,frame,group,coadd)")
     p.add_argument("--bundles", help="bundles to extract (default: those with fibers)")
-    p.add_argument("--bundles-per-task", type=int, default=1)
+    p.add_argument("--bundles-per-task", type=int_range(1, 500), default=1)
     p.add_argument("--wavelength", action="append", metavar="ARM:MIN:MAX:STEP",
                    help="extraction grid of an arm (repeat for several), or 'psf' (the PSF's "
                         "range); default: the DESI grids")
