@@ -361,6 +361,17 @@ def _write_model(path, modelimage, meta):
                      header=header_records(hdr))
 
 
+def _specmin(frame, path) -> int:
+    v = frame.meta.get("SPECMIN", 0)
+    try:
+        if isinstance(v, bool) or int(v) != float(v) or int(v) < 0:
+            raise ValueError
+        return int(v)
+    except (TypeError, ValueError):
+        raise InputError(f"SPECMIN={v!r} is not a fiber index", path=path,
+                         keyword="SPECMIN") from None
+
+
 @nvtx_range("extract:merge")
 def merge_frames(partfiles, outfile) -> str:
     """Merge partial frames (e.g. one per bundle) into one frame file.
@@ -389,22 +400,25 @@ def merge_frames(partfiles, outfile) -> str:
     if not partfiles:
         raise InputError("merge_frames: no input frames")
     frames = [(gio.read_frame(p), os.fspath(p)) for p in partfiles]
-    frames.sort(key=lambda t: int(t[0].meta.get("SPECMIN", 0)))
+    from ..io.util import check_same_source
+
+    for fr, p in frames[1:]:
+        check_same_source(fr.meta, p, frames[0][0].meta, frames[0][1],
+                          ("CAMERA", "EXPID", "NIGHT"), "partial frame")
+    frames.sort(key=lambda t: _specmin(t[0], t[1]))
     first, fpath = frames[0]
-    nxt = int(first.meta.get("SPECMIN", 0))
+    nxt, prev = _specmin(first, fpath), None
     for fr, p in frames:
-        s = int(fr.meta.get("SPECMIN", 0))
-        if s != nxt:
-            raise InputError(f"fibers {nxt}..{s - 1} missing or overlapping (next part starts "
-                             f"at SPECMIN={s})", path=p, keyword="SPECMIN")
-        nxt = s + fr.nspec
+        s = _specmin(fr, p)
+        if s < nxt:
+            raise InputError(f"its fibers {s}..{s + fr.nspec - 1} overlap those of {prev} "
+                             "(the same part twice?)", path=p, keyword="SPECMIN")
+        if s > nxt:
+            raise InputError(f"fibers {nxt}..{s - 1} are missing between {prev} and this "
+                             f"part (SPECMIN={s})", path=p, keyword="SPECMIN")
+        nxt, prev = s + fr.nspec, p
         if fr.wave.shape != first.wave.shape or not np.allclose(fr.wave, first.wave):
             raise InputError(f"wavelength grid differs from {fpath}", path=p, hdu="WAVELENGTH")
-        for key in ("CAMERA", "EXPID", "NIGHT"):
-            a, b = first.meta.get(key), fr.meta.get(key)
-            if a is not None and b is not None and _camera_name(a) != _camera_name(b):
-                raise InputError(f"{key}={b!r} but {fpath} has {key}={a!r}: parts of "
-                                 "different frames", path=p, keyword=key)
 
     def cat(name):
         vals = [getattr(fr, name) for fr, _ in frames]
@@ -420,7 +434,7 @@ def merge_frames(partfiles, outfile) -> str:
     if len(ndiag) > 1:
         raise BadDataError(f"parts have different numbers of resolution diagonals {ndiag}")
     meta = dict(first.meta)
-    meta["SPECMIN"] = int(first.meta.get("SPECMIN", 0))
+    meta["SPECMIN"] = _specmin(first, fpath)
     meta["NSPEC"] = nxt - meta["SPECMIN"]
     merged = Frame(wave=first.wave, flux=cat("flux"), ivar=cat("ivar"), mask=cat("mask"),
                    resolution_data=cat("resolution_data"), chi2pix=cat("chi2pix"),

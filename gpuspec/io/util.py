@@ -38,7 +38,7 @@ __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_key
            "read_image_hdu", "read_table_hdu", "has_hdu", "STRUCTURAL_KEYS", "is_structural",
            "header_records", "header_dict", "hdu_names", "check_complete",
            "read_optional_hdu", "check_same_shape", "write_checksums", "add_dependencies",
-           "DEPENDENCIES", "check_writable", "check_image_size"]
+           "DEPENDENCIES", "check_writable", "check_image_size", "check_same_source"]
 
 _SEC_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -543,6 +543,27 @@ def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None
         if a is not None and a.shape != ref.shape:
             raise BadDataError(f"shape {a.shape} differs from {refname} {ref.shape}", path=path,
                                hdu=name)
+
+
+def _keyword_text(v) -> str:
+    return str(v).strip().strip("'\"").strip().lower()
+
+
+def check_same_source(meta: Mapping, path, other_meta: Mapping, other_path,
+                      keys=("CAMERA",), what: str = "input") -> None:
+    """Raise :class:`InputError` naming both files when a keyword of ``keys`` differs.
+
+    For inputs that must come from the same camera (``CAMERA``) or exposure
+    (``EXPID``, ``NIGHT``): a fiber flat of another camera, the sky of another
+    exposure. A keyword missing from either header is not compared. Host only.
+    """
+    for k in keys:
+        a, b = (meta or {}).get(k), (other_meta or {}).get(k)
+        if a is None or b is None or _keyword_text(a) == _keyword_text(b):
+            continue
+        raise InputError(f"{k}={_keyword_text(a)} here but {k}={_keyword_text(b)} in the "
+                         f"{what} {os.fspath(other_path)}: they do not belong together",
+                         path=os.fspath(path), keyword=k)
 
 
 def write_checksums(path: str | os.PathLike) -> None:

@@ -3,10 +3,11 @@
 A crash in native code (SIGSEGV in compiled code, an abort in a library), the
 out-of-memory killer (SIGKILL), ``os._exit`` in a task: each kills the process
 that runs the task. With ``run.isolate: true`` (the default) every rank (or the
-one process) keeps one long-lived **task process**, started with the ``spawn``
-method (a fresh interpreter: safe with MPI, threads and CUDA in the parent) and
-reused from task to task, so the interpreter, the imports and a GPU's memory
-pool are paid for once. The rank sends it one task at a time and waits for the
+one process) keeps one long-lived **task process**, a fresh interpreter
+(``python -m gpuspec.launch.isolate FD``: fork + exec, safe with MPI, threads and
+CUDA in the parent, whatever the parent's ``__main__``) talking to the rank over
+a socket pair, reused from task to task, so the interpreter, the imports and a
+GPU's memory pool are paid for once. The rank sends it one task at a time and waits for the
 result or for its death. A death is recorded as the task's failure with its
 cause, e.g. ``TaskProcessDied: killed by signal 11 (SIGSEGV: a crash in native
 code)``, a line is appended to the task's log, the task's temporary files are
@@ -22,9 +23,9 @@ its first task.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -95,16 +96,21 @@ def _bind(gpu: int | None, backend: str) -> None:
     xp.cuda.Device(int(gpu)).use()
 
 
-def _child(conn, manifest, registry_name: str, rank: int, device: str, gpu, threads,
-           parent: int) -> None:
-    """Main loop of a task process: run each task received, send its result.
+def _child_main(fd: int) -> None:
+    """``python -m gpuspec.launch.isolate FD``: a task process talking over socket ``fd``.
 
     Ctrl-C or SIGTERM end it quietly (after telling the rank when it can).
     """
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
     try:
-        _child_loop(conn, manifest, registry_name, rank, device, gpu, threads, parent)
+        kind, init = conn.recv()
+        sys.path[:] = init["path"]  # the rank's (a registry given as module:attribute)
+        _child_loop(conn, *init["args"], init["parent"])
     except BaseException:  # noqa: BLE001 - stopped while idle or sending: no traceback
         os._exit(1)
+    os._exit(0)
 
 
 def _child_loop(conn, manifest, registry_name, rank, device, gpu, threads, parent) -> None:
@@ -167,15 +173,27 @@ class TaskProcess:
         self.args = (manifest, registry_name, rank, device, gpu, threads)
         self.proc = None
         self.conn = None
+        self.pidfd = None
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_child, args=(child, *self.args, os.getpid()),
-                           name="gpuspec-task", daemon=True)
-        proc.start()
-        child.close()
-        self.proc, self.conn = proc, parent
+        import socket
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        mine, theirs = socket.socketpair()
+        try:
+            fd = theirs.fileno()
+            self.proc = subprocess.Popen([sys.executable, "-m", "gpuspec.launch.isolate",
+                                          str(fd)], pass_fds=(fd,), close_fds=True)
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
+            self.pidfd = None
+        self.conn.send(("init", dict(path=list(sys.path), args=self.args,
+                                     parent=os.getpid())))
         kind, why = self._receive(None)
         if kind != "ready":
             self._reap()
@@ -185,29 +203,51 @@ class TaskProcess:
         """(kind, payload) from the task process, or ("died", cause) when it dies."""
         from multiprocessing.connection import wait
 
-        ready = wait([self.conn, self.proc.sentinel], timeout)
-        if self.conn in ready:
-            try:
-                return self.conn.recv()
-            except (EOFError, OSError):
-                pass
-        elif not ready:
-            return "timeout", None
-        self.proc.join(5.0)
-        return "died", death_cause(self.proc.exitcode)
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+            watch = [self.conn] + ([self.pidfd] if self.pidfd is not None else [])
+            ready = wait(watch, step)
+            if self.conn in ready:
+                try:
+                    return self.conn.recv()
+                except (EOFError, OSError):
+                    break
+            if ready or self.proc.poll() is not None:
+                # dead (or its socket closed): a last message may still be in the socket
+                if self.conn.poll(0):
+                    try:
+                        return self.conn.recv()
+                    except (EOFError, OSError):
+                        pass
+                break
+            if deadline is not None and time.time() >= deadline:
+                return "timeout", None
+        try:
+            code = self.proc.wait(5.0)
+        except Exception:  # noqa: BLE001 - still alive with a closed socket
+            self.proc.kill()
+            code = self.proc.wait(5.0)
+        return "died", death_cause(code)
 
     def _reap(self) -> None:
         """Forget the current process (stopping it if still alive)."""
+        import subprocess
+
         proc, self.proc = self.proc, None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        if proc is not None and proc.is_alive():
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if proc is not None and proc.poll() is None:
             proc.terminate()
-            proc.join(self.GRACE)
-            if proc.is_alive():
+            try:
+                proc.wait(self.GRACE)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(5.0)
+                proc.wait(5.0)
 
     def run(self, task, tee: bool = False) -> dict:
         """Run ``task`` in the task process; its result dict, or a failure if it died.
@@ -219,7 +259,7 @@ class TaskProcess:
         """
         start = time.time()
         try:
-            if self.proc is None or not self.proc.is_alive():
+            if self.proc is None or self.proc.poll() is not None:
                 self._reap()
                 self._start()
             self.conn.send(("run", task, tee))
@@ -240,7 +280,7 @@ class TaskProcess:
 
     def _interrupted(self) -> None:
         """Ctrl-C or SIGTERM in this process: let the task process report, then stop it."""
-        if self.proc is not None and self.proc.is_alive():
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 self._receive(self.GRACE)
             except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop at once
@@ -249,11 +289,11 @@ class TaskProcess:
 
     def close(self) -> None:
         """Stop the task process (at the end of a run)."""
-        if self.proc is not None and self.proc.is_alive() and self.conn is not None:
+        if self.proc is not None and self.proc.poll() is None and self.conn is not None:
             try:
                 self.conn.send(("stop",))
-                self.proc.join(self.GRACE)
-            except (OSError, ValueError):
+                self.proc.wait(self.GRACE)
+            except Exception:  # noqa: BLE001 - stopped below
                 pass
         self._reap()
 
@@ -281,3 +321,7 @@ def _failure(task, args, start: float, why: str) -> dict:
         pass
     return dict(name=task.name, ok=False, error=error, host=socket.gethostname(), rank=rank,
                 device=device, start=start, end=end, log=log)
+
+
+if __name__ == "__main__":  # pragma: no cover - the task process itself
+    _child_main(int(sys.argv[1]))
