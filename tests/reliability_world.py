@@ -81,7 +81,14 @@ def world() -> dict:
              coadd=sorted(glob.glob(os.path.join(prod, "healpix", "**", "coadd-*.fits"),
                                     recursive=True)))
     w["calibration"] = _calibration_chain(os.path.join(root, "calibration"))
+    w["digest"] = digest_tree(*INPUT_TREES(w))
     return w
+
+
+def INPUT_TREES(w) -> list:  # noqa: N802 - a constant-like accessor
+    """The folders of the night that no command may ever modify."""
+    return [w["sim"], os.path.join(w["prod"], "preproc"), os.path.join(w["prod"], "exposures"),
+            os.path.join(w["prod"], "healpix"), os.path.join(w["root"], "calibration")]
 
 
 def _calibration_chain(d: str) -> dict:
