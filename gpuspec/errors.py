@@ -158,7 +158,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, GpuspecError):
         return _one_line(str(exc)), EXIT_FAILED
     if isinstance(exc, OSError):
-        return os_error_text(exc), EXIT_FAILED
+        return _one_line(os_error_text(exc)), EXIT_FAILED
     if isinstance(exc, MemoryError):
         return (f"out of memory ({_first_line(str(exc)) or 'MemoryError'}); an input "
                 "probably asks for too much (see docs/reliability.md, limits)"), EXIT_FAILED
@@ -170,10 +170,19 @@ def describe(exc: BaseException) -> tuple[str, int]:
             "gpuspec: run again with -v for the traceback and report it)"), EXIT_INTERNAL
 
 
+#: Longest message printed (a 10 MB path in a manifest is shown cut in the middle).
+MAX_MESSAGE = 2000
+
+
 def _one_line(text: str) -> str:
-    """Multi-line messages joined with '; ' (an error is always one line)."""
+    """Multi-line messages joined with '; ' (an error is always one line), at most
+    :data:`MAX_MESSAGE` characters."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return "; ".join(lines)
+    out = "; ".join(lines)
+    if len(out) > MAX_MESSAGE:
+        half = MAX_MESSAGE // 2 - 20
+        out = f"{out[:half]} ...[{len(out) - 2 * half} characters]... {out[-half:]}"
+    return out
 
 
 def handle_sigterm() -> None:
