@@ -35,7 +35,7 @@ import re
 import yaml
 
 from ..cli import int_range
-from ..errors import GpuspecError, InputError
+from ..errors import GpuspecError, InputError, UsageError
 
 __all__ = ["add_parser", "build_proc_manifest", "find_night_exposures"]
 
@@ -188,8 +188,8 @@ def _wavelength(args):
             arm, lo, hi, step = w.split(":")
             out[arm] = [float(lo), float(hi), float(step)]
         except ValueError:
-            raise InputError(f"--wavelength {w!r}: expected ARM:MIN:MAX:STEP, 'default' or "
-                             "'psf'", keyword="--wavelength") from None
+            raise UsageError(f"--wavelength {w!r}: expected ARM:MIN:MAX:STEP, 'default' or "
+                             "'psf'") from None
     return out
 
 
