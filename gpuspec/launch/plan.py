@@ -135,7 +135,12 @@ def _check_production(m: Manifest) -> None:
         raise m.error("production", f"{prod} cannot be written: folder {d} is not "
                                     "writable")
     run = os.path.join(prod, "run")
-    for p in (run, os.path.join(run, "state.sqlite3")):
+    if os.path.exists(run) and not os.path.isdir(run):
+        raise m.error("production", f"{run} is a file, not a folder")
+    state = os.path.join(run, "state.sqlite3")
+    if os.path.exists(state) and not os.path.isfile(state):
+        raise m.error("production", f"the state database {state} is a directory, not a file")
+    for p in (run, state):
         if os.path.exists(p) and not os.access(p, os.W_OK):
             raise m.error("production", f"{p} is not writable")
 

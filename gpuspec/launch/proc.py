@@ -140,8 +140,10 @@ def build_proc_manifest(args) -> str:
         raise GpuspecError("no production folder: give --prod, or set DESI_SPECTRO_REDUX and "
                            "SPECPROD")
     prod = os.path.abspath(prod)
-    expids = ([int(e) for e in str(args.expid).split(",") if e.strip()] if args.expid
+    wavelength = _wavelength(args)  # the options first: a usage error before any lookup
+    expids = (_int_list(args.expid, "-e/--expid") if args.expid
               else find_night_exposures(rawdir, args.night))
+    user_bundles = _int_list(args.bundles, "--bundles") if args.bundles else None
     if not expids:
         raise InputError(f"no exposure of night {args.night} under {rawdir}/{args.night}/")
     psf_tries = _psf_template(args, prod, calib_dir)
@@ -159,21 +161,31 @@ def build_proc_manifest(args) -> str:
     if "extract" in steps:
         fm = exposures[0].get("fibermap") or os.path.join(
             os.path.dirname(exposures[0]["raw"]), f"fibermap-{expids[0]:08d}.fits")
-        bundles = ([int(b) for b in args.bundles.split(",")] if args.bundles else
+        bundles = (user_bundles if user_bundles is not None else
                    _bundles_with_fibers(fm, exposures[0]["cameras"])
                    if os.path.exists(fm) else None)
         doc["steps"]["extract"] = {"bundles_per_task": args.bundles_per_task,
-                                   "wavelength": _wavelength(args)}
+                                   "wavelength": wavelength}
         if bundles is not None:
             doc["steps"]["extract"]["bundles"] = bundles
     name = f"proc-{args.night}-{expids[0]:08d}" + (f"-{expids[-1]:08d}" if len(expids) > 1 else "")
     path = os.path.join(prod, "manifests", name + ".yaml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"# written by: gpuspec proc -n {args.night} -e {','.join(map(str, expids))}\n"
-                + yaml.safe_dump(doc, sort_keys=False))
-    load_manifest(path)  # validate what was written
+    from ..io.util import atomic_output
+
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"# written by: gpuspec proc -n {args.night} -e "
+                    f"{','.join(map(str, expids))}\n" + yaml.safe_dump(doc, sort_keys=False))
+        load_manifest(tmp)  # validate what was written (relative paths: same folder)
     return path
+
+
+def _int_list(text, option: str) -> list[int]:
+    try:
+        return [int(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated integers, got {text!r}") \
+            from None
 
 
 def _wavelength(args):

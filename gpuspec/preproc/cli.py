@@ -220,9 +220,10 @@ def main(args) -> int:
     fibermap = None if args.no_fibermap else args.fibermap
     if fibermap is None and not args.no_fibermap:
         fibermap = _fibermap_beside(args.infile)
+    outs = {c: _outfile(args, c, len(cameras), expid_cache) for c in cameras}  # -o checked
     for camera in cameras:
         try:
-            out = _outfile(args, camera, len(cameras), expid_cache)
+            out = outs[camera]
             extra = {k: getattr(args, k) for k in ("cosmics_nsig", "cosmics_cfudge",
                                                    "cosmics_c2fudge")
                      if getattr(args, k) is not None}
