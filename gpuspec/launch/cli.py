@@ -100,7 +100,10 @@ def _dispatch(args) -> int:
         return 0
 
     def load():
-        return load_plan(args.manifest, force=args.force)
+        p = load_plan(args.manifest, force=args.force)
+        for note in p.notes:
+            print(f"gpuspec-run: warning: {note}", file=sys.stderr, flush=True)
+        return p
 
     if comm is None:
         return run_serial(load(), verbose=not args.quiet)

@@ -122,7 +122,9 @@ class StateDB:
             uri = "file:" + os.path.abspath(path) + "?mode=ro"
             with self._guard("open"):
                 self.conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+                self._check_integrity()
                 self._check_tables()
+                self._check_content()
         else:
             if path != ":memory:":
                 try:
@@ -134,12 +136,17 @@ class StateDB:
                 self.conn = sqlite3.connect(path, timeout=60.0)
                 if path != ":memory:" and os.path.getsize(path) > 0:
                     self._check_integrity()
+                    have = self._tables()
+                    if have and not {"tasks", "meta"} <= have:  # never adopt a foreign file
+                        raise CorruptDatabase(self.path, "not a gpuspec state database: "
+                                              f"tables {', '.join(sorted(have))}")
                 with self.conn:
                     self.conn.executescript(_SCHEMA)
                     cols = {r[1] for r in self.conn.execute("PRAGMA table_info(tasks)")}
                     if "warning" not in cols:  # a database of an earlier gpuspec
                         self.conn.execute("ALTER TABLE tasks ADD COLUMN warning TEXT")
                 self._check_tables()
+                self._check_content()
         self.conn.row_factory = sqlite3.Row
 
     @contextlib.contextmanager
@@ -165,10 +172,31 @@ class StateDB:
             raise CorruptDatabase(self.path, "integrity check failed: "
                                   + "; ".join(str(r[0]) for r in rows[:3]))
 
+    def _check_content(self) -> None:
+        """Raise CorruptDatabase for unknown states or values that are not JSON."""
+        bad = [r[0] for r in self.conn.execute("SELECT DISTINCT state FROM tasks")
+               if r[0] not in STATES]
+        if bad:
+            raise CorruptDatabase(self.path, f"unknown task state {bad[0]!r}")
+        for key, value in self.conn.execute("SELECT key, value FROM meta"):
+            try:
+                json.loads(value)
+            except (TypeError, ValueError):
+                raise CorruptDatabase(self.path, f"meta value {key!r} is not JSON") from None
+        for name, deps, outputs in self.conn.execute("SELECT name, deps, outputs FROM tasks"):
+            try:
+                json.loads(deps), json.loads(outputs)
+            except (TypeError, ValueError):
+                raise CorruptDatabase(self.path, f"row of task {name!r} is not "
+                                      "readable") from None
+
+    def _tables(self) -> set:
+        return {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+
     def _check_tables(self) -> None:
         """Raise CorruptDatabase unless the file holds gpuspec's tasks and meta tables."""
-        have = {r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        have = self._tables()
         if not {"tasks", "meta"} <= have:
             raise CorruptDatabase(self.path, "not a gpuspec state database: tables "
                                   f"{', '.join(sorted(have)) or 'none'}")

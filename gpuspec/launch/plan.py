@@ -69,6 +69,8 @@ class Plan:
     tasks: list
     states: dict
     missing: dict = dataclasses.field(default_factory=dict)
+    #: what planning had to repair (a corrupt state database moved aside and rebuilt)
+    notes: list = dataclasses.field(default_factory=list)
 
     @property
     def by_name(self) -> dict:
@@ -197,17 +199,19 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
     check_options(m, reg, skip=missing)
     tasks = build_graph(m, ext=reg.ext)
     states = compute_states(tasks)
+    notes = []
     if write_db:
-        write_plan(m, reg, tasks, states, force=force)
-    return Plan(m, reg, tasks, states, missing)
+        note = write_plan(m, reg, tasks, states, force=force)
+        notes = [note] if note else []
+    return Plan(m, reg, tasks, states, missing, notes)
 
 
 def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,
-               force: bool = False) -> None:
+               force: bool = False) -> str | None:
     """Claim the production's database, remove leftovers of killed writers, record the states.
 
     A corrupt database is moved aside and rebuilt from these states (derived from the
-    products on disk); the move is logged as a warning (logger ``gpuspec.launch.plan``).
+    products on disk); returns the note saying so (also logged as a warning), else None.
     """
     try:
         os.makedirs(run_dir(m.production), exist_ok=True)
@@ -228,3 +232,4 @@ def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,
                        warning=None)
         db.set_meta(manifest_path=m.path, manifest_text=m.text, registry=reg.name,
                     planned=time.time())
+    return note

@@ -160,7 +160,7 @@ def run_one(p: Plan, name: str, force: bool = False, what: str | None = None) ->
     device = device_label(p.manifest)
     db, note = open_rebuilding(db_path(p.manifest.production))
     if note:
-        log.warning("%s", note)
+        print(f"gpuspec: warning: {note}", file=sys.stderr, flush=True)
     with db:
         db.claim_run(what or f"gpuspec-run {p.manifest.path} --task {name}", force=force)
         try:

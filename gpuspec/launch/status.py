@@ -171,38 +171,54 @@ def _status_text(db: StateDB, production: str) -> tuple[str, bool]:
     return text, active and todo > 0
 
 
+def _with_db(arg: str, fn):
+    """``fn(db)`` on the production's database; if it turns out corrupt while being read,
+    again on the state derived from the files."""
+    try:
+        with _db(arg) as db:
+            return fn(db)
+    except CorruptDatabase as exc:
+        with _derived_db(arg, production_db(arg), exc) as db:
+            return fn(db)
+
+
 def cmd_status(args) -> int:
     """``gpuspec status``."""
-    with _db(args.production) as db:
-        tty = sys.stdout.isatty()
-        try:
-            while True:
-                text, live = _status_text(db, args.production)
-                if args.once or not live:
-                    print(text, flush=True)
-                    if not args.once:
-                        print("(no run is writing this production)", flush=True)
-                    return 0
-                if tty:
-                    sys.stdout.write("\033[H\033[2J" + text + "\n(Ctrl-C to quit)\n")
-                else:
-                    sys.stdout.write(text + "\n\n")
-                sys.stdout.flush()
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+    return _with_db(args.production, lambda db: _status_loop(db, args))
+
+
+def _status_loop(db, args) -> int:
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            text, live = _status_text(db, args.production)
+            if args.once or not live:
+                print(text, flush=True)
+                if not args.once:
+                    print("(no run is writing this production)", flush=True)
+                return 0
+            if tty:
+                sys.stdout.write("\033[H\033[2J" + text + "\n(Ctrl-C to quit)\n")
+            else:
+                sys.stdout.write(text + "\n\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_tasks(args) -> int:
     """``gpuspec tasks``."""
     from .manifest import STEPS
 
-    with _db(args.production) as db:
+    def query(db):
         present = list(db.counts())
         if args.step is not None and args.step not in present and args.step not in STEPS:
             raise GpuspecError(f"unknown step {args.step!r} (steps of this production: "
                                f"{', '.join(present) or 'none'})")
-        rows = db.rows(state=args.state, step=args.step)
+        return db.rows(state=args.state, step=args.step)
+
+    rows = _with_db(args.production, query)
     if args.warnings:
         rows = [r for r in rows if r.get("warning") and r["state"] == "done"]
     if args.names:
@@ -218,8 +234,9 @@ def cmd_retry(args) -> int:
     from .plan import load_plan
     from .runner import run_one
 
-    with _db(args.production) as db:
-        mpath = args.manifest or db.get_meta("manifest_path") or _pointer(args.production)
+    mpath = args.manifest or _with_db(args.production,
+                                      lambda db: db.get_meta("manifest_path")) \
+        or _pointer(args.production)
     if not mpath:
         raise GpuspecError("the database records no manifest; give --manifest")
     p = load_plan(mpath, write_db=False)
