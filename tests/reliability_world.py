@@ -307,7 +307,7 @@ def rewrite(src, dst_dir, change, name=None) -> str:
     """A copy rewritten HDU by HDU with fitsio; ``change(extname, data, header) -> (data,
     header)`` (return None to drop the HDU)."""
     dst = os.path.join(str(dst_dir), name or "rw-" + os.path.basename(src))
-    with fitsio.FITS(src) as fin, fitsio.FITS(dst, "rw", clobber=True) as fout:
+    with fitsio.FITS(src) as fin, fitsio.FITS(dst, "rw", clobber=True, ignore_empty=True) as fout:
         for i, h in enumerate(fin):
             ext = (h.get_extname() or "").strip()
             data = h.read()
@@ -370,20 +370,15 @@ def release(path) -> None:
 
 def fill(path) -> None:
     """Fill the file system of ``path`` (a small tmpfs) to the last byte."""
-    with open(os.path.join(str(path), "filler"), "wb") as f:
+    for name, chunk in (("filler", 65536), ("filler2", 1)):
+        fd = os.open(os.path.join(str(path), name), os.O_WRONLY | os.O_CREAT)
         try:
             while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+                os.write(fd, b"\0" * chunk)
         except OSError:
             pass
-    with open(os.path.join(str(path), "filler2"), "wb") as f:
-        try:
-            while True:
-                f.write(b"\0")
-                f.flush()
-        except OSError:
-            pass
+        finally:
+            os.close(fd)
 
 
 def nan_psf(src, dst_dir, hdu="XTRACE", where=(3, 1), value=np.nan, name=None) -> str:
