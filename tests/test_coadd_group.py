@@ -90,7 +90,7 @@ def test_cli_lin_step_grid(frames, tmp_path):
     assert w[-1] == pytest.approx(7300)
     # bad argument combination
     assert cli_main(["coadd", "-i", f, "-o", str(tmp_path / "x.fits"), "--wave-min", "5100",
-                     "--no-gpu"]) == 1
+                     "--no-gpu"]) == 2  # a bad command line
     assert not (tmp_path / "x.fits").exists()
 
 

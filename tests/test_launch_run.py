@@ -184,7 +184,8 @@ def test_serial_run_done_and_up_to_date(reference, inputs, tmp_path):
     os.utime(part, ns=(os.stat(pre.outputs[0]).st_mtime_ns - 10**9,) * 2)
 
 
-def test_failure_fails_only_dependents_serial(inputs, tmp_path, reference, capsys):
+def test_failure_fails_only_dependents_serial(inputs, tmp_path, reference, capfd):
+    capsys = capfd  # the task runs in a task process: its log reaches the terminal's fd
     path = _manifest(tmp_path, inputs, fail_tasks=[FAIL])
     assert run_cli.main([path, "--no-mpi"]) == 1
     out = capsys.readouterr().out
@@ -398,7 +399,8 @@ def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monk
 
     monkeypatch.setattr(execute, "nvtx_range", Rec)
     monkeypatch.setattr(execute._backend, "free_memory", lambda xp=None: frees.append("free"))
-    m = load_manifest(_manifest(tmp_path, inputs))
+    # in this process (the patches above): a task process runs the same Worker code
+    m = load_manifest(_manifest(tmp_path, inputs, isolate=False))
     p = load_plan(m)
     assert run_serial(p, verbose=False) == 0
     assert ranges == [t.name for t in p.tasks]  # one range per task, named after it

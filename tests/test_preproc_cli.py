@@ -102,7 +102,7 @@ def test_cli_camword_and_pattern(tmp_path):
 def test_cli_bad_camera_word(tmp_path, capsys):
     rawfn = _two_camera_raw(tmp_path)
     rc = main(["preproc", "-i", rawfn, "--cameras", "q7", "-o", str(tmp_path), "--no-gpu"])
-    assert rc == 1
+    assert rc == 2  # a bad option value (docs/reliability.md)
     assert "q7" in capsys.readouterr().err
 
 

@@ -19,7 +19,17 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import float_range, int_range
+from ..errors import UsageError
+
 __all__ = ["add_parser"]
+
+#: Largest redshift grid of fit-stdstars (2 z_max / z_res points).
+_MAX_ZGRID = 100_000
+
+_POS = float_range(0, lo_open=True)   # a finite number > 0
+_NONNEG = float_range(0)              # a finite number >= 0
+_NUM = float_range()                  # any finite number
 
 
 def _backend(p):
@@ -28,7 +38,13 @@ def _backend(p):
 
 
 def _ids(text):
-    return None if text is None else [int(t) for t in str(text).split(",") if t.strip()]
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"expected comma-separated TARGETIDs (integers), got {text!r}") \
+            from None
 
 
 def _fiberflat(sub):
@@ -37,12 +53,12 @@ def _fiberflat(sub):
                                    "continuum lamp frame (desi_compute_fiberflat).")
     p.add_argument("-i", "--infile", required=True, help="flat-lamp frame file")
     p.add_argument("-o", "--outfile", required=True, help="output fiberflat file")
-    p.add_argument("--nsig", type=float, default=10, help="nsigma clipping (10)")
-    p.add_argument("--acc", type=float, default=5.0e-4,
+    p.add_argument("--nsig", type=_POS, default=10, help="nsigma clipping (10)")
+    p.add_argument("--acc", type=_POS, default=5.0e-4,
                    help="required accuracy (iterative loop, 5e-4)")
-    p.add_argument("--smoothing-resolution", type=float, default=5.0,
+    p.add_argument("--smoothing-resolution", type=_POS, default=5.0,
                    help="resolution (A) of the spline fit that rejects outliers (5)")
-    p.add_argument("--cosmics-nsig", type=float, default=0,
+    p.add_argument("--cosmics-nsig", type=_NONNEG, default=0,
                    help="n sigma rejection for cosmics in 1D (0; only 0 is supported)")
     _backend(p)
 
@@ -104,7 +120,7 @@ def _sky(sub):
     p.add_argument("-i", "--infile", required=True, help="frame file")
     p.add_argument("--fiberflat", required=True, help="fiberflat file")
     p.add_argument("-o", "--outfile", required=True, help="output sky file")
-    p.add_argument("--cosmics-nsig", type=float, default=0,
+    p.add_argument("--cosmics-nsig", type=_NONNEG, default=0,
                    help="n sigma rejection for cosmics in 1D (0; only 0 is supported)")
     p.add_argument("--no-extra-variance", action="store_true",
                    help="do not increase sky model variance based on chi2 on sky lines")
@@ -149,17 +165,17 @@ def _stdstars(sub):
     p.add_argument("--starmodels", default=None,
                    help="stellar template file (desispec layout; default gpuspec's library)")
     p.add_argument("-o", "--outfile", required=True, help="output stdstars file")
-    p.add_argument("--ncpu", type=int, default=1, help="accepted for compatibility (unused)")
-    p.add_argument("--delta-color", type=float, default=0.2,
+    p.add_argument("--ncpu", type=int_range(1, 1024), default=1, help="accepted for compatibility (unused)")
+    p.add_argument("--delta-color", type=_POS, default=0.2,
                    help="max delta-color for the selection of standard stars (0.2)")
-    p.add_argument("--min-blue-snr", type=float, default=4.0,
+    p.add_argument("--min-blue-snr", type=_NONNEG, default=4.0,
                    help="minimum S/N per sqrt(A) in the blue camera (4)")
     p.add_argument("--color", default=None, choices=["G-R"], help="selection colour (G-R)")
-    p.add_argument("--z-max", type=float, default=0.008, help="max |z| scanned (0.008)")
-    p.add_argument("--z-res", type=float, default=0.00002, help="dz grid resolution (2e-5)")
-    p.add_argument("--template-error", type=float, default=0.1,
+    p.add_argument("--z-max", type=float_range(0, 1), default=0.008, help="max |z| scanned (0.008)")
+    p.add_argument("--z-res", type=_POS, default=0.00002, help="dz grid resolution (2e-5)")
+    p.add_argument("--template-error", type=_NONNEG, default=0.1,
                    help="fractional template error in the chi2 (0.1)")
-    p.add_argument("--maxstdstars", type=int, default=30, help="max number of stars (30)")
+    p.add_argument("--maxstdstars", type=int_range(1, 5000), default=30, help="max number of stars (30)")
     p.add_argument("--std-targetids", type=int, nargs="*", default=None,
                    help="TARGETIDs of standards overriding the targeting bits")
     p.add_argument("--apply-sky-throughput-correction", action="store_true",
@@ -168,6 +184,11 @@ def _stdstars(sub):
 
     def run(a):
         from .files import fit_stdstars_file
+
+        if a.z_max / a.z_res > _MAX_ZGRID / 2:
+            raise UsageError(f"--z-max {a.z_max:g} / --z-res {a.z_res:g} asks for "
+                             f"{2 * a.z_max / a.z_res:.4g} redshifts; the limit is "
+                             f"{_MAX_ZGRID:,} (docs/reliability.md)")
 
         fit_stdstars_file(a.frames, a.skymodels, a.fiberflats, a.outfile,
                           starmodels=a.starmodels, delta_color=a.delta_color,
@@ -192,20 +213,20 @@ def _fluxcalib(sub):
     p.add_argument("--models", required=True, help="stdstars file")
     p.add_argument("--selected-calibration-stars", default=None,
                    help="table with FIBER and VALID of pre-selected stars")
-    p.add_argument("--chi2cut", type=float, default=0.0, help="reduced chi2 cut (0: none)")
-    p.add_argument("--chi2cut-nsig", type=float, default=0.0,
+    p.add_argument("--chi2cut", type=_NONNEG, default=0.0, help="reduced chi2 cut (0: none)")
+    p.add_argument("--chi2cut-nsig", type=_NONNEG, default=0.0,
                    help="discard n-sigma outliers of the reduced chi2 (0: none)")
     p.add_argument("--color", default=None, help="colour of the cuts (G-R)")
-    p.add_argument("--min-color", type=float, default=None, help="minimum colour")
-    p.add_argument("--delta-color-cut", type=float, default=0.2,
+    p.add_argument("--min-color", type=_NUM, default=None, help="minimum colour")
+    p.add_argument("--delta-color-cut", type=_POS, default=0.2,
                    help="max |model - imaging| colour (0.2)")
     p.add_argument("--nostdcheck", action="store_true",
                    help="do not check the model stars against the fibermap flags")
     p.add_argument("-o", "--outfile", required=True, help="output fluxcalib file")
-    p.add_argument("--highest-throughput", type=int, default=0,
+    p.add_argument("--highest-throughput", type=int_range(0, 5000), default=0,
                    help="normalise on this many highest-throughput stars (0)")
-    p.add_argument("--seeing-fwhm", type=float, default=1.1, help="seeing FWHM, arcsec")
-    p.add_argument("--nsig-flux-scale", type=float, default=3,
+    p.add_argument("--seeing-fwhm", type=_POS, default=1.1, help="seeing FWHM, arcsec")
+    p.add_argument("--nsig-flux-scale", type=_POS, default=3,
                    help="n sigma cutoff of the flux scale among standard stars (3)")
     p.add_argument("--apply-sky-throughput-correction", action="store_true",
                    help="apply the sky throughput correction to the whole sky")
@@ -239,7 +260,7 @@ def _procexp(sub):
     p.add_argument("--sky", default=None, help="sky file")
     p.add_argument("--calib", default=None, help="fluxcalib file")
     p.add_argument("-o", "--outfile", required=True, help="output (c)frame file")
-    p.add_argument("--cosmics-nsig", type=float, default=0,
+    p.add_argument("--cosmics-nsig", type=_NONNEG, default=0,
                    help="n sigma rejection for cosmics in 1D (0; only 0 is supported)")
     p.add_argument("--apply-sky-throughput-correction", action="store_true",
                    help="apply a throughput correction to the whole sky spectrum")

@@ -53,18 +53,33 @@ def _short(path) -> str:
 
 
 class _named:
-    """Context manager: give a gpuspec error raised inside the name of ``path``."""
+    """Context manager: give a gpuspec error raised inside the name of ``path`` (and of
+    the other inputs ``others``, ``kind=path``, so that a mismatch names both files)."""
 
-    def __init__(self, path):
+    def __init__(self, path, **others):
         self.path = path
+        self.others = {k: v for k, v in others.items() if v is not None}
 
     def __enter__(self):
         return self
 
     def __exit__(self, typ, exc, tb):
         if isinstance(exc, InputError) and exc.path is None and self.path is not None:
-            raise type(exc)(str(exc), path=os.fspath(self.path)) from exc
+            more = "; ".join(f"{k} {os.fspath(v)}" for k, v in self.others.items())
+            raise type(exc)(str(exc) + (f" ({more})" if more else ""),
+                            path=os.fspath(self.path)) from exc
         return False
+
+
+def _same_source(frame, infile, **others) -> None:
+    """Every calibration input of a frame is of its camera (sky, flux calibration: and
+    of its exposure); both files are named otherwise."""
+    from ..io.util import check_same_source
+
+    for kind, (obj, path) in others.items():
+        if obj is not None:
+            keys = ("CAMERA",) if kind == "fiberflat" else ("CAMERA", "EXPID", "NIGHT")
+            check_same_source(frame.meta, infile, obj.meta, path, keys, kind)
 
 
 def _camera(meta, path):
@@ -160,7 +175,8 @@ def compute_sky_file(infile, fiberflat, outfile, cosmics_nsig=0.0, no_extra_vari
         raise InputError("1-D cosmic-ray rejection (--cosmics-nsig) is not implemented")
     frame = read_frame(infile)
     ff = read_fiberflat(fiberflat)
-    with _named(infile):
+    _same_source(frame, infile, fiberflat=(ff, fiberflat))
+    with _named(infile, fiberflat=fiberflat):
         fr = apply_fiberflat(frame, ff, backend=backend)
         sky = compute_sky(fr, add_variance=not no_extra_variance,
                           exclude_sky_targetids=exclude_sky_targetids,
@@ -253,9 +269,11 @@ def compute_fluxcalib_file(infile, fiberflat, sky, models, outfile, chi2cut=0.0,
     cam = _camera(frame.meta, infile)
     ivar, mask = fiberbitmasked(frame.ivar, frame.mask, frame.fibermap, "flux", cam[0])
     frame = replace(frame, ivar=ivar, mask=mask)
-    with _named(infile):
-        frame = apply_fiberflat(frame, read_fiberflat(fiberflat), backend=backend)
-        frame = subtract_sky(frame, read_sky(sky),
+    ffo, skyo = read_fiberflat(fiberflat), read_sky(sky)
+    _same_source(frame, infile, fiberflat=(ffo, fiberflat), sky=(skyo, sky))
+    with _named(infile, fiberflat=fiberflat, sky=sky):
+        frame = apply_fiberflat(frame, ffo, backend=backend)
+        frame = subtract_sky(frame, skyo,
                              apply_throughput_correction=apply_sky_throughput_correction,
                              backend=backend)
     m = read_stdstar_models(models)
@@ -306,11 +324,14 @@ def process_exposure_file(infile, outfile, fiberflat=None, sky=None, calib=None,
     from .cframe import process_exposure
 
     frame = read_frame(infile)
-    with _named(infile):
-        out = process_exposure(frame, fiberflat=None if fiberflat is None else
-                               read_fiberflat(fiberflat), sky=None if sky is None else
-                               read_sky(sky), calib=None if calib is None else
-                               read_flux_calibration(calib), cosmics_nsig=cosmics_nsig,
+    ffo = None if fiberflat is None else read_fiberflat(fiberflat)
+    skyo = None if sky is None else read_sky(sky)
+    calo = None if calib is None else read_flux_calibration(calib)
+    _same_source(frame, infile, fiberflat=(ffo, fiberflat), sky=(skyo, sky),
+                 calib=(calo, calib))
+    with _named(infile, fiberflat=fiberflat, sky=sky, calib=calib):
+        out = process_exposure(frame, fiberflat=ffo, sky=skyo, calib=calo,
+                               cosmics_nsig=cosmics_nsig,
                                apply_sky_throughput_correction=apply_sky_throughput_correction,
                                no_sky_line_throughput_correction=(
                                    no_sky_line_throughput_correction),

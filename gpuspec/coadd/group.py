@@ -21,12 +21,14 @@ import os
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from ..limits import MAX_NSIDE, MAX_NWAVE, check_size
 from ..profiling import nvtx_range
 from ..spectra import Spectra
 from .scores import spectra_scores
 
 __all__ = ["group_frames", "coadd_file", "healpix_pixels", "healpix_filename", "healpix_path",
+           "check_nside",
            "DEFAULT_SURVEY", "DEFAULT_PROGRAM", "DEFAULT_NSIDE"]
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,9 @@ def group_frames(framefiles, outdir, nside: int = DEFAULT_NSIDE, survey: str = D
 
     Backends: host (file I/O and table work; no array backend).
     """
+    nside = check_nside(nside)
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise OutputError("it is a file, not a folder", outdir)
     frames = _read_frames(framefiles)
     bands, waves = _bands_and_grids(frames)
     keys, fmap = _row_table(frames)
@@ -173,10 +178,12 @@ def _frame_key(fm, i):
 
 
 def _read_frames(framefiles):
-    """``[(path, arm, frame)]``; a frame without CAMERA or FIBERMAP is an InputError."""
+    """``[(path, arm, frame)]``; a frame without CAMERA or FIBERMAP, or two frames holding
+    the same fibers of one exposure and camera, is an InputError."""
     from ..io import read_frame
 
     frames = []
+    seen: dict = {}
     with nvtx_range("group.read"):
         for f in framefiles:
             fr = read_frame(f)
@@ -187,6 +194,8 @@ def _read_frames(framefiles):
             if fr.fibermap is None:
                 raise InputError("frame has no FIBERMAP", path=f, hdu="FIBERMAP")
             frames.append((f, cam[0], fr))
+    for f, b, fr in frames:
+        _check_overlap(seen, f, str(fr.meta.get("CAMERA")).strip().lower(), fr)
     return frames
 
 
@@ -285,6 +294,61 @@ def _write_pixel(outdir, p, rows, bands, waves, fmap, arrays, nside, survey, pro
     return write_spectra(path, sp)
 
 
+def _check_grid_options(lin_step, wave_min, wave_max) -> None:
+    """Finite numbers; lin_step > 0; wave_min < wave_max (InputError naming the option)."""
+    import math
+
+    for name, v in (("lin_step", lin_step), ("wave_min", wave_min), ("wave_max", wave_max)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
+                              or not math.isfinite(float(v))):
+            raise InputError(f"option {name}={v!r}: must be a finite number")
+    if lin_step is not None and not lin_step > 0:
+        raise InputError(f"option lin_step={lin_step!r}: must be > 0")
+    if wave_min is not None and wave_max is not None and not wave_min < wave_max:
+        raise InputError(f"options wave_min={wave_min!r} and wave_max={wave_max!r}: wave_min "
+                         "must be smaller")
+
+
+def check_coadd_options(*, lin_step=None, wave_min=None, wave_max=None, cosmics_nsig=None,
+                        norm_chi2_threshold=None, **_ignored) -> None:
+    """Raise :class:`InputError` for an option value :func:`coadd_file` cannot use
+    (``gpuspec-run --check`` calls it on ``steps.coadd.options``). Host only."""
+    _check_grid_options(lin_step, wave_min, wave_max)
+    if (wave_min is not None or wave_max is not None) and lin_step is None:
+        raise InputError("options wave_min/wave_max need lin_step")
+    for name, v in (("cosmics_nsig", cosmics_nsig), ("norm_chi2_threshold",
+                                                      norm_chi2_threshold)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not v >= 0 or v == float("inf")):
+            raise InputError(f"option {name}={v!r}: must be a finite number >= 0")
+
+
+def check_nside(nside) -> int:
+    """A valid HEALPix nside (a power of 2 up to :data:`gpuspec.limits.MAX_NSIDE`)."""
+    ok = isinstance(nside, (int, np.integer)) and not isinstance(nside, bool) \
+        and 1 <= nside <= MAX_NSIDE and (int(nside) & (int(nside) - 1)) == 0
+    if not ok:
+        raise InputError(f"nside={nside!r}: HEALPix nside must be a power of 2 between 1 and "
+                         f"2**29", keyword="nside")
+    return int(nside)
+
+
+def _check_overlap(seen: dict, path: str, cam: str, fr) -> None:
+    """Refuse two frames holding the same fibers of one exposure and camera: the rows of
+    the second would silently replace the first's (both files named)."""
+    key = (cam, str(fr.meta.get("NIGHT")), str(fr.meta.get("EXPID")))
+    names = fr.fibermap.dtype.names or ()
+    fibers = set(np.asarray(fr.fibermap["FIBER"]).tolist()) if "FIBER" in names else \
+        set(range(len(fr.fibermap)))
+    for other, ofibers in seen.get(key, []):
+        common = fibers & ofibers
+        if common:
+            raise InputError(f"{other} and {path} both hold fibers of CAMERA {cam}, NIGHT "
+                             f"{key[1]}, EXPID {key[2]} ({len(common)} in common, e.g. "
+                             f"{min(common)}): the same frame given twice?", path=path)
+    seen.setdefault(key, []).append((path, fibers))
+
+
 def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: float | None = None,
                wave_min: float | None = None, wave_max: float | None = None,
                coadd_cameras: bool = False, cosmics_nsig: float | None = None,
@@ -316,17 +380,27 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     from ..io.spectra import read_spectra, write_spectra
+    from ..io.util import check_writable
     from .cameras import coadd_cameras as _cameras
     from .plain import coadd
     from .spectroperf import coadd_spectroperf, spectroperf_resample
 
+    _check_grid_options(lin_step, wave_min, wave_max)
+    check_writable(outfile)
     sp = read_spectra(spectrafile)
+    if sp.fibermap is None:
+        raise InputError("spectra file has no FIBERMAP (one row per spectrum is needed)",
+                         path=spectrafile, hdu="FIBERMAP")
     onetile = "TILEID" in sp.fibermap.dtype.names and len(np.unique(sp.fibermap["TILEID"])) == 1
     wave_out = None
     if lin_step is not None:
         lo = min(float(np.min(sp.wave[b])) for b in sp.bands) if wave_min is None else wave_min
         hi = max(float(np.max(sp.wave[b])) for b in sp.bands) if wave_max is None else wave_max
-        n = int(np.floor((hi - lo) / lin_step + 1e-6)) + 1
+        if not hi > lo:
+            raise InputError(f"output grid {lo:g}..{hi:g} A is empty (wave-min must be below "
+                             "wave-max and the input range)", path=spectrafile)
+        n = check_size(np.floor((hi - lo) / lin_step + 1e-6) + 1, MAX_NWAVE, "wavelengths",
+                       f"output grid {lo:g}..{hi:g} A with lin-step {lin_step:g}")
         wave_out = lo + lin_step * np.arange(n)
     elif wave_min is not None or wave_max is not None:
         raise InputError("--wave-min/--wave-max need --lin-step", path=spectrafile)

@@ -1,16 +1,27 @@
 """File-level extraction: preproc file + PSF file → frame file, and merging of
 per-bundle partial frames.
+
+Before any work :func:`extract_file` checks its options
+(:func:`check_extract_options`, also used by ``gpuspec-run --check``), that the
+outputs can be written, that the preproc image and the PSF are of the same
+camera, that the wavelength grid is within :data:`gpuspec.limits.MAX_NWAVE`
+bins and inside what the PSF covers for the fibers asked (desispec's rule), and
+that the preproc FIBERMAP has a row for every fiber extracted. The frame and the
+optional model image are written together: both or neither.
+:func:`merge_frames` refuses parts of different cameras, exposures or grids.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import numpy as np
 
 from ..errors import BadDataError, InputError
 from ..frame import Frame
+from ..limits import MAX_NWAVE, MAX_PROCESSES, check_size
 from ..maskbits import ccdmask, specmask
 from ..profiling import nvtx_range
 from ..grids import linear_grid
@@ -18,7 +29,7 @@ from .core import extract_frame
 from .defaults import SPECTER
 
 __all__ = ["extract_file", "merge_frames", "wave_grid", "HEADER_KEYS", "EXTRACT_MASK",
-           "BAD2DFIT_FACTOR", "bad2dfit"]
+           "BAD2DFIT_FACTOR", "bad2dfit", "check_extract_options", "grid_size"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +80,11 @@ def _set_bad2dfit(frame) -> None:
     frame.mask = (mask | np.where(bad2dfit(frame.chi2pix), bit, 0)).astype(np.int32)
 
 
+def grid_size(wmin: float, wmax: float, dw: float) -> float:
+    """Number of bins of ``arange(wmin, wmax + dw/2, dw)`` (a float: may be huge or NaN)."""
+    return math.floor((wmax - wmin) / dw + 0.5) + 1.0 if dw > 0 else float("nan")
+
+
 def wave_grid(wave) -> np.ndarray:
     """The extraction wavelength grid.
 
@@ -79,15 +95,103 @@ def wave_grid(wave) -> np.ndarray:
         ``np.arange(wmin, wmax + dw/2, dw)``: wmax included when it falls on the grid) or
         an explicit 1-D grid.
 
+    Raises
+    ------
+    InputError
+        Not a grid, non-finite values; LimitError: more than
+        :data:`gpuspec.limits.MAX_NWAVE` bins (checked before allocating).
+
     Backends: host only (NumPy; the grid is small).
     """
     w = np.asarray(wave, dtype=np.float64)
+    if w.ndim == 1 and w.size and not np.isfinite(w).all():
+        raise InputError(f"wavelength grid has non-finite values: {wave!r}")
     if w.ndim == 1 and w.size == 3 and w[2] > 0 and w[1] > w[0] and w[2] < (w[1] - w[0]):
         wmin, wmax, dw = (float(v) for v in w)
+        check_size(grid_size(wmin, wmax, dw), MAX_NWAVE, "wavelengths",
+                   f"wavelength grid {wmin:g},{wmax:g},{dw:g}")
         return linear_grid(wmin, wmax, dw)
     if w.ndim != 1 or w.size < 2:
         raise InputError(f"wavelength must be (wmin, wmax, dw) or a 1-D grid, got {wave!r}")
+    check_size(w.size, MAX_NWAVE, "wavelengths", "wavelength grid")
     return w
+
+
+def check_extract_options(*, specmin=0, nspec=None, bundles=None, bundlesize=25,
+                          nsubbundles=5, nwavestep=50, wavepad_frac=0.2, pixpad_frac=0.8,
+                          regularize=0.0, psferr=None, nproc=1, **_ignored) -> None:
+    """Raise :class:`InputError` naming the option whose value cannot work.
+
+    The rules of :func:`extract_file` before it reads anything (used as well by
+    ``gpuspec-run --check`` on ``steps.extract.options``). Host only.
+    """
+    def need(ok, name, value, rule):
+        if not ok:
+            raise InputError(f"option {name}={value!r}: must be {rule}")
+
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+            and math.isfinite(float(v))
+
+    need(is_int(specmin) and specmin >= 0, "specmin", specmin, "an integer >= 0")
+    need(nspec is None or (is_int(nspec) and nspec >= 1), "nspec", nspec, "an integer >= 1")
+    need(is_int(bundlesize) and 1 <= bundlesize <= 10_000, "bundlesize", bundlesize,
+         "an integer in 1..10000")
+    need(is_int(nsubbundles) and nsubbundles >= 1, "nsubbundles", nsubbundles,
+         "an integer >= 1")
+    need(is_int(nwavestep) and 1 <= nwavestep <= MAX_NWAVE, "nwavestep", nwavestep,
+         f"an integer in 1..{MAX_NWAVE}")
+    for name, v in (("wavepad_frac", wavepad_frac), ("pixpad_frac", pixpad_frac),
+                    ("regularize", regularize)):
+        need(is_num(v) and 0 <= v <= 1e6, name, v, "a finite number >= 0")
+    need(psferr is None or (is_num(psferr) and psferr >= 0), "psferr", psferr,
+         "a finite number >= 0 (or None: the PSF's)")
+    need(is_int(nproc) and 1 <= nproc <= MAX_PROCESSES, "nproc", nproc,
+         f"an integer in 1..{MAX_PROCESSES}")
+    if bundles is not None:
+        b = list(np.atleast_1d(bundles))
+        need(b and all(is_int(x) and x >= 0 for x in b), "bundles", bundles,
+             "a non-empty list of integers >= 0")
+
+
+def _camera_name(value) -> str:
+    """A CAMERA keyword value normalised (``"'r0      '"`` -> ``r0``)."""
+    return str(value).strip().strip("'\"").strip().lower()
+
+
+def _check_same_camera(image, psf, preprocfile, psffile) -> None:
+    """Refuse a PSF whose CAMERA differs from the preproc image's (both files named)."""
+    icam = _camera_name(image.meta.get("CAMERA", image.camera or ""))
+    pcam = _camera_name(psf.meta.get("CAMERA", ""))
+    if icam and pcam and icam != pcam:
+        raise InputError(f"camera mismatch: the preproc image {preprocfile} is camera {icam} "
+                         f"but the PSF {psffile} is camera {pcam}", path=preprocfile,
+                         keyword="CAMERA")
+
+
+def _check_coverage(psf, w, specmin, nspec, psffile) -> None:
+    """desispec's rule: the grid lies within the wavelengths the PSF puts on the CCD
+    (rows -0.5 .. NPIX_Y-0.5) for every fiber extracted."""
+    fibers = np.arange(specmin, specmin + nspec)
+    lo = psf.wavelength(fibers, y=np.array([-0.5]))
+    hi = psf.wavelength(fibers, y=np.array([psf.npix_y - 0.5]))
+    wlo, whi = float(np.max(lo)), float(np.min(hi))
+    if not (np.isfinite(wlo) and np.isfinite(whi)) or w[0] < wlo - 1e-6 or w[-1] > whi + 1e-6:
+        raise InputError(f"wavelengths {w[0]:.2f}..{w[-1]:.2f} A are not covered by the PSF "
+                         f"for fibers {specmin}..{specmin + nspec - 1}: it puts "
+                         f"{wlo:.2f}..{whi:.2f} A on the CCD (wrong arm or camera?)",
+                         path=os.fspath(psffile), hdu="XTRACE")
+
+
+def _check_fibermap_rows(image, specmin, nspec, preprocfile) -> None:
+    if image.fibermap is not None and len(image.fibermap) < specmin + nspec:
+        raise InputError(f"FIBERMAP has {len(image.fibermap)} rows but fibers "
+                         f"{specmin}..{specmin + nspec - 1} are extracted (every spectrum "
+                         "needs its fibermap row)", path=os.fspath(preprocfile),
+                         hdu="FIBERMAP")
 
 
 def _wave_keywords(wave, grid) -> dict:
@@ -114,6 +218,10 @@ def _fiber_range(psf, specmin, nspec, bundles, bundlesize):
         return lo, hi - lo
     if nspec is None:
         nspec = psf.nspec - specmin
+    if specmin < 0 or nspec < 1 or specmin + nspec > psf.nspec:
+        raise InputError(f"fibers specmin={specmin}, nspec={nspec} (fibers {specmin}.."
+                         f"{specmin + nspec - 1}) are not among the PSF's {psf.nspec} fibers "
+                         f"0..{psf.nspec - 1}", keyword="nspec" if nspec < 1 else "specmin")
     return int(specmin), int(nspec)
 
 
@@ -167,15 +275,26 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     Backends: numpy, cupy.
     """
     from .. import io as gio
+    from ..io.util import check_writable
     from ..psf import read_psf
 
+    check_extract_options(specmin=specmin, nspec=nspec, bundles=bundles, bundlesize=bundlesize,
+                          nsubbundles=nsubbundles, nwavestep=nwavestep,
+                          wavepad_frac=wavepad_frac, pixpad_frac=pixpad_frac,
+                          regularize=regularize, psferr=psferr, nproc=nproc)
+    w = wave_grid(wave)
+    for out in (outfile, model):
+        if out is not None:
+            check_writable(out)
     image = gio.read_image(preprocfile)
     psf = read_psf(psffile)
-    w = wave_grid(wave)
+    _check_same_camera(image, psf, os.fspath(preprocfile), os.fspath(psffile))
     if nspec is None and bundles is None and image.fibermap is not None:
         # the fibers the exposure has (500 per petal in production; fewer in simulations)
         nspec = max(1, min(len(image.fibermap), psf.nspec) - int(specmin))
     specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
+    _check_fibermap_rows(image, specmin, nspec, preprocfile)
+    _check_coverage(psf, w, specmin, nspec, psffile)
     if image.pix.shape != (psf.npix_y, psf.npix_x):
         log.info("preproc image shape %s differs from the PSF's CCD (%d, %d); its pixel (0, 0) "
                  "is taken as CCD pixel (0, 0)",
@@ -195,18 +314,11 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     frame = extract_frame(pix, ivar, psf, w, specmin, nspec, model=model is not None,
                           meta=meta, **opts)
     if image.fibermap is not None:
-        fm = image.fibermap
-        if len(fm) >= specmin + nspec:
-            frame.fibermap = fm[specmin:specmin + nspec]
-        else:
-            log.warning("%s: FIBERMAP has %d rows, fewer than fibers %d..%d; not propagated",
-                        preprocfile, len(fm), specmin, specmin + nspec - 1)
+        frame.fibermap = image.fibermap[specmin:specmin + nspec]
     _set_bad2dfit(frame)
     modelimage = frame.modelimage
     frame.modelimage = None
-    gio.write_frame(outfile, frame)
-    if model is not None:
-        _write_model(model, modelimage, frame.meta)
+    _write_outputs(outfile, frame, model, modelimage)
     return os.fspath(outfile)
 
 
@@ -247,6 +359,21 @@ def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
     return pix, ivar
 
 
+def _write_outputs(outfile, frame, model, modelimage) -> None:
+    """The frame and (optionally) the model image: both written, or neither.
+
+    Both go to temporary names first; the model is renamed, then the frame. A
+    failure while writing either removes both temporaries.
+    """
+    from .. import io as gio
+    from ..io.util import atomic_output
+
+    with atomic_output(outfile) as ftmp:
+        gio.write_frame(ftmp, frame)
+        if model is not None:
+            _write_model(model, modelimage, frame.meta)
+
+
 def _write_model(path, modelimage, meta):
     import fitsio
 
@@ -257,6 +384,17 @@ def _write_model(path, modelimage, meta):
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
             fx.write(np.asarray(modelimage, dtype=np.float32), extname="MODEL",
                      header=header_records(hdr))
+
+
+def _specmin(frame, path) -> int:
+    v = frame.meta.get("SPECMIN", 0)
+    try:
+        if isinstance(v, bool) or int(v) != float(v) or int(v) < 0:
+            raise ValueError
+        return int(v)
+    except (TypeError, ValueError):
+        raise InputError(f"SPECMIN={v!r} is not a fiber index", path=path,
+                         keyword="SPECMIN") from None
 
 
 @nvtx_range("extract:merge")
@@ -289,15 +427,23 @@ def merge_frames(partfiles, outfile) -> str:
     if not partfiles:
         raise InputError("merge_frames: no input frames")
     frames = [(gio.read_frame(p), os.fspath(p)) for p in partfiles]
-    frames.sort(key=lambda t: int(t[0].meta.get("SPECMIN", 0)))
+    from ..io.util import check_same_source
+
+    for fr, p in frames[1:]:
+        check_same_source(fr.meta, p, frames[0][0].meta, frames[0][1],
+                          ("CAMERA", "EXPID", "NIGHT"), "partial frame")
+    frames.sort(key=lambda t: _specmin(t[0], t[1]))
     first, fpath = frames[0]
-    nxt = int(first.meta.get("SPECMIN", 0))
+    nxt, prev = _specmin(first, fpath), None
     for fr, p in frames:
-        s = int(fr.meta.get("SPECMIN", 0))
-        if s != nxt:
-            raise InputError(f"fibers {nxt}..{s - 1} missing or overlapping (next part starts "
-                             f"at SPECMIN={s})", path=p, keyword="SPECMIN")
-        nxt = s + fr.nspec
+        s = _specmin(fr, p)
+        if s < nxt:
+            raise InputError(f"its fibers {s}..{s + fr.nspec - 1} overlap those of {prev} "
+                             "(the same part twice?)", path=p, keyword="SPECMIN")
+        if s > nxt:
+            raise InputError(f"fibers {nxt}..{s - 1} are missing between {prev} and this "
+                             f"part (SPECMIN={s})", path=p, keyword="SPECMIN")
+        nxt, prev = s + fr.nspec, p
         if fr.wave.shape != first.wave.shape or not np.allclose(fr.wave, first.wave):
             raise InputError(f"wavelength grid differs from {fpath}", path=p, hdu="WAVELENGTH")
 
@@ -315,7 +461,7 @@ def merge_frames(partfiles, outfile) -> str:
     if len(ndiag) > 1:
         raise BadDataError(f"parts have different numbers of resolution diagonals {ndiag}")
     meta = dict(first.meta)
-    meta["SPECMIN"] = int(first.meta.get("SPECMIN", 0))
+    meta["SPECMIN"] = _specmin(first, fpath)
     meta["NSPEC"] = nxt - meta["SPECMIN"]
     merged = Frame(wave=first.wave, flux=cat("flux"), ivar=cat("ivar"), mask=cat("mask"),
                    resolution_data=cat("resolution_data"), chi2pix=cat("chi2pix"),

@@ -31,7 +31,7 @@ def available() -> bool:
     if os.environ.get("GPUSPEC_EXTRACT_NUMBA", "1").strip().lower() in ("0", "false", "no"):
         return False
     try:
-        import numba  # noqa: F401
+        import numba  # noqa: F401  (availability probe)
     except Exception:
         return False
     return True
@@ -40,99 +40,8 @@ def available() -> bool:
 def _get_kernel():
     global _kernel
     if _kernel is None:
-        from numba import njit
+        from .normal_numba import kernel
 
-        @njit(cache=True, nogil=True)
-        def weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fa0, nf, ka0, nw, box, SW,
-                            bvec, fw):
-            """SW[f, j] = stamp · ivar inside the box (0 outside); b and Σ SW per spot."""
-            nys = stamps.shape[2]
-            nxs = stamps.shape[3]
-            ylo_b = max(box[2], y0)
-            yhi_b = min(box[3], y0 + ivar.shape[0])
-            xlo_b = max(box[0], x0)
-            xhi_b = min(box[1], x0 + ivar.shape[1])
-            for f in range(nf):
-                fa = fa0 + f
-                for j in range(nw):
-                    ka = ka0 + j
-                    xa = xc[fa, ka]
-                    ya = yc[fa, ka]
-                    sb = 0.0
-                    sw = 0.0
-                    for yy in range(nys):
-                        y = ya + yy
-                        for xx in range(nxs):
-                            x = xa + xx
-                            w = 0.0
-                            if ylo_b <= y < yhi_b and xlo_b <= x < xhi_b:
-                                w = stamps[fa, ka, yy, xx] * ivar[y - y0, x - x0]
-                                sb += w * image[y - y0, x - x0]
-                                sw += w
-                            SW[f, j, yy, xx] = w
-                    bvec[f, j] = sb
-                    fw[f, j] = sw
-
-        @njit(cache=True, nogil=True)
-        def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW, D,
-                   M, bvec, fw, SW):
-            P = fb0.shape[0]
-            lo = np.zeros(pos.shape[1], dtype=np.int64)
-            nys = stamps.shape[2]
-            nxs = stamps.shape[3]
-            for p in range(P):
-                weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fb0[p], nf[p], k0[p],
-                                nw[p], boxes[p], SW, bvec[p], fw[p])
-                ylo_b = boxes[p, 2]
-                yhi_b = boxes[p, 3]
-                # stamp rows increase with wavelength along each trace (DESI): then the
-                # partners of spot (f, j) in fiber g are a window of l that moves with j
-                mono = True
-                for g in range(nf[p]):
-                    for l in range(1, nw[p]):
-                        if yc[fb0[p] + g, k0[p] + l] < yc[fb0[p] + g, k0[p] + l - 1]:
-                            mono = False
-                for f in range(nf[p]):
-                    fa = fb0[p] + f
-                    for g in range(nf[p]):
-                        lo[g] = 0
-                    for j in range(nw[p]):
-                        ka = k0[p] + j
-                        xa = xc[fa, ka]
-                        ya = yc[fa, ka]
-                        ia = pos[p, f] * NW + j
-                        gmax = min(f + D + 1, nf[p])
-                        for g in range(f, gmax):
-                            fg = fb0[p] + g
-                            if mono:
-                                while lo[g] < nw[p] and yc[fg, k0[p] + lo[g]] + nys <= ya:
-                                    lo[g] += 1
-                            lstart = j if g == f else lo[g]
-                            for l in range(lstart, nw[p]):
-                                kb = k0[p] + l
-                                yb = yc[fg, kb]
-                                if yb >= ya + nys:
-                                    if mono:
-                                        break
-                                    continue
-                                if yb + nys <= ya:
-                                    continue
-                                xb = xc[fg, kb]
-                                if xb >= xa + nxs or xb + nxs <= xa:
-                                    continue
-                                # SW is 0 outside the box: the overlap of the two stamps,
-                                # cut to the box rows, is enough
-                                ylo = max(max(ya, yb), ylo_b)
-                                yhi = min(min(ya, yb) + nys, yhi_b)
-                                xlo = max(xa, xb)
-                                xhi = min(xa, xb) + nxs
-                                s = 0.0
-                                for y in range(ylo, yhi):
-                                    for x in range(xlo, xhi):
-                                        s += SW[f, j, y - ya, x - xa] * stamps[fg, kb, y - yb, x - xb]
-                                ib = pos[p, g] * NW + l
-                                M[p, ia, ib] = s
-                                M[p, ib, ia] = s
         _kernel = kernel
     return _kernel
 
@@ -167,9 +76,8 @@ def normal_matrices(stamps, xc, yc, ivar, image, x0, y0, lay):
     bvec = np.zeros((P, F, NW))
     fw = np.zeros((P, F, NW))
     SW = np.empty((F, NW) + tuple(stamps.shape[-2:]))
-    _get_kernel()(np.ascontiguousarray(stamps, dtype=np.float64),
-                  np.ascontiguousarray(xc, dtype=np.int64),
-                  np.ascontiguousarray(yc, dtype=np.int64),
+    xc, yc = _checked_args(stamps, xc, yc, lay.fb0, lay.nf, lay.k0, lay.nw, lay.boxes, NW, F)
+    _get_kernel()(np.ascontiguousarray(stamps, dtype=np.float64), xc, yc,
                   np.ascontiguousarray(ivar, dtype=np.float64),
                   np.ascontiguousarray(image, dtype=np.float64), int(x0), int(y0),
                   np.asarray(lay.fb0, np.int64), np.asarray(lay.nf, np.int64),
@@ -178,3 +86,34 @@ def normal_matrices(stamps, xc, yc, ivar, image, x0, y0, lay):
                   np.ascontiguousarray(lay.pos, dtype=np.int64), int(NW), int(F - 1),
                   M, bvec, fw, SW)
     return M, bvec, fw
+
+
+#: Stamp corners are clipped to +-2**40 before the kernel: the pixel loops are then
+#: ranges between values of that size, which never overflow int64 (a NaN trace casts
+#: to -2**63, and ``range(113, -2**63 + 17)`` would wrap to a huge count).
+_CORNER_BOUND = 2 ** 40
+
+
+def _checked_args(stamps, xc, yc, fb0, nf, k0, nw, boxes, NW, F):
+    """Refuse indices outside the arrays; clip the corners; return (xc, yc) for the kernel.
+
+    Every index the kernel computes is then inside its array: fibers
+    ``fb0 + [0, nf)`` and wavelengths ``k0 + [0, nw)`` inside ``stamps``/``xc``/``yc``,
+    ``nf <= F`` and ``nw <= NW`` inside ``M``, and pixel loops bounded by the stamp,
+    the box and the image. Host only.
+    """
+    nfib, nwave = np.shape(stamps)[:2]
+    fb0, nf, k0, nw = (np.asarray(a, dtype=np.int64) for a in (fb0, nf, k0, nw))
+    if np.shape(xc) != (nfib, nwave) or np.shape(yc) != (nfib, nwave):
+        raise ValueError(f"normal_matrices: corners {np.shape(xc)}/{np.shape(yc)} do not match "
+                         f"the stamps {np.shape(stamps)}")
+    if len({len(fb0), len(nf), len(k0), len(nw), len(boxes)}) != 1 or np.ndim(boxes) != 2:
+        raise ValueError("normal_matrices: per-patch arrays of different lengths")
+    if fb0.size and ((fb0 < 0).any() or (nf < 0).any() or (fb0 + nf > nfib).any()
+                     or (k0 < 0).any() or (nw < 0).any() or (k0 + nw > nwave).any()
+                     or (nf > F).any() or (nw > NW).any()):
+        raise ValueError("normal_matrices: a patch's fibers or wavelengths fall outside the "
+                         f"stamps ({nfib} x {nwave}) or the output layout ({F} x {NW})")
+    xc = np.clip(np.asarray(xc, dtype=np.int64), -_CORNER_BOUND, _CORNER_BOUND)
+    yc = np.clip(np.asarray(yc, dtype=np.int64), -_CORNER_BOUND, _CORNER_BOUND)
+    return np.ascontiguousarray(xc), np.ascontiguousarray(yc)

@@ -30,9 +30,11 @@ import numpy as np
 from ..backend import get_array_module, native, to_host
 from ..errors import BadDataError, InputError, MissingFileError
 from ..profiling import nvtx_range
-from .util import atomic_output, hdu_names, header_dict, header_records, open_fits
+from .util import (atomic_output, check_image_size, hdu_names, header_dict, header_records,
+                   open_fits)
 
 __all__ = ["read_calib_image", "write_calib_image", "check_calib_values", "CALIB_KINDS",
+           "calib_camera",
            "read_bias", "read_dark", "read_pixflat", "read_mask",
            "write_bias", "write_dark", "write_pixflat", "write_mask"]
 
@@ -139,6 +141,7 @@ def read_calib_image(path: str | os.PathLike, expected_shape: tuple | None = Non
         raise MissingFileError(f"{kind} calibration file does not exist", path=path)
     with open_fits(path) as fx:
         ext = _image_hdu(fx, kind, path)
+        check_image_size(fx[ext], path, ext)
         try:
             data = fx[ext].read()
             hdr = header_dict(fx[ext].read_header())
@@ -190,6 +193,21 @@ def write_calib_image(path: str | os.PathLike, image, header: dict | None = None
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
             fx.write(a.astype(disk), header=header_records(hdr))
     return path
+
+
+def calib_camera(path: str | os.PathLike, kind: str = "bias") -> str | None:
+    """The CAMERA keyword of a calibration file (lower case), or None when it has none.
+
+    Host only.
+    """
+    path = os.fspath(path)
+    with open_fits(path) as fx:
+        ext = _image_hdu(fx, _kind(kind, path), path)
+        hdr = header_dict(fx[ext].read_header())
+        if "CAMERA" not in hdr and ext != 0:
+            hdr = header_dict(fx[0].read_header())
+    cam = hdr.get("CAMERA")
+    return None if cam is None else str(cam).strip().strip("'").strip().lower() or None
 
 
 def read_bias(path, expected_shape=None):

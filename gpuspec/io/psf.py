@@ -1,4 +1,13 @@
-"""Read and write specex Gauss–Hermite PSF files (PSFVER 3, and PSFVER 2 for reading)."""
+"""Read and write specex Gauss–Hermite PSF files (PSFVER 3, and PSFVER 2 for reading).
+
+Every PSF is validated when it is read (:func:`read_psf`): a known PSFVER and
+PSFTYPE, header sizes that are integers within :mod:`gpuspec.limits`, a
+wavelength domain with WAVEMIN < WAVEMAX, coefficient arrays of consistent
+shapes (every parameter has the fibers of the traces), finite coefficients, and
+GHSIGX/GHSIGY finite and > 0 over the domain. Each problem is an
+:class:`~gpuspec.errors.InputError` naming the file, the HDU and the keyword or
+parameter, so that a broken PSF never reaches compiled code.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,18 @@ import os
 import fitsio
 import numpy as np
 
-from ..errors import InputError, MissingHDUError
+from ..errors import BadDataError, InputError, MissingHDUError
+from ..limits import MAX_PSF_GHDEG, MAX_PSF_HALFSIZE, MAX_PSF_LEGDEG
 from ..psf.gausshermite import GaussHermitePSF
 from .util import (atomic_output, header_dict, has_hdu, header_records, open_fits,
                    read_image_hdu, read_table_hdu, require_keyword)
 
-__all__ = ["read_psf", "write_psf"]
+__all__ = ["read_psf", "write_psf", "PSF_VERSIONS"]
+
+#: PSFVER values gpuspec reads.
+PSF_VERSIONS = ("2", "3")
+#: Largest CCD dimension accepted in NPIX_X/NPIX_Y.
+_MAX_NPIX = 100_000
 
 
 def _strip(s) -> str:
@@ -47,12 +62,9 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
                              path=path, hdu="PSF", keyword="PSFTYPE")
         for key in ("WAVEMIN", "WAVEMAX", "HSIZEX", "HSIZEY", "GHDEGX", "GHDEGY"):
             require_keyword(meta, key, path=path, hdu="PSF")
-        names = [_strip(p) for p in table["PARAM"]]
-        coeff = np.asarray(table["COEFF"], dtype=np.float64)
-        if coeff.ndim == 2:  # flat vector per row: (nfiber*(ndeg+1))
-            nfib = int(meta.get("FIBERMAX", 0)) - int(meta.get("FIBERMIN", 0)) + 1
-            coeff = coeff.reshape(coeff.shape[0], nfib, -1)
-        pw0, pw1 = float(meta["WAVEMIN"]), float(meta["WAVEMAX"])
+        _check_header(meta, path)
+        names, coeff = _coefficients(table, meta, path)
+        pw0, pw1 = _domain(meta, path, "PSF")
         xtrace_meta = {}
         if has_hdu(fx, "XTRACE"):
             xc, xh = read_image_hdu(fx, "XTRACE", path=path, header=True)
@@ -60,10 +72,11 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
                 raise MissingHDUError("HDU YTRACE is missing", path=path, hdu="YTRACE")
             yc, yh = read_image_hdu(fx, "YTRACE", path=path, header=True)
             xtrace_meta = header_dict(xh)
-            tw0 = float(require_keyword(xh, "WAVEMIN", path=path, hdu="XTRACE"))
-            tw1 = float(require_keyword(xh, "WAVEMAX", path=path, hdu="XTRACE"))
-            yw0 = float(require_keyword(yh, "WAVEMIN", path=path, hdu="YTRACE"))
-            yw1 = float(require_keyword(yh, "WAVEMAX", path=path, hdu="YTRACE"))
+            for h, name in ((xh, "XTRACE"), (yh, "YTRACE")):
+                for key in ("WAVEMIN", "WAVEMAX"):
+                    require_keyword(h, key, path=path, hdu=name)
+            tw0, tw1 = _domain(header_dict(xh), path, "XTRACE")
+            yw0, yw1 = _domain(header_dict(yh), path, "YTRACE")
             if (yw0, yw1) != (tw0, tw1):
                 raise InputError("XTRACE and YTRACE have different WAVEMIN/WAVEMAX",
                                  path=path, hdu="YTRACE", keyword="WAVEMIN")
@@ -72,7 +85,8 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
             xc, yc = coeff[ix], coeff[iy]
             cols = table.dtype.names
             if "WAVEMIN" in cols and "WAVEMAX" in cols:
-                tw0, tw1 = float(table["WAVEMIN"][ix]), float(table["WAVEMAX"][ix])
+                tw0, tw1 = _domain({"WAVEMIN": np.ravel(table["WAVEMIN"][ix])[0],
+                                    "WAVEMAX": np.ravel(table["WAVEMAX"][ix])[0]}, path, "PSF")
             else:
                 tw0, tw1 = pw0, pw1
             xtrace_meta = {"WAVEMIN": tw0, "WAVEMAX": tw1}
@@ -95,11 +109,152 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
             if req not in params:
                 raise InputError(f"PSF parameter {req} is missing from the PSF table",
                                  path=path, hdu="PSF")
-        psferr = meta.get("PSFERR")
-        fibermin = int(meta.get("FIBERMIN", xtrace_meta.get("FIBERMIN", 0)))
-    return GaussHermitePSF(xc, yc, tw0, tw1, params, pw0, pw1, meta=meta,
-                           psferr=None if psferr is None else float(psferr), fibermin=fibermin,
-                           xtrace_meta=xtrace_meta, param_meta=pmeta)
+        psferr = _number(meta, "PSFERR", path, "PSF") if meta.get("PSFERR") is not None \
+            else None
+        fibermin = _int_keyword(meta if "FIBERMIN" in meta else xtrace_meta, "FIBERMIN", path,
+                                "PSF", 0, 10 ** 6, default=0)
+        _check_arrays(xc, yc, params, path, has_trace_hdus=has_hdu(fx, "XTRACE"))
+    psf = GaussHermitePSF(xc, yc, tw0, tw1, params, pw0, pw1, meta=meta,
+                          psferr=psferr, fibermin=fibermin,
+                          xtrace_meta=xtrace_meta, param_meta=pmeta)
+    _check_sigmas(psf, path)
+    return psf
+
+
+# --------------------------------------------------------------------------- validation
+
+def _number(meta, key, path, hdu) -> float:
+    """A finite number from a header (InputError naming the keyword otherwise)."""
+    v = meta.get(key)
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        x = float(v)
+    except (TypeError, ValueError):
+        raise BadDataError(f"{key}={v!r} is not a number", path=path, hdu=hdu,
+                           keyword=key) from None
+    if not np.isfinite(x):
+        raise BadDataError(f"{key}={v!r} is not finite", path=path, hdu=hdu, keyword=key)
+    return x
+
+
+def _int_keyword(meta, key, path, hdu, lo, hi, default=None) -> int:
+    """An integer header value in ``[lo, hi]``."""
+    if key not in meta and default is not None:
+        return default
+    x = _number(meta, key, path, hdu)
+    if x != int(x) or not lo <= x <= hi:
+        raise BadDataError(f"{key}={meta.get(key)!r} must be an integer in {lo}..{hi}",
+                           path=path, hdu=hdu, keyword=key)
+    return int(x)
+
+
+def _domain(meta, path, hdu) -> tuple[float, float]:
+    """(WAVEMIN, WAVEMAX), finite with WAVEMIN < WAVEMAX."""
+    w0, w1 = _number(meta, "WAVEMIN", path, hdu), _number(meta, "WAVEMAX", path, hdu)
+    if not w0 < w1:
+        raise BadDataError(f"WAVEMIN={w0:g} must be smaller than WAVEMAX={w1:g}", path=path,
+                           hdu=hdu, keyword="WAVEMIN")
+    return w0, w1
+
+
+def _check_header(meta: dict, path: str) -> None:
+    """PSFVER known; HSIZEX/Y, GHDEGX/Y, NPIX_X/Y integers within the limits."""
+    ver = meta.get("PSFVER")
+    if ver is not None:
+        v = _strip(ver).strip("'\" ")
+        try:
+            v = str(int(float(v)))
+        except ValueError:
+            pass
+        if v not in PSF_VERSIONS:
+            raise InputError(f"unknown PSFVER {ver!r} (gpuspec reads PSFVER "
+                             f"{' and '.join(PSF_VERSIONS)})", path=path, hdu="PSF",
+                             keyword="PSFVER")
+    for key in ("HSIZEX", "HSIZEY"):
+        _int_keyword(meta, key, path, "PSF", 1, MAX_PSF_HALFSIZE)
+    for key in ("GHDEGX", "GHDEGY"):
+        _int_keyword(meta, key, path, "PSF", 0, MAX_PSF_GHDEG)
+    for key in ("NPIX_X", "NPIX_Y"):
+        if key in meta:
+            _int_keyword(meta, key, path, "PSF", 1, _MAX_NPIX)
+
+
+def _coefficients(table, meta, path):
+    """PARAM names and the COEFF array (nparam, nspec, ncoef) of the PSF table."""
+    cols = table.dtype.names or ()
+    for col in ("PARAM", "COEFF"):
+        if col not in cols:
+            raise InputError(f"the PSF table has no {col} column", path=path, hdu="PSF",
+                             keyword=col)
+    names = [_strip(p) for p in table["PARAM"]]
+    coeff = np.asarray(table["COEFF"], dtype=np.float64)
+    if coeff.ndim == 2:  # flat vector per row: (nfiber*(ndeg+1))
+        f0 = _int_keyword(meta, "FIBERMIN", path, "PSF", 0, 10 ** 6, default=0)
+        f1 = _int_keyword(meta, "FIBERMAX", path, "PSF", 0, 10 ** 6, default=f0)
+        nfib = f1 - f0 + 1
+        if nfib < 1 or coeff.shape[1] % nfib:
+            raise BadDataError(f"COEFF rows of {coeff.shape[1]} values cannot hold fibers "
+                               f"FIBERMIN={f0}..FIBERMAX={f1}", path=path, hdu="PSF",
+                               keyword="COEFF")
+        coeff = coeff.reshape(coeff.shape[0], nfib, -1)
+    if coeff.ndim != 3 or 0 in coeff.shape:
+        raise BadDataError(f"COEFF has shape {coeff.shape}, expected (nparam, nfiber, ncoef)",
+                           path=path, hdu="PSF", keyword="COEFF")
+    if coeff.shape[2] > MAX_PSF_LEGDEG:
+        raise BadDataError(f"COEFF has {coeff.shape[2]} Legendre coefficients per fiber "
+                           f"(limit {MAX_PSF_LEGDEG})", path=path, hdu="PSF", keyword="COEFF")
+    if len(names) != coeff.shape[0]:
+        raise BadDataError(f"{len(names)} PARAM names for {coeff.shape[0]} COEFF rows",
+                           path=path, hdu="PSF", keyword="PARAM")
+    return names, coeff
+
+
+def _bad_fibers(a) -> str:
+    rows = np.nonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1))[0]
+    shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if rows.size > 5 else "")
+    return f"{rows.size} fiber(s): {shown}"
+
+
+def _check_arrays(xc, yc, params, path, has_trace_hdus: bool) -> None:
+    """Consistent shapes and finite values of the traces and the parameters."""
+    xh, yh = ("XTRACE", "YTRACE") if has_trace_hdus else ("PSF", "PSF")
+    for a, hdu, what in ((xc, xh, "X"), (yc, yh, "Y")):
+        a = np.asarray(a)
+        if a.ndim != 2 or 0 in a.shape or a.shape[1] > MAX_PSF_LEGDEG:
+            raise BadDataError(f"trace coefficients {what} have shape {a.shape}, expected "
+                               f"(nfiber, ncoef) with 1..{MAX_PSF_LEGDEG} coefficients",
+                               path=path, hdu=hdu)
+        if not np.isfinite(a).all():
+            raise BadDataError(f"non-finite (NaN or infinite) trace coefficients {what} for "
+                               f"{_bad_fibers(a)}", path=path, hdu=hdu)
+    if np.shape(xc)[0] != np.shape(yc)[0]:
+        raise BadDataError(f"XTRACE has {np.shape(xc)[0]} fibers but YTRACE "
+                           f"{np.shape(yc)[0]}", path=path, hdu=yh)
+    nspec = np.shape(xc)[0]
+    for name, c in params.items():
+        if c.ndim != 2 or c.shape[0] != nspec or c.shape[1] < 1:
+            raise BadDataError(f"parameter {name} has coefficients of shape {c.shape}, "
+                               f"expected ({nspec}, ncoef) like the traces", path=path,
+                               hdu="PSF", keyword=name)
+        if not np.isfinite(c).all():
+            raise BadDataError(f"non-finite (NaN or infinite) coefficients of parameter "
+                               f"{name} for {_bad_fibers(c)}", path=path, hdu="PSF",
+                               keyword=name)
+
+
+def _check_sigmas(psf: GaussHermitePSF, path: str) -> None:
+    """GHSIGX and GHSIGY finite and > 0 over the parameters' wavelength domain."""
+    w = np.linspace(psf.param_wmin, psf.param_wmax, 17)
+    for name in ("GHSIGX", "GHSIGY"):
+        s = psf.param(name, None, w)
+        bad = ~(np.isfinite(s) & (s > 0))
+        if bad.any():
+            rows = np.nonzero(bad.any(axis=1))[0]
+            raise BadDataError(f"{name} is not > 0 over {psf.param_wmin:g}-{psf.param_wmax:g} A "
+                               f"for {rows.size} fiber(s) (first: fiber {rows[0]}, "
+                               f"min {np.nanmin(s[rows[0]]) if np.isfinite(s[rows[0]]).any() else float('nan'):g})",
+                               path=path, hdu="PSF", keyword=name)
 
 
 def write_psf(path: str | os.PathLike, psf: GaussHermitePSF, extra_meta: dict | None = None) -> str:

@@ -34,7 +34,7 @@ from ..backend import native, to_host
 from ..errors import BadDataError, BadSectionError, InputError, MissingHDUError, \
     MissingKeywordError
 from ..profiling import nvtx_range
-from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
+from .util import atomic_output, check_image_size, hdu_names, header_dict, header_records, open_fits, \
     parse_sec, require_keyword, write_checksums
 
 __all__ = ["read_raw", "write_raw", "find_cameras", "validate_raw_header", "raw_layout",
@@ -406,6 +406,7 @@ def read_raw(path: str | os.PathLike, camera: str, validate: bool = True):
                                   f"{', '.join(present) if present else 'none'}",
                                   path=path, hdu=ext)
         idx = names.index(ext)
+        check_image_size(fx[idx], path, ext)
         try:
             primary = _exposure_header(fx)
             hdr = header_dict(fx[idx].read_header())

@@ -170,12 +170,29 @@ def read_spectra(path) -> Spectra:
                 raise InputError(f"resolution shape {r.shape} does not match flux {f.shape}",
                                  path=path, hdu=f"{b.upper()}_RESOLUTION")
             res[b] = r
+    _check_rows(path, order, flux, tables)
     mask_d = mask if len(mask) == len(order) else None
     res_d = res if len(res) == len(order) else None
     return Spectra(bands=order, wave=wave, flux=flux, ivar=ivar, mask=mask_d,
                    resolution_data=res_d, fibermap=tables.get("FIBERMAP"),
                    exp_fibermap=tables.get("EXP_FIBERMAP"), meta=meta,
                    scores=tables.get("SCORES"), extra_hdus=extra, flux_unit=flux_unit)
+
+
+def _check_rows(path, bands, flux, tables) -> None:
+    """Every band, the FIBERMAP and the SCORES have one row per spectrum (both HDUs named)."""
+    b0 = bands[0]
+    n = flux[b0].shape[0]
+    for b in bands[1:]:
+        if flux[b].shape[0] != n:
+            raise InputError(f"{b.upper()}_FLUX has {flux[b].shape[0]} rows but "
+                             f"{b0.upper()}_FLUX has {n}: every band needs one row per "
+                             "spectrum", path=path, hdu=f"{b.upper()}_FLUX")
+    for name in ("FIBERMAP", "SCORES"):
+        t = tables.get(name)
+        if t is not None and len(t) != n:
+            raise InputError(f"{name} has {len(t)} rows but {b0.upper()}_FLUX has {n} "
+                             "spectra (one row per spectrum)", path=path, hdu=name)
 
 
 def _as_table(a):

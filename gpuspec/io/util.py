@@ -1,7 +1,10 @@
 """Low-level FITS helpers shared by every reader and writer.
 
 - :func:`atomic_output` writes to a temporary name beside the target and
-  renames on success, so that a failed write never leaves a partial file.
+  renames on success, so that a failed write never leaves a partial file; a
+  failed write is reported as :class:`~gpuspec.errors.OutputError` with its real
+  cause (disk full, ``ulimit -f``, permissions), never CFITSIO's later symptom.
+  :func:`check_writable` tells before any work whether an output can be written.
 - :func:`parse_sec` turns a FITS section string into numpy slices.
 - :func:`open_fits`, :func:`read_image_hdu`, :func:`require_keyword` give errors
   that name the file, the HDU and the keyword.
@@ -27,14 +30,15 @@ import fitsio
 import numpy as np
 
 from ..backend import native
-from ..errors import (BadDataError, BadSectionError, InputError, MissingFileError,
-                      MissingHDUError, MissingKeywordError)
+from ..errors import (BadDataError, BadSectionError, InputError, LimitError, MissingFileError,
+                      MissingHDUError, MissingKeywordError, OutputError, os_error_text)
+from ..limits import MAX_IMAGE_PIXELS
 
 __all__ = ["atomic_output", "parse_sec", "format_sec", "open_fits", "require_keyword",
            "read_image_hdu", "read_table_hdu", "has_hdu", "STRUCTURAL_KEYS", "is_structural",
            "header_records", "header_dict", "hdu_names", "check_complete",
            "read_optional_hdu", "check_same_shape", "write_checksums", "add_dependencies",
-           "DEPENDENCIES"]
+           "DEPENDENCIES", "check_writable", "check_image_size", "check_same_source"]
 
 _SEC_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -92,6 +96,73 @@ def format_sec(yslice: slice, xslice: slice) -> str:
     return f"[{xslice.start + 1}:{xslice.stop},{yslice.start + 1}:{yslice.stop}]"
 
 
+def check_writable(path: str | os.PathLike) -> str:
+    """Raise :class:`OutputError` unless a file can be written at ``path``; return it.
+
+    ``path`` must not be a directory, the nearest existing folder above it must be a
+    folder (not a file) in which this process may create entries. Checked before any
+    work, so that a command fails at once rather than after computing its output.
+    Host only.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputError("it is a directory (give a file name)", path)
+    d = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    if not os.path.isdir(d):
+        raise OutputError(f"{d} is a file, not a folder", path)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OutputError(f"folder {d} is not writable", path)
+    return path
+
+
+def _fsize_limit() -> int | None:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return None if soft == resource.RLIM_INFINITY else int(soft)
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _write_failure(exc: BaseException, tmp: str, folder: str) -> str | None:
+    """The real cause of a failed write, or None when ``exc`` is not a write failure.
+
+    CFITSIO reports a full disk or a file-size limit late and misleadingly (e.g.
+    ``1st key not SIMPLE or XTENSION`` when the truncated file is read back), so the
+    folder's free space and the process's file-size limit are looked at too.
+    """
+    import errno as _errno
+
+    if isinstance(exc, OSError) and exc.errno in (_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG,
+                                                  _errno.EROFS, _errno.EACCES, _errno.EPERM,
+                                                  _errno.EIO, _errno.ENOTDIR, _errno.EISDIR):
+        return os_error_text(OSError(exc.errno, exc.strerror))
+    if not isinstance(exc, OSError):
+        return None
+    limit = _fsize_limit()
+    size = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+    if limit is not None and size + 2880 * 8 >= limit:
+        return (f"file too large: the file-size limit (ulimit -f) is {limit} bytes "
+                f"({_short(exc)})")
+    try:
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < 2 ** 20:
+            return f"no space left on device (disk full) ({_short(exc)})"
+    except OSError:  # pragma: no cover
+        pass
+    text = str(exc).lower()
+    if "error writing" in text or "write error" in text or "could not write" in text:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "writ" in ln.lower()]
+        return f"write error ({lines[0] if lines else _short(exc)})"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str]:
     """Context manager yielding a temporary path to write; renamed to ``path`` on success.
@@ -100,23 +171,44 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     rename is atomic) and keeps the extension, so fitsio/astropy recognise it.
     On any exception it is removed and the target is left untouched.
 
+    Raises
+    ------
+    OutputError
+        ``path`` cannot be written (a directory, an unwritable folder, a file in the
+        way) or the write failed for lack of space, a file-size limit or permissions:
+        the message names ``path`` and the real cause. Other exceptions raised inside
+        the block pass unchanged.
+
     Host only (NumPy).
     """
     path = os.fspath(path)
+    check_writable(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {d}: {os_error_text(exc)}", path) from None
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False")
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + _ext(base), dir=d)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + _ext(base), dir=d)
+    except OSError as exc:
+        raise OutputError(os_error_text(OSError(exc.errno, exc.strerror)), path) from None
     os.close(fd)
     os.remove(tmp)  # fitsio refuses to write over an existing (empty) file
     try:
         yield tmp
-        os.replace(tmp, path)
-    except BaseException:
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(os_error_text(OSError(exc.errno, exc.strerror)), path) from None
+    except BaseException as exc:
+        reason = None if isinstance(exc, OutputError) else _write_failure(exc, tmp, d)
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if reason is not None:
+            raise OutputError(reason, path) from exc
         raise
 
 
@@ -184,6 +276,60 @@ def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
     if end > size:
         raise InputError(f"truncated FITS file: the last HDU ends at byte {end} but the file "
                          f"has {size} bytes", path=path)
+    if end < size:
+        _check_trailing(fx, path, end)
+
+
+def _check_trailing(fx: fitsio.FITS, path: str, end: int) -> None:
+    """Raise :class:`InputError` when an HDU after the last readable one cannot be read.
+
+    CFITSIO stops listing HDUs at the first it cannot parse (a corrupt ZCMPTYPE,
+    inconsistent ZNAXISn, a broken header), so such an HDU would otherwise look
+    absent. Zero padding after the last HDU is accepted.
+    """
+    with open(path, "rb") as f:
+        f.seek(end)
+        head = f.read(2880 * 4)
+    if not head.strip(b"\0 "):
+        return
+    name = None
+    for i in range(0, len(head) - 79, 80):
+        card = head[i:i + 80].decode("ascii", "replace")
+        if card.startswith("EXTNAME"):
+            name = card.split("=", 1)[-1].split("/")[0].strip().strip("'").strip()
+            break
+        if card.startswith("END "):
+            break
+    num = len(fx) + 1
+    try:
+        fx._FITS.movabs_hdu(num)
+        why = "CFITSIO cannot read its header"
+    except Exception as exc:  # noqa: BLE001 - the CFITSIO message is what we report
+        lines = [ln.strip() for ln in str(exc).splitlines()
+                 if ln.strip() and not ln.startswith("Failed to move")]
+        lines = list(dict.fromkeys(ln.split(": ", 1)[-1] if ln.startswith("FITSIO status")
+                                   else ln for ln in lines))
+        why = "; ".join(lines[:3]).replace(":; ", ": ") or "CFITSIO cannot read it"
+    label = f"{name} (HDU number {num - 1})" if name else f"number {num - 1}"
+    raise InputError(f"HDU {label} at byte {end} is corrupt: {why}", path=path,
+                     hdu=name or num - 1)
+
+
+def check_image_size(hdu, path: str | None = None, ext=None) -> tuple:
+    """The dimensions of an image HDU; :class:`LimitError` when it has more than
+    :data:`gpuspec.limits.MAX_IMAGE_PIXELS` pixels (a tile-compressed header can
+    claim any size; checked before CFITSIO allocates it). Host only."""
+    try:
+        dims = tuple(int(n) for n in (hdu.get_dims() or ()))
+    except Exception:  # noqa: BLE001 - read errors are reported by the reader
+        return ()
+    n = 1
+    for v in dims:
+        n *= max(v, 0)
+    if n > MAX_IMAGE_PIXELS:
+        raise LimitError(f"image of {' x '.join(map(str, dims))} = {n:,} pixels; the limit is "
+                         f"{MAX_IMAGE_PIXELS:,} (docs/reliability.md)", path=path, hdu=ext)
+    return dims
 
 
 def hdu_names(fx: fitsio.FITS) -> list[str]:
@@ -235,11 +381,14 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     path = path or fx._filename
     if not has_hdu(fx, ext):
         raise MissingHDUError("HDU is missing", path=path, hdu=ext)
+    check_image_size(fx[ext], path, ext)
     try:
         data = fx[ext].read()
         hdr = fx[ext].read_header() if header else None
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise InputError(f"cannot read image data ({exc})", path=path, hdu=ext) from exc
+        raise InputError(f"cannot read image data ({_short(exc)})", path=path, hdu=ext) from exc
     if data is None:
         raise InputError("HDU has no data", path=path, hdu=ext)
     data = native(data)
@@ -260,8 +409,10 @@ def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     try:
         data = fx[ext].read()
         hdr = fx[ext].read_header() if header else None
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise InputError(f"cannot read table ({exc})", path=path, hdu=ext) from exc
+        raise InputError(f"cannot read table ({_short(exc)})", path=path, hdu=ext) from exc
     data = native(data)
     return (data, hdr) if header else data
 
@@ -392,6 +543,27 @@ def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None
         if a is not None and a.shape != ref.shape:
             raise BadDataError(f"shape {a.shape} differs from {refname} {ref.shape}", path=path,
                                hdu=name)
+
+
+def _keyword_text(v) -> str:
+    return str(v).strip().strip("'\"").strip().lower()
+
+
+def check_same_source(meta: Mapping, path, other_meta: Mapping, other_path,
+                      keys=("CAMERA",), what: str = "input") -> None:
+    """Raise :class:`InputError` naming both files when a keyword of ``keys`` differs.
+
+    For inputs that must come from the same camera (``CAMERA``) or exposure
+    (``EXPID``, ``NIGHT``): a fiber flat of another camera, the sky of another
+    exposure. A keyword missing from either header is not compared. Host only.
+    """
+    for k in keys:
+        a, b = (meta or {}).get(k), (other_meta or {}).get(k)
+        if a is None or b is None or _keyword_text(a) == _keyword_text(b):
+            continue
+        raise InputError(f"{k}={_keyword_text(a)} here but {k}={_keyword_text(b)} in the "
+                         f"{what} {os.fspath(other_path)}: they do not belong together",
+                         path=os.fspath(path), keyword=k)
 
 
 def write_checksums(path: str | os.PathLike) -> None:

@@ -10,8 +10,10 @@ Usage::
     gpuspec-run manifest.yaml --check            # validate the manifest only
 
 Exit status: 0 only when every task is done; 1 when some task failed; 2 for a
-bad manifest, an unavailable step, a GPU that cannot be bound or a bad command
-line; 130 when interrupted (Ctrl-C).
+production that cannot start or go on (bad manifest, an unavailable step, a GPU
+that cannot be bound, a production or state database that cannot be written, a
+bad command line); 3 for an internal error (a bug); 130 when interrupted
+(Ctrl-C), 143 when terminated (SIGTERM). Every error is one line.
 
 Validation and planning are :func:`gpuspec.launch.plan.load_plan` (the same for
 every mode); this module only parses arguments and maps errors to exit codes.
@@ -21,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
+
+from ..cli import threads_type
 
 __all__ = ["main", "build_parser"]
 
@@ -49,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--schema", action="store_true",
                    help="print every manifest key with its type and meaning, then exit")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=threads_type, default=None, metavar="N",
                    help="CPU threads (BLAS/OpenMP/numba) per rank (default: run.threads of the "
                         "manifest, else GPUSPEC_THREADS, else 1; see docs/launch.md)")
     return p
@@ -98,7 +104,10 @@ def _dispatch(args) -> int:
         return 0
 
     def load():
-        return load_plan(args.manifest, force=args.force)
+        p = load_plan(args.manifest, force=args.force)
+        for note in p.notes:
+            print(f"gpuspec-run: warning: {note}", file=sys.stderr, flush=True)
+        return p
 
     if comm is None:
         return run_serial(load(), verbose=not args.quiet)
@@ -111,13 +120,16 @@ def main(argv=None) -> int:
     """Entry point of ``gpuspec-run``: parse the arguments, map errors to exit codes.
 
     Exit codes: 0 every task done; 1 some task failed; 2 a production that
-    cannot start (bad manifest, step or backend unavailable, another run
-    writing it, bad command line); 130 interrupted (Ctrl-C).
+    cannot start or go on (bad manifest, step or backend unavailable, another run
+    writing it, a production or database that cannot be written, bad command
+    line); 3 internal error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
     """
+    from ..errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, Terminated, describe,
+                          handle_sigterm)
     from ..threads import configure_threads
     from .mpi import BindError, PlanFailedOnRoot
-    from .plan import PlanError
 
+    handle_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.schema:
@@ -135,13 +147,22 @@ def main(argv=None) -> int:
         return _dispatch(args)
     except PlanFailedOnRoot:
         return 2  # rank 0 printed why
-    except (BindError, PlanError) as exc:
+    except BindError as exc:
         _err(exc)
         return 2
-    except KeyboardInterrupt:
-        print("gpuspec-run: interrupted; the running task is recorded as interrupted; run "
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"gpuspec-run: {what}; the running task is recorded as interrupted; run "
               "the same command again to resume", file=sys.stderr, flush=True)
-        return 130
+        return describe(exc)[1]
+    except Exception as exc:  # noqa: BLE001 - every error is one line with its status
+        msg, code = describe(exc)
+        if os.environ.get("GPUSPEC_DEBUG", "").strip() not in ("", "0"):
+            traceback.print_exc(file=sys.stderr)
+        _err(msg)
+        # the production cannot start or go on (a task failing is reported as 1)
+        return EXIT_USAGE if code == EXIT_FAILED else (EXIT_INTERNAL if code == EXIT_INTERNAL
+                                                        else code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,19 +10,47 @@ A ``meta`` table keeps the manifest path and text of the last run.
 During a run rank 0 is the only writer; readers (``gpuspec status``/``tasks``)
 open the file read-only. The default rollback journal is used (no WAL), which is
 safe on network file systems.
+
+Broken state: a file that is not a gpuspec state database (garbage, truncated,
+text, another program's SQLite file, failing ``PRAGMA quick_check``) raises
+:class:`CorruptDatabase`; :func:`open_rebuilding` moves it aside
+(``state.sqlite3.corrupt-YYYYmmdd-HHMMSS``) and starts an empty one, which the
+plan fills from the products on disk (desispec's ``sync`` idea). A database that
+cannot be written (disk full, read-only) raises :class:`gpuspec.errors.StateError`
+naming the file and SQLite's reason, never a bare sqlite3 traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
 from typing import Iterable
 
-from ..errors import GpuspecError
+from ..errors import GpuspecError, StateError
 
-__all__ = ["STATES", "StateDB", "db_path", "run_dir", "RunActive"]
+__all__ = ["STATES", "StateDB", "db_path", "run_dir", "RunActive", "CorruptDatabase",
+           "open_rebuilding", "move_aside", "manifest_pointer"]
+
+
+class CorruptDatabase(StateError):
+    """The state database is not a readable gpuspec database (``reason`` says why)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"state database {path} is corrupt ({reason})")
+        self.path, self.reason = path, reason
+
+
+#: SQLite messages that mean the file itself is broken (not locked, not unwritable).
+_CORRUPT = ("file is not a database", "malformed", "file is encrypted", "not a database",
+            "no such table", "no such column", "unsupported file format")
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower()
+                                                           for w in _CORRUPT)
 
 
 class RunActive(GpuspecError, RuntimeError):
@@ -85,26 +113,106 @@ class StateDB:
         #: for many changes: the scheduler of a big run commits a few times a second)
         self.autocommit = True
         self.dirty = False
+        if path != ":memory:" and os.path.isdir(path):
+            raise StateError(f"state database {path} is a directory, not a file")
         if readonly:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no state database at {path} (has gpuspec-run been "
                                         "run on this production?)")
             uri = "file:" + os.path.abspath(path) + "?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+            with self._guard("open"):
+                self.conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+                self._check_integrity()
+                self._check_tables()
+                self._check_content()
         else:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.conn = sqlite3.connect(path, timeout=60.0)
-            with self.conn:
-                self.conn.executescript(_SCHEMA)
-                cols = {r[1] for r in self.conn.execute("PRAGMA table_info(tasks)")}
-                if "warning" not in cols:  # a database of an earlier gpuspec
-                    self.conn.execute("ALTER TABLE tasks ADD COLUMN warning TEXT")
+            if path != ":memory:":
+                try:
+                    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                except OSError as exc:
+                    raise StateError(f"cannot create the folder of the state database {path}: "
+                                     f"{exc.strerror}") from None
+            with self._guard("open"):
+                self.conn = sqlite3.connect(path, timeout=60.0)
+                if path != ":memory:" and os.path.getsize(path) > 0:
+                    self._check_integrity()
+                    have = self._tables()
+                    if have and not {"tasks", "meta"} <= have:  # never adopt a foreign file
+                        raise CorruptDatabase(self.path, "not a gpuspec state database: "
+                                              f"tables {', '.join(sorted(have))}")
+                with self.conn:
+                    self.conn.executescript(_SCHEMA)
+                    cols = {r[1] for r in self.conn.execute("PRAGMA table_info(tasks)")}
+                    if "warning" not in cols:  # a database of an earlier gpuspec
+                        self.conn.execute("ALTER TABLE tasks ADD COLUMN warning TEXT")
+                self._check_tables()
+                self._check_content()
         self.conn.row_factory = sqlite3.Row
 
+    @contextlib.contextmanager
+    def _guard(self, what: str):
+        """sqlite3 errors as CorruptDatabase (a broken file) or StateError (cannot write)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if getattr(self, "conn", None) is not None and what == "open":
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.close()
+            if _corrupt(exc):
+                raise CorruptDatabase(self.path, str(exc)) from None
+            hint = ""
+            if "full" in str(exc).lower():
+                hint = " (free some space, then run the same command again)"
+            raise StateError(f"cannot {what} the state database {self.path}: {exc}{hint}") \
+                from None
+
+    def _check_integrity(self) -> None:
+        rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        if [tuple(r) for r in rows] != [("ok",)]:
+            raise CorruptDatabase(self.path, "integrity check failed: "
+                                  + "; ".join(str(r[0]) for r in rows[:3]))
+
+    def _check_content(self) -> None:
+        """Raise CorruptDatabase for unknown states or values that are not JSON."""
+        bad = [r[0] for r in self.conn.execute("SELECT DISTINCT state FROM tasks")
+               if r[0] not in STATES]
+        if bad:
+            raise CorruptDatabase(self.path, f"unknown task state {bad[0]!r}")
+        for key, value in self.conn.execute("SELECT key, value FROM meta"):
+            try:
+                json.loads(value)
+            except (TypeError, ValueError):
+                raise CorruptDatabase(self.path, f"meta value {key!r} is not JSON") from None
+        for name, deps, outputs in self.conn.execute("SELECT name, deps, outputs FROM tasks"):
+            try:
+                json.loads(deps), json.loads(outputs)
+            except (TypeError, ValueError):
+                raise CorruptDatabase(self.path, f"row of task {name!r} is not "
+                                      "readable") from None
+
+    def _tables(self) -> set:
+        return {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _check_tables(self) -> None:
+        """Raise CorruptDatabase unless the file holds gpuspec's tasks and meta tables."""
+        have = self._tables()
+        if not {"tasks", "meta"} <= have:
+            raise CorruptDatabase(self.path, "not a gpuspec state database: tables "
+                                  f"{', '.join(sorted(have)) or 'none'}")
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(tasks)")}
+        need = {"name", "step", "ord", "state", "deps", "outputs", "command", "attempts"}
+        if not need <= cols:
+            raise CorruptDatabase(self.path, "not a gpuspec state database: table tasks lacks "
+                                  f"{', '.join(sorted(need - cols))}")
+
     def close(self) -> None:
-        if not self.readonly:
-            self.commit()
-        self.conn.close()
+        try:
+            if not self.readonly:
+                self.commit()
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
 
     def __enter__(self):
         return self
@@ -115,13 +223,19 @@ class StateDB:
 
     # ---------------------------------------------------------------- meta
     def set_meta(self, **values) -> None:
-        with self.conn:
+        with self._guard("write"), self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                   [(k, json.dumps(v)) for k, v in values.items()])
 
     def get_meta(self, key: str, default=None):
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        with self._guard("read"):
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError):
+            raise CorruptDatabase(self.path, f"meta value {key!r} is not JSON") from None
 
     # ---------------------------------------------------------------- run claim
     def active_run(self) -> dict | None:
@@ -136,6 +250,8 @@ class StateDB:
         run = self.get_meta("active_run")
         if not run:
             return None
+        if not isinstance(run, dict):
+            raise CorruptDatabase(self.path, "meta value 'active_run' is not a record")
         if run.get("host") == socket.gethostname():
             try:
                 pid = int(run["pid"])
@@ -169,9 +285,9 @@ class StateDB:
     def release_run(self) -> None:
         """Remove this process's claim."""
         run = self.get_meta("active_run")
-        if run and int(run.get("pid", -1)) == os.getpid():
+        if isinstance(run, dict) and str(run.get("pid", -1)) == str(os.getpid()):
             self.commit()
-            with self.conn:
+            with self._guard("write"), self.conn:
                 self.conn.execute("DELETE FROM meta WHERE key = 'active_run'")
 
     # ---------------------------------------------------------------- tasks
@@ -184,7 +300,7 @@ class StateDB:
         """
         tasks = list(tasks)
         names = {t.name for t in tasks}
-        with self.conn:
+        with self._guard("write"), self.conn:
             old = {r["name"]: r["state"] for r in
                    self.conn.execute("SELECT name, state FROM tasks")}
             gone = [(n,) for n in old if n not in names]
@@ -225,22 +341,25 @@ class StateDB:
         self._write("UPDATE tasks SET attempts = attempts + 1 WHERE name = ?", [(name,)])
 
     def _write(self, sql: str, rows: list) -> None:
-        if self.autocommit:
-            with self.conn:
+        with self._guard("write"):
+            if self.autocommit:
+                with self.conn:
+                    self.conn.executemany(sql, rows)
+            else:
                 self.conn.executemany(sql, rows)
-        else:
-            self.conn.executemany(sql, rows)
-            self.dirty = True
+                self.dirty = True
 
     def commit(self) -> None:
         """Commit the writes made with ``autocommit = False``."""
         if self.dirty:
-            self.conn.commit()
+            with self._guard("write"):
+                self.conn.commit()
             self.dirty = False
 
     def get(self, name: str) -> dict | None:
-        r = self.conn.execute("SELECT * FROM tasks WHERE name = ?", (name,)).fetchone()
-        return None if r is None else _row(r)
+        with self._guard("read"):
+            r = self.conn.execute("SELECT * FROM tasks WHERE name = ?", (name,)).fetchone()
+        return None if r is None else _row(r, self.path)
 
     def rows(self, state: str | None = None, step: str | None = None) -> list[dict]:
         """Tasks (as dicts) in graph order, optionally filtered by state and step."""
@@ -255,7 +374,8 @@ class StateDB:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ord, name"
-        return [_row(r) for r in self.conn.execute(sql, args)]
+        with self._guard("read"):
+            return [_row(r, self.path) for r in self.conn.execute(sql, args)]
 
     def states(self) -> dict[str, dict]:
         return {r["name"]: r for r in self.rows()}
@@ -268,21 +388,29 @@ class StateDB:
         """
         out: dict[str, dict[str, int]] = {}
         order: dict[str, int] = {}
-        for r in self.conn.execute("SELECT step, state, COUNT(*) AS n, MIN(ord) AS o "
-                                   "FROM tasks GROUP BY step, state"):
+        with self._guard("read"):
+            rows = list(self.conn.execute("SELECT step, state, COUNT(*) AS n, MIN(ord) AS o "
+                                          "FROM tasks GROUP BY step, state"))
+        for r in rows:
+            if r["state"] not in STATES:
+                raise CorruptDatabase(self.path, f"unknown task state {r['state']!r}")
             out.setdefault(r["step"], {s: 0 for s in STATES})[r["state"]] = r["n"]
             order[r["step"]] = min(order.get(r["step"], r["o"]), r["o"])
         for c in out.values():
             c["warning"] = 0
         if self.has_column("warning"):
-            for r in self.conn.execute("SELECT step, COUNT(*) AS n FROM tasks WHERE state = "
-                                       "'done' AND warning IS NOT NULL GROUP BY step"):
+            with self._guard("read"):
+                rows = list(self.conn.execute("SELECT step, COUNT(*) AS n FROM tasks WHERE "
+                                              "state = 'done' AND warning IS NOT NULL GROUP BY "
+                                              "step"))
+            for r in rows:
                 out[r["step"]]["warning"] = r["n"]
         return {s: out[s] for s in sorted(out, key=lambda s: order[s])}
 
     def has_column(self, name: str) -> bool:
         """True when the task table has this column (older databases lack ``warning``)."""
-        return any(r[1] == name for r in self.conn.execute("PRAGMA table_info(tasks)"))
+        with self._guard("read"):
+            return any(r[1] == name for r in self.conn.execute("PRAGMA table_info(tasks)"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -301,11 +429,57 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _row(r: sqlite3.Row) -> dict:
+def _row(r: sqlite3.Row, path: str = "") -> dict:
     d = dict(r)
-    d["deps"] = json.loads(d["deps"])
-    d["outputs"] = json.loads(d["outputs"])
+    try:
+        d["deps"] = json.loads(d["deps"])
+        d["outputs"] = json.loads(d["outputs"])
+    except (TypeError, ValueError):
+        raise CorruptDatabase(path, f"row of task {d.get('name')!r} is not readable") from None
     return d
+
+
+def move_aside(path: str) -> str:
+    """Rename a broken database (and its journal) to ``PATH.corrupt-YYYYmmdd-HHMMSS``."""
+    dest = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    try:
+        os.replace(path, dest)
+        for ext in ("-journal", "-wal", "-shm"):
+            if os.path.exists(path + ext):
+                os.replace(path + ext, dest + ext)
+    except OSError as exc:
+        raise StateError(f"state database {path} is corrupt and cannot be moved aside: "
+                         f"{exc.strerror}") from None
+    return dest
+
+
+def open_rebuilding(path: str) -> tuple["StateDB", str | None]:
+    """Open the database for writing; a corrupt one is moved aside and started afresh.
+
+    Returns
+    -------
+    (StateDB, str or None)
+        The database, and a note saying what was done (None when nothing was wrong).
+        The caller fills a fresh database from the plan (states from the files).
+    """
+    try:
+        return StateDB(path), None
+    except CorruptDatabase as exc:
+        dest = move_aside(path)
+        db = StateDB(path)
+        note = (f"{exc}; moved it to {dest} and rebuilt the state from the products on disk "
+                "(done tasks are recognised by their outputs; failures are tried again)")
+        db.set_meta(rebuilt=dict(time=time.time(), reason=exc.reason, moved_to=dest))
+        return db, note
+
+
+def manifest_pointer(production: str) -> str:
+    """``PROD/run/manifest-path``: the manifest of the last run (used to rebuild a state)."""
+    return os.path.join(run_dir(production), "manifest-path")
 
 
 def now() -> float:

@@ -6,6 +6,11 @@ moves to a task of another step. An exception fails the task (error = type and
 first line, traceback in the log); Ctrl-C (KeyboardInterrupt) is written to the
 log and passed on, so that the caller records the task as interrupted.
 
+With ``run.isolate`` (the default) :class:`Worker` runs its tasks in a task
+process (:mod:`gpuspec.launch.isolate`): a task whose process dies (a signal, a
+crash in native code, the out-of-memory killer) fails alone, with the cause.
+``run.crash_tasks`` makes chosen tasks kill their own process (drills, tests).
+
 Host side; the task functions run on the manifest's backend.
 """
 
@@ -38,6 +43,13 @@ def _run_task_body(task: Task, manifest: Manifest, registry: Registry, rank: int
         time.sleep(run["sleep"])
     if task.name in run.get("fail_tasks", []):
         raise InjectedFailure(f"task {task.name} failed on purpose (run.fail_tasks)")
+    crash = (run.get("crash_tasks") or {}).get(task.name)
+    if crash:
+        import signal
+
+        sys.stdout.flush()
+        os.kill(os.getpid(), getattr(signal, str(crash).upper()))  # run.crash_tasks
+        time.sleep(5.0)  # a signal that does not kill at once (e.g. SIGTERM handled)
     cleanup_temporaries(task)
     fn = registry.func(task.step)
     fn(task, TaskContext(backend=manifest.data["backend"], production=manifest.production,
@@ -92,24 +104,57 @@ def execute_task(task: Task, manifest: Manifest, registry: Registry, *, rank: in
 
 
 class Worker:
-    """Runs tasks on this rank: sets the CPU threads, frees the GPU pool when the step changes."""
+    """Runs tasks on this rank: sets the CPU threads, frees the GPU pool when the step changes.
 
-    def __init__(self, manifest: Manifest, registry: Registry, rank: int, device: str):
-        from ..threads import configure_threads
+    Parameters
+    ----------
+    manifest, registry, rank, device
+        As for :func:`execute_task`.
+    isolate : bool, optional
+        Run the tasks in a task process (default: ``run.isolate`` of the manifest).
+    gpu : int, optional
+        GPU index this rank is bound to (given to the task process).
+    """
+
+    def __init__(self, manifest: Manifest, registry: Registry, rank: int, device: str,
+                 isolate: bool | None = None, gpu: int | None = None):
+        from .. import threads as _threads
 
         self.manifest, self.registry, self.rank, self.device = manifest, registry, rank, device
         self.last_step = None
         # run.threads of the manifest, unless --threads was given (gpuspec.threads); the
         # entry points (gpuspec, gpuspec-run) have already set gpuspec's default
         if manifest.data["run"].get("threads"):
-            configure_threads(manifest.data["run"]["threads"], explicit=False)
+            _threads.configure_threads(manifest.data["run"]["threads"], explicit=False)
+        if isolate is None:
+            isolate = bool(manifest.data["run"].get("isolate", True))
+        self.proc = None
+        if isolate:
+            from .isolate import TaskProcess
+
+            self.proc = TaskProcess(manifest, manifest.data["registry"], rank, device, gpu=gpu,
+                                    threads=_threads_now())
 
     def run(self, task: Task, tee: bool = False) -> dict:
+        if self.proc is not None:
+            return self.proc.run(task, tee=tee)
         if self.last_step is not None and task.step != self.last_step:
             _backend.free_memory()
         self.last_step = task.step
         return execute_task(task, self.manifest, self.registry, rank=self.rank,
                             device=self.device, tee=tee)
+
+    def close(self) -> None:
+        """Stop the task process, if any."""
+        if self.proc is not None:
+            self.proc.close()
+
+
+def _threads_now() -> int | None:
+    """The thread count this process has configured (passed on to a task process)."""
+    from .. import threads as _threads
+
+    return _threads._state.get("n")
 
 
 def device_label(manifest: Manifest) -> str:

@@ -20,7 +20,9 @@ Checks made by :func:`load_manifest`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 from typing import Any, Callable
 
 import yaml
@@ -29,6 +31,7 @@ from ..camword import parse_cameras
 from ..errors import GpuspecError
 from ..extract.defaults import SPECTER
 from ..grids import DESI_WAVE, desi_wavelength
+from ..limits import MAX_MANIFEST_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
 
 __all__ = ["ManifestError", "Field", "SCHEMA", "STEPS", "STEP_CHAIN", "Manifest",
            "load_manifest", "parse_manifest", "describe_schema", "DEFAULT_WAVELENGTH",
@@ -51,6 +54,15 @@ OBSTYPES = ("SCIENCE", "FLAT")
 
 #: Default extraction wavelength grids per arm (desi_extract defaults): (min, max, step) Å.
 DEFAULT_WAVELENGTH = {arm: desi_wavelength(arm) for arm in DESI_WAVE}
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _short(value) -> str:
+    """A bounded repr for messages (an expanded alias bomb is never printed)."""
+    return _REPR.repr(value)
 
 
 class ManifestError(GpuspecError, ValueError):
@@ -96,6 +108,10 @@ class Field:
         Allowed values.
     minimum : number, optional
         Smallest allowed value of an ``int``/``float``.
+    maximum : number, optional
+        Largest allowed value of an ``int``/``float`` (sizes: :mod:`gpuspec.limits`).
+    validate : callable, optional
+        ``validate(value) -> str | None``: a further rule; the string is the error.
     """
 
     kind: str
@@ -106,6 +122,8 @@ class Field:
     items: "Field | None" = None
     choices: tuple | None = None
     minimum: float | None = None
+    maximum: float | None = None
+    validate: Callable | None = None
 
 
 def _step_schema(**extra: Field) -> dict:
@@ -176,6 +194,27 @@ def _calib_steps_schema() -> dict:
         doc="the night's fiberflats -> calibnight/{NIGHT}/fiberflatnight-{cam}-{NIGHT}.fits")
     return {k: out[k] for k in CALIB_STEPS}
 
+
+def _signal_names(d) -> str | None:
+    import signal
+
+    for task, sig in d.items():
+        if not isinstance(sig, str) or not isinstance(getattr(signal, sig.upper(), None),
+                                                      signal.Signals):
+            return f"{task}: {_short(sig)} is not a signal name (e.g. SIGSEGV, SIGKILL)"
+    return None
+
+
+def _power_of_two(v) -> str | None:
+    from ..limits import MAX_NSIDE
+
+    if v < 1 or v > MAX_NSIDE or v & (v - 1):
+        return f"{v!r} is not a HEALPix nside (a power of 2 between 1 and 2**29)"
+    return None
+
+_MAXF = __import__("gpuspec.limits", fromlist=["x"]).MAX_FIBERS_PER_CAMERA
+_MAXT = __import__("gpuspec.limits", fromlist=["x"]).MAX_THREADS
+
 SCHEMA: dict[str, Field] = {
     "production": Field("path", required=True,
                         doc="production folder (outputs, state database, logs); created if needed"),
@@ -214,12 +253,13 @@ SCHEMA: dict[str, Field] = {
                          doc="raw -> preproc/{NIGHT}/{EXPID}/preproc-{cam}-{EXPID}.fits"),
         "extract": Field("map", default={}, doc="preproc -> per-bundle partial frames",
                          schema=_step_schema(
-            bundles=Field("list", items=Field("int", minimum=0),
+            bundles=Field("list", items=Field("int", minimum=0, maximum=_MAXF),
                           doc="bundles to extract (default: all nbundles)"),
-            nbundles=Field("int", default=20, minimum=1, doc="bundles per camera"),
+            nbundles=Field("int", default=20, minimum=1, maximum=_MAXF,
+                           doc="bundles per camera"),
             fibers_per_bundle=Field("int", default=SPECTER.bundlesize, minimum=1,
-                                    doc="fibers per bundle"),
-            bundles_per_task=Field("int", default=1, minimum=1,
+                                    maximum=_MAXF, doc="fibers per bundle"),
+            bundles_per_task=Field("int", default=1, minimum=1, maximum=_MAXF,
                                    doc="bundles extracted by one task (task sizing)"),
             wavelength=Field("wavelength", default="default",
                              doc="'default' (DESI grids), 'psf' (the PSF's range) or "
@@ -234,7 +274,8 @@ SCHEMA: dict[str, Field] = {
             input=Field("str", default="auto", choices=("auto", "frame", "cframe"),
                         doc="what is grouped: 'cframe' (calibrated), 'frame', or 'auto' "
                             "(cframes when the cframe step runs, else frames)"),
-            nside=Field("int", default=_GROUP["nside"], minimum=1, doc="HEALPix nside (NESTED)"),
+            nside=Field("int", default=_GROUP["nside"], minimum=1, validate=_power_of_two,
+                        doc="HEALPix nside (NESTED, a power of 2)"),
             survey=Field("str", default=_GROUP["survey"],
                          doc="survey: in the healpix paths and the SURVEY keyword"),
             program=Field("str", default=_GROUP["program"],
@@ -251,11 +292,18 @@ SCHEMA: dict[str, Field] = {
                                    doc="seconds between rank 0 progress lines"),
         "rank0_works": Field("bool", default=True,
                              doc="rank 0 runs tasks too (in its main thread) besides scheduling"),
-        "threads": Field("int", default=0, minimum=0,
+        "threads": Field("int", default=0, minimum=0, maximum=_MAXT,
                          doc="CPU threads (BLAS/OpenMP/numba) per rank; 0: gpuspec's default "
                              "(gpuspec.threads)"),
         "fail_tasks": Field("list", items=Field("str"), default=[],
                             doc="task names made to fail on purpose (tests, drills)"),
+        "crash_tasks": Field("dict", default={}, validate=_signal_names,
+                             doc="task name -> signal (SIGSEGV, SIGKILL, ...): the task's "
+                                 "process kills itself with it (tests, drills)"),
+        "isolate": Field("bool", default=True,
+                         doc="run each rank's tasks in a task process, so that a task whose "
+                             "process dies (signal, native crash, out-of-memory killer) "
+                             "fails alone, with the cause"),
         "sleep": Field("float", default=0.0, minimum=0,
                        doc="seconds each task sleeps before running (tests, drills)"),
     }),
@@ -280,8 +328,11 @@ class _Validator:
         line = node.start_mark.line + 1 if node is not None else None
         raise ManifestError(msg, self.path, line, key)
 
-    def scalar(self, node):
-        return self._loader.construct_object(node, deep=True)
+    def scalar(self, node, key=None):
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:  # never reached after _check_nodes; kept as a guard
+            self.error(node, key, f"cannot read this value: {getattr(exc, 'problem', exc)}")
 
     def typename(self, node) -> str:
         return _YAML_TAGS.get(node.tag, node.tag)
@@ -343,8 +394,12 @@ class _Validator:
         out = {}
         for knode, vnode in node.value:
             name = self._plain(knode, key, "an option name")
-            out[name] = self.scalar(vnode)
+            out[name] = self.scalar(vnode, f"{key}.{name}")
             self.lines[f"{key}.{name}"] = knode.start_mark.line + 1
+        if field.validate is not None:
+            why = field.validate(out)
+            if why:
+                self.error(node, key, why)
         return out
 
     def _list(self, node, field, key):
@@ -363,7 +418,7 @@ class _Validator:
             value = self.scalar(node)
             if not isinstance(value, str):
                 self.error(node, key, f"expected a camword or a list of cameras, got "
-                           f"{self.typename(node)} {value!r}")
+                           f"{self.typename(node)} {_short(value)}")
         else:
             self.error(node, key, f"expected a camword or a list of cameras, got "
                        f"{self.typename(node)}")
@@ -380,25 +435,34 @@ class _Validator:
         if kind in ("str", "path"):
             if not isinstance(value, str) or value == "":
                 self.error(node, key, f"expected {self._kind_word(kind)}, got "
-                           f"{self.typename(node)} {value!r}")
+                           f"{self.typename(node)} {_short(value)}")
             if kind == "path":
                 value = os.path.normpath(os.path.join(
                     self.basedir, os.path.expanduser(os.path.expandvars(value))))
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                self.error(node, key, f"expected an integer, got {self.typename(node)} {value!r}")
+                self.error(node, key, f"expected an integer, got {self.typename(node)} {_short(value)}")
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.error(node, key, f"expected a number, got {self.typename(node)} {value!r}")
+                self.error(node, key, f"expected a number, got {self.typename(node)} {_short(value)}")
             value = float(value)
         elif kind == "bool":
             if not isinstance(value, bool):
                 self.error(node, key, f"expected true or false, got {self.typename(node)} "
-                           f"{value!r}")
+                           f"{_short(value)}")
         if field.choices is not None and value not in field.choices:
-            self.error(node, key, f"{value!r} is not one of {', '.join(map(str, field.choices))}")
+            self.error(node, key, f"{_short(value)} is not one of {', '.join(map(str, field.choices))}")
         if field.minimum is not None and value < field.minimum:
-            self.error(node, key, f"{value!r} is below the minimum {field.minimum}")
+            self.error(node, key, f"{_short(value)} is below the minimum {field.minimum}")
+        if field.maximum is not None and value > field.maximum:
+            self.error(node, key, f"{_short(value)} is above the maximum {field.maximum} "
+                       "(docs/reliability.md, limits)")
+        if field.kind == "float" and value != value:
+            self.error(node, key, "expected a number, got NaN")
+        if field.validate is not None:
+            why = field.validate(value)
+            if why:
+                self.error(node, key, why)
         return value
 
     def _wavelength(self, node, key):
@@ -407,7 +471,7 @@ class _Validator:
             if value in ("default", "psf"):
                 return value
             self.error(node, key, f"expected 'default', 'psf' or a mapping arm -> [min, max, step]"
-                       f", got {value!r}")
+                       f", got {_short(value)}")
         if not isinstance(node, yaml.MappingNode):
             self.error(node, key, f"expected a mapping arm -> [min, max, step], got "
                        f"{self.typename(node)}")
@@ -417,14 +481,23 @@ class _Validator:
             sub = f"{key}.{arm}"
             if arm not in ("b", "r", "z"):
                 self.error(knode, sub, "unknown arm (allowed: b, r, z)")
-            vals = self.scalar(vnode)
+            vals = self.scalar(vnode, sub)
             ok = (isinstance(vals, list) and len(vals) == 3
                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals))
             if not ok:
-                self.error(vnode, sub, f"expected [min, max, step] (three numbers), got {vals!r}")
+                self.error(vnode, sub, f"expected [min, max, step] (three numbers), got "
+                           f"{_short(vals)}")
             wmin, wmax, step = (float(v) for v in vals)
-            if not (wmax > wmin and step > 0):
-                self.error(vnode, sub, f"need min < max and step > 0, got {vals!r}")
+            if not (math.isfinite(wmin) and math.isfinite(wmax) and math.isfinite(step)
+                    and wmax > wmin and step > 0):
+                self.error(vnode, sub, f"need finite min < max and step > 0, got {_short(vals)}")
+            from ..extract.files import grid_size
+            from ..limits import MAX_NWAVE
+
+            n = grid_size(wmin, wmax, step)
+            if n > MAX_NWAVE:
+                self.error(vnode, sub, f"{_short(vals)} asks for {n:.4g} wavelengths; the limit "
+                           f"is {MAX_NWAVE:,} (docs/reliability.md)")
             out[arm] = (wmin, wmax, step)
             self.lines[sub] = vnode.start_mark.line + 1
         return out
@@ -453,7 +526,7 @@ class _Validator:
         for knode, vnode in node.value:
             night = self.scalar(knode) if isinstance(knode, yaml.ScalarNode) else None
             if isinstance(night, bool) or not isinstance(night, int) or night < 0:
-                self.error(knode, key, f"expected a night (YEARMMDD integer), got {night!r}")
+                self.error(knode, key, f"expected a night (YEARMMDD integer), got {_short(night)}")
             sub = f"{key}.{night}"
             if night in out:
                 self.error(knode, sub, "duplicate night")
@@ -465,7 +538,8 @@ class _Validator:
             self.error(node, key, f"expected {what}, got {self.typename(node)}")
         v = self.scalar(node)
         if not isinstance(v, str):
-            self.error(node, key, f"expected {what} (a string), got {self.typename(node)} {v!r}")
+            self.error(node, key, f"expected {what} (a string), got {self.typename(node)} "
+                       f"{_short(v)}")
         return v
 
     @staticmethod
@@ -666,6 +740,17 @@ def _check_cycles(m: Manifest) -> None:
             visit(s)
 
 
+def _unreadable(path: str) -> str | None:
+    """Why an input file cannot be read (``not found``, ``is a directory``, ...), or None."""
+    if not os.path.exists(path):
+        return "not found"
+    if os.path.isdir(path):
+        return "is a directory, not a file"
+    if not os.access(path, os.R_OK):
+        return "is not readable (permissions)"
+    return None
+
+
 def _check_files(m: Manifest) -> None:
     """Raise ManifestError naming the key and line of the first missing input file."""
     steps = set(m.steps)
@@ -673,9 +758,10 @@ def _check_files(m: Manifest) -> None:
         for e in m.exposures():
             if e["raw"] is None:
                 raise m.error(e["key"], "no raw file: give 'raw' or inputs.rawdir")
-            if not os.path.exists(e["raw"]):
+            why = _unreadable(e["raw"])
+            if why:
                 k = e["key"] + ".raw" if (e["key"] + ".raw") in m.lines else e["key"]
-                raise m.error(k, f"raw file not found: {e['raw']}")
+                raise m.error(k, f"raw file {why}: {e['raw']}")
             for kind in CALIB_KINDS:
                 for cam in e["cameras"]:
                     tmpl, key = m.input_source(kind, e)
@@ -683,8 +769,9 @@ def _check_files(m: Manifest) -> None:
                         raise m.error(key, f"no {kind} for camera {cam} of exposure "
                                       f"{e['expid']} (cameras: {', '.join(sorted(tmpl))})")
                     p = m.camera_file(kind, cam, e)
-                    if p is not None and not os.path.exists(p):
-                        raise m.error(m.input_source(kind, e)[1], f"{kind} file not found "
+                    why = None if p is None else _unreadable(p)
+                    if why:
+                        raise m.error(m.input_source(kind, e)[1], f"{kind} file {why} "
                                       f"for camera {cam} of exposure {e['expid']}: {p}")
     if "extract" in steps:
         for e in m.exposures():
@@ -693,8 +780,9 @@ def _check_files(m: Manifest) -> None:
                 if p is None:
                     raise m.error("inputs", "missing required key inputs.psf (the extract "
                                   f"step needs a PSF; none given for exposure {e['expid']})")
-                if not os.path.exists(p):
-                    raise m.error(m.input_source("psf", e)[1], f"PSF not found for camera "
+                why = _unreadable(p)
+                if why:
+                    raise m.error(m.input_source("psf", e)[1], f"PSF {why} for camera "
                                   f"{cam} of exposure {e['expid']}: {p}")
     if "group" in steps or "preproc" in steps:
         for e in m.exposures():
@@ -725,6 +813,61 @@ def _check_files(m: Manifest) -> None:
         seen.add(e["expid"])
 
 
+#: YAML tags a manifest may use (SafeLoader's own); anything else (``!!python/...``,
+#: ``!custom``) is refused before any value is built.
+_SAFE_TAGS = frozenset("tag:yaml.org,2002:" + t for t in (
+    "str", "int", "float", "bool", "null", "map", "seq", "timestamp", "binary", "set",
+    "omap", "pairs", "merge", "value"))
+
+
+def _check_nodes(root, path: str) -> None:
+    """Bound the composed YAML graph before it is read: nodes once aliases are expanded
+    (:data:`~gpuspec.limits.MAX_YAML_NODES`, a "billion laughs" is refused in linear
+    time), nesting depth (:data:`~gpuspec.limits.MAX_YAML_DEPTH`), recursive aliases,
+    and tags other than plain YAML values (never constructed)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        k = id(node)
+        if done:
+            kids = _children(node)
+            size[k] = 1 + sum(size[id(c)] for c in kids)
+            depth[k] = 1 + max((depth[id(c)] for c in kids), default=0)
+            active.discard(k)
+            if size[k] > MAX_YAML_NODES:
+                raise ManifestError(f"more than {MAX_YAML_NODES:,} values once YAML aliases "
+                                    "are expanded (an alias bomb?); the limit is in "
+                                    "docs/reliability.md", path, node.start_mark.line + 1)
+            if depth[k] > MAX_YAML_DEPTH:
+                raise ManifestError(f"nested more than {MAX_YAML_DEPTH} levels deep", path,
+                                    node.start_mark.line + 1)
+            continue
+        if k in size:
+            continue
+        if k in active:
+            raise ManifestError("recursive YAML alias (a value contains itself)", path,
+                                node.start_mark.line + 1)
+        if node.tag not in _SAFE_TAGS:
+            raise ManifestError(f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')}"
+                                " (only plain values: strings, numbers, booleans, null, lists "
+                                "and mappings; nothing is ever constructed from a tag)", path,
+                                node.start_mark.line + 1)
+        active.add(k)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node))
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    return []
+
+
 def parse_manifest(text: str, path: str = "<string>", basedir: str | None = None,
                    check_files: bool = True) -> Manifest:
     """Validate manifest YAML text; see :func:`load_manifest`."""
@@ -738,8 +881,12 @@ def parse_manifest(text: str, path: str = "<string>", basedir: str | None = None
                             mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}", path) from None
+    except RecursionError:
+        raise ManifestError(f"nested too deeply (the limit is {MAX_YAML_DEPTH} levels)",
+                            path) from None
     if root is None:
         raise ManifestError("empty manifest", path)
+    _check_nodes(root, path)
     v = _Validator(path, basedir)
     data = v.check(root, Field("map", required=True, schema=SCHEMA), "")
     if not data["steps"]:
@@ -773,10 +920,21 @@ def load_manifest(path: str, check_files: bool = True) -> Manifest:
     """
     path = os.path.abspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        size = os.path.getsize(path)
+        if os.path.isfile(path) and size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest of {size:,} bytes; the limit is "
+                                f"{MAX_MANIFEST_BYTES:,} (docs/reliability.md)", path)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"cannot read manifest: {exc.strerror}", path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ManifestError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset "
+                            f"{exc.start} cannot be decoded (save the manifest as UTF-8)",
+                            path, line) from None
     return parse_manifest(text, path, check_files=check_files)
 
 

@@ -22,10 +22,12 @@ import time
 import traceback
 
 from .. import backend as _backend
+from ..errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, GpuspecError,
+                      Terminated, describe)
 from .db import StateDB, db_path
 from .execute import Worker, device_label
 from .registry import get_registry
-from .scheduler import Progress, Scheduler, exit_code, final_lines
+from .scheduler import Progress, Scheduler, exit_code, final_lines, interrupt_reason
 from .tasklog import log_path
 
 __all__ = ["run_mpi", "PlanFailedOnRoot", "BindError"]
@@ -59,12 +61,15 @@ def _share_plan(comm, load):
     return p, manifest
 
 
-def _bind(comm, manifest) -> None:
-    """Bind every rank to its GPU; raise BindError on every rank if one fails."""
-    err = None
+def _bind(comm, manifest) -> int | None:
+    """Bind every rank to its GPU; raise BindError on every rank if one fails.
+
+    Returns the GPU index of this rank (None on numpy), given to its task process.
+    """
+    err, dev = None, None
     if manifest.data["backend"] != "numpy":
         try:
-            _backend.bind_device(comm)
+            dev = _backend.bind_device(comm)
         except Exception as exc:
             err = f"rank {comm.Get_rank()} on {socket.gethostname()}: {type(exc).__name__}: {exc}"
     else:
@@ -72,6 +77,7 @@ def _bind(comm, manifest) -> None:
     errors = [e for e in comm.allgather(err) if e]
     if errors:
         raise BindError("cannot bind a GPU: " + "; ".join(errors))
+    return dev
 
 
 def _worker_loop(comm, worker: Worker, host: str, device: str) -> None:
@@ -107,6 +113,7 @@ class _Coordinator:
         self.sched: Scheduler | None = None
         self.error: BaseException | None = None
         self.interrupt = threading.Event()
+        self.stop_reason: BaseException | None = None
         from mpi4py import MPI
 
         self.any_source = MPI.ANY_SOURCE
@@ -181,10 +188,13 @@ class _Coordinator:
         except BaseException as exc:  # a bug or Ctrl-C: record it, do not leave ranks hanging
             self.error = exc
             if self.sched is not None:
-                self.sched.interrupted(self.sched.running, why=_why(exc))
-                db.commit()
-                db.release_run()
-            if not isinstance(exc, KeyboardInterrupt):
+                try:
+                    self.sched.interrupted(self.sched.running, why=_why(exc))
+                    db.commit()
+                    db.release_run()
+                except Exception:  # noqa: BLE001 - the database itself may be what failed
+                    pass
+            if not isinstance(exc, (KeyboardInterrupt, Terminated, GpuspecError)):
                 traceback.print_exc(file=self.stream)
             self.to_local.put(None)
         finally:
@@ -194,7 +204,7 @@ class _Coordinator:
         active, last_commit = self.nworkers, time.time()
         while active > 0:
             if self.interrupt.is_set():
-                raise KeyboardInterrupt
+                raise self.stop_reason or KeyboardInterrupt()
             busy = self._poll(progress, status)
             self._dispatch()
             if self.sched.all_finished():
@@ -208,12 +218,12 @@ class _Coordinator:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return interrupt_reason(exc)
     return f"run stopped by a scheduler error: {type(exc).__name__}: {exc}"
 
 
-def _rank0(comm, p, device: str, host: str, verbose: bool) -> _Coordinator:
+def _rank0(comm, p, device: str, host: str, verbose: bool, gpu=None) -> _Coordinator:
     from mpi4py import MPI
 
     m = p.manifest
@@ -224,7 +234,7 @@ def _rank0(comm, p, device: str, host: str, verbose: bool) -> _Coordinator:
         return co
     th = threading.Thread(target=co.run, name="gpuspec-scheduler", daemon=True)
     th.start()
-    worker = Worker(m, p.registry, 0, device)
+    worker = Worker(m, p.registry, 0, device, gpu=gpu)
     co.from_local.put(("ready", 0, host, device, None))
     try:
         while True:
@@ -232,8 +242,11 @@ def _rank0(comm, p, device: str, host: str, verbose: bool) -> _Coordinator:
             if t is None:
                 break
             co.from_local.put(("ready", 0, host, device, worker.run(t)))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
+        co.stop_reason = exc
         co.interrupt.set()
+    finally:
+        worker.close()
     th.join()
     return co
 
@@ -257,18 +270,25 @@ def run_mpi(comm, load, verbose: bool = True) -> int:
     """
     rank = comm.Get_rank()
     p, manifest = _share_plan(comm, load)
-    _bind(comm, manifest)
+    gpu = _bind(comm, manifest)
     device = device_label(manifest)
     host = socket.gethostname()
     if rank != 0:
-        worker = Worker(manifest, get_registry(manifest.data["registry"]), rank, device)
-        _worker_loop(comm, worker, host, device)
+        worker = Worker(manifest, get_registry(manifest.data["registry"]), rank, device,
+                        gpu=gpu)
+        try:
+            _worker_loop(comm, worker, host, device)
+        finally:
+            worker.close()
         return comm.bcast(None, root=0)
-    co = _rank0(comm, p, device, host, verbose)
-    if isinstance(co.error, KeyboardInterrupt):
+    co = _rank0(comm, p, device, host, verbose, gpu=gpu)
+    if isinstance(co.error, (KeyboardInterrupt, Terminated)):
+        code = EXIT_TERMINATED if isinstance(co.error, Terminated) else EXIT_INTERRUPTED
         print("gpuspec-run: interrupted; the running tasks are recorded as interrupted; run "
               "the same command again to resume", file=sys.stderr, flush=True)
-        comm.Abort(130)
-    if co.error is not None:  # pragma: no cover - a scheduler bug
-        comm.Abort(3)
+        comm.Abort(code)
+    if co.error is not None:  # the state database failed, or a scheduler bug
+        msg, code = describe(co.error)
+        print(f"gpuspec-run: error: {msg}", file=sys.stderr, flush=True)
+        comm.Abort(code if code != EXIT_FAILED else EXIT_USAGE)
     return comm.bcast(exit_code(co.sched), root=0)

@@ -23,11 +23,12 @@ Host only.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 
 from ..errors import GpuspecError
-from .db import RunActive, StateDB, db_path
+from .db import RunActive, db_path, manifest_pointer, open_rebuilding, run_dir
 from .graph import Task, build_graph, cleanup_temporaries, outputs_current
 from .manifest import Manifest, ManifestError, load_manifest
 from .registry import Registry, StepUnavailable, get_registry
@@ -70,6 +71,7 @@ class Plan:
     tasks: list
     states: dict
     missing: dict = dataclasses.field(default_factory=dict)
+    #: what planning had to repair (a corrupt state database moved aside and rebuilt)
     notes: list = dataclasses.field(default_factory=list)
 
     @property
@@ -92,17 +94,60 @@ def compute_states(tasks: list) -> dict:
 
 
 def check_options(m: Manifest, reg: Registry, skip=()) -> None:
-    """Raise :class:`UnknownOption` for a step option the step's functions do not take."""
+    """Raise :class:`UnknownOption` for a step option that cannot work.
+
+    An option the step's functions do not take, one the launcher sets itself, a value
+    of the wrong type, or a value the step's own check refuses
+    (:meth:`gpuspec.launch.registry.Registry.option_problems`).
+    """
     for step in m.steps:
         if step in skip:
             continue
         for key in ("options", "flat_options"):
-            for name in reg.unknown_options(step, m.step(step).get(key) or {}):
-                needs = reg.steps[step].needs
-                raise UnknownOption(f"unknown option of step {step} (not an argument of "
-                                    f"{' or '.join(needs) if needs else step})", m.path,
-                                    m.line(f"steps.{step}.{key}.{name}"),
+            for name, why in reg.option_problems(step, m.step(step).get(key) or {}):
+                if why.startswith("unknown option"):
+                    why = why.replace("unknown option", f"unknown option of step {step}", 1)
+                raise UnknownOption(why, m.path, m.line(f"steps.{step}.{key}.{name}"),
                                     f"steps.{step}.{key}.{name}")
+
+
+def _write_pointer(m: Manifest) -> None:
+    """``run/manifest-path``: lets ``gpuspec status`` derive states when the database is lost."""
+    from ..io.util import atomic_output
+
+    try:
+        with atomic_output(manifest_pointer(m.production)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(m.path + "\n")
+    except (OSError, GpuspecError):  # not essential: the database records the path too
+        pass
+
+
+def _check_production(m: Manifest) -> None:
+    """The production folder is a folder (or can be made) and can be written."""
+    prod = m.production
+    if os.path.exists(prod) and not os.path.isdir(prod):
+        raise m.error("production", f"{prod} is a file, not a folder")
+    d = prod
+    while not os.path.exists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    if not os.path.isdir(d):
+        raise m.error("production", f"cannot create {prod}: {d} is a file, not a folder")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise m.error("production", f"{prod} cannot be written: folder {d} is not "
+                                    "writable")
+    run = os.path.join(prod, "run")
+    if os.path.exists(run) and not os.path.isdir(run):
+        raise m.error("production", f"{run} is a file, not a folder")
+    state = os.path.join(run, "state.sqlite3")
+    if os.path.exists(state) and not os.path.isfile(state):
+        raise m.error("production", f"the state database {state} is a directory, not a file")
+    for p in (run, state):
+        if os.path.exists(p) and not os.access(p, os.W_OK):
+            raise m.error("production", f"{p} is not writable")
 
 
 def _check_backend(m: Manifest) -> None:
@@ -147,6 +192,7 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
         Another run is writing this production.
     """
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    _check_production(m)
     reg = get_registry(m.data["registry"])
     if check_backend:
         _check_backend(m)
@@ -156,18 +202,32 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
     check_options(m, reg, skip=missing)
     tasks = build_graph(m, ext=reg.ext)
     states = compute_states(tasks)
+    notes = []
     if write_db:
-        write_plan(m, reg, tasks, states, force=force)
+        note = write_plan(m, reg, tasks, states, force=force)
+        notes = [note] if note else []
     from .calibgraph import calibration_notes
 
-    return Plan(m, reg, tasks, states, missing, notes=calibration_notes(m, ext=reg.ext))
+    return Plan(m, reg, tasks, states, missing, notes + calibration_notes(m, ext=reg.ext))
 
 
 def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,
-               force: bool = False) -> None:
-    """Claim the production's database, remove leftovers of killed writers, record the states."""
-    os.makedirs(m.production, exist_ok=True)
-    with StateDB(db_path(m.production)) as db:
+               force: bool = False) -> str | None:
+    """Claim the production's database, remove leftovers of killed writers, record the states.
+
+    A corrupt database is moved aside and rebuilt from these states (derived from the
+    products on disk); returns the note saying so (also logged as a warning), else None.
+    """
+    try:
+        os.makedirs(run_dir(m.production), exist_ok=True)
+    except OSError as exc:
+        raise m.error("production", f"cannot create {run_dir(m.production)}: "
+                                    f"{exc.strerror}") from None
+    db, note = open_rebuilding(db_path(m.production))
+    if note:
+        logging.getLogger(__name__).warning("%s", note)
+    _write_pointer(m)
+    with db:
         db.claim_run(f"gpuspec-run {m.path}", force=force)
         for t in tasks:
             if states[t.name] != "done":
@@ -177,3 +237,4 @@ def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,
                        warning=None)
         db.set_meta(manifest_path=m.path, manifest_text=m.text, registry=reg.name,
                     planned=time.time())
+    return note

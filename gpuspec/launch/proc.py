@@ -43,7 +43,8 @@ import re
 
 import yaml
 
-from ..errors import GpuspecError, InputError
+from ..cli import int_range
+from ..errors import GpuspecError, InputError, UsageError
 
 __all__ = ["add_parser", "build_proc_manifest", "find_night_exposures"]
 
@@ -165,8 +166,10 @@ def build_proc_manifest(args) -> str:
         raise GpuspecError("no production folder: give --prod, or set DESI_SPECTRO_REDUX and "
                            "SPECPROD")
     prod = os.path.abspath(prod)
-    expids = ([int(e) for e in str(args.expid).split(",") if e.strip()] if args.expid
+    wavelength = _wavelength(args)  # the options first: a usage error before any lookup
+    expids = (_int_list(args.expid, "-e/--expid") if args.expid
               else find_night_exposures(rawdir, args.night))
+    user_bundles = _int_list(args.bundles, "--bundles") if args.bundles else None
     if not expids:
         raise InputError(f"no exposure of night {args.night} under {rawdir}/{args.night}/")
     psf_tries = _psf_template(args, prod, calib_dir)
@@ -185,21 +188,31 @@ def build_proc_manifest(args) -> str:
     if "extract" in steps:
         fm = exposures[0].get("fibermap") or os.path.join(
             os.path.dirname(exposures[0]["raw"]), f"fibermap-{expids[0]:08d}.fits")
-        bundles = ([int(b) for b in args.bundles.split(",")] if args.bundles else
+        bundles = (user_bundles if user_bundles is not None else
                    _bundles_with_fibers(fm, exposures[0]["cameras"])
                    if os.path.exists(fm) else None)
         doc["steps"]["extract"] = {"bundles_per_task": args.bundles_per_task,
-                                   "wavelength": _wavelength(args)}
+                                   "wavelength": wavelength}
         if bundles is not None:
             doc["steps"]["extract"]["bundles"] = bundles
     name = f"proc-{args.night}-{expids[0]:08d}" + (f"-{expids[-1]:08d}" if len(expids) > 1 else "")
     path = os.path.join(prod, "manifests", name + ".yaml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"# written by: gpuspec proc -n {args.night} -e {','.join(map(str, expids))}\n"
-                + yaml.safe_dump(doc, sort_keys=False))
-    load_manifest(path)  # validate what was written
+    from ..io.util import atomic_output
+
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"# written by: gpuspec proc -n {args.night} -e "
+                    f"{','.join(map(str, expids))}\n" + yaml.safe_dump(doc, sort_keys=False))
+        load_manifest(tmp)  # validate what was written (relative paths: same folder)
     return path
+
+
+def _int_list(text, option: str) -> list[int]:
+    try:
+        return [int(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated integers, got {text!r}") \
+            from None
 
 
 def _wavelength(args):
@@ -214,8 +227,8 @@ def _wavelength(args):
             arm, lo, hi, step = w.split(":")
             out[arm] = [float(lo), float(hi), float(step)]
         except ValueError:
-            raise InputError(f"--wavelength {w!r}: expected ARM:MIN:MAX:STEP, 'default' or "
-                             "'psf'", keyword="--wavelength") from None
+            raise UsageError(f"--wavelength {w!r}: expected ARM:MIN:MAX:STEP, 'default' or "
+                             "'psf'") from None
     return out
 
 
@@ -255,7 +268,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    "cframe,group,coadd when the night has a fiber flat, else "
                                    "preproc,extract,frame,group,coadd)")
     p.add_argument("--bundles", help="bundles to extract (default: those with fibers)")
-    p.add_argument("--bundles-per-task", type=int, default=1)
+    p.add_argument("--bundles-per-task", type=int_range(1, 500), default=1)
     p.add_argument("--wavelength", action="append", metavar="ARM:MIN:MAX:STEP",
                    help="extraction grid of an arm (repeat for several), or 'psf' (the PSF's "
                         "range); default: the DESI grids")

@@ -80,11 +80,19 @@ class StepSpec:
         to the next one), those of ``needs[1]`` count too, and so on.
     doc : str
         What the step does.
+    reserved : tuple of str
+        Arguments the task function sets itself from the manifest (input and output
+        files, the backend): never accepted as options.
+    check : str or callable, optional
+        ``check(**options)`` raising on an option value that cannot work (ranges);
+        ``"module:attribute"`` is imported when needed. Used by ``--check``.
     """
 
     func: str | Callable
     needs: tuple = ()
     doc: str = ""
+    reserved: tuple = ()
+    check: str | Callable | None = None
 
     def load(self) -> Callable:
         return import_target(self.func) if isinstance(self.func, str) else self.func
@@ -136,6 +144,57 @@ class Registry:
                 return [k for k in options if k not in accepted]
         return []
 
+    def option_problems(self, step: str, options: dict) -> list[tuple[str, str]]:
+        """``(option, why)`` for every option of ``step`` that cannot work.
+
+        Unknown names (:meth:`unknown_options`), names the task function sets itself
+        (``StepSpec.reserved``), values of the wrong type for the function's
+        parameter (from its annotation, else its default: a boolean option needs
+        true/false, a number a number, a mapping is refused where a scalar is
+        expected), and values refused by ``StepSpec.check``.
+        """
+        spec = self.steps.get(step)
+        if spec is None or not options:
+            return []
+        out = [(k, "unknown option (not an argument of "
+                   f"{' or '.join(spec.needs) if spec.needs else step})")
+               for k in self.unknown_options(step, options)]
+        bad = {k for k, _ in out}
+        for k in options:
+            if k in spec.reserved and k not in bad:
+                out.append((k, "set by the launcher from the manifest (inputs, step "
+                               "settings), not an option"))
+                bad.add(k)
+        params = self._parameters(spec)
+        for k, v in options.items():
+            if k in bad or k not in params:
+                continue
+            why = _type_problem(v, params[k])
+            if why:
+                out.append((k, why))
+                bad.add(k)
+        if spec.check is not None and not out:
+            chk = import_target(spec.check) if isinstance(spec.check, str) else spec.check
+            try:
+                chk(**options)
+            except (GpuspecError, ValueError, TypeError) as exc:
+                name = next((k for k in options if k in str(exc)), next(iter(options)))
+                out.append((name, str(exc).splitlines()[0]))
+        return out
+
+    @staticmethod
+    def _parameters(spec: StepSpec) -> dict:
+        """name -> inspect.Parameter over the chain of ``needs`` (the first one wins)."""
+        out: dict = {}
+        for target in spec.needs:
+            params = inspect.signature(import_target(target)).parameters
+            for k, p in params.items():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    out.setdefault(k, p)
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                break
+        return out
+
     def func(self, step: str) -> Callable:
         spec = self.steps.get(step)
         if spec is None:
@@ -144,6 +203,53 @@ class Registry:
             return spec.load()
         except (ImportError, AttributeError) as exc:
             raise StepUnavailable(f"step {step!r}: cannot import {spec.func}: {exc}") from exc
+
+
+_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
+          "None": (type(None),)}
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+          type(None): "null"}
+
+
+def _accepted(p: inspect.Parameter) -> tuple | None:
+    """Python types a parameter takes, from its annotation (else its default); None: any."""
+    ann = p.annotation
+    if isinstance(ann, str) and ann:
+        types = []
+        for tok in (t.strip() for t in ann.split("|")):
+            if tok not in _TYPES:
+                return None
+            types.extend(_TYPES[tok])
+        return tuple(types)
+    if ann in (bool, int, float, str):
+        return _TYPES[ann.__name__]
+    d = p.default
+    if d is inspect.Parameter.empty or d is None:
+        return None
+    for t in (bool, int, float, str):
+        if type(d) is t:
+            return _TYPES[t.__name__]
+    return None
+
+
+def _type_problem(value, p: inspect.Parameter) -> str | None:
+    """Why ``value`` cannot be given for parameter ``p`` (wrong type), or None."""
+    types = _accepted(p)
+    if types is None:
+        return None
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if isinstance(value, float) and float in types and value != value:
+        ok = False
+    if ok:
+        return None
+    shown = [t for t in types if t in _WORDS and not (t is int and float in types)]
+    want = " or ".join(dict.fromkeys(_WORDS[t] for t in shown))
+    if isinstance(value, float) and value != value:
+        return f"expected {want} (the type of {p.name}), got NaN"
+    got = {dict: "a mapping", list: "a list", bool: "a boolean", str: "a string",
+           int: "an integer", float: "a number", type(None): "null"}.get(type(value),
+                                                                       type(value).__name__)
+    return f"expected {want} (the type of {p.name}), got {got}"
 
 
 def import_target(target: str) -> Any:

@@ -19,11 +19,11 @@ import socket
 import sys
 import time
 
-from ..errors import GpuspecError
-from .db import StateDB, db_path
+from ..errors import GpuspecError, Terminated
+from .db import StateDB, db_path, open_rebuilding
 from .execute import Worker, device_label
 from .plan import Plan, PlanError, compute_states, load_plan
-from .scheduler import Progress, Scheduler, exit_code, final_lines
+from .scheduler import Progress, Scheduler, exit_code, final_lines, interrupt_reason
 from .tasklog import log_path
 
 __all__ = ["run_manifest", "run_serial", "run_one", "dry_run_lines", "UnknownTask",
@@ -119,11 +119,14 @@ def run_serial(p: Plan, verbose: bool = True) -> int:
                 down = sched.finished(t.name, res)
                 if not res["ok"]:
                     progress.failed(t.name, res, down)
-        except KeyboardInterrupt:
-            sched.interrupted(sched.running)
+        except (KeyboardInterrupt, Terminated) as exc:
+            worker.close()
+            sched.interrupted(sched.running, why=interrupt_reason(exc))
             db.commit()
             db.release_run()
             raise
+        finally:
+            worker.close()
         db.commit()
         db.release_run()
         final_lines(progress, sched, m)
@@ -155,7 +158,10 @@ def run_one(p: Plan, name: str, force: bool = False, what: str | None = None) ->
         raise DependenciesNotDone(f"task {name} needs {', '.join(missing[:5])} done first "
                                   "(use --force to run anyway)")
     device = device_label(p.manifest)
-    with StateDB(db_path(p.manifest.production)) as db:
+    db, note = open_rebuilding(db_path(p.manifest.production))
+    if note:
+        print(f"gpuspec: warning: {note}", file=sys.stderr, flush=True)
+    with db:
         db.claim_run(what or f"gpuspec-run {p.manifest.path} --task {name}", force=force)
         try:
             return _run_one_claimed(db, p, task, device)
@@ -172,11 +178,14 @@ def _run_one_claimed(db: StateDB, p: Plan, task, device: str) -> int:
               start=time.time(), end=None, error=None, warning=None,
               log=log_path(m.production, task.step, name))
     db.bump_attempts(name)
+    worker = Worker(m, p.registry, 0, device)
     try:
-        res = Worker(m, p.registry, 0, device).run(task, tee=True)
-    except KeyboardInterrupt:
-        db.update(name, "failed", error="interrupted (KeyboardInterrupt)", end=time.time())
+        res = worker.run(task, tee=True)
+    except (KeyboardInterrupt, Terminated) as exc:
+        db.update(name, "failed", error=interrupt_reason(exc), end=time.time())
         raise
+    finally:
+        worker.close()
     cols = {k: res[k] for k in ("host", "rank", "device", "start", "end", "error", "log")}
     db.update(name, "done" if res["ok"] else "failed", **cols)
     if res["ok"]:

@@ -22,7 +22,17 @@ import time
 from .db import StateDB
 from .graph import Task
 
-__all__ = ["Scheduler", "Progress", "summary_line", "final_lines", "exit_code"]
+__all__ = ["Scheduler", "Progress", "summary_line", "final_lines", "exit_code",
+           "interrupt_reason"]
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    """The error recorded for tasks running when the run was stopped by ``exc``."""
+    from ..errors import Terminated
+
+    if isinstance(exc, Terminated):
+        return "interrupted (SIGTERM)"
+    return "interrupted (KeyboardInterrupt)"
 
 
 class Scheduler:

@@ -22,8 +22,9 @@ import os
 import sys
 import time
 
+from ..cli import float_range
 from ..errors import GpuspecError
-from .db import STATES, StateDB, db_path
+from .db import STATES, CorruptDatabase, StateDB, db_path, manifest_pointer
 
 __all__ = ["add_parser", "format_counts", "format_tasks", "format_running", "cmd_status",
            "cmd_tasks", "cmd_retry", "production_db"]
@@ -45,10 +46,42 @@ def production_db(arg: str) -> str:
 
 
 def _db(arg: str) -> StateDB:
+    """The production's database, read-only; when it is corrupt, an in-memory one
+    derived from the products on disk (with a note on stderr)."""
+    path = production_db(arg)
     try:
-        return StateDB(production_db(arg), readonly=True)
+        return StateDB(path, readonly=True)
     except FileNotFoundError as exc:
         raise NoProduction(str(exc)) from None
+    except CorruptDatabase as exc:
+        return _derived_db(arg, path, exc)
+
+
+def _derived_db(arg: str, path: str, exc: CorruptDatabase) -> StateDB:
+    """States re-derived from the files (like a run's start), never written to disk."""
+    from .plan import load_plan
+
+    manifest = None
+    if os.path.isfile(arg) and not arg.endswith(".sqlite3"):
+        manifest = arg
+    else:
+        pointer = manifest_pointer(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+        try:
+            with open(pointer, encoding="utf-8") as f:
+                manifest = f.read().strip() or None
+        except OSError:
+            pass
+    if not manifest or not os.path.isfile(manifest):
+        raise GpuspecError(f"{exc}; give the production's manifest instead (gpuspec status "
+                           "MANIFEST) to see the state derived from the files, or run "
+                           "gpuspec-run MANIFEST to rebuild it")
+    p = load_plan(manifest, write_db=False, check_backend=False, require_steps=False)
+    db = StateDB(":memory:")
+    db.sync_tasks(p.tasks, p.states)
+    print(f"note: {exc}; the states below are derived from the products on disk (failures "
+          f"are not known); 'gpuspec-run {manifest}' rebuilds the database", file=sys.stderr,
+          flush=True)
+    return db
 
 
 def format_counts(counts: dict) -> str:
@@ -141,38 +174,54 @@ def _status_text(db: StateDB, production: str) -> tuple[str, bool]:
     return text, active and todo > 0
 
 
+def _with_db(arg: str, fn):
+    """``fn(db)`` on the production's database; if it turns out corrupt while being read,
+    again on the state derived from the files."""
+    try:
+        with _db(arg) as db:
+            return fn(db)
+    except CorruptDatabase as exc:
+        with _derived_db(arg, production_db(arg), exc) as db:
+            return fn(db)
+
+
 def cmd_status(args) -> int:
     """``gpuspec status``."""
-    with _db(args.production) as db:
-        tty = sys.stdout.isatty()
-        try:
-            while True:
-                text, live = _status_text(db, args.production)
-                if args.once or not live:
-                    print(text, flush=True)
-                    if not args.once:
-                        print("(no run is writing this production)", flush=True)
-                    return 0
-                if tty:
-                    sys.stdout.write("\033[H\033[2J" + text + "\n(Ctrl-C to quit)\n")
-                else:
-                    sys.stdout.write(text + "\n\n")
-                sys.stdout.flush()
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+    return _with_db(args.production, lambda db: _status_loop(db, args))
+
+
+def _status_loop(db, args) -> int:
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            text, live = _status_text(db, args.production)
+            if args.once or not live:
+                print(text, flush=True)
+                if not args.once:
+                    print("(no run is writing this production)", flush=True)
+                return 0
+            if tty:
+                sys.stdout.write("\033[H\033[2J" + text + "\n(Ctrl-C to quit)\n")
+            else:
+                sys.stdout.write(text + "\n\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_tasks(args) -> int:
     """``gpuspec tasks``."""
     from .manifest import STEPS
 
-    with _db(args.production) as db:
+    def query(db):
         present = list(db.counts())
         if args.step is not None and args.step not in present and args.step not in STEPS:
             raise GpuspecError(f"unknown step {args.step!r} (steps of this production: "
                                f"{', '.join(present) or 'none'})")
-        rows = db.rows(state=args.state, step=args.step)
+        return db.rows(state=args.state, step=args.step)
+
+    rows = _with_db(args.production, query)
     if args.warnings:
         rows = [r for r in rows if r.get("warning") and r["state"] == "done"]
     if args.names:
@@ -188,8 +237,9 @@ def cmd_retry(args) -> int:
     from .plan import load_plan
     from .runner import run_one
 
-    with _db(args.production) as db:
-        mpath = args.manifest or db.get_meta("manifest_path")
+    mpath = args.manifest or _with_db(args.production,
+                                      lambda db: db.get_meta("manifest_path")) \
+        or _pointer(args.production)
     if not mpath:
         raise GpuspecError("the database records no manifest; give --manifest")
     p = load_plan(mpath, write_db=False)
@@ -197,6 +247,14 @@ def cmd_retry(args) -> int:
         raise GpuspecError(f"manifest {mpath} is for production {p.manifest.production}, not "
                            f"{args.production}")
     return run_one(p, args.task, force=args.force, what=f"gpuspec retry {args.task}")
+
+
+def _pointer(arg: str) -> str | None:
+    try:
+        with open(manifest_pointer(_production_dir(arg)), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _production_dir(arg: str) -> str:
@@ -211,7 +269,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("production", help="production folder, its run/state.sqlite3, or its manifest")
     p.add_argument("--once", action="store_true",
                    help="print once and exit (default: redraw while a run writes the production)")
-    p.add_argument("--interval", type=float, default=5.0, help="live refresh period, seconds")
+    p.add_argument("--interval", type=float_range(0.1, 3600), default=5.0,
+                   help="live refresh period, seconds")
     p.set_defaults(func=cmd_status)
 
     t = subparsers.add_parser("tasks", help="list the tasks of a production",

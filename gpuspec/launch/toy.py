@@ -182,7 +182,8 @@ def make_toy_inputs(root: str, nights_expids=((20250101, 1), (20250101, 2)), pet
 
 def toy_manifest_text(inputs: dict, production: str, *, bundles=(0, 1, 2), bundles_per_task=2,
                       nbundles: int = 20, fibers_per_bundle: int = 25, nside=16, fail_tasks=(),
-                      sleep=0.0, progress_interval=0.0, allow_missing: bool = False) -> str:
+                      sleep=0.0, progress_interval=0.0, allow_missing: bool = False,
+                      crash_tasks=None, isolate: bool | None = None) -> str:
     """YAML of a toy manifest for :func:`make_toy_inputs` output."""
     import yaml
 
@@ -202,4 +203,8 @@ def toy_manifest_text(inputs: dict, production: str, *, bundles=(0, 1, 2), bundl
         "run": {"progress_interval": progress_interval, "fail_tasks": list(fail_tasks),
                 "sleep": sleep},
     }
+    if crash_tasks:
+        doc["run"]["crash_tasks"] = dict(crash_tasks)
+    if isolate is not None:
+        doc["run"]["isolate"] = bool(isolate)
     return yaml.safe_dump(doc, sort_keys=False)

@@ -34,7 +34,7 @@ import argparse
 import logging
 import os
 
-from ..errors import GpuspecError, InputError
+from ..errors import GpuspecError, InputError, UsageError
 
 __all__ = ["add_parser", "main"]
 
@@ -103,7 +103,7 @@ def _cameras(args) -> list[str]:
             return cams
         return parse_cameras(args.cameras)
     except ValueError as exc:
-        raise InputError(str(exc), keyword="--camera" if args.camera else "--cameras") from None
+        raise UsageError(f"{'--camera' if args.camera else '--cameras'}: {exc}") from None
 
 
 def _expid(rawfile: str) -> int:
@@ -131,8 +131,8 @@ def _outfile(args, camera: str, ncam: int, expid_cache: dict) -> str:
         try:
             return out.format(**fields)
         except (KeyError, IndexError, ValueError) as exc:
-            raise InputError(f"bad output pattern {out!r} ({exc}); use {{camera}} and "
-                             "{expid}", keyword="-o") from None
+            raise UsageError(f"-o: bad output pattern {out!r} ({exc}); use {{camera}} and "
+                             "{expid}") from None
     if ncam > 1 or os.path.isdir(out) or out.endswith(os.sep):
         return os.path.join(out, preproc_filename(camera, expid_cache.setdefault(
             "e", _expid(args.infile))))
@@ -220,9 +220,10 @@ def main(args) -> int:
     fibermap = None if args.no_fibermap else args.fibermap
     if fibermap is None and not args.no_fibermap:
         fibermap = _fibermap_beside(args.infile)
+    outs = {c: _outfile(args, c, len(cameras), expid_cache) for c in cameras}  # -o checked
     for camera in cameras:
         try:
-            out = _outfile(args, camera, len(cameras), expid_cache)
+            out = outs[camera]
             extra = {k: getattr(args, k) for k in ("cosmics_nsig", "cosmics_cfudge",
                                                    "cosmics_c2fudge")
                      if getattr(args, k) is not None}

@@ -39,6 +39,7 @@ from .. import __version__
 from ..backend import get_xp, is_cupy, to_device
 from ..errors import BadDataError
 from ..image import Image
+from ..io.calib import calib_camera
 from ..io.raw import RawLayout, raw_layout
 from ..io.util import header_dict, require_keyword
 from ..maskbits import ccdmask
@@ -95,7 +96,7 @@ class _BiasSubtracted:
         return out
 
 
-def _upload_raw(raw, xp, path):
+def _upload_raw(raw, xp, path, hdu=None):
     """The raw image on the device in its own dtype (the caller's array is never touched).
 
     Float images are checked for NaN/inf; integers are always finite.
@@ -107,7 +108,8 @@ def _upload_raw(raw, xp, path):
         return rawdev
     if not bool(xp.isfinite(rawdev).all()):
         nbad = int((~xp.isfinite(rawdev)).sum())
-        raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", path=path)
+        raise BadDataError(f"raw image has {nbad} NaN or infinite pixel(s)", path=path,
+                           hdu=hdu)
     return rawdev
 
 
@@ -459,10 +461,15 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
                            path=path)
     layout = raw_layout(hdr, raw.shape, path=path, primary_header=prim, nogain=nogain,
                         require_exptime=dark is not None and dark is not False)
-    rawimg = _upload_raw(raw, xp, path)
+    rawimg = _upload_raw(raw, xp, path, camera.upper())
     meta = dict(hdr)
     cal = _load_calibrations(xp, meta, tuple(raw.shape), layout.trimmed_shape, bias, dark,
                              pixflat, mask)
+    for c in cal.values():  # a calibration file of another camera (input check)
+        other = calib_camera(c.path, c.name) if c is not None and c.path else None
+        if other not in (None, camera):
+            raise BadDataError(f"{c.name} file {c.path} is for camera {other}, not {camera}",
+                               path=path, hdu=camera.upper())
     planes = _amplifier_planes(rawimg, layout, cal, meta, hdr, layout.exptime,
                                use_overscan_row, camera, xp)
     del rawimg                         # free the raw upload and the bias before ivar

@@ -1,0 +1,107 @@
+"""Numba kernels of :mod:`gpuspec.extract.normal_cpu` (imported only when they are used).
+
+They live at module level, not in a closure: Numba's on-disk cache (``cache=True``)
+keys a closure by the objects it captures, and a captured dispatcher differs in every
+process, so a closure kernel compiled again in every task process. Here ``kernel``
+calls ``weighted_stamps`` as a global and both are compiled once per installation.
+
+Backends: host only (Numba, CPU).
+"""
+
+import numpy as np
+from numba import njit
+
+__all__ = ["weighted_stamps", "kernel"]
+
+
+@njit(cache=True, nogil=True)
+def weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fa0, nf, ka0, nw, box, SW,
+                    bvec, fw):
+    """SW[f, j] = stamp · ivar inside the box (0 outside); b and Σ SW per spot."""
+    nys = stamps.shape[2]
+    nxs = stamps.shape[3]
+    ylo_b = max(box[2], y0)
+    yhi_b = min(box[3], y0 + ivar.shape[0])
+    xlo_b = max(box[0], x0)
+    xhi_b = min(box[1], x0 + ivar.shape[1])
+    for f in range(nf):
+        fa = fa0 + f
+        for j in range(nw):
+            ka = ka0 + j
+            xa = xc[fa, ka]
+            ya = yc[fa, ka]
+            sb = 0.0
+            sw = 0.0
+            for yy in range(nys):
+                y = ya + yy
+                for xx in range(nxs):
+                    x = xa + xx
+                    w = 0.0
+                    if ylo_b <= y < yhi_b and xlo_b <= x < xhi_b:
+                        w = stamps[fa, ka, yy, xx] * ivar[y - y0, x - x0]
+                        sb += w * image[y - y0, x - x0]
+                        sw += w
+                    SW[f, j, yy, xx] = w
+            bvec[f, j] = sb
+            fw[f, j] = sw
+
+@njit(cache=True, nogil=True)
+def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW, D,
+           M, bvec, fw, SW):
+    P = fb0.shape[0]
+    lo = np.zeros(pos.shape[1], dtype=np.int64)
+    nys = stamps.shape[2]
+    nxs = stamps.shape[3]
+    for p in range(P):
+        weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fb0[p], nf[p], k0[p],
+                        nw[p], boxes[p], SW, bvec[p], fw[p])
+        ylo_b = boxes[p, 2]
+        yhi_b = boxes[p, 3]
+        # stamp rows increase with wavelength along each trace (DESI): then the
+        # partners of spot (f, j) in fiber g are a window of l that moves with j
+        mono = True
+        for g in range(nf[p]):
+            for l in range(1, nw[p]):
+                if yc[fb0[p] + g, k0[p] + l] < yc[fb0[p] + g, k0[p] + l - 1]:
+                    mono = False
+        for f in range(nf[p]):
+            fa = fb0[p] + f
+            for g in range(nf[p]):
+                lo[g] = 0
+            for j in range(nw[p]):
+                ka = k0[p] + j
+                xa = xc[fa, ka]
+                ya = yc[fa, ka]
+                ia = pos[p, f] * NW + j
+                gmax = min(f + D + 1, nf[p])
+                for g in range(f, gmax):
+                    fg = fb0[p] + g
+                    if mono:
+                        while lo[g] < nw[p] and yc[fg, k0[p] + lo[g]] + nys <= ya:
+                            lo[g] += 1
+                    lstart = j if g == f else lo[g]
+                    for l in range(lstart, nw[p]):
+                        kb = k0[p] + l
+                        yb = yc[fg, kb]
+                        if yb >= ya + nys:
+                            if mono:
+                                break
+                            continue
+                        if yb + nys <= ya:
+                            continue
+                        xb = xc[fg, kb]
+                        if xb >= xa + nxs or xb + nxs <= xa:
+                            continue
+                        # SW is 0 outside the box: the overlap of the two stamps,
+                        # cut to the box rows, is enough
+                        ylo = max(max(ya, yb), ylo_b)
+                        yhi = min(min(ya, yb) + nys, yhi_b)
+                        xlo = max(xa, xb)
+                        xhi = min(xa, xb) + nxs
+                        s = 0.0
+                        for y in range(ylo, yhi):
+                            for x in range(xlo, xhi):
+                                s += SW[f, j, y - ya, x - xa] * stamps[fg, kb, y - yb, x - xb]
+                        ib = pos[p, g] * NW + l
+                        M[p, ia, ib] = s
+                        M[p, ib, ia] = s
