@@ -126,8 +126,10 @@ def band_to_dense(ab):
 
 
 def band_apply(ab, x):
-    """``A @ x`` for a symmetric lower band ``ab`` and ``x`` (nwave,) or (nwave, k)."""
-    xp = get_array_module(ab, x)
+    """``A @ x`` for a symmetric lower band ``ab`` and ``x`` (nwave,) or (nwave, k).
+
+    Backends: numpy, cupy (whatever ``ab`` and ``x`` are).
+    """
     p1, n = ab.shape
     xx = x if x.ndim == 2 else x[:, None]
     out = ab[0][:, None] * xx
