@@ -43,7 +43,7 @@ if __name__ == "__main__":      # single-threaded microbenchmarks: pin before nu
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -319,8 +319,6 @@ def plan_frame(psf=None, wave=None, nspec: int = 500, bundlesize: int = 25,
     Without a PSF the typical DESI r-camera shape is returned (``PatchShape()``,
     measured this way on the reference PSF), 4700 patches.
     """
-    import numpy as np
-
     if psf is None:
         n = nspec // bundlesize * 5 * 47
         return [PatchShape(count=n)]
