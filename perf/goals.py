@@ -52,10 +52,10 @@ def _la1(la):
 
 
 def _src(*recs):
-    """The record files of ``recs``, each with the machine (host) that wrote it."""
-    files = sorted({(r.get("_file", "?"), (r.get("machine") or {}).get("host", "?"))
-                    for r in recs if r})
-    return ", ".join(f"`{f}` ({h})" for f, h in files) if files else "–"
+    """The record files of ``recs``, each with the machine (host) and commit that wrote it."""
+    files = sorted({(r.get("_file", "?"), (r.get("machine") or {}).get("host", "?"),
+                     str(r.get("git_commit") or "unknown")[:7]) for r in recs if r})
+    return ", ".join(f"`{f}` ({h}, {c})" for f, h, c in files) if files else "–"
 
 
 def _cm_src(cm):
@@ -145,7 +145,7 @@ def _goal2(records, cm):
             k = _cpu(fr) / lim["seconds"]
             rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
                              meas, f"{k:.1f}× the limit", f"{_cpu(fr) - lim['seconds']:.0f} s "
-                             "above", "open", "`costmodel.json`, " + _src(fr)))
+                             "above", "open", _cm_src(cm) + ", " + _src(fr)))
         else:
             rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
                              meas, "–", "–", "open", _cm_src(cm)))
@@ -211,17 +211,36 @@ def _goal4(records, cm):
                   _cm_src(cm) + (", " + _src(*gpu) if gpu else ""))]
 
 
-def _goal5(records):
-    rows = []
-    new = [r for r in records if "peak_rss_mb" in r["timing"]]
+def _goal5a(records):
+    """Peak RSS in every record: every record written since the first one that carries it
+    (the Meter of perf/protocol.py) must have it; keys whose newest record is older are
+    listed (they need a rerun, records are never edited)."""
+    with_rss = [r["date_utc"] for r in records if "peak_rss_mb" in r["timing"]]
+    if not with_rss:
+        return _row("5a peak RSS in every benchmark record", "all records", "no record with it",
+                    "–", "–", False, "–")
+    first = min(with_rss)
+    since = [r for r in records if r["date_utc"] >= first]
+    have = sum("peak_rss_mb" in r["timing"] for r in since)
     latest = {}
     for r in records:
-        latest[(r["benchmark"], r["case"], r["size"], r["backend"], str(r["threads"]))] = r
-    have = sum("peak_rss_mb" in r["timing"] for r in latest.values())
-    rows.append(_row("5a peak RSS in every benchmark record", "all records",
-                     f"{have} of {len(latest)} newest records ({len(new)} records in all)",
-                     "–", f"{len(latest) - have} older records without it" if have < len(latest)
-                     else "–", have == len(latest) if latest else False, "all"))
+        k = (r["benchmark"], r["case"], r["size"], r["backend"], str(r["threads"]))
+        if k not in latest or r["date_utc"] >= latest[k]["date_utc"]:
+            latest[k] = r
+    stale = sorted(f"{k[0]}/{k[1]} ({k[2]}, threads {k[4]})" for k, r in latest.items()
+                   if "peak_rss_mb" not in r["timing"])
+    gap = "–" if not stale else (f"{len(stale)} keys last measured before the meter: "
+                                 + ", ".join(stale) + " (rerun them)")
+    files = sorted({r.get("_file", "?") for r in since})
+    return _row("5a peak RSS in every benchmark record", "all records",
+                f"{have} of {len(since)} records since the meter ({first[:16]}, "
+                f"{len(files)} files); {len(latest) - len(stale)} of {len(latest)} newest "
+                "records per key", "–", gap, have == len(since),
+                f"{len(files)} files since {first[:10]}")
+
+
+def _goal5(records):
+    rows = [_goal5a(records)]
     r = _latest(records, "preproc", "fullccd_vs_desispec", threads=None)
     if r and "peak_rss_mb" in r["timing"]:
         g, d = r["timing"]["peak_rss_mb"], r["reference"]["peak_rss_mb"]
@@ -229,7 +248,8 @@ def _goal5(records):
         rows.append(_row("5b preproc peak RSS vs desispec (same process, same inputs)",
                          "below desispec",
                          f"{g:.0f} MB vs {d:.0f} MB (inputs held: {base:.0f} MB); faults "
-                         f"{r['timing']['minflt_median']:.0f} vs {r['reference']['minflt_median']:.0f}",
+                         f"{r['timing']['minflt_median']:.0f} vs "
+                         f"{r['reference']['minflt_median']:.0f}",
                          f"{g / d:.2f}", "–" if g < d else f"{g - d:.0f} MB over", g < d, _src(r)))
     else:
         rows.append(_row("5b preproc peak RSS vs desispec", "below desispec", "no record", "–",
@@ -354,7 +374,8 @@ def costmodel_lines(cm) -> list:
              "published peak figures below; a measured GPU time only ever comes from a cupy "
              "benchmark record (next section).\n",
              f"`perf/costmodel.py` ({cm.get('date_utc', '')}, commit "
-             f"{str(cm.get('git_commit', 'unknown'))[:10]}, `perf/results/costmodel.json`): frame of "
+             f"{str(cm.get('git_commit', 'unknown'))[:10]}, `perf/results/costmodel.json`): "
+             "frame of "
              f"{cm['frame']['nspec']} fibers × {cm['frame']['nwave']} bins "
              f"({cm['frame']['band']} camera, {cm['frame']['npatch']:.0f} patches, shapes from "
              f"`{cm['frame'].get('psf')}`); HEALPix pixel of {cm['healpix_pixel']['ntarget']} "
@@ -416,8 +437,11 @@ def costmodel_lines(cm) -> list:
             f"CPU rates (measured on {(cm.get('cpu_machine') or {}).get('host', '?')}, "
             f"{cm.get('cpu_date_utc') or cm.get('date_utc', '')}, load "
             f"{_la1(cm.get('cpu_loadavg'))}; one core, FP64, CPU time): dgemm "
-            f"{r['dgemm_2048']:.0f} GFLOP/s (2048²), batched C_ff GEMM {r['batched_gemm_cff']:.0f}, "
-            f"LAPACK dpotrf + dtrtri (n = {r['shapes']['n']}) {r['dpotrf_dtrtri']:.1f}, batched "
+            f"{r['dgemm_2048']:.0f} GFLOP/s (2048²), batched small GEMM (64 × "
+            f"{r['shapes']['nw']}×n·n×{r['shapes']['nw']}; used for the kept-block "
+            f"substitution and Q, R) {r['batched_gemm_cff']:.0f}, "
+            f"LAPACK dpotrf + dtrtri (n = {r['shapes']['n']}; the rate used for dpotrf + dpotrs) "
+            f"{r['dpotrf_dtrtri']:.1f}, batched "
             f"eigh ({r['shapes']['nw']}²) {r['eigh_batched']:.1f} GFLOP/s (nominal 9n³). The CPU "
             f"extraction does {lim['flops']:.3g} flops per frame; at these rates that is "
             f"**{lim['seconds']:.0f} s per frame** (the CPU limit; "
