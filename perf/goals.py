@@ -399,10 +399,11 @@ def costmodel_lines(cm) -> list:
                  f"gpu_specter {a['gpu_specter']['gpu_s_per_frame']:.1f} "
                  f"(575 frames per node-hour, 4 GPUs), DESI production "
                  f"{a['desi_production']['gpu_s_per_frame']:.1f} (253.5 s per 30-frame exposure "
-                 "on 4 GPUs): "
+                 "on 4 GPUs), published figures, not measured here. The modelled A100 bound "
+                 "per frame is "
                  f"{cm['per_frame']['A100-40GB'] / a['gpu_specter']['gpu_s_per_frame']:.1%} and "
                  f"{cm['per_frame']['A100-40GB'] / a['desi_production']['gpu_s_per_frame']:.1%} "
-                 "of the A100 bound.\n")
+                 "of these times: the fraction of the bound those codes reach.\n")
     lines.append("Peak figures: " + "; ".join(
         f"{g} FP64 {v['fp64'] / 1e12:.1f} / tensor {v['fp64_tc'] / 1e12:.1f} TFLOP/s, "
         f"{v['bw'] / 1e12:.2f} TB/s, host link {v['host'] / 1e9:.0f} GB/s"
