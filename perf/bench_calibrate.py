@@ -39,7 +39,6 @@ if __name__ == "__main__":
     _pre.add_argument("--threads", type=int, default=1)
     _pin_threads(_pre.parse_known_args()[0].threads)
 
-import copy  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 

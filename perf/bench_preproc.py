@@ -344,7 +344,8 @@ def vs_desispec(rounds: int = 5, cosmics: bool = True, seed: int = 42) -> list:
            "rss_before_mb": dsum["rss_before_mb"],
            "ratio": ratio_cpu, "ratio_per_round": ratios,
            "ratio_wall": dwall["median_s"] / tg["median_s"],
-           "measured_on": "this machine, this process, interleaved rounds, 1 thread"}
+           "measured_on": "this machine, this process, interleaved rounds, "
+                          f"{P.threads_label()} thread(s)"}
     case = "fullccd_vs_desispec" + ("" if cosmics else "_nocosmic")
     rec = P.record("preproc", case, size="full", backend_name="numpy", timing=tg,
                    loadavg_before=la0, reference=ref,

@@ -27,7 +27,12 @@ Usage::
 ``--cpu`` measures this machine's single-threaded FP64 rates (dgemm, batched small
 matmul, the extraction's LAPACK ``dpotrf + dtrtri`` and batched ``eigh``) and turns the
 CPU extraction's floating-point work into a CPU limit per frame. Threads are pinned to 1
-before numpy is imported when run as a script.
+before numpy is imported when run as a script. Without ``--cpu`` the rates of an existing
+output file are kept (with their own machine, load and date, ``cpu_*`` keys).
+
+The output says what it is (``kind``: a model, computed on a CPU; no GPU ran) and where
+(``machine``, ``git_commit``); a GPU figure in docs/performance.md only ever comes from a
+cupy benchmark record, set against this bound.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ if __name__ == "__main__":      # single-threaded microbenchmarks: pin before nu
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -220,6 +225,7 @@ class PatchShape:
     nys: int = 11       # spot rows
     nxs: int = 17       # spot columns
     ndiag: int = 5      # resolution half-width
+    NK: int = 5         # kept fibers (solved last; only their blocks are decorrelated)
     count: float = 1.0  # how many patches have this shape
 
     @property
@@ -231,11 +237,25 @@ class PatchShape:
         return self.ND * self.NE * self.T
 
 
+def _block_substitution_flops(K: int, nw: int) -> float:
+    """Flops of ``solve._inverse_block_columns`` for K kept blocks of nw: per block column
+    s, ``trtri`` of a diagonal block (nw³/3), ``Z_ssᵀZ_ss`` (2nw³), and for each row
+    t > s, (t − s) block products, ``−Z_tt·v`` and ``zᵀz`` (2nw³ each)."""
+    fl = 0.0
+    for s_ in range(K):
+        fl += nw ** 3 / 3.0 + 2.0 * nw ** 3
+        for t in range(s_ + 1, K):
+            fl += 2.0 * nw ** 3 * ((t - s_) + 2)
+    return fl
+
+
 def patch_ops(s: PatchShape, path: str = "gpu") -> list:
-    """The batched operations of one patch (``gpuspec/extract/core.py::_solve_chunk``).
+    """The batched operations of one patch (``gpuspec/extract/core.py::_solve_chunk`` and
+    ``solve.solve_tail``).
 
     With ``Q = WY·WX`` window pixels per fiber, ``S = nys·nxs`` spot pixels,
-    ``n = F·NW`` unknowns, ``K = ND·NE·T`` tiled columns:
+    ``n = F·NW`` unknowns, ``K = ND·NE·T`` tiled columns, and the unknowns in solve order
+    (the NK kept fibers last: ``m = NK·NW`` trailing unknowns, ``k = n − m`` leading):
 
     * projection: ``A0`` (F·Q·NW float64) zero-filled and scattered from F·NW spots
       (stamp read, value write, three int64 index arrays of F·NW·S); image and ivar
@@ -245,20 +265,30 @@ def patch_ops(s: PatchShape, path: str = "gpu") -> list:
     * ``AW = A0·W`` (F·Q·NW flops), ``b = AWᵀp`` (2·F·Q·NW), ``fw = ΣAW``;
     * ``Mb = (own·W)ᵀ @ At``: a batched GEMM of 2·F·NT·T·RT·WX·K flops (tensor cores);
     * assembly of M (n² zeros, two indexed writes of F·NT·T·K values), regularisation;
-    * ``cholesky(M)``: n³/3 flops; ``inv(L)`` (LU-based ``cupy.linalg.inv``): 8n³/3;
-    * ``xflux = Zᵀ(Zb)``: 4n²; ``C_ff = Z_fᵀZ_f``: 2·F·n·NW² (tensor cores);
-    * decorrelation per fiber block (NW × NW): ``eigh`` ~9·NW³ flops (symmetric QR with
-      vectors, Golub & Van Loan), ``Q = V·Λ^(-1/2)·Vᵀ`` 2·NW³ (tensor cores), R, flux;
+    * ``cholesky(M)``: n³/3 flops; the device check of the factor (three matrix-vector
+      products, 6n²); ``inv(L22)`` and ``inv(L11)`` (LU-based ``cupy.linalg.inv``:
+      getrf 2p³/3 + getrs with p right-hand sides 2p³ = 8p³/3 each, p = m and k);
+    * ``x`` by block substitution (matrix-vector products, ~4n²);
+    * covariance blocks of the kept fibers ``Z22[sNW:, s]ᵀ Z22[sNW:, s]``:
+      Σ_s 2·(m − s·NW)·NW² = NW³·NK·(NK + 1) (tensor cores);
+    * decorrelation per kept fiber block (NW × NW): ``eigh`` ~9·NW³ flops (symmetric
+      QR with vectors, Golub & Van Loan), ``Q = V·Λ^(-1/2)·Vᵀ`` 2·NW³ (tensor cores),
+      R, flux;
     * χ²: ``m = A0·x`` and three more ``A0ᵀ·v`` products (4 × 2·F·Q·NW flops, A0 read
       four times), the neighbour-model gather (F·(2ND−1)·Q), ~12 elementwise passes of
       F·Q.
 
     ``path="cpu"``: the numpy backend's arithmetic instead (``normal_cpu`` builds M
     directly from the spot pairs: ~F·NW·26 partners·~60 overlap pixels·3 flops; LAPACK
-    ``dpotrf + dtrtri`` 2n³/3; the rest as above without the tiled gather/GEMM).
+    ``dpotrf`` n³/3 and ``dpotrs`` 4n²; the kept fibers' covariance blocks by block
+    substitution, :func:`_block_substitution_flops`; the rest as above without the
+    tiled gather/GEMM).
     """
     F, NW, WY, WX, NT, T, RT, ND, NE = s.F, s.NW, s.WY, s.WX, s.NT, s.T, s.RT, s.ND, s.NE
     Q, S, n, K = WY * WX, s.nys * s.nxs, s.n, s.K
+    NK = min(s.NK, F)
+    m = NK * NW
+    k = n - m
     st = "extraction"
     ops = [
         Op(st, "projection A0 (zero + scatter)", 0, F8 * F * Q * NW + F8 * F * NW * S * 5),
@@ -274,19 +304,25 @@ def patch_ops(s: PatchShape, path: str = "gpu") -> list:
                F8 * (F * NT * RT * WX * (T + K) + F * NT * T * K), tensor=True),
             Op(st, "assemble M", 0, F8 * (n * n + 2 * 3 * F * NT * T * K)),
             Op(st, "cholesky", n ** 3 / 3.0, F8 * 2 * n * n),
-            Op(st, "inv(L) (LU inverse)", 8.0 * n ** 3 / 3.0, F8 * 4 * n * n),
+            Op(st, "factor check (3 matrix-vector products)", 6.0 * n * n, F8 * 3 * n * n),
+            Op(st, "inv(L22), inv(L11) (LU inverses)", 8.0 * (m ** 3 + k ** 3) / 3.0,
+               F8 * 4 * (m * m + k * k)),
+            Op(st, "regularise, x by block substitution", 4.0 * n * n + 20 * n,
+               F8 * (3 * n * n)),
+            Op(st, "kept covariance blocks Z22^T Z22", NW ** 3 * NK * (NK + 1),
+               F8 * (NW * NW * NK * (NK + 1) / 2 + NK * NW * NW), tensor=True),
         ]
     else:
         ops += [Op(st, "normal matrices from spot pairs (Numba)", 3.0 * F * NW * 26 * 60,
                    F8 * (n * n + F * NW * S)),
-                Op(st, "dpotrf + dtrtri", 2.0 * n ** 3 / 3.0, F8 * 2 * n * n)]
+                Op(st, "dpotrf + dpotrs", n ** 3 / 3.0 + 4.0 * n * n, F8 * 2 * n * n),
+                Op(st, "kept covariance blocks (block substitution)",
+                   _block_substitution_flops(NK, NW), F8 * 3 * m * m),
+                Op(st, "regularise", 20 * n, F8 * 2 * n)]
     ops += [
-        Op(st, "regularise, Zt(Zb)", 4.0 * n * n + 20 * n, F8 * (3 * n * n)),
-        Op(st, "C_ff = Z_f^T Z_f", 2.0 * F * n * NW * NW, F8 * (2 * n * n + F * NW * NW),
-           tensor=True),
-        Op(st, "eigh of the fiber blocks", 9.0 * F * NW ** 3, F8 * 5 * F * NW * NW),
-        Op(st, "Q = V L^-1/2 V^T, R, flux", 2.0 * F * NW ** 3 + 6.0 * F * NW * NW,
-           F8 * 6 * F * NW * NW, tensor=True),
+        Op(st, "eigh of the fiber blocks", 9.0 * NK * NW ** 3, F8 * 5 * NK * NW * NW),
+        Op(st, "Q = V L^-1/2 V^T, R, flux", 2.0 * NK * NW ** 3 + 6.0 * NK * NW * NW,
+           F8 * 6 * NK * NW * NW, tensor=True),
         Op(st, "chi2: model and 3 weighted A0^T products", 8.0 * F * Q * NW + 12 * F * Q,
            F8 * (4 * F * Q * NW + (2 * ND - 1) * F * Q * 2 + 12 * F * Q)),
     ]
@@ -319,8 +355,6 @@ def plan_frame(psf=None, wave=None, nspec: int = 500, bundlesize: int = 25,
     Without a PSF the typical DESI r-camera shape is returned (``PatchShape()``,
     measured this way on the reference PSF), 4700 patches.
     """
-    import numpy as np
-
     if psf is None:
         n = nspec // bundlesize * 5 * 47
         return [PatchShape(count=n)]
@@ -367,7 +401,8 @@ def _patch_shape(psf, wave, p, ndiag) -> PatchShape:
         if reach.any():
             E = e
     return PatchShape(F=len(fib), NW=NWp, WY=int(p.box[3] - p.box[2]), WX=WX, NT=NT, T=T,
-                      RT=RT, ND=D + 1, NE=2 * E + 1, nys=nys, nxs=nxs, ndiag=ndiag)
+                      RT=RT, ND=D + 1, NE=2 * E + 1, nys=nys, nxs=nxs, ndiag=ndiag,
+                      NK=int(np.count_nonzero(p.keep)))
 
 
 def extraction_ops(shapes, nspec: int = 500, nwave_ext: int = 2700, path: str = "gpu"):
@@ -606,14 +641,17 @@ def cpu_rates(n_lapack: int = 525, nw: int = 75, repeat: int = 3) -> dict:
 def cpu_limit(model: dict, rates: dict) -> dict:
     """CPU extraction limit per frame: each op's flops at the rate of its kind of kernel.
 
-    LAPACK factorisations at the measured ``dpotrf_dtrtri`` rate, the eigendecompositions
-    at ``eigh_batched``, the dense products at ``batched_gemm_cff``, the normal matrices
-    and the rest at the dgemm rate (an optimistic bound for them). Also the bound with
-    every flop at the best dgemm rate.
+    The LAPACK factorisation (``dpotrf + dpotrs``) at the measured ``dpotrf_dtrtri`` rate
+    (the per-patch LAPACK rate at the patch size), the eigendecompositions at
+    ``eigh_batched``, the small dense products (the block substitution of the kept
+    covariance blocks, Q/R/flux) at ``batched_gemm_cff`` (small GEMMs), the normal
+    matrices and the rest at the dgemm rate (an optimistic bound for them). Also the
+    bound with every flop at the best dgemm rate.
     """
     fl = model["cpu_extraction"]["flops_by_op"]
-    kind = {"dpotrf + dtrtri": "dpotrf_dtrtri", "eigh of the fiber blocks": "eigh_batched",
-            "C_ff = Z_f^T Z_f": "batched_gemm_cff", "Q = V L^-1/2 V^T, R, flux": "batched_gemm_cff"}
+    kind = {"dpotrf + dpotrs": "dpotrf_dtrtri", "eigh of the fiber blocks": "eigh_batched",
+            "kept covariance blocks (block substitution)": "batched_gemm_cff",
+            "Q = V L^-1/2 V^T, R, flux": "batched_gemm_cff"}
     best = max(rates["dgemm_1024"], rates["dgemm_2048"])
     t = {name: f / (rates[kind[name]] if name in kind else best) / 1e9 for name, f in fl.items()}
     total = sum(fl.values())
@@ -631,10 +669,24 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "costmodel.json"))
     ap.add_argument("--cpu", action="store_true", help="also the single-threaded FP64 rates")
     a = ap.parse_args(argv)
-    model = frame_model(a.psf)
-    if a.cpu:
-        import perf.protocol as P
+    import perf.protocol as P
 
+    model = frame_model(a.psf)
+    model["kind"] = ("model: roofline lower bounds computed on a CPU from the array shapes "
+                     "and published GPU peak figures; not a GPU measurement")
+    model["git_commit"] = P.git_commit()
+    model["machine"] = P.machine()
+    if not a.cpu and os.path.exists(a.out):
+        # keep the CPU rates measured earlier (with their machine, load and date)
+        with open(a.out) as f:
+            old = json.load(f)
+        for k in ("cpu_rates", "cpu_limit", "cpu_machine", "cpu_loadavg", "cpu_date_utc"):
+            if k in old:
+                model[k] = old[k]
+        if "cpu_rates" in old:
+            model.setdefault("cpu_date_utc", old.get("date_utc"))
+            model["cpu_limit"] = cpu_limit(model, model["cpu_rates"])
+    if a.cpu:
         shp = model["frame"]["patch_shapes"]
         w = sum(s["count"] for s in shp)
         n = int(round(sum(s["F"] * s["NW"] * s["count"] for s in shp) / w))
@@ -644,6 +696,7 @@ def main(argv=None) -> int:
         model["cpu_limit"] = cpu_limit(model, model["cpu_rates"])
         model["cpu_machine"] = P.machine()
         model["cpu_loadavg"] = P.loadavg()
+        model["cpu_date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     model["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     tmp = a.out + ".tmp"

@@ -81,20 +81,26 @@ def test_roofline_arithmetic():
 
 
 def test_patch_ops_counts_from_shapes():
-    s = C.PatchShape(F=2, NW=4, WY=5, WX=3, NT=2, T=2, RT=3, ND=2, NE=3, nys=3, nxs=3)
+    s = C.PatchShape(F=3, NW=4, WY=5, WX=3, NT=2, T=2, RT=3, ND=2, NE=3, nys=3, nxs=3, NK=2)
     ops = {o.name: o for o in C.patch_ops(s)}
-    n = 8
+    n, m, k = 12, 8, 4                      # kept fibers last: m = NK·NW trailing unknowns
     assert ops["cholesky"].flops == pytest.approx(n ** 3 / 3)
-    assert ops["inv(L) (LU inverse)"].flops == pytest.approx(8 * n ** 3 / 3)
+    assert ops["inv(L22), inv(L11) (LU inverses)"].flops == pytest.approx(8 * (m ** 3 + k ** 3) / 3)
     assert ops["Mb = (own·W)^T At (batched GEMM)"].flops == \
-        pytest.approx(2 * 2 * 2 * 2 * 3 * 3 * (2 * 3 * 2))
+        pytest.approx(2 * 3 * 2 * 2 * 3 * 3 * (2 * 3 * 2))
     assert ops["Mb = (own·W)^T At (batched GEMM)"].tensor
-    assert ops["eigh of the fiber blocks"].flops == pytest.approx(9 * 2 * 4 ** 3)
-    assert ops["C_ff = Z_f^T Z_f"].flops == pytest.approx(2 * 2 * n * 4 * 4)
+    assert ops["eigh of the fiber blocks"].flops == pytest.approx(9 * 2 * 4 ** 3)  # kept only
+    # block s of the kept covariance: Z22[s·NW:, s]ᵀ Z22[s·NW:, s], (m − s·NW) × NW
+    assert ops["kept covariance blocks Z22^T Z22"].flops == \
+        pytest.approx(sum(2 * (m - b * 4) * 4 * 4 for b in range(2)))
     twice = {o.name: o for o in C.patch_ops(C.PatchShape(**{**s.__dict__, "count": 2}))}
     assert twice["cholesky"].bytes == pytest.approx(2 * ops["cholesky"].bytes)
-    cpu = {o.name for o in C.patch_ops(s, "cpu")}
-    assert "dpotrf + dtrtri" in cpu and "tiled gather At" not in cpu
+    cpu = {o.name: o for o in C.patch_ops(s, "cpu")}
+    assert "dpotrf + dpotrs" in cpu and "tiled gather At" not in cpu
+    # _inverse_block_columns, K = 2 blocks: per column s trtri (nw³/3) and Z_ssᵀZ_ss (2nw³);
+    # column 0 also row 1: one block product, −Z_11·v and zᵀz (3 × 2nw³)
+    assert cpu["kept covariance blocks (block substitution)"].flops == \
+        pytest.approx(2 * (4 ** 3 / 3 + 2 * 4 ** 3) + 3 * 2 * 4 ** 3)
 
 
 def test_decorrelation_blocks_match_the_code():
@@ -117,8 +123,11 @@ def test_patch_geometry_from_a_psf(ref_psf_path):
     wave = np.arange(5800.0, 5800.0 + 0.8 * 160, 0.8)
     shapes = C.plan_frame(psf, wave, nspec=25, bundles=[0])
     assert sum(s.count for s in shapes) == pytest.approx(5 * math.ceil(160 / 50))
+    # every fiber of the bundle is kept once per wavelength patch (the planner's keep mask)
+    assert sum(s.NK * s.count for s in shapes) == pytest.approx(25 * math.ceil(160 / 50))
     for s in shapes:
         assert s.F in (6, 7) and s.NW == s.NT * s.T and s.NW >= 10 + 2 * s.ndiag
+        assert 1 <= s.NK < s.F
         assert s.nxs == 2 * psf.hsizex + 1 and s.WX >= s.nxs and s.RT <= s.WY
         assert 2 <= s.ND <= s.F and s.NE % 2 == 1
 
@@ -135,7 +144,9 @@ def test_frame_model_without_psf_and_limits(tmp_path):
              "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0}
     lim = C.cpu_limit(m, rates)
     fl = m["cpu_extraction"]["flops_by_op"]
-    assert lim["seconds_by_op"]["dpotrf + dtrtri"] == pytest.approx(fl["dpotrf + dtrtri"] / 1e10)
+    assert lim["seconds_by_op"]["dpotrf + dpotrs"] == pytest.approx(fl["dpotrf + dpotrs"] / 1e10)
+    key = "kept covariance blocks (block substitution)"
+    assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 20e9)
     assert lim["seconds_at_dgemm_peak"] == pytest.approx(lim["flops"] / 60e9)
     assert lim["seconds"] > lim["seconds_at_dgemm_peak"]
 
@@ -189,3 +200,49 @@ def test_goals_table_states_met_and_open(tmp_path):
     # the page carries the section
     page = report.render([pre], str(tmp_path), 1)
     assert "Goals of issue 16" in page
+
+
+def test_goal3_counts_only_single_thread_runs_and_every_run(tmp_path):
+    def pre(ratio, threads, date):
+        r = _rec("preproc", "fullccd_vs_desispec", 3.0, threads=threads, reference={
+            "name": "desispec", "seconds": 3.0 * ratio, "ratio": ratio,
+            "ratio_per_round": [ratio - 0.1, ratio + 0.1], "wall_median_s": 10.0,
+            "ratio_wall": 1.5}, timing_extra={"cpu_median_s": 3.0})
+        r["date_utc"] = date
+        return r
+
+    rows = goals._goal3([pre(4.0, "1", "2026-01-01"), pre(2.0, "2", "2026-01-03")])
+    # the newest run is the 2-thread one, but the goal's row is the 1-thread run
+    assert "| 4.00× |" in rows[0] and "12.00 CPU-s" in rows[0] and "**met**" in rows[0]
+    assert "threads = 2" in rows[1] and "not the goal's setting" in rows[1]
+    # a slower 1-thread run (older) keeps the goal open: every run must reach it
+    rows = goals._goal3([pre(2.5, "1", "2026-01-01"), pre(4.0, "1", "2026-01-02")])
+    assert "open" in rows[0] and "2.50–4.00×" in rows[0] and "1.20× short" in rows[0]
+    assert len(rows) == 1
+
+
+def test_cost_model_is_labelled_a_model(tmp_path):
+    import json
+
+    cm = C.frame_model(None)
+    cm.update(kind="model", machine={"host": "cpuhost"})
+    (tmp_path / "costmodel.json").write_text(json.dumps(cm, default=float))
+    text = "\n".join(goals.section([], str(tmp_path)))
+    line4 = next(x for x in text.splitlines() if x.startswith("| 4 "))
+    assert "*modelled*" in line4 and "not measured" in line4
+    assert "model, computed on cpuhost" in line4
+    assert "**A model, not a measurement**" in text and "No GPU measurement exists yet" in text
+
+
+def test_goal5a_every_record_since_the_meter(tmp_path):
+    old = _rec("extract", "frame500", 50.0, threads="2")
+    old["date_utc"] = "2026-01-01T00:00:00Z"
+    new = _rec("preproc", "fullccd", 3.0, timing_extra={"peak_rss_mb": 1000.0})
+    new["date_utc"] = "2026-02-01T00:00:00Z"
+    row = goals._goal5a([old, new])
+    assert "**met**" in row and "1 of 1 records since the meter" in row
+    assert "extract/frame500 (full, threads 2)" in row          # the stale key is named
+    bad = _rec("coadd", "healpix_plain", 1.0)
+    bad["date_utc"] = "2026-03-01T00:00:00Z"
+    row = goals._goal5a([old, new, bad])
+    assert "open" in row and "1 of 2 records since the meter" in row

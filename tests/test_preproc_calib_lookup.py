@@ -90,6 +90,17 @@ def test_skipping_needs_the_no_options_and_is_recorded(sim, tmp_path, monkeypatc
     assert deps["CCD_CALIB_DARK"] == "dark-r0.fits"  # the one not skipped is applied
 
 
+def test_skipped_dark_is_recorded_as_none(sim, tmp_path, monkeypatch):
+    """--nodark writes CCD_CALIB_DARK = None, like the other skipped calibrations."""
+    monkeypatch.setenv("DESI_SPECTRO_CALIB", os.path.join(sim, "calib"))
+    out = str(tmp_path / "p.fits")
+    assert main(["preproc", "-i", _raw(sim), "--camera", "r0", "-o", out, "--no-gpu",
+                 "--nocosmic", "--nodark"]) == 0
+    deps = _deps(out)
+    assert deps["CCD_CALIB_DARK"] == "None"
+    assert deps["CCD_CALIB_BIAS"] == "bias-r0.fits"  # the others are applied
+
+
 def test_per_kind_folders_and_manifest_calibrations(sim, tmp_path, no_env):
     cal = tmp_path / "calib"
     for k in KINDS:

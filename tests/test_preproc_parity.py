@@ -179,6 +179,20 @@ def test_provenance_keys():
     assert img.meta["OBSTYPE"] == "SCIENCE"
 
 
+def test_skipped_calibrations_record_none():
+    """dark=False (skipped) records CCD_CALIB_DARK = None like the other three; None records
+    nothing (desispec 0.70 omits the keyword for a skipped dark only)."""
+    d, raw, hdr, prim, params, cal = _inputs()
+    img = preproc(raw, hdr, prim, backend="numpy", cosmics=False, bias=False, dark=False,
+                  pixflat=False, mask=False)
+    deps = {img.meta[k]: img.meta["DEPVER" + k[6:]] for k in img.meta if k.startswith("DEPNAM")}
+    for k in ("BIAS", "DARK", "PIXFLAT", "MASK"):
+        assert deps[f"CCD_CALIB_{k}"] == "None"
+    img = preproc(raw, hdr, prim, backend="numpy", cosmics=False)
+    assert not any(str(img.meta[k]).startswith("CCD_CALIB") for k in img.meta
+                   if k.startswith("DEPNAM"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("run", RUNS)
 def test_preproc_cupy_matches_numpy(run):

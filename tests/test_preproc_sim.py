@@ -13,7 +13,6 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REF_PSF
 from gpuspec.sim.psfs import default_template_path
 
 REF_PSF = default_template_path()  # shipped with the package (same file as shared/)

@@ -114,7 +114,13 @@ def _upload_raw(raw, xp, path, hdu=None):
 
 
 def _record(meta: dict, key: str, cal: CalibInput | None, given) -> None:
-    """DEPNAM/DEPVER provenance of one calibration (file name, ``Unknown image`` or None)."""
+    """DEPNAM/DEPVER provenance of one calibration (file name, ``Unknown image`` or None).
+
+    ``given`` is what the caller passed: ``False`` (skipped on purpose, e.g. ``--nodark``)
+    records ``None``, as desispec does for a skipped bias, pixflat or mask (desispec 0.70
+    writes nothing for a skipped dark; gpuspec records it the same way as the others);
+    ``None`` (not asked for) records nothing.
+    """
     if cal is not None:
         set_dependency(meta, key, cal.provenance)
     elif given is not None:
@@ -143,7 +149,7 @@ def _load_calibrations(xp, meta: dict, raw_shape, out_shape, bias, dark, pixflat
             raise BadDataError(f"dark calibration has shape {d.shape} but must have the "
                                f"preproc shape {out_shape} or the raw shape {raw_shape}",
                                path=d.path)
-        set_dependency(meta, "CCD_CALIB_DARK", d.provenance)
+    _record(meta, "CCD_CALIB_DARK", d, dark)
     for name in ("mask", "pixflat"):
         if cal[name] is not None:
             check_shape(cal[name], out_shape, "preproc image")
