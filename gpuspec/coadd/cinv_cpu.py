@@ -28,7 +28,8 @@ def _get_kernel():
 
         @njit(cache=True, nogil=True, error_model="numpy",
               fastmath={"contract", "reassoc", "nsz", "arcp"})
-        def kernel(flux, ivar, rdata, group, s0, kc, ch, ah, cl, al, j0, L, upper, cinvf):
+        def kernel(flux, ivar, rdata, group, s0, kc, ch, ah, cl, al, j0, a0s, a1s, L, upper,
+                   cinvf):
             nout = upper.shape[1]
             ndiag, m = kc.shape
             rr = np.empty(L)
@@ -48,13 +49,14 @@ def _get_kernel():
                         rr[cl[d, i]] += val * al[d, i]
                     w = iv * flux[r, s0 + i]
                     jb = j0[i]
-                    amax = min(L, nout - jb)
-                    for a in range(amax):
+                    a0 = a0s[i]
+                    a1 = min(a1s[i] + 1, nout - jb)           # window columns a0 .. a1-1
+                    for a in range(a0, a1):
                         j = jb + a
                         cinvf[g, j] += rr[a] * w
                         ra = iv * rr[a]
                         urow = upper[g, j]
-                        for dl in range(min(L - a, amax - a)):
+                        for dl in range(a1 - a):
                             urow[dl] += ra * rr[a + dl]
 
         _kernel = kernel
@@ -77,5 +79,7 @@ def accumulate_band(flux, ivar, rdata, group, terms, upper, cinvf):
                   np.ascontiguousarray(terms["ah"], dtype=np.float64),
                   np.ascontiguousarray(terms["cl"], dtype=np.int64),
                   np.ascontiguousarray(terms["al"], dtype=np.float64),
-                  np.ascontiguousarray(terms["j0"], dtype=np.int64), int(terms["L"]),
+                  np.ascontiguousarray(terms["j0"], dtype=np.int64),
+                  np.ascontiguousarray(terms["a0"], dtype=np.int64),
+                  np.ascontiguousarray(terms["a1"], dtype=np.int64), int(terms["L"]),
                   upper, cinvf)

@@ -199,6 +199,15 @@ def _rdiag(qb, sgood, d: int, xp):
     return rd
 
 
+def _trim_band(U, xp):
+    """Drop the outer diagonals that are zero in every spectrum (the resampling window has
+    two columns of slack: on a grid that contains the input pixels, the last is empty).
+    Every cost of the decorrelation grows with the band width. One device→host copy."""
+    nz = xp.any(U != 0, axis=(0, 1))                                           # (L,)
+    last = int(to_host(xp.max(xp.where(nz, xp.arange(U.shape[2]), 0))))
+    return U[:, :, : last + 1] if last + 1 < U.shape[2] else U
+
+
 def _resolve_method(method: str, xp):
     if method not in METHODS:
         raise ValueError(f"decorrelate method must be one of {METHODS}, not {method!r}")
@@ -260,8 +269,10 @@ def decorrelate_upper(U, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks=N
     (``(nspec, nwave, hb+1)``, :func:`gpuspec.coadd.cinv.accumulate_upper`'s layout), device
     arrays on ``xp``. Same outputs.
 
-    Backends: numpy (Numba twin when available), cupy (one host synchronisation per call).
+    Backends: numpy (Numba twin when available), cupy (two host synchronisations per call:
+    the band width and the blocks for the eigh fallback).
     """
+    U = _trim_band(U, xp)
     nt, nn, b1 = U.shape
     hb = b1 - 1
     kind, use_numba = _resolve_method(method, xp)
