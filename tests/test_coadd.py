@@ -186,7 +186,7 @@ def _decorrelate_ref():
 @pytest.mark.parametrize("method,bound", [("eigh", 1e-12), ("zolotarev", 3e-10)])
 def test_decorrelate_parity(method, bound):
     """Gate 1e-6 relative. Achieved: eigh (desispec's method) 2.6e-14 / 1.3e-14 / 7e-15,
-    zolotarev (the default) 2e-12 / 2.9e-11 / 1e-11 (flux, ivar, resolution)."""
+    zolotarev (the default) 2.6e-12 / 3.8e-11 / 1.3e-11 (flux, ivar, resolution)."""
     wavebin, cb, cf, rf, ri, rr = _decorrelate_ref()
     f, iv, rd = decorrelate(cb, cf, wavebin, ndiag=rr.shape[1], method=method, backend="numpy")
     assert _relmax(f, rf) < bound
@@ -211,15 +211,16 @@ def test_decorrelate_chunking_and_single_spectrum():
                                                 "resample_twoband.fits")])
 def test_resample_parity(inp_name, out_name):
     """Gate 1e-6. Achieved flux 6e-9 / 6e-12 (float32 reference files), ivar 2.2e-11,
-    resolution 3e-11 / 9e-12: bounds 1e-7 (flux), 1e-9 (ivar, resolution)."""
+    resolution 3.2e-11 / 9e-12: bounds 1e-7 (flux: the float32 files), 3e-10 (ivar,
+    resolution)."""
     s = read_spectra(_ref(inp_name))
     ref = read_spectra(_ref(out_name))
     b = ref.bands[0]
     r = spectroperf_resample(s, ref.wave[b], backend="numpy")
     assert r.bands == [b]
     assert _relmax(r.flux[b], ref.flux[b]) < 1e-7
-    assert _relmax(r.ivar[b], ref.ivar[b]) < 1e-9
-    assert _relmax(r.resolution_data[b], ref.resolution_data[b]) < 1e-9
+    assert _relmax(r.ivar[b], ref.ivar[b]) < 3e-10
+    assert _relmax(r.resolution_data[b], ref.resolution_data[b]) < 3e-10
 
 
 def test_spectroperf_coadd_vs_truth(inp):

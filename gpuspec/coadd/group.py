@@ -401,6 +401,9 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
                              "wave-max and the input range)", path=spectrafile)
         n = check_size(np.floor((hi - lo) / lin_step + 1e-6) + 1, MAX_NWAVE, "wavelengths",
                        f"output grid {lo:g}..{hi:g} A with lin-step {lin_step:g}")
+        # desispec's --lin-step grid (resample_spectra_lin_or_log): wmin + k·step, the last
+        # point not beyond wave-max. Not grids.linear_grid: its np.arange values differ
+        # from these by up to 1.4e-9 A over a brz grid, and its last point may pass wmax.
         wave_out = lo + lin_step * np.arange(n)
     elif wave_min is not None or wave_max is not None:
         raise InputError("--wave-min/--wave-max need --lin-step", path=spectrafile)
