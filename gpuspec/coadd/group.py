@@ -312,7 +312,10 @@ def _check_grid_options(lin_step, wave_min, wave_max) -> None:
 def check_coadd_options(*, lin_step=None, wave_min=None, wave_max=None, cosmics_nsig=None,
                         norm_chi2_threshold=None, **_ignored) -> None:
     """Raise :class:`InputError` for an option value :func:`coadd_file` cannot use
-    (``gpuspec-run --check`` calls it on ``steps.coadd.options``). Host only."""
+    (``gpuspec-run --check`` calls it on ``steps.coadd.options``).
+
+    Backends: host (option values only).
+    """
     _check_grid_options(lin_step, wave_min, wave_max)
     if (wave_min is not None or wave_max is not None) and lin_step is None:
         raise InputError("options wave_min/wave_max need lin_step")
@@ -324,7 +327,11 @@ def check_coadd_options(*, lin_step=None, wave_min=None, wave_max=None, cosmics_
 
 
 def check_nside(nside) -> int:
-    """A valid HEALPix nside (a power of 2 up to :data:`gpuspec.limits.MAX_NSIDE`)."""
+    """A valid HEALPix nside (a power of 2 up to :data:`gpuspec.limits.MAX_NSIDE`), else an
+    :class:`InputError` naming the keyword.
+
+    Backends: host.
+    """
     ok = isinstance(nside, (int, np.integer)) and not isinstance(nside, bool) \
         and 1 <= nside <= MAX_NSIDE and (int(nside) & (int(nside) - 1)) == 0
     if not ok:
