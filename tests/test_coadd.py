@@ -116,6 +116,25 @@ def test_coadd_nonorm_parity(inp):
     # the cosmic of target 1 must have been rejected: without rejection the coadd differs there
     c0 = coadd(inp, cosmics_nsig=0, onetile=True, no_normalize=True, backend="numpy")
     assert _relmax(c0.flux["r"][1:2], ref.flux["r"][1:2]) > 1e-3
+    # None switches it off too (issue 15: None used to mean 4)
+    cn = coadd(inp, cosmics_nsig=None, onetile=True, no_normalize=True, backend="numpy")
+    assert np.array_equal(cn.flux["r"], c0.flux["r"])
+
+
+def test_coadd_file_default_rejects_cosmics(inp, tmp_path):
+    """``coadd_file`` without ``cosmics_nsig`` uses desispec's 4σ (the reference's cosmic of
+    target 1 is rejected); ``cosmics_nsig=0`` keeps it."""
+    from gpuspec.coadd import coadd_file
+    from gpuspec.io.spectra import write_spectra
+
+    ref = read_spectra(_ref("coadd_nonorm.fits"))
+    f = write_spectra(str(tmp_path / "in.fits"), inp)
+    c = read_spectra(coadd_file(f, str(tmp_path / "c.fits"), no_normalize=True,
+                                backend="numpy"))
+    assert _relmax(c.flux["r"], ref.flux["r"]) < 1e-7
+    c0 = read_spectra(coadd_file(f, str(tmp_path / "c0.fits"), no_normalize=True,
+                                 cosmics_nsig=0, backend="numpy"))
+    assert _relmax(c0.flux["r"][1:2], ref.flux["r"][1:2]) > 1e-3
 
 
 def test_coadd_does_not_modify_input(inp):

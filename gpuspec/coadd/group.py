@@ -376,7 +376,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     coadd_cameras : bool
         Plain coadd only: also combine the bands (b, r, z → brz).
     cosmics_nsig, no_normalize, norm_chi2_threshold : see :func:`gpuspec.coadd.coadd`
-        (``norm_chi2_threshold=None``: desispec's default 0.1).
+        (None, an option not given: desispec's defaults, ``cosmics_nsig`` 4 and
+        ``norm_chi2_threshold`` 0.1; ``cosmics_nsig=0`` switches the rejection off).
     backend : {"auto", "numpy", "cupy"}
 
     Returns
@@ -389,6 +390,7 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     from ..io.spectra import read_spectra, write_spectra
     from ..io.util import check_writable
     from .cameras import coadd_cameras as _cameras
+    from .cosmics import COSMICS_NSIG
     from .plain import coadd
     from .spectroperf import coadd_spectroperf, spectroperf_resample
 
@@ -419,7 +421,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     else:
         extra = {} if norm_chi2_threshold is None else \
             {"norm_chi2_threshold": float(norm_chi2_threshold)}
-        out = coadd(sp, cosmics_nsig=cosmics_nsig, onetile=onetile, no_normalize=no_normalize,
+        nsig = COSMICS_NSIG if cosmics_nsig is None else cosmics_nsig
+        out = coadd(sp, cosmics_nsig=nsig, onetile=onetile, no_normalize=no_normalize,
                     backend=backend, **extra)
         if wave_out is not None:
             r = spectroperf_resample(out, wave_out, backend=backend)
