@@ -304,6 +304,9 @@ def ratios(cpu, nrow_sub, nrow_all):
         out["desispec_resample_over_gpuspec_resample"] = per_round("desispec_resample",
                                                                    "gpuspec_resample")
         out["desispec_coadd_over_gpuspec_plain"] = per_round("desispec_coadd", "gpuspec_plain")
+        # the spectroperfectionism coadd against desispec's fast (plain) coadd
+        out["gpuspec_spectroperf_over_desispec_coadd"] = per_round("gpuspec_spectroperf",
+                                                                   "desispec_coadd")
     return out
 
 

@@ -195,6 +195,9 @@ def test_group_errors(frames, tmp_path):
         group_frames([bad], tmp_path / "o")
     fr = read_frame(files[0])
     fr.wave = fr.wave + 0.3
+    fr.meta["EXPID"] = 999               # another exposure: the overlap check must not fire
+    if "EXPID" in fr.fibermap.dtype.names:
+        fr.fibermap["EXPID"] = 999
     shifted = write_frame(str(tmp_path / "frame-shift.fits"), fr)
     with pytest.raises(InputError, match="wavelength grid"):
         group_frames([files[0], shifted], tmp_path / "o2")

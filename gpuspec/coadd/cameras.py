@@ -112,9 +112,19 @@ def _overlap_flags(spectra):
         for j in (i - 1, i + 1):
             if 0 <= j < len(bands):
                 o = np.asarray(to_host(spectra.wave[bands[j]]), dtype=np.float64)
-                f |= np.min(np.abs(w[:, None] - o[None, :]), axis=1) <= _TOL
+                f |= _nearest_distance(w, o) <= _TOL
         oflag[b] = f
     return oflag
+
+
+def _nearest_distance(w, o):
+    """Distance from each ``w`` to the nearest value of ``o`` (sorted search: O(n log n),
+    not the n × m distance table)."""
+    so = np.sort(o)
+    if so.size == 1:
+        return np.abs(w - so[0])
+    k = np.clip(np.searchsorted(so, w), 1, so.size - 1)
+    return np.minimum(np.abs(w - so[k - 1]), np.abs(so[k] - w))
 
 
 class _Accumulator:

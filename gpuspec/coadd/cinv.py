@@ -70,8 +70,10 @@ def resampling_terms(wave_in, wave_out, ndiag: int):
     Returns
     -------
     dict or None
-        ``sel`` (slice of input pixels), ``m``, ``L`` (window length), ``j0`` (m,), and
-        ``kc, ch, ah, cl, al`` (ndiag, m); None when no input pixel is inside the output range.
+        ``sel`` (slice of input pixels), ``m``, ``L`` (window length), ``j0`` (m,),
+        ``kc, ch, ah, cl, al`` (ndiag, m), and ``a0, a1`` (m,), the first and last window
+        column with a non-zero coefficient; None when no input pixel is inside the output
+        range.
 
     Backends: host (numpy).
     """
@@ -89,11 +91,17 @@ def resampling_terms(wave_in, wave_out, ndiag: int):
     okk = (k >= 0) & (k < m)
     kc = np.clip(k, 0, m - 1)
     gk = g[kc]
-    return {"sel": sel, "m": m, "L": L, "j0": j0, "kc": kc,
-            "ch": np.clip(gk - j0[None, :], 0, L - 1),
-            "ah": np.where(okk, alpha[kc], 0.0),
-            "cl": np.clip(gk - 1 - j0[None, :], 0, L - 1),
-            "al": np.where(okk & (gk > 0), 1.0 - alpha[kc], 0.0)}
+    t = {"sel": sel, "m": m, "L": L, "j0": j0, "kc": kc,
+         "ch": np.clip(gk - j0[None, :], 0, L - 1),
+         "ah": np.where(okk, alpha[kc], 0.0),
+         "cl": np.clip(gk - 1 - j0[None, :], 0, L - 1),
+         "al": np.where(okk & (gk > 0), 1.0 - alpha[kc], 0.0)}
+    # window columns that can be non-zero (the outer product only needs those)
+    used = np.concatenate([np.where(t["ah"] != 0, t["ch"], -1),
+                           np.where(t["al"] != 0, t["cl"], -1)])
+    t["a1"] = np.max(used, axis=0)
+    t["a0"] = np.min(np.where(used >= 0, used, L), axis=0)
+    return t
 
 
 def accumulate_upper(bands_data, wave_out, groups, ngroup, xp, row_chunk: int = 64):

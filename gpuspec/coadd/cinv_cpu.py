@@ -18,47 +18,53 @@ from .sqrtm_band_cpu import available
 
 __all__ = ["available", "accumulate_band"]
 
-_kernel = None
+_compiled = None
+_FLAGS = dict(cache=True, nogil=True, error_model="numpy",
+              fastmath={"contract", "reassoc", "nsz", "arcp"})
+
+
+def _accumulate(flux, ivar, rdata, group, s0, kc, ch, ah, cl, al, j0, a0s, a1s, L, upper,
+                cinvf):
+    """Rows × input pixels: each pixel's RR window, its outer product into ``upper``."""
+    nout = upper.shape[1]
+    ndiag, m = kc.shape
+    rr = np.empty(L)
+    for r in range(flux.shape[0]):
+        g = group[r]
+        if g < 0:
+            continue
+        for i in range(m):
+            iv = ivar[r, s0 + i]
+            if iv == 0.0:
+                continue
+            for a in range(L):
+                rr[a] = 0.0
+            for d in range(ndiag):
+                val = rdata[r, d, s0 + kc[d, i]]
+                rr[ch[d, i]] += val * ah[d, i]
+                rr[cl[d, i]] += val * al[d, i]
+            w = iv * flux[r, s0 + i]
+            jb = j0[i]
+            a0 = a0s[i]
+            a1 = min(a1s[i] + 1, nout - jb)           # window columns a0 .. a1-1
+            for a in range(a0, a1):
+                j = jb + a
+                cinvf[g, j] += rr[a] * w
+                ra = iv * rr[a]
+                urow = upper[g, j]
+                for dl in range(a1 - a):
+                    urow[dl] += ra * rr[a + dl]
 
 
 def _get_kernel():
-    global _kernel
-    if _kernel is None:
+    """The compiled :func:`_accumulate` (a module-level function, so numba's on-disk
+    cache serves every new process)."""
+    global _compiled
+    if _compiled is None:
         from numba import njit
 
-        @njit(cache=True, nogil=True, error_model="numpy",
-              fastmath={"contract", "reassoc", "nsz", "arcp"})
-        def kernel(flux, ivar, rdata, group, s0, kc, ch, ah, cl, al, j0, L, upper, cinvf):
-            nout = upper.shape[1]
-            ndiag, m = kc.shape
-            rr = np.empty(L)
-            for r in range(flux.shape[0]):
-                g = group[r]
-                if g < 0:
-                    continue
-                for i in range(m):
-                    iv = ivar[r, s0 + i]
-                    if iv == 0.0:
-                        continue
-                    for a in range(L):
-                        rr[a] = 0.0
-                    for d in range(ndiag):
-                        val = rdata[r, d, s0 + kc[d, i]]
-                        rr[ch[d, i]] += val * ah[d, i]
-                        rr[cl[d, i]] += val * al[d, i]
-                    w = iv * flux[r, s0 + i]
-                    jb = j0[i]
-                    amax = min(L, nout - jb)
-                    for a in range(amax):
-                        j = jb + a
-                        cinvf[g, j] += rr[a] * w
-                        ra = iv * rr[a]
-                        urow = upper[g, j]
-                        for dl in range(min(L - a, amax - a)):
-                            urow[dl] += ra * rr[a + dl]
-
-        _kernel = kernel
-    return _kernel
+        _compiled = njit(**_FLAGS)(_accumulate)
+    return _compiled
 
 
 def accumulate_band(flux, ivar, rdata, group, terms, upper, cinvf):
@@ -77,5 +83,7 @@ def accumulate_band(flux, ivar, rdata, group, terms, upper, cinvf):
                   np.ascontiguousarray(terms["ah"], dtype=np.float64),
                   np.ascontiguousarray(terms["cl"], dtype=np.int64),
                   np.ascontiguousarray(terms["al"], dtype=np.float64),
-                  np.ascontiguousarray(terms["j0"], dtype=np.int64), int(terms["L"]),
+                  np.ascontiguousarray(terms["j0"], dtype=np.int64),
+                  np.ascontiguousarray(terms["a0"], dtype=np.int64),
+                  np.ascontiguousarray(terms["a1"], dtype=np.int64), int(terms["L"]),
                   upper, cinvf)

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mask_cosmics", "chi2_threshold"]
+__all__ = ["mask_cosmics", "chi2_threshold", "COSMICS_NSIG"]
+
+#: desispec's default threshold of the coadd's cosmic-ray rejection (``--nsig``), in sigma
+COSMICS_NSIG = 4.0
 
 _MIN_FOR_COSMICS = 3
 

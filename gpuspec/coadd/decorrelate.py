@@ -29,9 +29,11 @@ the eigendecomposition.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from ..threads import limit_blas
+from ..threads import blas_threads, default_blas_threads
 from ..backend import get_array_module, get_xp, to_device, to_host
 from ..profiling import nvtx_range
 from . import sqrtm_band, sqrtm_band_cpu
@@ -199,6 +201,15 @@ def _rdiag(qb, sgood, d: int, xp):
     return rd
 
 
+def _trim_band(U, xp):
+    """Drop the outer diagonals that are zero in every spectrum (the resampling window has
+    two columns of slack: on a grid that contains the input pixels, the last is empty).
+    Every cost of the decorrelation grows with the band width. One device→host copy."""
+    nz = xp.any(U != 0, axis=(0, 1))                                           # (L,)
+    last = int(to_host(xp.max(xp.where(nz, xp.arange(U.shape[2]), 0))))
+    return U[:, :, : last + 1] if last + 1 < U.shape[2] else U
+
+
 def _resolve_method(method: str, xp):
     if method not in METHODS:
         raise ValueError(f"decorrelate method must be one of {METHODS}, not {method!r}")
@@ -208,7 +219,6 @@ def _resolve_method(method: str, xp):
     return "zolotarev", use_numba
 
 
-@limit_blas
 def decorrelate(cinv_band, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks: int | None = None,
                 method: str = "auto", backend=None):
     """Decorrelate banded inverse covariances (batched divide and conquer).
@@ -260,8 +270,10 @@ def decorrelate_upper(U, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks=N
     (``(nspec, nwave, hb+1)``, :func:`gpuspec.coadd.cinv.accumulate_upper`'s layout), device
     arrays on ``xp``. Same outputs.
 
-    Backends: numpy (Numba twin when available), cupy (one host synchronisation per call).
+    Backends: numpy (Numba twin when available), cupy (two host synchronisations per call:
+    the band width and the blocks for the eigh fallback).
     """
+    U = _trim_band(U, xp)
     nt, nn, b1 = U.shape
     hb = b1 - 1
     kind, use_numba = _resolve_method(method, xp)
@@ -279,7 +291,7 @@ def decorrelate_upper(U, cinvf, wavebin: float, ndiag: int = 11, *, max_blocks=N
     tchunk = max(1, int(max_blocks // max(plan.nblk, 1)))
     h = ndiag // 2
     oks = []
-    with nvtx_range("coadd.decorrelate"):
+    with nvtx_range("coadd.decorrelate"), _host_blas(kind == "eigh", xp):
         for t0 in range(0, nt, tchunk):
             ts = slice(t0, min(nt, t0 + tchunk))
             ntc = ts.stop - ts.start
@@ -309,14 +321,23 @@ def _eigh_fallback(U, cinvf, lmin_t, ok, plan: _Plan, dev: dict, out, h: int, xp
     if bad.size == 0:
         return
     tb, kb = np.divmod(bad, plan.nblk)
-    for t in np.unique(tb):
-        ks = kb[tb == t]
-        ksx = xp.asarray(ks)
-        W0, rhs = _gather(U[t:t + 1], cinvf[t:t + 1], plan, dev, xp)
-        lmin = xp.repeat(lmin_t[t:t + 1], ks.size)
-        qb, s, y = _pieces_eigh(W0[ksx], rhs[ksx], dev["real"][ksx], lmin, EIG_FLOOR / lmin,
-                                h, xp)
-        _assemble_blocks(qb, s, y, t, ks, plan, out, xp)
+    with _host_blas(True, xp):
+        for t in np.unique(tb):
+            ks = kb[tb == t]
+            ksx = xp.asarray(ks)
+            W0, rhs = _gather(U[t:t + 1], cinvf[t:t + 1], plan, dev, xp)
+            lmin = xp.repeat(lmin_t[t:t + 1], ks.size)
+            qb, s, y = _pieces_eigh(W0[ksx], rhs[ksx], dev["real"][ksx], lmin,
+                                    EIG_FLOOR / lmin, h, xp)
+            _assemble_blocks(qb, s, y, t, ks, plan, out, xp)
+
+
+def _host_blas(needed: bool, xp):
+    """The configured BLAS thread count around host LAPACK work (the eigh path); a no-op
+    elsewhere: the banded kernels use no BLAS, and threadpoolctl's library scan costs
+    ~10 ms per call (an eighth of a plain coadd of 10 targets)."""
+    return blas_threads(default_blas_threads()) if needed and xp is np else \
+        contextlib.nullcontext()
 
 
 def _assemble_blocks(qb, s, y, t: int, ks, plan: _Plan, out, xp):

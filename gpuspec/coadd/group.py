@@ -312,7 +312,10 @@ def _check_grid_options(lin_step, wave_min, wave_max) -> None:
 def check_coadd_options(*, lin_step=None, wave_min=None, wave_max=None, cosmics_nsig=None,
                         norm_chi2_threshold=None, **_ignored) -> None:
     """Raise :class:`InputError` for an option value :func:`coadd_file` cannot use
-    (``gpuspec-run --check`` calls it on ``steps.coadd.options``). Host only."""
+    (``gpuspec-run --check`` calls it on ``steps.coadd.options``).
+
+    Backends: host (option values only).
+    """
     _check_grid_options(lin_step, wave_min, wave_max)
     if (wave_min is not None or wave_max is not None) and lin_step is None:
         raise InputError("options wave_min/wave_max need lin_step")
@@ -324,7 +327,11 @@ def check_coadd_options(*, lin_step=None, wave_min=None, wave_max=None, cosmics_
 
 
 def check_nside(nside) -> int:
-    """A valid HEALPix nside (a power of 2 up to :data:`gpuspec.limits.MAX_NSIDE`)."""
+    """A valid HEALPix nside (a power of 2 up to :data:`gpuspec.limits.MAX_NSIDE`), else an
+    :class:`InputError` naming the keyword.
+
+    Backends: host.
+    """
     ok = isinstance(nside, (int, np.integer)) and not isinstance(nside, bool) \
         and 1 <= nside <= MAX_NSIDE and (int(nside) & (int(nside) - 1)) == 0
     if not ok:
@@ -369,7 +376,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     coadd_cameras : bool
         Plain coadd only: also combine the bands (b, r, z → brz).
     cosmics_nsig, no_normalize, norm_chi2_threshold : see :func:`gpuspec.coadd.coadd`
-        (``norm_chi2_threshold=None``: desispec's default 0.1).
+        (None, an option not given: desispec's defaults, ``cosmics_nsig`` 4 and
+        ``norm_chi2_threshold`` 0.1; ``cosmics_nsig=0`` switches the rejection off).
     backend : {"auto", "numpy", "cupy"}
 
     Returns
@@ -382,6 +390,7 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     from ..io.spectra import read_spectra, write_spectra
     from ..io.util import check_writable
     from .cameras import coadd_cameras as _cameras
+    from .cosmics import COSMICS_NSIG
     from .plain import coadd
     from .spectroperf import coadd_spectroperf, spectroperf_resample
 
@@ -401,6 +410,9 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
                              "wave-max and the input range)", path=spectrafile)
         n = check_size(np.floor((hi - lo) / lin_step + 1e-6) + 1, MAX_NWAVE, "wavelengths",
                        f"output grid {lo:g}..{hi:g} A with lin-step {lin_step:g}")
+        # desispec's --lin-step grid (resample_spectra_lin_or_log): wmin + k·step, the last
+        # point not beyond wave-max. Not grids.linear_grid: its np.arange values differ
+        # from these by up to 1.4e-9 A over a brz grid, and its last point may pass wmax.
         wave_out = lo + lin_step * np.arange(n)
     elif wave_min is not None or wave_max is not None:
         raise InputError("--wave-min/--wave-max need --lin-step", path=spectrafile)
@@ -409,7 +421,8 @@ def coadd_file(spectrafile, outfile, *, spectroperf: bool = False, lin_step: flo
     else:
         extra = {} if norm_chi2_threshold is None else \
             {"norm_chi2_threshold": float(norm_chi2_threshold)}
-        out = coadd(sp, cosmics_nsig=cosmics_nsig, onetile=onetile, no_normalize=no_normalize,
+        nsig = COSMICS_NSIG if cosmics_nsig is None else cosmics_nsig
+        out = coadd(sp, cosmics_nsig=nsig, onetile=onetile, no_normalize=no_normalize,
                     backend=backend, **extra)
         if wave_out is not None:
             r = spectroperf_resample(out, wave_out, backend=backend)

@@ -24,7 +24,7 @@ import numpy as np
 from ..backend import get_xp, to_device, to_host
 from ..profiling import nvtx_range
 from ..spectra import Spectra
-from .cosmics import mask_cosmics
+from .cosmics import COSMICS_NSIG, mask_cosmics
 from .fibermap import coadd_fibermap, fiberstatus_column
 from .groups import gather_rows, ordered_unique, target_index_table, use_for_coadd
 from .normalize import NORM_CHI2_THRESHOLD, per_exposure_normalization
@@ -125,7 +125,7 @@ def _coadd_band_chunks(wave, flux, ivar, mask, rdata, idx, valid, normtab, cosmi
     return to_host(tf), to_host(ti), to_host(tm), None if tr is None else to_host(tr)
 
 
-def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool = False,
+def coadd(spectra: Spectra, *, cosmics_nsig: float | None = COSMICS_NSIG, onetile: bool = False,
           no_normalize: bool = False, coadd_norm=None, chunk: int = 256,
           norm_chi2_threshold: float = NORM_CHI2_THRESHOLD, backend="auto") -> Spectra:
     """Coadd the exposures of each target, band by band (desispec ``coadd``).
@@ -135,7 +135,8 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
     spectra : Spectra
         Uncoadded spectra with a FIBERMAP (TARGETID, FIBERSTATUS, ...). Not modified.
     cosmics_nsig : float or None
-        Outlier rejection threshold; None means 4.0, 0 disables it.
+        Outlier rejection threshold in sigma (default :data:`COSMICS_NSIG`, desispec's 4);
+        None or 0 switches the rejection off.
     onetile : bool
         Inputs are from one tile (keeps tile-specific columns in FIBERMAP).
     no_normalize : bool
@@ -161,8 +162,6 @@ def coadd(spectra: Spectra, *, cosmics_nsig: float | None = 4.0, onetile: bool =
     Backends: numpy, cupy.
     """
     xp = get_xp(backend)
-    if cosmics_nsig is None:
-        cosmics_nsig = 4.0
     fm = spectra.fibermap
     if fm is None:
         raise ValueError("coadd needs a fibermap with TARGETID")

@@ -17,7 +17,6 @@ import copy
 
 import numpy as np
 
-from ..threads import limit_blas
 from ..backend import get_xp, to_device, to_host
 from ..maskbits import specmask
 from ..profiling import nvtx_range
@@ -53,7 +52,6 @@ def _bands_data(spectra, xp, use_mask: bool):
     return out
 
 
-@limit_blas
 def spectroperf_resample(spectra: Spectra, wave_out, backend="auto", **kw) -> Spectra:
     """Resample every row onto ``wave_out`` with a decorrelated resolution (desispec semantics).
 
@@ -86,7 +84,6 @@ def spectroperf_resample(spectra: Spectra, wave_out, backend="auto", **kw) -> Sp
                    meta=copy.deepcopy(spectra.meta), scores=spectra.scores)
 
 
-@limit_blas
 def coadd_spectroperf(spectra: Spectra, wave_out=None, *, onetile: bool = False,
                       backend="auto", **kw) -> Spectra:
     """Spectroperfectionism coadd: one decorrelated spectrum per target.

@@ -14,30 +14,29 @@ import os
 
 import numpy as np
 
+from ..grids import DESI_WAVE, WAVE_STEP, linear_grid
 from ..resolution import apply as rapply
 from ..spectra import Spectra
 
 __all__ = ["camera_waves", "make_spectra", "write_frames"]
 
-DESI_RANGES = {"b": (3600.0, 5800.0), "r": (5760.0, 7620.0), "z": (7520.0, 9824.0)}
+#: DESI's production grids (one home: :data:`gpuspec.grids.DESI_WAVE`)
+DESI_RANGES = DESI_WAVE
 
 
 #: short overlapping ranges for fast tests
 SHORT_RANGES = {"b": (5000.0, 5800.0), "r": (5760.0, 6600.0), "z": (6560.0, 7400.0)}
 
 
-def camera_waves(bands=("b", "r", "z"), step: float = 0.8, ranges=None):
-    """Camera grids on a common 0.8 Å lattice (default DESI ranges; see SHORT_RANGES).
+def camera_waves(bands=("b", "r", "z"), step: float = WAVE_STEP, ranges=None):
+    """Camera grids on a common 0.8 Å lattice (default DESI ranges; see SHORT_RANGES),
+    each :func:`gpuspec.grids.linear_grid` rounded to 6 decimals (identical values where
+    the arms overlap).
 
     Backends: host (numpy).
     """
     ranges = DESI_RANGES if ranges is None else ranges
-    out = {}
-    for b in bands:
-        lo, hi = ranges[b]
-        n = int(round((hi - lo) / step)) + 1
-        out[b] = np.round(lo + step * np.arange(n), 6)
-    return out
+    return {b: linear_grid(*ranges[b], step, decimals=6) for b in bands}
 
 
 def _truth(wave, rng, ntarget):
