@@ -237,6 +237,12 @@ def open_fits(path: str | os.PathLike) -> fitsio.FITS:
     try:
         fx = fitsio.FITS(path, "r")
     except Exception as exc:  # OSError from CFITSIO
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            fits_start = f.read(6) == b"SIMPLE"
+        if fits_start and size % 2880 != 0:   # say why (CFITSIO's message varies)
+            raise InputError(f"truncated or corrupt FITS file: size {size} bytes is not a "
+                             f"multiple of 2880 ({_short(exc)})", path=path) from exc
         raise InputError(f"not a readable FITS file ({_short(exc)})", path=path) from exc
     try:
         check_complete(fx, path)
