@@ -33,6 +33,10 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gpuspec-run`` argument parser.
+
+    Backends: host only.
+    """
     p = argparse.ArgumentParser(
         prog="gpuspec-run",
         description="Run a gpuspec production: YAML manifest -> task graph -> one process or "
