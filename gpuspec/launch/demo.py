@@ -153,6 +153,8 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     str
         Path of the manifest; it has been validated with
         :func:`gpuspec.launch.manifest.load_manifest`.
+
+    Backends: host only (writes YAML; ``backend`` is the one the production will use).
     """
     simdir = os.path.abspath(simdir)
     proddir = os.path.abspath(proddir)

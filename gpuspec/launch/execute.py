@@ -167,7 +167,10 @@ def _threads_now() -> int | None:
 
 
 def device_label(manifest: Manifest) -> str:
-    """Description of this process's compute device for the manifest's backend."""
+    """Description of this process's compute device for the manifest's backend.
+
+    Backends: host only (asks :mod:`gpuspec.backend` which device ``backend`` selects).
+    """
     try:
         xp = _backend.get_xp(manifest.data["backend"])
         return _backend.device_name(xp)

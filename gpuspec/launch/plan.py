@@ -199,6 +199,8 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
         Unknown registry, or :class:`StepsUnavailable` naming every missing step.
     RunActive
         Another run is writing this production.
+
+    Backends: host only (checks that the manifest's ``backend`` can run, unless told not to).
     """
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     _check_production(m)
