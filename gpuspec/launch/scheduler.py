@@ -76,11 +76,11 @@ class Scheduler:
         return all(self.state[d] in ("done", "failed") for d in self.tasks[name].deps)
 
     def has_ready(self) -> bool:
-        # drop entries of tasks that stopped being ready (failed upstream) from the top
         """True when a task is ready to run.
 
         Backends: host only.
         """
+        # drop entries of tasks that stopped being ready (failed upstream) from the top
         while self.heap and self.state[self.heap[0][1]] != "ready":
             heapq.heappop(self.heap)
         return bool(self.heap)
