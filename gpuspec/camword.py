@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .errors import InputError
+
 __all__ = ["ARMS", "parse_camword", "cameras_to_camword", "parse_cameras", "is_camera"]
 
 ARMS = ("b", "r", "z")
@@ -94,16 +96,45 @@ def cameras_to_camword(cameras: Iterable[str]) -> str:
     return out
 
 
-def parse_cameras(cameras: str | Iterable[str]) -> list[str]:
+def parse_cameras(cameras: str | Iterable[str], order: str = "arm") -> list[str]:
     """Cameras given as a camword, a comma-separated list or a sequence -> sorted list.
+
+    The one parser of camera selections (the CLIs, the manifest and the simulator
+    all call it).
+
+    Parameters
+    ----------
+    cameras : str or iterable of str
+        A camword (``a0``, ``a01b2z9``), a comma list (``b0,r0,z0``, items may be
+        camwords) or a sequence of camera names.
+    order : {"arm", "petal"}
+        ``"arm"``: sorted by name (``b0 b1 r0 r1 ...``); ``"petal"``: by spectrograph,
+        then arm b, r, z (``b0 r0 z0 b1 ...``, the simulator's order).
+
+    Returns
+    -------
+    list of str
+        Lower-case camera names without duplicates.
 
     Raises
     ------
-    ValueError
-        Bad camword or camera name, or no camera at all.
+    InputError
+        (a ``ValueError``) Bad camword or camera name, or no camera at all.
 
-    Host only (strings).
+    Backends: host only (strings).
     """
+    if order not in ("arm", "petal"):
+        raise ValueError(f"order must be 'arm' or 'petal', got {order!r}")
+    try:
+        cams = _parse_cameras(cameras)
+    except ValueError as exc:
+        raise InputError(f"invalid cameras {cameras!r}: {exc}") from None
+    if order == "petal":
+        return sorted(cams, key=lambda c: (int(c[1]), ARMS.index(c[0])))
+    return cams
+
+
+def _parse_cameras(cameras) -> list[str]:
     if isinstance(cameras, str):
         parts = [p for p in cameras.replace(" ", "").split(",") if p]
         if not parts:

@@ -214,11 +214,52 @@ def test_camword_api():
         cameras_to_camword(["b0", "bb"])
 
 
+def test_parse_cameras_is_the_one_camera_parser():
+    from gpuspec.errors import InputError
+    from gpuspec.sim import cameras as sim_cameras
+
+    assert sim_cameras.parse_cameras is parse_cameras  # one home, re-exported by the simulator
+    assert parse_cameras("a01") == ["b0", "b1", "r0", "r1", "z0", "z1"]
+    assert parse_cameras("z1,a0", order="petal") == ["b0", "r0", "z0", "z1"]
+    assert parse_cameras(["r2", "b2", "z1"], order="petal") == ["z1", "b2", "r2"]
+    with pytest.raises(InputError, match="invalid cameras 'q0'"):
+        parse_cameras("q0")
+    with pytest.raises(ValueError, match="order"):
+        parse_cameras("a0", order="fiber")
+
+
+def test_every_public_launch_function_names_its_backends():
+    """numpydoc rule of the project: each public function's docstring says its backends."""
+    import ast
+    import glob
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    missing = []
+    for path in sorted(glob.glob(os.path.join(repo, "gpuspec", "launch", "*.py"))):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+
+        def visit(body, prefix=""):
+            for n in body:
+                if isinstance(n, ast.FunctionDef) and not n.name.startswith("_"):
+                    if "Backends:" not in (ast.get_docstring(n) or ""):
+                        missing.append(f"{os.path.basename(path)}:{n.lineno} {prefix}{n.name}")
+                elif isinstance(n, ast.ClassDef) and not n.name.startswith("_"):
+                    visit(n.body, n.name + ".")
+
+        visit(tree.body)
+    assert not missing, "public functions without a 'Backends:' line: " + ", ".join(missing)
+
+
 @pytest.mark.parametrize("name", ["demo-sim.yaml", "desi-night.yaml", "toy.yaml"])
 def test_launch_examples_are_valid(name):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from gpuspec.launch.manifest import STEPS
+
     m = load_manifest(os.path.join(repo, "launch", name), check_files=False)
-    assert m.steps == ["preproc", "extract", "frame", "group", "coadd"]
+    # the examples of real nights are calibrated (DESI's default); the toy one is not
+    assert m.steps == (["preproc", "extract", "frame", "group", "coadd"] if name == "toy.yaml"
+                       else list(STEPS))
     assert m.data["inputs"]["cameras"]
 
 

@@ -54,6 +54,8 @@ def exposure_obstype(*paths: str | None) -> str | None:
 
     ``paths`` are the raw file, then products holding its header (preproc, frame).
     None when no file is readable or none has OBSTYPE.
+
+    Backends: host only.
     """
     for p in paths:
         if p and os.path.exists(p):
@@ -70,6 +72,8 @@ def resolve_obstype(m: Manifest, e: dict, ext: str = "fits") -> str:
     of the exposure); the manifest's ``obstype`` when given must agree with it.
     Without a readable OBSTYPE: the manifest's, else SCIENCE. Another OBSTYPE
     (ARC, ZERO, DARK, …) is a ManifestError naming the exposure.
+
+    Backends: host only.
     """
     from .graph import paths
 
@@ -94,7 +98,10 @@ def resolve_obstype(m: Manifest, e: dict, ext: str = "fits") -> str:
 def calib_path(prod: str, kind: str, night: int, expid: int | None = None,
                camera: str | None = None, spectrograph: int | None = None,
                ext: str = "fits") -> str:
-    """Path of a calibration product in the production (desispec's layout)."""
+    """Path of a calibration product in the production (desispec's layout).
+
+    Backends: host only.
+    """
     from ..calibrate.files import calib_filename
 
     name = calib_filename(kind, camera, expid, night=night, spectrograph=spectrograph)
@@ -105,7 +112,10 @@ def calib_path(prod: str, kind: str, night: int, expid: int | None = None,
 
 
 def group_input(m: Manifest) -> str:
-    """``cframe`` or ``frame``: what the group step reads (``steps.group.input``)."""
+    """``cframe`` or ``frame``: what the group step reads (``steps.group.input``).
+
+    Backends: host only.
+    """
     from .graph import step_settings
 
     want = step_settings(m, "group").get("input", "auto")
@@ -129,13 +139,20 @@ class CalibGraph:
         self.nights_with_flats = nights_with_flats
 
     def kind(self, e: dict) -> str:
+        """Kind (``flat`` or ``science``) of exposure entry ``e``.
+
+        Backends: host only.
+        """
         return self.kinds[e["expid"]]
 
     def _opts(self, step: str) -> dict:
         return self.m.step(step).get("options", {})
 
     def camera(self, e: dict, cam: str, frame: str) -> str | None:
-        """The calibration tasks of one camera; returns the file to group (None for a flat)."""
+        """The calibration tasks of one camera; returns the file to group (None for a flat).
+
+        Backends: host only.
+        """
         from .graph import Task
 
         night, expid, prod = e["night"], e["expid"], self.m.production
@@ -168,7 +185,10 @@ class CalibGraph:
         return cframe if self.input == "cframe" else frame
 
     def exposure(self, e: dict) -> None:
-        """stdstars of each spectrograph of a science exposure (its b, r, z cameras together)."""
+        """stdstars of each spectrograph of a science exposure (its b, r, z cameras together).
+
+        Backends: host only.
+        """
         from .graph import Task
 
         cams = self.science.get(e["expid"], {})
@@ -201,7 +221,10 @@ class CalibGraph:
                                 "production)")
 
     def finish(self) -> None:
-        """The fiberflatnight tasks of every night with flats."""
+        """The fiberflatnight tasks of every night with flats.
+
+        Backends: host only.
+        """
         from .graph import Task, step_settings
 
         method = step_settings(self.m, "fiberflatnight").get("method", "autocalib")
@@ -222,7 +245,10 @@ class CalibGraph:
 
 
 def calibration_notes(m: Manifest, ext: str = "fits") -> list[str]:
-    """What ``--check`` and ``--dry-run`` say about calibration (one line each)."""
+    """What ``--check`` and ``--dry-run`` say about calibration (one line each).
+
+    Backends: host only.
+    """
     kinds = {}
     for e in m.exposures():
         try:

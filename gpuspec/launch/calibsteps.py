@@ -28,7 +28,10 @@ __all__ = ["CALIB_STEPS", "desi_fiberflat", "desi_fiberflatnight", "desi_sky",
 
 
 def desi_fiberflat(task, ctx: TaskContext) -> None:
-    """fiberflat(flat exposure, camera): ``compute_fiberflat_file``."""
+    """fiberflat(flat exposure, camera): ``compute_fiberflat_file``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..calibrate.files import compute_fiberflat_file
 
     p = task.params
@@ -36,7 +39,12 @@ def desi_fiberflat(task, ctx: TaskContext) -> None:
 
 
 def desi_fiberflatnight(task, ctx: TaskContext) -> None:
-    """fiberflatnight(arm or camera, night): ``autocalib_fiberflat_file`` / ``average_fiberflat_file``."""
+    """fiberflatnight(arm or camera, night).
+
+    ``autocalib_fiberflat_file`` (all spectrographs of an arm) or ``average_fiberflat_file``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..calibrate.files import autocalib_fiberflat_file, average_fiberflat_file
 
     p = task.params
@@ -54,7 +62,10 @@ def desi_fiberflatnight(task, ctx: TaskContext) -> None:
 
 
 def desi_sky(task, ctx: TaskContext) -> None:
-    """sky(science exposure, camera): ``compute_sky_file``."""
+    """sky(science exposure, camera): ``compute_sky_file``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..calibrate.files import compute_sky_file
 
     p = task.params
@@ -63,7 +74,10 @@ def desi_sky(task, ctx: TaskContext) -> None:
 
 
 def desi_stdstars(task, ctx: TaskContext) -> None:
-    """stdstars(science exposure, spectrograph): ``fit_stdstars_file`` on its b, r, z."""
+    """stdstars(science exposure, spectrograph): ``fit_stdstars_file`` on its b, r, z.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..calibrate.files import fit_stdstars_file
 
     p = task.params
@@ -72,7 +86,10 @@ def desi_stdstars(task, ctx: TaskContext) -> None:
 
 
 def desi_fluxcalib(task, ctx: TaskContext) -> None:
-    """fluxcalib(science exposure, camera): ``compute_fluxcalib_file``."""
+    """fluxcalib(science exposure, camera): ``compute_fluxcalib_file``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..calibrate.files import compute_fluxcalib_file
 
     p = task.params
@@ -81,7 +98,10 @@ def desi_fluxcalib(task, ctx: TaskContext) -> None:
 
 
 def desi_cframe(task, ctx: TaskContext) -> None:
-    """cframe(science exposure, camera): ``process_exposure_file`` (10⁻¹⁷ erg/s/cm²/Å)."""
+    """cframe(science exposure, camera): ``process_exposure_file`` (10⁻¹⁷ erg/s/cm²/Å).
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..calibrate.files import process_exposure_file
 
     p = task.params

@@ -33,6 +33,10 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gpuspec-run`` argument parser.
+
+    Backends: host only.
+    """
     p = argparse.ArgumentParser(
         prog="gpuspec-run",
         description="Run a gpuspec production: YAML manifest -> task graph -> one process or "
@@ -123,6 +127,8 @@ def main(argv=None) -> int:
     cannot start or go on (bad manifest, step or backend unavailable, another run
     writing it, a production or database that cannot be written, bad command
     line); 3 internal error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+
+    Backends: host only (the tasks run on the manifest's ``backend``).
     """
     from ..errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, Terminated, describe,
                           handle_sigterm)

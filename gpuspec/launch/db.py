@@ -86,12 +86,18 @@ _RUN_COLS = ("host", "rank", "device", "start", "end", "error", "log", "attempts
 
 
 def run_dir(production: str) -> str:
-    """``PROD/run``: state database and logs."""
+    """``PROD/run``: state database and logs.
+
+    Backends: host only.
+    """
     return os.path.join(production, "run")
 
 
 def db_path(production: str) -> str:
-    """Path of the state database of a production."""
+    """Path of the state database of a production.
+
+    Backends: host only.
+    """
     return os.path.join(run_dir(production), "state.sqlite3")
 
 
@@ -207,6 +213,10 @@ class StateDB:
                                   f"{', '.join(sorted(need - cols))}")
 
     def close(self) -> None:
+        """Commit (unless read-only) and close the connection.
+
+        Backends: host only.
+        """
         try:
             if not self.readonly:
                 self.commit()
@@ -223,11 +233,19 @@ class StateDB:
 
     # ---------------------------------------------------------------- meta
     def set_meta(self, **values) -> None:
+        """Store ``key=value`` pairs (JSON) in the ``meta`` table.
+
+        Backends: host only.
+        """
         with self._guard("write"), self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                   [(k, json.dumps(v)) for k, v in values.items()])
 
     def get_meta(self, key: str, default=None):
+        """The JSON value stored under ``key``, or ``default``.
+
+        Backends: host only.
+        """
         with self._guard("read"):
             row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -244,6 +262,8 @@ class StateDB:
         A claim by a process of this host that no longer exists (killed, crashed)
         is stale and ignored; a claim from another host cannot be checked and is
         returned.
+
+        Backends: host only.
         """
         import socket
 
@@ -270,6 +290,8 @@ class StateDB:
             Description (command) stored with the claim.
         force : bool
             Take over a claim that cannot be checked (another host).
+
+        Backends: host only.
         """
         import socket
 
@@ -283,7 +305,10 @@ class StateDB:
                                       start=time.time(), what=what))
 
     def release_run(self) -> None:
-        """Remove this process's claim."""
+        """Remove this process's claim.
+
+        Backends: host only.
+        """
         run = self.get_meta("active_run")
         if isinstance(run, dict) and str(run.get("pid", -1)) == str(os.getpid()):
             self.commit()
@@ -297,6 +322,8 @@ class StateDB:
         Static columns (step, order, deps, outputs, command) are refreshed; the
         run records (host, rank, ...) of tasks that keep their state are kept.
         Tasks no longer in the graph are deleted.
+
+        Backends: host only.
         """
         tasks = list(tasks)
         names = {t.name for t in tasks}
@@ -317,10 +344,17 @@ class StateDB:
                               "'done') AND error LIKE 'dependency % failed%'")
 
     def update(self, name: str, state: str | None = None, **cols) -> None:
-        """Set the state and/or run columns of one task."""
+        """Set the state and/or run columns of one task.
+
+        Backends: host only.
+        """
         self.update_many([name], state, **cols)
 
     def update_many(self, names: Iterable[str], state: str | None = None, **cols) -> None:
+        """Set ``state`` and/or columns of the tasks ``names`` in one write.
+
+        Backends: host only.
+        """
         sets, vals = [], []
         if state is not None:
             if state not in STATES:
@@ -338,6 +372,10 @@ class StateDB:
         self._write(sql, [(*vals, n) for n in names])
 
     def bump_attempts(self, name: str) -> None:
+        """Add one to the attempt count of task ``name``.
+
+        Backends: host only.
+        """
         self._write("UPDATE tasks SET attempts = attempts + 1 WHERE name = ?", [(name,)])
 
     def _write(self, sql: str, rows: list) -> None:
@@ -350,19 +388,29 @@ class StateDB:
                 self.dirty = True
 
     def commit(self) -> None:
-        """Commit the writes made with ``autocommit = False``."""
+        """Commit the writes made with ``autocommit = False``.
+
+        Backends: host only.
+        """
         if self.dirty:
             with self._guard("write"):
                 self.conn.commit()
             self.dirty = False
 
     def get(self, name: str) -> dict | None:
+        """The row of task ``name`` as a dict, or None.
+
+        Backends: host only.
+        """
         with self._guard("read"):
             r = self.conn.execute("SELECT * FROM tasks WHERE name = ?", (name,)).fetchone()
         return None if r is None else _row(r, self.path)
 
     def rows(self, state: str | None = None, step: str | None = None) -> list[dict]:
-        """Tasks (as dicts) in graph order, optionally filtered by state and step."""
+        """Tasks (as dicts) in graph order, optionally filtered by state and step.
+
+        Backends: host only.
+        """
         sql, args = "SELECT * FROM tasks", []
         where = []
         if state is not None:
@@ -378,6 +426,10 @@ class StateDB:
             return [_row(r, self.path) for r in self.conn.execute(sql, args)]
 
     def states(self) -> dict[str, dict]:
+        """Every task row, keyed by task name.
+
+        Backends: host only.
+        """
         return {r["name"]: r for r in self.rows()}
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -385,6 +437,8 @@ class StateDB:
 
         Each step also has ``warning``: how many of its ``done`` tasks carry a
         warning (made from incomplete inputs); it is not a state of its own.
+
+        Backends: host only.
         """
         out: dict[str, dict[str, int]] = {}
         order: dict[str, int] = {}
@@ -408,7 +462,10 @@ class StateDB:
         return {s: out[s] for s in sorted(out, key=lambda s: order[s])}
 
     def has_column(self, name: str) -> bool:
-        """True when the task table has this column (older databases lack ``warning``)."""
+        """True when the task table has this column (older databases lack ``warning``).
+
+        Backends: host only.
+        """
         with self._guard("read"):
             return any(r[1] == name for r in self.conn.execute("PRAGMA table_info(tasks)"))
 
@@ -440,7 +497,10 @@ def _row(r: sqlite3.Row, path: str = "") -> dict:
 
 
 def move_aside(path: str) -> str:
-    """Rename a broken database (and its journal) to ``PATH.corrupt-YYYYmmdd-HHMMSS``."""
+    """Rename a broken database (and its journal) to ``PATH.corrupt-YYYYmmdd-HHMMSS``.
+
+    Backends: host only.
+    """
     dest = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     n = 1
     while os.path.exists(dest):
@@ -465,6 +525,8 @@ def open_rebuilding(path: str) -> tuple["StateDB", str | None]:
     (StateDB, str or None)
         The database, and a note saying what was done (None when nothing was wrong).
         The caller fills a fresh database from the plan (states from the files).
+
+    Backends: host only.
     """
     try:
         return StateDB(path), None
@@ -478,9 +540,16 @@ def open_rebuilding(path: str) -> tuple["StateDB", str | None]:
 
 
 def manifest_pointer(production: str) -> str:
-    """``PROD/run/manifest-path``: the manifest of the last run (used to rebuild a state)."""
+    """``PROD/run/manifest-path``: the manifest of the last run (used to rebuild a state).
+
+    Backends: host only.
+    """
     return os.path.join(run_dir(production), "manifest-path")
 
 
 def now() -> float:
+    """Wall-clock time (s) stamped into the state database.
+
+    Backends: host only.
+    """
     return time.time()

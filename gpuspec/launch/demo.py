@@ -34,7 +34,10 @@ __all__ = ["make_demo_manifest", "find_exposures", "find_cameras"]
 
 
 def find_exposures(simdir: str) -> list[tuple[int, int]]:
-    """``(night, expid)`` of every ``raw/{NIGHT}/{EXPID}/desi-{EXPID}.fits.fz`` (or ``.fits``)."""
+    """``(night, expid)`` of every ``raw/{NIGHT}/{EXPID}/desi-{EXPID}.fits.fz`` (or ``.fits``).
+
+    Backends: host only.
+    """
     out = []
     for path in sorted(glob.glob(os.path.join(simdir, "raw", "*", "*", "desi-*.fits*"))):
         m = re.search(r"raw/(\d+)/(\d{8})/desi-(\d{8})\.fits(\.fz)?$", path.replace(os.sep, "/"))
@@ -44,7 +47,10 @@ def find_exposures(simdir: str) -> list[tuple[int, int]]:
 
 
 def find_cameras(simdir: str) -> list[str]:
-    """Cameras that have a PSF ``psf/psf-{camera}.fits``."""
+    """Cameras that have a PSF ``psf/psf-{camera}.fits``.
+
+    Backends: host only.
+    """
     cams = []
     for path in glob.glob(os.path.join(simdir, "psf", "psf-*.fits")):
         c = os.path.basename(path)[4:-5]
@@ -147,6 +153,8 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     str
         Path of the manifest; it has been validated with
         :func:`gpuspec.launch.manifest.load_manifest`.
+
+    Backends: host only (writes YAML; ``backend`` is the one the production will use).
     """
     simdir = os.path.abspath(simdir)
     proddir = os.path.abspath(proddir)
@@ -259,7 +267,10 @@ def _write_manifest(doc: dict, path: str, simdir: str) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m gpuspec.launch.demo SIMDIR PRODDIR [--bundles 0,1] ...``: write the manifest."""
+    """``python -m gpuspec.launch.demo SIMDIR PRODDIR [--bundles 0,1] ...``: write the manifest.
+
+    Backends: host only.
+    """
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m gpuspec.launch.demo",

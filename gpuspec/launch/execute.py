@@ -73,6 +73,8 @@ def execute_task(task: Task, manifest: Manifest, registry: Registry, *, rank: in
     ------
     KeyboardInterrupt
         Passed on (after a line in the task's log).
+
+    Backends: host only.
     """
     log = log_path(manifest.production, task.step, task.name)
     host = socket.gethostname()
@@ -136,6 +138,10 @@ class Worker:
                                     threads=_threads_now())
 
     def run(self, task: Task, tee: bool = False) -> dict:
+        """Run ``task`` (in the isolating subprocess when there is one); its result record.
+
+        Backends: host only.
+        """
         if self.proc is not None:
             return self.proc.run(task, tee=tee)
         if self.last_step is not None and task.step != self.last_step:
@@ -145,7 +151,10 @@ class Worker:
                             device=self.device, tee=tee)
 
     def close(self) -> None:
-        """Stop the task process, if any."""
+        """Stop the task process, if any.
+
+        Backends: host only.
+        """
         if self.proc is not None:
             self.proc.close()
 
@@ -158,7 +167,10 @@ def _threads_now() -> int | None:
 
 
 def device_label(manifest: Manifest) -> str:
-    """Description of this process's compute device for the manifest's backend."""
+    """Description of this process's compute device for the manifest's backend.
+
+    Backends: host only (asks :mod:`gpuspec.backend` which device ``backend`` selects).
+    """
     try:
         xp = _backend.get_xp(manifest.data["backend"])
         return _backend.device_name(xp)

@@ -33,6 +33,8 @@ def petal_rows(fibermap: str, camera: str) -> np.ndarray:
     ------
     ManifestError
         No FIBER/TARGET_RA/TARGET_DEC column, or no row of that spectrograph.
+
+    Backends: host only.
     """
     from ..io.fibermap import FIBERS_PER_PETAL, read_fibermap
 
@@ -56,7 +58,10 @@ def petal_rows(fibermap: str, camera: str) -> np.ndarray:
 
 
 def bundle_rows(fibermap: str, camera: str, bundles, fibers_per_bundle: int) -> np.ndarray:
-    """The fibermap rows extracted by ``bundles`` of ``camera`` (see the module docstring)."""
+    """The fibermap rows extracted by ``bundles`` of ``camera`` (see the module docstring).
+
+    Backends: host only.
+    """
     rows = petal_rows(fibermap, camera)
     fpb = int(fibers_per_bundle)
     idx = [i for b in sorted(set(int(b) for b in bundles))
@@ -65,7 +70,10 @@ def bundle_rows(fibermap: str, camera: str, bundles, fibers_per_bundle: int) -> 
 
 
 def fiber_pixels(rows: np.ndarray, nside: int) -> dict[int, list[int]]:
-    """``{pixel: [FIBER, ...]}`` (NESTED) of rows with finite TARGET_RA/TARGET_DEC."""
+    """``{pixel: [FIBER, ...]}`` (NESTED) of rows with finite TARGET_RA/TARGET_DEC.
+
+    Backends: host only.
+    """
     from ..coadd.group import healpix_pixels
 
     ra = np.asarray(rows["TARGET_RA"], dtype=np.float64)

@@ -79,7 +79,10 @@ class paths:
 
     @staticmethod
     def preproc(prod, night, expid, cam, ext="fits"):
-        """``preproc/{NIGHT}/{EXPID:08d}/`` + :func:`gpuspec.preproc.fileio.preproc_filename`."""
+        """``preproc/{NIGHT}/{EXPID:08d}/`` + :func:`gpuspec.preproc.fileio.preproc_filename`.
+
+        Backends: host only.
+        """
         from ..preproc.fileio import preproc_filename
 
         name = preproc_filename(cam, expid)
@@ -88,31 +91,48 @@ class paths:
 
     @staticmethod
     def partial_frame(prod, night, expid, cam, b0, b1, ext="fits"):
+        """Path of the partial frame of bundles ``b0``..``b1`` of one camera.
+
+        Backends: host only.
+        """
         return os.path.join(prod, "exposures", str(night), f"{expid:08d}", "bundles",
                             f"frame-{cam}-{expid:08d}-b{b0:02d}-{b1:02d}.{ext}")
 
     @staticmethod
     def frame(prod, night, expid, cam, ext="fits"):
+        """Path of the merged frame of one camera and exposure.
+
+        Backends: host only.
+        """
         return os.path.join(prod, "exposures", str(night), f"{expid:08d}",
                             f"frame-{cam}-{expid:08d}.{ext}")
 
     @staticmethod
     def healpix(prod, kind, survey, program, hpix, ext="fits"):
-        """``spectra`` or ``coadd`` file of one pixel (:func:`gpuspec.coadd.group.healpix_path`)."""
+        """``spectra`` or ``coadd`` file of one pixel (:func:`gpuspec.coadd.group.healpix_path`).
+
+        Backends: host only.
+        """
         from ..coadd.group import healpix_path
 
         return os.path.join(prod, "healpix", healpix_path(kind, survey, program, hpix, ext))
 
 
 def rerun_command(manifest_path: str, task_name: str) -> str:
-    """The command that re-runs one task alone (one process, log on the terminal)."""
+    """The command that re-runs one task alone (one process, log on the terminal).
+
+    Backends: host only.
+    """
     return f"gpuspec-run {shlex.quote(manifest_path)} --task {shlex.quote(task_name)}"
 
 
 # --------------------------------------------------------------------------- graph
 
 def step_settings(m: Manifest, step: str) -> dict:
-    """The settings of ``step``: the manifest's, or the schema defaults when not listed."""
+    """The settings of ``step``: the manifest's, or the schema defaults when not listed.
+
+    Backends: host only.
+    """
     if step in m.data["steps"]:
         return m.step(step)
     from .manifest import SCHEMA
@@ -286,6 +306,8 @@ def build_graph(m: Manifest, ext: str = "fits") -> list[Task]:
         An input that a listed step needs from a step not run is missing, a
         wavelength grid is missing for an arm, a frame maps to no HEALPix pixel,
         or the graph has a cycle.
+
+    Backends: host only.
     """
     from .calibgraph import CalibGraph
 
@@ -313,6 +335,8 @@ def topological_order(tasks: dict[str, Task]) -> list[str]:
     """Task names ordered so that every task comes after its dependencies.
 
     Ties are broken by step order, then name. Raises ManifestError on a cycle.
+
+    Backends: host only.
     """
     import heapq
 
@@ -342,7 +366,10 @@ def topological_order(tasks: dict[str, Task]) -> list[str]:
 
 
 def outputs_current(task: Task) -> bool:
-    """True when every output exists and none is older than any existing input."""
+    """True when every output exists and none is older than any existing input.
+
+    Backends: host only.
+    """
     try:
         out_t = min(os.stat(o).st_mtime_ns for o in task.outputs)
     except (FileNotFoundError, ValueError):
@@ -352,7 +379,10 @@ def outputs_current(task: Task) -> bool:
 
 
 def cleanup_temporaries(task: Task) -> None:
-    """Remove ``.{name}.*.tmp*`` leftovers of interrupted atomic writes of the task's outputs."""
+    """Remove ``.{name}.*.tmp*`` leftovers of interrupted atomic writes of the task's outputs.
+
+    Backends: host only.
+    """
     import shutil
 
     for out in task.outputs:

@@ -51,7 +51,10 @@ class TaskProcessDied(RuntimeError):
 
 
 def death_cause(exitcode: int | None) -> str:
-    """Words for the exit code of a dead task process (negative: killed by a signal)."""
+    """Words for the exit code of a dead task process (negative: killed by a signal).
+
+    Backends: host only.
+    """
     if exitcode is None:
         return "vanished (no exit status)"
     if exitcode < 0:
@@ -256,6 +259,8 @@ class TaskProcess:
         ------
         KeyboardInterrupt, gpuspec.errors.Terminated
             Passed on after the task process was given :attr:`GRACE` seconds and stopped.
+
+        Backends: host only.
         """
         start = time.time()
         try:
@@ -288,7 +293,10 @@ class TaskProcess:
         self._reap()
 
     def close(self) -> None:
-        """Stop the task process (at the end of a run)."""
+        """Stop the task process (at the end of a run).
+
+        Backends: host only.
+        """
         if self.proc is not None and self.proc.poll() is None and self.conn is not None:
             try:
                 self.conn.send(("stop",))

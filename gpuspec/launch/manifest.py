@@ -583,15 +583,25 @@ class Manifest:
 
     @property
     def production(self) -> str:
+        """The production folder.
+
+        Backends: host only.
+        """
         return self.data["production"]
 
     @property
     def steps(self) -> list[str]:
-        """Steps to run, in data-flow order."""
+        """Steps to run, in data-flow order.
+
+        Backends: host only.
+        """
         return [s for s in STEPS if s in self.data["steps"]]
 
     def line(self, key: str) -> int | None:
-        """Line of a dotted key, or of its closest ancestor that has one."""
+        """Line of a dotted key, or of its closest ancestor that has one.
+
+        Backends: host only.
+        """
         while key:
             if key in self.lines:
                 return self.lines[key]
@@ -600,10 +610,17 @@ class Manifest:
         return None
 
     def error(self, key: str, message: str) -> ManifestError:
-        """A :class:`ManifestError` for ``key`` (not raised)."""
+        """A :class:`ManifestError` for ``key`` (not raised).
+
+        Backends: host only.
+        """
         return ManifestError(message, self.path, self.line(key), key)
 
     def step(self, name: str) -> dict:
+        """The settings of step ``name`` (empty when it has none).
+
+        Backends: host only.
+        """
         return self.data["steps"].get(name, {})
 
     def exposures(self) -> list[dict]:
@@ -611,6 +628,8 @@ class Manifest:
 
         Each dict also has ``key`` (``inputs.exposures[i]``, for error messages)
         and ``index``.
+
+        Backends: host only.
         """
         inputs = self.data["inputs"]
         out = []
@@ -629,7 +648,10 @@ class Manifest:
         return out
 
     def nights(self) -> list[int]:
-        """The nights of the exposures, sorted."""
+        """The nights of the exposures, sorted.
+
+        Backends: host only.
+        """
         return sorted({e["night"] for e in self.data["inputs"]["exposures"]})
 
     def input_source(self, what: str, exposure: dict | None = None) -> tuple[str | None, str]:
@@ -637,6 +659,8 @@ class Manifest:
 
         ``what`` is one of :data:`CAMERA_INPUTS`. The exposure's own entry wins,
         then ``inputs.nights[NIGHT]``, then ``inputs``.
+
+        Backends: host only.
         """
         inputs = self.data["inputs"]
         levels = []
@@ -658,6 +682,8 @@ class Manifest:
 
         ``{camera}``, ``{night}`` and ``{expid}`` are filled in (``night`` and
         ``expid`` need ``exposure``, one of :meth:`exposures`).
+
+        Backends: host only.
         """
         tmpl, key = self.input_source(what, exposure)
         if isinstance(tmpl, dict):
@@ -870,7 +896,10 @@ def _children(node) -> list:
 
 def parse_manifest(text: str, path: str = "<string>", basedir: str | None = None,
                    check_files: bool = True) -> Manifest:
-    """Validate manifest YAML text; see :func:`load_manifest`."""
+    """Validate manifest YAML text; see :func:`load_manifest`.
+
+    Backends: host only.
+    """
     if basedir is None:
         basedir = os.path.dirname(os.path.abspath(path)) if path != "<string>" else os.getcwd()
     try:
@@ -917,6 +946,8 @@ def load_manifest(path: str, check_files: bool = True) -> Manifest:
     ------
     ManifestError
         With the file, line and key of the first problem.
+
+    Backends: host only.
     """
     path = os.path.abspath(path)
     try:
@@ -940,7 +971,10 @@ def load_manifest(path: str, check_files: bool = True) -> Manifest:
 
 def describe_schema(schema: dict | None = None, prefix: str = "",
                     emit: Callable[[str], None] | None = None) -> list[str]:
-    """Lines ``key (kind, required/default): doc`` for every key of the schema."""
+    """Lines ``key (kind, required/default): doc`` for every key of the schema.
+
+    Backends: host only.
+    """
     schema = SCHEMA if schema is None else schema
     lines: list[str] = []
     for name, f in schema.items():

@@ -267,6 +267,8 @@ def run_mpi(comm, load, verbose: bool = True) -> int:
     Whatever ``load`` raises (on rank 0); PlanFailedOnRoot (other ranks); BindError
     (every rank); KeyboardInterrupt (rank 0, after recording the running tasks as
     interrupted; the other ranks are then aborted).
+
+    Backends: host only.
     """
     rank = comm.Get_rank()
     p, manifest = _share_plan(comm, load)

@@ -76,11 +76,18 @@ class Plan:
 
     @property
     def by_name(self) -> dict:
+        """The tasks keyed by name.
+
+        Backends: host only.
+        """
         return {t.name: t for t in self.tasks}
 
 
 def compute_states(tasks: list) -> dict:
-    """Initial state of every task from files and dependencies (tasks in graph order)."""
+    """Initial state of every task from files and dependencies (tasks in graph order).
+
+    Backends: host only.
+    """
     states: dict[str, str] = {}
     for t in tasks:
         deps_done = all(states[d] == "done" for d in t.deps)
@@ -99,6 +106,8 @@ def check_options(m: Manifest, reg: Registry, skip=()) -> None:
     An option the step's functions do not take, one the launcher sets itself, a value
     of the wrong type, or a value the step's own check refuses
     (:meth:`gpuspec.launch.registry.Registry.option_problems`).
+
+    Backends: host only.
     """
     for step in m.steps:
         if step in skip:
@@ -190,6 +199,8 @@ def load_plan(manifest: str | Manifest, *, write_db: bool = True, force: bool = 
         Unknown registry, or :class:`StepsUnavailable` naming every missing step.
     RunActive
         Another run is writing this production.
+
+    Backends: host only (checks that the manifest's ``backend`` can run, unless told not to).
     """
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     _check_production(m)
@@ -217,6 +228,8 @@ def write_plan(m: Manifest, reg: Registry, tasks: list[Task], states: dict,
 
     A corrupt database is moved aside and rebuilt from these states (derived from the
     products on disk); returns the note saying so (also logged as a warning), else None.
+
+    Backends: host only.
     """
     try:
         os.makedirs(run_dir(m.production), exist_ok=True)

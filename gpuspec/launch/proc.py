@@ -52,7 +52,10 @@ _KINDS = ("bias", "dark", "pixflat", "mask")
 
 
 def find_night_exposures(rawdir: str, night: int) -> list[int]:
-    """Exposure ids with a ``desi-{EXPID:08d}.fits.fz`` (or ``.fits``) under ``rawdir/NIGHT``."""
+    """Exposure ids with a ``desi-{EXPID:08d}.fits.fz`` (or ``.fits``) under ``rawdir/NIGHT``.
+
+    Backends: host only.
+    """
     out = []
     for path in glob.glob(os.path.join(rawdir, str(night), "*", "desi-*.fits*")):
         mt = re.search(r"(\d{8})/desi-(\d{8})\.fits(\.fz)?$", path.replace(os.sep, "/"))
@@ -152,7 +155,10 @@ def _default_steps(args, prod, exposures) -> list[str]:
 
 
 def build_proc_manifest(args) -> str:
-    """Write the manifest for the arguments of ``gpuspec proc``; return its path."""
+    """Write the manifest for the arguments of ``gpuspec proc``; return its path.
+
+    Backends: host only.
+    """
     from ..camword import cameras_to_camword, parse_cameras
     from .manifest import load_manifest
 
@@ -245,7 +251,10 @@ def _exposure_entry(args, raw, expid, cams, calib_dir, psf_tries) -> dict:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``gpuspec proc``."""
+    """Register ``gpuspec proc``.
+
+    Backends: host only.
+    """
     p = subparsers.add_parser("proc", help="reduce exposures of a night (desi_proc style): "
                                            "builds the manifest and runs it",
                               description=__doc__.split("\n\n")[0],

@@ -95,6 +95,10 @@ class StepSpec:
     check: str | Callable | None = None
 
     def load(self) -> Callable:
+        """The step's function (importing ``module:function`` targets).
+
+        Backends: host only.
+        """
         return import_target(self.func) if isinstance(self.func, str) else self.func
 
 
@@ -107,7 +111,10 @@ class Registry:
     ext: str = "fits"
 
     def unavailable(self, names) -> dict[str, str]:
-        """``{step: reason}`` for the steps among ``names`` that cannot run here."""
+        """``{step: reason}`` for the steps among ``names`` that cannot run here.
+
+        Backends: host only.
+        """
         out = {}
         for n in names:
             spec = self.steps.get(n)
@@ -131,6 +138,8 @@ class Registry:
         takes ``**kwargs``. Call it for available steps (:meth:`unavailable`):
         an import error or a function without a signature is raised, never taken
         as "anything goes".
+
+        Backends: host only.
         """
         spec = self.steps.get(step)
         if spec is None or not spec.needs or not options:
@@ -152,6 +161,8 @@ class Registry:
         parameter (from its annotation, else its default: a boolean option needs
         true/false, a number a number, a mapping is refused where a scalar is
         expected), and values refused by ``StepSpec.check``.
+
+        Backends: host only.
         """
         spec = self.steps.get(step)
         if spec is None or not options:
@@ -196,6 +207,10 @@ class Registry:
         return out
 
     def func(self, step: str) -> Callable:
+        """The function of ``step``; StepUnavailable if it cannot be imported.
+
+        Backends: host only.
+        """
         spec = self.steps.get(step)
         if spec is None:
             raise StepUnavailable(f"registry {self.name!r} has no step {step!r}")
@@ -253,7 +268,10 @@ def _type_problem(value, p: inspect.Parameter) -> str | None:
 
 
 def import_target(target: str) -> Any:
-    """Import ``"package.module:attr.sub"`` and return the attribute."""
+    """Import ``"package.module:attr.sub"`` and return the attribute.
+
+    Backends: host only.
+    """
     mod, _, attr = target.partition(":")
     obj = importlib.import_module(mod)
     for part in filter(None, attr.split(".")):
@@ -268,6 +286,8 @@ def get_registry(name: str) -> Registry:
     ------
     StepUnavailable
         Unknown name, import failure, or not a Registry.
+
+    Backends: host only.
     """
     target = REGISTRIES.get(name, name)
     if ":" not in target:

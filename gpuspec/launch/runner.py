@@ -44,7 +44,10 @@ class DependenciesNotDone(GpuspecError, RuntimeError):
 
 
 def dry_run_lines(p: Plan) -> list[str]:
-    """What ``--dry-run`` prints: a header, then name, initial state and re-run command per task."""
+    """What ``--dry-run`` prints: a header, then name, initial state and re-run command per task.
+
+    Backends: host only.
+    """
     width = max((len(t.name) for t in p.tasks), default=10)
     out = [f"# production {p.manifest.production}: {len(p.tasks)} tasks (registry "
            f"{p.registry.name})"]
@@ -66,6 +69,8 @@ def run_manifest(manifest_path: str, *, quiet: bool = False, dry_run: bool = Fal
     int
         0 only when every task is done, 1 when some task failed, 2 for a bad
         manifest, a missing step implementation or a production being written.
+
+    Backends: host only.
     """
     def load():
         return load_plan(manifest_path, write_db=not dry_run, force=force,
@@ -96,6 +101,8 @@ def run_serial(p: Plan, verbose: bool = True) -> int:
     ------
     KeyboardInterrupt
         After recording the running task as interrupted and releasing the database.
+
+    Backends: host only.
     """
     m = p.manifest
     with StateDB(db_path(m.production)) as db:
@@ -146,6 +153,8 @@ def run_one(p: Plan, name: str, force: bool = False, what: str | None = None) ->
     UnknownTask, DependenciesNotDone, gpuspec.launch.db.RunActive
     KeyboardInterrupt
         After recording the task as interrupted.
+
+    Backends: host only.
     """
     by = p.by_name
     if name not in by:

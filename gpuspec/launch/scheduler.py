@@ -27,7 +27,10 @@ __all__ = ["Scheduler", "Progress", "summary_line", "final_lines", "exit_code",
 
 
 def interrupt_reason(exc: BaseException) -> str:
-    """The error recorded for tasks running when the run was stopped by ``exc``."""
+    """The error recorded for tasks running when the run was stopped by ``exc``.
+
+    Backends: host only.
+    """
     from ..errors import Terminated
 
     if isinstance(exc, Terminated):
@@ -63,22 +66,37 @@ class Scheduler:
 
     # ---------------------------------------------------------------- queries
     def tolerant(self, name: str) -> bool:
-        """True when the task may run without some of its inputs."""
+        """True when the task may run without some of its inputs.
+
+        Backends: host only.
+        """
         return bool(self.tasks[name].params.get("allow_missing"))
 
     def _deps_finished(self, name: str) -> bool:
         return all(self.state[d] in ("done", "failed") for d in self.tasks[name].deps)
 
     def has_ready(self) -> bool:
+        """True when a task is ready to run.
+
+        Backends: host only.
+        """
         # drop entries of tasks that stopped being ready (failed upstream) from the top
         while self.heap and self.state[self.heap[0][1]] != "ready":
             heapq.heappop(self.heap)
         return bool(self.heap)
 
     def all_finished(self) -> bool:
+        """True when nothing runs and nothing is ready.
+
+        Backends: host only.
+        """
         return not self.running and not self.has_ready()
 
     def counts(self) -> dict:
+        """Number of tasks per state.
+
+        Backends: host only.
+        """
         out: dict[str, int] = {}
         for s in self.state.values():
             out[s] = out.get(s, 0) + 1
@@ -86,7 +104,10 @@ class Scheduler:
 
     # ---------------------------------------------------------------- transitions
     def pop_ready(self) -> Task | None:
-        """The next ready task (with ``params["missing"]`` when it runs on partial inputs)."""
+        """The next ready task (with ``params["missing"]`` when it runs on partial inputs).
+
+        Backends: host only.
+        """
         while self.heap:
             _, name = heapq.heappop(self.heap)
             if self.state[name] == "ready":
@@ -99,6 +120,10 @@ class Scheduler:
         return None
 
     def started(self, task: Task, rank: int, host: str, device: str, log: str) -> None:
+        """Record that ``task`` started on ``rank``.
+
+        Backends: host only.
+        """
         now = time.time()
         self.state[task.name] = "running"
         self.running[task.name] = now
@@ -114,7 +139,10 @@ class Scheduler:
             self.db.update(name, "ready")
 
     def finished(self, name: str, result: dict) -> list[str]:
-        """Record a result; return the names of tasks that failed because of it."""
+        """Record a result; return the names of tasks that failed because of it.
+
+        Backends: host only.
+        """
         start = self.running.pop(name, None)
         cols = {k: result.get(k) for k in ("host", "rank", "device", "start", "end", "error",
                                            "log")}
@@ -181,7 +209,10 @@ class Scheduler:
         return failed
 
     def interrupted(self, names, why: str = "interrupted (KeyboardInterrupt)") -> None:
-        """Record running tasks as failed by an interruption (their dependents stay waiting)."""
+        """Record running tasks as failed by an interruption (their dependents stay waiting).
+
+        Backends: host only.
+        """
         for name in list(names):
             self.running.pop(name, None)
             self.state[name] = "failed"
@@ -195,6 +226,8 @@ class Scheduler:
         A step none of whose tasks has finished yet counts as the cheapest step seen
         (in the DESI chain the later steps are the light ones), so the ETA is a
         lower estimate until every step has been seen.
+
+        Backends: host only.
         """
         if not self.durations:
             return None
@@ -220,7 +253,10 @@ def _fmt_seconds(s: float) -> str:
 
 
 def summary_line(sched: Scheduler, nworkers: int = 1) -> str:
-    """``N/M done, R running, F failed [per step]`` plus the ETA while work remains."""
+    """``N/M done, R running, F failed [per step]`` plus the ETA while work remains.
+
+    Backends: host only.
+    """
     c = sched.counts()
     n = len(sched.state)
     per_step: dict[str, list[int]] = {}
@@ -259,11 +295,19 @@ class Progress:
         self.t0 = time.time()
 
     def line(self, text: str) -> None:
+        """Print one progress line (when progress is enabled).
+
+        Backends: host only.
+        """
         if self.enabled:
             print(f"gpuspec-run [{time.time() - self.t0:7.1f}s] {text}", file=self.stream,
                   flush=True)
 
     def tick(self, force: bool = False) -> None:
+        """Print the summary line if the interval has passed and it changed.
+
+        Backends: host only.
+        """
         now = time.time()
         if force or (self.interval > 0 and now - self.last >= self.interval):
             self.last = now
@@ -273,17 +317,27 @@ class Progress:
                 self.line(text)
 
     def failed(self, name: str, result: dict, downstream: list) -> None:
+        """Print the failure of task ``name`` and of its dependents.
+
+        Backends: host only.
+        """
         more = f"; {len(downstream)} dependent task(s) failed too" if downstream else ""
         self.line(f"FAILED {name}: {result.get('error')} (log {result.get('log')}){more}")
 
 
 def exit_code(sched: Scheduler) -> int:
-    """0 when every task is done, else 1."""
+    """0 when every task is done, else 1.
+
+    Backends: host only.
+    """
     return 0 if all(s == "done" for s in sched.state.values()) else 1
 
 
 def final_lines(progress: Progress, sched: Scheduler, manifest) -> None:
-    """The last progress lines: the summary, failures, where the outputs and the state are."""
+    """The last progress lines: the summary, failures, where the outputs and the state are.
+
+    Backends: host only.
+    """
     progress.tick(force=True)
     prod = manifest.production
     c = sched.counts()

@@ -35,7 +35,10 @@ class NoProduction(GpuspecError, FileNotFoundError):
 
 
 def production_db(arg: str) -> str:
-    """State database of ``arg``: a production folder, its state.sqlite3, or a manifest."""
+    """State database of ``arg``: a production folder, its state.sqlite3, or a manifest.
+
+    Backends: host only.
+    """
     if arg.endswith(".sqlite3"):
         return arg
     if os.path.isfile(arg):
@@ -89,6 +92,8 @@ def format_counts(counts: dict) -> str:
 
     The last column, ``warned``, counts the done tasks with a warning (made from
     incomplete inputs); they are among ``done``.
+
+    Backends: host only.
     """
     cols = list(STATES) + ["total", "warned"]
     w = max([len("step")] + [len(s) for s in counts] + [len("total")])
@@ -123,7 +128,10 @@ def _duration(r: dict, now: float | None = None) -> str:
 
 def format_tasks(rows: list, long: bool = False) -> str:
     """One line per task: name, state, rank@host, duration (running: elapsed, ``+``), error
-    or warning; ``long`` adds log and command."""
+    or warning; ``long`` adds log and command.
+
+    Backends: host only.
+    """
     if not rows:
         return "(no tasks)"
     w = max(len(r["name"]) for r in rows)
@@ -145,7 +153,10 @@ def format_tasks(rows: list, long: bool = False) -> str:
 
 
 def format_running(rows: list, now: float | None = None) -> str:
-    """The running tasks with where they run and for how long (empty when none)."""
+    """The running tasks with where they run and for how long (empty when none).
+
+    Backends: host only.
+    """
     if not rows:
         return ""
     now = time.time() if now is None else now
@@ -186,7 +197,10 @@ def _with_db(arg: str, fn):
 
 
 def cmd_status(args) -> int:
-    """``gpuspec status``."""
+    """``gpuspec status``.
+
+    Backends: host only.
+    """
     return _with_db(args.production, lambda db: _status_loop(db, args))
 
 
@@ -211,7 +225,10 @@ def _status_loop(db, args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    """``gpuspec tasks``."""
+    """``gpuspec tasks``.
+
+    Backends: host only.
+    """
     from .manifest import STEPS
 
     def query(db):
@@ -233,7 +250,10 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    """``gpuspec retry``: run one task alone with its log on the terminal."""
+    """``gpuspec retry``: run one task alone with its log on the terminal.
+
+    Backends: host only.
+    """
     from .plan import load_plan
     from .runner import run_one
 
@@ -262,7 +282,10 @@ def _production_dir(arg: str) -> str:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``status``, ``tasks`` and ``retry`` to the ``gpuspec`` command."""
+    """Add ``status``, ``tasks`` and ``retry`` to the ``gpuspec`` command.
+
+    Backends: host only.
+    """
     p = subparsers.add_parser("status", help="task counts per step and state of a production",
                               description="Table of task counts per step and state, read from "
                                           "the production's state database.")

@@ -33,6 +33,8 @@ def wavelength_grid(spec, psffile: str | None = None, arm: str = "r") -> np.ndar
     ``"psf"`` (as ``desi_extract`` without ``-w``): the PSF's range, on the
     lattice of the launcher's default grid of ``arm``
     (:data:`gpuspec.launch.manifest.DEFAULT_WAVELENGTH`).
+
+    Backends: host only.
     """
     from ..extract import wave_grid
 
@@ -47,7 +49,10 @@ def wavelength_grid(spec, psffile: str | None = None, arm: str = "r") -> np.ndar
 
 
 def desi_preproc(task, ctx: TaskContext) -> None:
-    """preproc(expid, camera): ``gpuspec.preproc.preproc_file``."""
+    """preproc(expid, camera): ``gpuspec.preproc.preproc_file``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..preproc import preproc_file
     from .manifest import CALIB_KINDS
 
@@ -60,7 +65,10 @@ def desi_preproc(task, ctx: TaskContext) -> None:
 
 
 def desi_extract(task, ctx: TaskContext) -> None:
-    """extract(expid, camera, bundles): ``gpuspec.extract.extract_file(..., bundles=[...])``."""
+    """extract(expid, camera, bundles): ``gpuspec.extract.extract_file(..., bundles=[...])``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..extract import extract_file
 
     p = task.params
@@ -74,7 +82,10 @@ def desi_extract(task, ctx: TaskContext) -> None:
 
 
 def desi_frame(task, ctx: TaskContext) -> None:
-    """frame(expid, camera): ``gpuspec.extract.merge_frames`` of the partial frames."""
+    """frame(expid, camera): ``gpuspec.extract.merge_frames`` of the partial frames.
+
+    Backends: host only (FITS merge of the partial frames).
+    """
     from ..extract import merge_frames
 
     p = task.params
@@ -85,6 +96,8 @@ def record_missing_frames(path: str, missing: list) -> None:
     """Write NMISSING and MISSFRMS (the missing frames) into the primary header of ``path``.
 
     Used on a private temporary file before it is renamed to its final name.
+
+    Backends: host only.
     """
     import fitsio
 
@@ -103,6 +116,8 @@ def desi_group(task, ctx: TaskContext) -> None:
     files. With ``allow_missing`` the scheduler passes the frames that failed
     upstream in ``params["missing"]``; the others are grouped and the missing
     ones recorded in the header (:func:`record_missing_frames`).
+
+    Backends: host only (regrouping frames into HEALPix files).
     """
     from ..coadd.group import group_frames, healpix_filename
 
@@ -129,7 +144,10 @@ def desi_group(task, ctx: TaskContext) -> None:
 
 
 def desi_coadd(task, ctx: TaskContext) -> None:
-    """coadd(healpix): ``gpuspec.coadd.coadd_file``."""
+    """coadd(healpix): ``gpuspec.coadd.coadd_file``.
+
+    Backends: numpy, cupy (the step runs on ``ctx.backend``; task bookkeeping is host side).
+    """
     from ..coadd import coadd_file
 
     p = task.params

@@ -24,7 +24,10 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def log_path(production: str, step: str, task: str) -> str:
-    """Log file of one task."""
+    """Log file of one task.
+
+    Backends: host only.
+    """
     return os.path.join(run_dir(production), "logs", step, f"{task}.log")
 
 
@@ -61,6 +64,8 @@ def task_log(path: str, header: str = "", tee: bool = False, level: int = loggin
     ------
     file
         The open log file.
+
+    Backends: host only.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     f = open(path, "a", buffering=1, encoding="utf-8")

@@ -55,6 +55,10 @@ def _write(path, obj):
 
 
 def toy_preproc(task, ctx):
+    """Toy preproc step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     p = task.params
     parts = [_file_digest(p["raw"]), p["camera"]]
     for k in ("bias", "dark", "pixflat", "mask"):
@@ -67,6 +71,10 @@ def toy_preproc(task, ctx):
 
 
 def toy_extract(task, ctx):
+    """Toy extract step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     p = task.params
     pre = _read(p["preproc"])
     psf = _file_digest(p["psf"]) if p.get("psf") and os.path.exists(p["psf"]) else ""
@@ -80,6 +88,10 @@ def toy_extract(task, ctx):
 
 
 def toy_frame(task, ctx):
+    """Toy frame step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     p = task.params
     parts = [_read(f) for f in p["parts"]]
     rows = sorted((f, v) for part in parts for f, v in zip(part["fibers"], part["flux"]))
@@ -89,6 +101,10 @@ def toy_frame(task, ctx):
 
 
 def toy_group(task, ctx):
+    """Toy group step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     p = task.params
     missing = list(p.get("missing") or [])
     rows = []
@@ -110,6 +126,10 @@ def toy_group(task, ctx):
 
 
 def toy_coadd(task, ctx):
+    """Toy coadd step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     p = task.params
     sp = _read(p["spectra"])
     acc: dict[int, list[float]] = {}
@@ -147,6 +167,8 @@ def make_toy_inputs(root: str, nights_expids=((20250101, 1), (20250101, 2)), pet
     apart, so that the fibers span several HEALPix pixels and each petal has
     pixels of its own), ``root/psf/psf-{cam}.fits`` and
     ``root/calib/bias-{cam}.fits`` (a few bytes).
+
+    Backends: host only.
     """
     import fitsio
 
@@ -184,7 +206,10 @@ def toy_manifest_text(inputs: dict, production: str, *, bundles=(0, 1, 2), bundl
                       nbundles: int = 20, fibers_per_bundle: int = 25, nside=16, fail_tasks=(),
                       sleep=0.0, progress_interval=0.0, allow_missing: bool = False,
                       crash_tasks=None, isolate: bool | None = None) -> str:
-    """YAML of a toy manifest for :func:`make_toy_inputs` output."""
+    """YAML of a toy manifest for :func:`make_toy_inputs` output.
+
+    Backends: host only.
+    """
     import yaml
 
     doc = {

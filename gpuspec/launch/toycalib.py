@@ -20,6 +20,10 @@ def _io():
 
 
 def toy_fiberflat(task, ctx):
+    """Toy fiberflat step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     read, write, digest, fdigest = _io()
     p = task.params
     fr = read(p["frame"])
@@ -28,6 +32,10 @@ def toy_fiberflat(task, ctx):
 
 
 def toy_fiberflatnight(task, ctx):
+    """Toy fiberflatnight step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     read, write, digest, fdigest = _io()
     p = task.params
     flats = [read(f) for f in p["fiberflats"]]
@@ -47,20 +55,36 @@ def _digest_of(task, kind, keys, **extra):
 
 
 def toy_sky(task, ctx):
+    """Toy sky step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     _digest_of(task, "sky", ("frame", "fiberflat"), camera=task.params["camera"])
 
 
 def toy_stdstars(task, ctx):
+    """Toy stdstars step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     _digest_of(task, "stdstars", ("frames", "skies", "fiberflats"),
                spectrograph=task.params["spectrograph"])
 
 
 def toy_fluxcalib(task, ctx):
+    """Toy fluxcalib step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     _digest_of(task, "fluxcalib", ("frame", "fiberflat", "sky", "stdstars"),
                camera=task.params["camera"])
 
 
 def toy_cframe(task, ctx):
+    """Toy cframe step: a small JSON file made of digests of its inputs.
+
+    Backends: host only.
+    """
     read, write, digest, fdigest = _io()
     p = task.params
     fr = read(p["frame"])

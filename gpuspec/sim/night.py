@@ -434,7 +434,7 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
          "nflat": int(nflat), "nsky": None if nsky is None else int(nsky),
          "nstd": None if nstd is None else int(nstd),
          "full_size": full_size, "tile": tile or Tile(), "xp": backend.get_xp(backend_name)}
-    cams = parse_cameras(cameras)
+    cams = parse_cameras(cameras, order="petal")
     os.makedirs(outdir, exist_ok=True)
     files: list[str] = []
     timing: dict = {}
