@@ -50,6 +50,7 @@ def _chi(framefile, truth):
     return chi[good], fr
 
 
+@pytest.mark.slow
 def test_model_ivar_removes_data_weighting_bias(simulated, tmp_path):
     from gpuspec.extract import extract_file
 
