@@ -341,9 +341,9 @@ def _frame_meta(image, wave, grid, preprocfile, psffile, specmin, settings) -> d
 
 
 def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
-    """First pass of ``model_ivar``: extract, then pixel ivar from the projected model
-    (:mod:`gpuspec.extract.variance`). Returns the device image and the model ivar and
-    sets IVARMODL in ``meta``."""
+    """First pass of ``model_ivar``: extract, then pixel ivar from the projected model of
+    the smoothed spectra (:mod:`gpuspec.extract.variance`). Returns the device image and
+    the model ivar and sets IVARMODL in ``meta``."""
     from .. import backend as _backend
     from .variance import model_ivar as _model_ivar
 
@@ -354,7 +354,7 @@ def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
     ivar = _backend.to_device(ivar, xp, dtype=np.float64)
     first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
     ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
-                       readnoise=image.readnoise, image=pix, xp=xp)
+                       readnoise=image.readnoise, image=pix, xp=xp, flux_ivar=first.ivar)
     meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
     return pix, ivar
 
