@@ -119,7 +119,7 @@ def test_model_ivar_unbiased_on_flat_spectrum(smooth):
 
     Pairing with the true-variance extraction cancels the pixel noise: the difference
     has a scatter of ~0.02 % here. Achieved: smoothed model −0.02 %; raw first-pass
-    model −1.4 % (the bug: sky models biased low), data ivar −20 %. With ``smooth=False``
+    model −1.4 % (the bug: sky models biased low). With ``smooth=False``
     the test runs the old model and must fail (strict xfail)."""
     import test_extract as T
 
