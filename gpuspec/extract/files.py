@@ -81,7 +81,9 @@ def _set_bad2dfit(frame) -> None:
 
 
 def grid_size(wmin: float, wmax: float, dw: float) -> float:
-    """Number of bins of ``arange(wmin, wmax + dw/2, dw)`` (a float: may be huge or NaN)."""
+    """Number of bins of ``arange(wmin, wmax + dw/2, dw)`` (a float: may be huge or NaN).
+
+    Backends: host only (plain floats)."""
     return math.floor((wmax - wmin) / dw + 0.5) + 1.0 if dw > 0 else float("nan")
 
 
@@ -123,7 +125,9 @@ def check_extract_options(*, specmin=0, nspec=None, bundles=None, bundlesize=25,
     """Raise :class:`InputError` naming the option whose value cannot work.
 
     The rules of :func:`extract_file` before it reads anything (used as well by
-    ``gpuspec-run --check`` on ``steps.extract.options``). Host only.
+    ``gpuspec-run --check`` on ``steps.extract.options``).
+
+    Backends: host only (option values).
     """
     def need(ok, name, value, rule):
         if not ok:
