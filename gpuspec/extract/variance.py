@@ -39,12 +39,89 @@ import numpy as np
 from .. import backend as _backend
 from ..profiling import nvtx_range
 
-__all__ = ["model_ivar", "smooth_spectra"]
+__all__ = ["model_ivar", "signal_model", "smooth_spectra", "common_spectrum"]
 
 #: desispec.image_model.compute_image_model's defaults: Gaussian σ along wavelength (Å)
 #: and the rejection threshold (σ of the first-pass flux) that keeps the unsmoothed flux
 SMOOTH_SIGMA_A = 10.0
 SMOOTH_NSIG = 4.0
+#: fewest fibers for a common spectrum (below it, the spectra are only smoothed)
+MIN_COMMON_FIBERS = 5
+
+
+def common_spectrum(flux, ivar, xp=np):
+    """The spectrum shared by the fibers (sky) and each fiber's scale of it.
+
+    ``c`` is the median over fibers of the bins with ``ivar > 0`` (robust to the
+    targets) of ``flux / a_f``, ``a_f = Σ c f / Σ c²`` over the fiber's good bins (unweighted, so the
+    scale carries no data weighting); two rounds, from ``a_f = 1``. Stands in for desispec's sky model of
+    ``compute_image_model`` (mean sky-fiber spectrum times the fiberflat), which the
+    extraction has no fiberflat for.
+
+    Parameters
+    ----------
+    flux, ivar : array (nspec, nwave)
+    xp : module
+        numpy or cupy.
+
+    Returns
+    -------
+    c : array (nwave,)
+    a : array (nspec, 1)
+
+    Backends: numpy, cupy.
+    """
+    good = ivar > 0
+    a = xp.ones((flux.shape[0], 1))
+    # twice: the median of fibers of different throughputs is broad at a bright line
+    # (its spread, not the noise, sets the median's error), of the scaled ones it is not
+    for _ in range(2):
+        ok = good & (a > 0)
+        c = xp.nanmedian(xp.where(ok, flux / xp.where(a > 0, a, 1.0), xp.nan), axis=0)
+        c = xp.where(xp.isfinite(c), c, 0.0)
+        num = xp.sum(xp.where(good, flux * c, 0.0), axis=1, keepdims=True)
+        den = xp.sum(xp.where(good, c * c, 0.0), axis=1, keepdims=True)
+        a = xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
+    return c, a
+
+
+def signal_model(flux, ivar, dw, xp=np):
+    """Low-noise model of extracted spectra for the pixel variance of a second pass.
+
+    ``a_f smooth(c) + smooth(flux − a_f smooth(c))``: the common spectrum
+    (:func:`common_spectrum`, a median over the fibers, so its noise is ~√nspec below a
+    fiber's; smoothed, raw at its lines) plus each fiber's smoothed residual (:func:`smooth_spectra`, raw where it departs by more
+    than 4σ), as desispec's ``compute_image_model`` does with its sky model. Sky lines
+    are then in the common part and smoothed with the rest, instead of being kept raw
+    by the 4σ rule. With fewer than :data:`MIN_COMMON_FIBERS` fibers only the
+    smoothing is applied.
+
+    Parameters
+    ----------
+    flux, ivar : array (nspec, nwave)
+        First-pass flux and its inverse variance.
+    dw : float
+        Bin width (Å).
+    xp : module
+        numpy or cupy.
+
+    Returns
+    -------
+    array (nspec, nwave)
+        float64 on ``xp``.
+
+    Backends: numpy, cupy.
+    """
+    flux = _backend.to_device(flux, xp, dtype=np.float64)
+    ivar = _backend.to_device(ivar, xp, dtype=np.float64)
+    if flux.shape[0] < MIN_COMMON_FIBERS:
+        return smooth_spectra(flux, ivar, dw, xp=xp)
+    c, a = common_spectrum(flux, ivar, xp=xp)
+    # c is smoothed too (its ivar: the median's, 2/π of the mean's): a fiber's own noise
+    # enters c with weight ~1/(0.64·nspec), too much for a bundle unless smoothed
+    civ = (2.0 / np.pi) * xp.sum(ivar, axis=0, keepdims=True)
+    sky = a * smooth_spectra(c[None, :], civ, dw, xp=xp)
+    return sky + smooth_spectra(flux - sky, ivar, dw, xp=xp)
 
 
 def smooth_spectra(flux, ivar, dw, sigma_A=SMOOTH_SIGMA_A, nsig=SMOOTH_NSIG, xp=np):
@@ -114,9 +191,10 @@ def model_ivar(psf, fibers, wave, flux, ivar, readnoise=None, image=None, xp=np,
     flux : array (nspec, nwave)
         Extracted flux in electron/Å (negative values count as 0).
     flux_ivar : array (nspec, nwave), optional
-        Inverse variance of ``flux``. When given, ``flux`` is smoothed first
-        (:func:`smooth_spectra`, the unbiased model); without it the raw spectra are
-        projected (their noise then biases the second pass by about 1 %).
+        Inverse variance of ``flux``. When given, ``flux`` is replaced by its low-noise
+        model first (:func:`signal_model`: common spectrum + smoothed residuals, the
+        unbiased choice); without it the raw spectra are projected (their noise then
+        biases the second pass by about 1 %).
     ivar : array (ny, nx)
         Input pixel ivar; pixels with ivar 0 stay 0. Image pixel (0, 0) is CCD pixel (0, 0).
     readnoise : array (ny, nx), optional
@@ -140,7 +218,7 @@ def model_ivar(psf, fibers, wave, flux, ivar, readnoise=None, image=None, xp=np,
     dw = float(np.median(np.diff(wave))) if wave.size > 1 else 1.0
     ivar_d = _backend.to_device(ivar, xp, dtype=np.float64)
     if flux_ivar is not None:
-        flux = smooth_spectra(flux, flux_ivar, dw, xp=xp)
+        flux = signal_model(flux, flux_ivar, dw, xp=xp)
     phot = xp.maximum(_backend.to_device(flux, xp, dtype=np.float64), 0.0) * dw
     model = render_spectra(psf, fibers, wave, phot, ivar_d.shape, xp=xp)
     if readnoise is not None:
