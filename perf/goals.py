@@ -51,6 +51,20 @@ def _la1(la):
     return f"{la[0]:.1f}" if la else "?"
 
 
+def _same_run_pair(records, bench, case):
+    """(threads=1, threads=2) records of one ``python -m perf`` invocation (one results
+    file: side by side, same commit), the newest such pair; (None, None) if none.
+    Two records from different runs would compare different loads and code."""
+    by_file = {}
+    for r in records:
+        if r["benchmark"] == bench and r["case"] == case and r.get("backend") == "numpy":
+            by_file.setdefault(r.get("_file"), {})[str(r["threads"])] = r
+    pairs = [(d["1"], d["2"]) for d in by_file.values() if "1" in d and "2" in d]
+    if not pairs:
+        return None, None
+    return max(pairs, key=lambda p: str(p[0].get("date_utc", "")))
+
+
 def _src(*recs):
     """The record files of ``recs``, each with the machine (host) and commit that wrote it."""
     files = sorted({(r.get("_file", "?"), (r.get("machine") or {}).get("host", "?"),
@@ -127,8 +141,7 @@ def _goal2(records, cm):
     else:
         rows.append(_row("2b 500-fiber frame, CPU seconds", "≤ 100 CPU-s", "no 1-thread record",
                          "–", "–", False, "–"))
-    one = _latest(records, "extract", "frame50", threads=1)
-    two = _latest(records, "extract", "frame50", threads=2)
+    one, two = _same_run_pair(records, "extract", "frame50")
     if one and two:
         k = one["timing"]["median_s"] / two["timing"]["median_s"]
         rows.append(_row("2c speed-up of 2 processes on 2 cores (frame50, wall)", "≥ 1.8×",

@@ -1,4 +1,6 @@
-"""Extraction: linear-algebra units, geometry, and parity with specter (Case B)."""
+"""Extraction: linear-algebra units, geometry, Case B masks/truth/settings, defaults and
+progress. Parity with specter on every code path, and the paths against each other:
+``tests/test_extract_paths.py``."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def test_split_bundle_specter_examples():
     assert np.array_equal(np.concatenate(own), np.arange(7))
 
 
+@pytest.mark.slow
 def test_trace_cache_matches_psf_xyrange(ref_psf_path):
     """geometry._Traces reproduces psf.xyrange / wavelength / spot heights, including
     boxes that leave the CCD."""
@@ -167,21 +170,6 @@ def extracted(caseB):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", ["clean", "masked"])
-def test_caseB_parity_with_specter(caseB, extracted, run):
-    fr = extracted[run]
-    ref = caseB[run]
-    assert fr.flux.shape == (50, 375)
-    assert fr.resolution_data.shape == ref["RESOLUTION"].shape == (50, 11, 375)
-    assert parity_failures(fr, ref) == []
-    # beyond the acceptance: masked fraction and the model image
-    np.testing.assert_allclose(fr.pixmask_fraction, ref["PIXMASK_FRACTION"], atol=1e-8)
-    np.testing.assert_allclose(fr.modelimage, ref["MODELIMAGE"], atol=1e-6 * np.abs(
-        ref["MODELIMAGE"]).max())
-    assert fr.meta["SPECMIN"] == 0 and fr.meta["NSPEC"] == 50
-
-
-@pytest.mark.slow
 def test_caseB_masks(caseB, extracted):
     from gpuspec.maskbits import specmask
 
@@ -258,42 +246,6 @@ def test_bundle_equals_frame_rows(caseB):
     assert parity_failures(fr, caseB["clean"], fibers=slice(25, 50)) == []
 
 
-def test_numba_normal_matches_array_path(caseB, monkeypatch):
-    """The CPU twin of the normal-matrix assembly (Numba) against the xp array path."""
-    from gpuspec.extract import normal_cpu
-
-    if not normal_cpu.available():
-        pytest.skip("numba not available")
-    kw = dict(xyrange=caseB["xyrange"], backend="numpy")
-    a = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 1, **kw)
-    monkeypatch.setattr(ex_core, "USE_NUMBA", False)
-    b = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 1, **kw)
-    pull = np.abs(a.flux - b.flux) / np.sqrt(1 / a.ivar + 1 / b.ivar)
-    assert pull.max() < 1e-7
-    np.testing.assert_allclose(a.ivar, b.ivar, rtol=1e-9)
-    np.testing.assert_allclose(a.resolution_data, b.resolution_data, atol=1e-10)
-    np.testing.assert_allclose(a.chi2pix, b.chi2pix, rtol=1e-8)
-
-
-def test_array_path_several_patches_per_chunk(caseB, monkeypatch):
-    """The xp array path (the one cupy runs) with a chunk holding many patches (cupy's
-    default 2 GB budget) equals the Numba CPU twin. Before the fix, the column index array
-    of the projection scatter did not broadcast over patches and this raised."""
-    from gpuspec.extract import normal_cpu
-
-    if not normal_cpu.available():
-        pytest.skip("numba not available")
-    kw = dict(xyrange=caseB["xyrange"], backend="numpy")
-    a = extract_frame(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 20, 5, **kw)
-    monkeypatch.setattr(ex_core, "USE_NUMBA", False)
-    b = extract_frame(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 20, 5,
-                      chunk_mb=2048, **kw)
-    pull = np.abs(a.flux - b.flux) / np.sqrt(1 / a.ivar + 1 / b.ivar)
-    assert pull.max() < 1e-7
-    np.testing.assert_allclose(a.ivar, b.ivar, rtol=1e-9)
-    np.testing.assert_allclose(a.resolution_data, b.resolution_data, atol=1e-10)
-
-
 def test_no_data_gives_zero_ivar(caseB):
     """All pixels masked in a bundle's region: ivar 0, ALLBADPIX, finite outputs."""
     from gpuspec.maskbits import specmask
@@ -306,22 +258,6 @@ def test_no_data_gives_zero_ivar(caseB):
     assert np.all(fr.ivar[:20] == 0)
     assert np.all(fr.mask[:20] & specmask.ALLBADPIX)
     assert np.all(caseB["IVAR"] == _load_caseB()["IVAR"])  # input not modified
-
-
-@pytest.mark.gpu
-def test_gpu_matches_cpu(caseB):
-    cp = backend.get_xp("cupy")
-    kw = dict(xyrange=caseB["xyrange"], model=True)
-    a = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 0,
-                       backend="numpy", **kw)
-    b = extract_bundle(cp.asarray(caseB["IMAGE"]), cp.asarray(caseB["IVAR"]), caseB["psf"],
-                       caseB["WAVE"], 0, backend="cupy", **kw)
-    ok = (a.ivar > 0) & (b.ivar > 0)
-    pull = np.abs(a.flux - b.flux)[ok] / np.sqrt(1 / a.ivar[ok] + 1 / b.ivar[ok])
-    assert pull.max() < 5e-4
-    np.testing.assert_allclose(b.ivar, a.ivar, rtol=1e-6)
-    np.testing.assert_allclose(b.resolution_data, a.resolution_data, atol=1e-7)
-    np.testing.assert_allclose(b.chi2pix, a.chi2pix, rtol=1e-5, atol=1e-8)
 
 
 def test_blas_threads_context_restores():
@@ -338,3 +274,87 @@ def test_blas_threads_context_restores():
     assert blas_counts() == before
     with blas_threads(None):  # no-op
         assert blas_counts() == before
+
+
+# ----------------------------------------------------------------------------- solve_tail
+
+@pytest.mark.parametrize("nk", [2, 4])
+def test_solve_tail(xp, rng, nk):
+    """x = M⁻¹b and the trailing diagonal blocks of M⁻¹ (against numpy.linalg.inv), on
+    every backend; nk = 4 = all blocks (no leading block)."""
+    from gpuspec.extract.solve import solve_tail
+
+    P, nw, nblk = 3, 6, 4
+    n, m = nblk * nw, nk * nw
+    M = _spd(rng, P, n)
+    b = rng.normal(size=(P, n))
+    x, Cb, bad = solve_tail(xp.asarray(M), xp.asarray(b), m, nw)
+    C = np.linalg.inv(M)
+    np.testing.assert_allclose(backend.to_host(x), np.linalg.solve(M, b[..., None])[..., 0],
+                               rtol=1e-10, atol=1e-12)
+    k = n - m
+    want = np.stack([C[:, k + s * nw:k + (s + 1) * nw, k + s * nw:k + (s + 1) * nw]
+                     for s in range(nk)], axis=1)
+    np.testing.assert_allclose(backend.to_host(Cb), want, rtol=1e-10, atol=1e-14)
+    assert bad is None or not backend.to_host(bad).any()
+
+
+def test_solve_tail_not_positive_definite(xp, rng):
+    """A matrix that is not positive definite is solved through eigh with specter's floor:
+    at once on numpy, after one flag read on a device (the extraction's protocol)."""
+    from gpuspec.extract.solve import solve_tail
+
+    nw = 4
+    M = _spd(rng, 3, 12)
+    M[1, 3, 3] = -5.0
+    b = rng.normal(size=(3, 12))
+    x_np, C_np, _ = solve_tail(M.copy(), b, 8, nw)
+    x, Cb, bad = solve_tail(xp.asarray(M), xp.asarray(b), 8, nw)
+    if bad is not None:
+        flags = backend.to_host(bad)
+        assert flags.tolist() == [False, True, False]
+        x, Cb, _ = solve_tail(xp.asarray(M), xp.asarray(b), 8, nw, fallback=flags)
+    assert np.all(np.isfinite(backend.to_host(x)))
+    np.testing.assert_allclose(backend.to_host(x), x_np, rtol=1e-9)
+    np.testing.assert_allclose(backend.to_host(Cb), C_np, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(x_np[0], np.linalg.solve(M[0], b[0]), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- defaults, progress
+
+def test_specter_defaults_have_one_home():
+    """extract_frame, extract_file, plan_bundle, the CLI and the launcher take their
+    defaults from gpuspec.extract.defaults.SPECTER."""
+    import argparse
+    import inspect
+
+    from gpuspec.extract import cli, extract_file, plan_bundle
+    from gpuspec.extract.defaults import SPECTER
+    from gpuspec.launch import manifest
+
+    want = SPECTER.as_dict()
+    assert want == dict(bundlesize=25, nsubbundles=5, nwavestep=50, wavepad_frac=0.2,
+                        pixpad_frac=0.8, regularize=0.0)
+    for fn in (extract_frame, extract_file, plan_bundle, extract_bundle):
+        sig = inspect.signature(fn).parameters
+        for k, v in want.items():
+            if k in sig:
+                assert sig[k].default == v, (fn.__name__, k)
+    p = cli.add_parser(argparse.ArgumentParser().add_subparsers())
+    args = p.parse_args(["-o", "x"])
+    for k, v in want.items():
+        assert getattr(args, k) == v, k
+    ext = manifest.SCHEMA["steps"].schema["extract"].schema
+    assert ext["fibers_per_bundle"].default == SPECTER.bundlesize
+
+
+def test_progress_line_per_bundle(caseB, caplog):
+    """extract_frame logs one line per bundle with its time and the elapsed time."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="gpuspec.extract.core"):
+        extract_frame(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 20, 10,
+                      bundlesize=5, nsubbundles=1, xyrange=caseB["xyrange"], backend="numpy")
+    lines = [r.getMessage() for r in caplog.records if "extract: bundle" in r.getMessage()]
+    assert [ln.split(" (")[0] for ln in lines] == ["extract: bundle 1/2", "extract: bundle 2/2"]
+    assert "fibers 25-29" in lines[1] and "s elapsed" in lines[1]

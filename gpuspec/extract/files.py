@@ -81,7 +81,9 @@ def _set_bad2dfit(frame) -> None:
 
 
 def grid_size(wmin: float, wmax: float, dw: float) -> float:
-    """Number of bins of ``arange(wmin, wmax + dw/2, dw)`` (a float: may be huge or NaN)."""
+    """Number of bins of ``arange(wmin, wmax + dw/2, dw)`` (a float: may be huge or NaN).
+
+    Backends: host only (plain floats)."""
     return math.floor((wmax - wmin) / dw + 0.5) + 1.0 if dw > 0 else float("nan")
 
 
@@ -123,7 +125,9 @@ def check_extract_options(*, specmin=0, nspec=None, bundles=None, bundlesize=25,
     """Raise :class:`InputError` naming the option whose value cannot work.
 
     The rules of :func:`extract_file` before it reads anything (used as well by
-    ``gpuspec-run --check`` on ``steps.extract.options``). Host only.
+    ``gpuspec-run --check`` on ``steps.extract.options``).
+
+    Backends: host only (option values).
     """
     def need(ok, name, value, rule):
         if not ok:
@@ -341,9 +345,9 @@ def _frame_meta(image, wave, grid, preprocfile, psffile, specmin, settings) -> d
 
 
 def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
-    """First pass of ``model_ivar``: extract, then pixel ivar from the projected model
-    (:mod:`gpuspec.extract.variance`). Returns the device image and the model ivar and
-    sets IVARMODL in ``meta``."""
+    """First pass of ``model_ivar``: extract, then pixel ivar from the projected model of
+    the smoothed spectra (:mod:`gpuspec.extract.variance`). Returns the device image and
+    the model ivar and sets IVARMODL in ``meta``."""
     from .. import backend as _backend
     from .variance import model_ivar as _model_ivar
 
@@ -354,7 +358,7 @@ def _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts):
     ivar = _backend.to_device(ivar, xp, dtype=np.float64)
     first = extract_frame(pix, ivar, psf, w, specmin, nspec, meta=dict(meta), **opts)
     ivar = _model_ivar(psf, np.arange(specmin, specmin + nspec), w, first.flux, ivar,
-                       readnoise=image.readnoise, image=pix, xp=xp)
+                       readnoise=image.readnoise, image=pix, xp=xp, flux_ivar=first.ivar)
     meta["IVARMODL"] = True  # pixel ivar from the model of a first pass
     return pix, ivar
 

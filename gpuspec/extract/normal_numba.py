@@ -17,7 +17,9 @@ __all__ = ["weighted_stamps", "kernel"]
 @njit(cache=True, nogil=True)
 def weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fa0, nf, ka0, nw, box, SW,
                     bvec, fw):
-    """SW[f, j] = stamp · ivar inside the box (0 outside); b and Σ SW per spot."""
+    """SW[f, j] = stamp · ivar inside the box (0 outside); b and Σ SW per spot.
+
+    Backends: host only (Numba)."""
     nys = stamps.shape[2]
     nxs = stamps.shape[3]
     ylo_b = max(box[2], y0)
@@ -48,6 +50,9 @@ def weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fa0, nf, ka0, nw, box, 
 @njit(cache=True, nogil=True)
 def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW, D,
            M, bvec, fw, SW):
+    """M, b and Σ W·A of each patch (``normal_cpu.normal_matrices``).
+
+    Backends: host only (Numba)."""
     P = fb0.shape[0]
     lo = np.zeros(pos.shape[1], dtype=np.int64)
     nys = stamps.shape[2]
