@@ -434,3 +434,65 @@ def _products(prod):
         if not rel.startswith("run"):
             out[rel] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out
+
+
+# the calibration steps (fiberflat ... cframe) as tasks: the same isolation
+
+CALIB_DEATHS = {  # calibration task -> how its process dies
+    "sky-b0-00000100": "SIGSEGV",
+    "fluxcalib-r0-00000101": "SIGKILL",
+    "cframe-b0-00000101": "SIGABRT",
+}
+
+
+def _calibrated_toy(tmp_path, name, crash_tasks=None):
+    """A toy night with a flat (99) and two science exposures, every calibration step."""
+    import fitsio
+    import yaml
+
+    from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
+
+    nights = ((20250101, 99, "FLAT"), (20250101, 100, "SCIENCE"), (20250101, 101, "SCIENCE"))
+    root = tmp_path / "in"
+    inputs = make_toy_inputs(str(root), nights_expids=tuple((n, e) for n, e, _ in nights),
+                             petals=(0,), nfibers=50)
+    for n, e, kind in nights:  # the launcher reads OBSTYPE from the raw header
+        raw = os.path.join(inputs["rawdir"], str(n), f"{e:08d}", f"desi-{e:08d}.fits.fz")
+        fitsio.write(raw, np.zeros((2, 2), np.int16), clobber=True,
+                     header=[{"name": "OBSTYPE", "value": kind},
+                             {"name": "EXPTIME", "value": 120.0 if kind == "FLAT" else 900.0}])
+    doc = yaml.safe_load(toy_manifest_text(inputs, str(tmp_path / name), bundles=(0, 1),
+                                           bundles_per_task=1, nbundles=2,
+                                           crash_tasks=crash_tasks))
+    order = ["preproc", "extract", "frame", "fiberflat", "fiberflatnight", "sky", "stdstars",
+             "fluxcalib", "cframe", "group", "coadd"]
+    doc["steps"] = {s: doc["steps"].get(s, {}) for s in order}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path), str(tmp_path / name)
+
+
+def test_calibration_task_deaths_fail_alone_then_production_completes(tmp_path):
+    """A sky, a fluxcalib and a cframe task whose processes die (SIGSEGV, SIGKILL,
+    SIGABRT): each is failed with its signal, only their dependents fail with them,
+    and the same manifest without the faults completes to a never-failed production."""
+    path, prod = _calibrated_toy(tmp_path, "prod", crash_tasks=CALIB_DEATHS)
+    rc, out, err = W.run_gpuspec([path, "-q"], prog="gpuspec-run")
+    assert rc == 1, err
+    rows = _rows(prod)
+    for name, sig in CALIB_DEATHS.items():
+        state, error = rows[name]
+        assert state == "failed" and "TaskProcessDied" in error and sig in error, (name, error)
+    failed = {n for n, (s, _) in rows.items() if s == "failed"}
+    assert {n for n in failed if not rows[n][1].startswith("dependency ")} == set(CALIB_DEATHS)
+    for other in ("fiberflatnight-b-20250101", "sky-r0-00000100", "stdstars-0-00000101",
+                  "cframe-z0-00000101"):  # independent of the three: done
+        assert rows[other][0] == "done", (other, rows[other])
+    assert rows["stdstars-0-00000100"][0] == "failed"  # needs sky-b0-00000100
+    text = open(path).read().split("  crash_tasks:")[0]
+    open(path, "w").write(text)
+    assert W.run_gpuspec([path, "-q"], prog="gpuspec-run")[0] == 0
+    assert {s for s, _ in _rows(prod).values()} == {"done"}
+    ref_path, ref_prod = _calibrated_toy(tmp_path, "ref")
+    assert W.run_gpuspec([ref_path, "-q"], prog="gpuspec-run")[0] == 0
+    assert _products(prod) == _products(ref_prod)
