@@ -24,9 +24,6 @@ from ..errors import UsageError
 
 __all__ = ["add_parser"]
 
-#: Largest redshift grid of fit-stdstars (2 z_max / z_res points).
-_MAX_ZGRID = 100_000
-
 _POS = float_range(0, lo_open=True)   # a finite number > 0
 _NONNEG = float_range(0)              # a finite number >= 0
 _NUM = float_range()                  # any finite number
@@ -165,7 +162,8 @@ def _stdstars(sub):
     p.add_argument("--starmodels", default=None,
                    help="stellar template file (desispec layout; default gpuspec's library)")
     p.add_argument("-o", "--outfile", required=True, help="output stdstars file")
-    p.add_argument("--ncpu", type=int_range(1, 1024), default=1, help="accepted for compatibility (unused)")
+    p.add_argument("--ncpu", type=int_range(1, 1024), default=1,
+                   help="accepted for compatibility (unused)")
     p.add_argument("--delta-color", type=_POS, default=0.2,
                    help="max delta-color for the selection of standard stars (0.2)")
     p.add_argument("--min-blue-snr", type=_NONNEG, default=4.0,
@@ -175,7 +173,8 @@ def _stdstars(sub):
     p.add_argument("--z-res", type=_POS, default=0.00002, help="dz grid resolution (2e-5)")
     p.add_argument("--template-error", type=_NONNEG, default=0.1,
                    help="fractional template error in the chi2 (0.1)")
-    p.add_argument("--maxstdstars", type=int_range(1, 5000), default=30, help="max number of stars (30)")
+    p.add_argument("--maxstdstars", type=int_range(1, 5000), default=30,
+                   help="max number of stars (30)")
     p.add_argument("--std-targetids", type=int, nargs="*", default=None,
                    help="TARGETIDs of standards overriding the targeting bits")
     p.add_argument("--apply-sky-throughput-correction", action="store_true",
@@ -185,10 +184,14 @@ def _stdstars(sub):
     def run(a):
         from .files import fit_stdstars_file
 
-        if a.z_max / a.z_res > _MAX_ZGRID / 2:
+        from ..limits import MAX_ZGRID
+        from .stdstars import redshift_grid_size
+
+        n = redshift_grid_size(a.z_max, a.z_res)
+        if not n <= MAX_ZGRID:
             raise UsageError(f"--z-max {a.z_max:g} / --z-res {a.z_res:g} asks for "
-                             f"{2 * a.z_max / a.z_res:.4g} redshifts; the limit is "
-                             f"{_MAX_ZGRID:,} (docs/reliability.md)")
+                             f"{n:.4g} redshifts; the limit is {MAX_ZGRID:,} "
+                             "(docs/reliability.md)")
 
         fit_stdstars_file(a.frames, a.skymodels, a.fiberflats, a.outfile,
                           starmodels=a.starmodels, delta_color=a.delta_color,
