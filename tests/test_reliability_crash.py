@@ -445,38 +445,11 @@ CALIB_DEATHS = {  # calibration task -> how its process dies
 }
 
 
-def _calibrated_toy(tmp_path, name, crash_tasks=None):
-    """A toy night with a flat (99) and two science exposures, every calibration step."""
-    import fitsio
-    import yaml
-
-    from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
-
-    nights = ((20250101, 99, "FLAT"), (20250101, 100, "SCIENCE"), (20250101, 101, "SCIENCE"))
-    root = tmp_path / "in"
-    inputs = make_toy_inputs(str(root), nights_expids=tuple((n, e) for n, e, _ in nights),
-                             petals=(0,), nfibers=50)
-    for n, e, kind in nights:  # the launcher reads OBSTYPE from the raw header
-        raw = os.path.join(inputs["rawdir"], str(n), f"{e:08d}", f"desi-{e:08d}.fits.fz")
-        fitsio.write(raw, np.zeros((2, 2), np.int16), clobber=True,
-                     header=[{"name": "OBSTYPE", "value": kind},
-                             {"name": "EXPTIME", "value": 120.0 if kind == "FLAT" else 900.0}])
-    doc = yaml.safe_load(toy_manifest_text(inputs, str(tmp_path / name), bundles=(0, 1),
-                                           bundles_per_task=1, nbundles=2,
-                                           crash_tasks=crash_tasks))
-    order = ["preproc", "extract", "frame", "fiberflat", "fiberflatnight", "sky", "stdstars",
-             "fluxcalib", "cframe", "group", "coadd"]
-    doc["steps"] = {s: doc["steps"].get(s, {}) for s in order}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return str(path), str(tmp_path / name)
-
-
 def test_calibration_task_deaths_fail_alone_then_production_completes(tmp_path):
     """A sky, a fluxcalib and a cframe task whose processes die (SIGSEGV, SIGKILL,
     SIGABRT): each is failed with its signal, only their dependents fail with them,
     and the same manifest without the faults completes to a never-failed production."""
-    path, prod = _calibrated_toy(tmp_path, "prod", crash_tasks=CALIB_DEATHS)
+    path, prod = W.calibrated_toy(tmp_path, "prod", crash_tasks=CALIB_DEATHS)
     rc, out, err = W.run_gpuspec([path, "-q"], prog="gpuspec-run")
     assert rc == 1, err
     rows = _rows(prod)
@@ -493,6 +466,6 @@ def test_calibration_task_deaths_fail_alone_then_production_completes(tmp_path):
     open(path, "w").write(text)
     assert W.run_gpuspec([path, "-q"], prog="gpuspec-run")[0] == 0
     assert {s for s, _ in _rows(prod).values()} == {"done"}
-    ref_path, ref_prod = _calibrated_toy(tmp_path, "ref")
+    ref_path, ref_prod = W.calibrated_toy(tmp_path, "ref")
     assert W.run_gpuspec([ref_path, "-q"], prog="gpuspec-run")[0] == 0
     assert _products(prod) == _products(ref_prod)

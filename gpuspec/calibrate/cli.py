@@ -22,7 +22,8 @@ import argparse
 from ..cli import float_range, int_range
 from ..errors import UsageError
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "check_fiberflat_options", "check_sky_options",
+           "check_stdstars_options", "check_fluxcalib_options", "check_cframe_options"]
 
 _POS = float_range(0, lo_open=True)   # a finite number > 0
 _NONNEG = float_range(0)              # a finite number >= 0
@@ -313,3 +314,77 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  _templates):
         make(subparsers)
     return subparsers
+
+
+# --------------------------------------------------------------------------- manifest checks
+
+#: Options of compute-sky that are named (desispec's) but not implemented.
+_SKY_UNSUPPORTED = ("adjust_wavelength", "adjust_lsf", "adjust_with_more_fibers", "fit_offsets",
+                    "save_adjustments", "pca_corr", "skygradpca", "tpcorrparam")
+
+
+def _check_options(command: str, options: dict) -> None:
+    """Check step options of a manifest with the ranges of the CLI ``command`` (one home).
+
+    Each option whose CLI flag has a ``type`` (a range) or ``choices`` is parsed as the
+    command line would parse it; options that are named but not implemented, and
+    ``cosmics_nsig > 0``, are refused; fit-stdstars' redshift scan is bounded. Raises
+    ValueError naming the option (``gpuspec-run --check`` reports it with its line).
+    Host only.
+    """
+    from ..limits import MAX_ZGRID
+    from .stdstars import redshift_grid_size
+
+    parser = argparse.ArgumentParser(prog="gpuspec")
+    sub = parser.add_subparsers()
+    add_parser(sub)
+    p = sub.choices[command]
+    actions = {a.dest: a for a in p._actions}
+    for k, v in options.items():
+        a = actions.get(k)
+        if a is None or v is None or isinstance(v, bool):
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            try:
+                got = a.type(str(x)) if callable(a.type) else x
+            except (argparse.ArgumentTypeError, ValueError, TypeError, UsageError) as exc:
+                raise ValueError(f"{k}: {exc}") from None
+            if a.choices is not None and got not in a.choices:
+                raise ValueError(f"{k}: {x!r} is not one of {list(a.choices)}")
+    for k in _SKY_UNSUPPORTED if command == "compute-sky" else ():
+        if options.get(k):
+            raise ValueError(f"{k}: not implemented in gpuspec (only its default is)")
+    if float(options.get("cosmics_nsig") or 0) > 0:
+        raise ValueError("cosmics_nsig: 1-D cosmic-ray rejection is not implemented (use 0)")
+    if command == "fit-stdstars":
+        z_max = options.get("z_max", p.get_default("z_max"))
+        z_res = options.get("z_res", p.get_default("z_res"))
+        n = redshift_grid_size(z_max, z_res)
+        if not n <= MAX_ZGRID:
+            raise ValueError(f"z_res: z_max={z_max} and z_res={z_res} ask for {n:.4g} "
+                             f"redshifts; the limit is {MAX_ZGRID:,} (docs/reliability.md)")
+
+
+def check_fiberflat_options(**options) -> None:
+    """Manifest check of the fiberflat step's options (compute-fiberflat's ranges)."""
+    _check_options("compute-fiberflat", options)
+
+
+def check_sky_options(**options) -> None:
+    """Manifest check of the sky step's options (compute-sky's ranges)."""
+    _check_options("compute-sky", options)
+
+
+def check_stdstars_options(**options) -> None:
+    """Manifest check of the stdstars step's options (fit-stdstars' ranges, z scan)."""
+    _check_options("fit-stdstars", options)
+
+
+def check_fluxcalib_options(**options) -> None:
+    """Manifest check of the fluxcalib step's options (compute-fluxcalib's ranges)."""
+    _check_options("compute-fluxcalib", options)
+
+
+def check_cframe_options(**options) -> None:
+    """Manifest check of the cframe step's options (process-exposure's ranges)."""
+    _check_options("process-exposure", options)
