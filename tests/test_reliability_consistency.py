@@ -9,6 +9,8 @@ same file given twice, a calibration of the wrong kind.
 
 from __future__ import annotations
 
+import os
+
 import fitsio
 import numpy as np
 import pytest
@@ -325,3 +327,16 @@ def test_consistent_inputs_still_work(w, tmp_path):
 def test_inputs_never_modified(w):
     """After the whole table, every file of the night is as it was built."""
     assert W.digest_tree(*W.INPUT_TREES(w)) == w["digest"]
+
+
+def test_autocalib_with_a_text_expid_names_the_file(w, tmp_path):
+    """A fiber flat whose EXPID was edited to text: one line naming file and keyword."""
+    ff = W.copy(w["calibration"]["b0"]["fiberflat"], tmp_path, "ff-text.fits")
+    with fitsio.FITS(ff, "rw") as fx:
+        fx[0].write_key("EXPID", "ninety")
+    rc, _, err = W.run_gpuspec(["autocalib-fiberflat", "-i", ff,
+                                w["calibration"]["r0"]["fiberflat"], "--night", "20250115",
+                                "--arm", "b", "--outdir", str(tmp_path / "out"),
+                                "--backend", "numpy"])
+    W.check_error(rc, err, 1, ["ff-text.fits", "EXPID"])
+    assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")

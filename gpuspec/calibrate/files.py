@@ -82,6 +82,20 @@ def _same_source(frame, infile, **others) -> None:
             check_same_source(frame.meta, infile, obj.meta, path, keys, kind)
 
 
+def _int_keyword(meta, key, path, default):
+    """An integer header keyword (``default`` when absent); InputError naming it otherwise."""
+    v = (meta or {}).get(key)
+    if v is None:
+        return default
+    try:
+        if isinstance(v, bool) or float(v) != int(float(v)):
+            raise ValueError
+        return int(float(v))
+    except (TypeError, ValueError):
+        raise InputError(f"{key}={v!r} is not an integer", path=os.fspath(path),
+                         keyword=key) from None
+
+
 def _camera(meta, path):
     cam = (meta or {}).get("CAMERA")
     if not cam:
@@ -132,7 +146,7 @@ def autocalib_fiberflat_file(infiles, prefix=None, night=None, arm=None, outdir=
         raise InputError("need --prefix, or --night and --arm, for the output file names")
     flats = [read_fiberflat(f) for f in infiles]
     cams = np.array([_camera(f.meta, p) for f, p in zip(flats, infiles)])
-    expid = np.array([int(f.meta.get("EXPID", -1)) for f in flats])
+    expid = np.array([_int_keyword(f.meta, "EXPID", p, -1) for f, p in zip(flats, infiles)])
     common = None
     for c in np.unique(cams):
         e = expid[cams == c]
