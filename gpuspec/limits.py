@@ -17,7 +17,7 @@ from __future__ import annotations
 
 __all__ = ["MAX_NWAVE", "MAX_IMAGE_PIXELS", "MAX_FIBERS_PER_CAMERA", "MAX_PSF_HALFSIZE",
            "MAX_PSF_GHDEG", "MAX_PSF_LEGDEG", "MAX_MANIFEST_BYTES", "MAX_YAML_NODES",
-           "MAX_YAML_DEPTH", "MAX_PROCESSES", "MAX_THREADS", "MAX_NSIDE", "check_size"]
+           "MAX_YAML_DEPTH", "MAX_PROCESSES", "MAX_THREADS", "MAX_NSIDE", "MAX_ZGRID", "check_size"]
 
 #: Wavelengths of one grid (extraction ``-w``, coadd ``--lin-step``); a DESI arm at
 #: 0.8 Å has ~2,900, the whole 3600–9824 Å range at 0.1 Å 62,240.
@@ -45,6 +45,9 @@ MAX_PROCESSES = 1024
 MAX_THREADS = 1024
 #: Largest HEALPix nside (healpy: below 2**30).
 MAX_NSIDE = 2 ** 29
+#: Redshifts of the fit-stdstars scan (desispec's defaults: ~800; ``z_res`` 1e-9 would
+#: ask for 10⁵ times more).
+MAX_ZGRID = 100_000
 
 
 def check_size(n, limit: int, what: str, where: str | None = None, *, error=None) -> int:

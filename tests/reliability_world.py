@@ -246,6 +246,37 @@ def run_case(case: Case, w: dict, tmp) -> str:
     return line
 
 
+def calibrated_toy(tmp_path, name, crash_tasks=None, registry=None):
+    """A toy night with a flat (99) and two science exposures, every calibration step;
+    returns (manifest path, production). ``registry="desi"`` for ``--check`` of the
+    real steps' options."""
+    import fitsio
+    import yaml
+
+    from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
+
+    nights = ((20250101, 99, "FLAT"), (20250101, 100, "SCIENCE"), (20250101, 101, "SCIENCE"))
+    root = tmp_path / "in"
+    inputs = make_toy_inputs(str(root), nights_expids=tuple((n, e) for n, e, _ in nights),
+                             petals=(0,), nfibers=50)
+    for n, e, kind in nights:  # the launcher reads OBSTYPE from the raw header
+        raw = os.path.join(inputs["rawdir"], str(n), f"{e:08d}", f"desi-{e:08d}.fits.fz")
+        fitsio.write(raw, np.zeros((2, 2), np.int16), clobber=True,
+                     header=[{"name": "OBSTYPE", "value": kind},
+                             {"name": "EXPTIME", "value": 120.0 if kind == "FLAT" else 900.0}])
+    doc = yaml.safe_load(toy_manifest_text(inputs, str(tmp_path / name), bundles=(0, 1),
+                                           bundles_per_task=1, nbundles=2,
+                                           crash_tasks=crash_tasks))
+    order = ["preproc", "extract", "frame", "fiberflat", "fiberflatnight", "sky", "stdstars",
+             "fluxcalib", "cframe", "group", "coadd"]
+    doc["steps"] = {s: doc["steps"].get(s, {}) for s in order}
+    if registry:
+        doc["registry"] = registry
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path), str(tmp_path / name)
+
+
 # --------------------------------------------------------------------------- files
 
 def digest_tree(*paths) -> dict:

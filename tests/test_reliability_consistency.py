@@ -9,6 +9,8 @@ same file given twice, a calibration of the wrong kind.
 
 from __future__ import annotations
 
+import os
+
 import fitsio
 import numpy as np
 import pytest
@@ -105,6 +107,42 @@ def _shifted(src, t):
     fr.fibermap = fm
     return write_frame(str(t / "frame-b0-shifted.fits"), fr)
 
+
+
+def _pick(w, kind, items):
+    return [w["calibration"][i][kind] if i in ("b0", "r0", "z0") else i for i in items]
+
+
+def _stdstars(w, t, frames=("b0", "r0", "z0"), skies=("b0", "r0", "z0"),
+              flats=("b0", "r0", "z0")):
+    """argv of fit-stdstars (cameras of the calibration chain, or file paths)."""
+    return ["fit-stdstars", "--frames", *_pick(w, "frame", frames), "--skymodels",
+            *_pick(w, "sky", skies), "--fiberflats", *_pick(w, "fiberflat", flats), "-o",
+            t / "std.fits", "--backend", "numpy"]
+
+
+def _fluxcalib(w, t, models):
+    c = w["calibration"]["r0"]
+    return ["compute-fluxcalib", "-i", c["frame"], "--fiberflat", c["fiberflat"], "--sky",
+            c["sky"], "--models", models, "-o", t / "fc.fits",
+            "--backend", "numpy"]
+
+
+def _input_frames(expid=None, spectrograph=None):
+    """Rewrite a stdstars file as if it were of another exposure or spectrograph."""
+    def change(ext, data, hdr):
+        if ext in ("FLUX", "") and expid is not None:
+            hdr["EXPID"] = expid
+        if ext == "INPUT_FRAMES":
+            data = data.copy()
+            if expid is not None:
+                data["EXPID"] = expid
+            if spectrograph is not None:
+                data["CAMERA"] = [f"{c.strip()[0]}{spectrograph}" for c in data["CAMERA"]]
+        if ext == "FIBERS" and spectrograph is not None:
+            data = data + 500 * spectrograph
+        return data, hdr
+    return change
 
 CASES = [
     # --- spectra files (coadd)
@@ -220,6 +258,44 @@ CASES = [
          lambda w, t: ["process-exposure", "-i", w["calibration"]["b0"]["frame"], "--calib",
                        w["calibration"]["r0"]["fluxcalib"], "-o", t / "cf.fits", "--backend",
                        "numpy"], 1, lambda w, t: ["fluxcalib-r0", "CAMERA"]),
+    Case("stdstars-frame-without-its-sky",
+         lambda w, t: _stdstars(w, t, skies=["b0", "r0"]), 1,
+         lambda w, t: ["frame-z0", "sky", "z0"]),
+    Case("stdstars-frame-of-another-exposure",
+         lambda w, t: _stdstars(w, t, frames=["b0", _set_key(
+             lambda w: w["calibration"]["r0"]["frame"], "FLUX", "EXPID", 777,
+             "frame-r0-777")(w, t), "z0"]), 1, lambda w, t: ["frame-r0-777", "sky", "777"]),
+    Case("stdstars-same-frame-twice",
+         lambda w, t: _stdstars(w, t, frames=["b0", "b0", "z0"]), 1,
+         lambda w, t: ["frame-b0", "twice"]),
+    Case("stdstars-sky-of-no-frame",
+         lambda w, t: _stdstars(w, t, skies=["b0", "r0", "z0", _set_key(
+             lambda w: w["calibration"]["z0"]["sky"], 0, "EXPID", 555, "sky-z0-555")(w, t)]),
+         1, lambda w, t: ["sky-z0-555", "none of the --frames"]),
+    Case("stdstars-without-the-fiberflat-of-a-camera",
+         lambda w, t: _stdstars(w, t, flats=["b0", "r0"]), 1,
+         lambda w, t: ["frame-z0", "fiber flat", "z0"]),
+    Case("fluxcalib-with-stdstars-of-another-exposure",
+         lambda w, t: _fluxcalib(w, t, W.rewrite(w["calibration"]["stdstars"], t,
+                                              _input_frames(expid=555), name="std-555.fits")),
+         1, lambda w, t: ["frame-r0", "std-555.fits", "EXPID"]),
+    Case("fluxcalib-with-stdstars-of-another-spectrograph",
+         lambda w, t: _fluxcalib(w, t, W.rewrite(w["calibration"]["stdstars"], t,
+                                              _input_frames(spectrograph=1), name="std-1.fits")),
+         1, lambda w, t: ["frame-r0", "std-1.fits"]),
+    Case("sky-of-fewer-fibers",
+         lambda w, t: ["process-exposure", "-i", w["calibration"]["b0"]["frame"], "--sky",
+                       W.rewrite(w["calibration"]["b0"]["sky"], t, _rows(
+                           {"SKY", "IVAR", "MASK", "STATIVAR", "THRPUTCORR",
+                            "THRPUTCORR_MOD"}, 20), name="sky-short.fits"), "-o",
+                       t / "cf.fits", "--backend", "numpy"], 1,
+         lambda w, t: ["frame-b0", "sky-short.fits"]),
+    Case("fiberflat-of-a-shifted-grid",
+         lambda w, t: ["process-exposure", "-i", w["calibration"]["b0"]["frame"], "--fiberflat",
+                       W.rewrite(w["calibration"]["b0"]["fiberflat"], t, lambda e, d, h: (
+                           d + 5.0 if e == "WAVELENGTH" else d, h), name="ff-shift.fits"),
+                       "-o", t / "cf.fits", "--backend", "numpy"], 1,
+         lambda w, t: ["frame-b0", "ff-shift.fits", "wavelength"]),
     Case("average-fiberflats-of-two-arms",
          lambda w, t: ["average-fiberflat", "-i", w["calibration"]["b0"]["fiberflat"],
                        w["calibration"]["r0"]["fiberflat"], "-o", t / "aff.fits",
@@ -251,3 +327,16 @@ def test_consistent_inputs_still_work(w, tmp_path):
 def test_inputs_never_modified(w):
     """After the whole table, every file of the night is as it was built."""
     assert W.digest_tree(*W.INPUT_TREES(w)) == w["digest"]
+
+
+def test_autocalib_with_a_text_expid_names_the_file(w, tmp_path):
+    """A fiber flat whose EXPID was edited to text: one line naming file and keyword."""
+    ff = W.copy(w["calibration"]["b0"]["fiberflat"], tmp_path, "ff-text.fits")
+    with fitsio.FITS(ff, "rw") as fx:
+        fx[0].write_key("EXPID", "ninety")
+    rc, _, err = W.run_gpuspec(["autocalib-fiberflat", "-i", ff,
+                                w["calibration"]["r0"]["fiberflat"], "--night", "20250115",
+                                "--arm", "b", "--outdir", str(tmp_path / "out"),
+                                "--backend", "numpy"])
+    W.check_error(rc, err, 1, ["ff-text.fits", "EXPID"])
+    assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")

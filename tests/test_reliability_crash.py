@@ -434,3 +434,38 @@ def _products(prod):
         if not rel.startswith("run"):
             out[rel] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out
+
+
+# the calibration steps (fiberflat ... cframe) as tasks: the same isolation
+
+CALIB_DEATHS = {  # calibration task -> how its process dies
+    "sky-b0-00000100": "SIGSEGV",
+    "fluxcalib-r0-00000101": "SIGKILL",
+    "cframe-b0-00000101": "SIGABRT",
+}
+
+
+def test_calibration_task_deaths_fail_alone_then_production_completes(tmp_path):
+    """A sky, a fluxcalib and a cframe task whose processes die (SIGSEGV, SIGKILL,
+    SIGABRT): each is failed with its signal, only their dependents fail with them,
+    and the same manifest without the faults completes to a never-failed production."""
+    path, prod = W.calibrated_toy(tmp_path, "prod", crash_tasks=CALIB_DEATHS)
+    rc, out, err = W.run_gpuspec([path, "-q"], prog="gpuspec-run")
+    assert rc == 1, err
+    rows = _rows(prod)
+    for name, sig in CALIB_DEATHS.items():
+        state, error = rows[name]
+        assert state == "failed" and "TaskProcessDied" in error and sig in error, (name, error)
+    failed = {n for n, (s, _) in rows.items() if s == "failed"}
+    assert {n for n in failed if not rows[n][1].startswith("dependency ")} == set(CALIB_DEATHS)
+    for other in ("fiberflatnight-b-20250101", "sky-r0-00000100", "stdstars-0-00000101",
+                  "cframe-z0-00000101"):  # independent of the three: done
+        assert rows[other][0] == "done", (other, rows[other])
+    assert rows["stdstars-0-00000100"][0] == "failed"  # needs sky-b0-00000100
+    text = open(path).read().split("  crash_tasks:")[0]
+    open(path, "w").write(text)
+    assert W.run_gpuspec([path, "-q"], prog="gpuspec-run")[0] == 0
+    assert {s for s, _ in _rows(prod).values()} == {"done"}
+    ref_path, ref_prod = W.calibrated_toy(tmp_path, "ref")
+    assert W.run_gpuspec([ref_path, "-q"], prog="gpuspec-run")[0] == 0
+    assert _products(prod) == _products(ref_prod)

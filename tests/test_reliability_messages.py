@@ -227,3 +227,50 @@ def test_check_passes_what_runs(w, tmp_path):
     assert rc == 0 and "valid" in out, err
     rc, out, err = W.run_gpuspec([m, "-q"], prog="gpuspec-run")
     assert rc == 0, err
+
+
+CALIB_UNRUNNABLE = [  # (step, options, what the error names): the CLI's ranges, at --check
+    ("fiberflat", {"nsig": 0}, ["steps.fiberflat.options.nsig", "> 0"]),
+    ("fiberflat", {"smoothing_resolution": "fine"}, ["smoothing_resolution"]),
+    ("sky", {"adjust_wavelength": True}, ["adjust_wavelength", "not implemented"]),
+    ("sky", {"cosmics_nsig": 4.0}, ["cosmics_nsig"]),
+    ("stdstars", {"z_res": 1e-300}, ["z_res", "limit"]),
+    ("stdstars", {"maxstdstars": 0}, ["maxstdstars"]),
+    ("stdstars", {"color": "B-V"}, ["color"]),
+    ("fluxcalib", {"seeing_fwhm": -1.0}, ["seeing_fwhm"]),
+    ("fluxcalib", {"delta_color_cut": float("nan")}, ["delta_color_cut"]),
+    ("cframe", {"cosmics_nsig": 3.0}, ["cosmics_nsig"]),
+]
+
+
+@pytest.mark.parametrize("step,options,names", CALIB_UNRUNNABLE,
+                         ids=[f"{s}-{next(iter(o))}" for s, o, _ in CALIB_UNRUNNABLE])
+def test_check_refuses_calibration_option_values(step, options, names, tmp_path):
+    """An option value the calibration CLI would refuse is refused by --check (exit 2,
+    naming the key and its line), not by every task at run time."""
+    from gpuspec.launch.steps import DESI
+
+    if DESI.unavailable([step]):
+        pytest.skip(f"step {step} not available: {DESI.unavailable([step])}")
+    path, prod = W.calibrated_toy(tmp_path, "prod", registry="desi")
+    doc = yaml.safe_load(open(path))
+    doc["steps"][step] = dict(doc["steps"][step] or {}, options=options)
+    open(path, "w").write(yaml.safe_dump(doc, sort_keys=False))
+    rc, _, err = W.run_gpuspec([path, "--check"], prog="gpuspec-run")
+    W.check_error(rc, err, 2, names, prog="gpuspec-run")
+
+
+def test_check_passes_good_calibration_options(tmp_path):
+    from gpuspec.launch.steps import DESI
+
+    if DESI.unavailable(["fiberflat", "stdstars"]):
+        pytest.skip("calibration steps not available")
+    path, prod = W.calibrated_toy(tmp_path, "prod", registry="desi")
+    doc = yaml.safe_load(open(path))
+    doc["steps"]["fiberflat"] = {"options": {"nsig": 5, "smoothing_resolution": 4.0}}
+    doc["steps"]["sky"] = {"options": {"no_extra_variance": True, "adjust_wavelength": False}}
+    doc["steps"]["stdstars"] = {"options": {"z_res": 4e-5, "color": "G-R"}}
+    doc["steps"]["cframe"] = {"options": {"cosmics_nsig": 0}}
+    open(path, "w").write(yaml.safe_dump(doc, sort_keys=False))
+    rc, out, err = W.run_gpuspec([path, "--check"], prog="gpuspec-run")
+    assert rc == 0, err

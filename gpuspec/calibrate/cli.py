@@ -22,10 +22,8 @@ import argparse
 from ..cli import float_range, int_range
 from ..errors import UsageError
 
-__all__ = ["add_parser"]
-
-#: Largest redshift grid of fit-stdstars (2 z_max / z_res points).
-_MAX_ZGRID = 100_000
+__all__ = ["add_parser", "check_fiberflat_options", "check_sky_options",
+           "check_stdstars_options", "check_fluxcalib_options", "check_cframe_options"]
 
 _POS = float_range(0, lo_open=True)   # a finite number > 0
 _NONNEG = float_range(0)              # a finite number >= 0
@@ -165,7 +163,8 @@ def _stdstars(sub):
     p.add_argument("--starmodels", default=None,
                    help="stellar template file (desispec layout; default gpuspec's library)")
     p.add_argument("-o", "--outfile", required=True, help="output stdstars file")
-    p.add_argument("--ncpu", type=int_range(1, 1024), default=1, help="accepted for compatibility (unused)")
+    p.add_argument("--ncpu", type=int_range(1, 1024), default=1,
+                   help="accepted for compatibility (unused)")
     p.add_argument("--delta-color", type=_POS, default=0.2,
                    help="max delta-color for the selection of standard stars (0.2)")
     p.add_argument("--min-blue-snr", type=_NONNEG, default=4.0,
@@ -175,7 +174,8 @@ def _stdstars(sub):
     p.add_argument("--z-res", type=_POS, default=0.00002, help="dz grid resolution (2e-5)")
     p.add_argument("--template-error", type=_NONNEG, default=0.1,
                    help="fractional template error in the chi2 (0.1)")
-    p.add_argument("--maxstdstars", type=int_range(1, 5000), default=30, help="max number of stars (30)")
+    p.add_argument("--maxstdstars", type=int_range(1, 5000), default=30,
+                   help="max number of stars (30)")
     p.add_argument("--std-targetids", type=int, nargs="*", default=None,
                    help="TARGETIDs of standards overriding the targeting bits")
     p.add_argument("--apply-sky-throughput-correction", action="store_true",
@@ -185,10 +185,14 @@ def _stdstars(sub):
     def run(a):
         from .files import fit_stdstars_file
 
-        if a.z_max / a.z_res > _MAX_ZGRID / 2:
+        from ..limits import MAX_ZGRID
+        from .stdstars import redshift_grid_size
+
+        n = redshift_grid_size(a.z_max, a.z_res)
+        if not n <= MAX_ZGRID:
             raise UsageError(f"--z-max {a.z_max:g} / --z-res {a.z_res:g} asks for "
-                             f"{2 * a.z_max / a.z_res:.4g} redshifts; the limit is "
-                             f"{_MAX_ZGRID:,} (docs/reliability.md)")
+                             f"{n:.4g} redshifts; the limit is {MAX_ZGRID:,} "
+                             "(docs/reliability.md)")
 
         fit_stdstars_file(a.frames, a.skymodels, a.fiberflats, a.outfile,
                           starmodels=a.starmodels, delta_color=a.delta_color,
@@ -310,3 +314,77 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  _templates):
         make(subparsers)
     return subparsers
+
+
+# --------------------------------------------------------------------------- manifest checks
+
+#: Options of compute-sky that are named (desispec's) but not implemented.
+_SKY_UNSUPPORTED = ("adjust_wavelength", "adjust_lsf", "adjust_with_more_fibers", "fit_offsets",
+                    "save_adjustments", "pca_corr", "skygradpca", "tpcorrparam")
+
+
+def _check_options(command: str, options: dict) -> None:
+    """Check step options of a manifest with the ranges of the CLI ``command`` (one home).
+
+    Each option whose CLI flag has a ``type`` (a range) or ``choices`` is parsed as the
+    command line would parse it; options that are named but not implemented, and
+    ``cosmics_nsig > 0``, are refused; fit-stdstars' redshift scan is bounded. Raises
+    ValueError naming the option (``gpuspec-run --check`` reports it with its line).
+    Host only.
+    """
+    from ..limits import MAX_ZGRID
+    from .stdstars import redshift_grid_size
+
+    parser = argparse.ArgumentParser(prog="gpuspec")
+    sub = parser.add_subparsers()
+    add_parser(sub)
+    p = sub.choices[command]
+    actions = {a.dest: a for a in p._actions}
+    for k, v in options.items():
+        a = actions.get(k)
+        if a is None or v is None or isinstance(v, bool):
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            try:
+                got = a.type(str(x)) if callable(a.type) else x
+            except (argparse.ArgumentTypeError, ValueError, TypeError, UsageError) as exc:
+                raise ValueError(f"{k}: {exc}") from None
+            if a.choices is not None and got not in a.choices:
+                raise ValueError(f"{k}: {x!r} is not one of {list(a.choices)}")
+    for k in _SKY_UNSUPPORTED if command == "compute-sky" else ():
+        if options.get(k):
+            raise ValueError(f"{k}: not implemented in gpuspec (only its default is)")
+    if float(options.get("cosmics_nsig") or 0) > 0:
+        raise ValueError("cosmics_nsig: 1-D cosmic-ray rejection is not implemented (use 0)")
+    if command == "fit-stdstars":
+        z_max = options.get("z_max", p.get_default("z_max"))
+        z_res = options.get("z_res", p.get_default("z_res"))
+        n = redshift_grid_size(z_max, z_res)
+        if not n <= MAX_ZGRID:
+            raise ValueError(f"z_res: z_max={z_max} and z_res={z_res} ask for {n:.4g} "
+                             f"redshifts; the limit is {MAX_ZGRID:,} (docs/reliability.md)")
+
+
+def check_fiberflat_options(**options) -> None:
+    """Manifest check of the fiberflat step's options (compute-fiberflat's ranges)."""
+    _check_options("compute-fiberflat", options)
+
+
+def check_sky_options(**options) -> None:
+    """Manifest check of the sky step's options (compute-sky's ranges)."""
+    _check_options("compute-sky", options)
+
+
+def check_stdstars_options(**options) -> None:
+    """Manifest check of the stdstars step's options (fit-stdstars' ranges, z scan)."""
+    _check_options("fit-stdstars", options)
+
+
+def check_fluxcalib_options(**options) -> None:
+    """Manifest check of the fluxcalib step's options (compute-fluxcalib's ranges)."""
+    _check_options("compute-fluxcalib", options)
+
+
+def check_cframe_options(**options) -> None:
+    """Manifest check of the cframe step's options (process-exposure's ranges)."""
+    _check_options("process-exposure", options)

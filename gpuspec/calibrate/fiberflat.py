@@ -28,8 +28,9 @@ import logging
 import numpy as np
 
 from .. import resolution
-from ..backend import get_array_module, get_xp, to_device
+from ..backend import get_array_module, get_xp, to_device, to_host
 from ..errors import BadDataError, InputError
+from ..limits import MAX_NWAVE, check_size
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from .banded import normal_band, rt_dot, solve_band
@@ -198,6 +199,21 @@ def _interpolate_bad(xp, ff, ffivar, mask, active, p):
     return ff, ffivar
 
 
+def _check_knots(wave, smoothing_res) -> None:
+    """Bound the spline knots (wavelength span / ``smoothing_res``) before allocating.
+
+    A ``--smoothing-resolution`` of 1e-9 Å would ask for ~10¹² knots; the limit is
+    :data:`gpuspec.limits.MAX_NWAVE`. Host only (one read of the grid's ends).
+    """
+    w = np.asarray(to_host(wave), dtype=np.float64)
+    span = float(w.max() - w.min()) if w.size else 0.0
+    res = float(smoothing_res)
+    if not res > 0:
+        raise InputError(f"smoothing_res must be > 0, got {res:g}")
+    check_size(span / res, MAX_NWAVE, "spline knots",
+               f"smoothing_res={res:g} Å over {span:.0f} Å")
+
+
 @nvtx_range("compute_fiberflat")
 def compute_fiberflat(frame, nsig_clipping=10.0, accuracy=5.0e-4, minval=0.1, maxval=10.0,
                       max_iterations=15, smoothing_res=5.0, max_bad=100, max_rej_it=5,
@@ -236,6 +252,7 @@ def compute_fiberflat(frame, nsig_clipping=10.0, accuracy=5.0e-4, minval=0.1, ma
     xp = get_xp(backend)
     if frame.resolution_data is None:
         raise InputError("compute_fiberflat needs the frame's resolution matrices")
+    _check_knots(frame.wave, smoothing_res)
     wave = to_device(frame.wave, xp, np.float64)
     flux = to_device(frame.flux, xp, np.float64)
     ivar0 = to_device(frame.ivar, xp, np.float64)

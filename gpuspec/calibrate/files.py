@@ -82,6 +82,20 @@ def _same_source(frame, infile, **others) -> None:
             check_same_source(frame.meta, infile, obj.meta, path, keys, kind)
 
 
+def _int_keyword(meta, key, path, default):
+    """An integer header keyword (``default`` when absent); InputError naming it otherwise."""
+    v = (meta or {}).get(key)
+    if v is None:
+        return default
+    try:
+        if isinstance(v, bool) or float(v) != int(float(v)):
+            raise ValueError
+        return int(float(v))
+    except (TypeError, ValueError):
+        raise InputError(f"{key}={v!r} is not an integer", path=os.fspath(path),
+                         keyword=key) from None
+
+
 def _camera(meta, path):
     cam = (meta or {}).get("CAMERA")
     if not cam:
@@ -132,7 +146,7 @@ def autocalib_fiberflat_file(infiles, prefix=None, night=None, arm=None, outdir=
         raise InputError("need --prefix, or --night and --arm, for the output file names")
     flats = [read_fiberflat(f) for f in infiles]
     cams = np.array([_camera(f.meta, p) for f, p in zip(flats, infiles)])
-    expid = np.array([int(f.meta.get("EXPID", -1)) for f in flats])
+    expid = np.array([_int_keyword(f.meta, "EXPID", p, -1) for f, p in zip(flats, infiles)])
     common = None
     for c in np.unique(cams):
         e = expid[cams == c]
@@ -185,11 +199,106 @@ def compute_sky_file(infile, fiberflat, outfile, cosmics_nsig=0.0, no_extra_vari
     return write_sky(outfile, sky, header=meta)
 
 
-def _by_camera(objs, files):
-    out = {}
-    for o, f in zip(objs, files):
-        out.setdefault(_camera(o.meta, f), []).append(o)
-    return out
+def _kw(meta, key):
+    v = (meta or {}).get(key)
+    v = None if v is None else str(v).strip().strip("'\"").strip().lower()
+    return v or None
+
+
+def _exposure(meta, path):
+    """(camera, NIGHT, EXPID) of a frame or sky header (NIGHT/EXPID None when absent)."""
+    return _camera(meta, path), _kw(meta, "NIGHT"), _kw(meta, "EXPID")
+
+
+def _matches(a, b) -> bool:
+    return a[0] == b[0] and all(x is None or y is None or x == y for x, y in zip(a[1:], b[1:]))
+
+
+def _pair_inputs(frames, frame_files, skies, sky_files, flats, flat_files):
+    """Frames, skies and fiber flats of fit-stdstars, checked against each other.
+
+    Each frame gets the sky of its camera and exposure (not the n-th sky given) and a
+    fiber flat of its camera; a frame given twice, a frame without its sky or flat, or a
+    sky that belongs to no frame is an :class:`InputError` naming the files. Returns
+    ``({camera: [frames]}, {camera: [skies]}, {camera: fiberflat})``, skies aligned with
+    frames. Host only.
+    """
+    keys = [_exposure(fr.meta, p) for fr, p in zip(frames, frame_files)]
+    for i, k in enumerate(keys):
+        for j in range(i):
+            if keys[j] == k:
+                raise InputError(f"frame of camera {k[0]}, exposure {k[2]} given twice "
+                                 f"(also {os.fspath(frame_files[j])})",
+                                 path=os.fspath(frame_files[i]))
+    sky_keys = [_exposure(sk.meta, p) for sk, p in zip(skies, sky_files)]
+    used, fr, sk = set(), {}, {}
+    for frame, path, k in zip(frames, frame_files, keys):
+        hits = [j for j, sk_k in enumerate(sky_keys) if j not in used and _matches(k, sk_k)]
+        if not hits:
+            raise InputError(f"no sky model of camera {k[0]}, exposure {k[2]} among "
+                             f"--skymodels ({', '.join(map(_short, sky_files))})",
+                             path=os.fspath(path), keyword="CAMERA")
+        used.add(hits[0])
+        fr.setdefault(k[0], []).append(frame)
+        sk.setdefault(k[0], []).append(skies[hits[0]])
+    for j, p in enumerate(sky_files):
+        if j not in used:
+            raise InputError(f"sky model of camera {sky_keys[j][0]}, exposure "
+                             f"{sky_keys[j][2]} belongs to none of the --frames "
+                             f"({', '.join(map(_short, frame_files))})", path=os.fspath(p))
+    ffs = {}
+    for ff, p in zip(flats, flat_files):
+        ffs.setdefault(_camera(ff.meta, p), ff)  # desispec: the first flat of a camera
+    for cam in fr:
+        if cam not in ffs:
+            raise InputError(f"no fiber flat of camera {cam} among --fiberflats "
+                             f"({', '.join(map(_short, flat_files))})",
+                             path=os.fspath(frame_files[keys.index(next(
+                                 k for k in keys if k[0] == cam))]), keyword="CAMERA")
+    return fr, sk, ffs
+
+
+def _txt(v) -> str:
+    return (v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)).strip().lower()
+
+
+def _check_models(models, path, frame, infile) -> None:
+    """The standard-star models are of the frame's exposure and fibers (both files named).
+
+    The exposure is looked up in the models' INPUT_FRAMES (NIGHT, EXPID, CAMERA), or in
+    their header without it; every model FIBER must be a fiber of the frame's fibermap.
+    Host only.
+    """
+    inp = models.input_frames
+    names = () if inp is None else (inp.dtype.names or ())
+    cam, night, expid = _exposure(frame.meta, infile)
+    if "EXPID" in names and expid is not None:
+        rows = [(_txt(r["EXPID"]), _txt(r["NIGHT"]) if "NIGHT" in names else None,
+                 _txt(r["CAMERA"]) if "CAMERA" in names else None) for r in inp]
+        if not any(e == expid and (n is None or night is None or n == night) for e, n, _ in rows):
+            raise InputError(f"exposure {expid} is not among the INPUT_FRAMES of the "
+                             f"stdstars file {os.fspath(path)} (exposures "
+                             f"{sorted({e for e, _, _ in rows})}): they do not belong "
+                             "together", path=os.fspath(infile), keyword="EXPID")
+        spectro = {c[1:] for _, _, c in rows if c}
+        if spectro and cam[1:] not in spectro:
+            raise InputError(f"camera {cam} is of another spectrograph than the stdstars "
+                             f"file {os.fspath(path)} (cameras "
+                             f"{sorted({c for _, _, c in rows})})", path=os.fspath(infile),
+                             keyword="CAMERA")
+    else:
+        from ..io.util import check_same_source
+
+        check_same_source(frame.meta, infile, models.meta, path, ("EXPID", "NIGHT"),
+                          "stdstars file")
+    fm = frame.fibermap
+    if fm is not None and "FIBER" in (fm.dtype.names or ()):
+        extra = sorted(set(np.asarray(models.fibers).tolist())
+                       - set(np.asarray(fm["FIBER"]).tolist()))
+        if extra:
+            raise InputError(f"the stdstars file {os.fspath(path)} has models of fibers "
+                             f"{extra[:5]}{' ...' if len(extra) > 5 else ''} that are not in "
+                             "this frame's FIBERMAP", path=os.fspath(infile), hdu="FIBERMAP")
 
 
 @nvtx_range("fit_stdstars_file")
@@ -204,12 +313,9 @@ def fit_stdstars_file(frames, skymodels, fiberflats, outfile, starmodels=None,
     from ..io.sky import read_sky
     from .stdstars import fit_stdstars
 
-    fr = _by_camera([read_frame(f) for f in frames], frames)
-    sk = _by_camera([read_sky(f) for f in skymodels], skymodels)
-    ffs = {}
-    for f in fiberflats:
-        ff = read_fiberflat(f)
-        ffs.setdefault(_camera(ff.meta, f), ff)
+    fr, sk, ffs = _pair_inputs([read_frame(f) for f in frames], frames,
+                               [read_sky(f) for f in skymodels], skymodels,
+                               [read_fiberflat(f) for f in fiberflats], fiberflats)
     with _named(frames[0] if len(frames) == 1 else None):
         models = fit_stdstars(fr, sk, ffs, templates=starmodels, delta_color=delta_color,
                               min_blue_snr=min_blue_snr, color=color or "G-R", z_max=z_max,
@@ -277,6 +383,7 @@ def compute_fluxcalib_file(infile, fiberflat, sky, models, outfile, chi2cut=0.0,
                              apply_throughput_correction=apply_sky_throughput_correction,
                              backend=backend)
     m = read_stdstar_models(models)
+    _check_models(m, models, frame, infile)
     ok = np.ones(len(m.metadata), bool)
     nsig_fs = nsig_flux_scale
     if selected_calibration_stars is not None:

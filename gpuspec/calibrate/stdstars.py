@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import resolution
 from ..backend import get_xp, scipy_module, to_device, to_host
+from ..limits import MAX_ZGRID, check_size
 from ..errors import BadDataError, InputError
 from ..profiling import nvtx_range
 from .containers import StdStarModels
@@ -224,6 +225,18 @@ def _chi2_templates(xp, data, twave, tflux, tconts, z, chunk=24):
     return total
 
 
+def redshift_grid_size(z_max, z_res) -> float:
+    """Points of the redshift scan: ±z_max at max(z_res, 1e-4), then ±that step at z_res.
+
+    NaN or a step ≤ 0 gives ``inf`` (refused by the caller). Host only.
+    """
+    z_max, z_res = float(z_max), float(z_res)
+    if not (z_res > 0 and z_max >= 0):
+        return float("inf")
+    coarse = max(z_res, 1e-4)
+    return 2 * z_max / coarse + 2 * coarse / z_res + 2
+
+
 def _fit_redshift(xp, data, twave, tcanon, z_max, z_res):
     """Redshift scan on one template, coarse (1e-4) then fine (``z_res``) steps."""
     nstar = data[0][1].shape[0]
@@ -287,6 +300,8 @@ def fit_stdstars(frames: dict, skies: dict, fiberflats: dict, templates=None,
     if color != "G-R":
         raise NotImplementedError("only color='G-R' (Legacy Survey photometry) is supported")
     xp = get_xp(backend)
+    check_size(redshift_grid_size(z_max, z_res), MAX_ZGRID, "redshifts",
+               f"z_max={float(z_max):g}, z_res={float(z_res):g}")
     frames, skies = _camdict(frames), _camdict(skies)
     if not frames:
         raise InputError("fit_stdstars needs at least one frame")

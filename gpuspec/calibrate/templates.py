@@ -151,7 +151,7 @@ def write_templates(path, lib: TemplateLibrary | None = None) -> str:
     """
     import fitsio
 
-    from ..io.util import atomic_output
+    from ..io.util import atomic_output, write_checksums
 
     lib = lib or load_templates()
     tab = np.zeros(len(lib.teff), dtype=[("TEMPLATEID", "i4"), ("TEFF", "f4"),
@@ -166,6 +166,7 @@ def write_templates(path, lib: TemplateLibrary | None = None) -> str:
             fx.write(tab, extname="METADATA")
             fx.write(lib.wave.astype(np.float64), extname="WAVELENGTH",
                      header=[{"name": "BUNIT", "value": "Angstrom"}])
+        write_checksums(tmp)
     return os.fspath(path)
 
 

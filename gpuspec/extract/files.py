@@ -381,7 +381,7 @@ def _write_outputs(outfile, frame, model, modelimage) -> None:
 def _write_model(path, modelimage, meta):
     import fitsio
 
-    from ..io.util import atomic_output, header_records
+    from ..io.util import atomic_output, header_records, write_checksums
 
     hdr = {k: meta[k] for k in ("CAMERA", "NIGHT", "EXPID", "SPECMIN", "NSPEC") if k in meta}
     with atomic_output(path) as tmp:
@@ -390,6 +390,7 @@ def _write_model(path, modelimage, meta):
                      header=header_records(hdr))
 
 
+        write_checksums(tmp)
 def _specmin(frame, path) -> int:
     v = frame.meta.get("SPECMIN", 0)
     try:

@@ -31,7 +31,7 @@ from ..backend import get_array_module, native, to_host
 from ..errors import BadDataError, InputError, MissingFileError
 from ..profiling import nvtx_range
 from .util import (atomic_output, check_image_size, hdu_names, header_dict, header_records,
-                   open_fits)
+                   open_fits, write_checksums)
 
 __all__ = ["read_calib_image", "write_calib_image", "check_calib_values", "CALIB_KINDS",
            "calib_camera",
@@ -192,6 +192,7 @@ def write_calib_image(path: str | os.PathLike, image, header: dict | None = None
     with atomic_output(path) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
             fx.write(a.astype(disk), header=header_records(hdr))
+        write_checksums(tmp)
     return path
 
 

@@ -13,7 +13,7 @@ import fitsio
 
 from ..profiling import nvtx_range
 from .frame import read_frame, write_frame
-from .util import atomic_output
+from .util import atomic_output, write_checksums
 
 __all__ = ["write_cframe", "read_cframe", "CFRAME_UNIT", "CFRAME_IVAR_UNIT", "cframe_name"]
 
@@ -35,6 +35,7 @@ def write_cframe(path, frame, meta: dict | None = None) -> str:
         with fitsio.FITS(tmp, "rw") as fx:
             fx["FLUX"].write_key("BUNIT", CFRAME_UNIT)
             fx["IVAR"].write_key("BUNIT", CFRAME_IVAR_UNIT)
+        write_checksums(tmp)
     return path
 
 

@@ -27,7 +27,7 @@ from ..errors import BadDataError
 from ..profiling import nvtx_range
 from .calfiles import as_table, check_2d, clean_header, host, read_f8
 from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
-    read_image_hdu, read_optional_hdu
+    read_image_hdu, read_optional_hdu, write_checksums
 
 __all__ = ["write_fiberflat", "read_fiberflat"]
 
@@ -81,6 +81,7 @@ def write_fiberflat(path, fiberflat: FiberFlat, header: dict | None = None) -> s
                      header=[{"name": "BUNIT", "value": "Angstrom"}])
             if fm is not None:
                 fx.write(fm, extname="FIBERMAP")
+        write_checksums(tmp)
     return path
 
 

@@ -33,7 +33,7 @@ from ..errors import BadDataError
 from ..profiling import nvtx_range
 from .calfiles import as_table, check_2d, clean_header, host, read_f8
 from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
-    read_image_hdu, read_optional_hdu, read_table_hdu
+    read_image_hdu, read_optional_hdu, read_table_hdu, write_checksums
 
 __all__ = ["write_flux_calibration", "read_flux_calibration", "write_stdstar_models",
            "read_stdstar_models", "CALIB_UNIT", "FLUX_UNIT"]
@@ -85,6 +85,7 @@ def write_flux_calibration(path, fluxcalib: FluxCalib, header: dict | None = Non
                     fx["FIBERCORR"].write_key(rec["name"], rec["value"], rec["comment"])
             if sf is not None:
                 fx.write(sf, extname="STDSTAR_FIBERMAP")
+        write_checksums(tmp)
     return path
 
 
@@ -156,6 +157,7 @@ def write_stdstar_models(path, models: StdStarModels, header: dict | None = None
                 fx.write(fm, extname="FIBERMAP")
             if inp is not None:
                 fx.write(inp, extname="INPUT_FRAMES")
+        write_checksums(tmp)
     return path
 
 

@@ -20,7 +20,8 @@ from ..errors import BadDataError, InputError, MissingHDUError
 from ..limits import MAX_PSF_GHDEG, MAX_PSF_HALFSIZE, MAX_PSF_LEGDEG
 from ..psf.gausshermite import GaussHermitePSF
 from .util import (atomic_output, header_dict, has_hdu, header_records, open_fits,
-                   read_image_hdu, read_table_hdu, require_keyword)
+                   read_image_hdu, read_table_hdu, require_keyword,
+                   write_checksums)
 
 __all__ = ["read_psf", "write_psf", "PSF_VERSIONS"]
 
@@ -297,4 +298,5 @@ def write_psf(path: str | os.PathLike, psf: GaussHermitePSF, extra_meta: dict | 
             fx.write(psf.xcoeff, extname="XTRACE", header=header_records(tmeta))
             fx.write(psf.ycoeff, extname="YTRACE", header=header_records(tmeta))
             fx.write(table, extname="PSF", header=header_records(pmeta))
+        write_checksums(tmp)
     return path

@@ -28,7 +28,7 @@ from ..errors import BadDataError
 from ..profiling import nvtx_range
 from .calfiles import check_2d, clean_header, host, optional_f8, read_f8
 from .util import atomic_output, hdu_names, header_dict, header_records, open_fits, \
-    read_image_hdu, read_optional_hdu
+    read_image_hdu, read_optional_hdu, write_checksums
 
 __all__ = ["write_sky", "read_sky"]
 
@@ -77,6 +77,7 @@ def write_sky(path, skymodel: SkyModel, header: dict | None = None) -> str:
                 fx.write(tcm, extname="THRPUTCORR_MOD")
             if tid is not None:
                 fx.write(tid, extname="SKYTARGETID")
+        write_checksums(tmp)
     return path
 
 

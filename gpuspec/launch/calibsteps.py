@@ -111,18 +111,23 @@ def desi_cframe(task, ctx: TaskContext) -> None:
 
 _F = "gpuspec.calibrate.files:"
 _H = "gpuspec.launch.calibsteps:"
+_C = "gpuspec.calibrate.cli:"  # option checks: the CLI's ranges
 
 #: The calibration steps of the ``desi`` registry.
 CALIB_STEPS = {
     "fiberflat": StepSpec(_H + "desi_fiberflat", (_F + "compute_fiberflat_file",),
-                          "flat-lamp frame -> fiberflat"),
+                          "flat-lamp frame -> fiberflat", check=_C + "check_fiberflat_options"),
     "fiberflatnight": StepSpec(_H + "desi_fiberflatnight", (_F + "autocalib_fiberflat_file",),
                                "the night's fiberflats -> fiberflatnight"),
-    "sky": StepSpec(_H + "desi_sky", (_F + "compute_sky_file",), "frame + fiberflat -> sky"),
+    "sky": StepSpec(_H + "desi_sky", (_F + "compute_sky_file",), "frame + fiberflat -> sky",
+                    check=_C + "check_sky_options"),
     "stdstars": StepSpec(_H + "desi_stdstars", (_F + "fit_stdstars_file",),
-                         "b, r, z frames + skies + fiberflats -> standard-star models"),
+                         "b, r, z frames + skies + fiberflats -> standard-star models",
+                         check=_C + "check_stdstars_options"),
     "fluxcalib": StepSpec(_H + "desi_fluxcalib", (_F + "compute_fluxcalib_file",),
-                          "frame + fiberflat + sky + stdstars -> flux calibration"),
+                          "frame + fiberflat + sky + stdstars -> flux calibration",
+                          check=_C + "check_fluxcalib_options"),
     "cframe": StepSpec(_H + "desi_cframe", (_F + "process_exposure_file",),
-                       "frame + fiberflat + sky + fluxcalib -> cframe"),
+                       "frame + fiberflat + sky + fluxcalib -> cframe",
+                       check=_C + "check_cframe_options"),
 }

@@ -58,7 +58,8 @@ import os
 import fitsio
 import numpy as np
 
-from ..io.util import atomic_output, header_records, open_fits, read_image_hdu, read_table_hdu
+from ..io.util import atomic_output, header_records, open_fits, read_image_hdu, read_table_hdu, \
+    write_checksums
 
 __all__ = ["write_truth", "read_truth"]
 
@@ -115,6 +116,7 @@ def write_truth(path: str, meta: dict, targets_table: np.ndarray, cameras: dict)
                 sat = np.zeros(len(d["saturated"]), dtype=[("Y", "i4"), ("X", "i4")])
                 sat["Y"], sat["X"] = d["saturated"][:, 0], d["saturated"][:, 1]
                 fx.write(sat, extname=f"SATURATED_{C}")
+        write_checksums(tmp)
     return path
 
 
