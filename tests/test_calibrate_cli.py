@@ -49,6 +49,7 @@ def chain(tmp_path_factory):
     return exp, p, str(std), d
 
 
+@pytest.mark.slow
 def test_cli_chain_outputs(chain):
     exp, p, std, d = chain
     m = read_stdstar_models(std)

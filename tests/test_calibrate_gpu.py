@@ -53,6 +53,7 @@ def cpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_fiberflat_gpu(gpu, cpu):
     for cam, ref in cpu["ff"].items():
         ff = compute_fiberflat(cpu["exp"].flats[cam], backend=gpu)
@@ -76,6 +77,7 @@ def test_average_and_autocalib_gpu(gpu, cpu):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_sky_gpu(gpu, cpu):
     for cam, ref in cpu["sky"].items():
         sky = compute_sky(cpu["fr"][cam], backend=gpu)
@@ -88,6 +90,7 @@ def test_sky_gpu(gpu, cpu):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_fluxcalib_and_cframe_gpu(gpu, cpu):
     tr = cpu["exp"].truth
     for cam, sub in cpu["sub"].items():
@@ -107,6 +110,7 @@ def test_fluxcalib_and_cframe_gpu(gpu, cpu):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_fit_stdstars_gpu(gpu, cpu):
     exp = cpu["exp"]
     a = fit_stdstars(exp.frames, cpu["sky"], cpu["ff"], backend=gpu)

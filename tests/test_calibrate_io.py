@@ -72,6 +72,7 @@ def test_fluxcalib_and_cframe_round_trip(products, tmp_path):
     np.testing.assert_allclose(c.flux, cf.flux, rtol=1e-6, atol=1e-6 * np.abs(cf.flux).max())
 
 
+@pytest.mark.slow
 def test_stdstar_models_round_trip(tmp_path):
     exp = C.exposure(seed=11)
     ffs = {c: compute_fiberflat(exp.flats[c], backend="numpy") for c in exp.frames}

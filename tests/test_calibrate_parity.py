@@ -70,6 +70,7 @@ def chains(request):
     return exp, {cam: (_ours(exp, cam), _desi_chain(exp, cam)) for cam in exp.frames}
 
 
+@pytest.mark.slow
 def test_compute_fiberflat(chains):
     exp, ch = chains
     for cam, ((ff, _, _, _), (dff, _, _, _)) in ch.items():
@@ -109,6 +110,7 @@ def test_subtract_sky(chains):
         assert np.array_equal(sub.mask, dsub.mask), cam
 
 
+@pytest.mark.slow
 def test_flux_calibration(chains, monkeypatch):
     import desispec.fluxcalibration as dfc_mod
 
@@ -150,6 +152,7 @@ def _flats_for_average():
 
 
 @pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.slow
 def test_average_fiberflat(n):
     import desispec.fiberflat as dff_mod
 
@@ -165,6 +168,7 @@ def test_average_fiberflat(n):
     assert np.array_equal(avg.mask, davg.mask)
 
 
+@pytest.mark.slow
 def test_autocalib_fiberflat():
     import desispec.fiberflat as dff_mod
     from astropy.table import Table

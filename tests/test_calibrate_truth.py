@@ -36,6 +36,7 @@ def chain():
     return out
 
 
+@pytest.mark.slow
 def test_fiberflat_matches_true_throughput(chain):
     exp = chain["exp"]
     for cam, ff in chain["ff"].items():

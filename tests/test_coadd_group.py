@@ -48,6 +48,7 @@ def test_group_healpix(frames, tmp_path):
     assert one == [str(tmp_path / "one" / f"spectra-main-dark-{pix[0]}.fits")]
 
 
+@pytest.mark.slow
 def test_cli_group_then_coadd_consistent_with_truth(frames, tmp_path):
     files, sp, truth, _ = frames
     hpx = tmp_path / "hpx"

@@ -69,6 +69,7 @@ def test_extract_mask_is_desispec_extractmaskval():
     assert not EXTRACT_MASK & ccdmask.BADREADNOISE
 
 
+@pytest.mark.slow
 def test_badreadnoise_amplifier_is_still_extracted(r0):
     """desispec's preproc flags a whole amp BADREADNOISE when its overscan jumps; desispec's
     extraction (MASK & 767) keeps those pixels, and so does gpuspec: the frame is unchanged."""

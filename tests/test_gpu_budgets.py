@@ -94,6 +94,7 @@ def _caseB():
     return T._load_caseB()
 
 
+@pytest.mark.slow
 def test_extract_bundle_no_sync_per_chunk(emulate_cupy, monkeypatch):
     from gpuspec.extract import core as ex_core
     from gpuspec.extract import extract_bundle
@@ -121,6 +122,7 @@ def test_extract_bundle_no_sync_per_chunk(emulate_cupy, monkeypatch):
     assert counts[16] == counts[2048], counts         # no sync inside the chunk loop
 
 
+@pytest.mark.slow
 def test_extract_frame(emulate_cupy):
     from gpuspec.extract import extract_frame
 
@@ -154,6 +156,7 @@ def test_coadd_plain_no_sync_per_target_or_chunk(emulate_cupy):
     assert len(seen) == 1, seen   # independent of the number of targets and of chunks
 
 
+@pytest.mark.slow
 def test_coadd_spectroperf_no_sync_per_target(emulate_cupy):
     from gpuspec.coadd import coadd_spectroperf
     from gpuspec.coadd.decorrelate import block_layout

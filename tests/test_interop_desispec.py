@@ -38,6 +38,7 @@ def _desi():
 # ----------------------------------------------------------------------------- raw, preproc
 
 @pytest.mark.parametrize("camera", CAMERAS)
+@pytest.mark.slow
 def test_desi_preproc_on_simulated_raw_matches_gpuspec_preproc(interop_data, camera):
     """desi_preproc (read_raw + desispec.preproc.preproc + write_image, unchanged) on the
     simulator's raw file agrees with ``gpuspec preproc``.
@@ -241,6 +242,7 @@ def test_desispec_coadd_equals_gpuspec_coadd_without_normalisation(interop_data)
                     assert np.array_equal(a.astype(r.dtype), r), c
 
 
+@pytest.mark.slow
 def test_plot_frame_renders_gpuspec_frame(interop_data, tmp_path):
     """desispec's ``plot_frame`` script (Agg backend) draws a gpuspec frame."""
     import shutil
@@ -322,6 +324,7 @@ def test_gpuspec_coadds_desispec_written_spectra(interop_data, tmp_path):
 
 # ----------------------------------------------------------------------------- checksums
 
+@pytest.mark.slow
 def test_every_gpuspec_file_has_valid_checksums(interop_data):
     """CHECKSUM/DATASUM on every HDU of every file gpuspec wrote (astropy verifies them)."""
     from astropy.io import fits

@@ -138,6 +138,7 @@ def test_check_and_dry_run_list_the_calibration_tasks(inp, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "prod" / "run")  # a dry run writes nothing
 
 
+@pytest.mark.slow
 def test_a_calibrated_toy_production_runs_and_resumes(inp, tmp_path):
     path = _write(tmp_path, _doc(inp, tmp_path))
     assert run_serial(load_plan(path), verbose=False) == 0
@@ -171,6 +172,7 @@ def _states(prod):
 
 
 @pytest.mark.parametrize("method", ["autocalib", "average"])
+@pytest.mark.slow
 def test_a_failing_fiberflat_fails_only_its_dependents(tmp_path, method):
     """Two nights, two spectrographs; fiberflat-b0 of night 1 fails."""
     inp = _inputs(tmp_path / "in", petals=(0, 1), nights=(
@@ -231,6 +233,7 @@ def _two_night_doc(inp, tmp_path, template=True):
 
 
 @pytest.mark.parametrize("template", [True, False])
+@pytest.mark.slow
 def test_two_nights_with_a_psf_and_a_fiberflat_per_night(tmp_path, template, capsys):
     inp = _inputs(tmp_path / "in", nights=((N1, 100, "SCIENCE"), (N2, 200, "SCIENCE")))
     doc, root = _two_night_doc(inp, tmp_path, template)

@@ -54,6 +54,7 @@ def test_demo_manifest_content(simdir, tmp_path):
     assert m.production == str(tmp_path / "prod")
 
 
+@pytest.mark.slow
 def test_demo_manifest_runs_with_toy_steps(simdir, tmp_path, capsys):
     path = make_demo_manifest(simdir, str(tmp_path / "prod"), registry="toy", backend="numpy",
                               steps=["preproc", "extract", "frame", "group", "coadd"],

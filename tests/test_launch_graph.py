@@ -37,6 +37,7 @@ def _fibermap(inputs, expid=1, night=20250101):
     return os.path.join(inputs["rawdir"], str(night), f"{expid:08d}", f"fibermap-{expid:08d}.fits")
 
 
+@pytest.mark.slow
 def test_spectrograph_1_with_2_bundles_plans_the_right_group_tasks(tmp_path):
     inputs = make_toy_inputs(str(tmp_path / "in"), nights_expids=((20250101, 1),), petals=(1,),
                              nfibers=50)

@@ -50,6 +50,7 @@ def _psf_of(tasks, expid):
     return {t.params["psf"] for t in tasks if t.step == "extract" and t.params["expid"] == expid}
 
 
+@pytest.mark.slow
 def test_psf_template_with_night(inputs, tmp_path, capsys):
     doc = _doc(inputs, tmp_path)
     doc["inputs"]["psf"] = str(tmp_path / "in" / "calibnight" / "{night}" /
@@ -67,6 +68,7 @@ def test_psf_template_with_night(inputs, tmp_path, capsys):
     assert run_cli.main([path, "-q"]) == 0
 
 
+@pytest.mark.slow
 def test_nights_mapping_and_exposure_override(inputs, tmp_path):
     doc = _doc(inputs, tmp_path)
     cal = tmp_path / "in" / "calibnight"

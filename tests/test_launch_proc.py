@@ -39,6 +39,7 @@ def _args(sim, prod, *extra):
             os.path.join(sim, "calib"), "--prod", prod, *extra]
 
 
+@pytest.mark.slow
 def test_proc_writes_a_valid_manifest_for_the_night(sim, tmp_path, capsys):
     prod = str(tmp_path / "prod")
     assert main(_args(sim, prod, "--psf", os.path.join(sim, "psf", "psf-{camera}.fits"),
@@ -73,6 +74,7 @@ def test_proc_missing_calibration_is_an_error_unless_skipped(sim, tmp_path, caps
     assert "dark" not in doc["inputs"]["exposures"][0]["calib"]
 
 
+@pytest.mark.slow
 def test_proc_finds_the_nightly_psf_and_runs(sim, tmp_path, capsys):
     prod = tmp_path / "prod"
     night = prod / "calibnight" / str(NIGHT)

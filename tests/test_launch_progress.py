@@ -41,6 +41,7 @@ def _logs_text(prod):
     return out
 
 
+@pytest.mark.slow
 def test_one_process_counts_the_running_task_and_gives_an_eta(inputs, tmp_path, capsys):
     path, prod = _manifest(tmp_path, inputs, progress_interval=1e-9)
     assert run_cli.main([path]) == 0
@@ -52,6 +53,7 @@ def test_one_process_counts_the_running_task_and_gives_an_eta(inputs, tmp_path, 
     assert "gpuspec-run [" not in _logs_text(prod)
 
 
+@pytest.mark.slow
 def test_eta_in_progress_lines(inputs, tmp_path, capsys):
     path, prod = _manifest(tmp_path, inputs, progress_interval=1e-9)
     assert run_cli.main([path]) == 0
@@ -63,6 +65,7 @@ def test_eta_in_progress_lines(inputs, tmp_path, capsys):
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_mpi_progress_on_stdout_with_eta_not_in_task_logs(inputs, tmp_path):
     path, prod = _manifest(tmp_path, inputs, progress_interval=0.2, sleep=0.1)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -158,6 +158,7 @@ def test_after_barrier(inputs, tmp_path):
 
 # --------------------------------------------------------------------------- one process
 
+@pytest.mark.slow
 def test_serial_run_done_and_up_to_date(reference, inputs, tmp_path):
     states = _states(reference)
     assert set(states.values()) == {"done"}
@@ -184,6 +185,7 @@ def test_serial_run_done_and_up_to_date(reference, inputs, tmp_path):
     os.utime(part, ns=(os.stat(pre.outputs[0]).st_mtime_ns - 10**9,) * 2)
 
 
+@pytest.mark.slow
 def test_failure_fails_only_dependents_serial(inputs, tmp_path, reference, capfd):
     capsys = capfd  # the task runs in a task process: its log reaches the terminal's fd
     path = _manifest(tmp_path, inputs, fail_tasks=[FAIL])
@@ -261,6 +263,7 @@ def test_unavailable_step_is_reported(inputs, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- status
 
+@pytest.mark.slow
 def test_status_counts(inputs, tmp_path, capsys):
     path = _manifest(tmp_path, inputs, fail_tasks=[FAIL])
     prod = str(tmp_path / "prod")
@@ -303,6 +306,7 @@ def _parse_status(text):
 # --------------------------------------------------------------------------- MPI
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_mpi_failure_and_outputs_equal_serial(inputs, tmp_path, reference):
     path = _manifest(tmp_path, inputs, fail_tasks=[FAIL])
     r = subprocess.run(_mpiexec_cmd(3, path), env=_env(), capture_output=True, text=True,
@@ -415,6 +419,7 @@ def test_nvtx_range_per_task_and_pool_freed_between_steps(inputs, tmp_path, monk
             assert nxt.split("-")[0] != prev.split("-")[0]
 
 
+@pytest.mark.slow
 def test_retry_keeps_failures_caused_by_another_task(inputs, tmp_path, capsys):
     other = "preproc-z0-00000001"
     path = _manifest(tmp_path, inputs, fail_tasks=[FAIL, other])
@@ -491,6 +496,7 @@ def _broken_registry():
 BROKEN = _broken_registry()
 
 
+@pytest.mark.slow
 def test_allow_missing_groups_what_is_available(inputs, tmp_path, capsys):
     """Coadd what is available: the pixels fed by a failed frame are made from the others."""
     path = _manifest(tmp_path, inputs, fail_tasks=[FAIL], allow_missing=True)

@@ -122,6 +122,7 @@ def test_status_during_a_held_run(inputs, tmp_path):
     assert out.count("step ") >= 1 and _parse_status(out)["total"]["done"] == ntasks
 
 
+@pytest.mark.slow
 def test_status_exits_on_a_finished_production_and_no_screen_codes_in_a_pipe(
         inputs, tmp_path, capsys, monkeypatch):
     import gpuspec.launch.status as st
@@ -173,6 +174,7 @@ def test_status_live_redraws_while_a_run_is_active(inputs, tmp_path, capsys, mon
     assert "\033[" not in pipe and pipe.count("step ") == 2 and calls == [0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_tasks_unknown_step_is_an_error(inputs, tmp_path, capsys):
     path, prod = _manifest(tmp_path, inputs, registry="toy")
     assert run_cli.main([path, "-q"]) == 0

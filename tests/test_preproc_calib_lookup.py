@@ -49,6 +49,7 @@ def no_env(monkeypatch):
     monkeypatch.delenv("DESI_SPECTRO_CALIB", raising=False)
 
 
+@pytest.mark.slow
 def test_empty_calib_dir_is_an_error_not_silently_uncalibrated(sim, tmp_path, capsys, no_env):
     empty = tmp_path / "empty"
     empty.mkdir()

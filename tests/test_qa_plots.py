@@ -76,6 +76,7 @@ def products(tmp_path_factory):
 
 # --------------------------------------------------------------------------- preproc
 
+@pytest.mark.slow
 def test_preproc_picture(products, tmp_path):
     from gpuspec.qa.preproc import plot_preproc
 
@@ -269,6 +270,7 @@ def test_fiberflat_picture(calibs, tmp_path):
 
 
 @pytest.mark.interop
+@pytest.mark.slow
 def test_sky_picture_residuals_of_sky_fibers(calibs, tmp_path):
     from gpuspec.io import read_fibermap
     from gpuspec.qa.calib import plot_sky
@@ -312,6 +314,7 @@ def test_fluxcalib_picture_throughput(calibs, products, tmp_path):
 
 # --------------------------------------------------------------------------- gpuspec qa
 
+@pytest.mark.slow
 def test_cli_draws_every_kind(products, calibs, tmp_path, capsys):
     files = [products["preproc"][("b0", 100)], products["frame"][("b0", 100)],
              products["spectra"], products["coadd"], calibs["fiberflat"], calibs["sky"],
@@ -325,6 +328,7 @@ def test_cli_draws_every_kind(products, calibs, tmp_path, capsys):
         _png_ok(p)
 
 
+@pytest.mark.slow
 def test_cli_one_file_and_folder_output(products, tmp_path, capsys):
     out = tmp_path / "one.png"
     assert gpuspec_main(["qa", products["frame"][("r0", 100)], "-o", str(out), "--fibers",
@@ -336,6 +340,7 @@ def test_cli_one_file_and_folder_output(products, tmp_path, capsys):
     assert os.path.exists(d / (os.path.basename(products["coadd"])[:-5] + ".png"))
 
 
+@pytest.mark.slow
 def test_cli_bad_files_one_line_error_no_traceback(products, tmp_path):
     bad = tmp_path / "garbage.fits"
     bad.write_bytes(b"this is not FITS" * 300)
@@ -355,6 +360,7 @@ def test_cli_bad_files_one_line_error_no_traceback(products, tmp_path):
         assert not [f for f in os.listdir(tmp_path) if f.startswith(".x.png")]
 
 
+@pytest.mark.slow
 def test_cli_good_and_bad_files_together(products, tmp_path, capsys):
     bad = tmp_path / "trunc.fits"
     with open(products["frame"][("r0", 100)], "rb") as f:

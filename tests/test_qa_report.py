@@ -79,6 +79,7 @@ def toy_prod(tmp_path_factory):
     return str(d / "prod")
 
 
+@pytest.mark.slow
 def test_report_images_exist_and_are_linked(toy_prod, tmp_path):
     from gpuspec.qa.report import write_report
 
@@ -198,6 +199,7 @@ def _run_chromium(exe, profile, *args, timeout=90):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(toy_prod, tmp_path):
     exe = _chromium()
     if exe is None:

@@ -304,6 +304,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.slow
 def test_inconsistent_inputs_are_errors(case, w, tmp_path):
     W.run_case(case, w, tmp_path)
 

@@ -360,6 +360,7 @@ NATIVE = {  # real crashes in native code (reliability_steps)
 }
 
 
+@pytest.mark.slow
 def test_signal_deaths_fail_alone_then_production_completes(tmp_path, monkeypatch):
     """Tasks killed by SIGKILL (the OOM killer), SIGSEGV, SIGABRT, SIGBUS: each recorded
     failed with its signal; every other task is done; a re-run without the faults
@@ -389,6 +390,7 @@ def test_signal_deaths_fail_alone_then_production_completes(tmp_path, monkeypatc
     assert _products(prod) == _products(ref_prod)
 
 
+@pytest.mark.slow
 def test_native_crashes_fail_alone(tmp_path, monkeypatch):
     """A segmentation fault, a NULL read, abort() and os._exit in the step's own code."""
     monkeypatch.setenv("GPUSPEC_TEST_CRASH", ",".join(f"{k}={v[0]}" for k, v in NATIVE.items()))
@@ -404,6 +406,7 @@ def test_native_crashes_fail_alone(tmp_path, monkeypatch):
     assert len(done) >= 20  # the others went on
 
 
+@pytest.mark.slow
 def test_task_option_records_a_crash(tmp_path):
     """``gpuspec-run M --task NAME`` of a task that dies: exit 1, recorded failed, no
     traceback; the command itself survives."""

@@ -456,6 +456,7 @@ MANIFESTS = [
 
 
 @pytest.mark.parametrize("name,make,names", MANIFESTS, ids=[m[0] for m in MANIFESTS])
+@pytest.mark.slow
 def test_hostile_manifests(name, make, names, w, tmp_path):
     path = make(w, tmp_path)
     for argv in ([path, "--check"], [path], [path, "--dry-run"]):
@@ -480,6 +481,7 @@ def _slow_extract(w, t):
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["ctrl-c", "sigterm"])
+@pytest.mark.slow
 def test_interrupted_command(sig, status, w, tmp_path):
     """Ctrl-C or SIGTERM during an extraction: one line, 130/143, nothing partial."""
     p = subprocess.Popen([sys.executable, "-m", "gpuspec.cli",

@@ -33,6 +33,7 @@ def _extract_into(w, out):
     return ["extract", "-i", w["preproc"]["r0"], "-p", w["psf"]["r0"], "-o", out, "-w", R]
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_named(w, tmp_path):
     """``ulimit -f`` below the size of a frame: 'file too large ... ulimit -f', exit 1."""
     def limit():
@@ -215,6 +216,7 @@ def test_check_never_passes_a_manifest_that_cannot_run(name, which, edit, names,
     assert not os.path.exists(tmp_path / "prod" / "run" / "state.sqlite3")
 
 
+@pytest.mark.slow
 def test_check_passes_what_runs(w, tmp_path):
     """The control: options that are right pass --check, and the production runs."""
     doc = _night(w, tmp_path)

@@ -62,6 +62,7 @@ def test_broadband_fluxes_match_the_continuum():
     np.testing.assert_allclose(mag, t.mag_r[~sky], atol=1e-9)
 
 
+@pytest.mark.slow
 def test_standard_stars_are_library_templates_with_their_magnitudes():
     """A standard star is its load_templates() template, Doppler-shifted and scaled:
     FLUX_G/R/Z are the synthetic magnitudes (the ones fit_stdstars normalises with) of

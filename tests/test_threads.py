@@ -59,6 +59,7 @@ def test_gpuspec_entry_point_sets_one_thread_without_any_variable(tmp_path):
     assert set(got["env"].values()) == {"1"}  # and child processes / later libraries too
 
 
+@pytest.mark.slow
 def test_threads_option_and_environment_override(tmp_path):
     assert set(_probe(["--threads", "3", "status", str(tmp_path)])["main"]) == {3}
     assert set(_probe(["status", str(tmp_path)], GPUSPEC_THREADS="2")["main"]) == {2}
@@ -81,6 +82,7 @@ def _toy_manifest(tmp_path, threads=None):
 
 @pytest.mark.parametrize("manifest_threads,option,want", [(None, None, 1), (2, None, 2),
                                                          (2, "3", 3)])
+@pytest.mark.slow
 def test_gpuspec_run_tasks_run_with_the_chosen_threads(tmp_path, manifest_threads, option, want):
     path = _toy_manifest(tmp_path, manifest_threads)
     cmd = [sys.executable, "-m", "gpuspec.launch.cli", path, "-q"] + \
