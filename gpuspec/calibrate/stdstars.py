@@ -18,6 +18,9 @@ For one exposure and spectrograph (b, r and z frames together):
    star's (and the smallest Teff/log g/[Fe/H] box around them) is fitted, with a
    quadratic multiplicative polynomial per camera marginalised (absorbs the residual
    instrument shape); the best χ² wins (desispec interpolates on the parameter grid);
+   then desispec's second pass: the templates times each camera's smoothed data/best-model
+   ratio, normalised again, are refitted (the instrument throughput's imprint on the
+   running-median continuum otherwise biases the choice, e.g. 250 K cool);
 6. the best template, redshifted, is scaled to the star's r-band magnitude (FLUX_R).
 
 Everything is batched over stars (and templates); no per-star Python loop.
