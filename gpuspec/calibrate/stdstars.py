@@ -18,6 +18,9 @@ For one exposure and spectrograph (b, r and z frames together):
    star's (and the smallest Teff/log g/[Fe/H] box around them) is fitted, with a
    quadratic multiplicative polynomial per camera marginalised (absorbs the residual
    instrument shape); the best χ² wins (desispec interpolates on the parameter grid);
+   then desispec's second pass: the templates times each camera's smoothed data/best-model
+   ratio, normalised again, are refitted (the instrument throughput's imprint on the
+   running-median continuum otherwise biases the choice, e.g. 250 K cool);
 6. the best template, redshifted, is scaled to the star's r-band magnitude (FLUX_R).
 
 Everything is batched over stars (and templates); no per-star Python loop.
@@ -185,10 +188,18 @@ def _interp_templates(xp, twave, tflux, xq):
     return tflux[:, j] * (1 - t)[None] + tflux[:, j + 1] * t[None]
 
 
-def _model(xp, twave, tflux, tcont, wave, z, rdata):
-    """``R_s · T(λ/(1+z_s)) / C_T(λ)`` on one camera grid: (nstar, ntemplate, nwave)."""
+def _model(xp, twave, tflux, tcont, wave, z, rdata, calib=None, dw=None):
+    """``R_s · T(λ/(1+z_s)) / C_T(λ)`` on one camera grid: (nstar, ntemplate, nwave).
+
+    With ``calib`` (nstar, nwave), the second pass: ``calib_s · R_s · T(λ/(1+z_s))``
+    divided by its own continuum (the data's operator, bin size ``dw``); ``tcont`` unused.
+    """
     m = _interp_templates(xp, twave, tflux, wave[None, :] / (1.0 + z[:, None]))  # (T, S, n)
     m = resolution.apply(rdata[:, None, :, :], xp.moveaxis(m, 0, 1))           # (S, T, n)
+    if calib is not None:
+        m = m * calib[:, None, :]
+        tcont = _continuum(xp, m, wave, dw)
+        return m / (tcont + (tcont == 0))
     return m / (tcont + (tcont == 0))[None]
 
 
@@ -212,14 +223,20 @@ def _template_continua(xp, data, twave, tflux):
             for wave, _, _, _, dw in data]
 
 
-def _chi2_templates(xp, data, twave, tflux, tconts, z, chunk=24):
-    """Σ over cameras of the polynomial-marginalised χ² of every template: (S, T)."""
+def _chi2_templates(xp, data, twave, tflux, tconts, z, calibs=None, chunk=24):
+    """Σ over cameras of the polynomial-marginalised χ² of every template: (S, T).
+
+    ``calibs``: per camera (S, nwave) calibration of the second pass (see :func:`_model`).
+    """
     total = 0.0
-    for (wave, d, w, rdata, _), tcont in zip(data, tconts):
+    calibs = [None] * len(data) if calibs is None else calibs
+    for (wave, d, w, rdata, dw), tcont, cal in zip(data, tconts, calibs):
         x = (wave - wave.mean()) / (0.5 * (wave[-1] - wave[0]))
         parts = []
         for t0 in range(0, tflux.shape[0], chunk):
-            m = _model(xp, twave, tflux[t0:t0 + chunk], tcont[t0:t0 + chunk], wave, z, rdata)
+            m = _model(xp, twave, tflux[t0:t0 + chunk],
+                       None if tcont is None else tcont[t0:t0 + chunk], wave, z, rdata,
+                       calib=cal, dw=dw)
             parts.append(_poly_chi2(xp, d, w, m, x))
         total = total + xp.concatenate(parts, axis=1)
     return total
@@ -235,6 +252,27 @@ def redshift_grid_size(z_max, z_res) -> float:
         return float("inf")
     coarse = max(z_res, 1e-4)
     return 2 * z_max / coarse + 2 * coarse / z_res + 2
+
+
+def _calibrations(xp, data, raw, twave, tbest, z, width=320.0):
+    """desispec's second-pass calibration: per camera, the data over the best model.
+
+    ``raw`` is each camera's un-normalised flux (S, n); ``tbest`` (S, ntwave) the best
+    template of every star. The ratio ``flux / (R · T_best(λ/(1+z)))`` is smoothed by a
+    ``width`` Å running median (desispec: 400 pixels) and clipped at 0. Multiplying the
+    templates by it before their normalisation puts the instrument throughput into the
+    models, so that its imprint on the running-median continuum of the data (which a
+    steep throughput leaves, biasing the fit toward cooler templates) is the same in
+    data and models. Returns a list of (S, n).
+    """
+    out = []
+    for (wave, _, w, rdata, dw), f in zip(data, raw):
+        j = xp.arange(tbest.shape[0])   # star s: template s at its own redshift (diagonal)
+        m = _interp_templates(xp, twave, tbest, wave[None, :] / (1.0 + z[:, None]))[j, j]
+        m = resolution.apply(rdata, m)
+        ratio = xp.where((w > 0) & (m > 0), f / (m + (m == 0)), 0.0)
+        out.append(xp.clip(_continuum(xp, ratio, wave, dw, width=width), 0.0, None))
+    return out
 
 
 def _fit_redshift(xp, data, twave, tcanon, z_max, z_res):
@@ -346,13 +384,14 @@ def _fit(xp, cams, fm, rows, lib, delta_color, min_blue_snr, z_max, z_res, templ
     if keep.size == 0:
         raise BadDataError(f"no standard star with blue S/N > {min_blue_snr} per sqrt(A)")
     kd = to_device(keep, xp)
-    data = []
+    data, raw = [], []
     for cam in sorted(cams):
         fr = cams[cam]
         sub = replace(fr, flux=fr.flux[kd], ivar=fr.ivar[kd],
                       resolution_data=to_device(fr.resolution_data, xp, np.float64)[kd])
         wave, d, w, dw = _star_data(xp, sub, template_error)
         data.append((wave, d, w, sub.resolution_data, dw))
+        raw.append(sub.flux)
     srow = rows[keep]
     gflux = np.asarray(fm["FLUX_G"], np.float64)[srow]
     rflux = np.asarray(fm["FLUX_R"], np.float64)[srow]
@@ -368,6 +407,11 @@ def _fit(xp, cams, fm, rows, lib, delta_color, min_blue_snr, z_max, z_res, templ
     z = _fit_redshift(xp, data, twave, tnorm[canon:canon + 1], float(z_max), float(z_res))
     tconts = _template_continua(xp, data, twave, tnorm)
     chi2 = _chi2_templates(xp, data, twave, tnorm, tconts, z)
+    chi2 = xp.where(to_device(allowed, xp), chi2, xp.inf)
+    best = xp.argmin(chi2, axis=1)
+    # desispec's second pass: templates times the smoothed data/best-model ratio, refit
+    calibs = _calibrations(xp, data, raw, twave, tnorm[best], z)
+    chi2 = _chi2_templates(xp, data, twave, tnorm, [None] * len(data), z, calibs=calibs)
     chi2 = xp.where(to_device(allowed, xp), chi2, xp.inf)
     best = to_host(xp.argmin(chi2, axis=1))
     ndata = sum((w > 0).sum(axis=1) for _, _, w, _, _ in data)
