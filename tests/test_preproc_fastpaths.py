@@ -88,7 +88,7 @@ def test_clipped_stats_kept_test_at_the_exact_boundary(xp):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sorted_boundary_is_the_exact_kept_test(xp, dtype):
-    """The kept-slice ends found by value threshold + searchsorted equal a brute-force
+    """The kept-slice ends found by the device k-ary search equal a brute-force
     evaluation of the float64 test on every element (ties, thresholds on a value)."""
     rng = np.random.default_rng(5)
     for trial in range(40):
@@ -108,26 +108,35 @@ def test_sorted_boundary_is_the_exact_kept_test(xp, dtype):
                 near += [a, b]
         s = np.sort(np.concatenate([s, np.asarray(near, dtype=dtype)]))
         sd = xp.asarray(s)
-        lo = stats._sorted_boundary(sd, lambda u: u - level > -t, level - t, xp)
-        hi = stats._sorted_boundary(sd, lambda u: u - level >= t, level + t, xp)
+        lo, hi = (int(v) for v in backend.to_host(stats._kept_slice(sd, level, t, xp)))
         d = s.astype(np.float64) - level
         assert lo == int(np.argmax(d > -t)) if np.any(d > -t) else lo == s.size
         assert hi == int(np.argmax(d >= t)) if np.any(d >= t) else hi == s.size
         assert hi - lo == int(np.sum(np.abs(d) < t))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_value_threshold_from_any_nearby_guess(dtype):
-    rng = np.random.default_rng(8)
-    for c in rng.normal(0, 100, 30).astype(dtype):
-        want = np.nextafter(c, dtype(np.inf))          # smallest value > c
-        for k in range(-4, 5):
-            g = c
-            for _ in range(abs(k)):
-                g = np.nextafter(g, dtype(np.inf if k > 0 else -np.inf))
-            got = stats._value_threshold(lambda u: u > float(c), float(g), dtype)
-            assert got == want and np.dtype(type(got)) == np.dtype(dtype), (c, k)
-    assert stats._value_threshold(lambda u: u > 1.0, 1e300, np.float64, max_steps=4) is None
+@pytest.mark.parametrize("probes", [1, 2, 5, 64])
+def test_first_true_k_ary_search(xp, probes):
+    """The device k-ary search finds the first true of any monotone predicate, per key,
+    for every width up to its bound (answer at either end, width 0, probes past the end)."""
+    rng = np.random.default_rng(probes)
+    for n_max in (0, 1, 2, 7, 64, 65, 66, 500, 4226):
+        for _ in range(6):
+            width = rng.integers(0, n_max + 1, 2)
+            first = np.array([rng.integers(0, w + 1) for w in width])
+            first[rng.integers(0, 2)] = width[0] if rng.random() < 0.3 else first[0]
+            first = np.minimum(first, width)
+            fd, seen = xp.asarray(first), []
+
+            def pred(q, fd=fd, seen=seen):
+                seen.append(backend.to_host(q))
+                return q >= fd[:, None]
+
+            got = backend.to_host(stats._first_true(pred, xp.asarray(width), n_max, xp,
+                                                    shape=(2,), probes=probes))
+            assert np.array_equal(got, first), (n_max, width, first, got)
+            for q in seen:      # offsets handed to pred stay in [0, max(width - 1, 0)]
+                assert q.min() >= 0 and np.all(q <= np.maximum(width - 1, 0)[:, None])
 
 
 def test_clipped_stats_does_not_reorder_input():
@@ -137,15 +146,24 @@ def test_clipped_stats_does_not_reorder_input():
     assert np.array_equal(x, x0)
 
 
-def test_two_sorted_selection():
+def test_two_sorted_selection(xp):
     rng = np.random.default_rng(4)
     for _ in range(50):
         a = np.sort(rng.integers(0, 30, rng.integers(0, 12)).astype(float))
         b = np.sort(rng.integers(0, 30, rng.integers(1, 12)).astype(float))
         u = np.sort(np.concatenate([a, b]))
+        ad, bd = xp.asarray(np.append(a, np.nan)), xp.asarray(b)   # a may be empty
+
+        def a_at(i):
+            return xp.take(ad, xp.clip(i, 0, a.size))
+
+        def b_at(i):
+            return xp.take(bd, xp.clip(i, 0, b.size - 1))
+
         for k in range(u.size):
-            got = stats._kth_of_two_sorted(lambda i: a[i], a.size, lambda i: b[i], b.size, k)
-            assert got == u[k]
+            k1 = min(k + 1, u.size - 1)
+            got = stats._kth_of_two_sorted(a_at, a.size, b_at, b.size, k, k1, u.size, xp)
+            assert list(backend.to_host(got)) == [u[k], u[k1]]
 
 
 # ---------------------------------------------------------------- morphology

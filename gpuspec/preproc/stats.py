@@ -88,231 +88,231 @@ def clipped_stats_rows(pix, nsigma: float = 5.0, niter: int = 3, min_good: int =
     return level, noise
 
 
-def _kth_of_two_sorted(a_at, na: int, b_at, nb: int, k: int, read4=None) -> float:
-    """The ``k``-th smallest (0-based) value of the union of two ascending sequences.
+#: probes per step of the device searches: one batched gather per step, so a search
+#: over ``n`` values takes ``log(n) / log(PROBES + 1)`` steps (4 for a full amplifier)
+PROBES = 64
 
-    ``a_at(i)`` / ``b_at(i)`` return element ``i`` of each (a host float). Binary search
-    on how many of the ``k + 1`` smallest come from the first sequence: about
-    ``log2(n)`` steps of four element reads. ``read4(i, j)``, when given, returns
-    ``(a[i-1], a[i], b[j-1], b[j])`` at once (one device read per step); out-of-range
-    entries are ignored. Host only (the callers read device elements).
+
+def _search_strides(n_max: int, probes: int = PROBES) -> list:
+    """Host strides of the steps of :func:`_first_true` over offsets ``0 .. n_max``.
+
+    Each step divides the width of the interval that holds the answer by ``probes + 1``
+    (rounded up) until it is 1. Host only (depends on sizes, never on values).
     """
-    lo, hi = max(0, k + 1 - nb), min(k + 1, na)
-    inf = float("inf")
-    while True:
-        i = (lo + hi) // 2          # elements taken from a
-        j = k + 1 - i               # elements taken from b
-        if read4 is not None:
-            a_last, a_next, b_last, b_next = read4(i, j)
-        else:
-            a_last = a_at(i - 1) if i > 0 else None
-            a_next = a_at(i) if i < na else None
-            b_last = b_at(j - 1) if j > 0 else None
-            b_next = b_at(j) if j < nb else None
-        a_last = a_last if i > 0 else -inf
-        b_last = b_last if j > 0 else -inf
-        a_next = a_next if i < na else inf
-        b_next = b_next if j < nb else inf
-        if a_last > b_next:
-            hi = i - 1
-        elif b_last > a_next:
-            lo = i + 1
-        else:
-            return max(a_last, b_last)
+    width, out = int(n_max) + 1, []
+    while width > 1:
+        width = -(-width // (probes + 1))
+        out.append(width)
+    return out
 
 
-def _sorted_median(vals_at, n: int) -> float:
-    """Median of an ascending sequence of ``n`` values (numpy's rule for even ``n``).
+def _first_true(pred, width, n_max: int, xp, shape=(), probes: int = PROBES):
+    """Smallest offset ``e`` in ``[0, width]`` with ``pred(e)`` true, per key, on the device.
 
-    ``vals_at(list_of_indices)`` returns those values as host floats.
+    ``pred`` is monotone along the offsets (false, then true) and is taken as true at
+    ``width``. It receives an int64 array of offsets of shape ``shape + (probes,)``, all
+    in ``[0, max(width - 1, 0)]``, and returns booleans of that shape. A k-ary search:
+    each step evaluates ``probes`` equally spaced offsets at once and keeps the interval
+    after the last false one; the number of steps depends only on the host bound
+    ``n_max >= width``, so nothing is read back (the answer stays a device array of
+    ``shape``).
+
+    Backends: numpy and cupy (no synchronisation).
     """
-    if n % 2:
-        return vals_at([n // 2])[0]
-    a, b = vals_at([n // 2 - 1, n // 2])
-    return (a + b) / 2.0
-
-
-def _abs_dev_median(vals_at, med: float, j: int, n: int) -> float:
-    """Median of ``|x - med|`` over an ascending set of ``n`` values read by ``vals_at``.
-
-    The first ``j`` values are below ``med``; ``|x - med|`` is then the union of two
-    ascending runs (``med - x[j-1], med - x[j-2], ...`` and ``x[j] - med, ...``), so
-    its order statistics come from a two-sequence selection (one read of four values per
-    step) instead of a partition of the whole set.
-    """
-    na, nb = j, n - j
-
-    def read4(i, k):
-        idx = [min(max(j - i, 0), n - 1), min(max(j - 1 - i, 0), n - 1),
-               min(max(j + k - 1, 0), n - 1), min(max(j + k, 0), n - 1)]
-        v = vals_at(idx)
-        return -(v[0] - med), -(v[1] - med), v[2] - med, v[3] - med
-
-    def kth(k):
-        return _kth_of_two_sorted(None, na, None, nb, k, read4=read4)
-
-    if n % 2:
-        return kth(n // 2)
-    return (kth(n // 2 - 1) + kth(n // 2)) / 2.0
-
-
-def _value_threshold(pred, guess: float, dtype, max_steps: int = 64):
-    """Smallest value ``u`` of ``dtype`` with ``pred(float(u))`` true, searched from ``guess``.
-
-    ``pred`` is monotone (false below a threshold, true above). The threshold of the
-    kept test lies within a few units in the last place of ``guess``, so this walks a
-    few representable values up or down (host arithmetic, exact: IEEE doubles). Returns
-    None when ``max_steps`` are not enough (the caller then searches by index).
-    """
-    ft = np.dtype(dtype).type
-    u = ft(guess)
-    if not np.isfinite(u):
-        return u
-    down, up = ft(-np.inf), ft(np.inf)
-    if pred(float(u)):
-        for _ in range(max_steps):
-            v = np.nextafter(u, down)
-            if not pred(float(v)):
-                return u
-            u = v
-        return None
-    for _ in range(max_steps):
-        u = np.nextafter(u, up)
-        if pred(float(u)):
-            return u
-    return None
-
-
-def _first_index(pred, lo: int, hi: int) -> int:
-    """Smallest ``i`` in ``[lo, hi]`` with ``pred(i)`` true, for ``pred`` false then true
-    along ``lo .. hi - 1`` (``hi`` when never true). Host-side binary search."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if pred(mid):
-            hi = mid
-        else:
-            lo = mid + 1
+    lo = xp.zeros(shape, dtype=xp.int64)
+    width = (lo + width)[..., None]            # a host int stays a kernel argument
+    m = xp.arange(1, probes + 1, dtype=xp.int64)
+    for st in _search_strides(n_max, probes):
+        q = lo[..., None] + m * st - 1
+        inside = q < width
+        t = pred(xp.minimum(q, xp.maximum(width - 1, 0))) | ~inside
+        lo = lo + st * xp.sum(~t, axis=-1)
     return lo
 
 
-def _sorted_boundary(s, pred, guess: float, xp) -> int:
-    """First index of the ascending ``s`` whose value satisfies the monotone ``pred``.
+def _kept_slice(s, level, t, xp):
+    """Ends ``[lo, hi)`` of the kept values ``|x - level| < t`` of the ascending ``s``.
 
-    The threshold value is found on the host (:func:`_value_threshold`) and located with
-    one ``searchsorted`` in the array's own dtype: one device read. Falls back to a
-    binary search over indices (one read per step) when the walk fails.
+    The test is the row version's, in float64; ``x - level`` is non-decreasing along
+    ``s`` (rounding is monotone), so ``lo`` is the first index with ``x - level > -t``
+    and ``hi`` the first with ``x - level >= t``: both found by one two-key
+    :func:`_first_true` that evaluates exactly that test on gathered elements.
+
+    Returns a device int64 array ``[lo, hi]``. Backends: numpy and cupy (no sync).
     """
-    u = _value_threshold(pred, guess, s.dtype)
-    if u is None:
-        return _first_index(lambda i: pred(float(s[i])), 0, int(s.size))
-    key = xp.asarray(np.asarray([u], dtype=s.dtype))
-    return int(xp.searchsorted(s, key, side="left")[0])
+    def pred(q):
+        d = xp.take(s, q).astype(xp.float64) - level
+        return xp.stack([d[0] > -t, d[1] >= t])
+
+    return _first_true(pred, s.size, s.size, xp, shape=(2,))
 
 
-class _SliceMoments:
-    """Σ(x - c) and Σ(x - c)² over a slice ``[lo, hi)`` of a sorted set, kept up to date.
+def _kth_of_two_sorted(a_at, na, b_at, nb, k0: int, k1: int, n_max: int, xp):
+    """The ``k0``-th and ``k1``-th smallest (0-based) of the union of two ascending runs.
 
-    Moving the slice adds or removes only the values at its ends, so the clipping
-    rounds after the first cost in proportion to the values that change, not to the
-    set. Sums are float64 (pairwise sums and BLAS dots over the slices).
+    ``a_at(i)`` / ``b_at(i)`` gather elements of each at a device index array (the
+    accessors clip indices out of range; those results are never used). For both
+    ``k``, the number ``i`` of the ``k + 1`` smallest taken from
+    the first sequence is the first with ``a[i] > b[k - i]`` (or its upper end): one
+    :func:`_first_true` for all keys at once. ``na``, ``nb`` may be device scalars;
+    ``n_max`` is a host bound on ``na + nb``.
+
+    Returns a device float64 array ``[v(k0), v(k1)]``. Backends: numpy and cupy.
     """
+    k = xp.arange(2, dtype=xp.int64) * (k1 - k0) + k0      # made on the device
+    lo0 = xp.maximum(k + 1 - nb, 0)
+    hi0 = xp.minimum(k + 1, na)
 
-    def __init__(self, s, centre: float, xp):
-        self.s, self.c, self.xp = s, centre, xp
-        self.lo = self.hi = 0
-        self.s1 = self.s2 = 0.0
-        self._buf = None
+    def pred(e):
+        i = lo0[:, None] + e
+        return a_at(i) > b_at(k[:, None] - i)
 
-    #: values per chunk of the sums (a 2 MB float64 buffer, reused; stays in cache)
-    CHUNK = 2 ** 18
+    i = lo0 + _first_true(pred, hi0 - lo0, n_max, xp, shape=(2,))
+    a_last = xp.where(i > 0, a_at(i - 1), -xp.inf)
+    b_last = xp.where(k - i >= 0, b_at(k - i), -xp.inf)
+    return xp.maximum(a_last, b_last)
 
-    def _sums(self, a: int, b: int):
-        xp = self.xp
-        if self._buf is None:
-            self._buf = xp.empty(min(self.CHUNK, self.s.size), dtype=xp.float64)
-        t1 = t2 = 0.0
-        for c0 in range(a, b, self.CHUNK):
-            c1 = min(c0 + self.CHUNK, b)
-            d = self._buf[:c1 - c0]
-            xp.subtract(self.s[c0:c1], self.c, out=d, dtype=xp.float64)
-            t1 += float(xp.sum(d))
-            t2 += float(xp.dot(d, d))
-        return t1, t2
 
-    def _add(self, a: int, b: int, sign: float):
-        if b > a:
-            t1, t2 = self._sums(a, b)
-            self.s1 += sign * t1
-            self.s2 += sign * t2
+def _abs_dev_median(s, med, xp):
+    """Median of ``|x - med|`` over the ascending ``s`` (numpy's rule for an even size).
 
-    def move(self, lo: int, hi: int):
-        """Make the slice ``[lo, hi)``; returns ``(Σ(x - c), Σ(x - c)²)``."""
-        if self.hi <= lo or hi <= self.lo or (hi - lo) < (self.hi - self.lo) // 2:
-            self.s1 = self.s2 = 0.0                      # disjoint or much smaller: anew
-            self._add(lo, hi, 1.0)
-        else:
-            self._add(lo, self.lo, 1.0)                 # grow on the left
-            self._add(self.lo, lo, -1.0)                # shrink on the left
-            self._add(self.hi, hi, 1.0)                 # grow on the right
-            self._add(hi, self.hi, -1.0)                # shrink on the right
-        self.lo, self.hi = lo, hi
-        return self.s1, self.s2
+    The first ``j`` values are below ``med``; ``|x - med|`` is then the union of two
+    ascending runs (``med - x[j-1], med - x[j-2], ...`` and ``x[j] - med, ...``), so its
+    middle order statistics come from :func:`_kth_of_two_sorted` instead of a partition
+    of the whole set. Everything stays on the device (a 0-d float64 array).
+
+    Backends: numpy and cupy (no synchronisation).
+    """
+    n = int(s.size)
+    j = _first_true(lambda q: xp.take(s, q).astype(xp.float64) - med >= 0.0, n, n, xp)
+
+    def at(i):
+        return xp.take(s, xp.clip(i, 0, n - 1)).astype(xp.float64)
+
+    v = _kth_of_two_sorted(lambda i: med - at(j - 1 - i), j, lambda i: at(j + i) - med,
+                           n - j, (n - 1) // 2, n // 2, n, xp)
+    return (v[0] + v[1]) / 2.0
+
+
+def _sorted_copy(pix, xp):
+    """Sorted float copy of all pixels, in a buffer padded to whole blocks.
+
+    The block size is a power of two near ``sqrt(n)`` (at least 64), so the block sums
+    of :func:`_block_sums` and the two partial blocks of a slice are both small. Float
+    input keeps its dtype (float32 values are exact in float64); others become float64.
+    The caller's array is never reordered.
+
+    Returns ``(s, buf, block)``: ``s = buf[:n]`` ascending. Backends: numpy and cupy.
+    """
+    pix = xp.asarray(pix)
+    dtype = pix.dtype if pix.dtype.kind == "f" else xp.float64
+    n = int(pix.size)
+    if n == 0:
+        raise ValueError("clipped_stats of an empty set")
+    block = max(64, 1 << math.ceil(math.log2(math.sqrt(n))))
+    buf = xp.empty(-(-n // block) * block, dtype=dtype)
+    buf[n:] = 0
+    s = buf[:n]
+    s.reshape(pix.shape)[...] = pix
+    s.sort()
+    return s, buf, block
+
+
+#: values per chunk of the block sums (a 512 KiB float64 temporary; stays in cache)
+CHUNK = 2 ** 16
+
+
+def _block_sums(buf, block: int, centre, xp):
+    """Float64 sums of ``x - c`` and ``(x - c)²`` over every block of ``buf``.
+
+    One pass over the set, in chunks of whole blocks through one reused float64
+    buffer (the chunk loop runs over host sizes and never synchronises). The padding of
+    the last block enters its sums; that block is never used whole (:func:`_slice_sums`).
+
+    Returns a device (2, nblocks) float64 array. Backends: numpy and cupy.
+    """
+    blocks = buf.reshape(-1, block)
+    nblk = blocks.shape[0]
+    out = xp.empty((2, nblk), dtype=xp.float64)
+    rows = max(1, CHUNK // block)
+    tmp = xp.empty((min(rows, nblk), block), dtype=xp.float64)
+    for b0 in range(0, nblk, rows):
+        b1 = min(b0 + rows, nblk)
+        d = tmp[:b1 - b0]
+        xp.subtract(blocks[b0:b1], centre, out=d, dtype=xp.float64)
+        out[0, b0:b1] = xp.sum(d, axis=1)
+        out[1, b0:b1] = (d[:, None, :] @ d[:, :, None])[:, 0, 0]
+    return out
+
+
+def _slice_sums(buf, bsums, block: int, lo, hi, centre, xp):
+    """Σ(x - c) and Σ(x - c)² over ``buf[lo:hi]`` for device scalars ``lo``, ``hi``.
+
+    The whole blocks strictly inside the slice come from ``bsums`` (a masked sum over
+    the blocks), the first and last partial blocks from one gather of ``2 × block``
+    values: all additions (no cancellation between terms), nothing read back.
+
+    Returns a device (2,) float64 array. Backends: numpy and cupy.
+    """
+    blo, bhi = lo // block, hi // block
+    b = xp.arange(bsums.shape[1], dtype=xp.int64)
+    total = xp.sum(xp.where((b > blo) & (b < bhi), bsums, 0.0), axis=1)
+    r = xp.arange(block, dtype=xp.int64)
+    idx = xp.stack([blo * block + r, bhi * block + r])
+    keep = (idx >= lo) & (idx < hi)
+    keep[1] &= bhi > blo
+    d = xp.where(keep, xp.take(buf, xp.minimum(idx, buf.size - 1)) - centre, 0.0)
+    return total + xp.stack([xp.sum(d), xp.sum(d * d)])
 
 
 def clipped_stats(pix, nsigma: float = 5.0, niter: int = 3, min_good: int = 5):
     """:func:`clipped_stats_rows` on all pixels of ``pix`` taken as one set.
 
-    The set is sorted once (in its own float dtype; float32 calibrations are sorted as
-    float32, their values are exact in float64): the median is read from the middle,
-    the MAD is a selection from the two sorted runs of ``|pix - median|``, and each
-    clipping round keeps a contiguous slice of the sorted values. The kept test is the
-    row version's, ``|x - level| < nsigma·noise`` in float64; ``x - level`` is
-    non-decreasing along the sorted values (rounding is monotone), so the two ends of
-    the slice are found by binary searches that evaluate exactly that test on single
-    elements. The mean is the float64 sum of the slice over its size; the standard
-    deviation comes from float64 sums of ``x - median`` and its square, updated by the
-    values entering or leaving the slice (:class:`_SliceMoments`). This costs one sort and about one pass over the set
-    instead of several full-size masked passes per round, and gives the estimator of
-    :func:`clipped_stats_rows` (to ~1e-15 relative: the order of summation differs).
+    The set is sorted once (:func:`_sorted_copy`): the median is read from the middle,
+    the MAD is a selection from the two sorted runs of ``|pix - median|``
+    (:func:`_abs_dev_median`), and each clipping round keeps a contiguous slice of the
+    sorted values, whose ends are found by evaluating exactly the row version's kept
+    test ``|x - level| < nsigma·noise`` (float64) on gathered elements
+    (:func:`_kept_slice`). The mean and the standard deviation come from float64 sums of
+    ``x - median`` and its square over the slice (the mean as the median plus the mean
+    offset), which add precomputed block sums and two partial blocks
+    (:func:`_slice_sums`).
+    This costs one sort and about one pass over the set instead of several full-size
+    masked passes per round, and gives the estimator of :func:`clipped_stats_rows` (to
+    ~1e-15 relative: the order of summation differs). A round keeping fewer than
+    ``min_good`` values makes the result the median and the uncorrected MAD.
+
+    Every search has a number of steps fixed by the size, so all of it runs on the
+    device and the two results are read back once, at the end: one synchronisation per
+    call, whatever the data.
 
     Returns
     -------
-    level, noise : Python floats (host; on a GPU each round reads a few dozen scalars,
-        so this is a per-amplifier operation, never one for a per-patch loop).
+    level, noise : Python floats (host).
 
     Backends: numpy and cupy.
     """
     xp = get_array_module(pix)
-    pix = xp.asarray(pix)
-    dtype = pix.dtype if pix.dtype.kind == "f" else xp.float64
-    # one C-ordered copy (the caller's array is never reordered)
-    s = xp.array(pix, dtype=dtype, copy=True, order="C").reshape(-1)
+    s, buf, block = _sorted_copy(pix, xp)
     n = int(s.size)
-    if n == 0:
-        raise ValueError("clipped_stats of an empty set")
-    s.sort()
-
-    def vals_at(idx):
-        return [float(v) for v in to_host(s[xp.asarray(np.asarray(idx, dtype=np.int64))])]
-
-    med = _sorted_median(vals_at, n)
-    j = _sorted_boundary(s, lambda u: u - med >= 0.0, med, xp)
-    mad = MAD_TO_SIGMA * _abs_dev_median(vals_at, med, j, n)
-    level, noise = med, mad
-    mom = _SliceMoments(s, med, xp)
+    mid = xp.take(s, xp.arange(2, dtype=xp.int64) * (n // 2 - (n - 1) // 2)
+                  + (n - 1) // 2).astype(xp.float64)
+    med = (mid[0] + mid[1]) / 2.0
+    mad = MAD_TO_SIGMA * _abs_dev_median(s, med, xp)
+    bsums = _block_sums(buf, block, med, xp)
+    level, noise, failed = med, mad, xp.zeros((), dtype=bool)
     for _ in range(niter):
-        t = nsigma * noise
-        lev = level
-        lo = _sorted_boundary(s, lambda u: u - lev > -t, lev - t, xp)
-        hi = _sorted_boundary(s, lambda u: u - lev >= t, lev + t, xp)
-        ngood = max(hi - lo, 0)
-        if ngood < min_good:
-            return med, mad
-        s1, s2 = mom.move(lo, hi)
-        # the mean as a plain sum of the kept values (exact for integer ADU, like numpy's
-        # mean); the variance about it from the moments about the median
-        level = float(xp.sum(s[lo:hi], dtype=xp.float64)) / ngood
-        delta = level - med
-        var = (s2 - 2.0 * delta * s1) / ngood + delta * delta
-        noise = math.sqrt(max(var, 0.0))
-    return level, noise / clipped_std_bias(nsigma)
+        lohi = _kept_slice(s, level, nsigma * noise, xp)
+        ngood = xp.maximum(lohi[1] - lohi[0], 0)
+        failed = failed | (ngood < min_good)
+        m = xp.maximum(ngood, 1).astype(xp.float64)
+        s1, s2 = _slice_sums(buf, bsums, block, lohi[0], lohi[1], med, xp)
+        delta = s1 / m                          # mean - median
+        mean = med + delta
+        var = s2 / m - delta * delta
+        # once the set has failed, stay on the fallback values (as the row version)
+        level = xp.where(failed, med, mean)
+        noise = xp.where(failed, mad, xp.sqrt(xp.maximum(var, 0.0)))
+    noise = xp.where(failed, mad, noise / clipped_std_bias(nsigma))
+    out = to_host(xp.stack([level, noise]))
+    return float(out[0]), float(out[1])
