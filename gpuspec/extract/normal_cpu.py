@@ -14,6 +14,7 @@ checks it against the array path.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -31,7 +32,7 @@ def available() -> bool:
     if os.environ.get("GPUSPEC_EXTRACT_NUMBA", "1").strip().lower() in ("0", "false", "no"):
         return False
     try:
-        import numba  # noqa: F401  (availability probe)
+        importlib.import_module("numba")          # availability probe
     except Exception:
         return False
     return True

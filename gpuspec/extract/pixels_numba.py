@@ -6,7 +6,6 @@ At module level, as :mod:`gpuspec.extract.normal_numba`: Numba's on-disk cache
 Backends: host only (Numba, CPU).
 """
 
-import numpy as np  # noqa: F401  (used inside the kernel)
 from numba import njit
 
 __all__ = ["kernel"]

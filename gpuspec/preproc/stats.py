@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..backend import get_array_module, to_host
 
 __all__ = ["clipped_std_bias", "clipped_stats_rows", "clipped_stats", "MAD_TO_SIGMA"]
