@@ -86,6 +86,126 @@ def _load(r):
     return f"{la[0]:.1f}" if la else "–"
 
 
+def _reference_section(recs) -> list:
+    """Section 1: reference cases (gpuspec vs specter / desispec)."""
+    lines = []
+    # 1. reference cases
+    ref = [r for r in recs if r.get("reference") and r["reference"].get("seconds")]
+    lines.append("## Reference cases: gpuspec vs specter / desispec (CPU reference, 1 thread)\n")
+    if ref:
+        lines.append("| case | reference call | reference s | gpuspec s | ratio ref/gpuspec | "
+                     "backend | threads | device | date | commit |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(ref, key=lambda r: (r["benchmark"], r["case"], r["backend"],
+                                            str(r["threads"]))):
+            rf = r["reference"]
+            lines.append(
+                f"| {r['benchmark']}/{r['case']} | `{rf.get('call')}` ({rf.get('key')}) | "
+                f"{_fmt_s(rf['seconds'])} | {_timing(r)} | **{rf['ratio']:.2f}** | "
+                f"{r['backend']} | {r['threads']} | {_dev(r)} | {r['date_utc'][:16]} | "
+                f"{_commit(r)} |")
+        lines.append("\nThe fair comparison is threads = 1 on the CPU (the reference's setting); "
+                     "other rows show what more threads or a GPU give on the same case. "
+                     "Reference machine: " + "2-core x86_64, 1 thread.\n")
+    else:
+        lines.append("No records with a reference timing.\n")
+    return lines
+
+
+def _e2e_section(recs) -> list:
+    """Section 2: end-to-end exposures."""
+    lines = []
+    # 2. end to end
+    e2e = [r for r in recs if r["benchmark"] == "e2e" and r["case"] == "exposure"]
+    lines.append("## End-to-end exposure: preproc + extraction (files to files)\n")
+    if e2e:
+        lines.append("| size | cameras | fibers | full CCD | total s | preproc s | extract s | "
+                     "frames / device-hour | 500-fiber frames / device-hour | per | "
+                     "vs gpu_specter 144/GPU-h | backend | device | date | commit |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(e2e, key=lambda r: (r["size"], r["backend"], str(r["threads"]))):
+            x, s = r["extra"], r["sizes"]
+            lines.append(
+                f"| {r['size']} | {','.join(s.get('cameras', []))} | {s.get('nspec')} | "
+                f"{'yes' if s.get('full_size') else 'cropped'} | {_fmt_s(r['timing']['median_s'])} | "
+                f"{_fmt_s(x.get('preproc_s'))} | {_fmt_s(x.get('extract_s'))} | "
+                f"{x.get('frames_per_device_hour', 0):.1f} | "
+                f"{x.get('frames500_per_device_hour', 0):.1f} | {x.get('per_device')} | "
+                f"{r['reference']['ratio']:.3f}x | {r['backend']} | {_dev(r)} | "
+                f"{r['date_utc'][:16]} | {_commit(r)} |")
+        lines.append("\ngpu_specter: 575 frames per node-hour on 4 x NVIDIA A100 (published), "
+                     "≈ 144 frames per GPU-hour. The ratio compares 500-fiber-equivalent frames "
+                     "per device-hour with 144; on a CPU the device is the CPU at the given "
+                     "thread count, so the ratio there only says how far a CPU is from a GPU. "
+                     "Cropped (small) runs are indicative only.\n")
+    else:
+        lines.append("No end-to-end records yet.\n")
+    return lines
+
+
+def _gpu_section(recs) -> list:
+    """Section 3: GPU speed-ups on one host."""
+    lines = []
+    # 3. GPU speed-ups
+    by = {}
+    for r in recs:
+        by.setdefault((r["benchmark"], r["case"], r["size"], r["machine"].get("host")),
+                      {}).setdefault(r["backend"], []).append(r)
+    sp = []
+    for (b, c, s, h), d in sorted(by.items()):
+        if "numpy" in d and "cupy" in d:
+            cpu = min(d["numpy"], key=lambda r: r["timing"]["median_s"])
+            gpu = min(d["cupy"], key=lambda r: r["timing"]["median_s"])
+            sp.append((b, c, s, cpu, gpu))
+    lines.append("## GPU speed-ups (same host: best numpy thread setting / cupy)\n")
+    if sp:
+        lines.append("| benchmark/case | size | numpy s (threads) | cupy s | speed-up | CPU | GPU |"
+                     " date |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for b, c, s, cpu, gpu in sp:
+            lines.append(f"| {b}/{c} | {s} | {_timing(cpu)} ({cpu['threads']}) | {_timing(gpu)} | "
+                         f"**{cpu['timing']['median_s'] / gpu['timing']['median_s']:.1f}x** | "
+                         f"{_dev(cpu)} | {_dev(gpu)} | {gpu['date_utc'][:16]} |")
+        lines.append("")
+    else:
+        lines.append("No GPU results yet: the GPU run is owed (`perf/gpu-check` on an H100/H200, "
+                     "see perf/README.md).\n")
+    return lines
+
+
+def _all_section(recs) -> list:
+    """Section 4: every benchmark, newest record per key."""
+    lines = []
+    # 4. everything
+    lines.append("## All benchmarks (newest record per key)\n")
+    lines.append("| benchmark | case | size | backend | threads | median s ± | n | sizes | "
+                 "device | load before | date | commit |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(recs, key=lambda r: (r["benchmark"], r["case"], r["size"], r["backend"],
+                                         str(r["threads"]))):
+        sz = ", ".join(f"{k}={v}" for k, v in r["sizes"].items()
+                       if not isinstance(v, (dict, list)) or k in ("image_shape",))
+        lines.append(f"| {r['benchmark']} | {r['case']} | {r['size']} | {r['backend']} | "
+                     f"{r['threads']} | {_timing(r)} | {r['timing']['repeat']} | {sz} | "
+                     f"{_dev(r)} | {_load(r)} | {r['date_utc'][:16]} | {_commit(r)} |")
+    lines.append("\nThe development VM has 2 cores shared with other jobs: see the load average "
+                 "column; CPU timings there vary by tens of per cent between runs.\n")
+    return lines
+
+
+def _other_section(other_files) -> list:
+    """Section 5: the other files of the results folder."""
+    lines = []
+    if other_files:
+        lines.append("## Other result files\n")
+        lines.append("gpu-check reports (`perf/gpu-check`) and the outputs of the per-step "
+                     "scripts `perf/bench_*.py` (their own JSON layout):\n")
+        for name, first in other_files:
+            lines.append(f"* [`{name}`](../perf/results/{name})" + (f": {first}" if first else ""))
+        lines.append("")
+    return lines
+
+
 def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | None = None,
            other_files=(), history: str | None = None) -> str:
     """The Markdown page for ``records`` (a list of valid records).
@@ -113,99 +233,8 @@ def render(records, folder: str = "perf/results", nfiles: int = 0, now: str | No
         else:
             lines.append(history + "\n")
 
-    # 1. reference cases
-    ref = [r for r in recs if r.get("reference") and r["reference"].get("seconds")]
-    lines.append("## Reference cases: gpuspec vs specter / desispec (CPU reference, 1 thread)\n")
-    if ref:
-        lines.append("| case | reference call | reference s | gpuspec s | ratio ref/gpuspec | "
-                     "backend | threads | device | date | commit |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
-        for r in sorted(ref, key=lambda r: (r["benchmark"], r["case"], r["backend"],
-                                            str(r["threads"]))):
-            rf = r["reference"]
-            lines.append(
-                f"| {r['benchmark']}/{r['case']} | `{rf.get('call')}` ({rf.get('key')}) | "
-                f"{_fmt_s(rf['seconds'])} | {_timing(r)} | **{rf['ratio']:.2f}** | "
-                f"{r['backend']} | {r['threads']} | {_dev(r)} | {r['date_utc'][:16]} | "
-                f"{_commit(r)} |")
-        lines.append("\nThe fair comparison is threads = 1 on the CPU (the reference's setting); "
-                     "other rows show what more threads or a GPU give on the same case. "
-                     "Reference machine: " + "2-core x86_64, 1 thread.\n")
-    else:
-        lines.append("No records with a reference timing.\n")
-
-    # 2. end to end
-    e2e = [r for r in recs if r["benchmark"] == "e2e" and r["case"] == "exposure"]
-    lines.append("## End-to-end exposure: preproc + extraction (files to files)\n")
-    if e2e:
-        lines.append("| size | cameras | fibers | full CCD | total s | preproc s | extract s | "
-                     "frames / device-hour | 500-fiber frames / device-hour | per | "
-                     "vs gpu_specter 144/GPU-h | backend | device | date | commit |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in sorted(e2e, key=lambda r: (r["size"], r["backend"], str(r["threads"]))):
-            x, s = r["extra"], r["sizes"]
-            lines.append(
-                f"| {r['size']} | {','.join(s.get('cameras', []))} | {s.get('nspec')} | "
-                f"{'yes' if s.get('full_size') else 'cropped'} | {_fmt_s(r['timing']['median_s'])} | "
-                f"{_fmt_s(x.get('preproc_s'))} | {_fmt_s(x.get('extract_s'))} | "
-                f"{x.get('frames_per_device_hour', 0):.1f} | "
-                f"{x.get('frames500_per_device_hour', 0):.1f} | {x.get('per_device')} | "
-                f"{r['reference']['ratio']:.3f}x | {r['backend']} | {_dev(r)} | "
-                f"{r['date_utc'][:16]} | {_commit(r)} |")
-        lines.append("\ngpu_specter: 575 frames per node-hour on 4 x NVIDIA A100 (published), "
-                     "≈ 144 frames per GPU-hour. The ratio compares 500-fiber-equivalent frames "
-                     "per device-hour with 144; on a CPU the device is the CPU at the given "
-                     "thread count, so the ratio there only says how far a CPU is from a GPU. "
-                     "Cropped (small) runs are indicative only.\n")
-    else:
-        lines.append("No end-to-end records yet.\n")
-
-    # 3. GPU speed-ups
-    by = {}
-    for r in recs:
-        by.setdefault((r["benchmark"], r["case"], r["size"], r["machine"].get("host")),
-                      {}).setdefault(r["backend"], []).append(r)
-    sp = []
-    for (b, c, s, h), d in sorted(by.items()):
-        if "numpy" in d and "cupy" in d:
-            cpu = min(d["numpy"], key=lambda r: r["timing"]["median_s"])
-            gpu = min(d["cupy"], key=lambda r: r["timing"]["median_s"])
-            sp.append((b, c, s, cpu, gpu))
-    lines.append("## GPU speed-ups (same host: best numpy thread setting / cupy)\n")
-    if sp:
-        lines.append("| benchmark/case | size | numpy s (threads) | cupy s | speed-up | CPU | GPU |"
-                     " date |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for b, c, s, cpu, gpu in sp:
-            lines.append(f"| {b}/{c} | {s} | {_timing(cpu)} ({cpu['threads']}) | {_timing(gpu)} | "
-                         f"**{cpu['timing']['median_s'] / gpu['timing']['median_s']:.1f}x** | "
-                         f"{_dev(cpu)} | {_dev(gpu)} | {gpu['date_utc'][:16]} |")
-        lines.append("")
-    else:
-        lines.append("No GPU results yet: the GPU run is owed (`perf/gpu-check` on an H100/H200, "
-                     "see perf/README.md).\n")
-
-    # 4. everything
-    lines.append("## All benchmarks (newest record per key)\n")
-    lines.append("| benchmark | case | size | backend | threads | median s ± | n | sizes | "
-                 "device | load before | date | commit |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(recs, key=lambda r: (r["benchmark"], r["case"], r["size"], r["backend"],
-                                         str(r["threads"]))):
-        sz = ", ".join(f"{k}={v}" for k, v in r["sizes"].items()
-                       if not isinstance(v, (dict, list)) or k in ("image_shape",))
-        lines.append(f"| {r['benchmark']} | {r['case']} | {r['size']} | {r['backend']} | "
-                     f"{r['threads']} | {_timing(r)} | {r['timing']['repeat']} | {sz} | "
-                     f"{_dev(r)} | {_load(r)} | {r['date_utc'][:16]} | {_commit(r)} |")
-    lines.append("\nThe development VM has 2 cores shared with other jobs: see the load average "
-                 "column; CPU timings there vary by tens of per cent between runs.\n")
-    if other_files:
-        lines.append("## Other result files\n")
-        lines.append("gpu-check reports (`perf/gpu-check`) and the outputs of the per-step "
-                     "scripts `perf/bench_*.py` (their own JSON layout):\n")
-        for name, first in other_files:
-            lines.append(f"* [`{name}`](../perf/results/{name})" + (f": {first}" if first else ""))
-        lines.append("")
+    lines += _reference_section(recs) + _e2e_section(recs) + _gpu_section(recs)
+    lines += _all_section(recs) + _other_section(other_files)
     return "\n".join(lines)
 
 

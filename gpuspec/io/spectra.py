@@ -73,6 +73,40 @@ def _extname(h) -> str:
         return ""
 
 
+def _band_arrays(path, order, data):
+    """Per band: wave, flux, ivar, mask, resolution from the HDUs read, shapes checked
+    (InputError naming the HDU). Host only."""
+    wave, flux, ivar, mask, res = {}, {}, {}, {}, {}
+    for b in order:
+        d = data[b]
+        for kind in ("WAVELENGTH", "FLUX", "IVAR"):
+            if kind not in d:
+                raise InputError(f"band {b!r} has no {kind} HDU", path=path,
+                                 hdu=f"{b.upper()}_{kind}")
+        w = np.asarray(d["WAVELENGTH"], dtype=np.float64).ravel()
+        f = np.atleast_2d(d["FLUX"])
+        iv = np.atleast_2d(d["IVAR"])
+        if f.shape != iv.shape or f.shape[-1] != w.size:
+            raise InputError(f"inconsistent shapes: wave {w.shape}, flux {f.shape}, ivar {iv.shape}",
+                             path=path, hdu=f"{b.upper()}_FLUX")
+        wave[b], flux[b], ivar[b] = w, f, iv
+        if "MASK" in d:
+            mk = np.atleast_2d(d["MASK"])
+            if mk.shape != f.shape:
+                raise InputError(f"mask shape {mk.shape} differs from flux {f.shape}", path=path,
+                                 hdu=f"{b.upper()}_MASK")
+            mask[b] = mk.astype(np.int32, copy=False)
+        if "RESOLUTION" in d:
+            r = d["RESOLUTION"]
+            if r.ndim == 2:
+                r = r[None]
+            if r.shape[0] != f.shape[0] or r.shape[2] != w.size:
+                raise InputError(f"resolution shape {r.shape} does not match flux {f.shape}",
+                                 path=path, hdu=f"{b.upper()}_RESOLUTION")
+            res[b] = r
+    return wave, flux, ivar, mask, res
+
+
 def read_spectra(path) -> Spectra:
     """Read a desispec spectra or coadd file.
 
@@ -142,34 +176,7 @@ def read_spectra(path) -> Spectra:
                 extra[name] = arr
     if not order:
         raise InputError("no {BAND}_FLUX HDU found: not a spectra file", path=path)
-    wave, flux, ivar, mask, res = {}, {}, {}, {}, {}
-    for b in order:
-        d = data[b]
-        for kind in ("WAVELENGTH", "FLUX", "IVAR"):
-            if kind not in d:
-                raise InputError(f"band {b!r} has no {kind} HDU", path=path,
-                                 hdu=f"{b.upper()}_{kind}")
-        w = np.asarray(d["WAVELENGTH"], dtype=np.float64).ravel()
-        f = np.atleast_2d(d["FLUX"])
-        iv = np.atleast_2d(d["IVAR"])
-        if f.shape != iv.shape or f.shape[-1] != w.size:
-            raise InputError(f"inconsistent shapes: wave {w.shape}, flux {f.shape}, ivar {iv.shape}",
-                             path=path, hdu=f"{b.upper()}_FLUX")
-        wave[b], flux[b], ivar[b] = w, f, iv
-        if "MASK" in d:
-            mk = np.atleast_2d(d["MASK"])
-            if mk.shape != f.shape:
-                raise InputError(f"mask shape {mk.shape} differs from flux {f.shape}", path=path,
-                                 hdu=f"{b.upper()}_MASK")
-            mask[b] = mk.astype(np.int32, copy=False)
-        if "RESOLUTION" in d:
-            r = d["RESOLUTION"]
-            if r.ndim == 2:
-                r = r[None]
-            if r.shape[0] != f.shape[0] or r.shape[2] != w.size:
-                raise InputError(f"resolution shape {r.shape} does not match flux {f.shape}",
-                                 path=path, hdu=f"{b.upper()}_RESOLUTION")
-            res[b] = r
+    wave, flux, ivar, mask, res = _band_arrays(path, order, data)
     _check_rows(path, order, flux, tables)
     mask_d = mask if len(mask) == len(order) else None
     res_d = res if len(res) == len(order) else None

@@ -93,6 +93,30 @@ def _available_steps(registry: str) -> list[str]:
     return steps
 
 
+def _demo_steps(steps, registry, calibrate, fiberflat, simdir, chosen) -> list:
+    """The steps of the demo manifest: those given, else every available one, without
+    the calibration steps when the night has no flat (and no fiberflat is given)."""
+    if steps is None:
+        steps = _available_steps(registry)
+        if calibrate is None:
+            calibrate = fiberflat is not None or _has_flats(simdir, chosen)
+        if not calibrate:
+            steps = [s for s in steps if s not in CALIB_STEPS]
+    return list(steps)
+
+
+def _extract_settings(nbundles, fibers_per_bundle, bundles_per_task, wavelength, bundles,
+                      flat_extract_options) -> dict:
+    """``steps.extract`` of the demo manifest."""
+    out = {"nbundles": int(nbundles), "fibers_per_bundle": int(fibers_per_bundle),
+           "bundles_per_task": int(bundles_per_task), "wavelength": wavelength}
+    if bundles is not None:
+        out["bundles"] = [int(b) for b in bundles]
+    if flat_extract_options is not None:
+        out["flat_options"] = dict(flat_extract_options)
+    return out
+
+
 def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None,
                        exposures: list | None = None, cameras=None, bundles=(0, 1, 2),
                        bundles_per_task: int = 1, nbundles: int = 20,
@@ -160,13 +184,7 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
     proddir = os.path.abspath(proddir)
     chosen = _choose_exposures(simdir, exposures)
     camword = _camword(simdir, cameras)
-    if steps is None:
-        steps = _available_steps(registry)
-        if calibrate is None:
-            calibrate = fiberflat is not None or _has_flats(simdir, chosen)
-        if not calibrate:
-            steps = [s for s in steps if s not in CALIB_STEPS]
-    steps = list(steps)
+    steps = _demo_steps(steps, registry, calibrate, fiberflat, simdir, chosen)
     info = _simulation_info(simdir)
     nspec = info.get("nspec")
     if bundles is not None and nspec:
@@ -192,13 +210,9 @@ def make_demo_manifest(simdir: str, proddir: str, *, manifest: str | None = None
         "run": {"progress_interval": float(progress_interval)},
     }
     if "extract" in steps:
-        doc["steps"]["extract"] = {
-            "nbundles": int(nbundles), "fibers_per_bundle": int(fibers_per_bundle),
-            "bundles_per_task": int(bundles_per_task), "wavelength": wavelength}
-        if bundles is not None:
-            doc["steps"]["extract"]["bundles"] = [int(b) for b in bundles]
-        if flat_extract_options is not None:
-            doc["steps"]["extract"]["flat_options"] = dict(flat_extract_options)
+        doc["steps"]["extract"] = _extract_settings(nbundles, fibers_per_bundle,
+                                                    bundles_per_task, wavelength, bundles,
+                                                    flat_extract_options)
     if "group" in steps:
         doc["steps"]["group"] = {"nside": int(nside)}
     for s, opts in (step_options or {}).items():

@@ -393,6 +393,15 @@ def _amplifier_planes(rawimg, layout: RawLayout, cal: dict, meta: dict, hdr: dic
     return planes
 
 
+def _check_calib_cameras(cal: dict, camera: str, path) -> None:
+    """Refuse a calibration file of another camera (BadDataError naming both). Host only."""
+    for c in cal.values():
+        other = calib_camera(c.path, c.name) if c is not None and c.path else None
+        if other not in (None, camera):
+            raise BadDataError(f"{c.name} file {c.path} is for camera {other}, not {camera}",
+                               path=path, hdu=camera.upper())
+
+
 def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=None, mask=None,
             cosmics: bool = True, use_overscan_row: bool = False, backend: str = "auto",
             cosmics_nsig: float = NSIG, cosmics_cfudge: float = CFUDGE,
@@ -471,11 +480,7 @@ def preproc(raw, header, primary_header=None, *, bias=None, dark=None, pixflat=N
     meta = dict(hdr)
     cal = _load_calibrations(xp, meta, tuple(raw.shape), layout.trimmed_shape, bias, dark,
                              pixflat, mask)
-    for c in cal.values():  # a calibration file of another camera (input check)
-        other = calib_camera(c.path, c.name) if c is not None and c.path else None
-        if other not in (None, camera):
-            raise BadDataError(f"{c.name} file {c.path} is for camera {other}, not {camera}",
-                               path=path, hdu=camera.upper())
+    _check_calib_cameras(cal, camera, path)
     planes = _amplifier_planes(rawimg, layout, cal, meta, hdr, layout.exptime,
                                use_overscan_row, camera, xp)
     del rawimg                         # free the raw upload and the bias before ivar
