@@ -16,3 +16,5 @@ from . import backend, maskbits  # noqa: E402,F401
 from .frame import Frame  # noqa: E402,F401
 from .image import Image  # noqa: E402,F401
 from .spectra import Spectra  # noqa: E402,F401
+
+__all__ = ["__version__", "backend", "maskbits", "Frame", "Image", "Spectra"]

@@ -21,7 +21,7 @@ ARMS = ("b", "r", "z")
 def is_camera(name: str) -> bool:
     """True for a camera name such as ``"b0"`` or ``"z9"``.
 
-    Host only (strings).
+    Backends: host only (strings).
     """
     return (isinstance(name, str) and len(name) == 2 and name[0] in ARMS
             and name[1].isdigit())
@@ -45,7 +45,7 @@ def parse_camword(camword: str) -> list[str]:
     ValueError
         Empty camword, unknown letter, a letter with no digits, or other characters.
 
-    Host only (strings).
+    Backends: host only (strings).
     """
     if not isinstance(camword, str):
         raise ValueError(f"camword must be a string, got {type(camword).__name__}")
@@ -79,7 +79,7 @@ def cameras_to_camword(cameras: Iterable[str]) -> str:
     ValueError
         A name that is not a camera (``b0`` ... ``z9``).
 
-    Host only (strings).
+    Backends: host only (strings).
     """
     per_arm: dict[str, set[str]] = {arm: set() for arm in ARMS}
     for cam in cameras:

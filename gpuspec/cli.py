@@ -43,7 +43,10 @@ _COMMAND_MODULES = (
 # --------------------------------------------------------------------------- option types
 
 def int_range(lo: int | None = None, hi: int | None = None):
-    """An argparse ``type``: an integer in ``[lo, hi]`` (either end open when None)."""
+    """An argparse ``type``: an integer in ``[lo, hi]`` (either end open when None).
+
+    Backends: host only (argparse).
+    """
     def parse(text):
         try:
             v = int(str(text).strip())
@@ -58,7 +61,10 @@ def int_range(lo: int | None = None, hi: int | None = None):
 
 
 def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
-    """An argparse ``type``: a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+    """An argparse ``type``: a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``).
+
+    Backends: host only (argparse).
+    """
     def parse(text):
         try:
             v = float(str(text).strip())
@@ -87,12 +93,18 @@ def _range_words(lo, hi, lo_open=False) -> str:
 
 
 def positive_int(text):
-    """An argparse ``type``: an integer >= 1."""
+    """An argparse ``type``: an integer >= 1.
+
+    Backends: host only (argparse).
+    """
     return int_range(1)(text)
 
 
 def threads_type(text):
-    """``--threads``: 1 … :data:`gpuspec.limits.MAX_THREADS`."""
+    """``--threads``: 1 … :data:`gpuspec.limits.MAX_THREADS`.
+
+    Backends: host only (argparse).
+    """
     from .limits import MAX_THREADS
 
     return int_range(1, MAX_THREADS)(text)
@@ -106,7 +118,9 @@ def guarded(prog, func, verbose: bool = False) -> int:
     Messages and statuses come from :func:`gpuspec.errors.describe`; SIGTERM is
     turned into :class:`gpuspec.errors.Terminated` first (so temporary files go and
     the status is 143). With ``verbose`` (``-v``) or ``GPUSPEC_DEBUG=1`` the
-    traceback is printed too. Host only.
+    traceback is printed too.
+
+    Backends: host only.
     """
     from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, describe, handle_sigterm
 
@@ -128,7 +142,10 @@ def guarded(prog, func, verbose: bool = False) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand. Host only."""
+    """The top-level parser with every subcommand.
+
+    Backends: host only.
+    """
     p = argparse.ArgumentParser(
         prog="gpuspec",
         description="GPU-first DESI spectroscopic reduction (preproc, extraction, coadds).",
@@ -145,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``gpuspec`` command. Host only (steps choose their backend).
+    """Entry point of the ``gpuspec`` command.
 
     Exit status (:func:`gpuspec.errors.describe`): 0 success, 1 bad input or an
     output that cannot be written, 2 bad command line, 3 internal error, 130
     interrupted, 143 terminated; every error is one line naming the file or option.
+
+    Backends: host only (steps choose their backend).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)

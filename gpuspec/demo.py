@@ -90,6 +90,8 @@ def run_demo(out: str, cameras=("b0", "r0", "z0"), nspec: int = DEMO["nspec"],
     -------
     dict
         Paths of what was produced, per step. Host side; the steps run on ``backend``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     from .launch.demo import make_demo_manifest
     from .sim import simulate_night
@@ -183,7 +185,10 @@ def _run_tasks_directly(manifest: str) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``gpuspec demo``."""
+    """Register ``gpuspec demo``.
+
+    Backends: host only (argparse).
+    """
     p = subparsers.add_parser("demo", help="simulate a small night and reduce it end to end",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")

@@ -123,7 +123,10 @@ _ERRNO_HINTS = {
 
 
 def os_error_text(exc: OSError) -> str:
-    """``PATH: reason`` for an OSError (the file names and the errno in words)."""
+    """``PATH: reason`` for an OSError (the file names and the errno in words).
+
+    Backends: host only (plain values).
+    """
     import errno as _errno
 
     name = _errno.errorcode.get(exc.errno or -1, "")
@@ -146,6 +149,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     GpuspecError -> its message, 1 (UsageError: 2); OSError -> the file and the
     reason, 1; MemoryError -> 1; KeyboardInterrupt -> 130; Terminated -> 143;
     anything else is a bug: ``internal error``, 3.
+
+    Backends: host only (plain values).
     """
     import sqlite3
 
@@ -188,7 +193,7 @@ def _one_line(text: str) -> str:
 def handle_sigterm() -> None:
     """Make SIGTERM raise :class:`Terminated` in the main thread (no-op elsewhere).
 
-    Host only.
+    Backends: host only.
     """
     import signal
     import threading

@@ -49,12 +49,24 @@ class Frame:
 
     @property
     def nspec(self) -> int:
+        """Number of fibers.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.flux.shape[0]
 
     @property
     def nwave(self) -> int:
+        """Number of wavelength bins.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.flux.shape[1]
 
     @property
     def specmin(self) -> int:
+        """First fiber (header SPECMIN, 0 when absent).
+
+        Backends: host only (plain values).
+        """
         return int(self.meta.get("SPECMIN", 0))

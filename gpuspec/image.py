@@ -44,4 +44,8 @@ class Image:
 
     @property
     def shape(self):
+        """Shape ``(ny, nx)`` of the pixel array.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.pix.shape

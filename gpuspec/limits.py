@@ -65,7 +65,7 @@ def check_size(n, limit: int, what: str, where: str | None = None, *, error=None
     error : exception class, optional
         Default :class:`gpuspec.errors.LimitError`.
 
-    Host only.
+    Backends: host only.
     """
     from .errors import LimitError
 

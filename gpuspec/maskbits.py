@@ -36,7 +36,7 @@ class BitMask:
     def mask(self, name_or_num) -> int:
         """Mask value of a bit given by name, or by number.
 
-        Host only (Python ints and names); apply the bits to arrays of any backend.
+        Backends: host only (Python ints and names); apply the bits to arrays of any backend.
         """
         if isinstance(name_or_num, str):
             return getattr(self, name_or_num)
@@ -45,28 +45,28 @@ class BitMask:
     def bitnum(self, name: str) -> int:
         """Bit number of ``name``.
 
-        Host only (Python ints and names); apply the bits to arrays of any backend.
+        Backends: host only (Python ints and names); apply the bits to arrays of any backend.
         """
         return self._bits[name][0]
 
     def bitname(self, num: int) -> str:
         """Name of bit number ``num``.
 
-        Host only (Python ints and names); apply the bits to arrays of any backend.
+        Backends: host only (Python ints and names); apply the bits to arrays of any backend.
         """
         return self._bynum[num]
 
     def comment(self, name: str) -> str:
         """Description of a bit.
 
-        Host only (Python ints and names); apply the bits to arrays of any backend.
+        Backends: host only (Python ints and names); apply the bits to arrays of any backend.
         """
         return self._bits[name][1]
 
     def names(self, value: int | None = None) -> list[str]:
         """All bit names (value None), or the names of the bits set in ``value``.
 
-        Host only (Python ints and names); apply the bits to arrays of any backend.
+        Backends: host only (Python ints and names); apply the bits to arrays of any backend.
         """
         if value is None:
             return list(self._bits)

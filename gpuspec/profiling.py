@@ -99,7 +99,7 @@ class nvtx_range(contextlib.ContextDecorator):
 def annotate(name: str | None = None) -> Callable:
     """Decorator form that names the range after the function when no name is given.
 
-    Any backend (no arrays; NVTX is a host API).
+    Backends: numpy, cupy (no arrays; NVTX is a host API).
     """
 
     def deco(fn):

@@ -20,7 +20,7 @@ __all__ = ["offsets", "apply", "to_dense", "from_dense", "to_scipy"]
 def offsets(ndiag: int):
     """Diagonal offsets of the stored rows: ``[h, h-1, ..., -h]``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     h = ndiag // 2
     return np.arange(h, -h - 1, -1)
@@ -91,7 +91,7 @@ def from_dense(R, ndiag: int):
 def to_scipy(rdata):
     """A ``scipy.sparse.dia_matrix`` of one spectrum's banded R (numpy input).
 
-    Host only (NumPy input, SciPy sparse output).
+    Backends: host only (NumPy input, SciPy sparse output).
     """
     import scipy.sparse
 

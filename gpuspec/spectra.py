@@ -50,8 +50,16 @@ class Spectra:
 
     @property
     def num_spectra(self) -> int:
+        """Number of spectra (rows of the first band).
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.flux[self.bands[0]].shape[0]
 
     @property
     def target_ids(self):
+        """TARGETID column of the fibermap, or None.
+
+        Backends: host only (NumPy).
+        """
         return None if self.fibermap is None else self.fibermap["TARGETID"]

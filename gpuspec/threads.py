@@ -40,7 +40,10 @@ _state = {"n": None, "explicit": False, "limiter": None}
 
 
 def default_threads() -> int:
-    """``GPUSPEC_THREADS`` (or the older ``GPUSPEC_BLAS_THREADS``) when set, else 1."""
+    """``GPUSPEC_THREADS`` (or the older ``GPUSPEC_BLAS_THREADS``) when set, else 1.
+
+    Backends: host only (reads the environment).
+    """
     for var in ("GPUSPEC_THREADS", "GPUSPEC_BLAS_THREADS"):
         try:
             v = int(os.environ.get(var, "") or 0)
@@ -64,6 +67,8 @@ def configure_threads(n: int | None = None, explicit: bool | None = None) -> int
         then leaves it alone.
 
     Never fails: without threadpoolctl or numba, only the environment is set.
+
+    Backends: host only (threadpoolctl; NumPy/Numba CPU threads).
     """
     explicit = (n is not None and n > 0) if explicit is None else explicit
     if _state["explicit"] and not explicit:
@@ -82,7 +87,10 @@ def configure_threads(n: int | None = None, explicit: bool | None = None) -> int
 
 
 def default_blas_threads() -> int:
-    """BLAS threads of the CPU kernels: the configured count, else :func:`default_threads`."""
+    """BLAS threads of the CPU kernels: the configured count, else :func:`default_threads`.
+
+    Backends: host only (reads the environment).
+    """
     return _state["n"] or default_threads()
 
 
@@ -92,6 +100,8 @@ def blas_threads(n: int | None):
 
     ``n`` None or ≤ 0 leaves the thread counts alone. Never fails: without
     threadpoolctl, or with no BLAS it can control, the block just runs.
+
+    Backends: host only (threadpoolctl).
     """
     if n is None or n <= 0:
         yield
@@ -109,6 +119,8 @@ def limit_blas(fn):
     """Decorator: run ``fn`` under :func:`blas_threads` (``default_blas_threads()``).
 
     Harmless on the GPU path (it only affects host BLAS).
+
+    Backends: host only (threadpoolctl).
     """
     import functools
 

@@ -228,29 +228,6 @@ def test_parse_cameras_is_the_one_camera_parser():
         parse_cameras("a0", order="fiber")
 
 
-def test_every_public_launch_function_names_its_backends():
-    """numpydoc rule of the project: each public function's docstring says its backends."""
-    import ast
-    import glob
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    missing = []
-    for path in sorted(glob.glob(os.path.join(repo, "gpuspec", "launch", "*.py"))):
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-
-        def visit(body, prefix=""):
-            for n in body:
-                if isinstance(n, ast.FunctionDef) and not n.name.startswith("_"):
-                    if "Backends:" not in (ast.get_docstring(n) or ""):
-                        missing.append(f"{os.path.basename(path)}:{n.lineno} {prefix}{n.name}")
-                elif isinstance(n, ast.ClassDef) and not n.name.startswith("_"):
-                    visit(n.body, n.name + ".")
-
-        visit(tree.body)
-    assert not missing, "public functions without a 'Backends:' line: " + ", ".join(missing)
-
-
 @pytest.mark.parametrize("name", ["demo-sim.yaml", "desi-night.yaml", "toy.yaml"])
 def test_launch_examples_are_valid(name):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -55,6 +55,8 @@ def filter_fiberflat(ff: FiberFlat) -> FiberFlat:
     A bin is bad where it exceeds the mean of its neighbours by more than
     0.1 + 3σ, or where its error exceeds 0.05; it is linearly interpolated over the
     good bins (1 beyond the ends).
+
+    Backends: numpy, cupy (whatever ``ff.fiberflat`` is).
     """
     xp = get_array_module(ff.fiberflat)
     f, v = ff.fiberflat, ff.ivar
@@ -71,7 +73,10 @@ def filter_fiberflat(ff: FiberFlat) -> FiberFlat:
 
 
 def autocalib(fiberflats, backend="auto") -> dict:
-    """See :func:`gpuspec.calibrate.fiberflat.autocalib_fiberflat`."""
+    """See :func:`gpuspec.calibrate.fiberflat.autocalib_fiberflat`.
+
+    Backends: numpy, cupy (``backend``; the grouping by EXPID and spectrograph is host side).
+    """
     from .fiberflat import check_same_wave
 
     xp = get_xp(backend)

@@ -30,7 +30,10 @@ __all__ = ["shift", "normal_band", "rt_dot", "band_to_dense", "solve_band",
 
 
 def shift(v, s: int):
-    """``out[..., i] = v[..., i + s]`` with zeros where ``i + s`` leaves the array."""
+    """``out[..., i] = v[..., i + s]`` with zeros where ``i + s`` leaves the array.
+
+    Backends: numpy, cupy (whatever ``v`` is).
+    """
     xp = get_array_module(v)
     n = v.shape[-1]
     out = xp.zeros_like(v)
@@ -110,7 +113,10 @@ def rt_dot(rdata, v, cscale=None):
 
 
 def band_to_dense(ab):
-    """Dense symmetric matrix of a lower band ``ab`` (tests, CuPy solves)."""
+    """Dense symmetric matrix of a lower band ``ab`` (tests, CuPy solves).
+
+    Backends: numpy, cupy (whatever ``ab`` is).
+    """
     xp = get_array_module(ab)
     p1, n = ab.shape
     A = xp.zeros((n, n), dtype=ab.dtype)

@@ -309,7 +309,10 @@ def _templates(sub):
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add every calibration subcommand; returns the last parser added."""
+    """Add every calibration subcommand; returns the last parser added.
+
+    Backends: host only (argparse).
+    """
     for make in (_fiberflat, _average, _autocalib, _sky, _stdstars, _fluxcalib, _procexp,
                  _templates):
         make(subparsers)
@@ -366,25 +369,40 @@ def _check_options(command: str, options: dict) -> None:
 
 
 def check_fiberflat_options(**options) -> None:
-    """Manifest check of the fiberflat step's options (compute-fiberflat's ranges)."""
+    """Manifest check of the fiberflat step's options (compute-fiberflat's ranges).
+
+    Backends: host only (argparse).
+    """
     _check_options("compute-fiberflat", options)
 
 
 def check_sky_options(**options) -> None:
-    """Manifest check of the sky step's options (compute-sky's ranges)."""
+    """Manifest check of the sky step's options (compute-sky's ranges).
+
+    Backends: host only (argparse).
+    """
     _check_options("compute-sky", options)
 
 
 def check_stdstars_options(**options) -> None:
-    """Manifest check of the stdstars step's options (fit-stdstars' ranges, z scan)."""
+    """Manifest check of the stdstars step's options (fit-stdstars' ranges, z scan).
+
+    Backends: host only (argparse).
+    """
     _check_options("fit-stdstars", options)
 
 
 def check_fluxcalib_options(**options) -> None:
-    """Manifest check of the fluxcalib step's options (compute-fluxcalib's ranges)."""
+    """Manifest check of the fluxcalib step's options (compute-fluxcalib's ranges).
+
+    Backends: host only (argparse).
+    """
     _check_options("compute-fluxcalib", options)
 
 
 def check_cframe_options(**options) -> None:
-    """Manifest check of the cframe step's options (process-exposure's ranges)."""
+    """Manifest check of the cframe step's options (process-exposure's ranges).
+
+    Backends: host only (argparse).
+    """
     _check_options("process-exposure", options)

@@ -43,10 +43,18 @@ class FiberFlat:
 
     @property
     def nspec(self) -> int:
+        """Number of fibers.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.fiberflat.shape[0]
 
     @property
     def nwave(self) -> int:
+        """Number of wavelength bins.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.fiberflat.shape[1]
 
 
@@ -84,10 +92,18 @@ class SkyModel:
 
     @property
     def nspec(self) -> int:
+        """Number of fibers.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.flux.shape[0]
 
     @property
     def nwave(self) -> int:
+        """Number of wavelength bins.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.flux.shape[1]
 
 
@@ -126,10 +142,18 @@ class FluxCalib:
 
     @property
     def nspec(self) -> int:
+        """Number of fibers.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.calib.shape[0]
 
     @property
     def nwave(self) -> int:
+        """Number of wavelength bins.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return self.calib.shape[1]
 
 

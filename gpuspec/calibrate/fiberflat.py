@@ -57,6 +57,8 @@ def check_lamp_signal(flux, ivar, min_snr: float = 5.0, path=None):
 
     The median S/N per pixel over pixels with ivar > 0 must reach ``min_snr``
     (a DESI continuum flat has S/N of hundreds).
+
+    Backends: numpy, cupy (whatever ``flux`` is; two scalar reads).
     """
     xp = get_array_module(flux, ivar)
     good = ivar > 0
@@ -291,7 +293,10 @@ def compute_fiberflat(frame, nsig_clipping=10.0, accuracy=5.0e-4, minval=0.1, ma
 
 
 def check_same_wave(wave1, wave2, what: str, rtol=1e-5, atol=1e-8):
-    """Raise :class:`BadDataError` unless two wavelength grids match (np.allclose)."""
+    """Raise :class:`BadDataError` unless two wavelength grids match (np.allclose).
+
+    Backends: host only (NumPy; CuPy grids are copied to the host).
+    """
     from ..backend import to_host
 
     w1, w2 = to_host(wave1), to_host(wave2)

@@ -37,7 +37,10 @@ FA_TYPE_STD = 2
 
 def fiberstatus_mask(step: str, band: str = "brz") -> int:
     """FIBERSTATUS bits that disqualify a fiber for ``step`` ('flat', 'sky', 'flux',
-    'stdstars') in ``band`` (b, r, z or a combination)."""
+    'stdstars') in ``band`` (b, r, z or a combination).
+
+    Backends: host only (plain values).
+    """
     m = (fibermask.BROKENFIBER | fibermask.BADFIBER | fibermask.BADTRACE | fibermask.BADARC
          | MANYBADCOL | fibermask.MANYREJECTED)
     step = step.lower()
@@ -54,7 +57,10 @@ def fiberstatus_mask(step: str, band: str = "brz") -> int:
 
 
 def bad_fiber_rows(fibermap, step: str, band: str) -> np.ndarray:
-    """Boolean (nspec,) of fibers whose FIBERSTATUS has a disqualifying bit (host)."""
+    """Boolean (nspec,) of fibers whose FIBERSTATUS has a disqualifying bit (host).
+
+    Backends: host only (NumPy; fibermap table).
+    """
     if fibermap is None or "FIBERSTATUS" not in (fibermap.dtype.names or ()):
         n = 0 if fibermap is None else len(fibermap)
         return np.zeros(n, bool)
@@ -94,6 +100,8 @@ def sky_fibers(fibermap, override_sky_targetids=None, exclude_sky_targetids=None
 
     OBJTYPE == 'SKY' without the VARIABLETHRU FIBERSTATUS bit, minus
     ``exclude_sky_targetids``; or exactly the rows of ``override_sky_targetids``.
+
+    Backends: host only (NumPy; fibermap table).
     """
     tid = _col(fibermap, "TARGETID")
     if override_sky_targetids is not None:
@@ -112,6 +120,8 @@ def is_std_star(fibermap, bright: bool | None = None) -> np.ndarray:
 
     DESI_TARGET STD_FAINT/STD_BRIGHT or MWS_TARGET GAIA_STD_*; if no row has them,
     FA_TYPE's standard bit; never fibers with FIBERSTATUS VARIABLETHRU.
+
+    Backends: host only (NumPy; fibermap table).
     """
     desi = {None: ("STD_FAINT", "STD_BRIGHT"), True: ("STD_BRIGHT",),
             False: ("STD_FAINT",)}[bright]

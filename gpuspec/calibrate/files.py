@@ -38,7 +38,10 @@ _PATTERNS = {
 
 def calib_filename(kind: str, camera: str | None = None, expid: int | None = None,
                    night: int | None = None, spectrograph: int | None = None) -> str:
-    """desispec's base name of a calibration product (``kind`` in :data:`_PATTERNS`)."""
+    """desispec's base name of a calibration product (``kind`` in :data:`_PATTERNS`).
+
+    Backends: host only (plain values).
+    """
     try:
         pat = _PATTERNS[kind]
     except KeyError:
@@ -107,7 +110,10 @@ def _camera(meta, path):
 def compute_fiberflat_file(infile, outfile, nsig=10.0, acc=5.0e-4, smoothing_resolution=5.0,
                            cosmics_nsig=0.0, backend="auto") -> str:
     """``desi_compute_fiberflat -i FRAME -o FIBERFLAT`` (options ``--nsig --acc
-    --smoothing-resolution``)."""
+    --smoothing-resolution``).
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
+    """
     from ..io.fiberflat import write_fiberflat
     from ..io.frame import read_frame
     from .fiberflat import compute_fiberflat
@@ -122,7 +128,10 @@ def compute_fiberflat_file(infile, outfile, nsig=10.0, acc=5.0e-4, smoothing_res
 
 
 def average_fiberflat_file(infiles, outfile, program=None, backend="auto") -> str:
-    """``desi_average_fiberflat -i FF1 FF2 ... -o OUT [--program P]``."""
+    """``desi_average_fiberflat -i FF1 FF2 ... -o OUT [--program P]``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
+    """
     from ..io.fiberflat import read_fiberflat, write_fiberflat
     from .fiberflat import average_fiberflat
 
@@ -138,6 +147,8 @@ def autocalib_fiberflat_file(infiles, prefix=None, night=None, arm=None, outdir=
 
     Writes ``{prefix}{spectrograph}-autocal.fits`` per spectrograph, or
     ``fiberflatnight-{arm}{spectrograph}-{night}.fits`` in ``outdir``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     from ..io.fiberflat import read_fiberflat, write_fiberflat
     from .fiberflat import autocalib_fiberflat
@@ -171,6 +182,8 @@ def compute_sky_file(infile, fiberflat, outfile, cosmics_nsig=0.0, no_extra_vari
     desispec's ``--adjust-wavelength --adjust-lsf --adjust-with-more-fibers --fit-offsets
     --save-adjustments --pca-corr --skygradpca --tpcorrparam`` are named (so that a
     launcher checks option names against this signature) and refused when given.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     unsupported = dict(adjust_wavelength=adjust_wavelength, adjust_lsf=adjust_lsf,
                        adjust_with_more_fibers=adjust_with_more_fibers, fit_offsets=fit_offsets,
@@ -306,7 +319,10 @@ def fit_stdstars_file(frames, skymodels, fiberflats, outfile, starmodels=None,
                       delta_color=0.2, min_blue_snr=4.0, color=None, z_max=0.008,
                       z_res=0.00002, template_error=0.1, maxstdstars=30, std_targetids=None,
                       apply_sky_throughput_correction=False, backend="auto") -> str:
-    """``desi_fit_stdstars --frames ... --skymodels ... --fiberflats ... -o STDSTARS``."""
+    """``desi_fit_stdstars --frames ... --skymodels ... --fiberflats ... -o STDSTARS``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
+    """
     from ..io.fiberflat import read_fiberflat
     from ..io.fluxcalib import write_stdstar_models
     from ..io.frame import read_frame
@@ -359,7 +375,10 @@ def compute_fluxcalib_file(infile, fiberflat, sky, models, outfile, chi2cut=0.0,
                            nostdcheck=False, highest_throughput=0, seeing_fwhm=1.1,
                            nsig_flux_scale=3.0, apply_sky_throughput_correction=False,
                            selected_calibration_stars=None, backend="auto") -> str:
-    """``desi_compute_fluxcalibration -i FRAME --fiberflat FF --sky SKY --models STD -o OUT``."""
+    """``desi_compute_fluxcalibration -i FRAME --fiberflat FF --sky SKY --models STD -o OUT``.
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
+    """
     from dataclasses import replace
 
     from ..io.fiberflat import read_fiberflat
@@ -422,6 +441,8 @@ def process_exposure_file(infile, outfile, fiberflat=None, sky=None, calib=None,
 
     With ``calib`` the output is a cframe (10⁻¹⁷ erg/s/cm²/Å); without, a frame in
     electron/Å (desispec labels both with the calibrated unit).
+
+    Backends: numpy, cupy (``backend``); file I/O on the host.
     """
     from ..io.cframe import write_cframe
     from ..io.fiberflat import read_fiberflat

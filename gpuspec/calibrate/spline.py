@@ -117,7 +117,10 @@ def _segment_sums(xp, g, lk, nint, runs=None):
 
 
 def lk_start(xp, lk, nint):
-    """First index of each run of ``lk`` (0 for empty runs; with lk_end gives empty sums)."""
+    """First index of each run of ``lk`` (0 for empty runs; with lk_end gives empty sums).
+
+    Backends: numpy, cupy (the ``xp`` argument).
+    """
     nf, n = lk.shape
     i = xp.arange(n)
     isstart = xp.ones(lk.shape, bool)
@@ -128,7 +131,10 @@ def lk_start(xp, lk, nint):
 
 
 def lk_end(xp, lk, nint):
-    """One past the last index of each run of ``lk`` (0 for empty runs)."""
+    """One past the last index of each run of ``lk`` (0 for empty runs).
+
+    Backends: numpy, cupy (the ``xp`` argument).
+    """
     nf, n = lk.shape
     i = xp.arange(n)
     isend = xp.ones(lk.shape, bool)

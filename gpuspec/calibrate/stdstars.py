@@ -67,7 +67,10 @@ def _camdict(x):
 
 
 def select_stars(fibermap, std_targetids=None) -> np.ndarray:
-    """Row indices of the standard stars with usable Legacy Survey photometry."""
+    """Row indices of the standard stars with usable Legacy Survey photometry.
+
+    Backends: host only (NumPy; fibermap table).
+    """
     if std_targetids is not None:
         keep = np.isin(np.asarray(fibermap["TARGETID"]), np.asarray(std_targetids))
     else:
@@ -245,7 +248,9 @@ def _chi2_templates(xp, data, twave, tflux, tconts, z, calibs=None, chunk=24):
 def redshift_grid_size(z_max, z_res) -> float:
     """Points of the redshift scan: ±z_max at max(z_res, 1e-4), then ±that step at z_res.
 
-    NaN or a step ≤ 0 gives ``inf`` (refused by the caller). Host only.
+    NaN or a step ≤ 0 gives ``inf`` (refused by the caller).
+
+    Backends: host only.
     """
     z_max, z_res = float(z_max), float(z_res)
     if not (z_res > 0 and z_max >= 0):

@@ -50,7 +50,10 @@ PIXELS_PER_BIN = 3.0  # pixels across a trace summed into one extracted bin
 
 
 def short_waves(bands=("b", "r", "z"), ranges=None, step: float = 0.8) -> dict:
-    """Camera wavelength grids (default :data:`SHORT_RANGES`), on the 0.8 Å lattice."""
+    """Camera wavelength grids (default :data:`SHORT_RANGES`), on the 0.8 Å lattice.
+
+    Backends: host only (NumPy; test data).
+    """
     from ..coadd.synth import camera_waves
 
     return camera_waves(bands, step=step, ranges=ranges or SHORT_RANGES)
@@ -63,6 +66,8 @@ def fiber_throughput(nfiber: int, wave, seed: int = 0, rms: float = 0.03,
     :func:`gpuspec.sim.instrument.fiber_throughput` with an achromatic factor
     ``1 + rms·g0`` and shape coefficients ``g1, g2`` (standard normals), divided by its
     median over the fibers.
+
+    Backends: host only (NumPy; test data).
     """
     rng = np.random.default_rng([seed, 7001])
     g = rng.normal(size=(3, nfiber))
@@ -72,19 +77,28 @@ def fiber_throughput(nfiber: int, wave, seed: int = 0, rms: float = 0.03,
 
 def flat_lamp(band: str, wave, level: float = 2.0e4) -> np.ndarray:
     """Continuum lamp through the camera (electron/Å per fiber), peak ``level``
-    (:func:`gpuspec.sim.instrument.flat_lamp`)."""
+    (:func:`gpuspec.sim.instrument.flat_lamp`).
+
+    Backends: host only (NumPy; test data).
+    """
     return _instrument.flat_lamp(band, wave, level)
 
 
 def sky_flux(wave, dw: float = 0.8, seed: int = 0, scale: float = 1.0) -> np.ndarray:
-    """Night-sky f_λ per fiber (10⁻¹⁷ erg/s/cm²/Å), bin-averaged on ``wave``."""
+    """Night-sky f_λ per fiber (10⁻¹⁷ erg/s/cm²/Å), bin-averaged on ``wave``.
+
+    Backends: host only (NumPy; test data).
+    """
     from ..sim.spectra import make_sky
 
     return make_sky(seed).flux(np.asarray(wave, np.float64), dw, scale)
 
 
 def calib_vector(band: str, wave, dw: float = 0.8, exptime: float = 900.0) -> np.ndarray:
-    """Atmosphere + instrument throughput: electron/Å per unit f_λ (desispec ``calib``)."""
+    """Atmosphere + instrument throughput: electron/Å per unit f_λ (desispec ``calib``).
+
+    Backends: host only (NumPy; test data).
+    """
     return _instrument.calib_vector(band, wave, dw, exptime) / dw
 
 
@@ -94,6 +108,8 @@ def gaussian_resolution(nfiber: int, nwave: int, seed: int = 0, ndiag: int = 11,
 
     σ varies linearly along wavelength between two per-fiber values drawn in ``sigma``;
     columns are normalised (flux conserving), entries outside the matrix are 0.
+
+    Backends: host only (NumPy; test data).
     """
     rng = np.random.default_rng([seed, 7002])
     h = ndiag // 2
@@ -109,14 +125,20 @@ def gaussian_resolution(nfiber: int, nwave: int, seed: int = 0, ndiag: int = 11,
 
 
 def convolve(rdata, flux) -> np.ndarray:
-    """``R_f @ flux_f`` for every fiber (host NumPy)."""
+    """``R_f @ flux_f`` for every fiber (host NumPy).
+
+    Backends: host only (NumPy; test data).
+    """
     from ..resolution import apply
 
     return apply(rdata, flux)
 
 
 def target_flux(nt: int, wave, seed: int = 0) -> np.ndarray:
-    """Science-target f_λ (nt, nwave): power-law continua with emission lines."""
+    """Science-target f_λ (nt, nwave): power-law continua with emission lines.
+
+    Backends: host only (NumPy; test data).
+    """
     rng = np.random.default_rng([seed, 7003])
     w = np.asarray(wave, np.float64)[None, :]
     cont = rng.uniform(0.3, 3.0, (nt, 1)) * (w / 6000.0) ** rng.uniform(-2.0, 0.5, (nt, 1))
@@ -196,6 +218,8 @@ def make_exposure(nfiber: int = 40, bands=("b", "r", "z"), waves=None, nsky: int
         template index, ``std_teff``/``std_logg``/``std_feh``, ``std_scale``;
         ``template_wave``/``template_flux`` of the stars (normalised models on the
         template grid, 10⁻¹⁷ erg/s/cm²/Å).
+
+    Backends: host only (NumPy; test data).
     """
     from .templates import load_templates, synthetic_mag
 

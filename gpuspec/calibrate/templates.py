@@ -72,6 +72,10 @@ class TemplateLibrary:
 
     @property
     def templateid(self) -> np.ndarray:
+        """Template index 0 … n-1.
+
+        Backends: host only (NumPy).
+        """
         return np.arange(len(self.teff))
 
 
@@ -95,7 +99,10 @@ def _spectrum(wave, teff, logg, feh):
 
 
 def make_templates(wave=None) -> TemplateLibrary:
-    """Build the library (see the module docstring) on ``wave`` (default 3500–10500/0.5)."""
+    """Build the library (see the module docstring) on ``wave`` (default 3500–10500/0.5).
+
+    Backends: host only (NumPy).
+    """
     wave = np.arange(3500.0, 10500.0 + 0.25, 0.5) if wave is None else np.asarray(wave, float)
     T, G, F = np.meshgrid(TEFF_GRID, LOGG_GRID, FEH_GRID, indexing="ij")
     T, G, F = T.ravel(), G.ravel(), F.ravel()
@@ -113,14 +120,20 @@ def _default_library() -> TemplateLibrary:
 
 
 def load_templates(path: str | os.PathLike | None = None) -> TemplateLibrary:
-    """The template library: gpuspec's synthetic one, or a desispec-format file."""
+    """The template library: gpuspec's synthetic one, or a desispec-format file.
+
+    Backends: host only (NumPy; file I/O).
+    """
     if path is None:
         return _default_library()
     return read_templates(path)
 
 
 def bandpass(band: str, wave) -> np.ndarray:
-    """Approximate passband response (0–1) of DECam ``band`` (G, R or Z) at ``wave``."""
+    """Approximate passband response (0–1) of DECam ``band`` (G, R or Z) at ``wave``.
+
+    Backends: host only (NumPy).
+    """
     lo, hi, e = BANDPASSES[band.upper()]
     w = np.asarray(wave, np.float64)
     return 1.0 / (1.0 + np.exp(-(w - lo) / e)) / (1.0 + np.exp((w - hi) / e))
@@ -130,6 +143,8 @@ def synthetic_mag(wave, flux, band: str) -> np.ndarray:
     """Photon-counting AB magnitude of f_λ spectra (10⁻¹⁷ erg/s/cm²/Å) in ``band``.
 
     ``m = -2.5 log10( ∫ f_λ S λ dλ / ∫ S c/λ dλ ) - 48.6`` with f_λ in erg/s/cm²/Å.
+
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, np.float64)
     S = bandpass(band, w)
@@ -148,6 +163,8 @@ def write_templates(path, lib: TemplateLibrary | None = None) -> str:
 
     HDU 0 flux (ntemplate, nwave) float32; HDU 1 table TEMPLATEID, TEFF, LOGG, FEH;
     HDU 2 wavelength (Å, float64). Written atomically.
+
+    Backends: host only (NumPy; file I/O).
     """
     import fitsio
 
@@ -171,7 +188,10 @@ def write_templates(path, lib: TemplateLibrary | None = None) -> str:
 
 
 def read_templates(path) -> TemplateLibrary:
-    """Read a desispec-format template file (wavelength in HDU 2)."""
+    """Read a desispec-format template file (wavelength in HDU 2).
+
+    Backends: host only (NumPy; file I/O).
+    """
     from ..errors import MissingHDUError
     from ..io.util import open_fits, read_image_hdu, read_table_hdu
 

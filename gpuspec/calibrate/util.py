@@ -36,13 +36,19 @@ def masked_median(a, valid, axis: int = 0, default=0.0):
 
 
 def first_true(b, axis: int = -1):
-    """Index of the first True along ``axis`` (0 when none)."""
+    """Index of the first True along ``axis`` (0 when none).
+
+    Backends: numpy, cupy (whatever ``b`` is).
+    """
     xp = get_array_module(b)
     return xp.argmax(b, axis=axis)
 
 
 def last_true(b, axis: int = -1):
-    """Index of the last True along the last axis (n - 1 when none)."""
+    """Index of the last True along the last axis (n - 1 when none).
+
+    Backends: numpy, cupy (whatever ``b`` is).
+    """
     xp = get_array_module(b)
     n = b.shape[-1]
     return n - 1 - xp.argmax(b[..., ::-1], axis=-1)
@@ -72,6 +78,8 @@ def masked_interp(xq, x, y, good, left=None, right=None):
     Returns
     -------
     array (nf, nq)
+
+    Backends: numpy, cupy (whatever ``x``, ``y``, ``good`` are).
     """
     xp = get_array_module(x, y, good)
     nf, n = y.shape
@@ -97,7 +105,10 @@ def masked_interp(xq, x, y, good, left=None, right=None):
 
 
 def interp_rows(xq, x, y, left=None, right=None):
-    """``np.interp(xq, x, y[f])`` for every row f of ``y`` (nodes shared by all rows)."""
+    """``np.interp(xq, x, y[f])`` for every row f of ``y`` (nodes shared by all rows).
+
+    Backends: numpy, cupy (whatever ``x`` and ``y`` are).
+    """
     xp = get_array_module(x, y)
     n = x.shape[0]
     j = xp.clip(xp.searchsorted(x, xq, side="right") - 1, 0, n - 2)
@@ -112,7 +123,10 @@ def interp_rows(xq, x, y, left=None, right=None):
 
 
 def max_run_length(b):
-    """Longest run of consecutive True in each row of ``b`` (nf, n)."""
+    """Longest run of consecutive True in each row of ``b`` (nf, n).
+
+    Backends: numpy, cupy (whatever ``b`` is).
+    """
     from .spline import _segment_sums
 
     xp = get_array_module(b)
@@ -123,7 +137,10 @@ def max_run_length(b):
 
 
 def top_k_mask(score, candidate, k: int):
-    """True for at most the ``k`` largest ``score`` values among ``candidate`` of each row."""
+    """True for at most the ``k`` largest ``score`` values among ``candidate`` of each row.
+
+    Backends: numpy, cupy (whatever ``score`` is).
+    """
     xp = get_array_module(score, candidate)
     s = xp.where(candidate, score, -xp.inf)
     if s.shape[1] <= k:
@@ -136,7 +153,10 @@ def top_k_mask(score, candidate, k: int):
 
 
 def combine_ivar(ivar1, ivar2):
-    """Inverse variance of a sum: ``1/(1/ivar1 + 1/ivar2)``, 0 where either is 0."""
+    """Inverse variance of a sum: ``1/(1/ivar1 + 1/ivar2)``, 0 where either is 0.
+
+    Backends: numpy, cupy (whatever ``ivar1`` is).
+    """
     xp = get_array_module(ivar1, ivar2)
     good = (ivar1 > 0) & (ivar2 > 0)
     a = xp.where(good, ivar1, 1.0)

@@ -112,16 +112,26 @@ class Patch:
 
     @property
     def nspec(self) -> int:
+        """Number of fibers of the patch.
+
+        Backends: host only (plain values).
+        """
         return self.spechi - self.speclo
 
     @property
     def nwave(self) -> int:
-        """Number of unknown wavelengths per fiber (core + padding)."""
+        """Number of unknown wavelengths per fiber (core + padding).
+
+        Backends: host only (plain values).
+        """
         return self.nlo + self.ncore + self.nhi
 
     @property
     def kfirst(self) -> int:
-        """Index in the output grid of the first solved bin (may be negative)."""
+        """Index in the output grid of the first solved bin (may be negative).
+
+        Backends: host only (plain values).
+        """
         return self.iwave - self.nlo
 
 

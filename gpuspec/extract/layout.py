@@ -77,16 +77,25 @@ class ChunkLayout:
 
     @property
     def n(self) -> int:
-        """Unknowns per patch, F·NW."""
+        """Unknowns per patch, F·NW.
+
+        Backends: host only (plain values).
+        """
         return self.F * self.NW
 
     def order(self) -> np.ndarray:
-        """(P, n) int64: the fiber-order unknown at each slot-order position."""
+        """(P, n) int64: the fiber-order unknown at each slot-order position.
+
+        Backends: host only (NumPy).
+        """
         j = np.arange(self.NW)
         return (self.perm[:, :, None] * self.NW + j).reshape(self.P, self.n)
 
     def kept_fibers(self) -> np.ndarray:
-        """(P, NK) int64: the fiber in each of the last NK slots."""
+        """(P, NK) int64: the fiber in each of the last NK slots.
+
+        Backends: host only (NumPy).
+        """
         return self.perm[:, self.F - self.NK:]
 
 

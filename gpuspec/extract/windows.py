@@ -67,10 +67,18 @@ class WindowLayout:
 
     @property
     def Q(self) -> int:
+        """Pixels per window, WY·WX.
+
+        Backends: host only (plain values).
+        """
         return self.WY * self.WX
 
     @property
     def NW(self) -> int:
+        """Wavelengths per window, NT·T.
+
+        Backends: host only (plain values).
+        """
         return self.NT * self.T
 
 

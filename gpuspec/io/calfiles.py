@@ -19,7 +19,10 @@ _DROP = {"EXTNAME", "BUNIT", "NSPEC", "SPECMIN", "NAXIS", "NAXIS1", "NAXIS2", "N
 
 
 def host(a, dtype=None):
-    """NumPy copy of ``a`` (numpy or cupy), optionally cast."""
+    """NumPy copy of ``a`` (numpy or cupy), optionally cast.
+
+    Backends: numpy, cupy in; NumPy out (CuPy arrays are copied to the host).
+    """
     if a is None:
         return None
     h = np.asarray(to_host(a))
@@ -27,7 +30,10 @@ def host(a, dtype=None):
 
 
 def check_2d(path, ref, refname, pairs, wave=None):
-    """Raise BadDataError naming the HDU whose array does not match ``ref``'s shape."""
+    """Raise BadDataError naming the HDU whose array does not match ``ref``'s shape.
+
+    Backends: host only (NumPy).
+    """
     ref = np.asarray(ref)
     if ref.ndim != 2:
         raise BadDataError(f"{refname} must be 2-D, got shape {ref.shape}", path=path,
@@ -42,12 +48,18 @@ def check_2d(path, ref, refname, pairs, wave=None):
 
 
 def clean_header(meta) -> dict:
-    """A copy of a header dict without the keywords that describe another HDU."""
+    """A copy of a header dict without the keywords that describe another HDU.
+
+    Backends: host only (plain values).
+    """
     return {k: v for k, v in dict(meta or {}).items() if str(k).upper() not in _DROP}
 
 
 def as_table(tab, path=None, hdu=None):
-    """Structured array (host, native order, byte strings) from a table-like or dict."""
+    """Structured array (host, native order, byte strings) from a table-like or dict.
+
+    Backends: host only (NumPy).
+    """
     if tab is None:
         return None
     if isinstance(tab, dict):
@@ -63,10 +75,17 @@ def as_table(tab, path=None, hdu=None):
 
 
 def read_f8(fx, ext, path):
-    """Image HDU as float64 (native order)."""
+    """Image HDU as float64 (native order).
+
+    Backends: host only (NumPy; file I/O).
+    """
     return read_image_hdu(fx, ext, path).astype(np.float64)
 
 
 def optional_f8(fx, names, ext, path):
+    """Optional image HDU as float64 (native order), or None.
+
+    Backends: host only (NumPy; file I/O).
+    """
     a = read_optional_hdu(fx, names, ext, path)
     return None if a is None else a.astype(np.float64)

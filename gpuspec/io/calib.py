@@ -133,7 +133,7 @@ def read_calib_image(path: str | os.PathLike, expected_shape: tuple | None = Non
     BadDataError (wrong shape; see :func:`check_calib_values`). Every message
     names the calibration, the file and the HDU.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = os.fspath(path)
     kind = _kind(kind, path)
@@ -178,7 +178,7 @@ def write_calib_image(path: str | os.PathLike, image, header: dict | None = None
     str
         ``path``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     kind = _kind(kind, path)
@@ -199,7 +199,7 @@ def write_calib_image(path: str | os.PathLike, image, header: dict | None = None
 def calib_camera(path: str | os.PathLike, kind: str = "bias") -> str | None:
     """The CAMERA keyword of a calibration file (lower case), or None when it has none.
 
-    Host only.
+    Backends: host only.
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -214,7 +214,7 @@ def calib_camera(path: str | os.PathLike, kind: str = "bias") -> str | None:
 def read_bias(path, expected_shape=None):
     """:func:`read_calib_image` with ``kind="bias"``.
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     return read_calib_image(path, expected_shape, "bias")
 
@@ -222,7 +222,7 @@ def read_bias(path, expected_shape=None):
 def read_dark(path, expected_shape=None):
     """:func:`read_calib_image` with ``kind="dark"`` (a rate in e⁻/s).
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     return read_calib_image(path, expected_shape, "dark")
 
@@ -230,7 +230,7 @@ def read_dark(path, expected_shape=None):
 def read_pixflat(path, expected_shape=None):
     """:func:`read_calib_image` with ``kind="pixflat"``.
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     return read_calib_image(path, expected_shape, "pixflat")
 
@@ -238,7 +238,7 @@ def read_pixflat(path, expected_shape=None):
 def read_mask(path, expected_shape=None):
     """:func:`read_calib_image` with ``kind="mask"``.
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     return read_calib_image(path, expected_shape, "mask")
 
@@ -246,7 +246,7 @@ def read_mask(path, expected_shape=None):
 def write_bias(path, image, header=None):
     """:func:`write_calib_image` with ``kind="bias"``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     return write_calib_image(path, image, header, "bias")
 
@@ -254,7 +254,7 @@ def write_bias(path, image, header=None):
 def write_dark(path, image, header=None):
     """:func:`write_calib_image` with ``kind="dark"``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     return write_calib_image(path, image, header, "dark")
 
@@ -262,7 +262,7 @@ def write_dark(path, image, header=None):
 def write_pixflat(path, image, header=None):
     """:func:`write_calib_image` with ``kind="pixflat"``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     return write_calib_image(path, image, header, "pixflat")
 
@@ -270,6 +270,6 @@ def write_pixflat(path, image, header=None):
 def write_mask(path, image, header=None):
     """:func:`write_calib_image` with ``kind="mask"``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     return write_calib_image(path, image, header, "mask")

@@ -22,13 +22,19 @@ CFRAME_IVAR_UNIT = "10**+34 (s2 cm4 Angstrom2) / erg2"
 
 
 def cframe_name(camera: str, expid: int) -> str:
-    """desispec's file name of a calibrated frame."""
+    """desispec's file name of a calibrated frame.
+
+    Backends: host only (plain values).
+    """
     return f"cframe-{camera.lower()}-{int(expid):08d}.fits"
 
 
 @nvtx_range("write_cframe")
 def write_cframe(path, frame, meta: dict | None = None) -> str:
-    """Write a calibrated frame (atomically): the frame writer, then the flux units."""
+    """Write a calibrated frame (atomically): the frame writer, then the flux units.
+
+    Backends: host only (file I/O); CuPy arrays are copied to the host first.
+    """
     path = os.fspath(path)
     with atomic_output(path) as tmp:
         write_frame(tmp, frame, meta=meta)
@@ -40,5 +46,8 @@ def write_cframe(path, frame, meta: dict | None = None) -> str:
 
 
 def read_cframe(path):
-    """Read a calibrated frame (a :class:`gpuspec.Frame`; ``meta['BUNIT']`` gives the unit)."""
+    """Read a calibrated frame (a :class:`gpuspec.Frame`; ``meta['BUNIT']`` gives the unit).
+
+    Backends: host only (NumPy; file I/O).
+    """
     return read_frame(path)

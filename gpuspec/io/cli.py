@@ -40,7 +40,7 @@ _BITPIX = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32",
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``info`` subcommand to ``subparsers``.
 
-    Host only (argument parsing; the step chooses its own backend).
+    Backends: host only (argument parsing; the step chooses its own backend).
     """
     p = subparsers.add_parser(
         "info", help="summarise gpuspec/DESI FITS files (raw, preproc, psf, frame, spectra, "
@@ -55,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args) -> int:
     """Run ``gpuspec info`` for parsed ``args``; returns the exit status.
 
-    Host only (argument parsing; the step chooses its own backend).
+    Backends: host only (argument parsing; the step chooses its own backend).
     """
     status = 0
     for i, path in enumerate(args.files):
@@ -105,7 +105,7 @@ def detect_kind(names: list[str], headers: list[dict]) -> str:
     Returns one of ``raw``, ``preproc``, ``psf``, ``frame``, ``spectra``,
     ``coadd``, ``fibermap``, ``calib``, ``unknown``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     s = set(names)
     if "PSF" in s and ("XTRACE" in s or any("PSFTYPE" in h for h in headers)):
@@ -264,7 +264,7 @@ def describe(path: str, headers: bool = False) -> str:
     MissingFileError, InputError
         Missing, unreadable or truncated file; raw headers that fail validation.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

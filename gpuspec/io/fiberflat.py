@@ -48,6 +48,8 @@ def write_fiberflat(path, fiberflat: FiberFlat, header: dict | None = None) -> s
     ------
     BadDataError
         Inconsistent shapes (checked before anything is written).
+
+    Backends: host only (file I/O); CuPy arrays are copied to the host first.
     """
     path = os.fspath(path)
     ff = host(fiberflat.fiberflat, np.float32)
@@ -98,6 +100,8 @@ def read_fiberflat(path) -> FiberFlat:
     ------
     MissingFileError, InputError, MissingHDUError (IVAR, MASK, MEANSPEC, WAVELENGTH),
     BadDataError (inconsistent shapes).
+
+    Backends: host only (NumPy; file I/O).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

@@ -130,7 +130,10 @@ _EXPOSURE_NAMES = tuple(n for n, _, _, _ in EXPOSURE_COLUMNS)
 
 
 def table_units(names) -> list[str] | None:
-    """TUNIT strings for the columns ``names`` (desispec's units; "" when none)."""
+    """TUNIT strings for the columns ``names`` (desispec's units; "" when none).
+
+    Backends: host only (plain values).
+    """
     units = [_UNITS.get(n, "") for n in names]
     return units if any(units) else None
 
@@ -139,6 +142,8 @@ def fibermap_dtype(exposure_columns: bool = False) -> np.dtype:
     """Structured dtype of a fibermap (:data:`FIBERMAP_COLUMNS`).
 
     ``exposure_columns`` appends NIGHT, EXPID, MJD and TILEID (a spectra fibermap).
+
+    Backends: host only (NumPy).
     """
     cols = FIBERMAP_COLUMNS + (EXPOSURE_COLUMNS if exposure_columns else [])
     return np.dtype([(n, t) for n, t, _, _ in cols])
@@ -169,7 +174,7 @@ def empty_fibermap(nspec: int, specmin: int = 0, petal: int | None = None,
         LAMBDA_REF 5400, NUM_ITER 2, EBV 0.001, PHOTSYS ``'S'`` (desispec's
         ``empty_fibermap`` fill values), everything else 0.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     nspec = int(nspec)
     if nspec < 0 or specmin < 0:
@@ -197,6 +202,8 @@ def frame_fibermap(fibermap) -> np.ndarray:
 
     desispec adds those columns itself from the frame header when it reads a frame
     as spectra or groups frames, and fails on duplicates.
+
+    Backends: host only (NumPy).
     """
     fm = as_fibermap_array(fibermap)
     keep = [n for n in fm.dtype.names if n not in _EXPOSURE_NAMES]
@@ -213,7 +220,7 @@ def as_fibermap_array(fibermap) -> np.ndarray:
 
     Unicode string columns become byte strings (FITS ``A`` columns).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if hasattr(fibermap, "as_array") and not isinstance(fibermap, np.ndarray):
         fibermap = fibermap.as_array()
@@ -243,7 +250,7 @@ def as_fibermap_array(fibermap) -> np.ndarray:
 def native_table(a: np.ndarray) -> np.ndarray:
     """Structured array with every field in native byte order (no copy if already).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     return native(a)
 
@@ -267,7 +274,7 @@ def read_fibermap(path: str | os.PathLike, header: bool = False):
     ------
     MissingFileError, InputError, MissingHDUError (no FIBERMAP HDU).
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -298,7 +305,7 @@ def write_fibermap(path: str | os.PathLike, fibermap, meta: dict | None = None) 
     str
         ``path``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     fm = as_fibermap_array(fibermap)

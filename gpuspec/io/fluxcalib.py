@@ -59,6 +59,8 @@ def write_flux_calibration(path, fluxcalib: FluxCalib, header: dict | None = Non
     ------
     BadDataError
         Inconsistent shapes or negative ivar (checked before anything is written).
+
+    Backends: host only (file I/O); CuPy arrays are copied to the host first.
     """
     path = os.fspath(path)
     calib = host(fluxcalib.calib, np.float32)
@@ -96,6 +98,8 @@ def read_flux_calibration(path) -> FluxCalib:
     Raises
     ------
     MissingFileError, InputError, MissingHDUError, BadDataError.
+
+    Backends: host only (NumPy; file I/O).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -127,6 +131,8 @@ def write_stdstar_models(path, models: StdStarModels, header: dict | None = None
     ------
     BadDataError
         Inconsistent sizes.
+
+    Backends: host only (file I/O); CuPy arrays are copied to the host first.
     """
     path = os.fspath(path)
     flux = host(models.flux, np.float32)
@@ -169,6 +175,8 @@ def read_stdstar_models(path) -> StdStarModels:
     ------
     MissingFileError, InputError, MissingHDUError (FLUX, WAVELENGTH, FIBERS, METADATA),
     BadDataError.
+
+    Backends: host only (NumPy; file I/O).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

@@ -84,7 +84,7 @@ def write_frame(path: str | os.PathLike, frame: Frame, meta: dict | None = None)
         Inconsistent shapes (all checked before anything is written), an even
         number of resolution diagonals, or mask values outside uint32.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     flux = _arr(frame.flux, "FLUX", ndim=2, path=path)
@@ -190,7 +190,7 @@ def read_frame(path: str | os.PathLike) -> Frame:
     MissingFileError, InputError, MissingHDUError (FLUX, IVAR or WAVELENGTH),
     BadDataError (inconsistent shapes).
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

@@ -89,7 +89,7 @@ def write_image(path: str | os.PathLike, image: Image, meta: dict | None = None)
     BadDataError
         Inconsistent shapes, no camera, or a mask that is not integer.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     hdr = dict(image.meta if meta is None else meta)
@@ -152,7 +152,7 @@ def read_image(path: str | os.PathLike) -> Image:
     MissingFileError, InputError, MissingHDUError (IMAGE, IVAR or MASK missing),
     MissingKeywordError (no CAMERA), BadDataError (shapes differ).
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

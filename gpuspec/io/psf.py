@@ -48,7 +48,7 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
     MissingFileError, InputError, MissingHDUError, MissingKeywordError
         With the file, HDU and keyword named.
 
-    Host only: the coefficients are NumPy arrays; the PSF's methods evaluate on any ``xp``.
+    Backends: host only (NumPy coefficients); the PSF's methods evaluate on any ``xp``.
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -263,7 +263,7 @@ def write_psf(path: str | os.PathLike, psf: GaussHermitePSF, extra_meta: dict | 
 
     Returns the path written.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     nspec = psf.nspec

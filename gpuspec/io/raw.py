@@ -47,7 +47,7 @@ _AMP_KEY_RE = re.compile(r"^(BIASSEC|DATASEC|CCDSEC)([A-D1-4])$")
 def normalize_camera(camera: str, path: str | None = None) -> str:
     """Lower-case camera name (``'B0'`` → ``'b0'``), checked against ``[brz][0-9]``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if not isinstance(camera, str) or not _CAMERA_RE.match(camera.strip().lower()):
         raise InputError(f"invalid camera name {camera!r}; expected b0…b9, r0…r9 or z0…z9",
@@ -82,7 +82,7 @@ def amp_ids(header: Mapping, path: str | None = None, hdu: str | None = None) ->
     InputError
         The header mixes letter and digit amp names.
 
-    Host only.
+    Backends: host only.
     """
     found = set()
     for k in header_dict(header):
@@ -110,7 +110,7 @@ def trimmed_shape(header: Mapping, amps: list[str] | None = None, path: str | No
                   hdu: str | None = None) -> tuple[int, int]:
     """Shape ``(ny, nx)`` of the trimmed (preprocessed) image: the extent of all CCDSECx.
 
-    Host only.
+    Backends: host only.
     """
     h = header_dict(header)
     amps = amp_ids(h, path, hdu) if amps is None else amps
@@ -289,7 +289,7 @@ def raw_layout(header: Mapping, shape: tuple[int, int], path: str | None = None,
     ------
     MissingKeywordError, BadSectionError, BadDataError, InputError
 
-    Host only.
+    Backends: host only.
     """
     if header is None:
         raise InputError("no camera header", path=path, hdu=hdu)
@@ -327,7 +327,7 @@ def validate_raw_header(header: Mapping, shape: tuple[int, int], path: str | Non
     ------
     MissingKeywordError, BadSectionError, BadDataError, InputError
 
-    Host only.
+    Backends: host only.
     """
     return list(raw_layout(header, shape, path=path, hdu=hdu, primary_header=primary_header,
                            trimmed=trimmed).amps)
@@ -340,7 +340,7 @@ def _camera_hdus(names: list[str]) -> list[str]:
 def find_cameras(path: str | os.PathLike) -> list[str]:
     """Lower-case names of the camera HDUs of a raw file, in file order.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -393,7 +393,7 @@ def read_raw(path: str | os.PathLike, camera: str, validate: bool = True):
 
     Notes
     -----
-    Host only (NumPy); move the image with :func:`gpuspec.backend.to_device`.
+    Backends: host only (NumPy); move the image with :func:`gpuspec.backend.to_device`.
     """
     path = os.fspath(path)
     camera = normalize_camera(camera, path)
@@ -481,7 +481,7 @@ def write_raw(path: str | os.PathLike, cameras: Mapping, primary_header: Mapping
     str
         ``path``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     if layout not in ("desi", "primary"):

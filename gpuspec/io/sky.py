@@ -48,6 +48,8 @@ def write_sky(path, skymodel: SkyModel, header: dict | None = None) -> str:
     ------
     BadDataError
         Inconsistent shapes (checked before anything is written).
+
+    Backends: host only (file I/O); CuPy arrays are copied to the host first.
     """
     path = os.fspath(path)
     flux = host(skymodel.flux, np.float32)
@@ -88,6 +90,8 @@ def read_sky(path) -> SkyModel:
     Raises
     ------
     MissingFileError, InputError, MissingHDUError, BadDataError.
+
+    Backends: host only (NumPy; file I/O).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:

@@ -51,7 +51,10 @@ _IVAR_UNITS = {FLUX_UNIT: "Angstrom^2/electron^2",
 
 
 def ivar_unit(flux_unit: str) -> str | None:
-    """BUNIT of the inverse variance of a flux in ``flux_unit`` (None if not derivable)."""
+    """BUNIT of the inverse variance of a flux in ``flux_unit`` (None if not derivable).
+
+    Backends: host only (plain values).
+    """
     if flux_unit in _IVAR_UNITS:
         return _IVAR_UNITS[flux_unit]
     try:
@@ -131,7 +134,7 @@ def read_spectra(path) -> Spectra:
         Missing/unreadable file; a band without FLUX, IVAR or WAVELENGTH, or
         inconsistent shapes (the message names the file and HDU).
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
@@ -251,7 +254,7 @@ def write_spectra(path, spectra: Spectra, overwrite: bool = True) -> str:
     str
         ``path``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     path = os.fspath(path)
     funit = spectra.flux_unit or FLUX_UNIT

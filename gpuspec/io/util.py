@@ -67,7 +67,7 @@ def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | Non
     BadSectionError
         Unparsable, reversed, zero-based or out-of-range section.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if not isinstance(sec, str):
         raise BadSectionError(f"section must be a string like '[x1:x2,y1:y2]', got {sec!r}",
@@ -91,7 +91,7 @@ def parse_sec(sec: str, keyword: str | None = None, shape: tuple[int, int] | Non
 def format_sec(yslice: slice, xslice: slice) -> str:
     """Inverse of :func:`parse_sec`: numpy slices to ``'[x1:x2,y1:y2]'``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     return f"[{xslice.start + 1}:{xslice.stop},{yslice.start + 1}:{yslice.stop}]"
 
@@ -102,7 +102,7 @@ def check_writable(path: str | os.PathLike) -> str:
     ``path`` must not be a directory, the nearest existing folder above it must be a
     folder (not a file) in which this process may create entries. Checked before any
     work, so that a command fails at once rather than after computing its output.
-    Host only.
+    Backends: host only.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -179,7 +179,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
         the message names ``path`` and the real cause. Other exceptions raised inside
         the block pass unchanged.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = os.fspath(path)
     check_writable(path)
@@ -229,7 +229,7 @@ def open_fits(path: str | os.PathLike) -> fitsio.FITS:
     InputError
         The file is not a readable FITS file (e.g. truncated).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -266,7 +266,7 @@ def check_complete(fx: fitsio.FITS, path: str | None = None) -> None:
     (or silently drops HDUs) only later, so readers check this up front.
     Gzip-compressed files (``.gz``) are not checked.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = os.fspath(path or fx._filename)
     if path.endswith(".gz"):
@@ -324,7 +324,10 @@ def _check_trailing(fx: fitsio.FITS, path: str, end: int) -> None:
 def check_image_size(hdu, path: str | None = None, ext=None) -> tuple:
     """The dimensions of an image HDU; :class:`LimitError` when it has more than
     :data:`gpuspec.limits.MAX_IMAGE_PIXELS` pixels (a tile-compressed header can
-    claim any size; checked before CFITSIO allocates it). Host only."""
+    claim any size; checked before CFITSIO allocates it).
+
+    Backends: host only.
+    """
     try:
         dims = tuple(int(n) for n in (hdu.get_dims() or ()))
     except Exception:  # noqa: BLE001 - read errors are reported by the reader
@@ -341,7 +344,7 @@ def check_image_size(hdu, path: str | None = None, ext=None) -> tuple:
 def hdu_names(fx: fitsio.FITS) -> list[str]:
     """Upper-case EXTNAME of every HDU, in file order (``""`` when unnamed).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     out = []
     for h in fx:
@@ -355,7 +358,7 @@ def hdu_names(fx: fitsio.FITS) -> list[str]:
 def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
     """True if ``fx`` has HDU ``ext`` (EXTNAME, case-insensitive, or index).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     try:
         return ext in fx
@@ -366,7 +369,7 @@ def has_hdu(fx: fitsio.FITS, ext: str | int) -> bool:
 def require_keyword(hdr: Mapping, key: str, path: str | None = None, hdu: str | None = None):
     """Return ``hdr[key]`` or raise :class:`MissingKeywordError` naming file, HDU and keyword.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     try:
         if key in hdr:
@@ -382,7 +385,7 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
 
     Raises :class:`MissingHDUError` or :class:`InputError` naming the file and HDU.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = path or fx._filename
     if not has_hdu(fx, ext):
@@ -407,7 +410,7 @@ def read_table_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
                    header: bool = False):
     """Read a binary table HDU as a native-byte-order structured array.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     path = path or fx._filename
     if not has_hdu(fx, ext):
@@ -441,7 +444,7 @@ def is_structural(key: str) -> bool:
     """True for a layout keyword (:data:`STRUCTURAL_KEYS`, NAXISn, tile-compression and
     table-column cards), COMMENT/HISTORY/CONTINUE and blank names; case-insensitive.
 
-    Host only.
+    Backends: host only.
     """
     ku = str(key).strip().upper()
     return ku in STRUCTURAL_KEYS or _LAYOUT_RE.match(ku) is not None
@@ -486,7 +489,7 @@ def header_dict(hdr, keep_extname: bool = False) -> dict:
     -------
     dict
 
-    Host only (headers are host objects).
+    Backends: host only (headers are host objects).
     """
     if hdr is None:
         return {}
@@ -506,7 +509,9 @@ def header_records(meta) -> list[dict]:
     """fitsio header records from a header or dict, dropping layout keywords (:func:`is_structural`).
 
     Long keyword names (>8 characters, e.g. SATURLEVA) are written by fitsio as
-    HIERARCH cards. Host only.
+    HIERARCH cards.
+
+    Backends: host only.
     """
     out = []
     if meta is None:
@@ -531,7 +536,7 @@ def read_optional_hdu(fx: fitsio.FITS, names, ext: str, path: str | None = None,
                       table: bool = False):
     """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if ext not in names:
         return None
@@ -561,7 +566,9 @@ def check_same_source(meta: Mapping, path, other_meta: Mapping, other_path,
 
     For inputs that must come from the same camera (``CAMERA``) or exposure
     (``EXPID``, ``NIGHT``): a fiber flat of another camera, the sky of another
-    exposure. A keyword missing from either header is not compared. Host only.
+    exposure. A keyword missing from either header is not compared.
+
+    Backends: host only.
     """
     for k in keys:
         a, b = (meta or {}).get(k), (other_meta or {}).get(k)
@@ -580,6 +587,8 @@ def write_checksums(path: str | os.PathLike) -> None:
     the cards (``write_checksum``); their comments are then set to a fixed text
     without CFITSIO's time stamp and CHECKSUM is recomputed, so that the same data
     give byte-identical files.
+
+    Backends: host only (file I/O).
     """
     path = os.fspath(path)
     with fitsio.FITS(path, "rw") as fx:
@@ -660,6 +669,8 @@ def add_dependencies(meta: dict | None = None, modules=DEPENDENCIES) -> dict:
     ``meta`` has its version updated in place, a new one takes the next free
     ``nn`` (00–99); modules not imported in this session are not recorded.
     Returns a new dict (``meta`` is not modified).
+
+    Backends: host only (plain values).
     """
     out = dict(meta or {})
     versions = [("python", ".".join(map(str, sys.version_info[:3])))]

@@ -23,11 +23,17 @@ GPU_ROWS = 1024
 
 
 def block_rows(xp) -> int:
-    """Rows per block for the backend ``xp``. Host only."""
+    """Rows per block for the backend ``xp``.
+
+    Backends: host only.
+    """
     return CPU_ROWS if xp is np else GPU_ROWS
 
 
 def row_blocks(start: int, stop: int, xp) -> list:
-    """Row slices covering ``start .. stop`` in blocks of :func:`block_rows` rows. Host only."""
+    """Row slices covering ``start .. stop`` in blocks of :func:`block_rows` rows.
+
+    Backends: host only.
+    """
     n = block_rows(xp)
     return [slice(r, min(r + n, stop)) for r in range(start, stop, n)]

@@ -45,6 +45,10 @@ class CalibInput:
 
     @property
     def shape(self):
+        """Shape of the calibration image.
+
+        Backends: numpy, cupy (reads only the shape).
+        """
         return tuple(self.data.shape)
 
 
@@ -52,7 +56,9 @@ def read_calibration_file(path: str, name: str) -> np.ndarray:
     """The validated image of a calibration file, in its stored float dtype (int32 for a mask).
 
     :func:`gpuspec.io.calib.read_calib_image` with ``kind=name, as_stored=True``,
-    without the header. Host only (numpy).
+    without the header.
+
+    Backends: host only (numpy).
     """
     return read_calib_image(path, kind=name, as_stored=True)[0]
 
@@ -118,7 +124,7 @@ def load_calibration(entry: Any, name: str, xp, dtype=np.float64) -> CalibInput 
 def check_shape(cal: CalibInput, expected: tuple, what: str) -> None:
     """Raise :class:`BadDataError` naming the calibration (and file) if the shape is wrong.
 
-    Host only (shapes).
+    Backends: host only (shapes).
     """
     if cal.shape != tuple(expected):
         raise BadDataError(f"{cal.name} calibration has shape {cal.shape} but the {what} "

@@ -30,7 +30,10 @@ CALIB_KINDS = ("bias", "dark", "pixflat", "mask")
 
 
 def calib_root(calib_dir: str | None = None) -> str | None:
-    """``calib_dir``, else ``$DESI_SPECTRO_CALIB``, else None."""
+    """``calib_dir``, else ``$DESI_SPECTRO_CALIB``, else None.
+
+    Backends: host only (reads the environment).
+    """
     return calib_dir or os.environ.get("DESI_SPECTRO_CALIB") or None
 
 
@@ -38,6 +41,8 @@ def raw_headers(rawfile: str, camera: str) -> dict:
     """NIGHT, EXPID, SPECID, DETECTOR, CAMERA of a raw file (camera HDU first, then primary).
 
     What the lookup needs; keywords absent from both are absent.
+
+    Backends: host only (file I/O).
     """
     from ..io.util import open_fits
 
@@ -90,7 +95,10 @@ def _yaml_entry(root: str, camera: str, night: int | None, header: dict) -> tupl
 
 def find_calibration(kind: str, camera: str, calib_dir: str, night: int | None = None,
                      header: dict | None = None) -> tuple[str | None, list[str]]:
-    """The file of one calibration kind, and every place looked at (for error messages)."""
+    """The file of one calibration kind, and every place looked at (for error messages).
+
+    Backends: host only (file I/O).
+    """
     camera = camera.lower()
     looked = []
     entry, ypath = _yaml_entry(calib_dir, camera, night, header or {})
@@ -114,5 +122,8 @@ def find_calibration(kind: str, camera: str, calib_dir: str, night: int | None =
 
 def find_calibrations(camera: str, calib_dir: str, night: int | None = None,
                       header: dict | None = None) -> dict:
-    """``{kind: path or None}`` for the four kinds (see the module docstring)."""
+    """``{kind: path or None}`` for the four kinds (see the module docstring).
+
+    Backends: host only (file I/O).
+    """
     return {k: find_calibration(k, camera, calib_dir, night, header)[0] for k in CALIB_KINDS}

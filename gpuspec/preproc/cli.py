@@ -44,7 +44,10 @@ _CALIBS = ("bias", "dark", "pixflat", "mask")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``preproc`` subcommand to ``subparsers``."""
+    """Add the ``preproc`` subcommand to ``subparsers``.
+
+    Backends: host only (argparse).
+    """
     p = subparsers.add_parser(
         "preproc", help="raw exposure -> preproc image(s) (overscan, bias, gain, dark, "
                         "pixflat, masks, cosmics)",
@@ -209,7 +212,10 @@ def _all_calibrations(args, cameras) -> dict:
 
 
 def main(args) -> int:
-    """Run ``gpuspec preproc``; returns 0 when every camera succeeded, else 1."""
+    """Run ``gpuspec preproc``; returns 0 when every camera succeeded, else 1.
+
+    Backends: host only (argparse; the step chooses its own backend).
+    """
     from .fileio import preproc_file
 
     backend = "numpy" if args.no_gpu else args.backend

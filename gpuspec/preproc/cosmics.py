@@ -66,7 +66,7 @@ _AXES = ((0, 1), (1, 0), (1, 1), (1, -1))
 def psf_gradients(camera: str) -> tuple:
     """PSF gradients for the band of ``camera`` (``b0`` → band ``b``); host tuple.
 
-    Host only (a tuple of floats).
+    Backends: host only (a tuple of floats).
     """
     band = str(camera or "")[:1].lower()
     if band not in PSF_GRADIENTS:

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def preproc_filename(camera: str, expid: int) -> str:
-    """DESI name of a preproc file: ``preproc-{camera}-{EXPID:08d}.fits``. Host only."""
+    """DESI name of a preproc file: ``preproc-{camera}-{EXPID:08d}.fits``.
+
+    Backends: host only.
+    """
     return f"preproc-{str(camera).lower()}-{int(expid):08d}.fits"
 
 

@@ -21,7 +21,7 @@ _DEP_RE = re.compile(r"^DEPNAM(\d\d)$")
 def set_dependency(header: dict, name: str, version: Any) -> None:
     """Record ``name = version`` as a desiutil-style DEPNAMnn/DEPVERnn pair (in place).
 
-    Host only.
+    Backends: host only.
     """
     used = {}
     for k, v in header.items():
@@ -43,7 +43,7 @@ def set_dependency(header: dict, name: str, version: Any) -> None:
 def add_missing_keys(header: dict, other: Mapping | None) -> None:
     """Append the keywords of ``other`` that ``header`` lacks (layout keywords skipped).
 
-    Host only.
+    Backends: host only.
     """
     if not other:
         return

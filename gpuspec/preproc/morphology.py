@@ -37,6 +37,8 @@ def linear_element(n: int, m: int, angle: float) -> np.ndarray:
     degrees, then the element is transposed and/or flipped for the other octants.
     ``int()`` truncation makes the non-axis lines slightly asymmetric, which
     matters for exact parity. Host (numpy) array; moved to the device by the caller.
+
+    Backends: host only (NumPy).
     """
     if not 0 <= angle < 180:
         raise ValueError(f"angle ({angle}) must be in [0, 180)")
@@ -67,7 +69,7 @@ def linear_element(n: int, m: int, angle: float) -> np.ndarray:
 def repair_elements(n: int = 11, m: int = 11) -> tuple:
     """The seven structuring elements of the repair (numpy bool arrays, host).
 
-    Host only (NumPy elements; callers move them with ``xp.asarray``).
+    Backends: host only (NumPy elements; callers move them with ``xp.asarray``).
     """
     return tuple(linear_element(n, m, a) for a in REPAIR_ANGLES)
 

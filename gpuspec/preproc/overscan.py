@@ -81,7 +81,9 @@ def overscan_right_of_data(data_sec, ov_sec) -> bool:
     The rule of desispec (``reading_to_the_left``): the overscan always comes after the
     active pixels in readout order, so the amp reads towards lower column indices
     (its overscan on the right) when DATASEC ends at or before BIASSEC starts.
-    ``data_sec`` and ``ov_sec`` are ``(yslice, xslice)``. Host only.
+    ``data_sec`` and ``ov_sec`` are ``(yslice, xslice)``.
+
+    Backends: host only.
     """
     return data_sec[1].stop <= ov_sec[1].start
 

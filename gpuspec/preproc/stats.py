@@ -29,7 +29,7 @@ def clipped_std_bias(nsigma: float) -> float:
     ``sqrt(1 - 2a·exp(-a²/2) / (sqrt(2π)·erf(a/sqrt(2))))`` with ``a = nsigma``.
     Divide a clipped std by this value to correct it. Host scalar (any backend).
 
-    Host only (a Python float, valid for any backend).
+    Backends: host only (a Python float, valid for any backend).
     """
     a = float(nsigma)
     return math.sqrt(1.0 - 2.0 * a * math.exp(-a * a / 2.0)

@@ -10,7 +10,7 @@ from .gausshermite import GaussHermitePSF
 def read_psf(path):
     """Read a Gauss–Hermite PSF file (see :func:`gpuspec.io.psf.read_psf`).
 
-    Host only (file I/O); the PSF evaluates on any ``xp``.
+    Backends: host only (file I/O); the PSF evaluates on any ``xp``.
     """
     from ..io.psf import read_psf as _read
 
@@ -20,7 +20,7 @@ def read_psf(path):
 def write_psf(path, psf, extra_meta=None):
     """Write a Gauss–Hermite PSF file (see :func:`gpuspec.io.psf.write_psf`).
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     from ..io.psf import write_psf as _write
 

@@ -87,17 +87,26 @@ class GaussHermitePSF:
     # ------------------------------------------------------------------ basics
     @property
     def wmin(self) -> float:
-        """Lower end of the wavelength range (trace domain)."""
+        """Lower end of the wavelength range (trace domain).
+
+        Backends: host only (plain values).
+        """
         return self.trace_wmin
 
     @property
     def wmax(self) -> float:
-        """Upper end of the wavelength range (trace domain)."""
+        """Upper end of the wavelength range (trace domain).
+
+        Backends: host only (plain values).
+        """
         return self.trace_wmax
 
     @property
     def npix(self) -> tuple[int, int]:
-        """CCD shape (ny, nx)."""
+        """CCD shape (ny, nx).
+
+        Backends: host only (plain values).
+        """
         return (self.npix_y, self.npix_x)
 
     def _dev(self, xp):
@@ -279,7 +288,7 @@ class GaussHermitePSF:
         The slices are relative to ``(xmin, ymin)`` and the stamp is truncated
         to ``[xmin, xmax) × [ymin, ymax)`` (the CCD by default).
 
-        Host only (NumPy), like specter.
+        Backends: host only (NumPy), like specter.
         """
         xmax = self.npix_x if xmax is None else xmax
         ymax = self.npix_y if ymax is None else ymax
@@ -306,7 +315,7 @@ class GaussHermitePSF:
         """CCD box ``(xmin, xmax, ymin, ymax)`` covering fibers ``[specmin, specmax)`` over
         ``[min(wave_range), max(wave_range)]`` including the spot footprints (specter semantics).
 
-        Host only (NumPy geometry).
+        Backends: host only (NumPy geometry).
         """
         specmin, specmax = int(spec_range[0]), int(spec_range[1])
         w = np.atleast_1d(np.asarray(wave_range, dtype=np.float64))
@@ -334,7 +343,7 @@ class GaussHermitePSF:
         ``[wmin, wmax]``. Pixel-space geometry (traces, spots) is unchanged; only the
         wavelengths attached to it move. Used by the simulator to derive b/z PSFs from r.
 
-        Host only (coefficients are NumPy).
+        Backends: host only (coefficients are NumPy).
         """
         a = (wmax - wmin) / (self.trace_wmax - self.trace_wmin)
 

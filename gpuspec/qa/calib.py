@@ -72,6 +72,8 @@ def plot_fiberflat(fiberflat, title: str | None = None):
     -------
     matplotlib.figure.Figure
         Data axes: flat image, flat per fiber, mean spectrum.
+
+    Backends: host only (matplotlib).
     """
     from .calibfiles import read_fiberflat_file
 
@@ -192,6 +194,8 @@ def plot_sky(sky, frame=None, fiberflat=None, title: str | None = None):
     -------
     matplotlib.figure.Figure
         Data axes: sky spectrum and residual, χ image, χ histogram, χ rms per sky fiber.
+
+    Backends: host only (matplotlib).
     """
     from .calibfiles import read_fiberflat_file, read_sky_file
 
@@ -267,6 +271,8 @@ def throughput_from_calib(calib, wave, exptime: float):
 
     ``T = calib / (1e-17 · λ / (h c) · A · EXPTIME)`` with the collecting area
     A of the simulator (:data:`gpuspec.sim.instrument.AREA_CM2`). Host (NumPy).
+
+    Backends: host only (NumPy).
     """
     from ..sim.instrument import AREA_CM2, HC_ERG_AA
 
@@ -290,6 +296,8 @@ def plot_fluxcalib(fluxcalib, truth=None, title: str | None = None):
     matplotlib.figure.Figure
         Data axes: calibration vector, throughput, per-fiber calibration relative
         to the median. The median throughput line is labelled ``"median throughput"``.
+
+    Backends: host only (matplotlib).
     """
     from .calibfiles import read_fluxcalib_file
 

@@ -23,7 +23,10 @@ def _common(path, obj, primary, values) -> dict:
 
 
 def read_fiberflat_file(path) -> dict:
-    """FIBERFLAT, IVAR, MASK, MEANSPEC, WAVELENGTH, header (and FIBERMAP) of a fiberflat file."""
+    """FIBERFLAT, IVAR, MASK, MEANSPEC, WAVELENGTH, header (and FIBERMAP) of a fiberflat file.
+
+    Backends: host only (NumPy; file I/O).
+    """
     from ..io.fiberflat import read_fiberflat
 
     ff = read_fiberflat(path)
@@ -35,7 +38,10 @@ def read_fiberflat_file(path) -> dict:
 
 
 def read_sky_file(path) -> dict:
-    """SKY, IVAR, MASK, WAVELENGTH and header of a sky model file."""
+    """SKY, IVAR, MASK, WAVELENGTH and header of a sky model file.
+
+    Backends: host only (NumPy; file I/O).
+    """
     from ..io.sky import read_sky
 
     sky = read_sky(path)
@@ -43,7 +49,10 @@ def read_sky_file(path) -> dict:
 
 
 def read_fluxcalib_file(path) -> dict:
-    """FLUXCALIB, IVAR, MASK, WAVELENGTH and header of a flux calibration file."""
+    """FLUXCALIB, IVAR, MASK, WAVELENGTH and header of a flux calibration file.
+
+    Backends: host only (NumPy; file I/O).
+    """
     from ..io.fluxcalib import read_flux_calibration
 
     fc = read_flux_calibration(path)

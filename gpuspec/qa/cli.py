@@ -28,7 +28,10 @@ def _ints(text: str) -> list:
 
 
 def cmd_qa(args) -> int:
-    """``gpuspec qa``: one picture per file; 1 when a file could not be drawn."""
+    """``gpuspec qa``: one picture per file; 1 when a file could not be drawn.
+
+    Backends: host only (argparse; matplotlib).
+    """
     from ..errors import GpuspecError
     from .draw import draw_file, output_paths
     from .kinds import detect_product
@@ -59,7 +62,10 @@ def cmd_qa(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """``gpuspec report``: the HTML report of a production."""
+    """``gpuspec report``: the HTML report of a production.
+
+    Backends: host only (argparse; matplotlib).
+    """
     import os
 
     from .report import write_report
@@ -70,7 +76,10 @@ def cmd_report(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``qa`` and ``report`` to the ``gpuspec`` command."""
+    """Add ``qa`` and ``report`` to the ``gpuspec`` command.
+
+    Backends: host only (argparse).
+    """
     p = subparsers.add_parser(
         "qa", help="QA pictures (PNG) of preproc, frame, spectra, coadd and calibration files",
         description="Draw a QA picture of each file, of the kind detected from the file: "

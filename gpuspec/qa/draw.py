@@ -29,6 +29,8 @@ def pair_sky_inputs(info, infos: list) -> tuple:
 
     Taken from the other files given (same CAMERA and EXPID), else the frame
     beside the sky file (``frame-{camera}-{EXPID:08d}.fits``, desispec's layout).
+
+    Backends: host only (file system paths).
     """
     h = info["header"]
     cam, expid = str(h.get("CAMERA", "")).lower(), h.get("EXPID")
@@ -46,7 +48,10 @@ def pair_sky_inputs(info, infos: list) -> tuple:
 
 
 def figure_for(info, *, infos=(), fibers=None, targetid=None, truth="auto"):
-    """The matplotlib Figure of one product (``info`` from :func:`detect_product`)."""
+    """The matplotlib Figure of one product (``info`` from :func:`detect_product`).
+
+    Backends: host only (matplotlib).
+    """
     kind, path = info["kind"], info["path"]
     if kind not in QA_KINDS:
         raise InputError(f"no QA picture for a {kind} file (gpuspec qa draws "
@@ -78,6 +83,8 @@ def output_paths(inputs: list, out: str) -> list:
     """PNG path of each input: ``out`` itself for one input, else ``{out stem}-{input stem}.png``.
 
     An ``out`` that is an existing folder or ends with ``/`` receives ``{input stem}.png``.
+
+    Backends: host only (file system paths).
     """
     def stem(p):
         b = os.path.basename(p)
@@ -103,6 +110,8 @@ def draw_file(path: str, out: str, *, infos=(), fibers=None, targetid=None,
     gpuspec.errors.InputError
         Unreadable file, a kind without a picture, or data the picture cannot use;
         the message names the file.
+
+    Backends: host only (matplotlib).
     """
     from .mpl import save_figure
 

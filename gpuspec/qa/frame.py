@@ -22,14 +22,20 @@ def _host(a):
 
 
 def fiber_numbers(fibermap, nspec: int, specmin: int = 0):
-    """FIBER of each row (fibermap column, else ``specmin + row``)."""
+    """FIBER of each row (fibermap column, else ``specmin + row``).
+
+    Backends: host only (NumPy).
+    """
     if fibermap is not None and "FIBER" in (fibermap.dtype.names or ()):
         return np.asarray(fibermap["FIBER"], dtype=np.int64)
     return specmin + np.arange(nspec)
 
 
 def is_sky(fibermap, n: int):
-    """Boolean per row: OBJTYPE is SKY (all False without a fibermap)."""
+    """Boolean per row: OBJTYPE is SKY (all False without a fibermap).
+
+    Backends: host only (NumPy).
+    """
     if fibermap is None or "OBJTYPE" not in (fibermap.dtype.names or ()):
         return np.zeros(n, dtype=bool)
     return np.char.strip(np.asarray(fibermap["OBJTYPE"]).astype(str)) == "SKY"
@@ -40,6 +46,8 @@ def choose_fibers(flux, ivar, sky, nmax: int = 3):
 
     Brightness is the median flux over good pixels; without targets or sky
     fibers the first, middle and last rows are used.
+
+    Backends: host only (NumPy).
     """
     n = flux.shape[0]
     good = ivar > 0

@@ -23,7 +23,10 @@ def _commit(r) -> str:
 
 
 def commit_order(records) -> list:
-    """Short commit labels in the order of their first record (records sorted by date)."""
+    """Short commit labels in the order of their first record (records sorted by date).
+
+    Backends: host only (plain values).
+    """
     seen: dict = {}
     for r in sorted(records, key=lambda r: r.get("date_utc", "")):
         seen.setdefault(_commit(r), r.get("date_utc", "")[:10])
@@ -69,6 +72,8 @@ def plot_perf_history(records, title: str = "gpuspec performance history"):
     -------
     matplotlib.figure.Figure
         Data axes: ratio vs reference, end-to-end throughput.
+
+    Backends: host only (matplotlib).
     """
     commits = commit_order(records)
     xpos = {c: i for i, (c, _) in enumerate(commits)}

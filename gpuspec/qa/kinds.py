@@ -44,6 +44,8 @@ def detect_product(path: str) -> ProductInfo:
     MissingFileError, InputError
         Missing, unreadable or truncated file, or a calibration product that
         lacks one of its HDUs (named in the message).
+
+    Backends: host only (file I/O).
     """
     from ..io.cli import detect_kind
     from ..io.util import hdu_names, header_dict, open_fits

@@ -39,6 +39,8 @@ def pyplot():
     ------
     MissingDependencyError
         matplotlib is not installed: ``pip install 'gpuspec[qa]'``.
+
+    Backends: host only (matplotlib).
     """
     global _PLT
     if _PLT is None:
@@ -59,7 +61,10 @@ def pyplot():
 
 
 def new_figure(width: float, height: float, title: str | None = None):
-    """A new figure (inches) with a suptitle; the caller lays out the axes."""
+    """A new figure (inches) with a suptitle; the caller lays out the axes.
+
+    Backends: host only (matplotlib).
+    """
     plt = pyplot()
     fig = plt.figure(figsize=(width, height), layout="constrained")
     if title:
@@ -68,7 +73,10 @@ def new_figure(width: float, height: float, title: str | None = None):
 
 
 def save_figure(fig, path: str) -> str:
-    """Write ``fig`` as PNG to ``path`` atomically (temporary name, then rename); close it."""
+    """Write ``fig`` as PNG to ``path`` atomically (temporary name, then rename); close it.
+
+    Backends: host only (matplotlib).
+    """
     from ..io.util import atomic_output
 
     plt = pyplot()
@@ -81,7 +89,10 @@ def save_figure(fig, path: str) -> str:
 
 
 def data_axes(fig) -> list:
-    """The axes of ``fig`` that hold data (colour bars excluded)."""
+    """The axes of ``fig`` that hold data (colour bars excluded).
+
+    Backends: host only (matplotlib).
+    """
     return [a for a in fig.axes if a.get_label() != "<colorbar>"]
 
 
@@ -91,6 +102,8 @@ def robust_range(values, lo: float = 0.5, hi: float = 99.5, pad: float = 0.08,
 
     Large arrays are subsampled (regular stride) for speed. Returns (0, 1) when
     there is no finite value. Host (NumPy) arrays.
+
+    Backends: host only (NumPy).
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size > max_samples:
@@ -115,6 +128,8 @@ def asinh_norm(values, good=None, max_samples: int = 400_000):
     Returns
     -------
     matplotlib.colors.AsinhNorm
+
+    Backends: host only (matplotlib).
     """
     pyplot()
     from matplotlib.colors import AsinhNorm
@@ -139,7 +154,10 @@ def asinh_norm(values, good=None, max_samples: int = 400_000):
 
 
 def asinh_ticks(norm) -> list:
-    """Readable colour-bar ticks of an :func:`asinh_norm`: 0 and powers of ten up to vmax."""
+    """Readable colour-bar ticks of an :func:`asinh_norm`: 0 and powers of ten up to vmax.
+
+    Backends: host only (NumPy).
+    """
     lw = float(norm.linear_width)
     lo, hi = float(norm.vmin), float(norm.vmax)
     base = 10.0 ** np.floor(np.log10(max(lw, 1e-12)))
@@ -162,7 +180,10 @@ def asinh_ticks(norm) -> list:
 
 
 def integer_ticks(ax, axis: str = "x") -> None:
-    """Integer-only ticks (fiber numbers, ranks) on ``axis`` of ``ax``."""
+    """Integer-only ticks (fiber numbers, ranks) on ``axis`` of ``ax``.
+
+    Backends: host only (matplotlib).
+    """
     pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -170,7 +191,10 @@ def integer_ticks(ax, axis: str = "x") -> None:
 
 
 def note(ax, text: str) -> None:
-    """Write ``text`` in the middle of an empty panel (e.g. "no CHI2PIX in this file")."""
+    """Write ``text`` in the middle of an empty panel (e.g. "no CHI2PIX in this file").
+
+    Backends: host only (matplotlib).
+    """
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9,
             color="0.35", wrap=True)
     ax.set_xticks([])

@@ -32,20 +32,35 @@ class Production:
 
     @property
     def ran(self) -> list:
-        """Tasks with a start time (they ran, or are running)."""
+        """Tasks with a start time (they ran, or are running).
+
+        Backends: host only (plain values).
+        """
         return [t for t in self.tasks if t.get("start") is not None and t.get("rank") is not None]
 
     @property
     def t0(self) -> float | None:
+        """Earliest task start time, or None.
+
+        Backends: host only (plain values).
+        """
         s = [t["start"] for t in self.ran]
         return min(s) if s else None
 
     @property
     def t1(self) -> float | None:
+        """Latest task end time, or None.
+
+        Backends: host only (plain values).
+        """
         e = [t["end"] for t in self.ran if t.get("end") is not None]
         return max(e) if e else None
 
     def steps(self) -> list:
+        """Step names, in the order of ``counts``.
+
+        Backends: host only (plain values).
+        """
         return list(self.counts)
 
 
@@ -58,6 +73,8 @@ def load_production(prod: str) -> Production:
         No state database (gpuspec-run has not run there).
     InputError
         The file is not a readable state database.
+
+    Backends: host only (file I/O).
     """
     import sqlite3
 
@@ -81,7 +98,10 @@ def load_production(prod: str) -> Production:
 
 
 def task_duration(t: dict, now: float | None = None) -> float | None:
-    """Seconds of the task's last attempt (to ``now`` while it runs), or None."""
+    """Seconds of the task's last attempt (to ``now`` while it runs), or None.
+
+    Backends: host only (plain values).
+    """
     if t.get("start") is None:
         return None
     end = t.get("end")
@@ -93,7 +113,10 @@ def task_duration(t: dict, now: float | None = None) -> float | None:
 
 
 def log_tail(path: str | None, nlines: int = 25, max_bytes: int = 64_000) -> str:
-    """The last ``nlines`` lines of a log file ('' when it is missing)."""
+    """The last ``nlines`` lines of a log file ('' when it is missing).
+
+    Backends: host only (file I/O).
+    """
     if not path or not os.path.exists(path):
         return ""
     with open(path, "rb") as f:
@@ -112,6 +135,8 @@ def stragglers(prod: Production, factor: float = 2.0, nmad: float = 5.0,
     its step, the median + ``nmad`` × 1.4826·MAD, and the median by more than
     ``min_excess`` seconds and ``min_fraction`` of the run's span (so that a
     0.3-s task among 0.1-s ones is not news); steps with at least 4 tasks.
+
+    Backends: host only (NumPy).
     """
     t0, t1 = prod.t0, prod.t1
     floor = max(min_excess, min_fraction * (t1 - t0)) if t0 is not None and t1 else min_excess

@@ -24,7 +24,10 @@ _STEP_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf
 
 
 def step_colors(steps) -> dict:
-    """A colour per step, in order (never the red of failed tasks)."""
+    """A colour per step, in order (never the red of failed tasks).
+
+    Backends: host only (matplotlib).
+    """
     return {s: _STEP_PALETTE[i % len(_STEP_PALETTE)] for i, s in enumerate(steps)}
 
 
@@ -46,7 +49,10 @@ def _time_axis(span: float):
 
 
 def plot_states(prod):
-    """Stacked horizontal bars: tasks per step and state (counts written on the bars)."""
+    """Stacked horizontal bars: tasks per step and state (counts written on the bars).
+
+    Backends: host only (matplotlib).
+    """
     steps = prod.steps()
     fig = new_figure(11, 1.6 + 0.55 * max(len(steps), 1), "task states per step")
     ax = fig.add_subplot()
@@ -78,6 +84,8 @@ def plot_timeline(prod, now: float | None = None):
     :func:`gpuspec.qa.proddb.stragglers`) outlined in black, tasks still running
     drawn up to ``now``; the right margin gives each rank's busy fraction of the
     run, so idle ranks stand out.
+
+    Backends: host only (matplotlib).
     """
     now = time.time() if now is None else now
     ran = prod.ran
@@ -144,7 +152,10 @@ def plot_timeline(prod, now: float | None = None):
 
 
 def plot_throughput(prod, now: float | None = None):
-    """Two panels: ranks busy over time, and tasks completed per step over time."""
+    """Two panels: ranks busy over time, and tasks completed per step over time.
+
+    Backends: host only (matplotlib).
+    """
     now = time.time() if now is None else now
     fig = new_figure(13, 6.5, "throughput")
     ax_b = fig.add_subplot(2, 1, 1)

@@ -180,7 +180,10 @@ def _failed(prod, base, ntail) -> str:
 
 
 def render_html(prod, images: dict, base: str, nslow: int = 15, ntail: int = 30) -> str:
-    """The page (a string) for ``prod``; ``images`` maps a section to its PNG file name."""
+    """The page (a string) for ``prod``; ``images`` maps a section to its PNG file name.
+
+    Backends: host only (plain values).
+    """
     ntask = len(prod.tasks)
     ran = [t for t in prod.ran if task_duration(t) is not None]
     slowest = sorted(ran, key=lambda t: -task_duration(t))[:nslow]
@@ -249,6 +252,8 @@ def write_report(prod: str, out: str) -> str:
         No state database.
     gpuspec.qa.mpl.MissingDependencyError
         matplotlib is not installed (``pip install 'gpuspec[qa]'``).
+
+    Backends: host only (matplotlib; file I/O).
     """
     from ..io.util import atomic_output
     from .prodplots import plot_states, plot_throughput, plot_timeline

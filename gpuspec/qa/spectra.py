@@ -31,7 +31,10 @@ def _rows(fm, tid):
 
 
 def choose_target(spectra) -> int:
-    """TARGETID of the non-sky target with the highest median S/N (the first target if none)."""
+    """TARGETID of the non-sky target with the highest median S/N (the first target if none).
+
+    Backends: host only (NumPy).
+    """
     fm = spectra.fibermap
     n = spectra.num_spectra
     snr = np.zeros(n)
@@ -140,6 +143,8 @@ def truth_spectra(spectra, tid, truth, path=None):
 
     For a spectra file one model per exposure row; for a coadd one row (see the
     module docstring). Models are None where the truth is unknown.
+
+    Backends: host only (NumPy; file I/O).
     """
     is_coadd = spectra.exp_fibermap is not None
     rows = _rows(spectra.fibermap, tid)

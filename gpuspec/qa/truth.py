@@ -40,6 +40,8 @@ def find_simdir(product: str, hint: str | None = None, levels: int = 8) -> str |
         the user; used when it is one.
     levels : int
         How many parent folders to search (``P`` and ``P/sim`` at each level).
+
+    Backends: host only (file I/O).
     """
     if hint:
         h = os.path.abspath(hint)
@@ -75,7 +77,10 @@ class TruthCache:
         self._cache: dict = {}
 
     def truth(self, expid: int, camera: str) -> dict | None:
-        """:func:`gpuspec.sim.read_truth` of one exposure and camera, or None if absent."""
+        """:func:`gpuspec.sim.read_truth` of one exposure and camera, or None if absent.
+
+        Backends: host only (NumPy; file I/O).
+        """
         key = (int(expid), camera.lower())
         if key not in self._cache:
             from ..sim.truth import read_truth
@@ -92,6 +97,8 @@ class TruthCache:
 
         ``wave`` must be a run of the truth's bin centres (the extraction grids of
         the simulated data are); any other grid gives None.
+
+        Backends: host only (NumPy).
         """
         t = self.truth(expid, camera)
         if t is None:
@@ -112,6 +119,8 @@ class TruthCache:
 
         The ``ndiag // 2`` bins at each end are NaN: their resolution rows reach
         outside the grid, where the product holds no truth.
+
+        Backends: host only (NumPy).
         """
         from .. import resolution
 
@@ -129,7 +138,10 @@ class TruthCache:
 
     def calib_per_angstrom(self, expid: int, camera: str, wave):
         """The simulated calibration (e⁻/Å per 1e-17 erg/s/cm²/Å, throughput of fiber 1,
-        transparency applied) interpolated on ``wave``, or None."""
+        transparency applied) interpolated on ``wave``, or None.
+
+        Backends: host only (NumPy).
+        """
         t = self.truth(expid, camera)
         if t is None:
             return None

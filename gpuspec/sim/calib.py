@@ -62,7 +62,7 @@ def make_calib(seed: int, camera: str, geom: CCDGeometry, elec: Electronics,
                structure: np.ndarray) -> CameraCalib:
     """Calibration images of ``camera`` (deterministic in ``seed`` and ``camera``).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     rng = stream(seed, "calib", camera)
     ny, nx = geom.trimmed_shape

@@ -50,7 +50,7 @@ def crop_shape(psf, nspec: int, wave_range, full_size: bool) -> tuple[int, int]:
     0..nspec-1 over ``wave_range`` plus a 16-pixel margin, rounded up to even
     sizes, at least 256 rows and never beyond the full CCD.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if full_size:
         return int(psf.npix_y), int(psf.npix_x)
@@ -87,13 +87,16 @@ class CameraSetup:
 
     @property
     def fibers(self) -> np.ndarray:
-        """PSF fiber indices (0..nspec-1 within the petal)."""
+        """PSF fiber indices (0..nspec-1 within the petal).
+
+        Backends: host only (NumPy).
+        """
         return np.arange(self.targets.nspec)
 
     def phot(self, transparency: float, sky_scale: float):
         """(PHOT, SKYPHOT): photo-electrons per bin (nspec, nwave).
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         sky = sky_scale * self.skyflux[None, :] * self.calibvec[None, :] * self.thru
         obj = transparency * self.objflux * self.calibvec[None, :] * self.thru
@@ -102,7 +105,7 @@ class CameraSetup:
     def flat_phot(self, lamp_scale: float) -> np.ndarray:
         """Photo-electrons per bin (nspec, nwave) of a flat-lamp exposure.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         return lamp_scale * self.lamp[None, :] * self.dw * self.thru
 
@@ -176,7 +179,7 @@ def simulate_exposure(setup: CameraSetup, seed: int, expid: int, conditions: dic
         electrons), ``saturated`` (y, x), ``offsets`` (amp -> ADU).
     model : ndarray, only if ``return_model``
 
-    Host only (NumPy random draws on the images rendered by :func:`setup_camera`).
+    Backends: host only (NumPy random draws on the images rendered by :func:`setup_camera`).
     """
     cam = setup.camera
     cal = setup.calib

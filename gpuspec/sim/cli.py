@@ -51,7 +51,7 @@ def _wave_range(text: str):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``simulate`` subcommand to ``subparsers``.
 
-    Host only (argument parsing; the step chooses its own backend).
+    Backends: host only (argument parsing; the step chooses its own backend).
     """
     from .defaults import DEFAULT_EXPID0, DEFAULT_NFLAT, DEFAULT_NIGHT
 
@@ -98,7 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args) -> int:
     """Run ``gpuspec simulate``.
 
-    Host only (argument parsing; the step chooses its own backend).
+    Backends: host only (argument parsing; the step chooses its own backend).
     """
     from .night import simulate_night
 

@@ -45,6 +45,8 @@ def make_fibermap(targets_by_petal: dict[int, Targets], tile: Tile, seed: int, n
     Returns
     -------
     numpy structured array (gpuspec.io.fibermap dtype), ordered by FIBER.
+
+    Backends: host only (NumPy).
     """
     parts = []
     for petal in sorted(targets_by_petal):
@@ -99,7 +101,7 @@ def make_flat_fibermap(targets_by_petal: dict[int, Targets], exptime: float) -> 
     (the positioners do not move for the flats). ``autocalib_fiberflat`` fits the lamp
     illumination in these coordinates.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     parts = []
     for petal in sorted(targets_by_petal):
@@ -114,7 +116,10 @@ def make_flat_fibermap(targets_by_petal: dict[int, Targets], exptime: float) -> 
 
 
 def desiname(ra, dec) -> np.ndarray:
-    """DESINAME-like identifiers ``DESI JRRR.RRRR+DD.DDDD`` from the position (deg)."""
+    """DESINAME-like identifiers ``DESI JRRR.RRRR+DD.DDDD`` from the position (deg).
+
+    Backends: host only (NumPy).
+    """
     ra = np.asarray(ra, dtype=np.float64)
     dec = np.asarray(dec, dtype=np.float64)
     return np.array([f"DESI J{r:08.4f}{d:+08.4f}" for r, d in zip(ra, dec)], dtype="S22")

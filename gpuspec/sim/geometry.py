@@ -41,7 +41,7 @@ class AmpGeometry:
     def header(self) -> dict:
         """Section keywords of this amp in FITS syntax.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         a = self.name
         return {f"PRESEC{a}": format_sec(*self.prescan), f"DATASEC{a}": format_sec(*self.data),
@@ -117,25 +117,31 @@ class CCDGeometry:
         prescans so that prescan + data of amps A and C spans at least
         :data:`MIN_AMP_WIDTH` columns (desispec's trail finder needs them).
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         npre = 7 if full_size else max(7, MIN_AMP_WIDTH - nx // 2)
         return cls(ny=ny, nx=nx, npre=npre)
 
     @property
     def trimmed_shape(self) -> tuple[int, int]:
-        """(ny, nx) of the trimmed image."""
+        """(ny, nx) of the trimmed image.
+
+        Backends: host only (plain values).
+        """
         return (self.ny, self.nx)
 
     @property
     def raw_shape(self) -> tuple[int, int]:
-        """(ny, nx) of the raw image."""
+        """(ny, nx) of the raw image.
+
+        Backends: host only (plain values).
+        """
         return (self.ny + 2 * self.norow, self.nx + 2 * (self.npre + self.nover))
 
     def header(self) -> dict:
         """All section keywords (PRESECx, DATASECx, BIASSECx, ORSECx, CCDSECx).
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         out = {}
         for a in AMPS:
@@ -145,7 +151,7 @@ class CCDGeometry:
     def amp_index_map(self) -> np.ndarray:
         """int8 raw-shape map of the amp (0..3 for A..D) that reads each raw pixel.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         m = np.empty(self.raw_shape, dtype=np.int8)
         for i, a in enumerate(AMPS):
@@ -155,7 +161,7 @@ class CCDGeometry:
     def trimmed_amp_map(self) -> np.ndarray:
         """int8 trimmed-shape map of the amp (0..3) of each CCD pixel.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         m = np.empty(self.trimmed_shape, dtype=np.int8)
         for i, a in enumerate(AMPS):
@@ -165,7 +171,7 @@ class CCDGeometry:
     def to_raw(self, trimmed: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Place a trimmed image into a raw-shape array (non-data pixels = ``fill``).
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         out = np.full(self.raw_shape, fill, dtype=trimmed.dtype)
         for a in AMPS:
@@ -176,7 +182,7 @@ class CCDGeometry:
     def to_trimmed(self, raw: np.ndarray) -> np.ndarray:
         """Extract the data sections of a raw-shape array into the trimmed image.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         out = np.empty(self.trimmed_shape, dtype=raw.dtype)
         for a in AMPS:

@@ -48,7 +48,7 @@ _INSTRUMENT = {
 def instrument_throughput(band: str, wave) -> np.ndarray:
     """Instrument throughput (0–1) of ``band`` at ``wave`` (Å), without the atmosphere.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     x, y = _INSTRUMENT[band]
     return np.interp(np.asarray(wave, dtype=np.float64), x, y)
@@ -62,7 +62,7 @@ def atmosphere_extinction(wave) -> np.ndarray:
     (0.03 mag, Gaussian of σ 600 Å at 6000 Å): 0.54 mag at 3600 Å, 0.18 at 5000 Å,
     0.07 at 7000 Å, 0.03 at 9000 Å. Telluric absorption bands are not modelled.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     lam = np.asarray(wave, dtype=np.float64) / 1e4
     rayleigh = 1.0857 * 0.78 * 0.0088 * lam ** -4.05
@@ -74,7 +74,7 @@ def atmosphere_extinction(wave) -> np.ndarray:
 def atmosphere_transmission(wave, airmass: float = AIRMASS) -> np.ndarray:
     """Fraction of the light transmitted by the atmosphere at ``airmass``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     return 10.0 ** (-0.4 * atmosphere_extinction(wave) * float(airmass))
 
@@ -82,7 +82,7 @@ def atmosphere_transmission(wave, airmass: float = AIRMASS) -> np.ndarray:
 def throughput(band: str, wave, airmass: float = AIRMASS) -> np.ndarray:
     """System throughput (atmosphere × instrument) of ``band`` at ``wave``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     return instrument_throughput(band, wave) * atmosphere_transmission(wave, airmass)
 
@@ -94,7 +94,7 @@ def calib_vector(band: str, wave, dw: float, exptime: float,
     ``T`` is :func:`throughput` (atmosphere at ``airmass`` × instrument), for a fiber of
     relative throughput 1 and a transparency of 1.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, dtype=np.float64)
     return (1e-17 * w / HC_ERG_AA * AREA_CM2 * throughput(band, w, airmass) * float(exptime)
@@ -104,7 +104,7 @@ def calib_vector(band: str, wave, dw: float, exptime: float,
 def planck_lambda(wave, teff):
     """Blackbody B_λ(T) in erg/s/cm²/Å/sr (``wave`` Å, ``teff`` K; broadcasting).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     lam = np.asarray(wave, np.float64) * 1e-8
     x = H_PLANCK * C_LIGHT / (lam * K_BOLTZ * np.asarray(teff, np.float64))
@@ -125,7 +125,7 @@ def fiber_throughput(achromatic, g1, g2, wave, chromatic: float = 0.02) -> np.nd
     chromatic : float
         Amplitude of the wavelength dependence.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     x = (np.asarray(wave, np.float64) - 6700.0) / 3100.0
     a = np.asarray(achromatic, np.float64)[:, None]
@@ -140,7 +140,7 @@ def flat_lamp(band: str, wave, level: float = 2.0e4) -> np.ndarray:
     A 3100 K blackbody (quartz-halogen lamp) times :func:`instrument_throughput`,
     scaled so that its maximum over the band's production grid is ``level``.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, np.float64)
     lo, hi = PRODUCTION_WAVE[band]

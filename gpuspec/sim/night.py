@@ -56,7 +56,7 @@ _FLAT_OVERHEAD_S = 60.0  # seconds between flat-lamp exposures
 def layout(outdir: str, night: int, expid: int | None = None, camera: str | None = None) -> dict:
     """Paths of a simulated night (see the module docstring).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     d = {"simulation": os.path.join(outdir, "simulation.json")}
     if expid is not None:
@@ -424,7 +424,8 @@ def simulate_night(outdir: str, cameras: str | Iterable[str] = "b0,r0,z0", nspec
 
     Notes
     -----
-    Rendering backends: numpy and cupy. Everything else is host NumPy.
+    Backends: numpy, cupy for the PSF rendering (``backend_name``); the rest is host
+    NumPy and file I/O.
     """
     t_start = time.perf_counter()
     _check(nspec, nexp, exptime, seed, expid0, night, nflat, nsky, nstd)

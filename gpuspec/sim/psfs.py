@@ -37,7 +37,7 @@ def default_template_path() -> str:
     f8315673eba76c802a48c1295873fdc3), so the simulator and the demo work on a
     fresh machine without the reference data.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if os.environ.get(_ENV):
         return os.environ[_ENV]
@@ -48,7 +48,7 @@ def default_template_path() -> str:
 def load_template(path: str | None = None):
     """Read the template PSF (r band).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     from ..psf import read_psf
 
@@ -64,7 +64,7 @@ def band_domain(band: str, template) -> tuple[float, float]:
     The linear map sends r's production grid ends (5760, 7620 Å) onto the
     band's production grid ends; the template domain follows the same map.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if band == "r":
         return float(template.wmin), float(template.wmax)
@@ -77,7 +77,7 @@ def band_domain(band: str, template) -> tuple[float, float]:
 def camera_psf(camera: str, template):
     """The PSF model of ``camera`` (a remapped copy of the template for b and z).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     band = camera[0]
     if band == "r":
@@ -93,7 +93,7 @@ def trace_wave_range(psf, fibers, y_lo: float, y_hi: float, step: float = 0.8,
 
     Used to render every wavelength that can put light on the image rows.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     wave = lattice_grid(psf.wmin, psf.wmax, step, anchor)
     y = psf.y(np.asarray(fibers), wave)

@@ -45,7 +45,10 @@ class Electronics:
     ripple_phase: float
 
     def header(self) -> dict:
-        """GAINx, RDNOISEx, SATURLEVx keywords."""
+        """GAINx, RDNOISEx, SATURLEVx keywords.
+
+        Backends: host only (plain values).
+        """
         out = {}
         for a in AMPS:
             out[f"GAIN{a}"] = round(float(self.gain[a]), 4)
@@ -55,7 +58,10 @@ class Electronics:
 
 
 def make_electronics(seed: int, camera: str) -> Electronics:
-    """Gains (1.4–1.8 e⁻/ADU), read noise (2.6–3.6 e⁻), bias levels (980–1120 ADU), ..."""
+    """Gains (1.4–1.8 e⁻/ADU), read noise (2.6–3.6 e⁻), bias levels (980–1120 ADU), ...
+
+    Backends: host only (NumPy).
+    """
     rng = stream(seed, "electronics", camera)
     g = rng.uniform(1.4, 1.8, 4)
     rn = rng.uniform(2.6, 3.6, 4)
@@ -78,6 +84,8 @@ def bias_structure(seed: int, camera: str, geom: CCDGeometry, elec: Electronics)
 
     Edge glow decaying away from each amp's prescan edge, a row ripple and
     0.3 ADU fixed-pattern noise. The per-amp offset is not included.
+
+    Backends: host only (NumPy).
     """
     rng = stream(seed, "bias_structure", camera)
     ny, nx = geom.raw_shape
@@ -114,6 +122,8 @@ def make_cosmics(rng: np.random.Generator, shape: tuple[int, int], exptime: floa
         Unique affected pixels.
     electrons : float array
         Deposited electrons per pixel.
+
+    Backends: host only (NumPy).
     """
     ny, nx = shape
     n = int(rng.poisson(rate * ny * nx * exptime))
@@ -162,6 +172,8 @@ def digitize(electrons: np.ndarray, geom: CCDGeometry, elec: Electronics,
     Returns
     -------
     ndarray int32 (raw shape), values in 0..65535.
+
+    Backends: host only (NumPy).
     """
     amp_raw = geom.amp_index_map()
     amp_trim = geom.trimmed_amp_map()

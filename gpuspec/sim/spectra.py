@@ -36,7 +36,7 @@ def bin_gauss(wave, dw: float, center, sigma) -> np.ndarray:
     """Fraction of a unit Gaussian (``center``, ``sigma`` broadcastable, shape (..., 1))
     falling in each bin ``[wave - dw/2, wave + dw/2]``: shape (..., nwave).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, dtype=np.float64)
     c = np.asarray(center, dtype=np.float64)
@@ -51,7 +51,7 @@ def object_flux(t: Targets, wave, dw: float) -> np.ndarray:
     lines integrated over each bin. Standard stars: their template averaged over each
     bin (:func:`gpuspec.sim.stars.star_flux`). Sky fibers get 0.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     from .stars import star_flux
 
@@ -94,7 +94,7 @@ class SkyModel:
     def flux(self, wave, dw: float, scale: float = 1.0) -> np.ndarray:
         """Bin-averaged sky f_λ at ``wave`` (nwave,) times ``scale``.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         w = np.asarray(wave, dtype=np.float64)
         f = np.interp(w, self.cont_x, self.cont_y)
@@ -128,7 +128,7 @@ def make_sky(seed: int) -> SkyModel:
     the wavelengths desispec fits throughput corrections on) with log-normal fluxes
     (median 8 × 1e-17 erg/s/cm² per fiber, σ_ln 0.9) growing to the red (×3 at 10100 Å).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     from ..calibrate.skylines import SKY_LINES
 
@@ -149,7 +149,7 @@ def make_sky(seed: int) -> SkyModel:
 def exposure_conditions(seed: int, expid: int) -> dict:
     """Per-exposure sky brightness scale and transparency (same for all cameras).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     rng = stream(seed, "conditions", expid)
     return {"sky_scale": float(rng.uniform(0.9, 1.2)),

@@ -32,7 +32,7 @@ _GRID = (3200.0, 10800.0, 0.5)
 def star_library():
     """The stellar template library on 3200–10800 Å every 0.5 Å (cached).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     from ..calibrate.templates import make_templates
 
@@ -46,7 +46,7 @@ def draw_templates(seed: int, petal: int, n: int) -> np.ndarray:
     Drawn from ``stream(seed, "stdstars", petal)`` among the templates with Teff in
     :data:`STD_TEFF_RANGE`, for all ``n`` fibers (independent of which are stars).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     lib = star_library()
     cand = np.flatnonzero((lib.teff >= STD_TEFF_RANGE[0]) & (lib.teff <= STD_TEFF_RANGE[1]))
@@ -85,7 +85,7 @@ def star_flux(template, vrad, mag_r, wave) -> np.ndarray:
         The exact average over each bin of the piecewise-linear template
         (:func:`gpuspec.calibrate.util.resample_flux`).
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     from ..calibrate.util import resample_flux
 
@@ -101,7 +101,7 @@ def star_flux(template, vrad, mag_r, wave) -> np.ndarray:
 def star_nanomaggies(template, vrad, mag_r) -> dict:
     """FLUX_G, FLUX_R, FLUX_Z (nanomaggies) of the scaled, shifted templates.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     from ..calibrate.templates import synthetic_mag
 

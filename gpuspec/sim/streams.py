@@ -23,7 +23,7 @@ __all__ = ["stream", "key_int"]
 def key_int(key) -> int:
     """Map a stream key (str or non-negative int) to a non-negative integer.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if isinstance(key, (bool, np.bool_)):
         key = int(key)
@@ -48,6 +48,8 @@ def stream(seed: int, *keys) -> np.random.Generator:
     -------
     numpy.random.Generator
         A PCG64 generator seeded with ``SeedSequence(seed, spawn_key=keys)``.
+
+    Backends: host only (NumPy).
     """
     ss = np.random.SeedSequence(int(seed), spawn_key=tuple(key_int(k) for k in keys))
     return np.random.default_rng(ss)

@@ -127,12 +127,16 @@ class Targets:
 
     @property
     def nspec(self) -> int:
+        """Number of targets.
+
+        Backends: host only (NumPy).
+        """
         return len(self.fiber)
 
     def targetid(self, tileid: int) -> np.ndarray:
         """Unique positive TARGETIDs (int64) for this tile and petal.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         return (np.int64(39627000000000000) + np.int64(tileid) * 10000
                 + self.fiber.astype(np.int64))
@@ -140,7 +144,7 @@ class Targets:
     def desi_target(self) -> np.ndarray:
         """DESI_TARGET bits (int64).
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         out = np.zeros(self.nspec, dtype=np.int64)
         for k, bit in DESI_TARGET_BITS.items():
@@ -150,7 +154,7 @@ class Targets:
     def throughput(self, wave) -> np.ndarray:
         """Relative throughput T_f(λ) of each fiber on ``wave``: (nspec, nwave).
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         from .instrument import fiber_throughput
 
@@ -159,7 +163,7 @@ class Targets:
     def subset(self, n: int) -> "Targets":
         """The first ``n`` fibers.
 
-        Host only (NumPy).
+        Backends: host only (NumPy).
         """
         kw = {}
         for name in self.__dataclass_fields__:
@@ -173,7 +177,7 @@ def continuum(t: Targets, wave: np.ndarray) -> np.ndarray:
 
     0 for standard stars (whole templates, :func:`gpuspec.sim.stars.star_flux`) and sky.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     w = np.asarray(wave, dtype=np.float64)[None, :]
     z1 = (1.0 + t.z)[:, None]
@@ -360,7 +364,7 @@ def make_targets(seed: int, petal: int, nspec: int, tile: Tile = Tile(), nsky: i
         A fiber's parameters depend on the seed, the petal and the fiber only; its class
         (SKY, STD or science) also on ``nspec``, ``nsky`` and ``nstd`` when those are given.
 
-    Host only (NumPy).
+    Backends: host only (NumPy).
     """
     if not 0 < nspec <= FIBERS_PER_PETAL:
         raise ValueError(f"nspec must be in 1..{FIBERS_PER_PETAL}, got {nspec}")

@@ -87,7 +87,7 @@ def write_truth(path: str, meta: dict, targets_table: np.ndarray, cameras: dict)
         ``{camera: {"wave", "dw", "fibermin", "phot", "cosmics", "saturated"}}`` plus
         any of ``"thru", "skyphot", "calib", "objflux", "skyflux", "lamp"``.
 
-    Host only (file I/O); device (CuPy) arrays are copied to the host first.
+    Backends: host only (file I/O); device (CuPy) arrays are copied to the host first.
     """
     with atomic_output(path) as tmp:
         with fitsio.FITS(tmp, "rw", clobber=True) as fx:
@@ -131,7 +131,7 @@ def read_truth(path: str, camera: str | None = None) -> dict:
         and those of ``thru``, ``skyphot``, ``calib``, ``objflux``, ``skyflux``, ``lamp``
         that the file has (float64; the others are absent from the dict).
 
-    Host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
+    Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
     with open_fits(path) as fx:
