@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BadDataError, InputError, MissingHDUError
 from ..limits import MAX_PSF_GHDEG, MAX_PSF_HALFSIZE, MAX_PSF_LEGDEG
 from ..psf.gausshermite import GaussHermitePSF
-from .util import (atomic_output, header_dict, has_hdu, header_records, open_fits,
+from .util import (atomic_output, header_dict, header_float, has_hdu, header_records, open_fits,
                    read_image_hdu, read_table_hdu, require_keyword,
                    write_checksums)
 
@@ -125,18 +125,8 @@ def read_psf(path: str | os.PathLike) -> GaussHermitePSF:
 # --------------------------------------------------------------------------- validation
 
 def _number(meta, key, path, hdu) -> float:
-    """A finite number from a header (InputError naming the keyword otherwise)."""
-    v = meta.get(key)
-    try:
-        if isinstance(v, bool):
-            raise TypeError
-        x = float(v)
-    except (TypeError, ValueError):
-        raise BadDataError(f"{key}={v!r} is not a number", path=path, hdu=hdu,
-                           keyword=key) from None
-    if not np.isfinite(x):
-        raise BadDataError(f"{key}={v!r} is not finite", path=path, hdu=hdu, keyword=key)
-    return x
+    """A finite number from a header (:func:`gpuspec.io.util.header_float`)."""
+    return header_float(meta.get(key), key, path, hdu)
 
 
 def _int_keyword(meta, key, path, hdu, lo, hi, default=None) -> int:

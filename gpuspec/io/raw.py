@@ -21,7 +21,6 @@ host-side (NumPy); the images they return go to a device with
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ from ..backend import native, to_host
 from ..errors import BadDataError, BadSectionError, InputError, MissingHDUError, \
     MissingKeywordError
 from ..profiling import nvtx_range
-from .util import atomic_output, check_image_size, hdu_names, header_dict, header_records, open_fits, \
-    parse_sec, require_keyword, write_checksums
+from .util import atomic_output, check_image_size, hdu_names, header_dict, header_float, \
+    header_records, open_fits, parse_sec, require_keyword, write_checksums
 
 __all__ = ["read_raw", "write_raw", "find_cameras", "validate_raw_header", "raw_layout",
            "RawLayout", "amp_ids", "trimmed_shape", "normalize_camera"]
@@ -122,19 +121,6 @@ def trimmed_shape(header: Mapping, amps: list[str] | None = None, path: str | No
     return ny, nx
 
 
-def _as_float(value, key, path, hdu) -> float:
-    try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BadDataError(f"value {value!r} is not a number", path=path, hdu=hdu,
-                           keyword=key) from None
-    if not math.isfinite(v):
-        raise BadDataError(f"value {value!r} is not finite", path=path, hdu=hdu, keyword=key)
-    return v
-
-
 def _night(value):
     s = str(value).strip()
     try:
@@ -213,7 +199,7 @@ def _amp_gain(h: dict, amp: str, nogain: bool, path, hdu) -> float:
     if nogain:
         return 1.0
     key = "GAIN" + amp
-    gain = _as_float(require_keyword(h, key, path, hdu), key, path, hdu)
+    gain = header_float(require_keyword(h, key, path, hdu), key, path, hdu)
     if gain <= 0:
         raise BadDataError(f"gain must be > 0, got {gain}", path=path, hdu=hdu, keyword=key)
     return gain
@@ -225,7 +211,7 @@ def _exposure_time(h: dict, primary: dict, required: bool, path, hdu) -> float |
     for where, src in (("PRIMARY", primary), (hdu, h)):
         if src.get("EXPTIME") is None:
             continue
-        t = _as_float(src["EXPTIME"], "EXPTIME", path, where)
+        t = header_float(src["EXPTIME"], "EXPTIME", path, where)
         if t < 0:
             raise BadDataError(f"exposure time must be >= 0, got {t}", path=path, hdu=where,
                                keyword="EXPTIME")
@@ -302,7 +288,7 @@ def raw_layout(header: Mapping, shape: tuple[int, int], path: str | None = None,
     sections = {amp: _amp_sections(h, amp, shape, trimmed, path, hdu) for amp in amps}
     _check_no_overlap(sections, path, hdu)
     gains = {amp: _amp_gain(h, amp, nogain, path, hdu) for amp in amps}
-    saturlev = {amp: (_as_float(h["SATURLEV" + amp], "SATURLEV" + amp, path, hdu)
+    saturlev = {amp: (header_float(h["SATURLEV" + amp], "SATURLEV" + amp, path, hdu)
                       if h.get("SATURLEV" + amp) is not None else None) for amp in amps}
     exptime = _exposure_time(h, primary, require_exptime, path, hdu)
     _check_night(h, primary, path, hdu)

@@ -694,3 +694,21 @@ def add_dependencies(meta: dict | None = None, modules=DEPENDENCIES) -> dict:
             out[f"DEPNAM{free:02d}"] = name
             out[f"DEPVER{free:02d}"] = version
     return out
+
+
+def header_float(value, key: str, path=None, hdu=None) -> float:
+    """A header value as a finite float; :class:`BadDataError` naming the keyword otherwise
+    (booleans, text, NaN and inf are refused). Host only.
+
+    Backends: host only (plain values).
+    """
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BadDataError(f"{key}={value!r} is not a number", path=path, hdu=hdu,
+                           keyword=key) from None
+    if not np.isfinite(v):
+        raise BadDataError(f"{key}={value!r} is not finite", path=path, hdu=hdu, keyword=key)
+    return v
