@@ -145,20 +145,15 @@ def test_run_manifest_python_api(simdir, tmp_path, capsys):
 def test_the_readme_demo_coadds_calibrated_spectra_that_match_the_truth(tmp_path):
     """``gpuspec demo``: flat + 2 science exposures -> ... -> cframes -> coadds in erg units,
     chi2/bin against the coadd of R . true f_lambda (tests/test_calib_chain.py's method)."""
-    import copy
     import glob
     import subprocess
     import sys
 
-    import numpy as np
-
-    from gpuspec import resolution
-    from gpuspec.coadd import coadd
     from gpuspec.io import read_spectra
     from gpuspec.io.cframe import CFRAME_UNIT
     from gpuspec.launch.steps import DESI
     from gpuspec.sim import read_truth
-    from test_calib_chain import _inner, _truth_on
+    from test_calib_chain import coadd_chi_vs_truth
     from test_launch_real import _env
 
     if DESI.unavailable(list(DESI.steps)):
@@ -178,35 +173,16 @@ def test_the_readme_demo_coadds_calibrated_spectra_that_match_the_truth(tmp_path
                                              cam)
         return truth[(expid, cam)]
 
-    chis = {b: [] for b in "brz"}
     coadds = sorted(glob.glob(os.path.join(prod, "healpix", "**", "coadd-*.fits"), recursive=True))
     assert coadds
+    pairs = []
     for cofile in coadds:
         sp = read_spectra(cofile.replace("coadd-", "spectra-"))
         co = read_spectra(cofile)
         assert sp.flux_unit == CFRAME_UNIT and co.flux_unit == CFRAME_UNIT
         assert set(sp.fibermap["EXPID"].tolist()) == {100, 101}  # the flat (99) is not grouped
-        model = copy.deepcopy(sp)
-        for b in sp.bands:
-            for i in range(sp.num_spectra):
-                t = tr(int(sp.fibermap["EXPID"][i]), f"{b}0")
-                f = _truth_on(t, sp.wave[b], "objflux")[int(sp.fibermap["FIBER"][i]) % 500
-                                                        - t["fibermin"]]
-                model.flux[b][i] = resolution.apply(sp.resolution_data[b][i], f)
-        expect = coadd(model, no_normalize=True, cosmics_nsig=0, backend="numpy")
-        order = [int(np.flatnonzero(expect.fibermap["TARGETID"] == t)[0])
-                 for t in co.fibermap["TARGETID"]]
-        sci = (np.char.strip(co.fibermap["OBJTYPE"].astype(str)) == "TGT") & \
-            ((co.fibermap["DESI_TARGET"] & (1 << 33)) == 0)
-        for b in co.bands:
-            chi = (co.flux[b] - expect.flux[b][order]) * np.sqrt(co.ivar[b])
-            good = (co.ivar[b] > 0) & (co.mask[b] == 0) & sci[:, None] & \
-                _inner(co.wave[b].size)[None, :]
-            chis[b].append(chi[good])
-    report = {}
-    for b, c in chis.items():
-        c = np.concatenate(c)
-        report[b] = (float(np.mean(c ** 2)), float(np.mean(c)), c.size)
+        pairs.append((sp, co))
+    report = coadd_chi_vs_truth(pairs, tr)
     print("demo coadds vs truth, science targets (chi2/bin, mean chi, n):", report)
     for b, (chi2, mean, n) in report.items():
         assert n > 20000, (b, report)

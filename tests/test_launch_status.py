@@ -22,6 +22,7 @@ from gpuspec.launch.db import StateDB, db_path
 from gpuspec.launch.graph import build_graph
 from gpuspec.launch.manifest import load_manifest
 from gpuspec.launch.toy import make_toy_inputs, toy_manifest_text
+from test_launch_run import _parse_status
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATE = "extract-b0-00000001-b00-01"
@@ -42,20 +43,6 @@ def _manifest(tmp_path, inputs, registry="tests.launch_gated:GATED", **kw):
     text = toy_manifest_text(inputs, str(tmp_path / "prod"), **kw)
     path.write_text(text.replace("registry: toy", f"registry: {registry}"))
     return str(path), str(tmp_path / "prod")
-
-
-def _parse_status(text):
-    lines = text.splitlines()
-    i = max(k for k, ln in enumerate(lines) if ln.startswith("step "))
-    head = lines[i].split()
-    out = {}
-    for ln in lines[i + 1:]:
-        if ln.startswith("-"):
-            continue
-        out[ln.split()[0]] = dict(zip(head[1:], map(int, ln.split()[1:])))
-        if ln.startswith("total"):
-            break
-    return out
 
 
 def _state(prod, name):

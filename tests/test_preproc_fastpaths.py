@@ -23,21 +23,7 @@ import scipy.ndimage as ndi
 
 from gpuspec import backend
 from gpuspec.preproc import blocks, cosmics, morphology, stats
-
-
-def _loop_stats(pix, nsigma=5.0, niter=3):
-    """The per-set estimator written plainly (desispec's algorithm description)."""
-    pix = np.asarray(pix, dtype=np.float64).ravel()
-    level = np.median(pix)
-    noise = 1.4826 * np.median(np.abs(pix - level))
-    for _ in range(niter):
-        good = np.abs(pix - level) < nsigma * noise
-        if good.sum() < 5:
-            level = np.median(pix)
-            return level, 1.4826 * np.median(np.abs(pix - level))
-        level = pix[good].mean()
-        noise = pix[good].std()
-    return level, noise / stats.clipped_std_bias(nsigma)
+from test_preproc_units import _calc_overscan_loop as _loop_stats  # the plain estimator
 
 
 @pytest.mark.parametrize("case", ["gauss32", "ints", "outliers", "odd", "even", "tiny",

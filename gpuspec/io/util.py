@@ -107,12 +107,7 @@ def check_writable(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise OutputError("it is a directory (give a file name)", path)
-    d = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(d):
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
+    d = existing_ancestor(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(d):
         raise OutputError(f"{d} is a file, not a folder", path)
     if not os.access(d, os.W_OK | os.X_OK):
@@ -712,3 +707,18 @@ def header_float(value, key: str, path=None, hdu=None) -> float:
     if not np.isfinite(v):
         raise BadDataError(f"{key}={value!r} is not finite", path=path, hdu=hdu, keyword=key)
     return v
+
+
+def existing_ancestor(path: str) -> str:
+    """``path`` itself if it exists, else its nearest existing parent folder (what a
+    ``makedirs`` of ``path`` would create things in).
+
+    Backends: host only (plain values).
+    """
+    d = path
+    while not os.path.exists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return d

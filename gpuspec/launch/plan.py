@@ -137,12 +137,9 @@ def _check_production(m: Manifest) -> None:
     prod = m.production
     if os.path.exists(prod) and not os.path.isdir(prod):
         raise m.error("production", f"{prod} is a file, not a folder")
-    d = prod
-    while not os.path.exists(d):
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
+    from ..io.util import existing_ancestor
+
+    d = existing_ancestor(prod)
     if not os.path.isdir(d):
         raise m.error("production", f"cannot create {prod}: {d} is a file, not a folder")
     if not os.access(d, os.W_OK | os.X_OK):
