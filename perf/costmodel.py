@@ -431,24 +431,46 @@ def _merge(ops):
 
 # ----------------------------------------------------------------------------- coadd
 def decorrelate_ops(ntarget: int, nout: int, wavebin: float = 0.8, ndiag: int = 11,
-                    stage: str = "decorrelation") -> list:
+                    stage: str = "decorrelation", method: str = "zolotarev") -> list:
     """``coadd.decorrelate``: divide and conquer on blocks of ``m = 2chw+1+2skin``.
 
     ``chw = max(10, int(50/wavebin))``, ``skin = max(2, int(10/wavebin))``; per target
-    ``nblk = ceil(nout/(2chw+1))`` blocks. Per block: the dense block gathered from the
+    ``nblk = ceil(nout/(2chw+1))`` blocks (``coadd.decorrelate.block_layout``).
+
+    ``method="zolotarev"`` (the code's default, on numpy and cupy): the banded blocks
+    (``hb = ndiag + 1`` superdiagonals: the band of the resampled ``Cinv``) gathered from
+    the band, then the rational approximation of ``C^{-1/2}``: flops and bytes of
+    :func:`gpuspec.coadd.decorrelate.decorrelate_flops` (``NPOLES`` shifted banded
+    ``LDLᵀ`` factorisations, Takahashi's selected inverse, two banded solves per block),
+    and the O(m·ndiag) products for s, the flux and the band of R.
+
+    ``method="eigh"`` (desispec's method, the reference): the dense block gathered from the
     band (m² writes + int64 index reads), ``eigh`` (~9m³ flops, ~5 m² arrays), the O(m²)
-    products for s, the flux and the ndiag band entries of R (``(4 + 2·ndiag)·m²``),
-    scatters of the core values.
+    products for s, the flux and the ndiag band entries of R (``(4 + 2·ndiag)·m²``).
     """
+    from gpuspec.coadd.decorrelate import decorrelate_flops
+
     chw = max(10, int(50 / wavebin))
     skin = max(2, int(10 / wavebin))
     m = 2 * chw + 1 + 2 * skin
     nblk = ntarget * math.ceil(nout / (2 * chw + 1))
-    return [Op(stage, "dense blocks from the band", 0, nblk * m * m * (F8 * 3 + 1)),
-            Op(stage, f"eigh of {nblk} blocks of {m}", 9.0 * nblk * m ** 3,
-               nblk * F8 * 5 * m * m),
-            Op(stage, "s, flux, resolution band (O(m^2) products)",
-               nblk * (4 + 2 * ndiag) * 2 * m * m, nblk * F8 * (4 + 2 * ndiag) * m * m)]
+    if method == "eigh":
+        return [Op(stage, "dense blocks from the band", 0, nblk * m * m * (F8 * 3 + 1)),
+                Op(stage, f"eigh of {nblk} blocks of {m}", 9.0 * nblk * m ** 3,
+                   nblk * F8 * 5 * m * m),
+                Op(stage, "s, flux, resolution band (O(m^2) products)",
+                   nblk * (4 + 2 * ndiag) * 2 * m * m, nblk * F8 * (4 + 2 * ndiag) * m * m)]
+    if method != "zolotarev":
+        raise ValueError(f"method must be 'zolotarev' or 'eigh', not {method!r}")
+    hb = ndiag + 1
+    z = decorrelate_flops(ntarget, nout, wavebin, hb, ndiag, method="zolotarev")
+    return [Op(stage, "banded blocks from the band", 0, nblk * m * (hb + 1) * (F8 * 3 + 1)),
+            Op(stage, f"Zolotarev C^-1/2 of {z['nblock']} blocks of {z['m']} "
+               f"({z['npoles']} banded LDL^T + selected inverse + solves)",
+               z["flops"], z["bytes"]),
+            Op(stage, "s, flux, resolution band (O(m·ndiag) products)",
+               nblk * m * (2 * (2 * hb + 1) + 4 * ndiag),
+               nblk * F8 * m * (2 * hb + 2 + 2 * ndiag))]
 
 
 def coadd_plain_ops(ntarget: int, nexp: int, nwave: dict, ndiag: int = 11) -> list:
@@ -564,6 +586,7 @@ def frame_model(psf_path: str | None = None, nspec: int = 500, band: str = "r") 
     pixel = {"ntarget": 500, "nexp": 3, "bands": bands, "nout": nout}
     stages_pixel = {
         "decorrelation": decorrelate_ops(500, nout),
+        "decorrelation (eigh, desispec's method)": decorrelate_ops(500, nout, method="eigh"),
         "coadd plain": coadd_plain_ops(500, 3, bands),
         "coadd spectroperf": coadd_spectroperf_ops(500, 3, bands, nout),
     }

@@ -141,14 +141,7 @@ def _goal2(records, cm):
     else:
         rows.append(_row("2b 500-fiber frame, CPU seconds", "≤ 100 CPU-s", "no 1-thread record",
                          "–", "–", False, "–"))
-    one, two = _same_run_pair(records, "extract", "frame50")
-    if one and two:
-        k = one["timing"]["median_s"] / two["timing"]["median_s"]
-        rows.append(_row("2c speed-up of 2 processes on 2 cores (frame50, wall)", "≥ 1.8×",
-                         f"{one['timing']['median_s']:.3g} s → {two['timing']['median_s']:.3g} s "
-                         f"(load {_load(one)} / {_load(two)})",
-                         f"{k:.2f}×", f"{1.8 - k:.2f} short" if k < 1.8 else "–", k >= 1.8,
-                         _src(one, two)))
+    rows.append(_goal2c(records))
     if cm and cm.get("cpu_limit"):
         lim = cm["cpu_limit"]
         meas = f"limit {lim['seconds']:.0f} s/frame at the measured kernel rates " \
@@ -163,6 +156,35 @@ def _goal2(records, cm):
             rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
                              meas, "–", "–", "open", _cm_src(cm)))
     return rows
+
+
+def _goal2c(records):
+    """Goal 2c: the newest interleaved 1- vs 2-process pair (``frameN_nproc1/2``, one
+    run), else the older frame50 pair of the threads = 1 / 2 children of one run."""
+    pairs = [r for r in records if r["benchmark"] == "extract"
+             and str(r["case"]).endswith("_nproc2") and r.get("backend") == "numpy"]
+    if pairs:
+        two = max(pairs, key=lambda r: str(r.get("date_utc", "")))
+        case1 = two["case"][:-1] + "1"
+        one = next((r for r in records if r.get("_file") == two.get("_file")
+                    and r["case"] == case1), None)
+        k = two["extra"]["speedup_2_vs_1"]
+        t1 = f"{one['timing']['median_s']:.3g} s" if one else "?"
+        n = two["sizes"].get("nspec", "?")
+        return _row(f"2c speed-up of 2 processes on 2 cores ({n} fibers, wall, interleaved)",
+                    "≥ 1.8×", f"{t1} → {two['timing']['median_s']:.3g} s (load {_load(two)}), "
+                    f"{two['timing']['repeat']} rounds", f"{k:.2f}×",
+                    f"{1.8 - k:.2f} short" if k < 1.8 else "–", k >= 1.8, _src(one, two))
+    one, two = _same_run_pair(records, "extract", "frame50")
+    if not (one and two):
+        return _row("2c speed-up of 2 processes on 2 cores", "≥ 1.8×", "no record", "–", "–",
+                    False, "–")
+    k = one["timing"]["median_s"] / two["timing"]["median_s"]
+    return _row("2c speed-up of 2 processes on 2 cores (frame50, wall)", "≥ 1.8×",
+                f"{one['timing']['median_s']:.3g} s → {two['timing']['median_s']:.3g} s "
+                f"(load {_load(one)} / {_load(two)})",
+                f"{k:.2f}×", f"{1.8 - k:.2f} short" if k < 1.8 else "–", k >= 1.8,
+                _src(one, two))
 
 
 def _goal3(records):
@@ -436,8 +458,15 @@ def costmodel_lines(cm) -> list:
         "8·F·Q·NW; bytes of A0 (F·Q·NW), At (F·NT·RT·WX·K), M (n²) and their index arrays "
         "(the CPU twin: `dpotrf` + `dpotrs` and the block substitution of the kept blocks "
         "instead of the tiled GEMM and the inverses). "
-        "*Decorrelation*: blocks of m = 2chw + 1 + 2skin (149 at 0.8 Å), 9m³ per eigh and "
-        "(4 + 2·ndiag)·2m² for s, flux and the band of R. *Plain coadd*: one read of flux, "
+        "*Decorrelation*: blocks of m = 2chw + 1 + 2skin (149 at 0.8 Å) with hb = ndiag + 1 "
+        "superdiagonals; the code's default (numpy and cupy) is the Zolotarev rational "
+        "approximation of C^-1/2 (`coadd/sqrtm_band.py`: 32 shifted banded LDLᵀ, "
+        "Takahashi's selected inverse and two banded solves per block, "
+        "`decorrelate_flops`), ~11× fewer flops than desispec's dense eigh (9m³ per block, "
+        "the row marked eigh) but as many bytes, so memory-bound either way. It is "
+        "sequential along the block: ~4m dependent column steps of a few small kernels per "
+        "batch of up to 4096 blocks, ~24k launches per pixel, whose latency (a few µs each) "
+        "is not in the roofline and is of the order of the bound. *Plain coadd*: one read of flux, "
         "ivar, mask and the resolution diagonals per input bin. *Spectroperfectionism "
         "coadd*: per input row the banded Cinv accumulation (L ≈ ndiag + 2 columns per bin, "
         "~3·m·L²/2 flops, a scatter-add per value) then the decorrelation. *Calibration*: "

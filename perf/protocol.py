@@ -259,6 +259,52 @@ def measure(fn: Callable[[], Any], xp: Any = None, *, warmup: int = 1, repeat: i
     return out
 
 
+def interleave(fns: dict, xp: Any = None, *, rounds: int = 2,
+               clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time several variants of one piece of work side by side, interleaved.
+
+    Round r runs every ``fns[name]()`` once, in order; on a shared machine a load change
+    then hits every variant alike, which a ratio of two separate :func:`measure` calls
+    would not guarantee. No warm-up here: warm the code before.
+
+    Parameters
+    ----------
+    fns : dict of name -> callable
+    xp : module, optional
+        Array module synchronised around each run.
+    rounds : int
+        Timed runs of each variant.
+    clock : callable
+        Clock (tests pass a fake one).
+
+    Returns
+    -------
+    dict of name -> timing
+        :func:`measure`'s timing dict of each variant (``warmup`` 0, ``repeat`` = rounds).
+    """
+    from gpuspec import backend
+
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    runs = {k: [] for k in fns}
+    meters = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            backend.synchronize(xp)
+            with Meter() as m:
+                t0 = clock()
+                fn()
+                backend.synchronize(xp)
+                runs[k].append(clock() - t0)
+            meters[k].append(m.result)
+    out = {}
+    for k in fns:
+        out[k] = stats(runs[k])
+        out[k].update(warmup=0, repeat=int(rounds))
+        out[k].update(meter_summary(meters[k]))
+    return out
+
+
 def single(seconds: float, warmup: int = 0, meter: dict | None = None) -> dict:
     """Timing dict of one measured run (for long runs timed once).
 

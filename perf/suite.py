@@ -34,8 +34,10 @@ import time
 from . import protocol as P
 
 SIZES = {
-    "small": {"repeat": 3, "frame_nspec": 50, "ntarget": 20, "nexp": 2, "preproc_full": False},
-    "full": {"repeat": 5, "frame_nspec": 500, "ntarget": 200, "nexp": 4, "preproc_full": True},
+    "small": {"repeat": 3, "frame_nspec": 50, "scaling_nspec": 100, "ntarget": 20, "nexp": 2,
+              "preproc_full": False},
+    "full": {"repeat": 5, "frame_nspec": 500, "scaling_nspec": 500, "ntarget": 200, "nexp": 4,
+             "preproc_full": True},
 }
 
 
@@ -252,6 +254,40 @@ def bench_extract(size: str, backend_name: str) -> list[dict]:
                           "frames_per_hour": 3600.0 / t["median_s"] * (nspec / 500.0)})
     recs.append(rec)
     _say(_summary(rec))
+    if backend_name == "numpy" and nthr == 1 and (os.cpu_count() or 1) >= 2:
+        recs += _bench_nproc_scaling(psf, cfg, size, xp)
+    return recs
+
+
+def _bench_nproc_scaling(psf, cfg, size, xp) -> list[dict]:
+    """Goal 2c: the same frame in 1 and in 2 forked single-threaded processes.
+
+    Runs in the threads = 1 child (BLAS pinned to one thread), interleaved round by round
+    (``protocol.interleave``), on a frame of several bundles (``scaling_nspec`` fibers:
+    4 bundles small, 20 full) so that the two workers get balanced work; the 2-bundle
+    frame50 pair of the thread-setting children is at the mercy of its slowest bundle.
+    """
+    from gpuspec.extract import extract_frame
+
+    nspec = cfg["scaling_nspec"]
+    img, ivar, wave = make_frame(psf, nspec, xp=xp)
+    extract_frame(img, ivar, psf, wave, 0, 25, backend="numpy")        # warm (numba, caches)
+    la = P.loadavg()
+    fns = {npr: (lambda npr=npr: extract_frame(img, ivar, psf, wave, 0, nspec,
+                                               backend="numpy", nproc=npr)) for npr in (1, 2)}
+    tim = P.interleave(fns, xp, rounds=2)
+    speedup = tim[1]["median_s"] / tim[2]["median_s"]
+    recs = []
+    for npr in (1, 2):
+        rec = P.record("extract", f"frame{nspec}_nproc{npr}", size=size, backend_name="numpy",
+                       timing=tim[npr], xp=xp, loadavg_before=la,
+                       sizes={"nspec": nspec, "nwave": int(wave.size),
+                              "image_shape": list(img.shape)},
+                       extra={"nproc": npr, "interleaved_with": f"frame{nspec}_nproc{3 - npr}",
+                              "speedup_2_vs_1": speedup, "cpu_count": os.cpu_count()})
+        recs.append(rec)
+        _say(_summary(rec))
+    _say(f"  extract: {nspec} fibers, 2 processes vs 1: x{speedup:.2f} (wall, interleaved)")
     return recs
 
 

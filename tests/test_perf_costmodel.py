@@ -108,12 +108,32 @@ def test_decorrelation_blocks_match_the_code():
 
     for nout, wavebin in ((7781, 0.8), (2326, 0.8), (1000, 2.0), (375, 0.8)):
         m, starts, *_ = block_layout(nout, wavebin)
-        ops = C.decorrelate_ops(3, nout, wavebin)
+        ops = C.decorrelate_ops(3, nout, wavebin, method="eigh")
         eig = [o for o in ops if o.name.startswith("eigh")][0]
         chw = max(10, int(50 / wavebin))
         mm = 2 * chw + 1 + 2 * max(2, int(10 / wavebin))
         assert mm == m or m == nout              # a short spectrum has one clipped block
         assert eig.flops == pytest.approx(9.0 * 3 * starts.size * mm ** 3)
+
+
+def test_decorrelation_counts_the_default_method():
+    """The stage counts the code's default (Zolotarev, banded), not desispec's eigh."""
+    from gpuspec.coadd.decorrelate import _resolve_method, block_layout
+    from gpuspec.coadd.sqrtm_band import NPOLES
+
+    assert _resolve_method("auto", np)[0] == "zolotarev"
+    nout, wavebin, ndiag = 7781, 0.8, 11
+    m, starts, *_ = block_layout(nout, wavebin)
+    ops = C.decorrelate_ops(500, nout, wavebin, ndiag)
+    zol = [o for o in ops if o.name.startswith("Zolotarev")][0]
+    nblk, b = 500 * starts.size, ndiag + 1
+    # per block: NPOLES shifts of (LDLᵀ + Takahashi + 2 solves) and the qualifying LDLᵀ
+    fma = NPOLES * (m * b * (b + 1) / 2 + m * (b * b + b) + 4 * m * b) + m * b * (b + 1) / 2
+    assert zol.flops == pytest.approx(2 * fma * nblk)
+    eigh = sum(o.flops for o in C.decorrelate_ops(500, nout, wavebin, ndiag, method="eigh"))
+    assert 5 < eigh / sum(o.flops for o in ops) < 20        # ~11x fewer flops than eigh
+    with pytest.raises(ValueError):
+        C.decorrelate_ops(5, nout, method="svd")
 
 
 def test_patch_geometry_from_a_psf(ref_psf_path):
