@@ -703,7 +703,8 @@ def main(argv=None) -> int:
         # keep the CPU rates measured earlier (with their machine, load and date)
         with open(a.out) as f:
             old = json.load(f)
-        for k in ("cpu_rates", "cpu_limit", "cpu_machine", "cpu_loadavg", "cpu_date_utc"):
+        for k in ("cpu_rates", "cpu_limit", "cpu_machine", "cpu_loadavg", "cpu_date_utc",
+                  "cpu_profile"):
             if k in old:
                 model[k] = old[k]
         if "cpu_rates" in old:
@@ -719,6 +720,14 @@ def main(argv=None) -> int:
         model["cpu_limit"] = cpu_limit(model, model["cpu_rates"])
         model["cpu_machine"] = P.machine()
         model["cpu_loadavg"] = P.loadavg()
+        if os.path.exists(a.psf):
+            from perf.profile_extract import per_frame, profile_bundle
+
+            prof = profile_bundle(a.psf)
+            prof["per_frame"] = per_frame(prof, model["frame"]["npatch"])
+            prof["frame_patches"] = model["frame"]["npatch"]
+            prof["loadavg_after"] = P.loadavg()
+            model["cpu_profile"] = prof
         model["cpu_date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     model["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -266,3 +266,75 @@ def test_goal5a_every_record_since_the_meter(tmp_path):
     bad["date_utc"] = "2026-03-01T00:00:00Z"
     row = goals._goal5a([old, new, bad])
     assert "open" in row and "1 of 2 records since the meter" in row
+
+
+def test_interleave_alternates_variants_round_by_round():
+    order = []
+    ticks = iter(range(1000))
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    tim = P.interleave(fns, rounds=3, clock=lambda: float(next(ticks)))
+    assert order == ["a", "b"] * 3                       # side by side, not a then b
+    for k in fns:
+        assert tim[k]["repeat"] == 3 and tim[k]["warmup"] == 0
+        assert tim[k]["median_s"] == pytest.approx(1.0)
+        assert "cpu_median_s" in tim[k] and "peak_rss_mb" in tim[k]
+    with pytest.raises(ValueError):
+        P.interleave(fns, rounds=0)
+
+
+def test_goal2c_prefers_the_interleaved_pair(tmp_path):
+    one = _rec("extract", "frame100_nproc1", 14.0, sizes={"nspec": 100})
+    two = _rec("extract", "frame100_nproc2", 7.5, sizes={"nspec": 100})
+    two["extra"] = {"speedup_2_vs_1": 14.0 / 7.5}
+    old1 = _rec("extract", "frame50", 9.0, threads="1")
+    old2 = _rec("extract", "frame50", 6.0, threads="2")
+    row = goals._goal2c([old1, old2, one, two])
+    assert "100 fibers" in row and "1.87×" in row and "**met**" in row
+    row = goals._goal2c([old1, old2])                   # older records: the frame50 pair
+    assert "frame50" in row and "1.50×" in row and "0.30 short" in row
+    assert "no record" in goals._goal2c([])
+
+
+def test_profile_fold_maps_functions_to_model_ops():
+    from perf import profile_extract as PE
+
+    class _Stats:            # pstats.Stats.stats: (file, line, name) -> (cc, nc, tt, ct, callers)
+        stats = {("/x/gpuspec/extract/solve.py", 1, "_solve_tail_host"): (1, 1, 0.6, 1.4, {}),
+                 ("/x/numpy/linalg/_linalg.py", 2, "eigh"): (1, 1, 0.8, 0.8, {}),
+                 ("/x/gpuspec/extract/core.py", 3, "_bundle_spots"): (1, 1, 0.1, 0.4, {}),
+                 ("/x/gpuspec/extract/core.py", 4, "__init__"): (1, 1, 0.1, 0.1, {})}
+
+    out = PE.fold(_Stats(), 3.0)
+    assert out["dpotrf + dpotrs"] == pytest.approx(0.6)       # self time: LAPACK inside
+    assert out["eigh of the fiber blocks"] == pytest.approx(0.8)
+    assert out["spots"] == pytest.approx(0.4)
+    assert out[PE.OTHER] == pytest.approx(3.0 - 0.6 - 0.8 - 0.4 - 0.1)
+    prof = {"seconds_by_op": out, "patches": 100}
+    fr = PE.per_frame(prof, 1000)
+    assert fr["spots"] == pytest.approx(4.0) and fr[PE.ONCE] == pytest.approx(0.1)
+
+
+def test_goal2d_scales_the_limit_to_the_record_and_shows_the_profile(tmp_path):
+    import json
+
+    from perf import profile_extract as PE
+
+    cm = C.frame_model(None)
+    rates = {"dgemm_1024": 50.0, "dgemm_2048": 60.0, "batched_gemm_cff": 20.0,
+             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "shapes": {"n": 500, "nw": 73}}
+    cm["cpu_rates"] = rates
+    cm["cpu_limit"] = C.cpu_limit(cm, rates)
+    ops = {op: 1.0 for op in PE.OPS} | {PE.OTHER: 0.5, PE.ONCE: 0.1}
+    cm["cpu_profile"] = {"seconds_by_op": ops, "per_frame": ops, "patches": 265,
+                         "frame_patches": 4700, "nwave": 2606, "cpu_s": 9.6, "bundle": 0}
+    (tmp_path / "costmodel.json").write_text(json.dumps(cm, default=float))
+    lim = cm["cpu_limit"]["seconds"]
+    nw = cm["frame"]["nwave"]
+    fr = _rec("extract", "frame500", 150.0, sizes={"nspec": 500, "nwave": 2 * nw},
+              timing_extra={"cpu_median_s": 4 * lim})
+    text = "\n".join(goals.section([fr], str(tmp_path)))
+    row = next(x for x in text.splitlines() if x.startswith("| 2d"))
+    assert "2.0× the limit" in row                      # 4·lim CPU-s against 2·lim
+    assert f"{2 * lim:.0f} s for the record's {2 * nw} bins" in row
+    assert "Where the CPU extraction's time goes" in text
+    assert "| eigh of the fiber blocks |" in text and "| **total** |" in text

@@ -1,0 +1,92 @@
+"""Where a CPU extraction's time goes, by the cost model's operations (issue 16, goal 2d).
+
+One bundle (25 fibers × the full wavelength range) of a rendered full-CCD frame is
+extracted once to warm the code, then once more under ``cProfile``; the profile is
+folded onto the operations of ``perf/costmodel.py``'s CPU extraction (the functions that
+run each one are listed in :data:`OPS`) and scaled to a frame by the patch counts.
+``python -m perf.costmodel --cpu`` stores the result in ``results/costmodel.json``
+(``cpu_profile``) beside the limit, and ``docs/performance.md`` shows the two side by
+side. Single-threaded: run it with the thread variables at 1 (``--cpu`` pins them).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import time
+
+#: operation -> the functions whose time it is: (file suffix, function, "cum" | "self").
+#: "cum" counts the function and its callees, "self" its own time (LAPACK calls made
+#: through scipy's f2py wrappers are not profiled separately: they land in the caller).
+OPS = {
+    "spots": [("extract/core.py", "_bundle_spots", "cum")],
+    "normal matrices from spot pairs (Numba)": [("extract/normal_cpu.py", "normal_matrices",
+                                                 "cum")],
+    "dpotrf + dpotrs": [("extract/solve.py", "_solve_tail_host", "self")],
+    "kept covariance blocks (block substitution)": [("extract/solve.py",
+                                                     "_inverse_block_columns", "cum")],
+    "regularise": [("extract/solve.py", "regularize_normal", "cum")],
+    "eigh of the fiber blocks": [("linalg/_linalg.py", "eigh", "cum")],
+    "Q = V L^-1/2 V^T, R, flux": [("extract/solve.py", "decorrelate", "self"),
+                                  ("extract/core.py", "_solve_normal", "self")],
+    "chi2: model and 3 weighted A0^T products": [("extract/pixels_cpu.py", "diagnostics",
+                                                  "cum")],
+}
+OTHER = "other (planning, layout, stores, Python)"
+#: once per extraction call, not per bundle: not scaled with the patch count
+ONCE = "image cleanup (once per call)"
+_ONCE_FUNCS = [("extract/core.py", "__init__", "cum")]
+
+
+def fold(stats: pstats.Stats, total_s: float) -> dict:
+    """Seconds per operation of :data:`OPS` from a profile; the rest goes to ``OTHER``."""
+    out = {}
+    for op, funcs in list(OPS.items()) + [(ONCE, _ONCE_FUNCS)]:
+        s = 0.0
+        for suffix, name, kind in funcs:
+            for (fn, _line, fname), (_cc, _nc, tt, ct, _callers) in stats.stats.items():
+                if fname == name and fn.replace(os.sep, "/").endswith(suffix):
+                    s += ct if kind == "cum" else tt
+        out[op] = s
+    out[OTHER] = max(total_s - sum(out.values()), 0.0)
+    return out
+
+
+def profile_bundle(psf_path: str, bundle: int = 0) -> dict:
+    """Profile one bundle of a rendered full-CCD frame (numpy, this process's threads).
+
+    Returns ``seconds_by_op`` (CPU seconds of the bundle per operation), ``cpu_s`` (the
+    bundle's process time under the profiler), ``wall_s``, ``patches`` (of the bundle)
+    and ``nwave``.
+    """
+    import numpy as np
+
+    from gpuspec.extract import extract_frame
+    from gpuspec.extract.geometry import plan_bundle, resolution_halfwidth
+    from gpuspec.psf import read_psf
+    from perf.suite import make_frame
+
+    psf = read_psf(psf_path)
+    b0 = 25 * bundle
+    img, ivar, wave = make_frame(psf, b0 + 25)
+    extract_frame(img, ivar, psf, wave, b0, 25, backend="numpy")          # warm
+    prof = cProfile.Profile()
+    t, c = time.perf_counter(), time.process_time()
+    prof.enable()
+    extract_frame(img, ivar, psf, wave, b0, 25, backend="numpy")
+    prof.disable()
+    cpu, wall = time.process_time() - c, time.perf_counter() - t
+    dw = float(wave[1] - wave[0])
+    npatch = len(plan_bundle(psf, np.asarray(wave), b0, b0 + 25,
+                             ndiag=resolution_halfwidth(psf, dw),
+                             image_box=(0, img.shape[1], 0, img.shape[0])))
+    return {"seconds_by_op": fold(pstats.Stats(prof), cpu), "cpu_s": cpu, "wall_s": wall,
+            "patches": npatch, "nwave": int(np.size(wave)), "bundle": bundle}
+
+
+def per_frame(profile: dict, frame_patches: int) -> dict:
+    """The bundle's seconds per operation scaled to a frame of ``frame_patches`` patches
+    (:data:`ONCE` is not scaled)."""
+    k = frame_patches / profile["patches"]
+    return {op: s * (1.0 if op == ONCE else k) for op, s in profile["seconds_by_op"].items()}
