@@ -61,10 +61,15 @@ def _rel(a, r):
 
 @pytest.mark.parametrize("npoles,kappa", [(16, 1e4), (32, 1e9)])
 def test_zolotarev_coefficients(npoles, kappa):
-    """The rational approximation of x^{-1/2} on [1, κ]: relative error below 1e-11 at
-    random points, equioscillating (its reported error is reached)."""
+    """The rational approximation of x^{-1/2} on [1, κ]: relative error at most ~1e-11 at
+    random points, equioscillating (its reported error is reached).
+
+    At 32 poles on [1, 1e9] the error is the float64 rounding floor of the partial-fraction
+    sum, not the approximation's (36 poles give 1.2e-11 too): 9e-12 in earlier runs,
+    1.03e-11 with numpy 2.4.6 / scipy 1.17.1. The bound leaves that floor room; 28 poles
+    (1.7e-10) would fail it."""
     d0, a, c, delta = sqrtm_band.zolotarev_invsqrt(npoles, kappa)
-    assert delta < 1e-11 and np.all(c > 0)
+    assert delta < 1.5e-11 and np.all(c > 0)
     x = np.exp(np.random.default_rng(1).uniform(0, np.log(kappa), 5000))
     r = d0 * (1 + np.sum(a[:, None] / (x[None] + c[:, None]), axis=0))
     err = np.abs(1 - np.sqrt(x) * r)
