@@ -430,6 +430,13 @@ def _merge(ops):
 
 
 # ----------------------------------------------------------------------------- coadd
+def cinv_columns(ndiag: int = 11) -> int:
+    """Columns per output bin of the resampled banded ``Cinv`` (diagonal included): the
+    resolution band (ndiag) plus the resampling window's two columns of slack
+    (``coadd/cinv.py`` measures it from the data; this is its value at DESI geometry)."""
+    return ndiag + 2
+
+
 def decorrelate_ops(ntarget: int, nout: int, wavebin: float = 0.8, ndiag: int = 11,
                     stage: str = "decorrelation", method: str = "zolotarev") -> list:
     """``coadd.decorrelate``: divide and conquer on blocks of ``m = 2chw+1+2skin``.
@@ -438,7 +445,7 @@ def decorrelate_ops(ntarget: int, nout: int, wavebin: float = 0.8, ndiag: int = 
     ``nblk = ceil(nout/(2chw+1))`` blocks (``coadd.decorrelate.block_layout``).
 
     ``method="zolotarev"`` (the code's default, on numpy and cupy): the banded blocks
-    (``hb = ndiag + 1`` superdiagonals: the band of the resampled ``Cinv``) gathered from
+    (``hb = cinv_columns(ndiag) − 1`` superdiagonals: the band of the resampled ``Cinv``) gathered from
     the band, then the rational approximation of ``C^{-1/2}``: flops and bytes of
     :func:`gpuspec.coadd.decorrelate.decorrelate_flops` (``NPOLES`` shifted banded
     ``LDLᵀ`` factorisations, Takahashi's selected inverse, two banded solves per block),
@@ -448,12 +455,10 @@ def decorrelate_ops(ntarget: int, nout: int, wavebin: float = 0.8, ndiag: int = 
     band (m² writes + int64 index reads), ``eigh`` (~9m³ flops, ~5 m² arrays), the O(m²)
     products for s, the flux and the ndiag band entries of R (``(4 + 2·ndiag)·m²``).
     """
-    from gpuspec.coadd.decorrelate import decorrelate_flops
+    from gpuspec.coadd.decorrelate import block_layout, decorrelate_flops
 
-    chw = max(10, int(50 / wavebin))
-    skin = max(2, int(10 / wavebin))
-    m = 2 * chw + 1 + 2 * skin
-    nblk = ntarget * math.ceil(nout / (2 * chw + 1))
+    m, starts, *_ = block_layout(nout, wavebin)
+    nblk = ntarget * starts.size
     if method == "eigh":
         return [Op(stage, "dense blocks from the band", 0, nblk * m * m * (F8 * 3 + 1)),
                 Op(stage, f"eigh of {nblk} blocks of {m}", 9.0 * nblk * m ** 3,
@@ -462,7 +467,7 @@ def decorrelate_ops(ntarget: int, nout: int, wavebin: float = 0.8, ndiag: int = 
                    nblk * (4 + 2 * ndiag) * 2 * m * m, nblk * F8 * (4 + 2 * ndiag) * m * m)]
     if method != "zolotarev":
         raise ValueError(f"method must be 'zolotarev' or 'eigh', not {method!r}")
-    hb = ndiag + 1
+    hb = cinv_columns(ndiag) - 1
     z = decorrelate_flops(ntarget, nout, wavebin, hb, ndiag, method="zolotarev")
     return [Op(stage, "banded blocks from the band", 0, nblk * m * (hb + 1) * (F8 * 3 + 1)),
             Op(stage, f"Zolotarev C^-1/2 of {z['nblock']} blocks of {z['m']} "
@@ -500,7 +505,7 @@ def coadd_spectroperf_ops(ntarget: int, nexp: int, nwave: dict, nout: int,
     bincount (3 flops, ~32 B per value: value, index, the read-modify-write of the
     output). Then :func:`decorrelate_ops` on the combined ``nout`` grid.
     """
-    L = ndiag + 2
+    L = cinv_columns(ndiag)
     fl = by = 0.0
     for w in nwave.values():
         rows = ntarget * nexp

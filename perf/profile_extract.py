@@ -27,7 +27,7 @@ OPS = {
     "kept covariance blocks (block substitution)": [("extract/solve.py",
                                                      "_inverse_block_columns", "cum")],
     "regularise": [("extract/solve.py", "regularize_normal", "cum")],
-    "eigh of the fiber blocks": [("linalg/_linalg.py", "eigh", "cum")],
+    "eigh of the fiber blocks": [("linalg.py", "eigh", "cum")],     # numpy 1.x and 2.x
     "Q = V L^-1/2 V^T, R, flux": [("extract/solve.py", "decorrelate", "self"),
                                   ("extract/core.py", "_solve_normal", "self")],
     "chi2: model and 3 weighted A0^T products": [("extract/pixels_cpu.py", "diagnostics",
@@ -39,16 +39,27 @@ ONCE = "image cleanup (once per call)"
 _ONCE_FUNCS = [("extract/core.py", "__init__", "cum")]
 
 
-def fold(stats: pstats.Stats, total_s: float) -> dict:
-    """Seconds per operation of :data:`OPS` from a profile; the rest goes to ``OTHER``."""
-    out = {}
+def fold(stats: pstats.Stats, total_s: float, strict: bool = False) -> dict:
+    """Seconds per operation of :data:`OPS` from a profile; the rest goes to ``OTHER``.
+
+    ``strict``: raise ``RuntimeError`` naming the functions of :data:`OPS` that are not in
+    the profile (renamed or no longer called), instead of counting them as 0.
+    """
+    out, missing = {}, []
     for op, funcs in list(OPS.items()) + [(ONCE, _ONCE_FUNCS)]:
         s = 0.0
         for suffix, name, kind in funcs:
+            hit = False
             for (fn, _line, fname), (_cc, _nc, tt, ct, _callers) in stats.stats.items():
                 if fname == name and fn.replace(os.sep, "/").endswith(suffix):
                     s += ct if kind == "cum" else tt
+                    hit = True
+            if not hit:
+                missing.append(f"{suffix}:{name}")
         out[op] = s
+    if strict and missing:
+        raise RuntimeError("profile_extract: not in the profile (update OPS): "
+                           + ", ".join(missing))
     out[OTHER] = max(total_s - sum(out.values()), 0.0)
     return out
 
@@ -81,7 +92,7 @@ def profile_bundle(psf_path: str, bundle: int = 0) -> dict:
     npatch = len(plan_bundle(psf, np.asarray(wave), b0, b0 + 25,
                              ndiag=resolution_halfwidth(psf, dw),
                              image_box=(0, img.shape[1], 0, img.shape[0])))
-    return {"seconds_by_op": fold(pstats.Stats(prof), cpu), "cpu_s": cpu, "wall_s": wall,
+    return {"seconds_by_op": fold(pstats.Stats(prof), cpu, strict=True), "cpu_s": cpu, "wall_s": wall,
             "patches": npatch, "nwave": int(np.size(wave)), "bundle": bundle}
 
 

@@ -244,18 +244,28 @@ def measure(fn: Callable[[], Any], xp: Any = None, *, warmup: int = 1, repeat: i
     for _ in range(warmup):
         fn()
         backend.synchronize(xp)
-    runs, meters = [], []
-    for _ in range(repeat):
+    runs = [_timed_run(fn, xp, clock) for _ in range(repeat)]
+    return _timing(runs, warmup, repeat)
+
+
+def _timed_run(fn, xp, clock):
+    """One synchronised, metered call of ``fn``: ``(seconds, Meter result)``."""
+    from gpuspec import backend
+
+    backend.synchronize(xp)
+    with Meter() as m:
+        t0 = clock()
+        fn()
         backend.synchronize(xp)
-        with Meter() as m:
-            t0 = clock()
-            fn()
-            backend.synchronize(xp)
-            runs.append(clock() - t0)
-        meters.append(m.result)
-    out = stats(runs)
+        dt = clock() - t0
+    return dt, m.result
+
+
+def _timing(runs, warmup, repeat) -> dict:
+    """The timing dict of :func:`measure` from ``(seconds, meter)`` runs."""
+    out = stats([t for t, _ in runs])
     out.update(warmup=int(warmup), repeat=int(repeat))
-    out.update(meter_summary(meters))
+    out.update(meter_summary([m for _, m in runs]))
     return out
 
 
@@ -282,27 +292,13 @@ def interleave(fns: dict, xp: Any = None, *, rounds: int = 2,
     dict of name -> timing
         :func:`measure`'s timing dict of each variant (``warmup`` 0, ``repeat`` = rounds).
     """
-    from gpuspec import backend
-
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
     runs = {k: [] for k in fns}
-    meters = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            backend.synchronize(xp)
-            with Meter() as m:
-                t0 = clock()
-                fn()
-                backend.synchronize(xp)
-                runs[k].append(clock() - t0)
-            meters[k].append(m.result)
-    out = {}
-    for k in fns:
-        out[k] = stats(runs[k])
-        out[k].update(warmup=0, repeat=int(rounds))
-        out[k].update(meter_summary(meters[k]))
-    return out
+            runs[k].append(_timed_run(fn, xp, clock))
+    return {k: _timing(runs[k], 0, rounds) for k in fns}
 
 
 def single(seconds: float, warmup: int = 0, meter: dict | None = None) -> dict:

@@ -255,22 +255,24 @@ def bench_extract(size: str, backend_name: str) -> list[dict]:
     recs.append(rec)
     _say(_summary(rec))
     if backend_name == "numpy" and nthr == 1 and (os.cpu_count() or 1) >= 2:
-        recs += _bench_nproc_scaling(psf, cfg, size, xp)
+        frame = (img, ivar, wave) if cfg["scaling_nspec"] == nspec else None
+        recs += _bench_nproc_scaling(psf, cfg, size, xp, frame)
     return recs
 
 
-def _bench_nproc_scaling(psf, cfg, size, xp) -> list[dict]:
+def _bench_nproc_scaling(psf, cfg, size, xp, frame=None) -> list[dict]:
     """Goal 2c: the same frame in 1 and in 2 forked single-threaded processes.
 
     Runs in the threads = 1 child (BLAS pinned to one thread), interleaved round by round
     (``protocol.interleave``), on a frame of several bundles (``scaling_nspec`` fibers:
-    4 bundles small, 20 full) so that the two workers get balanced work; the 2-bundle
+    4 bundles small, 20 full; ``frame`` = (image, ivar, wave) reuses a rendered one) so that the two workers get balanced work; the 2-bundle
     frame50 pair of the thread-setting children is at the mercy of its slowest bundle.
     """
     from gpuspec.extract import extract_frame
 
     nspec = cfg["scaling_nspec"]
-    img, ivar, wave = make_frame(psf, nspec, xp=xp)
+    # the frame benchmark's own frame when it has these fibers (full size), else a new one
+    img, ivar, wave = frame if frame is not None else make_frame(psf, nspec, xp=xp)
     extract_frame(img, ivar, psf, wave, 0, 25, backend="numpy")        # warm (numba, caches)
     la = P.loadavg()
     fns = {npr: (lambda npr=npr: extract_frame(img, ivar, psf, wave, 0, nspec,

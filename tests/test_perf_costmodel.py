@@ -309,6 +309,8 @@ def test_profile_fold_maps_functions_to_model_ops():
     assert out["eigh of the fiber blocks"] == pytest.approx(0.8)
     assert out["spots"] == pytest.approx(0.4)
     assert out[PE.OTHER] == pytest.approx(3.0 - 0.6 - 0.8 - 0.4 - 0.1)
+    with pytest.raises(RuntimeError, match="regularize_normal"):    # not in this profile
+        PE.fold(_Stats(), 3.0, strict=True)
     prof = {"seconds_by_op": out, "patches": 100}
     fr = PE.per_frame(prof, 1000)
     assert fr["spots"] == pytest.approx(4.0) and fr[PE.ONCE] == pytest.approx(0.1)
@@ -338,3 +340,18 @@ def test_goal2d_scales_the_limit_to_the_record_and_shows_the_profile(tmp_path):
     assert f"{2 * lim:.0f} s for the record's {2 * nw} bins" in row
     assert "Where the CPU extraction's time goes" in text
     assert "| eigh of the fiber blocks |" in text and "| **total** |" in text
+
+
+def test_profile_ops_name_functions_that_exist():
+    """Every gpuspec function the profile folding looks for exists (a rename fails here)."""
+    import importlib
+
+    from perf import profile_extract as PE
+
+    for funcs in list(PE.OPS.values()) + [PE._ONCE_FUNCS]:
+        for suffix, name, _kind in funcs:
+            if not suffix.startswith("extract/"):
+                continue
+            mod = importlib.import_module("gpuspec." + suffix[:-3].replace("/", "."))
+            where = mod._Context if name == "__init__" else mod
+            assert callable(getattr(where, name, None)), f"{suffix}:{name}"
