@@ -201,3 +201,34 @@ def test_database_moved_aside_is_kept(done, tmp_path):
     aside = glob.glob(db + ".corrupt-*")
     assert len(aside) == 1 and open(aside[0], "rb").read() == before
     assert aside[0] in err
+
+
+_KILLED_IN_COMMIT = """
+import os, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size = 1")  # pages spill to the file before the commit
+con.execute("BEGIN")
+con.execute("CREATE TABLE scratch (x)")  # page 1 goes into the journal
+con.execute("UPDATE tasks SET state = 'failed', error = 'half-written'")
+con.executemany("INSERT INTO meta VALUES (?, '0')", [(f"k{i}",) for i in range(3000)])
+os._exit(9)  # killed inside the transaction: a hot journal is left
+"""
+
+
+def test_database_with_a_hot_journal(done, tmp_path):
+    """A rank 0 killed inside a commit (SIGKILL at a batch time limit) leaves a hot
+    journal; status and tasks roll it back like any SQLite reader and show the state
+    from before the interrupted write."""
+    import subprocess
+    import sys
+
+    m, prod, db = _copy(done, tmp_path)
+    before = _states(prod)
+    subprocess.run([sys.executable, "-c", _KILLED_IN_COMMIT, db], check=False)
+    assert os.path.getsize(db + "-journal") > 0
+    for argv in (["status", prod, "--once"], ["tasks", prod, "--state", "failed"]):
+        rc, out, err = W.run_gpuspec(argv)
+        assert rc == 0 and "Traceback" not in err, err
+        assert "corrupt" not in err and "derived" not in err, err
+    assert not os.path.exists(db + "-journal")
+    assert _states(prod) == before

@@ -48,6 +48,36 @@ _CORRUPT = ("file is not a database", "malformed", "file is encrypted", "not a d
             "no such table", "no such column", "unsupported file format")
 
 
+def _connect_reader(path: str) -> sqlite3.Connection:
+    """A read-only connection; a hot journal (a writer killed inside a commit) is first
+    rolled back through a read-write connection, as any SQLite reader would do.
+
+    A journal is hot only while no process holds a write lock on the database, so the
+    rollback cannot race a live writer; without it a read-only connection fails with
+    "attempt to write a readonly database".
+    """
+    uri = "file:" + os.path.abspath(path)
+    if os.path.exists(path + "-journal") and os.path.getsize(path + "-journal") > 0:
+        with contextlib.suppress(sqlite3.OperationalError):  # read-only file system: below
+            rw = sqlite3.connect(uri + "?mode=rw", uri=True, timeout=30.0)
+            try:
+                rw.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            finally:
+                rw.close()
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30.0)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "readonly" in str(exc):
+            raise sqlite3.OperationalError(
+                f"{exc}: its journal {path}-journal holds an interrupted write that "
+                "only a writable connection can roll back (run gpuspec-run on the "
+                "production, or read it where the file is writable)") from None
+        raise
+    return conn
+
+
 def _corrupt(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower()
                                                            for w in _CORRUPT)
@@ -125,9 +155,8 @@ class StateDB:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no state database at {path} (has gpuspec-run been "
                                         "run on this production?)")
-            uri = "file:" + os.path.abspath(path) + "?mode=ro"
             with self._guard("open"):
-                self.conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+                self.conn = _connect_reader(path)
                 self._check_integrity()
                 self._check_tables()
                 self._check_content()
