@@ -195,13 +195,9 @@ def gpu_prediction(ntarget, nexp, nwave, nout, desispec_row_s):
              "decorrelate_coadd": dec_coadd["flops"], "decorrelate_resample": dec_rows["flops"]}
     by = {"accumulate": sum(a["bytes"] for a in acc),
           "decorrelate_coadd": dec_coadd["bytes"], "decorrelate_resample": dec_rows["bytes"]}
-    try:
-        import costmodel as CM                         # perf/costmodel.py, when present
-        gpus = CM.GPUS
-    except Exception:
-        gpus = {"H200-SXM": {"fp64": 34e12, "bw": 4.8e12},
-                "H100-SXM": {"fp64": 34e12, "bw": 3.35e12},
-                "A100-40GB": {"fp64": 9.7e12, "bw": 1.555e12}}
+    from perf import costmodel as CM
+
+    gpus = CM.GPUS
     pred = {}
     for name, g in gpus.items():
         t_coadd = max((flops["accumulate"] + flops["decorrelate_coadd"]) / g["fp64"],

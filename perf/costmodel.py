@@ -52,6 +52,10 @@ from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from perf import protocol as P  # noqa: E402  (no numpy at import: the pinning holds)
 
 #: Published peak figures (vendor datasheets; SXM boards, dense, no sparsity).
 #: fp64: FP64 vector (CUDA cores); fp64_tc: FP64 Tensor Core (DMMA); bw: HBM bandwidth;
@@ -85,8 +89,10 @@ GPU_SOURCE_NOTE = ("Published values of the vendor datasheets, as quoted (the PD
 
 #: Published throughput anchors (GPU-seconds per 500-fiber frame).
 ANCHORS = {
-    "gpu_specter": {"frames_per_node_hour": 575.0, "gpus_per_node": 4, "gpu": "A100-40GB",
-                    "gpu_s_per_frame": 4 * 3600.0 / 575.0,
+    "gpu_specter": {"frames_per_node_hour": P.GPU_SPECTER_FRAMES_PER_NODE_HOUR,
+                    "gpus_per_node": P.GPU_SPECTER_GPUS_PER_NODE, "gpu": "A100-40GB",
+                    "gpu_s_per_frame": P.GPU_SPECTER_GPUS_PER_NODE * 3600.0
+                    / P.GPU_SPECTER_FRAMES_PER_NODE_HOUR,
                     "what": "gpu_specter, preproc-to-frame, 575 frames per node-hour on a "
                             "4 x A100 node (published)"},
     "desi_production": {"s_per_exposure": 253.5, "frames_per_exposure": 30,
@@ -690,15 +696,12 @@ def cpu_limit(model: dict, rates: dict) -> dict:
 def main(argv=None) -> int:
     import argparse
 
-    sys.path.insert(0, REPO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--psf", default=os.path.join(REPO, "..", "shared", "reference", "psf",
                                                   "psf-r0-00051060.fits"))
     ap.add_argument("--out", default=os.path.join(HERE, "results", "costmodel.json"))
     ap.add_argument("--cpu", action="store_true", help="also the single-threaded FP64 rates")
     a = ap.parse_args(argv)
-    import perf.protocol as P
-
     model = frame_model(a.psf)
     model["kind"] = ("model: roofline lower bounds computed on a CPU from the array shapes "
                      "and published GPU peak figures; not a GPU measurement")

@@ -57,6 +57,17 @@ METER_KEYS = ("cpu_s", "cpu_median_s", "sys_median_s", "minflt_median", "peak_rs
 #: gpu_specter's published throughput: 575 frames per node-hour on 4 x A100 (Perlmutter)
 GPU_SPECTER_FRAMES_PER_NODE_HOUR = 575.0
 GPU_SPECTER_GPUS_PER_NODE = 4
+#: gpu_specter's CPU path against specter, recorded side by side in one process,
+#: single-threaded, at equal work, on a machine of this kind (issue 16's table; gpu_specter
+#: is not installable here): case -> (specter seconds, gpu_specter seconds), (lo, hi) each.
+#: perf/goals.py scales gpuspec's measured ratio to specter by these (goal 2a).
+GPU_SPECTER_CPU_RECORDED = {
+    "caseB (50 x 375)": {"specter_s": (21.5, 25.5), "gpu_specter_s": (9.7, 10.9)},
+    "100 fibers x 1000 bins": {"specter_s": (102.0, 106.0), "gpu_specter_s": (50.0, 51.0)},
+    "one bundle 25 x 2326": {"specter_s": (61.0, 64.0), "gpu_specter_s": (29.0, 29.0)},
+}
+GPU_SPECTER_CPU_SOURCE = ("issue 16: specter and gpu_specter's CPU path interleaved in one "
+                          "process, 1 thread, on this machine kind")
 
 
 def shared_dir() -> str:

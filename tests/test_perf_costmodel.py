@@ -355,3 +355,31 @@ def test_profile_ops_name_functions_that_exist():
             mod = importlib.import_module("gpuspec." + suffix[:-3].replace("/", "."))
             where = mod._Context if name == "__init__" else mod
             assert callable(getattr(where, name, None)), f"{suffix}:{name}"
+
+
+def test_goal2a_gpu_specter_derived_from_the_recorded_timings(tmp_path):
+    """Without a side-by-side record the gpu_specter line scales gpuspec's measured ratio
+    to specter by the recorded gpu_specter / specter times, the least favourable ends
+    deciding; a side-by-side record, when one exists, wins."""
+    t = P.GPU_SPECTER_CPU_RECORDED["caseB (50 x 375)"]
+    (s_lo, s_hi), (g_lo, g_hi) = t["specter_s"], t["gpu_specter_s"]
+    clean = _rec("extract", "caseB_clean", 1.0, reference={"name": "specter", "seconds": 12.0},
+                 timing_extra={"cpu_median_s": 1.0})
+    masked = _rec("extract", "caseB_masked", 1.0, reference={"name": "specter",
+                                                             "seconds": 10.0},
+                  timing_extra={"cpu_median_s": 1.0})
+    line = next(x for x in goals.section([clean, masked], str(tmp_path))
+                if "gpu_specter's CPU path" in x)
+    low = 10.0 * g_lo / s_hi                 # the lesser ratio (masked), least favourable
+    assert f"{low:.1f}× (least favourable" in line and "derived" in line
+    assert ("**met**" in line) == (low >= 5)
+    slow = _rec("extract", "caseB_masked", 3.0, reference={"name": "specter", "seconds": 10.0},
+                timing_extra={"cpu_median_s": 3.0})
+    line = next(x for x in goals.section([clean, slow], str(tmp_path))
+                if "gpu_specter's CPU path" in x)
+    assert "open" in line and f"{10.0 / 3.0 * g_lo / s_hi:.1f}×" in line
+    side = _rec("extract", "bundle_vs_gpu_specter", 1.0,
+                reference={"name": "gpu_specter", "ratio": 6.0})
+    line = next(x for x in goals.section([clean, masked, side], str(tmp_path))
+                if "gpu_specter's CPU path" in x)
+    assert "side by side" in line and "6.0×" in line and "**met**" in line
