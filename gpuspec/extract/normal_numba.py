@@ -47,7 +47,14 @@ def weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fa0, nf, ka0, nw, box, 
             bvec[f, j] = sb
             fw[f, j] = sw
 
-@njit(cache=True, nogil=True)
+#: The overlap sums may be reassociated and fused (multiply-add): LLVM then keeps
+#: several partial sums instead of one serial chain (about 15% off the kernel, measured
+#: 2026-12-02 on bundle 0 of the r0 PSF; results move at the 1e-15 level). No other
+#: fast-math flag: NaN and inf keep their IEEE meaning.
+_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW, D,
            M, bvec, fw, SW):
     """M, b and Σ W·A of each patch (``normal_cpu.normal_matrices``).
