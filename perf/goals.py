@@ -351,7 +351,8 @@ def _goal5(records):
         per = {n: C.PERLMUTTER['host_memory_gb'] / n for n in RANKS}
         fits = all(pk < v for v in per.values())
         rows.append(_row("5c full-frame extraction peak RSS per rank vs Perlmutter host memory",
-                         f"< {per[RANKS[-1]]:.1f} GB (256 GB / {RANKS[-1]} ranks)", what,
+                         f"< {per[RANKS[-1]]:.1f} GB ({C.PERLMUTTER['host_memory_gb']} GB / "
+                         f"{RANKS[-1]} ranks)", what,
                          f"{pk / per[RANKS[-1]]:.2f} of 12.8 GB, {pk / per[RANKS[0]]:.2f} of 64 GB",
                          "–", fits, _src(fr, e2e)))
     else:
