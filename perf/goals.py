@@ -194,6 +194,9 @@ def _goal2(records, cm):
                 pm = sum(prof["per_frame"].values())
                 extra = (f"; profile of one bundle scaled to the model's frame: {pm:.0f} CPU-s, "
                          f"{pm / lim['seconds']:.2f}× (table below)")
+            if P.same_cpu(cm.get("cpu_machine"), fr.get("machine")) is False:
+                extra += ("; the limit was measured on another CPU than the frame (rerun "
+                          "python -m perf.costmodel --cpu beside it)")
             rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
                              meas + (f"; {lim_s:.0f} s for the record's {nw_rec} bins"
                                      if scale != 1.0 else ""),

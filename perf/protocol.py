@@ -339,11 +339,38 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    """Host, platform, processor and CPU count."""
+    """Host, platform, processor, CPU count and the CPU's fingerprint (:func:`cpu_id`)."""
     return {"host": socket.gethostname().split(".")[0] or "host",
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "cpu": cpu_id()}
+
+
+def cpu_id() -> dict | None:
+    """Model name, cache size and a short hash of the feature flags (Linux ``/proc/cpuinfo``).
+
+    Virtual machines under one host name can run on different CPUs between sessions; two
+    records compare CPU speed only when these agree. None where ``/proc/cpuinfo`` is not.
+    """
+    import hashlib
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            first = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    kv = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in first.splitlines())}
+    flags = " ".join(sorted(kv.get("flags", "").split()))
+    return {"model": kv.get("model name"), "cache": kv.get("cache size"),
+            "flags_sha": hashlib.sha256(flags.encode()).hexdigest()[:12] if flags else None}
+
+
+def same_cpu(a: dict | None, b: dict | None) -> bool | None:
+    """Whether two :func:`machine` dicts ran on the same kind of CPU (None: unknown)."""
+    ca, cb = (a or {}).get("cpu"), (b or {}).get("cpu")
+    if not ca or not cb:
+        return None
+    return ca == cb
 
 
 def versions(xp: Any = None) -> dict:

@@ -340,6 +340,23 @@ def test_goal2d_scales_the_limit_to_the_record_and_shows_the_profile(tmp_path):
     assert f"{2 * lim:.0f} s for the record's {2 * nw} bins" in row
     assert "Where the CPU extraction's time goes" in text
     assert "| eigh of the fiber blocks |" in text and "| **total** |" in text
+    assert "another CPU" not in row                     # same machine() on both sides
+    # a limit measured on another CPU than the frame record is said to be so
+    cm["cpu_machine"] = dict(fr["machine"], cpu={"model": "other", "cache": "1 KB",
+                                                 "flags_sha": "0"})
+    (tmp_path / "costmodel.json").write_text(json.dumps(cm, default=float))
+    row = next(x for x in goals.section([fr], str(tmp_path)) if x.startswith("| 2d"))
+    assert "measured on another CPU than the frame" in row
+
+
+def test_same_cpu_compares_the_fingerprints():
+    a = {"host": "vm", "cpu": {"model": "X", "cache": "1 KB", "flags_sha": "ab"}}
+    assert P.same_cpu(a, dict(a)) is True
+    assert P.same_cpu(a, {"host": "vm", "cpu": {"model": "X", "cache": "2 KB",
+                                                "flags_sha": "ab"}}) is False
+    assert P.same_cpu(a, {"host": "vm"}) is None        # records made before the fingerprint
+    m = P.machine()
+    assert set(m) >= {"host", "cpu_count", "cpu"}
 
 
 def test_profile_ops_name_functions_that_exist():
