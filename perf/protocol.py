@@ -31,6 +31,7 @@ This module does not import numpy at import time (thread pinning must come first
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -351,7 +352,14 @@ def cpu_id() -> dict | None:
 
     Virtual machines under one host name can run on different CPUs between sessions; two
     records compare CPU speed only when these agree. None where ``/proc/cpuinfo`` is not.
+    Read once per process (every record asks for it).
     """
+    c = _cpu_id()
+    return dict(c) if c else None
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_id() -> dict | None:
     import hashlib
 
     try:
