@@ -189,19 +189,32 @@ def _goal2(records, cm):
             lim_s = lim["seconds"] * scale
             k = _cpu(fr) / lim_s
             prof = cm.get("cpu_profile")
+            sbs = cm.get("cpu_side_by_side")
             extra = ""
-            if prof:
+            if prof and not sbs:
                 pm = sum(prof["per_frame"].values())
                 extra = (f"; profile of one bundle scaled to the model's frame: {pm:.0f} CPU-s, "
                          f"{pm / lim['seconds']:.2f}× (table below)")
             if P.same_cpu(cm.get("cpu_machine"), fr.get("machine")) is False:
                 extra += ("; the limit was measured on another CPU than the frame (rerun "
                           "python -m perf.costmodel --cpu beside it)")
+            ratio = f"{k:.1f}× the limit{extra}"
+            gap = f"{_cpu(fr) - lim_s:.0f} s above"
+            if sbs:
+                # the side-by-side ratio leads: rates and bundle measured alternately
+                pm = sbs["measured_s_median"]
+                ratio = (f"{sbs['ratio_median']:.2f}× the limit measured side by side "
+                         f"({len(sbs['rounds'])} rounds alternating the rates and a timed "
+                         f"bundle {sbs['bundle']}, scaled to the model's frame; "
+                         f"{sbs['ratio_min']:.2f}–{sbs['ratio_max']:.2f}×; median round "
+                         f"{pm:.0f} CPU-s per frame, its profile below); the frame record, "
+                         f"timed in another "
+                         f"run: {k:.1f}×{extra}")
+                gap = f"{pm - lim['seconds']:.0f} s above"
             rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
                              meas + (f"; {lim_s:.0f} s for the record's {nw_rec} bins"
                                      if scale != 1.0 else ""),
-                             f"{k:.1f}× the limit{extra}", f"{_cpu(fr) - lim_s:.0f} s above",
-                             "open", _cm_src(cm) + ", " + _src(fr)))
+                             ratio, gap, "open", _cm_src(cm) + ", " + _src(fr)))
         else:
             rows.append(_row("2d CPU extraction vs its floating-point limit", "near the limit",
                              meas, "–", "–", "open", _cm_src(cm)))
@@ -551,6 +564,14 @@ _MODEL_ROWS = {"normal matrices from spot pairs (Numba)": (
     "image/ivar windows (gathers)")}
 
 
+def _median_round(cm) -> str:
+    sbs = cm.get("cpu_side_by_side")
+    if not sbs:
+        return ""
+    return (f"; the median of {len(sbs['rounds'])} rounds, each right after its own rates, "
+            f"which the limit column uses")
+
+
 def _cpu_profile_table(cm) -> list:
     """Goal 2d: measured seconds per operation (profile of one bundle, scaled to the
     model's frame) beside the limit of each operation at the measured rates."""
@@ -569,7 +590,8 @@ def _cpu_profile_table(cm) -> list:
     rows.append(f"| **total** | **{tl:.1f}** | **{tm:.1f}** | **{tm / tl:.2f}×** |")
     head = (f"Where the CPU extraction's time goes (goal 2d): `perf/profile_extract.py` "
             f"profiled bundle {prof['bundle']} ({prof['patches']} patches, {prof['nwave']} "
-            f"bins, {prof['cpu_s']:.2f} CPU-s under cProfile) and scaled it to the model's "
+            f"bins, {prof['cpu_s']:.2f} CPU-s under cProfile{_median_round(cm)}) and scaled "
+            f"it to the model's "
             f"frame of {prof['frame_patches']:.0f} patches; the limit column is each operation's "
             f"flops at the measured rate of its kind of kernel (above). The LAPACK work "
             f"(dpotrf + dpotrs, eigh) runs at its limit; the gap is in the Numba normal "

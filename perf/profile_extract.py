@@ -4,9 +4,11 @@ One bundle (25 fibers × the full wavelength range) of a rendered full-CCD frame
 extracted once to warm the code, then once more under ``cProfile``; the profile is
 folded onto the operations of ``perf/costmodel.py``'s CPU extraction (the functions that
 run each one are listed in :data:`OPS`) and scaled to a frame by the patch counts.
-``python -m perf.costmodel --cpu`` stores the result in ``results/costmodel.json``
-(``cpu_profile``) beside the limit, and ``docs/performance.md`` shows the two side by
-side. Single-threaded: run it with the thread variables at 1 (``--cpu`` pins them).
+``python -m perf.costmodel --cpu`` runs it in rounds alternating with the CPU rates
+(:func:`perf.costmodel.side_by_side`: each round the rates, a plain timing of the bundle
+and its profile) and stores the median round in ``results/costmodel.json``
+(``cpu_profile``, ``cpu_side_by_side``) beside the limit; ``docs/performance.md`` shows
+the two side by side. Single-threaded: run it with the thread variables at 1 (``--cpu`` pins them).
 """
 
 from __future__ import annotations
@@ -64,12 +66,11 @@ def fold(stats: pstats.Stats, total_s: float, strict: bool = False) -> dict:
     return out
 
 
-def profile_bundle(psf_path: str, bundle: int = 0) -> dict:
-    """Profile one bundle of a rendered full-CCD frame (numpy, this process's threads).
+def prepare_bundle(psf_path: str, bundle: int = 0) -> dict:
+    """Render a full-CCD frame for ``bundle`` and extract the bundle once (warm-up).
 
-    Returns ``seconds_by_op`` (CPU seconds of the bundle per operation), ``cpu_s`` (the
-    bundle's process time under the profiler), ``wall_s``, ``patches`` (of the bundle)
-    and ``nwave``.
+    Returns the inputs :func:`profile_prepared` profiles (``psf``, ``img``, ``ivar``,
+    ``wave``, ``b0``, ``bundle``) and ``patches``, the bundle's patch count.
     """
     import numpy as np
 
@@ -82,18 +83,59 @@ def profile_bundle(psf_path: str, bundle: int = 0) -> dict:
     b0 = 25 * bundle
     img, ivar, wave = make_frame(psf, b0 + 25)
     extract_frame(img, ivar, psf, wave, b0, 25, backend="numpy")          # warm
-    prof = cProfile.Profile()
-    t, c = time.perf_counter(), time.process_time()
-    prof.enable()
-    extract_frame(img, ivar, psf, wave, b0, 25, backend="numpy")
-    prof.disable()
-    cpu, wall = time.process_time() - c, time.perf_counter() - t
     dw = float(wave[1] - wave[0])
     npatch = len(plan_bundle(psf, np.asarray(wave), b0, b0 + 25,
                              ndiag=resolution_halfwidth(psf, dw),
                              image_box=(0, img.shape[1], 0, img.shape[0])))
-    return {"seconds_by_op": fold(pstats.Stats(prof), cpu, strict=True), "cpu_s": cpu, "wall_s": wall,
-            "patches": npatch, "nwave": int(np.size(wave)), "bundle": bundle}
+    return {"psf": psf, "img": img, "ivar": ivar, "wave": wave, "b0": b0,
+            "bundle": bundle, "patches": npatch}
+
+
+def profile_prepared(inp: dict) -> dict:
+    """Profile one extraction of a bundle prepared by :func:`prepare_bundle`.
+
+    Returns ``seconds_by_op`` (CPU seconds of the bundle per operation), ``cpu_s`` (the
+    bundle's process time under the profiler), ``wall_s``, ``patches`` (of the bundle)
+    and ``nwave``.
+    """
+    import numpy as np
+
+    from gpuspec.extract import extract_frame
+
+    prof = cProfile.Profile()
+    t, c = time.perf_counter(), time.process_time()
+    prof.enable()
+    extract_frame(inp["img"], inp["ivar"], inp["psf"], inp["wave"], inp["b0"], 25,
+                  backend="numpy")
+    prof.disable()
+    cpu, wall = time.process_time() - c, time.perf_counter() - t
+    return {"seconds_by_op": fold(pstats.Stats(prof), cpu, strict=True), "cpu_s": cpu,
+            "wall_s": wall, "patches": inp["patches"], "nwave": int(np.size(inp["wave"])),
+            "bundle": inp["bundle"]}
+
+
+def time_prepared(inp: dict) -> float:
+    """CPU seconds of one extraction of a bundle prepared by :func:`prepare_bundle`, not
+    profiled."""
+    from gpuspec.extract import extract_frame
+
+    c = time.process_time()
+    extract_frame(inp["img"], inp["ivar"], inp["psf"], inp["wave"], inp["b0"], 25,
+                  backend="numpy")
+    return time.process_time() - c
+
+
+def frame_seconds(bundle_cpu_s: float, profile: dict, frame_patches: int) -> float:
+    """A bundle's CPU seconds scaled to a frame of ``frame_patches`` patches, the part
+    done once per call (:data:`ONCE`, from ``profile``) not scaled."""
+    once = profile["seconds_by_op"].get(ONCE, 0.0)
+    return once + (bundle_cpu_s - once) * frame_patches / profile["patches"]
+
+
+def profile_bundle(psf_path: str, bundle: int = 0) -> dict:
+    """Profile one bundle of a rendered full-CCD frame (numpy, this process's threads):
+    :func:`prepare_bundle` then :func:`profile_prepared`."""
+    return profile_prepared(prepare_bundle(psf_path, bundle))
 
 
 def per_frame(profile: dict, frame_patches: int) -> dict:

@@ -400,3 +400,68 @@ def test_goal2a_gpu_specter_derived_from_the_recorded_timings(tmp_path):
     line = next(x for x in goals.section([clean, masked, side], str(tmp_path))
                 if "gpu_specter's CPU path" in x)
     assert "side by side" in line and "6.0×" in line and "**met**" in line
+
+
+def test_goal2d_side_by_side_rounds_pick_the_median_and_lead_the_row(tmp_path, monkeypatch):
+    """costmodel --cpu alternates the rates and the profiled bundle; the 2d row then leads
+    with the median ratio of those rounds, and the tables use that round's rates."""
+    import json
+
+    from perf import profile_extract as PE
+
+    cm = C.frame_model(None)
+    speeds = iter([1.0, 0.5, 2.0])           # the machine's speed in rounds 1..3
+    state = {}
+
+    def rates(n_lapack, nw):
+        state["s"] = next(speeds)
+        return {k: v * state["s"] for k, v in {"dgemm_1024": 50.0, "dgemm_2048": 60.0,
+                                                "batched_gemm_cff": 20.0, "dpotrf_dtrtri": 10.0,
+                                                "eigh_batched": 5.0}.items()}
+
+    lim1 = C.cpu_limit(cm, rates(1, 1))["seconds"]
+    speeds = iter([1.0, 0.5, 2.0])
+    work = iter([1.2, 1.5, 1.1])             # measured / limit in each round
+
+    k = cm["frame"]["npatch"] / 265
+    ops = {op: 0.01 for op in PE.OPS} | {PE.ONCE: 0.1}
+
+    def timed(inp):                          # plain CPU-s of the bundle in this round
+        return 0.1 + (next(work) * lim1 / state["s"] - 0.1) / k
+
+    def profile(inp):                        # cProfile's view: only its table is used
+        return {"seconds_by_op": ops, "cpu_s": 9.9, "wall_s": 9.9,
+                "patches": inp["patches"], "nwave": 2606, "bundle": 0}
+
+    monkeypatch.setattr(C, "cpu_rates", rates)
+    monkeypatch.setattr(PE, "prepare_bundle", lambda path, bundle=0: {"patches": 265,
+                                                                      "bundle": 0})
+    monkeypatch.setattr(PE, "time_prepared", timed)
+    monkeypatch.setattr(PE, "profile_prepared", profile)
+    out = C.side_by_side(cm, "psf.fits", 500, 73, rounds=3)
+    sbs = out["cpu_side_by_side"]
+    assert [round(r["ratio"], 6) for r in sbs["rounds"]] == [1.2, 1.5, 1.1]
+    assert sbs["ratio_median"] == pytest.approx(1.2)
+    assert (sbs["ratio_min"], sbs["ratio_max"]) == (pytest.approx(1.1), pytest.approx(1.5))
+    assert out["cpu_limit"]["seconds"] == pytest.approx(lim1)       # round 1's own rates
+    assert out["cpu_rates"]["dgemm_2048"] == pytest.approx(60.0)
+
+    cm.update(out)
+    (tmp_path / "costmodel.json").write_text(json.dumps(cm, default=float))
+    nw = cm["frame"]["nwave"]
+    fr = _rec("extract", "frame500", 150.0, sizes={"nspec": 500, "nwave": nw},
+              timing_extra={"cpu_median_s": 3 * lim1})
+    text = "\n".join(goals.section([fr], str(tmp_path)))
+    row = next(x for x in text.splitlines() if x.startswith("| 2d"))
+    assert "1.20× the limit measured side by side (3 rounds" in row
+    assert "timed bundle 0" in row
+    assert "1.10–1.50×" in row and "the frame record, timed in another run: 3.0×" in row
+    assert "the median of 3 rounds" in text
+    assert f"median round {1.2 * lim1:.0f} CPU-s per frame" in row
+
+
+def test_frame_seconds_scales_all_but_the_once_per_call_part():
+    from perf import profile_extract as PE
+
+    prof = {"seconds_by_op": {PE.ONCE: 0.2, PE.OTHER: 1.0}, "patches": 100}
+    assert PE.frame_seconds(1.2, prof, 1000) == pytest.approx(0.2 + 1.0 * 10)
