@@ -67,6 +67,13 @@ GPU_SPECTER_CPU_RECORDED = {
     "100 fibers x 1000 bins": {"specter_s": (102.0, 106.0), "gpu_specter_s": (50.0, 51.0)},
     "one bundle 25 x 2326": {"specter_s": (61.0, 64.0), "gpu_specter_s": (29.0, 29.0)},
 }
+#: goal 1b: the spectroperfectionism coadd of a HEALPix pixel of this many targets on a
+#: GPU, at least GOAL1B_MIN_RATIO x desispec's single-core throughput. The cupy coadd
+#: benchmark adds this pixel (perf/suite.py, case GOAL1B_CASE); perf/goals.py sets it
+#: against desispec's resample per row recorded by perf/bench_coadd.py.
+GOAL1B_NTARGET = 500
+GOAL1B_CASE = f"healpix{GOAL1B_NTARGET}_spectroperf"
+GOAL1B_MIN_RATIO = 100.0
 GPU_SPECTER_CPU_SOURCE = ("issue 16: specter and gpu_specter's CPU path interleaved in one "
                           "process, 1 thread, on this machine kind")
 

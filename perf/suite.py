@@ -19,7 +19,9 @@ extract
 coadd
     ``caseC_<call>`` (desispec coadd/resample/decorrelate, plus the spectroperf coadd);
     ``healpix_plain`` and ``healpix_spectroperf`` on a synthetic HEALPix pixel
-    (20 targets x 2 exposures small, 200 x 4 full, b/r/z cameras).
+    (20 targets x 2 exposures small, 200 x 4 full, b/r/z cameras); on cupy also
+    ``healpix500_spectroperf``, goal 1b's pixel of ``protocol.GOAL1B_NTARGET`` targets
+    (x the size's exposures; the CPU has goal 1a instead).
 
 With ``threads`` > 1 (multi-threaded run) the numpy extraction also uses ``nproc``
 = threads forked bundle workers (BLAS stays at 1 thread inside extraction, see
@@ -346,17 +348,25 @@ def bench_coadd(size: str, backend_name: str) -> list[dict]:
     sizes = {"ntarget": cfg["ntarget"], "nexp": cfg["nexp"], "cameras": list(sp.bands),
              "shapes": {b: list(sp.flux[b].shape) for b in sp.bands}}
     mb = 8192 if backend_name == "cupy" else 1024
-    for name, fn, rep in (
-            ("healpix_plain", lambda: coadd_cameras(coadd(sp, onetile=True, backend=backend_name),
-                                                    backend=backend_name), cfg["repeat"]),
-            ("healpix_spectroperf", lambda: coadd_spectroperf(sp, backend=backend_name,
-                                                              max_blocks=mb),
-             max(1, cfg["repeat"] - 1))):
+    cases = [("healpix_plain", sizes,
+              lambda: coadd_cameras(coadd(sp, onetile=True, backend=backend_name),
+                                    backend=backend_name), cfg["repeat"]),
+             ("healpix_spectroperf", sizes,
+              lambda: coadd_spectroperf(sp, backend=backend_name, max_blocks=mb),
+              max(1, cfg["repeat"] - 1))]
+    if backend_name == "cupy":
+        # goal 1b's pixel (500+ targets), on the GPU only: the CPU has goal 1a
+        big, _ = make_spectra(ntarget=P.GOAL1B_NTARGET, nexp=cfg["nexp"], seed=12)
+        bsz = dict(sizes, ntarget=P.GOAL1B_NTARGET,
+                   shapes={b: list(big.flux[b].shape) for b in big.bands})
+        cases.append((P.GOAL1B_CASE, bsz,
+                      lambda: coadd_spectroperf(big, backend=backend_name, max_blocks=mb), 2))
+    for name, sz, fn, rep in cases:
         la = P.loadavg()
         t = P.measure(fn, xp, warmup=1, repeat=rep)
         rec = P.record("coadd", name, size=size, backend_name=backend_name, timing=t, xp=xp,
-                       loadavg_before=la, sizes=sizes,
-                       extra={"targets_per_s": cfg["ntarget"] / t["median_s"],
+                       loadavg_before=la, sizes=sz,
+                       extra={"targets_per_s": sz["ntarget"] / t["median_s"],
                               "max_blocks": mb if "spectroperf" in name else None})
         recs.append(rec)
         _say(_summary(rec))

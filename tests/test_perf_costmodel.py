@@ -465,3 +465,73 @@ def test_frame_seconds_scales_all_but_the_once_per_call_part():
 
     prof = {"seconds_by_op": {PE.ONCE: 0.2, PE.OTHER: 1.0}, "patches": 100}
     assert PE.frame_seconds(1.2, prof, 1000) == pytest.approx(0.2 + 1.0 * 10)
+
+
+def _desispec_resample_json(path, median_s, rows, date="2026-12-02T02:33:00Z"):
+    import json
+
+    path.write_text(json.dumps({"benchmark": "coadd_spectroperf", "date_utc": date,
+                                "workload": {"resample_rows": rows},
+                                "cpu_s": {"desispec_resample": {"median_s": median_s}}}))
+
+
+def test_goal1b_sets_the_gpu_pixel_against_desispec_per_row(tmp_path):
+    """1b: desispec's recorded CPU-s per row × the GPU pixel's rows over the GPU time; met
+    only at >= 100x on a pixel of 500+ targets; without a GPU record the row says what
+    the GPU must reach."""
+    _desispec_resample_json(tmp_path / "coadd-spectroperf-vm-1.json", 6.0, 6)   # 1 s/row
+    _desispec_resample_json(tmp_path / "coadd-spectroperf-vm-0.json", 60.0, 6,
+                            date="2026-11-01T00:00:00Z")                          # older
+    assert goals.desispec_resample_row(str(tmp_path)) == (1.0, "coadd-spectroperf-vm-1.json")
+
+    def row(recs):
+        return next(x for x in goals.section(recs, str(tmp_path)) if x.startswith("| 1b"))
+
+    from perf.suite import SIZES
+
+    ne = SIZES["full"]["nexp"]
+    none = row([])
+    assert "no GPU record" in none and f"{500 * ne} s for 500 targets" in none
+    assert f"≤ {500 * ne / 100:.1f} s" in none and "| open |" in none
+    big = {"ntarget": P.GOAL1B_NTARGET, "nexp": 4}
+    fast = _rec("coadd", P.GOAL1B_CASE, 2.0, backend="cupy", sizes=big,
+                device="NVIDIA H200 (device 0)")
+    r = row([fast])
+    assert "| 1000× |" in r and "**met**" in r and "2000 rows" in r
+    slow = _rec("coadd", P.GOAL1B_CASE, 40.0, backend="cupy", sizes=big, device="H200")
+    r = row([slow])
+    assert "| 50× |" in r and "2.0× too slow" in r and "| open |" in r
+    small = _rec("coadd", "healpix_spectroperf", 0.1, backend="cupy",
+                 sizes={"ntarget": 200, "nexp": 4}, device="H200")
+    r = row([small])
+    assert "| 8000× |" in r and "pixel of 200 targets" in r and "| open |" in r
+    assert "| 50× |" in row([small, slow])          # the 500-target pixel decides
+    # and the GPU record is set against the model's bound for its size
+    import json
+
+    cm = C.frame_model(None)
+    (tmp_path / "costmodel.json").write_text(json.dumps(cm, default=float))
+    text = "\n".join(goals.section([fast], str(tmp_path)))
+    px = cm["healpix_pixel"]
+    b = cm["bounds"]["coadd spectroperf"]["H200-SXM"]["bound_s"] * 500 * 4 / (
+        px["ntarget"] * px["nexp"])
+    assert f"| coadd/{P.GOAL1B_CASE} | NVIDIA H200 (device 0) | 2 s | {b:.3g} s |" in text
+
+
+@pytest.mark.slow
+def test_cupy_coadd_suite_adds_the_goal1b_pixel(emulate_cupy, monkeypatch):
+    """On cupy the coadd suite adds goal 1b's pixel (a smaller one here, on the emulation)
+    with its own sizes; the numpy suite does not."""
+    from perf import suite
+
+    monkeypatch.setattr(P, "GOAL1B_NTARGET", 3)
+    monkeypatch.setattr(P, "GOAL1B_CASE", "healpix3_spectroperf")
+    monkeypatch.setitem(suite.SIZES, "small", dict(suite.SIZES["small"], ntarget=2,
+                                                   repeat=1))
+    monkeypatch.setattr(suite, "_ref_dir", lambda *a: "/nonexistent")     # no Case C
+    recs = suite.bench_coadd("small", "cupy")
+    by = {r["case"]: r for r in recs}
+    assert set(by) == {"healpix_plain", "healpix_spectroperf", "healpix3_spectroperf"}
+    assert by["healpix3_spectroperf"]["sizes"]["ntarget"] == 3
+    assert by["healpix_spectroperf"]["sizes"]["ntarget"] == 2
+    assert by["healpix3_spectroperf"]["backend"] == "cupy"
