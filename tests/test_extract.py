@@ -194,6 +194,53 @@ def test_nproc_identical(caseB, extracted):
         assert np.array_equal(getattr(fr, name), getattr(ref, name)), name
 
 
+FORK_PROBE = r"""
+import json, sys
+import multiprocessing.context as mpc
+sys.path.insert(0, sys.argv[1])
+import test_extract as T
+from gpuspec.extract import extract_frame, normal_numba, pixels_numba
+from threadpoolctl import threadpool_info
+seen = {}
+real = mpc.ForkContext.Pool
+def pool(self, *a, **k):
+    seen["compiled"] = [len(normal_numba.kernel.signatures), len(pixels_numba.kernel.signatures)]
+    seen["blas"] = sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
+    return real(self, *a, **k)
+mpc.ForkContext.Pool = pool
+c = T._load_caseB()
+extract_frame(c["IMAGE"], c["IVAR"], c["psf"], c["WAVE"], 0, 50, xyrange=c["xyrange"],
+              backend="numpy", nproc=2)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.slow
+def test_nproc_workers_inherit_compiled_kernels_and_one_blas_thread(caseB):
+    """A fresh process with nothing compiled: before forking its bundle workers,
+    extract_frame compiles (or loads) the Numba kernels, so that the workers do not each
+    load them in every call, and every BLAS library, SciPy's too, is at one thread (a
+    late-loaded one kept one thread per core and its threads spun in the workers)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from gpuspec.threads import THREAD_VARIABLES
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(PYTHONPATH=os.pathsep.join([os.path.dirname(here), here,
+                                           env.get("PYTHONPATH", "")]),
+               GPUSPEC_NO_GPU="1")
+    r = subprocess.run([sys.executable, "-c", FORK_PROBE, here], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert min(seen["compiled"]) >= 1, seen
+    assert seen["blas"] == [1], seen
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run", ["clean", "masked"])
 def test_caseB_against_truth(caseB, extracted, run):

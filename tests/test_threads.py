@@ -93,3 +93,29 @@ def test_gpuspec_run_tasks_run_with_the_chosen_threads(tmp_path, manifest_thread
                        "preproc-b0-00000001.json.threads.json")
     with open(rec) as f:
         assert set(json.load(f)) == {want}
+
+
+LATE_PROBE = r"""
+import json, os
+import numpy                      # numpy's BLAS at its default: one thread per core
+from threadpoolctl import threadpool_info
+from gpuspec import threads
+assert "scipy.linalg" not in __import__("sys").modules
+with threads.blas_threads(1):
+    from scipy.linalg import lapack   # SciPy's own BLAS, first loaded inside the block
+    inside = [(d["filepath"], d["num_threads"]) for d in threadpool_info()
+              if d["user_api"] == "blas"]
+print(json.dumps({"inside": inside}))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2,
+                    reason="one core: every BLAS defaults to one thread, nothing to limit")
+def test_blas_limit_covers_scipys_blas_first_loaded_in_the_block():
+    """The API path without an entry point (a user's ``extract_frame``): a library first
+    loaded inside ``blas_threads`` was not limited, and forked bundle workers spun."""
+    r = subprocess.run([sys.executable, "-c", LATE_PROBE], env=_clean_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    inside = json.loads(r.stdout.strip().splitlines()[-1])["inside"]
+    assert len(inside) >= 1 and {n for _, n in inside} == {1}, inside

@@ -470,6 +470,10 @@ def _extract_parallel(ctx, ranges, nproc):
         mpctx = mp.get_context("fork")
     except ValueError:  # pragma: no cover - platforms without fork
         return [_extract_range(ctx, b0, b1, None) for b0, b1 in ranges]
+    if _use_cpu_twin(ctx):
+        # the workers inherit the compiled kernels instead of loading them each
+        normal_cpu.warm()
+        pixels_cpu.warm()
     _POOL_CTX = ctx
     try:
         with mpctx.Pool(min(nproc, len(ranges))) as pool:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChunkLayout", "chunk_layout"]
+__all__ = ["ChunkLayout", "chunk_layout", "empty_layout"]
 
 
 @dataclass
@@ -132,3 +132,20 @@ def chunk_layout(patches, b0: int, kmin: int, NW: int | None = None) -> ChunkLay
         fb0=np.array([p.speclo - b0 for p in patches], dtype=np.int64),
         boxes=np.array([p.box for p in patches], dtype=np.int64).reshape(P, 4),
         valid=valid, perm=perm, pos=pos)
+
+
+def empty_layout() -> ChunkLayout:
+    """A chunk of one patch without fibers or wavelengths and a 1 × 1 box at (0, 0).
+
+    The CPU twins run on it to compile (or load from Numba's cache) their kernels with
+    the argument types of a real chunk, doing no work
+    (:func:`gpuspec.extract.normal_cpu.warm`, :func:`gpuspec.extract.pixels_cpu.warm`).
+
+    Backends: host only (NumPy).
+    """
+    z = np.zeros(1, dtype=np.int64)
+    return ChunkLayout(P=1, F=1, NW=1, NK=1, nf=z.copy(), nw=z.copy(), k0=z.copy(),
+                       fb0=z.copy(), boxes=np.array([[0, 1, 0, 1]], dtype=np.int64),
+                       valid=np.zeros((1, 1, 1), dtype=bool),
+                       perm=np.zeros((1, 1), dtype=np.int64),
+                       pos=np.zeros((1, 1), dtype=np.int64))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["diagnostics"]
+__all__ = ["diagnostics", "warm"]
 
 _kernel = None
 
@@ -76,3 +76,19 @@ def diagnostics(stamps, xc, yc, image, ivar, x0, y0, lay, x3, psferr, model):
                   np.ascontiguousarray(x3, dtype=np.float64), float(psferr),
                   chi2pix, pixmask, boxm, *bufs)
     return chi2pix, pixmask, (boxm if model else None)
+
+
+def warm() -> None:
+    """Compile the kernel (or load it from Numba's cache) in this process, on an empty
+    chunk, for both values of ``model`` (see :func:`gpuspec.extract.normal_cpu.warm`).
+
+    Backends: host only.
+    """
+    from .layout import empty_layout
+
+    lay = empty_layout()
+    one = np.zeros((1, 1))
+    corner = np.zeros((1, 1), dtype=np.int64)
+    for model in (False, True):
+        diagnostics(np.zeros((1, 1, 1, 1)), corner, corner, one, one, 0, 0, lay,
+                    np.zeros((1, 1, 1)), 0.01, model)
