@@ -693,18 +693,18 @@ def cpu_limit(model: dict, rates: dict) -> dict:
             "seconds_at_dgemm_peak": total / best / 1e9, "dgemm_gflops": best}
 
 
-#: rounds of goal 2d's side-by-side measure (the rates, then the profiled bundle)
+#: rounds of goal 2d's side-by-side measure (the rates, then the timed bundle)
 SIDE_BY_SIDE_ROUNDS = 5
 
 
 def side_by_side(model: dict, psf_path: str, n: int, nw: int,
                  rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict:
-    """Goal 2d measured side by side: the CPU rates and a profiled bundle, alternating.
+    """Goal 2d measured side by side: the CPU rates and a timed bundle, alternating.
 
     The machine is shared and its speed drifts between runs (by 15% within minutes on a
     VM), so a limit from rates measured in one run and a frame timed in another is not a
     ratio of like with like. Here each round measures :func:`cpu_rates` and right after
-    profiles bundle 0 of a rendered frame (:mod:`perf.profile_extract`, scaled to the
+    times bundle 0 of a rendered frame (:mod:`perf.profile_extract`, scaled to the
     model's frame by the patch counts); the ratio of each round is its measured seconds
     over its own limit. The measured seconds are those of a plain extraction (cProfile
     adds 0–15% here); the profile that follows it in the round gives the table per
@@ -757,7 +757,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "costmodel.json"))
     ap.add_argument("--cpu", action="store_true", help="also the single-threaded FP64 rates")
     ap.add_argument("--rounds", type=int, default=SIDE_BY_SIDE_ROUNDS,
-                    help="rounds of the rates and the profiled bundle, alternating (--cpu)")
+                    help="rounds of the rates and the timed bundle, alternating (--cpu)")
     a = ap.parse_args(argv)
     model = frame_model(a.psf)
     model["kind"] = ("model: roofline lower bounds computed on a CPU from the array shapes "

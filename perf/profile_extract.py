@@ -132,12 +132,6 @@ def frame_seconds(bundle_cpu_s: float, profile: dict, frame_patches: int) -> flo
     return once + (bundle_cpu_s - once) * frame_patches / profile["patches"]
 
 
-def profile_bundle(psf_path: str, bundle: int = 0) -> dict:
-    """Profile one bundle of a rendered full-CCD frame (numpy, this process's threads):
-    :func:`prepare_bundle` then :func:`profile_prepared`."""
-    return profile_prepared(prepare_bundle(psf_path, bundle))
-
-
 def per_frame(profile: dict, frame_patches: int) -> dict:
     """The bundle's seconds per operation scaled to a frame of ``frame_patches`` patches
     (:data:`ONCE` is not scaled)."""
