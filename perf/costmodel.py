@@ -739,7 +739,7 @@ def side_by_side(model: dict, psf_path: str, n: int, nw: int,
                                              "loadavg")}
                           for r in out],
                "ratio_median": med["ratio"], "measured_s_median": med["measured_s"],
-               "limit_s_median": med["limit_s"], "ratio_min": out[order[0]]["ratio"],
+               "ratio_min": out[order[0]]["ratio"],
                "ratio_max": out[order[-1]]["ratio"], "bundle": inp["bundle"],
                "method": "rounds of cpu_rates, one plain and one profiled extraction of the "
                          "bundle, alternating in one process; ratio = the plain extraction "
