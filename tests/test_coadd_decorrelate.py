@@ -99,7 +99,11 @@ def test_numba_twin_matches_array_path():
     """With the array path's single approximation the twin gives its numbers up to the
     summation order of the 32 pole terms, whose cancellation amplifies rounding (achieved
     3e-15 on Case C blocks, 9e-12 here with a random right-hand side); with its default
-    tiers it stays within 5e-11 of the exact result."""
+    tiers it stays within 5e-11 of the exact result, except for ``y = C^{-1/2}·rhs`` on the
+    ill-conditioned blocks: there the rounding of the shifted solves, ~ε·κ, dominates the
+    approximation's 9e-12 (achieved per block: 2.6e-11 at κ = 8.8e5, 4.4e-11 at 1.8e6 and
+    1.0e-10 at 3.3e6 on an AMD EPYC, below 5e-11 on an Intel Xeon), so its bound per block
+    scales with κ above 1e6."""
     W0, rhs, C = _gauss_blocks(7, 80, seed=3, decouple=(0, 41))
     a = sqrtm_band.band_sqrt(W0, rhs, 5, np)
     t = sqrtm_band_cpu.band_sqrt(W0, rhs, 5, tiers=((sqrtm_band.NPOLES, sqrtm_band.KAPPA),))
@@ -110,7 +114,10 @@ def test_numba_twin_matches_array_path():
     rq, rs, ry, _ = _exact(C, rhs, 5)
     assert np.all(ok) and set(tier.tolist()) <= set(range(len(sqrtm_band_cpu.TIERS)))
     assert len(set(tier.tolist())) > 1                 # several tiers exercised
-    assert _rel(qb, rq) < 5e-11 and _rel(s, rs) < 5e-11 and _rel(y, ry) < 5e-11
+    assert _rel(qb, rq) < 5e-11 and _rel(s, rs) < 5e-11
+    kappa = np.linalg.cond(C)
+    for k in range(len(C)):
+        assert _rel(y[k], ry[k]) < 5e-11 * max(1.0, kappa[k] / 1e6), (k, kappa[k])
     # other lane widths pack the blocks differently: same numbers up to the summation order
     # of the poles (amplified by their cancellation: achieved 9e-12)
     q2 = sqrtm_band_cpu.band_sqrt(W0, rhs, 5, lanes=32)[0]
