@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     state = {"prog": prog}
 
     def run():
+        from .heap import configure_heap
         from .threads import configure_threads
 
         parser = build_parser()
@@ -183,6 +184,7 @@ def main(argv=None) -> int:
         if args.command:
             state["prog"] = f"gpuspec {args.command}"
         configure_threads(args.threads)
+        configure_heap()
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s")
         if not getattr(args, "func", None):

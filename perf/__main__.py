@@ -81,8 +81,16 @@ def backends(spec: str) -> list[str]:
 
 
 def child(args) -> int:
-    """Run one benchmark in this process and append its records to ``--_file``."""
+    """Run one benchmark in this process and append its records to ``--_file``.
+
+    The process is set up as gpuspec's entry points set theirs: threads pinned by the
+    parent's environment, the heap policy of :func:`gpuspec.heap.configure_heap`.
+    """
+    from gpuspec.heap import configure_heap
+
     from . import protocol as P
+
+    configure_heap()
 
     bench = args._child
     name = args.backend

@@ -383,6 +383,9 @@ def main(argv=None) -> int:
     p.add_argument("--nocosmic", action="store_true", help="--vs-desispec without cosmics")
     args = p.parse_args(argv)
     if args.vs_desispec:
+        from gpuspec.heap import configure_heap
+
+        configure_heap()           # as gpuspec's entry points run (desispec shares it)
         recs = vs_desispec(args.rounds, cosmics=not args.nocosmic)
         if recs:
             host = P.machine()["host"]

@@ -769,13 +769,16 @@ def main(argv=None) -> int:
         with open(a.out) as f:
             old = json.load(f)
         for k in ("cpu_rates", "cpu_limit", "cpu_machine", "cpu_loadavg", "cpu_date_utc",
-                  "cpu_profile", "cpu_side_by_side"):
+                  "cpu_profile", "cpu_side_by_side", "cpu_heap"):
             if k in old:
                 model[k] = old[k]
         if "cpu_rates" in old:
             model.setdefault("cpu_date_utc", old.get("date_utc"))
             model["cpu_limit"] = cpu_limit(model, model["cpu_rates"])
     if a.cpu:
+        from gpuspec.heap import configure_heap
+
+        model["cpu_heap"] = configure_heap()             # as gpuspec's entry points run
         shp = model["frame"]["patch_shapes"]
         w = sum(s["count"] for s in shp)
         n = int(round(sum(s["F"] * s["NW"] * s["count"] for s in shp) / w))

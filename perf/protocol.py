@@ -414,6 +414,15 @@ def threads_label() -> str:
     return v if v else "default"
 
 
+def heap_label() -> str:
+    """The heap policy of this process (``gpuspec.heap``): ``keep``, ``system``,
+    ``unsupported``, or ``unset`` where nothing configured it (records made before
+    2026-12-02 19:00 have no ``heap`` key: glibc's defaults)."""
+    from gpuspec import heap
+
+    return heap.current() or "unset"
+
+
 def record(benchmark: str, case: str, *, size: str, backend_name: str, timing: dict,
            xp: Any = None, sizes: dict | None = None, reference: dict | None = None,
            extra: dict | None = None, loadavg_before=None) -> dict:
@@ -433,8 +442,8 @@ def record(benchmark: str, case: str, *, size: str, backend_name: str, timing: d
     return {
         "schema": SCHEMA, "benchmark": benchmark, "case": case, "size": size,
         "backend": backend_name, "device": backend.device_name(xp),
-        "threads": threads_label(), "timing": timing, "sizes": sizes or {},
-        "machine": machine(), "versions": versions(xp), "git_commit": git_commit(),
+        "threads": threads_label(), "heap": heap_label(), "timing": timing,
+        "sizes": sizes or {}, "machine": machine(), "versions": versions(xp), "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg": {"before": loadavg_before, "after": la_after},
         "reference": reference, "extra": extra or {},

@@ -10,7 +10,8 @@ production, then creates the ``.go`` file to let the run finish.
 KeyboardInterrupt (what Ctrl-C does in the middle of a task).
 
 ``THREADS``: the toy steps; preproc also writes ``{outfile}.threads.json``, the BLAS
-and OpenMP thread counts (threadpoolctl) the task ran with.
+and OpenMP thread counts (threadpoolctl) the task ran with, and ``{outfile}.heap.json``,
+the page faults of :func:`refaults` in the task's process (gpuspec.heap's policy).
 """
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ INTERRUPTING = Registry("interrupting", {s: StepSpec(_interrupting(spec.func), d
                                          for s, spec in TOY.steps.items()}, ext="json")
 
 
+def refaults(nbytes: int = 64 << 20, times: int = 4) -> int:
+    """Minor page faults of allocating and freeing an ``nbytes`` array ``times`` times
+    after a first one: ~0 when freed memory is kept for reuse (``gpuspec.heap``), some
+    thousands with glibc's defaults (the array is above its largest mmap threshold)."""
+    import resource
+
+    import numpy as np
+
+    a = np.ones(nbytes // 8)
+    del a
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        a = np.ones(nbytes // 8)
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def _recording(fn):
     def run(task, ctx):
         import json
@@ -60,6 +78,8 @@ def _recording(fn):
         if task.step == "preproc":
             with open(task.params["outfile"] + ".threads.json", "w") as f:
                 json.dump([d["num_threads"] for d in threadpool_info()], f)
+            with open(task.params["outfile"] + ".heap.json", "w") as f:
+                json.dump(refaults(), f)
 
     return run
 

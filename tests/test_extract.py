@@ -201,9 +201,17 @@ sys.path.insert(0, sys.argv[1])
 import test_extract as T
 from gpuspec.extract import extract_frame, normal_numba, pixels_numba
 from threadpoolctl import threadpool_info
+from gpuspec import heap
+heap.configure_heap("keep")
 seen = {}
+real_release = heap.release_before_fork
+def release():
+    seen["released"] = True
+    real_release()
+heap.release_before_fork = release
 real = mpc.ForkContext.Pool
 def pool(self, *a, **k):
+    seen["released_before_fork"] = seen.pop("released", False)
     seen["compiled"] = [len(normal_numba.kernel.signatures), len(pixels_numba.kernel.signatures)]
     seen["blas"] = sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
     return real(self, *a, **k)
@@ -220,7 +228,9 @@ def test_nproc_workers_inherit_compiled_kernels_and_one_blas_thread(caseB):
     """A fresh process with nothing compiled: before forking its bundle workers,
     extract_frame compiles (or loads) the Numba kernels, so that the workers do not each
     load them in every call, and every BLAS library, SciPy's too, is at one thread (a
-    late-loaded one kept one thread per core and its threads spun in the workers)."""
+    late-loaded one kept one thread per core and its threads spun in the workers); and
+    the freed memory the heap policy keeps is released, so that the workers do not copy
+    the parent's free heap."""
     import json
     import os
     import subprocess
@@ -239,6 +249,7 @@ def test_nproc_workers_inherit_compiled_kernels_and_one_blas_thread(caseB):
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert min(seen["compiled"]) >= 1, seen
     assert seen["blas"] == [1], seen
+    assert seen["released_before_fork"], seen
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import pytest
 
 from gpuspec.threads import THREAD_VARIABLES
 
+from test_heap import KEPT_FAULTS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = r"""
@@ -93,6 +95,8 @@ def test_gpuspec_run_tasks_run_with_the_chosen_threads(tmp_path, manifest_thread
                        "preproc-b0-00000001.json.threads.json")
     with open(rec) as f:
         assert set(json.load(f)) == {want}
+    with open(rec.replace(".threads.json", ".heap.json")) as f:
+        assert json.load(f) <= KEPT_FAULTS         # the task process keeps freed memory
 
 
 LATE_PROBE = r"""

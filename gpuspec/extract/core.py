@@ -36,6 +36,7 @@ from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from . import normal_cpu, pixels_cpu, windows
+from .. import heap
 from .. import threads as _threads
 from .defaults import DEFAULT_PSFERR, SPECTER
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
@@ -474,6 +475,7 @@ def _extract_parallel(ctx, ranges, nproc):
         # the workers inherit the compiled kernels instead of loading them each
         normal_cpu.warm()
         pixels_cpu.warm()
+    heap.release_before_fork()        # workers must not copy the parent's free heap
     _POOL_CTX = ctx
     try:
         with mpctx.Pool(min(nproc, len(ranges))) as pool:

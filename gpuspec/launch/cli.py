@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     """
     from ..errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, Terminated, describe,
                           handle_sigterm)
+    from ..heap import configure_heap
     from ..threads import configure_threads
     from .mpi import BindError, PlanFailedOnRoot
 
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
     configure_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        configure_heap()
         return _dispatch(args)
     except PlanFailedOnRoot:
         return 2  # rank 0 printed why

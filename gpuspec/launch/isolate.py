@@ -119,6 +119,7 @@ def _child_main(fd: int) -> None:
 def _child_loop(conn, manifest, registry_name, rank, device, gpu, threads, parent) -> None:
     _die_with_parent(parent)
     from ..errors import handle_sigterm
+    from ..heap import configure_heap
     from ..threads import configure_threads
     from .execute import Worker
     from .registry import get_registry
@@ -126,6 +127,7 @@ def _child_loop(conn, manifest, registry_name, rank, device, gpu, threads, paren
     handle_sigterm()
     try:
         configure_threads(threads)
+        configure_heap()
         _bind(gpu, manifest.data["backend"])
         worker = Worker(manifest, get_registry(registry_name), rank, device, isolate=False)
     except Exception as exc:  # noqa: BLE001 - reported to the rank, which fails the task
