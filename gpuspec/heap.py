@@ -19,7 +19,7 @@ unchanged (the memory kept is memory the process already used); it is simply not
 returned before the process ends, which for a task process or a CLI run is what one
 wants. Every entry point (``gpuspec``, ``gpuspec-run``, each launcher task process)
 calls it next to :func:`gpuspec.threads.configure_threads`; forked extraction workers
-inherit it, after :func:`release_before_fork` (else they would copy the parent's kept
+inherit it, after :func:`release_kept_memory` (else they would copy the parent's kept
 free heap, page by page: measured worse than glibc's defaults). ``import gpuspec`` alone never changes the process's allocator: Python API
 users call :func:`configure_heap` themselves if they want it.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["configure_heap", "current", "supported", "release_before_fork", "KEEP_BYTES", "HEAP_VARIABLE"]
+__all__ = ["configure_heap", "current", "supported", "release_kept_memory", "KEEP_BYTES", "HEAP_VARIABLE"]
 
 #: Both glibc thresholds are raised to this: allocations below it come from the heap,
 #: and up to this much freed memory at the heap's top is kept.
@@ -101,8 +101,12 @@ def current() -> str | None:
     return _state["policy"]
 
 
-def release_before_fork() -> None:
-    """Give the freed memory kept by the ``keep`` policy back to the kernel, before a fork.
+def release_kept_memory() -> None:
+    """Give the freed memory kept by the ``keep`` policy back to the kernel.
+
+    Called before a fork (below), and by ``perf.protocol`` before a benchmark's first
+    run, so that each record's peak RSS is its own case's, not memory kept from the one
+    before.
 
     Forked workers share the parent's pages copy-on-write, its free heap included, and
     their allocations reuse that free heap: every page they write there is a copy. Once

@@ -383,9 +383,9 @@ def main(argv=None) -> int:
     p.add_argument("--nocosmic", action="store_true", help="--vs-desispec without cosmics")
     args = p.parse_args(argv)
     if args.vs_desispec:
-        from gpuspec.heap import configure_heap
-
-        configure_heap()           # as gpuspec's entry points run (desispec shares it)
+        # glibc's default heap (not gpuspec.heap's keep policy): the side by side compares
+        # each call's own peak RSS, which memory kept from the other library's call would
+        # hide; a one-camera `gpuspec preproc` process gains nothing from keeping either
         recs = vs_desispec(args.rounds, cosmics=not args.nocosmic)
         if recs:
             host = P.machine()["host"]

@@ -204,11 +204,11 @@ from threadpoolctl import threadpool_info
 from gpuspec import heap
 heap.configure_heap("keep")
 seen = {}
-real_release = heap.release_before_fork
+real_release = heap.release_kept_memory
 def release():
     seen["released"] = True
     real_release()
-heap.release_before_fork = release
+heap.release_kept_memory = release
 real = mpc.ForkContext.Pool
 def pool(self, *a, **k):
     seen["released_before_fork"] = seen.pop("released", False)

@@ -95,13 +95,13 @@ def rss():
 heap.configure_heap("keep")
 a = np.ones(256 << 17); del a            # 256 MB, freed but kept
 kept = rss()
-heap.release_before_fork()
+heap.release_kept_memory()
 print(json.dumps({"released_mb": (kept - rss()) / 2**20}))
 """
 
 
 @needs_glibc
-def test_release_before_fork_gives_the_kept_memory_back():
+def test_release_kept_memory_gives_the_kept_memory_back():
     r = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -50,6 +50,17 @@ def test_measure_statistics_on_fake_function():
     assert (t["warmup"], t["repeat"]) == (2, 5)
 
 
+def test_measure_starts_without_the_memory_kept_from_the_case_before(monkeypatch):
+    """Under gpuspec.heap's keep policy a record's peak RSS would include memory kept
+    from the benchmark before it: measure() releases it before the warm-up."""
+    from gpuspec import heap
+
+    events = []
+    monkeypatch.setattr(heap, "release_kept_memory", lambda: events.append("release"))
+    P.measure(lambda: events.append("run"), None, warmup=1, repeat=2)
+    assert events == ["release", "run", "run", "run"]
+
+
 def test_stats_single_and_errors():
     s = P.stats([0.5])
     assert s["median_s"] == 0.5 and s["iqr_half_s"] == 0.0 and s["mad_rel"] == 0.0

@@ -475,7 +475,7 @@ def _extract_parallel(ctx, ranges, nproc):
         # the workers inherit the compiled kernels instead of loading them each
         normal_cpu.warm()
         pixels_cpu.warm()
-    heap.release_before_fork()        # workers must not copy the parent's free heap
+    heap.release_kept_memory()        # workers must not copy the parent's free heap
     _POOL_CTX = ctx
     try:
         with mpctx.Pool(min(nproc, len(ranges))) as pool:
