@@ -5,23 +5,20 @@ normal matrices, ~28 MB; the weighted stamps; their temporaries). With glibc's d
 an array above the dynamic mmap threshold (at most 32 MB), and the freed top of the heap
 above the trim threshold, go back to the kernel on ``free``, so the next chunk faults
 them in again: zeroed pages, and for numpy's arrays of 4 MB or more (``madvise`` of huge
-pages) the kernel's synchronous compaction. Measured on the development VM (AMD EPYC,
-2 cores, 2026-12-02): bundle 0 of a full r frame faulted 11.4k times per extraction, with
-0.04–0.74 s of system time per 2 s; with this policy 0–12 times and no system time. A
-500-fiber frame (3 pairs of processes, alternating): one process 33.4–33.8 → 30.4–31.5
-CPU-s (system time 1.9–2.2 → 0.24–0.36 s, faults ~330k → 5–8k); two forked processes
-17.8–19.1 → 15.8–17.8 s wall (system time 2.9–4.7 → 1.3–2.2 s). Peak RSS: the same
-(1.17–1.26 GB against 1.18–1.25 GB), 803 MB against 776 MB per worker.
+pages) the kernel's synchronous compaction. The figures (system time and page faults
+per frame, with and without this policy, in one and two processes) are in
+docs/extract.md, "Host heap".
 
 :func:`configure_heap` raises both thresholds to :data:`KEEP_BYTES` through
-``mallopt``: the freed memory stays in the process and is reused. The peak RSS is
-unchanged (the memory kept is memory the process already used); it is simply not
+``mallopt``: the freed memory stays in the process and is reused. The peak RSS stays
+about the same (the memory kept is memory the process already used); it is just not
 returned before the process ends, which for a task process or a CLI run is what one
 wants. Every entry point (``gpuspec``, ``gpuspec-run``, each launcher task process)
-calls it next to :func:`gpuspec.threads.configure_threads`; forked extraction workers
-inherit it, after :func:`release_kept_memory` (else they would copy the parent's kept
-free heap, page by page: measured worse than glibc's defaults). ``import gpuspec`` alone never changes the process's allocator: Python API
-users call :func:`configure_heap` themselves if they want it.
+calls it next to :func:`gpuspec.threads.configure_threads`. Forked extraction workers
+inherit it, after :func:`release_kept_memory` (otherwise they would copy the parent's
+kept free heap page by page: measured worse than glibc's defaults). ``import gpuspec``
+alone never changes the process's allocator; Python API users call
+:func:`configure_heap` themselves if they want it.
 
 ``GPUSPEC_HEAP=system`` keeps glibc's defaults. Other C libraries (musl, macOS): no
 effect. Host only (the GPU's memory is CuPy's pool).
@@ -32,7 +29,8 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["configure_heap", "current", "supported", "release_kept_memory", "KEEP_BYTES", "HEAP_VARIABLE"]
+__all__ = ["configure_heap", "current", "release_kept_memory", "supported", "KEEP_BYTES",
+           "HEAP_VARIABLE"]
 
 #: Both glibc thresholds are raised to this: allocations below it come from the heap,
 #: and up to this much freed memory at the heap's top is kept.
