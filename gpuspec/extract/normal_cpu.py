@@ -109,7 +109,7 @@ def warm() -> None:
 #: Stamp corners are clipped to +-2**40 before the kernel: the pixel loops are then
 #: ranges between values of that size, which never overflow int64 (a NaN trace casts
 #: to -2**63, and ``range(113, -2**63 + 17)`` would wrap to a huge count).
-_CORNER_BOUND = 2 ** 40
+CORNER_BOUND = 2 ** 40
 
 
 def _checked_args(stamps, xc, yc, fb0, nf, k0, nw, boxes, NW, F):
@@ -132,6 +132,6 @@ def _checked_args(stamps, xc, yc, fb0, nf, k0, nw, boxes, NW, F):
                      or (nf > F).any() or (nw > NW).any()):
         raise ValueError("normal_matrices: a patch's fibers or wavelengths fall outside the "
                          f"stamps ({nfib} x {nwave}) or the output layout ({F} x {NW})")
-    xc = np.clip(np.asarray(xc, dtype=np.int64), -_CORNER_BOUND, _CORNER_BOUND)
-    yc = np.clip(np.asarray(yc, dtype=np.int64), -_CORNER_BOUND, _CORNER_BOUND)
+    xc = np.clip(np.asarray(xc, dtype=np.int64), -CORNER_BOUND, CORNER_BOUND)
+    yc = np.clip(np.asarray(yc, dtype=np.int64), -CORNER_BOUND, CORNER_BOUND)
     return np.ascontiguousarray(xc), np.ascontiguousarray(yc)

@@ -5,11 +5,18 @@ keys a closure by the objects it captures, and a captured dispatcher differs in 
 process, so a closure kernel compiled again in every task process. Here ``kernel``
 calls ``weighted_stamps`` as a global and both are compiled once per installation.
 
+Indices. Inside the pixel loops every index is an unsigned integer (``uint64``) from a
+base offset known to be non-negative. With signed indices Numba wraps negative ones
+around (``a[-1]`` is the last element), a test and an add per access that keeps LLVM
+from vectorising the loops: measured 2026-12-02 on the 15 chunks of bundle 0 of the
+r0 PSF, the same loops with signed and unsigned indices took 0.255 and 0.18 s per
+bundle (results identical to rounding).
+
 Backends: host only (Numba, CPU).
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 __all__ = ["weighted_stamps", "kernel"]
 
@@ -32,18 +39,32 @@ def weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fa0, nf, ka0, nw, box, 
             ka = ka0 + j
             xa = xc[fa, ka]
             ya = yc[fa, ka]
+            out = SW[f, j]
+            st = stamps[fa, ka]
+            # the stamp's rows [r0, r1) and columns [c0, c1) inside the box and the image
+            r0 = min(max(ylo_b - ya, 0), nys)
+            r1 = max(min(yhi_b - ya, nys), r0)
+            c0 = min(max(xlo_b - xa, 0), nxs)
+            c1 = max(min(xhi_b - xa, nxs), c0)
+            uc0 = uint64(c0)
             sb = 0.0
             sw = 0.0
             for yy in range(nys):
-                y = ya + yy
-                for xx in range(nxs):
-                    x = xa + xx
-                    w = 0.0
-                    if ylo_b <= y < yhi_b and xlo_b <= x < xhi_b:
-                        w = stamps[fa, ka, yy, xx] * ivar[y - y0, x - x0]
-                        sb += w * image[y - y0, x - x0]
-                        sw += w
-                    SW[f, j, yy, xx] = w
+                row = out[yy]
+                if yy < r0 or yy >= r1:
+                    row[:] = 0.0
+                    continue
+                srow = st[yy]
+                iv = ivar[ya + yy - y0]                 # inside the image: >= 0
+                im = image[ya + yy - y0]
+                off = uint64(xa - x0 + c0)
+                row[:c0] = 0.0
+                for i in range(uint64(c1 - c0)):
+                    w = srow[uc0 + i] * iv[off + i]
+                    row[uc0 + i] = w
+                    sb += w * im[off + i]
+                    sw += w
+                row[c1:] = 0.0
             bvec[f, j] = sb
             fw[f, j] = sw
 
@@ -64,6 +85,12 @@ def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW,
     lo = np.zeros(pos.shape[1], dtype=np.int64)
     nys = stamps.shape[2]
     nxs = stamps.shape[3]
+    nwa = stamps.shape[1]
+    nwsw = SW.shape[1]
+    # flat views: a pair's overlap is read from base offsets (unsigned, see the module)
+    Sf = stamps.reshape(stamps.size)
+    Wf = SW.reshape(SW.size)
+    unx = uint64(nxs)
     for p in range(P):
         weighted_stamps(stamps, xc, yc, ivar, image, x0, y0, fb0[p], nf[p], k0[p],
                         nw[p], boxes[p], SW, bvec[p], fw[p])
@@ -110,10 +137,21 @@ def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW,
                         yhi = min(min(ya, yb) + nys, yhi_b)
                         xlo = max(xa, xb)
                         xhi = min(xa, xb) + nxs
+                        ia0 = uint64(((f * nwsw + j) * nys + ylo - ya) * nxs + xlo - xa)
+                        ib0 = uint64(((fg * nwa + kb) * nys + ylo - yb) * nxs + xlo - xb)
+                        wdt = uint64(xhi - xlo)
+                        nr = uint64(max(yhi - ylo, 0))        # the box may cut them all
                         s = 0.0
-                        for y in range(ylo, yhi):
-                            for x in range(xlo, xhi):
-                                s += SW[f, j, y - ya, x - xa] * stamps[fg, kb, y - yb, x - xb]
+                        if wdt == unx:
+                            # same columns: the overlapping rows are one run in both
+                            for i in range(nr * unx):
+                                s += Wf[ia0 + i] * Sf[ib0 + i]
+                        else:
+                            for r in range(nr):
+                                oa = ia0 + r * unx
+                                ob = ib0 + r * unx
+                                for i in range(wdt):
+                                    s += Wf[oa + i] * Sf[ob + i]
                         ib = pos[p, g] * NW + l
                         M[p, ia, ib] = s
                         M[p, ib, ia] = s

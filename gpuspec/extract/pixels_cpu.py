@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import normal_cpu
+
 __all__ = ["diagnostics", "warm"]
 
 _kernel = None
@@ -58,16 +60,18 @@ def diagnostics(stamps, xc, yc, image, ivar, x0, y0, lay, x3, psferr, model):
     Backends: numpy (Numba).
     """
     P, F, NW = lay.P, lay.F, lay.NW
-    b = lay.boxes
+    b = np.asarray(lay.boxes, dtype=np.int64)
+    _check_boxes(b, image.shape, x0, y0)
     BH = int((b[:, 3] - b[:, 2]).max())
     BW = int((b[:, 1] - b[:, 0]).max())
     chi2pix = np.zeros((P, F, NW))
     pixmask = np.ones((P, F, NW))
     boxm = np.zeros((P, BH, BW)) if model else np.zeros((0, 1, 1))
     bufs = [np.empty((BH, BW)) for _ in range(4)]
+    bound = normal_cpu.CORNER_BOUND
     _get_kernel()(np.ascontiguousarray(stamps, dtype=np.float64),
-                  np.ascontiguousarray(xc, dtype=np.int64),
-                  np.ascontiguousarray(yc, dtype=np.int64),
+                  np.ascontiguousarray(np.clip(xc, -bound, bound), dtype=np.int64),
+                  np.ascontiguousarray(np.clip(yc, -bound, bound), dtype=np.int64),
                   np.ascontiguousarray(image, dtype=np.float64),
                   np.ascontiguousarray(ivar, dtype=np.float64), int(x0), int(y0),
                   np.asarray(lay.fb0, np.int64), np.asarray(lay.nf, np.int64),
@@ -76,6 +80,15 @@ def diagnostics(stamps, xc, yc, image, ivar, x0, y0, lay, x3, psferr, model):
                   np.ascontiguousarray(x3, dtype=np.float64), float(psferr),
                   chi2pix, pixmask, boxm, *bufs)
     return chi2pix, pixmask, (boxm if model else None)
+
+
+def _check_boxes(b, shape, x0, y0):
+    """Refuse boxes that are inverted or not inside the image (the kernel indexes the
+    image from the box corners without checks). Host only."""
+    if b.size and ((b[:, 1] < b[:, 0]) | (b[:, 3] < b[:, 2]) | (b[:, 0] < x0) | (b[:, 2] < y0)
+                   | (b[:, 1] > x0 + shape[1]) | (b[:, 3] > y0 + shape[0])).any():
+        raise ValueError(f"diagnostics: a patch box is inverted or outside the image "
+                         f"(CCD x {x0}..{x0 + shape[1]}, y {y0}..{y0 + shape[0]})")
 
 
 def warm() -> None:
