@@ -630,6 +630,21 @@ def _median_round(cm) -> str:
             f"which the limit column uses")
 
 
+#: what each operation of the goal-2d profile is, for the sentence above its table
+_OP_NOTES = {
+    "normal matrices from spot pairs (Numba)": "overlap sums of ~54 pixels per spot pair, "
+    "3.4M pairs per bundle, which the model charges at the dgemm rate",
+    "kept covariance blocks (block substitution)": "products of 74 × 74 blocks, modelled "
+    "as triangular",
+    "spots": "numpy on 64-wavelength blocks, not in the flop model's reach",
+    "Q = V L^-1/2 V^T, R, flux": "batched products and the Python around them",
+    "chi2: model and 3 weighted A0^T products": "the Numba diagnostics kernel",
+    "regularise": "a few array passes per chunk",
+}
+#: an operation within this factor of its limit counts as "at its limit" in that sentence
+AT_LIMIT = 1.25
+
+
 def _cpu_profile_table(cm) -> list:
     """Goal 2d: measured seconds per operation (profile of one bundle, scaled to the
     model's frame) beside the limit of each operation at the measured rates."""
@@ -638,6 +653,7 @@ def _cpu_profile_table(cm) -> list:
     rows = ["| operation | limit s/frame | measured s/frame | measured / limit |",
             "|---|---|---|---|"]
     tl = tm = 0.0
+    at, above = [], []
     for op, t in sorted(meas.items(), key=lambda kv: -kv[1]):
         names = _MODEL_ROWS.get(op, (op,))
         lo = sum(lim.get(n, 0.0) for n in names) if any(n in lim for n in names) else None
@@ -645,17 +661,19 @@ def _cpu_profile_table(cm) -> list:
         tm += t
         rows.append(f"| {op} | {'–' if lo is None else f'{lo:.2f}'} | {t:.2f} | "
                     f"{'–' if not lo else f'{t / lo:.1f}×'} |")
+        if lo:
+            (at if t <= AT_LIMIT * lo else above).append((op, t, lo))
     rows.append(f"| **total** | **{tl:.1f}** | **{tm:.1f}** | **{tm / tl:.2f}×** |")
+    at_s = ", ".join(f"{op} ({t / lo:.1f}×)" for op, t, lo in at) or "none"
+    above_s = "; ".join(f"{op} ({t / lo:.1f}×, {t - lo:.1f} s above: {_OP_NOTES.get(op, '')})"
+                        for op, t, lo in sorted(above, key=lambda a: a[2] - a[1]))
     head = (f"Where the CPU extraction's time goes (goal 2d): `perf/profile_extract.py` "
             f"profiled bundle {prof['bundle']} ({prof['patches']} patches, {prof['nwave']} "
             f"bins, {prof['cpu_s']:.2f} CPU-s under cProfile{_median_round(cm)}) and scaled "
             f"it to the model's "
             f"frame of {prof['frame_patches']:.0f} patches; the limit column is each operation's "
-            f"flops at the measured rate of its kind of kernel (above). The LAPACK work "
-            f"(dpotrf + dpotrs, eigh) runs at its limit; the gap is in the Numba normal "
-            f"matrices (scalar overlap sums of ~54 pixels per spot pair, 3.4M pairs per "
-            f"bundle, counted 2026-12-02; charged at the dgemm rate by the model), the kept covariance blocks "
-            f"(products of 73 × 73 blocks at ~15 GFLOP/s, modelled as triangular), the "
-            f"Gauss–Hermite spots (numpy on 64-wavelength blocks, not in the flop model's "
-            f"reach) and the Python between them.\n")
+            f"flops at the measured rate of its kind of kernel (above). Within "
+            f"{AT_LIMIT}× of their limit: {at_s}. Above it: {above_s or 'none'}; and the "
+            f"operations without a limit (planning, layout, stores, the Python between "
+            f"them).\n")
     return [head] + rows + [""]
