@@ -259,6 +259,62 @@ def bench_extract(size: str, backend_name: str) -> list[dict]:
     if backend_name == "numpy" and nthr == 1 and (os.cpu_count() or 1) >= 2:
         frame = (img, ivar, wave) if cfg["scaling_nspec"] == nspec else None
         recs += _bench_nproc_scaling(psf, cfg, size, xp, frame)
+    if backend_name == "cupy":
+        recs += bench_device_linalg(psf, wave, size, xp)
+    return recs
+
+
+#: patches per batched call in :func:`bench_device_linalg` (a chunk of the 2 GB default
+#: budget holds ~25 patches at DESI geometry, docs/gpu-readiness.md)
+DEVICE_CHUNK_PATCHES = 25
+
+
+def bench_device_linalg(psf, wave, size, xp, nspec=500, chunks=(1, 8)) -> list[dict]:
+    """cupy: the extraction's two batched LAPACK calls alone, scaled to a frame.
+
+    ``xp.linalg.eigh`` of the kept fibers' NW × NW covariance blocks (``solve.decorrelate``;
+    CuPy sends every batch to cuSOLVER's Jacobi ``syevjBatched``, documented as slow above
+    n = 32, docs/gpu-readiness.md) and ``xp.linalg.cholesky`` of the F·NW normal matrices,
+    on random SPD matrices of the frame's most common patch shape (``costmodel.plan_frame``),
+    in calls of ``DEVICE_CHUNK_PATCHES × c`` patches for each ``c`` of ``chunks``. A GPU
+    run then shows how much of a frame's time these two calls take, beside the cost
+    model's bound for them.
+    """
+    import numpy as np
+
+    from gpuspec.extract.solve import decorrelate
+
+    from . import costmodel
+
+    shapes = costmodel.plan_frame(psf, wave, nspec=nspec)
+    s = max(shapes, key=lambda sh: sh.count)
+    patches = sum(sh.count for sh in shapes)
+    blocks = sum(sh.count * sh.NK for sh in shapes)
+    rng = np.random.default_rng(5)
+    recs = []
+    for c in chunks:
+        P_ = DEVICE_CHUNK_PATCHES * c
+        for case, n, batch, per_frame in (("eigh_blocks", s.NW, P_ * s.NK, blocks),
+                                          ("cholesky_normal", s.n, P_, patches)):
+            B = xp.asarray(rng.standard_normal((batch, n, n)))
+            A = xp.matmul(B, xp.swapaxes(B, -1, -2)) / n + xp.eye(n)
+            if case == "eigh_blocks":
+                fn = (lambda A=A: decorrelate(A))
+            else:
+                fn = (lambda A=A: xp.linalg.cholesky(A))
+            la = P.loadavg()
+            t = P.measure(fn, xp, warmup=1, repeat=3)
+            rec = P.record("extract", f"{case}_x{c}", size=size, backend_name="cupy",
+                           timing=t, xp=xp, loadavg_before=la,
+                           sizes={"n": int(n), "batch": int(batch), "patches_per_call": P_},
+                           extra={"per_frame_s": t["median_s"] * per_frame / batch,
+                                  "per_frame_calls": per_frame / batch,
+                                  "frame_patches": patches, "frame_blocks": blocks,
+                                  "what": ("solve.decorrelate (batched eigh) of NW x NW blocks"
+                                           if case == "eigh_blocks" else
+                                           "xp.linalg.cholesky of the normal matrices")})
+            recs.append(rec)
+            _say(_summary(rec) + f"  -> {rec['extra']['per_frame_s']:.3f} s per frame")
     return recs
 
 

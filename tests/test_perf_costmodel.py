@@ -535,3 +535,27 @@ def test_cupy_coadd_suite_adds_the_goal1b_pixel(emulate_cupy, monkeypatch):
     assert by["healpix3_spectroperf"]["sizes"]["ntarget"] == 3
     assert by["healpix_spectroperf"]["sizes"]["ntarget"] == 2
     assert by["healpix3_spectroperf"]["backend"] == "cupy"
+
+
+def test_device_linalg_bench_scales_the_batched_calls_to_a_frame(emulate_cupy, monkeypatch):
+    """cupy's extraction suite times the batched eigh and Cholesky alone (here on the
+    emulation, with a small patch shape) and scales each to the frame's blocks/patches."""
+    import cupy
+
+    from perf import costmodel, suite
+
+    shapes = [costmodel.PatchShape(F=3, NW=8, NK=2, count=30.0),
+              costmodel.PatchShape(F=2, NW=8, NK=1, count=10.0)]
+    monkeypatch.setattr(costmodel, "plan_frame", lambda *a, **k: shapes)
+    monkeypatch.setattr(suite, "DEVICE_CHUNK_PATCHES", 2)
+    recs = suite.bench_device_linalg(None, None, "small", cupy, chunks=(1, 3))
+    by = {r["case"]: r for r in recs}
+    assert set(by) == {"eigh_blocks_x1", "cholesky_normal_x1", "eigh_blocks_x3",
+                       "cholesky_normal_x3"}
+    e, c = by["eigh_blocks_x3"], by["cholesky_normal_x1"]
+    assert e["sizes"] == {"n": 8, "batch": 12, "patches_per_call": 6}     # 6 patches x NK 2
+    assert c["sizes"] == {"n": 24, "batch": 2, "patches_per_call": 2}     # F·NW of the common shape
+    assert e["extra"]["frame_blocks"] == 70 and c["extra"]["frame_patches"] == 40
+    assert e["extra"]["per_frame_s"] == pytest.approx(e["timing"]["median_s"] * 70 / 12)
+    assert c["extra"]["per_frame_s"] == pytest.approx(c["timing"]["median_s"] * 40 / 2)
+    assert all(r["backend"] == "cupy" for r in recs)
