@@ -30,7 +30,7 @@ OPS = {
                                                      "_inverse_block_columns", "cum")],
     "regularise": [("extract/solve.py", "regularize_normal", "cum")],
     "eigh of the fiber blocks": [("linalg.py", "eigh", "cum")],     # numpy 1.x and 2.x
-    "Q = V L^-1/2 V^T, R, flux": [("extract/solve.py", "decorrelate", "self"),
+    "Q = V L^-1/2 V^T, R, flux": [("extract/solve.py", "sqrt_inverse", "self"),
                                   ("extract/core.py", "_solve_normal", "self")],
     "chi2: model and 3 weighted A0^T products": [("extract/pixels_cpu.py", "diagnostics",
                                                   "cum")],

@@ -10,7 +10,7 @@ import pytest
 from gpuspec import backend
 from gpuspec.extract import extract_bundle, extract_frame, split_bundle
 from gpuspec.extract import core as ex_core
-from gpuspec.extract.solve import decorrelate, inv_cholesky, regularize_normal
+from gpuspec.extract.solve import decorrelate, inv_cholesky, regularize_normal, sqrt_inverse
 from gpuspec.resolution import apply as rapply
 
 from conftest import REF_PSF, require_reference
@@ -268,18 +268,17 @@ def test_caseB_against_truth(caseB, extracted, run):
     assert abs(np.mean(chi[good])) < 0.05
 
 
-def _broken_decorrelate(kind):
+def _broken_sqrt_inverse(kind):
+    """A broken ``solve.sqrt_inverse`` (Q = C^-1/2 and its row sums s; R = Q / s)."""
     def f(C, threshold=None):
         xp = backend.get_array_module(C)
         if kind == "no_inverse":  # Q = C^(+1/2) instead of C^(-1/2)
             w, V = xp.linalg.eigh(0.5 * (C + xp.swapaxes(C, -1, -2)))
             Q = xp.matmul(V * xp.sqrt(xp.maximum(w, 0))[..., None, :], xp.swapaxes(V, -1, -2))
-        else:  # "unnormalised": R = Q without dividing by the row sums
-            R, ivar = decorrelate(C)
-            s = xp.sqrt(ivar)
-            return R * s[..., :, None], ivar
-        s = Q.sum(axis=-1)
-        return Q / s[..., :, None], s * s
+            return Q, Q.sum(axis=-1)
+        # "unnormalised": R = Q without dividing by the row sums (ivar = s² kept)
+        Q, s = sqrt_inverse(C)
+        return Q * s[..., :, None], s
     return f
 
 
@@ -287,7 +286,7 @@ def _broken_decorrelate(kind):
 @pytest.mark.parametrize("kind", ["no_inverse", "unnormalised"])
 def test_broken_decorrelation_fails_parity(caseB, monkeypatch, kind):
     """The parity checks can fail: a deliberately broken decorrelation is caught."""
-    monkeypatch.setattr(ex_core, "decorrelate", _broken_decorrelate(kind))
+    monkeypatch.setattr(ex_core, "sqrt_inverse", _broken_sqrt_inverse(kind))
     fr = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 0,
                         xyrange=caseB["xyrange"], backend="numpy")
     fails = parity_failures(fr, caseB["clean"], fibers=slice(0, 25))

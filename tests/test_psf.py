@@ -176,3 +176,53 @@ def test_bad_psf_files(tmp_path):
     trunc.write_bytes(b"SIMPLE  =                    T" + b" " * 50)
     with pytest.raises(InputError, match="trunc.fits"):
         read_psf(trunc)
+
+
+def _with_tail(psf):
+    """The r0 PSF with a PSF tail (specex's TAIL* parameters, constant along λ)."""
+    import copy
+
+    new = copy.copy(psf)
+    deg = psf.params["GHSIGX"].shape[1]
+    vals = {"TAILAMP": 0.03, "TAILCORE": 2.0, "TAILXSCA": 1.1, "TAILYSCA": 0.9,
+            "TAILINDE": 1.6}
+    new.params = dict(psf.params)
+    for k, v in vals.items():
+        c = np.zeros((psf.nspec, deg))
+        c[:, 0] = v
+        c[:, 1] = 0.1 * v      # varies along λ
+        new.params[k] = c
+    new._has_tail = True
+    new._dev_cache = {}
+    return new
+
+
+@pytest.mark.parametrize("tail", [False, True])
+@pytest.mark.parametrize("clip", [True, False])
+def test_numba_spots_match_array_form(psf, psf_eval, tail, clip):
+    """The CPU extraction's Numba spots (gpuspec.psf.spots_cpu) against the array form,
+    over more wavelengths than one kernel block, and against specter's spots."""
+    pytest.importorskip("numba")
+    from gpuspec.psf import spots_cpu
+
+    p = _with_tail(psf) if tail else psf
+    fibers = np.array([0, 7, 24, 250, 499])
+    wave = np.linspace(p.wmin - 5.0, p.wmax + 5.0, spots_cpu.BLOCK + 37)
+    xc, yc, st = spots_cpu.spots(p, fibers, wave, clip=clip)
+    xr, yr, sr = p.spots(fibers, wave, xp=np, clip=clip)
+    np.testing.assert_array_equal(xc, xr)
+    np.testing.assert_array_equal(yc, yr)
+    assert st.shape == sr.shape
+    # libm's erf against SciPy's, and the order of the sums: rounding only
+    assert np.abs(st - sr).max() < 1e-15
+    if tail:
+        assert np.abs(st - psf.spots(fibers, wave, xp=np, clip=clip)[2]).max() > 1e-4
+    if not tail and clip:
+        info = psf_eval["SPOTINFO"]
+        f0, w0 = np.unique(info["FIBER"]), np.unique(info["WAVE"])
+        xc, yc, st = spots_cpu.spots(psf, f0, w0)
+        for k, row in enumerate(info):
+            i = int(np.searchsorted(f0, row["FIBER"]))
+            j = int(np.searchsorted(w0, row["WAVE"]))
+            assert (xc[i, j], yc[i, j]) == (row["XMIN"], row["YMIN"])
+            assert np.abs(st[i, j] - psf_eval["SPOTS"][k]).max() < SPOT_TOL

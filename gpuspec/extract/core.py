@@ -35,13 +35,14 @@ from ..errors import InputError
 from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
+from ..psf import spots_cpu
 from . import normal_cpu, pixels_cpu, windows
 from .. import heap
 from .. import threads as _threads
 from .defaults import DEFAULT_PSFERR, SPECTER
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
 from .layout import chunk_layout
-from .solve import decorrelate, regularize_normal, solve_tail
+from .solve import regularize_normal, solve_tail, sqrt_inverse
 
 __all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
 
@@ -182,17 +183,20 @@ def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order:
     valid = xp.asarray(np.take_along_axis(lay.valid.reshape(P, n), lay.order(), axis=1))
     regularize_normal(M, w, valid, ctx.regularize)
     x, Cb, chol_bad = solve_tail(M, b, NK * NW, NW, fallback)
-    R, ivar = decorrelate(Cb)                                         # (P, NK, NW, NW)
+    Q, s = sqrt_inverse(Cb)                        # Q = C_ii^-1/2 (P, NK, NW, NW), s = Q·1
+    ivar = s * s
     # patches without any weighted pixel carry no information
     nodata = w.max(axis=-1) <= 0
     ivar = xp.where(nodata[:, None, None], 0.0, ivar)
     xs = x.reshape(P, F, NW)
-    flux = xp.matmul(R, xs[:, F - NK:, :, None])[..., 0]
+    # R = diag(1/s)·Q: only its band and R·x are formed
+    flux = xp.matmul(Q, xs[:, F - NK:, :, None])[..., 0] / s
     h = ctx.ndiag
     jj = xp.arange(NW)
     ri = jj[None, :] - h + xp.arange(2 * h + 1)[:, None]             # (2h+1, NW)
     rok = (ri >= 0) & (ri < NW)
-    rd = R[:, :, xp.clip(ri, 0, NW - 1), jj[None, :]] * rok          # (P,NK,2h+1,NW)
+    rc = xp.clip(ri, 0, NW - 1)
+    rd = Q[:, :, rc, jj[None, :]] / s[:, :, rc] * rok                # (P,NK,2h+1,NW)
     # back to fiber order; fibers that are not kept get zeros
     kf = xp.asarray(lay.kept_fibers())
     out = dict(x3=xp.take_along_axis(xs, xp.asarray(lay.pos)[:, :, None], axis=1),
@@ -211,12 +215,15 @@ SPOT_BLOCK_CPU = 64
 
 
 @nvtx_range("extract:spots")
-def _bundle_spots(xp, psf, fibers, wave_ext):
+def _bundle_spots(xp, psf, fibers, wave_ext, twin=False):
     """Spots of a bundle's fibers on its padded grid: host int corners ``xc``, ``yc``
     (nfib, nwave) and device stamps (nfib, nwave, nys, nxs). One evaluation per bundle
-    (patches overlapping in fibers or wavelengths share them); on numpy in wavelength
-    blocks of :data:`SPOT_BLOCK_CPU`, on a GPU in one batch. One device → host copy (the
-    corners)."""
+    (patches overlapping in fibers or wavelengths share them): with ``twin`` (the numpy
+    backend's Numba twins) by :func:`gpuspec.psf.spots_cpu.spots`; else on numpy in
+    wavelength blocks of :data:`SPOT_BLOCK_CPU`, on a GPU in one batch. One device → host
+    copy (the corners)."""
+    if twin:
+        return spots_cpu.spots(psf, fibers, wave_ext)
     if xp is not np:
         xc_d, yc_d, stamps = psf.spots(fibers, wave_ext, xp=xp)
         return (_backend.to_host(xc_d).astype(np.int64), _backend.to_host(yc_d).astype(np.int64),
@@ -270,7 +277,7 @@ def _extract_range(ctx: _Context, b0: int, b1: int, modelimage=None):
     kmin = min(p.kfirst for p in patches)
     kmax = max(p.kfirst + p.nwave for p in patches)
     wave_ext = ctx.wave[0] + np.arange(kmin, kmax) * ctx.dw
-    xc, yc, stamps = _bundle_spots(xp, psf, np.arange(b0, b1), wave_ext)
+    xc, yc, stamps = _bundle_spots(xp, psf, np.arange(b0, b1), wave_ext, _use_cpu_twin(ctx))
     nb = b1 - b0
     out = _empty_results(xp, nb, nwave, ctx.ndiag)
     per_patch = _bytes_per_patch(ctx, patches, b0, kmin, xc, yc, stamps.shape[-2:])
@@ -475,6 +482,7 @@ def _extract_parallel(ctx, ranges, nproc):
         # the workers inherit the compiled kernels instead of loading them each
         normal_cpu.warm()
         pixels_cpu.warm()
+        spots_cpu.warm()
     heap.release_kept_memory()        # workers must not copy the parent's free heap
     _POOL_CTX = ctx
     try:

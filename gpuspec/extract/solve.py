@@ -409,6 +409,19 @@ def decorrelate(Cblocks, threshold: float = EIG_THRESHOLD):
 
     Backends: numpy, cupy (batched ``eigh``).
     """
+    Q, s = sqrt_inverse(Cblocks, threshold)
+    return Q / s[..., :, None], s * s
+
+
+def sqrt_inverse(Cblocks, threshold: float = EIG_THRESHOLD):
+    """``Q = C_ii^(-1/2)`` of symmetrised covariance blocks and its row sums ``s = Q·1``.
+
+    The eigenvalue floor is specter's (see :func:`decorrelate`, which returns
+    ``R = diag(1/s)·Q``). The extraction takes ``Q`` and ``s`` and forms only what it
+    stores (the band of ``R`` and ``R·f``), not ``R`` itself.
+
+    Backends: numpy, cupy (batched ``eigh``).
+    """
     xp = get_array_module(Cblocks)
     C = 0.5 * (Cblocks + xp.swapaxes(Cblocks, -1, -2))
     w, V = xp.linalg.eigh(C)
@@ -418,6 +431,4 @@ def decorrelate(Cblocks, threshold: float = EIG_THRESHOLD):
     good = sq > minval
     ws = xp.where(good, 1.0 / xp.where(good, sq, 1.0), 1.0 / xp.where(minval > 0, minval, 1.0))
     Q = xp.matmul(V * ws[..., None, :], xp.swapaxes(V, -1, -2))
-    s = Q.sum(axis=-1)
-    R = Q / s[..., :, None]
-    return R, s * s
+    return Q, Q.sum(axis=-1)

@@ -232,6 +232,51 @@ class GaussHermitePSF:
 
         Backends: numpy, cupy. Stamps are not truncated at the CCD edges.
         """
+        t = self.spot_terms(fibers, wave, xp)
+        nx = 2 * self.hsizex + 1
+        ny = 2 * self.hsizey + 1
+        X, Y, xc, yc = t["X"], t["Y"], t["xc"], t["yc"]
+        # pixel edges relative to the spot centre, in sigma units: (nf, nw, n+1)
+        ex = (xc[..., None] + xp.arange(nx + 1) - 0.5 - X[..., None]) / t["sigx"][..., None]
+        ey = (yc[..., None] + xp.arange(ny + 1) - 0.5 - Y[..., None]) / t["sigy"][..., None]
+        fx = _pix_gh(ex, self.ghdegx, xp)  # (nf, nw, degx+1, nx)
+        fy = _pix_gh(ey, self.ghdegy, xp)  # (nf, nw, degy+1, ny)
+        # core[y, x] = sum_ij c_ij fy[j, y] fx[i, x]
+        tmp = xp.matmul(xp.swapaxes(t["coef"], -1, -2), fx)  # (nf, nw, degy+1, nx)
+        core = xp.matmul(xp.swapaxes(fy, -1, -2), tmp)  # (nf, nw, ny, nx)
+        if t["tail"] is not None:
+            core = core + _tail(t["tail"], X, Y, xc, yc, nx, ny, xp)
+        if clip:
+            core = xp.maximum(core, 0.0)
+            core = core / core.sum(axis=(-2, -1), keepdims=True)
+        return xc.astype(xp.int64), yc.astype(xp.int64), core
+
+    def spot_terms(self, fibers, wave, xp=np):
+        """What the pixel integration of each spot needs, for fibers × wavelengths.
+
+        The one home of the spot parameters: :meth:`spots` integrates them on ``xp``
+        and :func:`gpuspec.psf.spots_cpu.spots` (the Numba twin) on the host.
+
+        Parameters
+        ----------
+        fibers : int array (nfib,)
+            Fiber indices (0-based within the PSF).
+        wave : array (nwave,) or (nfib, nwave)
+            Wavelengths in Å (shared by all fibers when 1-D).
+        xp : module
+            numpy or cupy; all outputs live there.
+
+        Returns
+        -------
+        dict
+            ``X``, ``Y`` (trace, CCD pixels), ``sigx``, ``sigy`` (GHSIGX/Y), ``xc``,
+            ``yc`` (float stamp corners ``floor(X - HSIZEX + 0.5)``, ...), all
+            (nfib, nwave); ``coef`` (nfib, nwave, degx+1, degy+1), the GH-i-j
+            coefficients; ``tail``: None without a PSF tail, else (nfib, nwave, 5) of
+            TAILAMP, TAILCORE, TAILXSCA, TAILYSCA, TAILINDE.
+
+        Backends: numpy, cupy.
+        """
         f = self._fibers(fibers, xp)
         nf = len(f)
         w = xp.asarray(wave, dtype=xp.float64)
@@ -243,44 +288,16 @@ class GaussHermitePSF:
         X = _legval_rows(ut, dev["x"][fi], xp)
         Y = _legval_rows(ut, dev["y"][fi], xp)
         up = reduced(w, self.param_wmin, self.param_wmax)
-        sigx = _legval_rows(up, dev["p"]["GHSIGX"][fi], xp)
-        sigy = _legval_rows(up, dev["p"]["GHSIGY"][fi], xp)
-        # GH coefficients at each (fiber, λ): (nf, nw, degx+1, degy+1)
         gh = dev["gh"][fi]  # (nf, ndeg, dx, dy)
         P = _legendre_basis(up, gh.shape[1], xp)  # (nf, nw, ndeg)
-        coef = xp.einsum("fwk,fkij->fwij", P, gh)
-
-        nx = 2 * self.hsizex + 1
-        ny = 2 * self.hsizey + 1
-        xc = xp.floor(X - self.hsizex + 0.5)
-        yc = xp.floor(Y - self.hsizey + 0.5)
-        # pixel edges relative to the spot centre, in sigma units: (nf, nw, n+1)
-        ex = (xc[..., None] + xp.arange(nx + 1) - 0.5 - X[..., None]) / sigx[..., None]
-        ey = (yc[..., None] + xp.arange(ny + 1) - 0.5 - Y[..., None]) / sigy[..., None]
-        fx = _pix_gh(ex, self.ghdegx, xp)  # (nf, nw, degx+1, nx)
-        fy = _pix_gh(ey, self.ghdegy, xp)  # (nf, nw, degy+1, ny)
-        # core[y, x] = sum_ij c_ij fy[j, y] fx[i, x]
-        t = xp.matmul(xp.swapaxes(coef, -1, -2), fx)  # (nf, nw, degy+1, nx)
-        core = xp.matmul(xp.swapaxes(fy, -1, -2), t)  # (nf, nw, ny, nx)
+        tail = None
         if self._has_tail:
-            core = core + self._tail(f, w, X, Y, xc, yc, nx, ny, xp)
-        if clip:
-            core = xp.maximum(core, 0.0)
-            core = core / core.sum(axis=(-2, -1), keepdims=True)
-        return xc.astype(xp.int64), yc.astype(xp.int64), core
-
-    def _tail(self, f, w, X, Y, xc, yc, nx, ny, xp):
-        """PSF tail TAILAMP·r²/(TAILCORE²+r²)^(1+TAILINDE/2) at pixel centres."""
-        amp = self.param("TAILAMP", f, w, xp)
-        corep = self.param("TAILCORE", f, w, xp)
-        xs = self.param("TAILXSCA", f, w, xp)
-        ys = self.param("TAILYSCA", f, w, xp)
-        ind = self.param("TAILINDE", f, w, xp)
-        dx = (xc[..., None] + xp.arange(nx) - X[..., None]) / xs[..., None]
-        dy = (yc[..., None] + xp.arange(ny) - Y[..., None]) / ys[..., None]
-        r2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2
-        c2 = (corep ** 2)[..., None, None]
-        return amp[..., None, None] * r2 / (c2 + r2) ** (1 + ind[..., None, None] / 2.0)
+            tail = xp.stack([self.param(k, f, w, xp) for k in _TAIL_KEYS], axis=-1)
+        return {"X": X, "Y": Y,
+                "sigx": _legval_rows(up, dev["p"]["GHSIGX"][fi], xp),
+                "sigy": _legval_rows(up, dev["p"]["GHSIGY"][fi], xp),
+                "xc": xp.floor(X - self.hsizex + 0.5), "yc": xp.floor(Y - self.hsizey + 0.5),
+                "coef": xp.einsum("fwk,fkij->fwij", P, gh), "tail": tail}
 
     def xypix(self, fiber: int, wave: float, xmin=0, xmax=None, ymin=0, ymax=None):
         """specter-compatible single spot: ``(xslice, yslice, pix)`` (numpy).
@@ -363,6 +380,22 @@ class GaussHermitePSF:
     def __repr__(self) -> str:
         return (f"GaussHermitePSF(nspec={self.nspec}, wave=[{self.wmin:.1f},{self.wmax:.1f}], "
                 f"ccd={self.npix_y}x{self.npix_x}, spot={2 * self.hsizey + 1}x{2 * self.hsizex + 1})")
+
+
+#: PSF tail parameters, in the order of :meth:`GaussHermitePSF.spot_terms`'s ``tail``.
+_TAIL_KEYS = ("TAILAMP", "TAILCORE", "TAILXSCA", "TAILYSCA", "TAILINDE")
+
+
+def _tail(tail, X, Y, xc, yc, nx, ny, xp):
+    """PSF tail TAILAMP·r²/(TAILCORE²+r²)^(1+TAILINDE/2) at pixel centres, where
+    r² = (dx/TAILXSCA)² + (dy/TAILYSCA)²; ``tail`` is (..., 5) in :data:`_TAIL_KEYS`
+    order."""
+    amp, corep, xs, ys, ind = (tail[..., i] for i in range(5))
+    dx = (xc[..., None] + xp.arange(nx) - X[..., None]) / xs[..., None]
+    dy = (yc[..., None] + xp.arange(ny) - Y[..., None]) / ys[..., None]
+    r2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2
+    c2 = (corep ** 2)[..., None, None]
+    return amp[..., None, None] * r2 / (c2 + r2) ** (1 + ind[..., None, None] / 2.0)
 
 
 def _legval_rows(u, coeff, xp):
