@@ -259,12 +259,8 @@ class GaussHermitePSF:
 
         Parameters
         ----------
-        fibers : int array (nfib,)
-            Fiber indices (0-based within the PSF).
-        wave : array (nwave,) or (nfib, nwave)
-            Wavelengths in Å (shared by all fibers when 1-D).
-        xp : module
-            numpy or cupy; all outputs live there.
+        fibers, wave, xp
+            As for :meth:`spots`.
 
         Returns
         -------
