@@ -246,7 +246,8 @@ def _bytes_per_patch(ctx, patches, b0, kmin, xc, yc, stamp_shape) -> int:
     Array path (GPU): :func:`gpuspec.extract.windows.bytes_per_patch` (the tiled
     projection arrays dominate, ~40 MB per patch at DESI geometry). CPU twin: the normal
     matrix (n² float64, n = F·NW) and the decorrelation of the NK kept fibers (about six
-    NW × NW arrays each: C, its symmetrised copy, eigenvectors, Q, R and temporaries),
+    NW × NW arrays each: C, its symmetrised copy, eigenvectors, V·diag(ws), Q and eigh's
+    workspace; R itself is not formed),
     ``8·(n² + 6·NK·NW²)``, ~3.2 MB at DESI geometry (measured: 3.1 MB per patch).
     """
     if not _use_cpu_twin(ctx):
