@@ -636,8 +636,10 @@ _OP_NOTES = {
     "3.4M pairs per bundle, which the model charges at the dgemm rate",
     "kept covariance blocks (block substitution)": "products of 74 × 74 blocks, modelled "
     "as triangular",
-    "spots": "numpy on 64-wavelength blocks, not in the flop model's reach",
-    "Q = V L^-1/2 V^T, R, flux": "batched products and the Python around them",
+    "spots": "the Numba twin (`psf/spots_cpu.py`): erf and exp at 30 pixel edges and 2.1k "
+    "multiply-adds per spot, the erf not in the flop model's reach",
+    "Q = V L^-1/2 V^T, R, flux": "batched products (Q, its band and Q·x) and the Python "
+    "around them",
     "chi2: model and 3 weighted A0^T products": "the Numba diagnostics kernel",
     "regularise": "a few array passes per chunk",
 }
