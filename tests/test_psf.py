@@ -226,3 +226,24 @@ def test_numba_spots_match_array_form(psf, psf_eval, tail, clip):
             j = int(np.searchsorted(w0, row["WAVE"]))
             assert (xc[i, j], yc[i, j]) == (row["XMIN"], row["YMIN"])
             assert np.abs(st[i, j] - psf_eval["SPOTS"][k]).max() < SPOT_TOL
+
+
+def test_tail_spots_on_every_backend(psf, xp):
+    """The PSF tail (spot_terms' ``tail``, added in ``spots``) on each backend equals the
+    host evaluation, and is the formula at a pixel centre."""
+    p = _with_tail(psf)
+    fibers = np.array([2, 300])
+    wave = np.array([5700.0, 6500.0, 7700.0])
+    xc, yc, st = p.spots(fibers, wave, xp=xp, clip=False)
+    _, _, ref = p.spots(fibers, wave, xp=np, clip=False)
+    assert np.abs(backend.to_host(st) - ref).max() < 1e-15
+    # one pixel by hand: core (no tail) + TAILAMP·r²/(TAILCORE² + r²)^(1 + TAILINDE/2)
+    t = p.spot_terms(fibers, wave, np)
+    f, k, y, x = 1, 2, 3, 12
+    amp, core, xs, ys, ind = t["tail"][f, k]
+    dx = (t["xc"][f, k] + x - t["X"][f, k]) / xs
+    dy = (t["yc"][f, k] + y - t["Y"][f, k]) / ys
+    r2 = dx ** 2 + dy ** 2
+    _, _, notail = psf.spots(fibers, wave, xp=np, clip=False)
+    expect = notail[f, k, y, x] + amp * r2 / (core ** 2 + r2) ** (1 + ind / 2)
+    assert abs(ref[f, k, y, x] - expect) < 1e-15
