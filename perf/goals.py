@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import statistics
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,9 +106,15 @@ def _goal1(records, results_dir=None):
     rows = []
     if sp and pl:
         k = _cpu(sp) / _cpu(pl)
+        meas = f"{_cpu(sp):.3g} s vs {_cpu(pl):.3g} s ({sp['sizes'].get('ntarget')} targets)"
+        rr = (sp.get("extra") or {}).get("ratio_rounds")
+        if rr and sp.get("_file") == pl.get("_file"):
+            # interleaved in one run: the median of the per-round ratios leads
+            k = float(statistics.median(rr))
+            meas += (f", interleaved, {len(rr)} rounds: {min(rr):.2f}–{max(rr):.2f}× "
+                     f"(load {_load(sp)})")
         rows.append(_row("1a spectroperf coadd cost / plain coadd (CPU, 1 thread)", "≤ 5×",
-                         f"{_cpu(sp):.3g} s vs {_cpu(pl):.3g} s ({sp['sizes'].get('ntarget')} "
-                         f"targets)", f"{k:.1f}×", f"{k / 5:.1f}× too slow" if k > 5 else "–",
+                         meas, f"{k:.1f}×", f"{k / 5:.1f}× too slow" if k > 5 else "–",
                          k <= 5, _src(sp, pl)))
     else:
         rows.append(_row("1a spectroperf coadd cost / plain coadd (CPU)", "≤ 5×", "no record",

@@ -357,8 +357,7 @@ def bench_coadd(size: str, backend_name: str) -> list[dict]:
     import fitsio
 
     from gpuspec import backend
-    from gpuspec.coadd import (coadd, coadd_cameras, coadd_spectroperf, decorrelate,
-                               spectroperf_resample)
+    from gpuspec.coadd import coadd, coadd_spectroperf, decorrelate, spectroperf_resample
     from gpuspec.coadd.synth import make_spectra
     from gpuspec.io.spectra import read_spectra
 
@@ -404,28 +403,58 @@ def bench_coadd(size: str, backend_name: str) -> list[dict]:
     sizes = {"ntarget": cfg["ntarget"], "nexp": cfg["nexp"], "cameras": list(sp.bands),
              "shapes": {b: list(sp.flux[b].shape) for b in sp.bands}}
     mb = 8192 if backend_name == "cupy" else 1024
-    cases = [("healpix_plain", sizes,
-              lambda: coadd_cameras(coadd(sp, onetile=True, backend=backend_name),
-                                    backend=backend_name), cfg["repeat"]),
-             ("healpix_spectroperf", sizes,
-              lambda: coadd_spectroperf(sp, backend=backend_name, max_blocks=mb),
-              max(1, cfg["repeat"] - 1))]
+    recs.extend(_bench_healpix_pair(sp, sizes, cfg, size, backend_name, xp, mb))
     if backend_name == "cupy":
         # goal 1b's pixel (500+ targets), on the GPU only: the CPU has goal 1a
         big, _ = make_spectra(ntarget=P.GOAL1B_NTARGET, nexp=cfg["nexp"], seed=12)
         bsz = dict(sizes, ntarget=P.GOAL1B_NTARGET,
                    shapes={b: list(big.flux[b].shape) for b in big.bands})
-        cases.append((P.GOAL1B_CASE, bsz,
-                      lambda: coadd_spectroperf(big, backend=backend_name, max_blocks=mb), 2))
-    for name, sz, fn, rep in cases:
         la = P.loadavg()
-        t = P.measure(fn, xp, warmup=1, repeat=rep)
-        rec = P.record("coadd", name, size=size, backend_name=backend_name, timing=t, xp=xp,
-                       loadavg_before=la, sizes=sz,
-                       extra={"targets_per_s": sz["ntarget"] / t["median_s"],
-                              "max_blocks": mb if "spectroperf" in name else None})
+        t = P.measure(lambda: coadd_spectroperf(big, backend=backend_name, max_blocks=mb), xp,
+                      warmup=1, repeat=2)
+        rec = P.record("coadd", P.GOAL1B_CASE, size=size, backend_name=backend_name, timing=t,
+                       xp=xp, loadavg_before=la, sizes=bsz,
+                       extra={"targets_per_s": bsz["ntarget"] / t["median_s"],
+                              "max_blocks": mb})
         recs.append(rec)
         _say(_summary(rec))
+    return recs
+
+
+def _bench_healpix_pair(sp, sizes, cfg, size, backend_name, xp, mb) -> list[dict]:
+    """Goal 1a: the plain coadd (``coadd`` + ``coadd_cameras``, one brz spectrum per
+    target) and ``coadd_spectroperf`` of one pixel, interleaved round by round
+    (``protocol.interleave``, after one warm-up call each), so that a change of the
+    machine's speed hits both; ``extra.ratio_rounds`` has the CPU-time ratio of each
+    round (spectroperf / plain of the same round)."""
+    import numpy as np
+
+    from gpuspec.coadd import coadd, coadd_cameras, coadd_spectroperf
+
+    fns = {"healpix_plain": lambda: coadd_cameras(coadd(sp, onetile=True,
+                                                        backend=backend_name),
+                                                  backend=backend_name),
+           "healpix_spectroperf": lambda: coadd_spectroperf(sp, backend=backend_name,
+                                                            max_blocks=mb)}
+    for fn in fns.values():
+        fn()                                                            # warm-up
+    la = P.loadavg()
+    tim = P.interleave(fns, xp, rounds=max(5, cfg["repeat"]))
+    cpu = {k: np.asarray(t.get("cpu_s") or t["runs_s"]) for k, t in tim.items()}
+    rounds = cpu["healpix_spectroperf"] / cpu["healpix_plain"]
+    recs = []
+    for name, t in tim.items():
+        extra = {"targets_per_s": sizes["ntarget"] / t["median_s"],
+                 "max_blocks": mb if "spectroperf" in name else None,
+                 "interleaved_with": ("healpix_spectroperf" if name == "healpix_plain"
+                                      else "healpix_plain"),
+                 "ratio_rounds": [float(r) for r in rounds]}
+        rec = P.record("coadd", name, size=size, backend_name=backend_name, timing=t, xp=xp,
+                       loadavg_before=la, sizes=sizes, extra=extra)
+        recs.append(rec)
+        _say(_summary(rec))
+    _say(f"  coadd: spectroperf / plain x{np.median(rounds):.2f} (CPU, interleaved; rounds "
+         f"{rounds.min():.2f}-{rounds.max():.2f})")
     return recs
 
 

@@ -222,6 +222,21 @@ def test_goals_table_states_met_and_open(tmp_path):
     assert "Goals of issue 16" in page
 
 
+def test_goal1a_interleaved_rounds_lead():
+    """Goal 1a: with the pair interleaved in one run, the median of the per-round ratios
+    is the ratio (not the ratio of the two medians); without, the medians' ratio."""
+    sp = _rec("coadd", "healpix_spectroperf", 5.2)
+    pl = _rec("coadd", "healpix_plain", 1.0)
+    row = goals._goal1([sp, pl])[0]
+    assert "5.2×" in row and "1.0× too slow" in row and "open" in row
+    for r in (sp, pl):
+        r["extra"] = {"ratio_rounds": [4.1, 4.4, 4.6, 4.3, 6.0]}
+    row = goals._goal1([sp, pl])[0]
+    assert "4.4×" in row and "5 rounds: 4.10–6.00×" in row and "**met**" in row
+    pl["_file"] = "other.jsonl"                     # not one run: the medians again
+    assert "5.2×" in goals._goal1([sp, pl])[0]
+
+
 def test_goal3_counts_only_single_thread_runs_and_every_run(tmp_path):
     def pre(ratio, threads, date):
         r = _rec("preproc", "fullccd_vs_desispec", 3.0, threads=threads, reference={
@@ -535,6 +550,11 @@ def test_cupy_coadd_suite_adds_the_goal1b_pixel(emulate_cupy, monkeypatch):
     assert by["healpix3_spectroperf"]["sizes"]["ntarget"] == 3
     assert by["healpix_spectroperf"]["sizes"]["ntarget"] == 2
     assert by["healpix3_spectroperf"]["backend"] == "cupy"
+    # goal 1a's pair is interleaved: one CPU-time ratio per round, in both records
+    rr = by["healpix_spectroperf"]["extra"]["ratio_rounds"]
+    assert len(rr) == 5 and all(r > 0 for r in rr)
+    assert by["healpix_plain"]["extra"]["ratio_rounds"] == rr
+    assert by["healpix_plain"]["extra"]["interleaved_with"] == "healpix_spectroperf"
 
 
 def test_device_linalg_bench_scales_the_batched_calls_to_a_frame(emulate_cupy, monkeypatch):
