@@ -235,6 +235,16 @@ def test_goal1a_interleaved_rounds_lead():
     assert "4.4×" in row and "5 rounds: 4.10–6.00×" in row and "**met**" in row
     pl["_file"] = "other.jsonl"                     # not one run: the medians again
     assert "5.2×" in goals._goal1([sp, pl])[0]
+    # one pair per suite size: the least favourable leads, the other is quoted
+    pl["_file"] = "x.jsonl"
+    ssp, spl = _rec("coadd", "healpix_spectroperf", 0.3), _rec("coadd", "healpix_plain", 0.1)
+    for r in (ssp, spl):
+        r["size"] = "small"
+    row = goals._goal1([sp, pl, ssp, spl])[0]
+    assert row.split(" | ")[3] == "4.4×" and "3.0×" not in row.split(" | ")[3]
+    spl["timing"]["median_s"] = 0.05                 # small pair now 6×: it leads, not met
+    row = goals._goal1([sp, pl, ssp, spl])[0]
+    assert row.split(" | ")[3] == "6.0×" and "open" in row and ": 4.4×" in row
 
 
 def test_goal3_counts_only_single_thread_runs_and_every_run(tmp_path):
