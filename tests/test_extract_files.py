@@ -141,3 +141,37 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert main(["extract", "-i", str(tmp_path / "nope.fits"), "-p", REF_PSF,
                  "-o", str(tmp_path / "x.fits"), "-w", "6000,6100,0.8"]) == 1
     assert not os.path.exists(tmp_path / "x.fits")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", [0, 1])
+def test_bundle_task_reads_only_its_columns(preproc_caseB, monkeypatch, bundle):
+    """A bundle's extract_file reads only the columns its patches reach
+    (files.CROP_COLUMNS) and writes the same frame, bit for bit, as from the whole image."""
+    import fitsio
+
+    from gpuspec import io as gio
+    from gpuspec.extract import extract_file, files
+
+    p = preproc_caseB
+    w = p["wave"]
+    widths = []
+    real = gio.read_image
+
+    def spy(path, columns=None):
+        img = real(path, columns=columns)
+        widths.append(img.pix.shape[1])
+        return img
+
+    monkeypatch.setattr(gio, "read_image", spy)
+    out = {}
+    for crop in (True, False):
+        monkeypatch.setattr(files, "CROP_COLUMNS", crop)
+        out[crop] = str(p["tmp"] / f"frame-b{bundle}-crop{crop}.fits")
+        extract_file(p["path"], REF_PSF, out[crop], (w[0], w[-1], 0.8), bundles=[bundle],
+                     backend="numpy")
+    full = fitsio.read_header(p["path"], "IMAGE")["NAXIS1"]
+    assert widths[1] == full and widths[0] < 0.75 * full, widths
+    for ext in ("FLUX", "IVAR", "MASK", "RESOLUTION", "CHI2PIX"):
+        a, b = fitsio.read(out[True], ext), fitsio.read(out[False], ext)
+        assert np.array_equal(a, b), ext

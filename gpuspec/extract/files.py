@@ -290,19 +290,27 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     for out in (outfile, model):
         if out is not None:
             check_writable(out)
-    image = gio.read_image(preprocfile)
+    full_shape = gio.image_shape(preprocfile)
     psf = read_psf(psffile)
+    x0 = 0
+    if nspec is None and bundles is None:
+        image = gio.read_image(preprocfile)
+        if image.fibermap is not None:
+            # the fibers the exposure has (500 per petal in production; fewer in simulations)
+            nspec = max(1, min(len(image.fibermap), psf.nspec) - int(specmin))
+        specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
+    else:
+        specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
+        cols = (_needed_columns(psf, w, specmin, nspec)
+                if CROP_COLUMNS and model is None and not model_ivar else None)
+        image = gio.read_image(preprocfile, columns=cols)
+        x0 = 0 if cols is None else min(max(cols[0], 0), full_shape[1])
     _check_same_camera(image, psf, os.fspath(preprocfile), os.fspath(psffile))
-    if nspec is None and bundles is None and image.fibermap is not None:
-        # the fibers the exposure has (500 per petal in production; fewer in simulations)
-        nspec = max(1, min(len(image.fibermap), psf.nspec) - int(specmin))
-    specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
     _check_fibermap_rows(image, specmin, nspec, preprocfile)
     _check_coverage(psf, w, specmin, nspec, psffile)
-    if image.pix.shape != (psf.npix_y, psf.npix_x):
+    if full_shape != (psf.npix_y, psf.npix_x):
         log.info("preproc image shape %s differs from the PSF's CCD (%d, %d); its pixel (0, 0) "
-                 "is taken as CCD pixel (0, 0)",
-                 image.pix.shape, psf.npix_y, psf.npix_x)
+                 "is taken as CCD pixel (0, 0)", full_shape, psf.npix_y, psf.npix_x)
     ivar = np.asarray(image.ivar, dtype=np.float64)
     if image.mask is not None:
         ivar = ivar * ((np.asarray(image.mask) & EXTRACT_MASK) == 0)
@@ -316,7 +324,7 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     if model_ivar:
         pix, ivar = _model_ivar_pass(image, ivar, psf, w, specmin, nspec, meta, opts)
     frame = extract_frame(pix, ivar, psf, w, specmin, nspec, model=model is not None,
-                          meta=meta, **opts)
+                          meta=meta, xyorigin=(x0, 0), **opts)
     if image.fibermap is not None:
         frame.fibermap = image.fibermap[specmin:specmin + nspec]
     _set_bad2dfit(frame)
@@ -324,6 +332,23 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     frame.modelimage = None
     _write_outputs(outfile, frame, model, modelimage)
     return os.fspath(outfile)
+
+
+#: A partial frame (``bundles`` or ``nspec`` given, no model image) reads only the CCD
+#: columns its patches can reach: a per-bundle task then reads, converts and cleans about
+#: a twentieth of the CCD instead of all of it (the results are the same: every patch box
+#: lies inside those columns). ``False`` reads the whole image.
+CROP_COLUMNS = True
+#: Columns kept on each side of the fibers' spot footprints (psf.xyrange): the patch boxes
+#: come from the same traces sampled at other wavelengths, one column apart at most.
+CROP_MARGIN = 4
+
+
+def _needed_columns(psf, grid, specmin: int, nspec: int) -> tuple[int, int]:
+    """CCD columns ``[x0, x1)`` that the patches of fibers ``[specmin, specmin + nspec)``
+    on the wavelength grid can reach, with :data:`CROP_MARGIN` on each side."""
+    xmin, xmax, _, _ = psf.xyrange((specmin, specmin + nspec), (grid[0], grid[-1]))
+    return max(0, xmin - CROP_MARGIN), xmax + CROP_MARGIN
 
 
 def _frame_meta(image, wave, grid, preprocfile, psffile, specmin, settings) -> dict:

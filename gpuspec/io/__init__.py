@@ -10,7 +10,7 @@ cheap (a missing or broken module is an import error on first use):
 name                              module
 ================================  =========================
 read_raw, write_raw, ...          :mod:`gpuspec.io.raw`
-read_image, write_image           :mod:`gpuspec.io.image`
+read_image, image_shape, ...      :mod:`gpuspec.io.image`
 read_frame, write_frame           :mod:`gpuspec.io.frame`
 read_fibermap, write_fibermap...  :mod:`gpuspec.io.fibermap`
 read_calib_image, ...             :mod:`gpuspec.io.calib`
@@ -34,7 +34,7 @@ _LAZY = {
     "validate_raw_header": "raw", "raw_layout": "raw", "amp_ids": "raw", "trimmed_shape": "raw",
     "normalize_camera": "raw",
     # preproc images
-    "read_image": "image", "write_image": "image",
+    "read_image": "image", "write_image": "image", "image_shape": "image",
     # frames
     "read_frame": "frame", "write_frame": "frame",
     # fibermaps

@@ -29,13 +29,13 @@ import fitsio
 import numpy as np
 
 from ..backend import native, to_host
-from ..errors import BadDataError, MissingKeywordError
+from ..errors import BadDataError, MissingHDUError, MissingKeywordError
 from ..image import Image
 from ..profiling import nvtx_range
-from .util import add_dependencies, atomic_output, check_same_shape, hdu_names, header_dict, \
-    header_records, open_fits, read_image_hdu, read_optional_hdu, write_checksums
+from .util import add_dependencies, atomic_output, check_image_size, check_same_shape, hdu_names, \
+    header_dict, header_records, open_fits, read_image_hdu, read_optional_hdu, write_checksums
 
-__all__ = ["write_image", "read_image"]
+__all__ = ["write_image", "read_image", "image_shape"]
 
 _I16 = np.iinfo(np.int16)
 
@@ -136,8 +136,33 @@ def write_image(path: str | os.PathLike, image: Image, meta: dict | None = None)
 
 
 @nvtx_range("read_image")
-def read_image(path: str | os.PathLike) -> Image:
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(ny, nx) of a preprocessed image's IMAGE HDU, from its header (no pixel read).
+
+    Raises MissingFileError, InputError, MissingHDUError (no IMAGE).
+
+    Backends: host only.
+    """
+    path = os.fspath(path)
+    with open_fits(path) as fx:
+        if "IMAGE" not in hdu_names(fx):
+            raise MissingHDUError("HDU is missing", path=path, hdu="IMAGE")
+        dims = check_image_size(fx["IMAGE"], path, "IMAGE")
+    if len(dims) != 2:
+        raise BadDataError(f"IMAGE must be 2-D, got dimensions {dims}", path=path, hdu="IMAGE")
+    return int(dims[0]), int(dims[1])
+
+
+def read_image(path: str | os.PathLike, columns=None) -> Image:
     """Read a preprocessed image (gpuspec or desispec layout).
+
+    Parameters
+    ----------
+    path : str or path
+    columns : (x0, x1), optional
+        Read only CCD columns ``[x0, x1)`` of every pixel HDU (clipped to the image),
+        with a subset read: what a bundle's extraction needs. The image's column 0 is
+        then ``max(x0, 0)``.
 
     Returns
     -------
@@ -155,13 +180,18 @@ def read_image(path: str | os.PathLike) -> Image:
     Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
+    cols = None
+    if columns is not None:
+        nx = image_shape(path)[1]
+        cols = (min(max(int(columns[0]), 0), nx), min(max(int(columns[1]), 0), nx))
     with open_fits(path) as fx:
         names = hdu_names(fx)
-        pix, h = read_image_hdu(fx, "IMAGE", path, header=True)
+        pix, h = read_image_hdu(fx, "IMAGE", path, header=True, columns=cols)
         meta = header_dict(h)
-        ivar = read_image_hdu(fx, "IVAR", path)
-        mask = read_image_hdu(fx, "MASK", path)
-        readnoise = read_optional_hdu(fx, names, "READNOISE", path)
+        ivar = read_image_hdu(fx, "IVAR", path, columns=cols)
+        mask = read_image_hdu(fx, "MASK", path, columns=cols)
+        readnoise = (read_image_hdu(fx, "READNOISE", path, columns=cols)
+                     if "READNOISE" in names else None)
         fibermap = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
     if pix.ndim != 2:
         raise BadDataError(f"IMAGE must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")

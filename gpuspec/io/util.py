@@ -375,9 +375,11 @@ def require_keyword(hdr: Mapping, key: str, path: str | None = None, hdu: str | 
 
 
 def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
-                   header: bool = False, dtype=None):
+                   header: bool = False, dtype=None, columns=None):
     """Read an image HDU as a native-byte-order array (optionally with its header).
 
+    ``columns=(x0, x1)`` reads only those columns of a 2-D image (every row), with
+    CFITSIO's subset read; the caller clips them to the image.
     Raises :class:`MissingHDUError` or :class:`InputError` naming the file and HDU.
 
     Backends: host only (NumPy).
@@ -385,9 +387,12 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     path = path or fx._filename
     if not has_hdu(fx, ext):
         raise MissingHDUError("HDU is missing", path=path, hdu=ext)
-    check_image_size(fx[ext], path, ext)
+    dims = check_image_size(fx[ext], path, ext)
     try:
-        data = fx[ext].read()
+        if columns is not None and len(dims) == 2:
+            data = fx[ext][0:dims[0], int(columns[0]):int(columns[1])]
+        else:
+            data = fx[ext].read()
         hdr = fx[ext].read_header() if header else None
     except MemoryError:
         raise
