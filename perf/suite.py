@@ -243,6 +243,7 @@ def bench_extract(size: str, backend_name: str) -> list[dict]:
                    extra={"nproc": 1, "what": "fibers 0-24 of a rendered full-CCD r0 frame"})
     recs.append(rec)
     _say(_summary(rec))
+    recs += _bench_bundle_task(psf_fn, img, ivar, wave, size, backend_name, xp)
     # the frame: warmed by the bundle runs; one timed run (numpy) / three (cupy)
     la = P.loadavg()
     t = P.measure(lambda: extract_frame(img_d, ivar_d, psf, wave, 0, nspec, backend=backend_name,
@@ -315,6 +316,60 @@ def bench_device_linalg(psf, wave, size, xp, nspec=500, chunks=(1, 8)) -> list[d
                                            "xp.linalg.cholesky of the normal matrices")})
             recs.append(rec)
             _say(_summary(rec) + f"  -> {rec['extra']['per_frame_s']:.3f} s per frame")
+    return recs
+
+
+def _bench_bundle_task(psf_fn, img, ivar, wave, size, backend_name, xp) -> list[dict]:
+    """A launcher bundle task: ``extract_file`` of bundle 1 from a preproc file of the
+    rendered full CCD, reading only the bundle's columns (``files.CROP_COLUMNS``, the
+    default) and the whole image, interleaved round by round (3 rounds, after a warm-up
+    of each). The frames are the same bit for bit (a test checks it)."""
+    import tempfile
+
+    import numpy as np
+
+    from gpuspec import backend
+    from gpuspec import io as gio
+    from gpuspec.extract import extract_file, files
+    from gpuspec.image import Image
+
+    with tempfile.TemporaryDirectory(prefix="gpuspec-bundle-task-") as tmp:
+        pre = os.path.join(tmp, "preproc-r0.fits")
+        pix, iv = backend.to_host(img), backend.to_host(ivar)
+        gio.write_image(pre, Image(pix=pix, ivar=iv, mask=np.zeros(pix.shape, np.int32),
+                                   readnoise=np.full(pix.shape, 3.0, np.float32),
+                                   camera="r0", meta={"CAMERA": "r0", "EXPTIME": 900.0}))
+
+        def task(crop):
+            old = files.CROP_COLUMNS
+            files.CROP_COLUMNS = crop
+            try:
+                extract_file(pre, psf_fn, os.path.join(tmp, f"frame-{crop}.fits"), wave,
+                             bundles=[1], backend=backend_name)
+            finally:
+                files.CROP_COLUMNS = old
+
+        fns = {"bundle_task_columns": lambda: task(True),
+               "bundle_task_whole_image": lambda: task(False)}
+        for fn in fns.values():
+            fn()                                                        # warm-up
+        la = P.loadavg()
+        tim = P.interleave(fns, xp, rounds=3)
+    cpu = {k: np.asarray(t.get("cpu_s") or t["runs_s"]) for k, t in tim.items()}
+    speedup = float(np.median(cpu["bundle_task_whole_image"] / cpu["bundle_task_columns"]))
+    recs = []
+    for name, t in tim.items():
+        rec = P.record("extract", name, size=size, backend_name=backend_name, timing=t, xp=xp,
+                       loadavg_before=la, sizes={"nspec": 25, "nwave": int(np.size(wave)),
+                                                 "image_shape": list(np.shape(img))},
+                       extra={"what": "extract_file of bundle 1 from a preproc file (files "
+                                      "to files, as a launcher task)",
+                              "interleaved_with": [k for k in tim if k != name][0],
+                              "cpu_speedup_columns_vs_whole": speedup})
+        recs.append(rec)
+        _say(_summary(rec))
+    _say(f"  extract: bundle task, columns only vs whole image: x{speedup:.2f} (CPU, "
+         "interleaved)")
     return recs
 
 
