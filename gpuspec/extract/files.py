@@ -292,19 +292,20 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
             check_writable(out)
     full_shape = gio.image_shape(preprocfile)
     psf = read_psf(psffile)
-    x0 = 0
+    x0, image = 0, None
     if nspec is None and bundles is None:
+        # the whole frame: the fibers the exposure has (500 per petal in production;
+        # fewer in simulations) come from the fibermap
         image = gio.read_image(preprocfile)
         if image.fibermap is not None:
-            # the fibers the exposure has (500 per petal in production; fewer in simulations)
             nspec = max(1, min(len(image.fibermap), psf.nspec) - int(specmin))
-        specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
-    else:
-        specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
+    specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
+    if image is None:
+        # a partial frame reads only the columns its patches reach (CROP_COLUMNS)
         cols = (_needed_columns(psf, w, specmin, nspec)
                 if CROP_COLUMNS and model is None and not model_ivar else None)
         image = gio.read_image(preprocfile, columns=cols)
-        x0 = 0 if cols is None else min(max(cols[0], 0), full_shape[1])
+        x0 = 0 if cols is None else min(cols[0], full_shape[1])
     _check_same_camera(image, psf, os.fspath(preprocfile), os.fspath(psffile))
     _check_fibermap_rows(image, specmin, nspec, preprocfile)
     _check_coverage(psf, w, specmin, nspec, psffile)

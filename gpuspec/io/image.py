@@ -135,7 +135,6 @@ def write_image(path: str | os.PathLike, image: Image, meta: dict | None = None)
     return path
 
 
-@nvtx_range("read_image")
 def image_shape(path: str | os.PathLike) -> tuple[int, int]:
     """(ny, nx) of a preprocessed image's IMAGE HDU, from its header (no pixel read).
 
@@ -153,6 +152,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int]:
     return int(dims[0]), int(dims[1])
 
 
+@nvtx_range("read_image")
 def read_image(path: str | os.PathLike, columns=None) -> Image:
     """Read a preprocessed image (gpuspec or desispec layout).
 
@@ -180,18 +180,13 @@ def read_image(path: str | os.PathLike, columns=None) -> Image:
     Backends: host only: returns NumPy arrays (move them with :func:`gpuspec.backend.to_device`).
     """
     path = os.fspath(path)
-    cols = None
-    if columns is not None:
-        nx = image_shape(path)[1]
-        cols = (min(max(int(columns[0]), 0), nx), min(max(int(columns[1]), 0), nx))
     with open_fits(path) as fx:
         names = hdu_names(fx)
-        pix, h = read_image_hdu(fx, "IMAGE", path, header=True, columns=cols)
+        pix, h = read_image_hdu(fx, "IMAGE", path, header=True, columns=columns)
         meta = header_dict(h)
-        ivar = read_image_hdu(fx, "IVAR", path, columns=cols)
-        mask = read_image_hdu(fx, "MASK", path, columns=cols)
-        readnoise = (read_image_hdu(fx, "READNOISE", path, columns=cols)
-                     if "READNOISE" in names else None)
+        ivar = read_image_hdu(fx, "IVAR", path, columns=columns)
+        mask = read_image_hdu(fx, "MASK", path, columns=columns)
+        readnoise = read_optional_hdu(fx, names, "READNOISE", path, columns=columns)
         fibermap = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
     if pix.ndim != 2:
         raise BadDataError(f"IMAGE must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")

@@ -378,8 +378,8 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
                    header: bool = False, dtype=None, columns=None):
     """Read an image HDU as a native-byte-order array (optionally with its header).
 
-    ``columns=(x0, x1)`` reads only those columns of a 2-D image (every row), with
-    CFITSIO's subset read; the caller clips them to the image.
+    ``columns=(x0, x1)`` reads only those columns of a 2-D image (every row, the
+    columns clipped to the image), with CFITSIO's subset read.
     Raises :class:`MissingHDUError` or :class:`InputError` naming the file and HDU.
 
     Backends: host only (NumPy).
@@ -390,7 +390,8 @@ def read_image_hdu(fx: fitsio.FITS, ext: str | int, path: str | None = None,
     dims = check_image_size(fx[ext], path, ext)
     try:
         if columns is not None and len(dims) == 2:
-            data = fx[ext][0:dims[0], int(columns[0]):int(columns[1])]
+            c0, c1 = (min(max(int(c), 0), dims[1]) for c in columns)
+            data = fx[ext][0:dims[0], c0:c1]
         else:
             data = fx[ext].read()
         hdr = fx[ext].read_header() if header else None
@@ -533,14 +534,16 @@ def header_records(meta) -> list[dict]:
 
 
 def read_optional_hdu(fx: fitsio.FITS, names, ext: str, path: str | None = None,
-                      table: bool = False):
-    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None.
+                      table: bool = False, columns=None):
+    """Read HDU ``ext`` if it is among ``names`` (from :func:`hdu_names`), else None
+    (an image: ``columns`` as for :func:`read_image_hdu`).
 
     Backends: host only (NumPy).
     """
     if ext not in names:
         return None
-    return read_table_hdu(fx, ext, path) if table else read_image_hdu(fx, ext, path)
+    return (read_table_hdu(fx, ext, path) if table
+            else read_image_hdu(fx, ext, path, columns=columns))
 
 
 def check_same_shape(ref, refname: str, arrays, path: str | None = None) -> None:
