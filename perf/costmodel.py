@@ -232,6 +232,8 @@ class PatchShape:
     nxs: int = 17       # spot columns
     ndiag: int = 5      # resolution half-width
     NK: int = 5         # kept fibers (solved last; only their blocks are decorrelated)
+    DS: int = 2         # fiber reach of overlapping spots (blocks of M that are nonzero)
+    NLO: int = 1        # not-kept fibers before the kept ones (fiber order)
     count: float = 1.0  # how many patches have this shape
 
     @property
@@ -243,16 +245,21 @@ class PatchShape:
         return self.ND * self.NE * self.T
 
 
-def _block_substitution_flops(K: int, nw: int) -> float:
-    """Flops of ``solve._inverse_block_columns`` for K kept blocks of nw: per block column
-    s, ``trtri`` of a diagonal block (nw³/3), ``Z_ssᵀZ_ss`` (2nw³), and for each row
-    t > s, (t − s) block products, ``−Z_tt·v`` and ``zᵀz`` (2nw³ each)."""
-    fl = 0.0
-    for s_ in range(K):
-        fl += nw ** 3 / 3.0 + 2.0 * nw ** 3
-        for t in range(s_ + 1, K):
-            fl += 2.0 * nw ** 3 * ((t - s_) + 2)
-    return fl
+def _block_solve_flops(s: "PatchShape") -> dict:
+    """Flops of the host's block-sparse solve (``extract/blocksolve.py``) of one patch:
+    fibers coupled within ``DS`` of each other, in slot order (the ``F − NK`` not-kept
+    fibers first, ``NLO`` of them before the kept ones in fiber order), the fill of the
+    elimination included; :func:`gpuspec.extract.blocksolve.block_flops` counts them."""
+    import numpy as np
+
+    from gpuspec.extract.blocksolve import block_flops, fill_pattern
+
+    F, NK = s.F, min(s.NK, s.F)
+    keep = np.zeros(F, bool)
+    keep[s.NLO:s.NLO + NK] = True
+    perm = np.argsort(keep, kind="stable")
+    pat = np.abs(np.subtract.outer(perm, perm)) <= s.DS
+    return block_flops(fill_pattern(pat), s.NW, F - NK)
 
 
 def patch_ops(s: PatchShape, path: str = "gpu") -> list:
@@ -285,10 +292,10 @@ def patch_ops(s: PatchShape, path: str = "gpu") -> list:
       F·Q.
 
     ``path="cpu"``: the numpy backend's arithmetic instead (``normal_cpu`` builds M
-    directly from the spot pairs: ~F·NW·26 partners·~60 overlap pixels·3 flops; LAPACK
-    ``dpotrf`` n³/3 and ``dpotrs`` 4n²; the kept fibers' covariance blocks by block
-    substitution, :func:`_block_substitution_flops`; the rest as above without the
-    tiled gather/GEMM).
+    directly from the spot pairs: ~F·NW·26 partners·~60 overlap pixels·3 flops; the
+    block-sparse Cholesky, substitutions and selected inverse of the kept covariance
+    blocks over the fibers that share pixels, :func:`_block_solve_flops`; the rest as
+    above without the tiled gather/GEMM).
     """
     F, NW, WY, WX, NT, T, RT, ND, NE = s.F, s.NW, s.WY, s.WX, s.NT, s.T, s.RT, s.ND, s.NE
     Q, S, n, K = WY * WX, s.nys * s.nxs, s.n, s.K
@@ -319,11 +326,12 @@ def patch_ops(s: PatchShape, path: str = "gpu") -> list:
                F8 * (NW * NW * NK * (NK + 1) / 2 + NK * NW * NW), tensor=True),
         ]
     else:
+        bl = _block_solve_flops(s)
         ops += [Op(st, "normal matrices from spot pairs (Numba)", 3.0 * F * NW * 26 * 60,
                    F8 * (n * n + F * NW * S)),
-                Op(st, "dpotrf + dpotrs", n ** 3 / 3.0 + 4.0 * n * n, F8 * 2 * n * n),
-                Op(st, "kept covariance blocks (block substitution)",
-                   _block_substitution_flops(NK, NW), F8 * 3 * m * m),
+                Op(st, "block Cholesky + substitutions", bl["factor"], F8 * 2 * n * n),
+                Op(st, "kept covariance blocks (selected inverse)", bl["selected_inverse"],
+                   F8 * 3 * m * m),
                 Op(st, "regularise", 20 * n, F8 * 2 * n)]
     ops += [
         Op(st, "eigh of the fiber blocks", 9.0 * NK * NW ** 3, F8 * 5 * NK * NW * NW),
@@ -408,7 +416,20 @@ def _patch_shape(psf, wave, p, ndiag) -> PatchShape:
             E = e
     return PatchShape(F=len(fib), NW=NWp, WY=int(p.box[3] - p.box[2]), WX=WX, NT=NT, T=T,
                       RT=RT, ND=D + 1, NE=2 * E + 1, nys=nys, nxs=nxs, ndiag=ndiag,
-                      NK=int(np.count_nonzero(p.keep)))
+                      NK=int(np.count_nonzero(p.keep)), DS=_spot_reach(xc, nxs),
+                      NLO=int(np.argmax(p.keep)))
+
+
+def _spot_reach(xc, nxs: int) -> int:
+    """Largest fiber distance at which two fibers' stamps share columns at a wavelength
+    (the blocks of M the normal-matrix kernel writes)."""
+    import numpy as np
+
+    d = 0
+    for k in range(1, xc.shape[0]):
+        if np.any(np.abs(xc[k:] - xc[:-k]) < nxs):
+            d = k
+    return d
 
 
 def extraction_ops(shapes, nspec: int = 500, nwave_ext: int = 2700, path: str = "gpu"):
@@ -639,7 +660,10 @@ def cpu_rates(n_lapack: int = 525, nw: int = 75, repeat: int = 3) -> dict:
 
     dgemm 1024² and 2048²; a batch of 64 small GEMMs (nw × n by n × nw, the C_ff shape);
     the extraction's per-patch LAPACK ``dpotrf + dtrtri`` (n = ``n_lapack``, 2n³/3
-    flops) and a batched ``eigh`` of 64 fiber blocks (nw, 9·nw³ flops each).
+    flops); the kernels of the block-sparse solve on 64 blocks of nw (``blocks_nw``: per
+    block ``dpotrf``, ``dtrtri``, ``dtrmm``, ``dsyrk`` and a product, 14nw³/3 flops,
+    one call each as ``extract/blocksolve.py`` makes them) and a batched ``eigh`` of 64
+    fiber blocks (nw, 9·nw³ flops each).
     """
     import numpy as np
     from scipy.linalg import lapack
@@ -664,6 +688,7 @@ def cpu_rates(n_lapack: int = 525, nw: int = 75, repeat: int = 3) -> dict:
     out["dpotrf_dtrtri"] = _rate(potrf_trtri, 8 * 2.0 * n ** 3 / 3.0, repeat)[0]
     blk = rng.random((64, nw, nw))
     blk = blk @ np.swapaxes(blk, -1, -2) + nw * np.eye(nw)
+    out["blocks_nw"] = _rate(lambda: _block_kernels(blk), 64 * 14.0 * nw ** 3 / 3.0, repeat)[0]
     out["eigh_batched"] = _rate(lambda: np.linalg.eigh(blk), 64 * 9.0 * nw ** 3, repeat)[0]
     import numpy
 
@@ -672,19 +697,32 @@ def cpu_rates(n_lapack: int = 525, nw: int = 75, repeat: int = 3) -> dict:
     return out
 
 
+def _block_kernels(blocks):
+    """The block-sparse solve's kernels once per block (see :func:`cpu_rates`)."""
+    import numpy as np
+    from scipy.linalg import blas, lapack
+
+    for a in blocks:
+        c, _ = lapack.dpotrf(a, lower=1, clean=1)
+        z, _ = lapack.dtrtri(c, lower=1, overwrite_c=1)
+        b = blas.dtrmm(1.0, z, np.asfortranarray(a), side=1, lower=1, trans_a=1)
+        blas.dsyrk(-1.0, b, beta=1.0, c=np.asfortranarray(a), lower=1, overwrite_c=1)
+        a - b @ z.T
+
+
 def cpu_limit(model: dict, rates: dict) -> dict:
     """CPU extraction limit per frame: each op's flops at the rate of its kind of kernel.
 
-    The LAPACK factorisation (``dpotrf + dpotrs``) at the measured ``dpotrf_dtrtri`` rate
-    (the per-patch LAPACK rate at the patch size), the eigendecompositions at
-    ``eigh_batched``, the small dense products (the block substitution of the kept
-    covariance blocks, Q/R/flux) at ``batched_gemm_cff`` (small GEMMs), the normal
+    The block-sparse factorisation and the selected inverse of the kept covariance blocks
+    at ``blocks_nw`` (their kernels on blocks of one fiber), the eigendecompositions at
+    ``eigh_batched``, Q/R/flux at ``batched_gemm_cff`` (small GEMMs), the normal
     matrices and the rest at the dgemm rate (an optimistic bound for them). Also the
     bound with every flop at the best dgemm rate.
     """
     fl = model["cpu_extraction"]["flops_by_op"]
-    kind = {"dpotrf + dpotrs": "dpotrf_dtrtri", "eigh of the fiber blocks": "eigh_batched",
-            "kept covariance blocks (block substitution)": "batched_gemm_cff",
+    kind = {"block Cholesky + substitutions": "blocks_nw",
+            "kept covariance blocks (selected inverse)": "blocks_nw",
+            "eigh of the fiber blocks": "eigh_batched",
             "Q = V L^-1/2 V^T, R, flux": "batched_gemm_cff"}
     best = max(rates["dgemm_1024"], rates["dgemm_2048"])
     t = {name: f / (rates[kind[name]] if name in kind else best) / 1e9 for name, f in fl.items()}

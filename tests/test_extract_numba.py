@@ -85,17 +85,23 @@ def _dense(stamps, xc, yc, ivar, image, x0, y0, lay, p):
 def test_kernel_matches_the_dense_product_on_cut_boxes():
     args = _inputs()
     lay = args[-1]
-    M, bvec, fw = normal_cpu.normal_matrices(*args)
+    M, bvec, fw, coupled = normal_cpu.normal_matrices(*args)
     cut = 0
     for p in range(lay.P):
         Mr, br, fr = _dense(*args, p)
         scale = np.abs(Mr).max()
         np.testing.assert_allclose(M[p], Mr, rtol=0, atol=1e-13 * scale, err_msg=f"patch {p}")
+        # the coupled pattern covers every nonzero fiber block (fiber order here)
+        nz = np.abs(Mr.reshape(lay.F, lay.NW, lay.F, lay.NW)).max(axis=(1, 3)) > 0
+        assert not (nz & ~coupled[p]).any(), f"patch {p}: a nonzero block is not in the pattern"
         np.testing.assert_allclose(bvec[p], br, rtol=0, atol=1e-13 * np.abs(br).max())
         np.testing.assert_allclose(fw[p], fr, rtol=0, atol=1e-13 * fr.max())
         cut += int(((fr > 0) & (fr < fr.max() * 0.999)).sum())
     # the boxes really cut stamps (partial sums), and whole stamps fall outside some
     assert cut > 10
+    # fibers 0 and 2 (8 columns apart, stamps 7 wide, traces jittered by ±1) are coupled in
+    # some patches and not in others
+    assert coupled[:, 0, 2].any() and not coupled[:, 0, 2].all()
     assert (fw[3, :lay.nf[3], :lay.nw[3]] == 0).any()
 
 

@@ -96,11 +96,19 @@ def test_patch_ops_counts_from_shapes():
     twice = {o.name: o for o in C.patch_ops(C.PatchShape(**{**s.__dict__, "count": 2}))}
     assert twice["cholesky"].bytes == pytest.approx(2 * ops["cholesky"].bytes)
     cpu = {o.name: o for o in C.patch_ops(s, "cpu")}
-    assert "dpotrf + dpotrs" in cpu and "tiled gather At" not in cpu
-    # _inverse_block_columns, K = 2 blocks: per column s trtri (nw³/3) and Z_ssᵀZ_ss (2nw³);
-    # column 0 also row 1: one block product, −Z_11·v and zᵀz (3 × 2nw³)
-    assert cpu["kept covariance blocks (block substitution)"].flops == \
-        pytest.approx(2 * (4 ** 3 / 3 + 2 * 4 ** 3) + 3 * 2 * 4 ** 3)
+    assert "block Cholesky + substitutions" in cpu and "tiled gather At" not in cpu
+    # the block solve of this shape, counted by hand: F = 3 fibers, NK = 2 kept (fibers 1
+    # and 2: slot order [0, 1, 2]), DS = 2 (every pair coupled), blocks of nw = 4. Factor:
+    # per slot potrf + trtri (2nw³/3), trmm k·nw³, k syrk nw³ and k(k−1)/2 products 2nw³
+    # for its k = 2, 1, 0 blocks below, 4(k+1)nw² for the substitutions. Selected inverse
+    # of slots 1 and 2 (k = 1, 0): trmm k·nw³, C_UU·G 2k²nw³, ZᵀZ 2nw³, GᵀC 2k·nw³
+    assert (s.F, s.NK, s.DS, s.NLO) == (3, 2, 2, 1)
+    n3, n2 = 4.0 ** 3, 4.0 ** 2
+    fac = sum(2 * n3 / 3 + k * n3 + k * n3 + k * (k - 1) * n3 + 4 * (k + 1) * n2
+              for k in (2, 1, 0))
+    sel = (n3 + 2 * n3 + 2 * n3 + 2 * n3) + 2 * n3
+    assert cpu["block Cholesky + substitutions"].flops == pytest.approx(fac)
+    assert cpu["kept covariance blocks (selected inverse)"].flops == pytest.approx(sel)
 
 
 def test_decorrelation_blocks_match_the_code():
@@ -161,11 +169,12 @@ def test_frame_model_without_psf_and_limits(tmp_path):
         assert b["A100-40GB"]["bound_s"] > b["H200-SXM"]["bound_s"] > 0, st
     assert m["per_exposure"]["A100-40GB"] == pytest.approx(30 * m["per_frame"]["A100-40GB"])
     rates = {"dgemm_1024": 50.0, "dgemm_2048": 60.0, "batched_gemm_cff": 20.0,
-             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0}
+             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "blocks_nw": 8.0}
     lim = C.cpu_limit(m, rates)
     fl = m["cpu_extraction"]["flops_by_op"]
-    assert lim["seconds_by_op"]["dpotrf + dpotrs"] == pytest.approx(fl["dpotrf + dpotrs"] / 1e10)
-    key = "kept covariance blocks (block substitution)"
+    for key in ("block Cholesky + substitutions", "kept covariance blocks (selected inverse)"):
+        assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 8e9)
+    key = "Q = V L^-1/2 V^T, R, flux"
     assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 20e9)
     assert lim["seconds_at_dgemm_peak"] == pytest.approx(lim["flops"] / 60e9)
     assert lim["seconds"] > lim["seconds_at_dgemm_peak"]
@@ -324,13 +333,15 @@ def test_profile_fold_maps_functions_to_model_ops():
     from perf import profile_extract as PE
 
     class _Stats:            # pstats.Stats.stats: (file, line, name) -> (cc, nc, tt, ct, callers)
-        stats = {("/x/gpuspec/extract/solve.py", 1, "_solve_tail_host"): (1, 1, 0.6, 1.4, {}),
+        stats = {("/x/gpuspec/extract/solve.py", 1, "_solve_tail_host"): (1, 1, 0.1, 1.4, {}),
+                 ("/x/gpuspec/extract/blocksolve.py", 5, "_factor"): (1, 1, 0.4, 0.5, {}),
                  ("/x/numpy/linalg/_linalg.py", 2, "eigh"): (1, 1, 0.8, 0.8, {}),
                  ("/x/gpuspec/extract/core.py", 3, "_bundle_spots"): (1, 1, 0.1, 0.4, {}),
                  ("/x/gpuspec/extract/core.py", 4, "__init__"): (1, 1, 0.1, 0.1, {})}
 
     out = PE.fold(_Stats(), 3.0)
-    assert out["dpotrf + dpotrs"] == pytest.approx(0.6)       # self time: LAPACK inside
+    # _factor with its callees, and the dense fallback's own time (LAPACK inside)
+    assert out["block Cholesky + substitutions"] == pytest.approx(0.5 + 0.1)
     assert out["eigh of the fiber blocks"] == pytest.approx(0.8)
     assert out["spots"] == pytest.approx(0.4)
     assert out[PE.OTHER] == pytest.approx(3.0 - 0.6 - 0.8 - 0.4 - 0.1)
@@ -348,7 +359,8 @@ def test_goal2d_scales_the_limit_to_the_record_and_shows_the_profile(tmp_path):
 
     cm = C.frame_model(None)
     rates = {"dgemm_1024": 50.0, "dgemm_2048": 60.0, "batched_gemm_cff": 20.0,
-             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "shapes": {"n": 500, "nw": 73}}
+             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "blocks_nw": 8.0,
+             "shapes": {"n": 500, "nw": 73}}
     cm["cpu_rates"] = rates
     cm["cpu_limit"] = C.cpu_limit(cm, rates)
     ops = {op: 1.0 for op in PE.OPS} | {PE.OTHER: 0.5, PE.ONCE: 0.1}
@@ -442,7 +454,7 @@ def test_goal2d_side_by_side_rounds_pick_the_median_and_lead_the_row(tmp_path, m
         state["s"] = next(speeds)
         return {k: v * state["s"] for k, v in {"dgemm_1024": 50.0, "dgemm_2048": 60.0,
                                                 "batched_gemm_cff": 20.0, "dpotrf_dtrtri": 10.0,
-                                                "eigh_batched": 5.0}.items()}
+                                                "eigh_batched": 5.0, "blocks_nw": 8.0}.items()}
 
     lim1 = C.cpu_limit(cm, rates(1, 1))["seconds"]
     speeds = iter([1.0, 0.5, 2.0])

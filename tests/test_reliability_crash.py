@@ -263,7 +263,7 @@ def _normal(a):
     perm = np.tile(np.arange(F, dtype=np.int64), (P, 1))
     lay = ChunkLayout(P=P, F=F, NW=NW, NK=0, nf=a["nf"], nw=a["nw"], k0=a["k0"], fb0=a["fb0"],
                       boxes=a["boxes"], valid=np.ones((P, F, NW), bool), perm=perm, pos=perm)
-    M, _, _ = normal_cpu.normal_matrices(a["stamps"], a["xc"], a["yc"], a["ivar"],
+    M, _, _, _ = normal_cpu.normal_matrices(a["stamps"], a["xc"], a["yc"], a["ivar"],
                                          np.ones_like(a["ivar"]), a["x0"], a["y0"], lay)
     return M
 

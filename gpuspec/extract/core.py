@@ -142,9 +142,9 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
     if _use_cpu_twin(ctx):
         lay = chunk_layout(patches, b0, kmin)
         with nvtx_range("extract:normal"):
-            M, bvec, fw = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar, ctx.image,
-                                                     ctx.x0, ctx.y0, lay)
-        sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=True)
+            M, bvec, fw, coupled = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar,
+                                                              ctx.image, ctx.x0, ctx.y0, lay)
+        sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=True, coupled=coupled)
         with nvtx_range("extract:chi2"):
             chi2pix, pixmask, boxmodel = pixels_cpu.diagnostics(
                 stamps, xc, yc, ctx.image, ctx.ivar, ctx.x0, ctx.y0, lay, sol["x3"],
@@ -163,12 +163,15 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
 
 
 @nvtx_range("extract:solve")
-def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order: bool):
+def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order: bool,
+                  coupled=None):
     """Regularise and solve the normal equations, decorrelate the kept fibers.
 
     ``M`` is in slot order (kept fibers last, :mod:`gpuspec.extract.layout`) when
     ``slot_order``, else in fiber order and permuted here; ``bvec``/``fw`` (P, F, NW)
-    are in fiber order. Returns device arrays in fiber order: ``x3`` (deconvolved flux,
+    are in fiber order. ``coupled`` (host bool (P, F, F), fiber order, from the Numba
+    twin): the fiber blocks of ``M`` that may be nonzero; the host solve then skips the
+    others (:mod:`gpuspec.extract.blocksolve`). Returns device arrays in fiber order: ``x3`` (deconvolved flux,
     every fiber), ``flux``, ``ivar`` (P, F, NW) and ``rd`` (P, F, 2h+1, NW) for the kept
     fibers (zero for the others), and ``chol_bad`` (device flags or None).
     """
@@ -182,7 +185,11 @@ def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order:
     w = xp.take_along_axis(fw.reshape(P, n), order, axis=1)
     valid = xp.asarray(np.take_along_axis(lay.valid.reshape(P, n), lay.order(), axis=1))
     regularize_normal(M, w, valid, ctx.regularize)
-    x, Cb, chol_bad = solve_tail(M, b, NK * NW, NW, fallback)
+    pattern = None
+    if coupled is not None:
+        perm = lay.perm[:, :, None]
+        pattern = coupled[np.arange(P)[:, None, None], perm, np.swapaxes(perm, 1, 2)]
+    x, Cb, chol_bad = solve_tail(M, b, NK * NW, NW, fallback, pattern=pattern)
     Q, s = sqrt_inverse(Cb)                        # Q = C_ii^-1/2 (P, NK, NW, NW), s = Q·1
     ivar = s * s
     # patches without any weighted pixel carry no information

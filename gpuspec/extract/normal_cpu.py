@@ -69,6 +69,10 @@ def normal_matrices(stamps, xc, yc, ivar, image, x0, y0, lay):
         :mod:`gpuspec.extract.layout`).
     bvec, fw : float64 (P, F, NW)
         ``Σ A_j W p`` and ``Σ A_j W`` over the box, fiber order.
+    coupled : bool (P, F, F)
+        Pairs of fibers (fiber order) with overlapping spots: every other block of
+        ``M`` is exactly zero (the diagonal blocks are always set).
+        :func:`gpuspec.extract.blocksolve.solve_tail_blocks` factorises over it.
 
     Backends: numpy (Numba).
     """
@@ -77,6 +81,7 @@ def normal_matrices(stamps, xc, yc, ivar, image, x0, y0, lay):
     bvec = np.zeros((P, F, NW))
     fw = np.zeros((P, F, NW))
     SW = np.empty((F, NW) + tuple(stamps.shape[-2:]))
+    coupled = np.zeros((P, F, F), dtype=np.uint8)
     xc, yc = _checked_args(stamps, xc, yc, lay.fb0, lay.nf, lay.k0, lay.nw, lay.boxes, NW, F)
     _get_kernel()(np.ascontiguousarray(stamps, dtype=np.float64), xc, yc,
                   np.ascontiguousarray(ivar, dtype=np.float64),
@@ -85,8 +90,9 @@ def normal_matrices(stamps, xc, yc, ivar, image, x0, y0, lay):
                   np.asarray(lay.k0, np.int64), np.asarray(lay.nw, np.int64),
                   np.ascontiguousarray(lay.boxes, dtype=np.int64),
                   np.ascontiguousarray(lay.pos, dtype=np.int64), int(NW), int(F - 1),
-                  M, bvec, fw, SW)
-    return M, bvec, fw
+                  M, bvec, fw, SW, coupled)
+    coupled[:, np.arange(F), np.arange(F)] = 1
+    return M, bvec, fw, coupled.view(bool)
 
 
 def warm() -> None:

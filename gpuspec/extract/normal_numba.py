@@ -77,8 +77,10 @@ _FASTMATH = {"reassoc", "contract"}
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW, D,
-           M, bvec, fw, SW):
-    """M, b and Σ W·A of each patch (``normal_cpu.normal_matrices``).
+           M, bvec, fw, SW, coupled):
+    """M, b and Σ W·A of each patch (``normal_cpu.normal_matrices``); ``coupled[p, f, g]``
+    is set to 1 for each pair of fibers (fiber order) with a pair of overlapping spots,
+    the blocks of M that may be nonzero.
 
     Backends: host only (Numba)."""
     P = fb0.shape[0]
@@ -131,6 +133,8 @@ def kernel(stamps, xc, yc, ivar, image, x0, y0, fb0, nf, k0, nw, boxes, pos, NW,
                         xb = xc[fg, kb]
                         if xb >= xa + nxs or xb + nxs <= xa:
                             continue
+                        coupled[p, f, g] = 1
+                        coupled[p, g, f] = 1
                         # SW is 0 outside the box: the overlap of the two stamps,
                         # cut to the box rows, is enough
                         ylo = max(max(ya, yb), ylo_b)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_host
 from ..profiling import nvtx_range
+from .blocksolve import solve_tail_blocks
 
 __all__ = ["regularize_normal", "solve_tail", "inv_cholesky", "inv_cholesky_device",
            "apply_fallback", "pinv_sqrt", "decorrelate", "EIG_THRESHOLD", "MINWEIGHT_SCALE",
@@ -158,15 +159,21 @@ def _inverse_block_columns(L22, nw):
     return out
 
 
-def _solve_tail_host(M, b, m, nw):
-    """numpy branch of :func:`solve_tail`: LAPACK per matrix, eigh fallback at once."""
+def _solve_tail_host(M, b, m, nw, pattern=None):
+    """numpy branch of :func:`solve_tail`: LAPACK per matrix, eigh fallback at once;
+    with ``pattern`` block by block (:mod:`~gpuspec.extract.blocksolve`), the dense path
+    only for the patches where a pivot block fails."""
     from scipy.linalg import lapack
 
     P, n = M.shape[0], M.shape[-1]
     k = n - m
-    x = np.empty((P, n))
-    Cb = np.empty((P, m // nw, nw, nw))
-    for p in range(P):
+    if pattern is not None:
+        x, Cb, redo = solve_tail_blocks(M, b, m, nw, pattern)
+    else:
+        x = np.empty((P, n))
+        Cb = np.empty((P, m // nw, nw, nw))
+        redo = range(P)
+    for p in redo:
         # M[p] is symmetric: its transpose is the same matrix in Fortran order (no copy
         # to reorder); clean=0 leaves M's values above the diagonal (never read)
         c, info = lapack.dpotrf(M[p].T, lower=1, clean=0)
@@ -212,7 +219,7 @@ def _factor_ok(M, L):
 
 
 @nvtx_range("extract:solve_tail")
-def solve_tail(M, b, m: int, nw: int, fallback=None):
+def solve_tail(M, b, m: int, nw: int, fallback=None, pattern=None):
     """Solve ``M x = b`` and the diagonal blocks of the trailing ``m × m`` block of ``M⁻¹``.
 
     Parameters
@@ -228,6 +235,11 @@ def solve_tail(M, b, m: int, nw: int, fallback=None):
     fallback : host bool array (P,), optional
         Device path: solve these patches with the eigh-based inverse (the ones a
         previous call flagged in ``bad``).
+    pattern : host bool array (P, n // nw, n // nw), optional
+        numpy path: the fiber blocks of ``M`` (slot order) that may be nonzero; the
+        others must be exactly zero. The factorisation and the covariance blocks are
+        then computed block by block (:mod:`~gpuspec.extract.blocksolve`, same numbers
+        to rounding). Ignored on a device.
 
     Returns
     -------
@@ -255,7 +267,7 @@ def solve_tail(M, b, m: int, nw: int, fallback=None):
     """
     xp = get_array_module(M)
     if xp is np:
-        x, Cb = _solve_tail_host(M, b, m, nw)
+        x, Cb = _solve_tail_host(M, b, m, nw, pattern)
         return x, Cb, None
     x, Cb, bad = _solve_tail_device(M, b, m, nw)
     if fallback is not None:
