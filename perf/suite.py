@@ -244,6 +244,8 @@ def bench_extract(size: str, backend_name: str) -> list[dict]:
     recs.append(rec)
     _say(_summary(rec))
     recs += _bench_bundle_task(psf_fn, img, ivar, wave, size, backend_name, xp)
+    if backend_name == "numpy":
+        recs += _bench_bundle_solve(psf, img, ivar, wave, size, xp)
     # the frame: warmed by the bundle runs; one timed run (numpy) / three (cupy)
     la = P.loadavg()
     t = P.measure(lambda: extract_frame(img_d, ivar_d, psf, wave, 0, nspec, backend=backend_name,
@@ -370,6 +372,47 @@ def _bench_bundle_task(psf_fn, img, ivar, wave, size, backend_name, xp) -> list[
         _say(_summary(rec))
     _say(f"  extract: bundle task, columns only vs whole image: x{speedup:.2f} (CPU, "
          "interleaved)")
+    return recs
+
+
+def _bench_bundle_solve(psf, img, ivar, wave, size, xp, rounds: int = 4) -> list[dict]:
+    """Bundle 0 with the block-sparse host solve (``core.USE_BLOCKSOLVE``, the default)
+    and with dense LAPACK per patch, interleaved round by round after a warm-up of each.
+    The frames agree to rounding (``tests/test_blocksolve.py``,
+    ``tests/test_extract_paths.py``)."""
+    import numpy as np
+
+    from gpuspec.extract import core, extract_frame
+
+    def run(blocks):
+        old = core.USE_BLOCKSOLVE
+        core.USE_BLOCKSOLVE = blocks
+        try:
+            extract_frame(img, ivar, psf, wave, 0, 25, backend="numpy")
+        finally:
+            core.USE_BLOCKSOLVE = old
+
+    fns = {"bundle_solve_blocks": lambda: run(True), "bundle_solve_dense": lambda: run(False)}
+    for fn in fns.values():
+        fn()                                                            # warm-up
+    la = P.loadavg()
+    tim = P.interleave(fns, xp, rounds=rounds)
+    cpu = {k: np.asarray(t.get("cpu_s") or t["runs_s"]) for k, t in tim.items()}
+    ratio = cpu["bundle_solve_dense"] / cpu["bundle_solve_blocks"]
+    speedup = float(np.median(ratio))
+    recs = []
+    for name, t in tim.items():
+        rec = P.record("extract", name, size=size, backend_name="numpy", timing=t, xp=xp,
+                       loadavg_before=la, sizes={"nspec": 25, "nwave": int(np.size(wave)),
+                                                 "image_shape": list(np.shape(img))},
+                       extra={"what": "bundle 0 of the rendered frame, the normal matrices "
+                                      "solved block-sparse or dense (core.USE_BLOCKSOLVE)",
+                              "interleaved_with": [k for k in tim if k != name][0],
+                              "cpu_speedup_blocks_vs_dense": speedup,
+                              "cpu_ratio_rounds": ratio.tolist()})
+        recs.append(rec)
+        _say(_summary(rec))
+    _say(f"  extract: bundle, block-sparse vs dense solve: x{speedup:.2f} (CPU, interleaved)")
     return recs
 
 

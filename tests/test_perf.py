@@ -169,3 +169,32 @@ def test_e2e_cache_key_depends_on_parameters():
     assert k == cache_key(50, False)
     assert len({k, cache_key(500, False), cache_key(50, True), cache_key(50, False, 2)}) == 4
     assert json.dumps(k)  # a plain folder name
+
+
+def test_bundle_solve_bench_interleaves_the_two_solves(monkeypatch):
+    """perf.suite._bench_bundle_solve: warm-up of each, then rounds alternating the block
+    and the dense solve (core.USE_BLOCKSOLVE set for each run and restored), and the CPU
+    speed-up of the blocks from the interleaved rounds."""
+    import time
+
+    import gpuspec.extract as ex
+    from gpuspec.extract import core
+    from perf import suite
+
+    seen = []
+
+    def fake_extract(*a, **k):
+        seen.append(core.USE_BLOCKSOLVE)
+        t = time.process_time() + (0.002 if core.USE_BLOCKSOLVE else 0.006)
+        while time.process_time() < t:
+            pass
+
+    monkeypatch.setattr(ex, "extract_frame", fake_extract)
+    monkeypatch.setattr(suite, "_say", lambda *a: None)
+    recs = suite._bench_bundle_solve(None, [[0.0]], [[1.0]], [1.0, 2.0], "small", None,
+                                     rounds=3)
+    assert seen == [True, False] * 4
+    assert core.USE_BLOCKSOLVE is True
+    assert [r["case"] for r in recs] == ["bundle_solve_blocks", "bundle_solve_dense"]
+    sp = recs[0]["extra"]["cpu_speedup_blocks_vs_dense"]
+    assert 1.5 < sp < 6 and len(recs[0]["extra"]["cpu_ratio_rounds"]) == 3

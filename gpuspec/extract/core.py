@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 #: numpy backend: assemble M with the Numba twin (``normal_cpu``) when available.
 USE_NUMBA = True
+#: numpy backend with the Numba twin: solve M block by block over the fiber pairs that
+#: share pixels (:mod:`~gpuspec.extract.blocksolve`); False: dense LAPACK per patch (the
+#: same numbers to rounding; ``perf/suite.py`` times the two side by side).
+USE_BLOCKSOLVE = True
 
 #: chi2pix above this sets BAD2DFIT (desispec's extraction script).
 BAD2DFIT_CHI2 = 100.0
@@ -144,7 +148,8 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
         with nvtx_range("extract:normal"):
             M, bvec, fw, coupled = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar,
                                                               ctx.image, ctx.x0, ctx.y0, lay)
-        sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=True, coupled=coupled)
+        sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=True,
+                            coupled=coupled if USE_BLOCKSOLVE else None)
         with nvtx_range("extract:chi2"):
             chi2pix, pixmask, boxmodel = pixels_cpu.diagnostics(
                 stamps, xc, yc, ctx.image, ctx.ivar, ctx.x0, ctx.y0, lay, sol["x3"],
