@@ -155,12 +155,13 @@ def test_bundle_task_reads_only_its_columns(preproc_caseB, monkeypatch, bundle):
 
     p = preproc_caseB
     w = p["wave"]
-    widths = []
+    widths, rn = [], []
     real = gio.read_image
 
-    def spy(path, columns=None):
-        img = real(path, columns=columns)
+    def spy(path, columns=None, **kw):
+        img = real(path, columns=columns, **kw)
         widths.append(img.pix.shape[1])
+        rn.append(img.readnoise)
         return img
 
     monkeypatch.setattr(gio, "read_image", spy)
@@ -172,6 +173,7 @@ def test_bundle_task_reads_only_its_columns(preproc_caseB, monkeypatch, bundle):
                      backend="numpy")
     full = fitsio.read_header(p["path"], "IMAGE")["NAXIS1"]
     assert widths[1] == full and widths[0] < 0.75 * full, widths
+    assert rn == [None, None]                 # READNOISE is read only for model_ivar
     for ext in ("FLUX", "IVAR", "MASK", "RESOLUTION", "CHI2PIX"):
         a, b = fitsio.read(out[True], ext), fitsio.read(out[False], ext)
         assert np.array_equal(a, b), ext

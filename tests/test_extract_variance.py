@@ -51,13 +51,23 @@ def _chi(framefile, truth):
 
 
 @pytest.mark.slow
-def test_model_ivar_removes_data_weighting_bias(simulated, tmp_path):
-    from gpuspec.extract import extract_file
+def test_model_ivar_removes_data_weighting_bias(simulated, tmp_path, monkeypatch):
+    from gpuspec.extract import extract_file, variance
 
     d, pre, psf, truth = simulated
     one = extract_file(pre, psf, str(tmp_path / "one.fits"), WAVE, backend="numpy")
+    seen = []
+    real = variance.model_ivar
+
+    def spy(*a, **k):
+        seen.append(k.get("readnoise"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(variance, "model_ivar", spy)
     two = extract_file(pre, psf, str(tmp_path / "two.fits"), WAVE, backend="numpy",
                        model_ivar=True)
+    # the preproc file's READNOISE plane reaches the model (the only reader of it)
+    assert len(seen) == 1 and np.ndim(seen[0]) == 2
     chi1, _ = _chi(one, truth)
     chi2, fr2 = _chi(two, truth)
     # data-based ivar: a clear low bias (about -0.4 sigma on these sky-level spectra)

@@ -100,6 +100,27 @@ def test_scalar_readnoise_goes_to_header(tmp_path):
         assert fx["IMAGE"].read_header()["RDNOISE"] == 3.25
     r = imio.read_image(path)
     assert r.readnoise == 3.25
+    assert imio.read_image(path, readnoise=False).readnoise is None
+
+
+def test_read_image_can_skip_the_readnoise_hdu(tmp_path, monkeypatch):
+    """readnoise=False reads every other plane the same and never touches READNOISE."""
+    im = make_image()
+    path = imio.write_image(str(tmp_path / "p.fits"), im)
+    full = imio.read_image(path)
+    assert isinstance(full.readnoise, np.ndarray)
+    seen = []
+    real = imio.read_optional_hdu
+
+    def spy(fx, names, name, *a, **k):
+        seen.append(name)
+        return real(fx, names, name, *a, **k)
+
+    monkeypatch.setattr(imio, "read_optional_hdu", spy)
+    r = imio.read_image(path, readnoise=False)
+    assert r.readnoise is None and "READNOISE" not in seen
+    for k in ("pix", "ivar", "mask"):
+        np.testing.assert_array_equal(getattr(r, k), getattr(full, k))
 
 
 def test_camera_from_meta_and_required(tmp_path):

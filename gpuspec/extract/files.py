@@ -296,7 +296,7 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
     if nspec is None and bundles is None:
         # the whole frame: the fibers the exposure has (500 per petal in production;
         # fewer in simulations) come from the fibermap
-        image = gio.read_image(preprocfile)
+        image = gio.read_image(preprocfile, readnoise=bool(model_ivar))
         if image.fibermap is not None:
             nspec = max(1, min(len(image.fibermap), psf.nspec) - int(specmin))
     specmin, nspec = _fiber_range(psf, specmin, nspec, bundles, bundlesize)
@@ -304,7 +304,8 @@ def extract_file(preprocfile, psffile, outfile, wave, *, specmin=0, nspec=None, 
         # a partial frame reads only the columns its patches reach (CROP_COLUMNS)
         cols = (_needed_columns(psf, w, specmin, nspec)
                 if CROP_COLUMNS and model is None and not model_ivar else None)
-        image = gio.read_image(preprocfile, columns=cols)
+        # READNOISE only enters the model ivar (one CCD-sized array less otherwise)
+        image = gio.read_image(preprocfile, columns=cols, readnoise=bool(model_ivar))
         x0 = 0 if cols is None else min(cols[0], full_shape[1])
     _check_same_camera(image, psf, os.fspath(preprocfile), os.fspath(psffile))
     _check_fibermap_rows(image, specmin, nspec, preprocfile)

@@ -153,7 +153,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int]:
 
 
 @nvtx_range("read_image")
-def read_image(path: str | os.PathLike, columns=None) -> Image:
+def read_image(path: str | os.PathLike, columns=None, readnoise: bool = True) -> Image:
     """Read a preprocessed image (gpuspec or desispec layout).
 
     Parameters
@@ -163,6 +163,9 @@ def read_image(path: str | os.PathLike, columns=None) -> Image:
         Read only CCD columns ``[x0, x1)`` of every pixel HDU (clipped to the image),
         with a subset read: what a bundle's extraction needs. The image's column 0 is
         then ``max(x0, 0)``.
+    readnoise : bool
+        False: the READNOISE HDU is not read and ``readnoise`` is None (the extraction
+        needs it only for ``model_ivar``).
 
     Returns
     -------
@@ -186,7 +189,9 @@ def read_image(path: str | os.PathLike, columns=None) -> Image:
         meta = header_dict(h)
         ivar = read_image_hdu(fx, "IVAR", path, columns=columns)
         mask = read_image_hdu(fx, "MASK", path, columns=columns)
-        readnoise = read_optional_hdu(fx, names, "READNOISE", path, columns=columns)
+        want_rn = readnoise
+        readnoise = (read_optional_hdu(fx, names, "READNOISE", path, columns=columns)
+                     if want_rn else None)
         fibermap = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
     if pix.ndim != 2:
         raise BadDataError(f"IMAGE must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")
@@ -196,7 +201,7 @@ def read_image(path: str | os.PathLike, columns=None) -> Image:
     if camera is None:
         raise MissingKeywordError("required keyword is missing", path=path, hdu="IMAGE",
                                   keyword="CAMERA")
-    if readnoise is None and meta.get("RDNOISE") is not None:
+    if want_rn and readnoise is None and meta.get("RDNOISE") is not None:
         readnoise = float(meta["RDNOISE"])
     else:
         readnoise = None if readnoise is None else readnoise.astype(np.float64)
