@@ -627,9 +627,9 @@ def costmodel_lines(cm) -> list:
             f"{r['dgemm_2048']:.0f} GFLOP/s (2048²), batched small GEMM (64 × "
             f"{r['shapes']['nw']}×n·n×{r['shapes']['nw']}; used for Q, R) "
             f"{r['batched_gemm_cff']:.0f}, "
-            + (f"the block-sparse solve's kernels on {r['shapes']['nw']}² blocks (dpotrf, "
-               f"dtrtri, dtrmm, dsyrk, a product; the rate used for the block Cholesky and "
-               f"the selected inverse) {r['blocks_nw']:.1f}, " if "blocks_nw" in r else "")
+            + (f"the block solve's kernels on {r['shapes']['nw']}² blocks (dpotrf + dtrtri "
+               f"and three products, from Numba; the rate used for the block solve) "
+               f"{r['blocks_nw']:.1f}, " if "blocks_nw" in r else "")
             + f"LAPACK dpotrf + dtrtri (n = {r['shapes']['n']}) {r['dpotrf_dtrtri']:.1f}, batched "
             f"eigh ({r['shapes']['nw']}²) {r['eigh_batched']:.1f} GFLOP/s (nominal 9n³). The CPU "
             f"extraction does {lim['flops']:.3g} flops per frame; at these rates that is "
@@ -658,10 +658,8 @@ def _median_round(cm) -> str:
 _OP_NOTES = {
     "normal matrices from spot pairs (Numba)": "overlap sums of ~54 pixels per spot pair, "
     "3.4M pairs per bundle, which the model charges at the dgemm rate",
-    "block Cholesky + substitutions": "about 45 LAPACK/BLAS calls on 73 × 73 blocks per "
-    "patch, and the Python between them",
-    "kept covariance blocks (selected inverse)": "products of 73 × 73 blocks and the Python "
-    "between them",
+    "block solve (Numba): Cholesky, substitutions, kept covariance blocks": "about 14 "
+    "LAPACK and 60 BLAS calls on 73 × 73 blocks per patch",
     "spots": "the Numba twin (`psf/spots_cpu.py`): erf and exp at 30 pixel edges and 2.1k "
     "multiply-adds per spot, the erf not in the flop model's reach",
     "Q = V L^-1/2 V^T, R, flux": "batched products (Q, its band and Q·x) and the Python "

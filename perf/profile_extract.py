@@ -25,11 +25,10 @@ OPS = {
     "spots": [("extract/core.py", "_bundle_spots", "cum")],
     "normal matrices from spot pairs (Numba)": [("extract/normal_cpu.py", "normal_matrices",
                                                  "cum")],
-    "block Cholesky + substitutions": [("extract/blocksolve.py", "_factor", "cum"),
-                                       ("extract/blocksolve.py", "_substitute", "cum"),
-                                       ("extract/solve.py", "_solve_tail_host", "self")],
-    "kept covariance blocks (selected inverse)": [("extract/blocksolve.py", "_kept_blocks",
-                                                   "cum")],
+    # the Numba block solve, and the dense fallback's own time (LAPACK inside)
+    "block solve (Numba): Cholesky, substitutions, kept covariance blocks": [
+        ("extract/blocksolve.py", "solve_tail_blocks", "cum"),
+        ("extract/solve.py", "_solve_tail_host", "self")],
     "regularise": [("extract/solve.py", "regularize_normal", "cum")],
     "eigh of the fiber blocks": [("linalg.py", "eigh", "cum")],     # numpy 1.x and 2.x
     "Q = V L^-1/2 V^T, R, flux": [("extract/solve.py", "sqrt_inverse", "self"),

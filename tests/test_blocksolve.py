@@ -108,8 +108,9 @@ def test_solve_tail_with_a_pattern_matches_the_dense_path(rng):
 
 
 def test_block_flops_below_dense():
-    """At DESI's pattern (reach 2, 7 fibers, 5 kept) the block solve does ~2.4x fewer
-    flops than dpotrf of the whole matrix plus the block substitution."""
+    """At DESI's pattern (reach 2, 7 fibers, 5 kept) the block solve does ~1.7x fewer
+    flops than dpotrf of the whole matrix plus the block substitution (every product
+    a dense dgemm of nw-blocks)."""
     F, nw, NK = 7, 73, 5
     pat = np.abs(np.subtract.outer(np.arange(F), np.arange(F))) <= 2
     keep = np.zeros(F, bool)
@@ -123,4 +124,4 @@ def test_block_flops_below_dense():
     subst = sum(nw ** 3 / 3 + 2 * nw ** 3 + sum(2 * nw ** 3 * ((t - s) + 2)
                                                for t in range(s + 1, NK)) for s in range(NK))
     dense = n ** 3 / 3 + subst
-    assert 1.8 < dense / (fl["factor"] + fl["selected_inverse"]) < 3.5
+    assert 1.5 < dense / (fl["factor"] + fl["selected_inverse"]) < 2.0

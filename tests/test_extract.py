@@ -199,7 +199,7 @@ import json, sys
 import multiprocessing.context as mpc
 sys.path.insert(0, sys.argv[1])
 import test_extract as T
-from gpuspec.extract import extract_frame, normal_numba, pixels_numba
+from gpuspec.extract import extract_frame, normal_numba, pixels_numba, blocksolve_numba
 from threadpoolctl import threadpool_info
 from gpuspec import heap
 heap.configure_heap("keep")
@@ -212,7 +212,8 @@ heap.release_kept_memory = release
 real = mpc.ForkContext.Pool
 def pool(self, *a, **k):
     seen["released_before_fork"] = seen.pop("released", False)
-    seen["compiled"] = [len(normal_numba.kernel.signatures), len(pixels_numba.kernel.signatures)]
+    seen["compiled"] = [len(normal_numba.kernel.signatures), len(pixels_numba.kernel.signatures),
+                        len(blocksolve_numba.solve_chunk.signatures)]
     seen["blas"] = sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
     return real(self, *a, **k)
 mpc.ForkContext.Pool = pool

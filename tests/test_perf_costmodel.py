@@ -96,19 +96,18 @@ def test_patch_ops_counts_from_shapes():
     twice = {o.name: o for o in C.patch_ops(C.PatchShape(**{**s.__dict__, "count": 2}))}
     assert twice["cholesky"].bytes == pytest.approx(2 * ops["cholesky"].bytes)
     cpu = {o.name: o for o in C.patch_ops(s, "cpu")}
-    assert "block Cholesky + substitutions" in cpu and "tiled gather At" not in cpu
+    assert C.BLOCK_SOLVE in cpu and "tiled gather At" not in cpu
     # the block solve of this shape, counted by hand: F = 3 fibers, NK = 2 kept (fibers 1
-    # and 2: slot order [0, 1, 2]), DS = 2 (every pair coupled), blocks of nw = 4. Factor:
-    # per slot potrf + trtri (2nw³/3), trmm k·nw³, k syrk nw³ and k(k−1)/2 products 2nw³
-    # for its k = 2, 1, 0 blocks below, 4(k+1)nw² for the substitutions. Selected inverse
-    # of slots 1 and 2 (k = 1, 0): trmm k·nw³, C_UU·G 2k²nw³, ZᵀZ 2nw³, GᵀC 2k·nw³
+    # and 2: slot order [0, 1, 2]), DS = 2 (every pair coupled), blocks of nw = 4, every
+    # product a dgemm (2nw³). Factor: per slot potrf + trtri (2nw³/3), its k = 2, 1, 0
+    # blocks below times Zᵀ (k products), the k(k+1)/2 updates among them, 4(k+1)nw² for
+    # the substitutions. Selected inverse of slots 1 and 2 (k = 1, 0): G (k products),
+    # C_uv·G_v (k² products), ZᵀZ and G_uᵀC_ui (1 + k products)
     assert (s.F, s.NK, s.DS, s.NLO) == (3, 2, 2, 1)
     n3, n2 = 4.0 ** 3, 4.0 ** 2
-    fac = sum(2 * n3 / 3 + k * n3 + k * n3 + k * (k - 1) * n3 + 4 * (k + 1) * n2
-              for k in (2, 1, 0))
-    sel = (n3 + 2 * n3 + 2 * n3 + 2 * n3) + 2 * n3
-    assert cpu["block Cholesky + substitutions"].flops == pytest.approx(fac)
-    assert cpu["kept covariance blocks (selected inverse)"].flops == pytest.approx(sel)
+    fac = sum(2 * n3 / 3 + 2 * k * n3 + k * (k + 1) * n3 + 4 * (k + 1) * n2 for k in (2, 1, 0))
+    sel = 2 * n3 * (1 + 1 + 1 + 1) + 2 * n3
+    assert cpu[C.BLOCK_SOLVE].flops == pytest.approx(fac + sel)
 
 
 def test_decorrelation_blocks_match_the_code():
@@ -172,8 +171,7 @@ def test_frame_model_without_psf_and_limits(tmp_path):
              "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "blocks_nw": 8.0}
     lim = C.cpu_limit(m, rates)
     fl = m["cpu_extraction"]["flops_by_op"]
-    for key in ("block Cholesky + substitutions", "kept covariance blocks (selected inverse)"):
-        assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 8e9)
+    assert lim["seconds_by_op"][C.BLOCK_SOLVE] == pytest.approx(fl[C.BLOCK_SOLVE] / 8e9)
     key = "Q = V L^-1/2 V^T, R, flux"
     assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 20e9)
     assert lim["seconds_at_dgemm_peak"] == pytest.approx(lim["flops"] / 60e9)
@@ -334,14 +332,15 @@ def test_profile_fold_maps_functions_to_model_ops():
 
     class _Stats:            # pstats.Stats.stats: (file, line, name) -> (cc, nc, tt, ct, callers)
         stats = {("/x/gpuspec/extract/solve.py", 1, "_solve_tail_host"): (1, 1, 0.1, 1.4, {}),
-                 ("/x/gpuspec/extract/blocksolve.py", 5, "_factor"): (1, 1, 0.4, 0.5, {}),
+                 ("/x/gpuspec/extract/blocksolve.py", 5, "solve_tail_blocks"): (1, 1, 0.4, 0.5,
+                                                                                {}),
                  ("/x/numpy/linalg/_linalg.py", 2, "eigh"): (1, 1, 0.8, 0.8, {}),
                  ("/x/gpuspec/extract/core.py", 3, "_bundle_spots"): (1, 1, 0.1, 0.4, {}),
                  ("/x/gpuspec/extract/core.py", 4, "__init__"): (1, 1, 0.1, 0.1, {})}
 
     out = PE.fold(_Stats(), 3.0)
-    # _factor with its callees, and the dense fallback's own time (LAPACK inside)
-    assert out["block Cholesky + substitutions"] == pytest.approx(0.5 + 0.1)
+    # the block solve with its callees, and the dense fallback's own time (LAPACK inside)
+    assert out[C.BLOCK_SOLVE] == pytest.approx(0.5 + 0.1)
     assert out["eigh of the fiber blocks"] == pytest.approx(0.8)
     assert out["spots"] == pytest.approx(0.4)
     assert out[PE.OTHER] == pytest.approx(3.0 - 0.6 - 0.8 - 0.4 - 0.1)

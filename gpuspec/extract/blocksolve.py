@@ -20,11 +20,14 @@ as one dense matrix:
 
 It is the same algebra as the dense path (``dpotrf`` of the whole matrix and the block
 substitution of ``solve._inverse_block_columns``); the numbers agree to rounding
-(``tests/test_blocksolve.py``). On the reference r-camera PSF it does about 2.4× fewer
-flops per patch (docs/extract.md has the measurements). The device keeps the dense
-batched path, whose cost is dominated by memory traffic.
+(``tests/test_blocksolve.py``). The pattern comes from the Numba twin, so the solve is
+a Numba kernel too (:mod:`~gpuspec.extract.blocksolve_numba`: one compiled call per
+chunk, LAPACK ``dpotrf``/``dtrtri`` and BLAS products on blocks of one fiber). On the
+reference r-camera PSF it does about 1.7× fewer flops per patch than the dense path
+(docs/extract.md has the measurements). The device keeps the dense batched path,
+whose cost is dominated by memory traffic.
 
-Backends: host only (NumPy and LAPACK).
+Backends: host only (Numba, LAPACK).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["fill_pattern", "block_flops", "solve_tail_blocks", "solve_patch"]
+__all__ = ["fill_pattern", "filled_matrix", "block_flops", "solve_tail_blocks", "warm"]
 
 
 @lru_cache(maxsize=256)
@@ -69,13 +72,14 @@ def fill_pattern(pattern) -> tuple:
 
 
 def block_flops(below, nw: int, kfirst: int) -> dict:
-    """Flops of :func:`solve_patch` for a fill pattern (``below``) and blocks of ``nw``.
+    """Flops of the block solve for a fill pattern (``below``) and blocks of ``nw``.
 
-    Returns ``{"factor": ..., "selected_inverse": ...}``: per block ``potrf`` nw³/3,
-    ``trtri`` nw³/3, ``B = A Zᵀ`` (``trmm``, k·nw³ for k blocks below) and the update of
-    the blocks below (k ``syrk`` of nw³ and k(k−1)/2 products of 2nw³), the
-    substitutions (4 nw² per block pair); for the kept slots ``i >= kfirst``, ``G = B Z``
-    (``trmm``, k·nw³), ``C_UU G`` (2k²·nw³), ``ZᵀZ`` and ``GᵀC_Ui`` (2nw³ + 2k·nw³).
+    Returns ``{"factor": ..., "selected_inverse": ...}``. Every product is a dense
+    ``dgemm`` of nw-blocks (2nw³). Per block: ``potrf`` nw³/3 and ``trtri`` nw³/3,
+    ``L[u, i] = A_ui Zᵢᵀ`` for its k blocks below (2k·nw³), the updates of the
+    k(k+1)/2 blocks among them (k(k+1)·nw³), the substitutions (4 nw² per block pair);
+    for the kept slots ``i >= kfirst``: ``G = L[u, i] Zᵢ`` (2k·nw³), ``C_uv G_v``
+    (2k²·nw³), ``ZᵢᵀZᵢ`` and ``G_uᵀC_ui`` (2nw³ + 2k·nw³).
 
     Backends: host only (plain values).
     """
@@ -83,160 +87,77 @@ def block_flops(below, nw: int, kfirst: int) -> dict:
     fac = sel = 0.0
     for i, u in enumerate(below):
         k = len(u)
-        fac += 2.0 * n3 / 3.0 + k * n3 + (k + k * (k - 1)) * n3 + 4.0 * (k + 1) * n2
+        fac += 2.0 * n3 / 3.0 + 2.0 * k * n3 + k * (k + 1) * n3 + 4.0 * (k + 1) * n2
         if i >= kfirst:
-            sel += k * n3 + 2.0 * k * k * n3 + 2.0 * n3 + 2.0 * k * n3
+            sel += 2.0 * k * n3 + 2.0 * k * k * n3 + 2.0 * n3 + 2.0 * k * n3
     return {"factor": fac, "selected_inverse": sel}
 
 
-def solve_patch(M, b, nw: int, kfirst: int, below):
-    """``x = M⁻¹b`` and the diagonal blocks of ``M⁻¹`` of slots ``kfirst …`` (one patch).
+def filled_matrix(pattern) -> np.ndarray:
+    """(F, F) uint8: 1 at ``(u, v)``, ``u > v``, where the factor may be nonzero
+    (:func:`fill_pattern` as a matrix, what the kernel reads).
 
-    Parameters
-    ----------
-    M : float64 (n, n)
-        Symmetric positive-definite, blocks of ``nw`` in slot order; only the blocks of
-        the pattern are read, and ``M`` is not modified.
-    b : float64 (n,)
-    nw : int
-    kfirst : int
-        First slot whose covariance block is wanted (the later slots must be closed
-        under ``below``: true when they are the kept fibers, solved last).
-    below : tuple of tuples
-        :func:`fill_pattern` of the patch's block pattern.
-
-    Returns
-    -------
-    (x, Cb) or None
-        ``x`` (n,) and ``Cb`` (F − kfirst, nw, nw); None when a pivot block is not
-        numerically positive definite (the caller then takes the dense path).
-
-    Backends: host only (LAPACK ``dpotrf``/``dtrtri`` and BLAS products).
-    """
-    fac = _factor(M, nw, below)
-    if fac is None:
-        return None
-    Z, Bs = fac
-    return _substitute(Z, Bs, below, b), _kept_blocks(Z, Bs, below, kfirst)
+    Backends: host only (cached per pattern)."""
+    pat = np.ascontiguousarray(pattern, dtype=bool)
+    return _filled(pat.tobytes(), pat.shape[0])
 
 
-def _factor(M, nw, below):
-    """Block Cholesky over the fill pattern: ``Z[i] = L_ii⁻¹`` and ``Bs[i] = L[below[i], i]``
-    (stacked), or None if a pivot block fails."""
-    from scipy.linalg import blas, lapack
-
-    F = len(below)
-    blk = [slice(s * nw, (s + 1) * nw) for s in range(F)]
-    work = {}                                   # updated blocks (u, v), u >= v
-
-    def block(u, v):
-        a = work.get((u, v))
-        return M[blk[u], blk[v]] if a is None else a
-
-    Z, Bs = [None] * F, [None] * F
-    for i in range(F):
-        # the diagonal blocks are updated in their lower triangle only (dsyrk), which is
-        # all dpotrf reads
-        c, info = lapack.dpotrf(block(i, i), lower=1, clean=1)
-        if info != 0:
-            return None
-        z, info = lapack.dtrtri(c, lower=1, overwrite_c=1)
-        if info != 0:
-            return None
-        Z[i] = z
-        u = below[i]
-        if not u:
-            continue
-        A = np.empty((len(u) * nw, nw), order="F")
-        for a, ua in enumerate(u):
-            A[a * nw:(a + 1) * nw] = block(ua, i)
-        B = blas.dtrmm(1.0, z, A, side=1, lower=1, trans_a=1, overwrite_b=1)  # L[u, i]
-        Bs[i] = B
-        for a, ua in enumerate(u):
-            Ba = B[a * nw:(a + 1) * nw]
-            work[(ua, ua)] = blas.dsyrk(-1.0, Ba, beta=1.0, c=np.asfortranarray(block(ua, ua)),
-                                        lower=1, overwrite_c=1)
-            for c_, uc in enumerate(u[:a]):
-                work[(ua, uc)] = block(ua, uc) - Ba @ B[c_ * nw:(c_ + 1) * nw].T
-    return Z, Bs
-
-
-def _substitute(Z, Bs, below, b):
-    """``x`` from ``L Lᵀ x = b`` by block forward and back substitution."""
-    F, nw = len(Z), Z[0].shape[0]
-    y = np.array(b, dtype=np.float64).reshape(F, nw)
-    for i in range(F):                          # L y = b
-        y[i] = Z[i] @ y[i]
-        if below[i]:
-            y[list(below[i])] -= (Bs[i] @ y[i]).reshape(-1, nw)
-    for i in range(F - 1, -1, -1):              # Lᵀ x = y (in place)
-        r = y[i]
-        if below[i]:
-            r = r - Bs[i].T @ y[list(below[i])].reshape(-1)
-        y[i] = Z[i].T @ r
-    return y.reshape(-1)
-
-
-def _kept_blocks(Z, Bs, below, kfirst):
-    """Diagonal blocks of ``M⁻¹`` for slots ``kfirst …`` (selected inversion, last slot
-    first; only blocks of the pattern among those slots are formed)."""
-    from scipy.linalg import blas
-
-    F, nw = len(Z), Z[0].shape[0]
-    C = {}
-    Cb = np.empty((F - kfirst, nw, nw))
-    for i in range(F - 1, kfirst - 1, -1):
-        u = below[i]
-        Cii = Z[i].T @ Z[i]
-        if u:
-            G = blas.dtrmm(1.0, Z[i], Bs[i], side=1, lower=1)         # L[u, i] Z_i
-            Cuu = np.empty((len(u) * nw, len(u) * nw))
-            for a, ua in enumerate(u):
-                for c_, uc in enumerate(u[:a + 1]):
-                    Cuu[a * nw:(a + 1) * nw, c_ * nw:(c_ + 1) * nw] = C[(ua, uc)]
-                    if c_ < a:
-                        Cuu[c_ * nw:(c_ + 1) * nw, a * nw:(a + 1) * nw] = C[(ua, uc)].T
-            Cr = Cuu @ G                        # = −C[u, i]
-            Cii += G.T @ Cr
-            for a, ua in enumerate(u):
-                C[(ua, i)] = -Cr[a * nw:(a + 1) * nw]
-        C[(i, i)] = Cii
-        Cb[i - kfirst] = Cii
-    return Cb
+@lru_cache(maxsize=256)
+def _filled(key: bytes, F: int) -> np.ndarray:
+    out = np.zeros((F, F), dtype=np.uint8)
+    for i, u in enumerate(_fill(key, F)):
+        out[list(u), i] = 1
+    out.setflags(write=False)
+    return out
 
 
 def solve_tail_blocks(M, b, m: int, nw: int, pattern):
-    """:func:`solve_patch` over a stack of patches.
+    """``x = M⁻¹b`` and the diagonal blocks of the trailing ``m × m`` block of ``M⁻¹``,
+    block by block over each patch's pattern (one compiled call per chunk,
+    :mod:`~gpuspec.extract.blocksolve_numba`).
 
     Parameters
     ----------
     M : float64 (P, n, n)
+        Symmetric positive-definite, blocks of ``nw`` in slot order; only the blocks of
+        the pattern are read, and ``M`` is not modified.
     b : float64 (P, n)
     m : int
-        Trailing unknowns whose covariance blocks are wanted (a multiple of ``nw``).
+        Trailing unknowns whose covariance blocks are wanted (a multiple of ``nw``; the
+        trailing slots must be closed under the pattern's fill: true for the kept
+        fibers, which come last).
     nw : int
     pattern : bool (P, F, F)
-        Nonzero blocks of each ``M`` (slot order).
+        Nonzero blocks of each ``M`` (slot order); every other block must be exactly 0.
 
     Returns
     -------
     x : (P, n)
     Cb : (P, m // nw, nw, nw)
     failed : int64 array
-        Patches where a pivot block failed; their rows of ``x`` and ``Cb`` are unset.
+        Patches where a pivot block is not numerically positive definite; their rows of
+        ``x`` and ``Cb`` are unset (the caller solves them densely).
 
-    Backends: host only.
+    Backends: host only (Numba).
     """
+    from .blocksolve_numba import solve_chunk
+
     P, n = M.shape[0], M.shape[-1]
     F = n // nw
-    kfirst = F - m // nw
     x = np.empty((P, n))
     Cb = np.empty((P, m // nw, nw, nw))
-    failed = []
-    for p in range(P):
-        r = solve_patch(M[p], b[p], nw, kfirst, fill_pattern(pattern[p]))
-        if r is None:
-            failed.append(p)
-            continue
-        x[p], Cb[p] = r
-    return x, Cb, np.asarray(failed, dtype=np.int64)
+    failed = np.zeros(P, dtype=np.uint8)
+    filled = np.stack([filled_matrix(pattern[p]) for p in range(P)]) if P else \
+        np.zeros((0, F, F), np.uint8)
+    solve_chunk(np.ascontiguousarray(M, dtype=np.float64),
+                np.ascontiguousarray(b, dtype=np.float64), int(nw), F - m // nw,
+                filled, x, Cb, failed)
+    return x, Cb, np.flatnonzero(failed).astype(np.int64)
+
+
+def warm() -> None:
+    """Compile the kernel (or load it from Numba's cache) in this process, on a 1 × 1
+    patch, so that forked bundle workers inherit it (as ``normal_cpu.warm``).
+
+    Backends: host only."""
+    solve_tail_blocks(np.ones((1, 1, 1)), np.ones((1, 1)), 1, 1, np.ones((1, 1, 1), bool))

@@ -36,7 +36,7 @@ from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from ..psf import spots_cpu
-from . import normal_cpu, pixels_cpu, windows
+from . import blocksolve, normal_cpu, pixels_cpu, windows
 from .. import heap
 from .. import threads as _threads
 from .defaults import DEFAULT_PSFERR, SPECTER
@@ -494,6 +494,7 @@ def _extract_parallel(ctx, ranges, nproc):
     if _use_cpu_twin(ctx):
         # the workers inherit the compiled kernels instead of loading them each
         normal_cpu.warm()
+        blocksolve.warm()
         pixels_cpu.warm()
         spots_cpu.warm()
     heap.release_kept_memory()        # workers must not copy the parent's free heap
