@@ -94,6 +94,18 @@ def test_not_positive_definite_goes_to_the_dense_path(rng):
     np.testing.assert_allclose(xh, xd, rtol=0, atol=1e-12 * np.abs(xd).max())
     np.testing.assert_allclose(Ch, Cd, rtol=0, atol=1e-12 * np.abs(Cd).max())
     assert np.isfinite(xh).all()
+    # a failed patch leaves nothing behind for the next ones of the chunk (its work
+    # blocks are reused), whatever their patterns
+    M2, b2, _, nzb2, _ = _patch(rng, F, nw, 0, (1, 2, 3))
+    Ms = np.stack([Mbad, M, M2])
+    bs = np.stack([b, b, b2])
+    x, Cb, failed = blocksolve.solve_tail_blocks(Ms, bs, NK * nw, nw,
+                                                 np.stack([nzb, nzb, nzb2]))
+    assert failed.tolist() == [0]
+    for k, (Mk, bk) in enumerate(((M, b), (M2, b2)), start=1):
+        xr, Cr = _dense(Mk, bk, F, nw, NK)
+        np.testing.assert_allclose(x[k], xr, rtol=0, atol=1e-12 * np.abs(xr).max())
+        np.testing.assert_allclose(Cb[k], Cr, rtol=0, atol=1e-12 * np.abs(Cr).max())
 
 
 def test_solve_tail_with_a_pattern_matches_the_dense_path(rng):
