@@ -627,9 +627,9 @@ def costmodel_lines(cm) -> list:
             f"{r['dgemm_2048']:.0f} GFLOP/s (2048²), batched small GEMM (64 × "
             f"{r['shapes']['nw']}×n·n×{r['shapes']['nw']}; used for Q, R) "
             f"{r['batched_gemm_cff']:.0f}, "
-            + (f"the block solve's kernels on {r['shapes']['nw']}² blocks (dpotrf + dtrtri "
-               f"and three products, from Numba; the rate used for the block solve) "
-               f"{r['blocks_nw']:.1f}, " if "blocks_nw" in r else "")
+            + (f"the block solve's kernels on {r['shapes']['nw']}² blocks, from Numba "
+               f"(dpotrf + dtrtri {r['lapack_nw']:.1f}, products {r['gemm_nw']:.0f}: the "
+               f"rates used for the block solve's two parts), " if "lapack_nw" in r else "")
             + f"LAPACK dpotrf + dtrtri (n = {r['shapes']['n']}) {r['dpotrf_dtrtri']:.1f}, batched "
             f"eigh ({r['shapes']['nw']}²) {r['eigh_batched']:.1f} GFLOP/s (nominal 9n³). The CPU "
             f"extraction does {lim['flops']:.3g} flops per frame; at these rates that is "

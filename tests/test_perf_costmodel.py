@@ -168,10 +168,19 @@ def test_frame_model_without_psf_and_limits(tmp_path):
         assert b["A100-40GB"]["bound_s"] > b["H200-SXM"]["bound_s"] > 0, st
     assert m["per_exposure"]["A100-40GB"] == pytest.approx(30 * m["per_frame"]["A100-40GB"])
     rates = {"dgemm_1024": 50.0, "dgemm_2048": 60.0, "batched_gemm_cff": 20.0,
-             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "blocks_nw": 8.0}
+             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "lapack_nw": 4.0, "gemm_nw": 40.0}
     lim = C.cpu_limit(m, rates)
     fl = m["cpu_extraction"]["flops_by_op"]
-    assert lim["seconds_by_op"][C.BLOCK_SOLVE] == pytest.approx(fl[C.BLOCK_SOLVE] / 8e9)
+    # the block solve: its dpotrf + dtrtri part (2nw³/3 per fiber block of each patch, the
+    # model's default shape: 7 blocks of 75) at lapack_nw, the products at gemm_nw
+    lap = m["cpu_extraction"]["block_solve_lapack_flops"]
+    assert lap == pytest.approx(m["frame"]["npatch"] * 7 * 2 * 75 ** 3 / 3)
+    assert lim["seconds_by_op"][C.BLOCK_SOLVE] == pytest.approx(
+        lap / 4e9 + (fl[C.BLOCK_SOLVE] - lap) / 40e9)
+    old = C.cpu_limit(m, {**{k: v for k, v in rates.items() if k not in ("lapack_nw",
+                                                                           "gemm_nw")},
+                          "blocks_nw": 8.0})               # records before the split
+    assert old["seconds_by_op"][C.BLOCK_SOLVE] == pytest.approx(fl[C.BLOCK_SOLVE] / 8e9)
     key = "Q = V L^-1/2 V^T, R, flux"
     assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 20e9)
     assert lim["seconds_at_dgemm_peak"] == pytest.approx(lim["flops"] / 60e9)
@@ -358,7 +367,7 @@ def test_goal2d_scales_the_limit_to_the_record_and_shows_the_profile(tmp_path):
 
     cm = C.frame_model(None)
     rates = {"dgemm_1024": 50.0, "dgemm_2048": 60.0, "batched_gemm_cff": 20.0,
-             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "blocks_nw": 8.0,
+             "dpotrf_dtrtri": 10.0, "eigh_batched": 5.0, "lapack_nw": 4.0, "gemm_nw": 40.0,
              "shapes": {"n": 500, "nw": 73}}
     cm["cpu_rates"] = rates
     cm["cpu_limit"] = C.cpu_limit(cm, rates)
@@ -453,7 +462,8 @@ def test_goal2d_side_by_side_rounds_pick_the_median_and_lead_the_row(tmp_path, m
         state["s"] = next(speeds)
         return {k: v * state["s"] for k, v in {"dgemm_1024": 50.0, "dgemm_2048": 60.0,
                                                 "batched_gemm_cff": 20.0, "dpotrf_dtrtri": 10.0,
-                                                "eigh_batched": 5.0, "blocks_nw": 8.0}.items()}
+                                                "eigh_batched": 5.0, "lapack_nw": 4.0,
+                                                "gemm_nw": 40.0}.items()}
 
     lim1 = C.cpu_limit(cm, rates(1, 1))["seconds"]
     speeds = iter([1.0, 0.5, 2.0])

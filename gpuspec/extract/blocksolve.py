@@ -74,7 +74,8 @@ def fill_pattern(pattern) -> tuple:
 def block_flops(below, nw: int, kfirst: int) -> dict:
     """Flops of the block solve for a fill pattern (``below``) and blocks of ``nw``.
 
-    Returns ``{"factor": ..., "selected_inverse": ...}``. Every product is a dense
+    Returns ``{"factor": ..., "selected_inverse": ..., "lapack": ...}`` (``lapack``: the
+    part of ``factor`` in ``potrf`` + ``trtri``, 2nw³/3 per block). Every product is a dense
     ``dgemm`` of nw-blocks (2nw³). Per block: ``potrf`` nw³/3 and ``trtri`` nw³/3,
     ``L[u, i] = A_ui Zᵢᵀ`` for its k blocks below (2k·nw³), the updates of the
     k(k+1)/2 blocks among them (k(k+1)·nw³), the substitutions (4 nw² per block pair);
@@ -85,12 +86,13 @@ def block_flops(below, nw: int, kfirst: int) -> dict:
     """
     n3, n2 = float(nw) ** 3, float(nw) ** 2
     fac = sel = 0.0
+    lap = len(below) * 2.0 * n3 / 3.0
     for i, u in enumerate(below):
         k = len(u)
         fac += 2.0 * n3 / 3.0 + 2.0 * k * n3 + k * (k + 1) * n3 + 4.0 * (k + 1) * n2
         if i >= kfirst:
             sel += 2.0 * k * n3 + 2.0 * k * k * n3 + 2.0 * n3 + 2.0 * k * n3
-    return {"factor": fac, "selected_inverse": sel}
+    return {"factor": fac, "selected_inverse": sel, "lapack": lap}
 
 
 def filled_matrix(pattern) -> np.ndarray:
