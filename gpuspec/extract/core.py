@@ -176,8 +176,8 @@ def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order:
     ``slot_order``, else in fiber order and permuted here; ``bvec``/``fw`` (P, F, NW)
     are in fiber order. ``coupled`` (host bool (P, F, F), fiber order, from the Numba
     twin): the fiber blocks of ``M`` that may be nonzero; the host solve then skips the
-    others (:mod:`gpuspec.extract.blocksolve`). Returns device arrays in fiber order: ``x3`` (deconvolved flux,
-    every fiber), ``flux``, ``ivar`` (P, F, NW) and ``rd`` (P, F, 2h+1, NW) for the kept
+    others (:mod:`gpuspec.extract.blocksolve`). Returns device arrays in fiber order:
+    ``x3`` (deconvolved flux, every fiber), ``flux``, ``ivar`` (P, F, NW) and ``rd`` (P, F, 2h+1, NW) for the kept
     fibers (zero for the others), and ``chol_bad`` (device flags or None).
     """
     xp = ctx.xp

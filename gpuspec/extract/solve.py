@@ -10,6 +10,10 @@ The extraction uses :func:`solve_tail`: the unknowns of a patch are ordered so t
 fibers whose results are kept come last, and only the trailing block of the inverse
 Cholesky factor is formed (``Z22 = L22⁻¹``, whose cube is a third of the whole factor's
 at DESI geometry), because only the kept fibers' covariance blocks are decorrelated.
+On the host, given the pattern of nonzero fiber blocks (the Numba twin reports it),
+:func:`solve_tail` instead factorises block by block over it
+(:mod:`gpuspec.extract.blocksolve`); the dense LAPACK path remains for the array path
+and for patches whose pivot block fails.
 """
 
 from __future__ import annotations
@@ -259,7 +263,8 @@ def solve_tail(M, b, m: int, nw: int, fallback=None, pattern=None):
     covariance is ``Z22[s·nw:, s]ᵀ Z22[s·nw:, s]``. numpy: ``x`` by ``potrs`` and the
     block columns of ``Z22`` by block substitution (:func:`_inverse_block_columns`);
     cupy: batched ``inv`` of ``L22`` and ``L11`` and ``x`` by block substitution
-    (matrix-vector products). A matrix that is not numerically positive definite
+    (matrix-vector products). numpy with ``pattern``: the block-sparse Cholesky and
+    selected inverse of :func:`~gpuspec.extract.blocksolve.solve_tail_blocks`. A matrix that is not numerically positive definite
     is solved through ``eigh`` with specter's eigenvalue floor
     (``C = V diag(1/max(w, floor)) Vᵀ``, as :func:`pinv_sqrt`).
 
