@@ -198,3 +198,33 @@ def test_bundle_solve_bench_interleaves_the_two_solves(monkeypatch):
     assert [r["case"] for r in recs] == ["bundle_solve_blocks", "bundle_solve_dense"]
     sp = recs[0]["extra"]["cpu_speedup_blocks_vs_dense"]
     assert 1.5 < sp < 6 and len(recs[0]["extra"]["cpu_ratio_rounds"]) == 3
+
+
+def test_bundle_task_bench_interleaves_column_and_whole_reads(monkeypatch):
+    """perf.suite._bench_bundle_task: writes a preproc file of the image, then extract_file
+    of bundle 1 from it with files.CROP_COLUMNS on and off, a warm-up of each, then
+    rounds alternating (the setting restored), and the CPU speed-up of the column reads."""
+    import time
+
+    import numpy as np
+
+    import gpuspec.extract as ex
+    from gpuspec.extract import files
+    from perf import suite
+
+    seen = []
+
+    def fake_extract_file(pre, psf, out, wave, bundles=None, backend=None):
+        assert os.path.exists(pre) and bundles == [1]
+        seen.append(files.CROP_COLUMNS)
+        t = time.process_time() + (0.002 if files.CROP_COLUMNS else 0.005)
+        while time.process_time() < t:
+            pass
+
+    monkeypatch.setattr(ex, "extract_file", fake_extract_file)
+    monkeypatch.setattr(suite, "_say", lambda *a: None)
+    img = np.ones((8, 6))
+    recs = suite._bench_bundle_task("psf.fits", img, img, [1.0, 2.0], "small", "numpy", None)
+    assert seen == [True, False] * 4 and files.CROP_COLUMNS is True
+    assert [r["case"] for r in recs] == ["bundle_task_columns", "bundle_task_whole_image"]
+    assert 1.5 < recs[0]["extra"]["cpu_speedup_columns_vs_whole"] < 5
