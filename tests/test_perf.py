@@ -171,12 +171,19 @@ def test_e2e_cache_key_depends_on_parameters():
     assert json.dumps(k)  # a plain folder name
 
 
+def _burn(seconds):
+    """Spend ``seconds`` of CPU time (a fake benchmark body)."""
+    import time
+
+    t = time.process_time() + seconds
+    while time.process_time() < t:
+        pass
+
+
 def test_bundle_solve_bench_interleaves_the_two_solves(monkeypatch):
     """perf.suite._bench_bundle_solve: warm-up of each, then rounds alternating the block
     and the dense solve (core.USE_BLOCKSOLVE set for each run and restored), and the CPU
     speed-up of the blocks from the interleaved rounds."""
-    import time
-
     import gpuspec.extract as ex
     from gpuspec.extract import core
     from perf import suite
@@ -185,9 +192,7 @@ def test_bundle_solve_bench_interleaves_the_two_solves(monkeypatch):
 
     def fake_extract(*a, **k):
         seen.append(core.USE_BLOCKSOLVE)
-        t = time.process_time() + (0.002 if core.USE_BLOCKSOLVE else 0.006)
-        while time.process_time() < t:
-            pass
+        _burn(0.002 if core.USE_BLOCKSOLVE else 0.006)
 
     monkeypatch.setattr(ex, "extract_frame", fake_extract)
     monkeypatch.setattr(suite, "_say", lambda *a: None)
@@ -204,8 +209,6 @@ def test_bundle_task_bench_interleaves_column_and_whole_reads(monkeypatch):
     """perf.suite._bench_bundle_task: writes a preproc file of the image, then extract_file
     of bundle 1 from it with files.CROP_COLUMNS on and off, a warm-up of each, then
     rounds alternating (the setting restored), and the CPU speed-up of the column reads."""
-    import time
-
     import numpy as np
 
     import gpuspec.extract as ex
@@ -217,9 +220,7 @@ def test_bundle_task_bench_interleaves_column_and_whole_reads(monkeypatch):
     def fake_extract_file(pre, psf, out, wave, bundles=None, backend=None):
         assert os.path.exists(pre) and bundles == [1]
         seen.append(files.CROP_COLUMNS)
-        t = time.process_time() + (0.002 if files.CROP_COLUMNS else 0.005)
-        while time.process_time() < t:
-            pass
+        _burn(0.002 if files.CROP_COLUMNS else 0.005)
 
     monkeypatch.setattr(ex, "extract_file", fake_extract_file)
     monkeypatch.setattr(suite, "_say", lambda *a: None)
