@@ -3,7 +3,7 @@
 A patch's normal matrix ``M = AᵀWA`` couples two fibers only where their spots share
 pixels: at DESI geometry a fiber reaches its neighbours within two fibers (the next one
 through the spot cores, the one after through the outermost stamp columns), so in a
-patch of 7 fibers 9 of the 49 fiber blocks are zero. The numpy backend's Numba kernel
+patch of 7 fibers 20 of the 49 fiber blocks are zero. The numpy backend's Numba kernel
 (:mod:`gpuspec.extract.normal_cpu`) reports which blocks it wrote, and
 :func:`solve_tail_blocks` factorises ``M`` block by block over that pattern instead of
 as one dense matrix:
