@@ -257,11 +257,12 @@ def _block_solve_flops(s: "PatchShape") -> dict:
     import numpy as np
 
     from gpuspec.extract.blocksolve import block_flops, fill_pattern
+    from gpuspec.extract.layout import slot_order
 
     F, NK = s.F, min(s.NK, s.F)
     keep = np.zeros(F, bool)
     keep[s.NLO:s.NLO + NK] = True
-    perm = np.argsort(keep, kind="stable")
+    perm = slot_order(keep)
     pat = np.abs(np.subtract.outer(perm, perm)) <= s.DS
     return block_flops(fill_pattern(pat), s.NW, F - NK)
 

@@ -38,7 +38,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChunkLayout", "chunk_layout", "empty_layout"]
+__all__ = ["ChunkLayout", "chunk_layout", "empty_layout", "slot_order"]
+
+
+def slot_order(keep) -> np.ndarray:
+    """Fiber in each slot of the solve order: the not-kept fibers first, then the kept
+    ones, each group in fiber order.
+
+    Parameters
+    ----------
+    keep : bool array (..., F)
+
+    Returns
+    -------
+    int64 array (..., F)
+
+    Backends: host only (NumPy).
+    """
+    return np.argsort(np.asarray(keep, dtype=bool), axis=-1, kind="stable").astype(np.int64)
 
 
 @dataclass
@@ -122,7 +139,7 @@ def chunk_layout(patches, b0: int, kmin: int, NW: int | None = None) -> ChunkLay
     keep = np.zeros((P, F), dtype=bool)
     for i, p in enumerate(patches):
         keep[i, :p.nspec] = p.keep
-    perm = np.argsort(keep, axis=1, kind="stable").astype(np.int64)
+    perm = slot_order(keep)
     pos = np.argsort(perm, axis=1).astype(np.int64)
     valid = ((np.arange(F)[None, :, None] < nf[:, None, None])
              & (np.arange(NW)[None, None, :] < nw[:, None, None]))

@@ -189,24 +189,23 @@ def read_image(path: str | os.PathLike, columns=None, readnoise: bool = True) ->
         meta = header_dict(h)
         ivar = read_image_hdu(fx, "IVAR", path, columns=columns)
         mask = read_image_hdu(fx, "MASK", path, columns=columns)
-        want_rn = readnoise
-        readnoise = (read_optional_hdu(fx, names, "READNOISE", path, columns=columns)
-                     if want_rn else None)
+        rn = (read_optional_hdu(fx, names, "READNOISE", path, columns=columns)
+              if readnoise else None)
         fibermap = read_optional_hdu(fx, names, "FIBERMAP", path, table=True)
     if pix.ndim != 2:
         raise BadDataError(f"IMAGE must be 2-D, got shape {pix.shape}", path=path, hdu="IMAGE")
-    check_same_shape(pix, "IMAGE", (("IVAR", ivar), ("MASK", mask), ("READNOISE", readnoise)),
+    check_same_shape(pix, "IMAGE", (("IVAR", ivar), ("MASK", mask), ("READNOISE", rn)),
                      path)
     camera = meta.get("CAMERA")
     if camera is None:
         raise MissingKeywordError("required keyword is missing", path=path, hdu="IMAGE",
                                   keyword="CAMERA")
-    if want_rn and readnoise is None and meta.get("RDNOISE") is not None:
-        readnoise = float(meta["RDNOISE"])
-    else:
-        readnoise = None if readnoise is None else readnoise.astype(np.float64)
+    if readnoise and rn is None and meta.get("RDNOISE") is not None:
+        rn = float(meta["RDNOISE"])
+    elif rn is not None:
+        rn = rn.astype(np.float64)
     if mask.dtype.kind == "f":
         mask = mask.astype(np.int64)
     return Image(pix=pix.astype(np.float64), ivar=ivar.astype(np.float64),
-                 mask=mask.astype(np.int32), readnoise=readnoise,
+                 mask=mask.astype(np.int32), readnoise=rn,
                  camera=str(camera).strip().lower(), meta=meta, fibermap=fibermap)
