@@ -247,6 +247,9 @@ class PatchShape:
 
 #: the host's block-sparse solve (one Numba call per chunk: the profile cannot split it)
 BLOCK_SOLVE = "block solve (Numba): Cholesky, substitutions, kept covariance blocks"
+#: the CPU twin's decorrelation products (``extract/decorrelate_cpu.py``); the GPU path
+#: forms Q instead ("Q = V L^-1/2 V^T, R, flux")
+HOST_BANDS = "R's band, R·x and Q·1 from the eigenvectors (Numba)"
 
 
 def _block_solve_flops(s: "PatchShape") -> dict:
@@ -299,7 +302,9 @@ def patch_ops(s: PatchShape, path: str = "gpu") -> list:
     ``path="cpu"``: the numpy backend's arithmetic instead (``normal_cpu`` builds M
     directly from the spot pairs: ~F·NW·26 partners·~60 overlap pixels·3 flops; the
     block-sparse Cholesky, substitutions and selected inverse of the kept covariance
-    blocks over the fibers that share pixels, :func:`_block_solve_flops`; the rest as
+    blocks over the fibers that share pixels, :func:`_block_solve_flops`; R's band
+    (2·ndiag + 1 dot products of NW per row), R·x and Q·1 from the eigenvectors without
+    forming Q, (4·ndiag + 10)·NW² per kept fiber; the rest as
     above without the tiled gather/GEMM).
     """
     F, NW, WY, WX, NT, T, RT, ND, NE = s.F, s.NW, s.WY, s.WX, s.NT, s.T, s.RT, s.ND, s.NE
@@ -340,7 +345,8 @@ def patch_ops(s: PatchShape, path: str = "gpu") -> list:
     ops += [
         Op(st, "eigh of the fiber blocks", 9.0 * NK * NW ** 3, F8 * 5 * NK * NW * NW),
         Op(st, "Q = V L^-1/2 V^T, R, flux", 2.0 * NK * NW ** 3 + 6.0 * NK * NW * NW,
-           F8 * 6 * NK * NW * NW, tensor=True),
+           F8 * 6 * NK * NW * NW, tensor=True) if path == "gpu" else
+        Op(st, HOST_BANDS, (4.0 * s.ndiag + 10.0) * NK * NW * NW, F8 * 3 * NK * NW * NW),
         Op(st, "chi2: model and 3 weighted A0^T products", 8.0 * F * Q * NW + 12 * F * Q,
            F8 * (4 * F * Q * NW + (2 * ND - 1) * F * Q * 2 + 12 * F * Q)),
     ]
@@ -740,8 +746,9 @@ def cpu_limit(model: dict, rates: dict) -> dict:
     The block-sparse solve's ``dpotrf`` + ``dtrtri`` flops at ``lapack_nw`` and its
     products at ``gemm_nw`` (both on blocks of one fiber, called from Numba; records
     before these two rates: the mix ``blocks_nw``), the eigendecompositions at
-    ``eigh_batched``, Q/R/flux at ``batched_gemm_cff`` (small GEMMs), the normal
-    matrices and the rest at the dgemm rate (an optimistic bound for them). Also the
+    ``eigh_batched``, Q/R/flux at ``batched_gemm_cff`` (small GEMMs; models made before
+    the host twin of the band products, :data:`HOST_BANDS`), the normal matrices, the
+    band products and the rest at the dgemm rate (an optimistic bound for them). Also the
     bound with every flop at the best dgemm rate.
     """
     fl = model["cpu_extraction"]["flops_by_op"]

@@ -625,7 +625,7 @@ def costmodel_lines(cm) -> list:
             f"{cm.get('cpu_date_utc') or cm.get('date_utc', '')}, load "
             f"{_la1(cm.get('cpu_loadavg'))}; one core, FP64, CPU time): dgemm "
             f"{r['dgemm_2048']:.0f} GFLOP/s (2048²), batched small GEMM (64 × "
-            f"{r['shapes']['nw']}×n·n×{r['shapes']['nw']}; used for Q, R) "
+            f"{r['shapes']['nw']}×n·n×{r['shapes']['nw']}; the array path's Q, R) "
             f"{r['batched_gemm_cff']:.0f}, "
             + (f"the block solve's kernels on {r['shapes']['nw']}² blocks, from Numba "
                f"(dpotrf + dtrtri {r['lapack_nw']:.1f}, products {r['gemm_nw']:.0f}: the "
@@ -664,6 +664,9 @@ _OP_NOTES = {
     "multiply-adds per spot, the erf not in the flop model's reach",
     "Q = V L^-1/2 V^T, R, flux": "batched products (Q, its band and Q·x) and the Python "
     "around them",
+    "R's band, R·x and Q·1 from the eigenvectors (Numba)": "dot products of eigenvector "
+    "rows (`extract/decorrelate_cpu.py`), the eigenvalue floor's array passes and the "
+    "Python around them",
     "chi2: model and 3 weighted A0^T products": "the Numba diagnostics kernel",
     "regularise": "a few array passes per chunk",
 }

@@ -31,8 +31,11 @@ OPS = {
         ("extract/solve.py", "_solve_tail_host", "self")],
     "regularise": [("extract/solve.py", "regularize_normal", "cum")],
     "eigh of the fiber blocks": [("linalg.py", "eigh", "cum")],     # numpy 1.x and 2.x
-    "Q = V L^-1/2 V^T, R, flux": [("extract/solve.py", "sqrt_inverse", "self"),
-                                  ("extract/core.py", "_solve_normal", "self")],
+    # the eigenvalue floor's array passes, the Numba band products, the Python around
+    "R's band, R·x and Q·1 from the eigenvectors (Numba)": [
+        ("extract/solve.py", "eig_inverse_sqrt", "self"),
+        ("extract/decorrelate_cpu.py", "band_products", "cum"),
+        ("extract/core.py", "_solve_normal", "self")],
     "chi2: model and 3 weighted A0^T products": [("extract/pixels_cpu.py", "diagnostics",
                                                   "cum")],
 }

@@ -199,7 +199,9 @@ import json, sys
 import multiprocessing.context as mpc
 sys.path.insert(0, sys.argv[1])
 import test_extract as T
-from gpuspec.extract import extract_frame, normal_numba, pixels_numba, blocksolve_numba
+from gpuspec.extract import (extract_frame, normal_numba, pixels_numba, blocksolve_numba,
+                              decorrelate_numba)
+from gpuspec.psf import spots_numba
 from threadpoolctl import threadpool_info
 from gpuspec import heap
 heap.configure_heap("keep")
@@ -213,7 +215,9 @@ real = mpc.ForkContext.Pool
 def pool(self, *a, **k):
     seen["released_before_fork"] = seen.pop("released", False)
     seen["compiled"] = [len(normal_numba.kernel.signatures), len(pixels_numba.kernel.signatures),
-                        len(blocksolve_numba.solve_chunk.signatures)]
+                        len(blocksolve_numba.solve_chunk.signatures),
+                        len(decorrelate_numba.kernel.signatures),
+                        len(spots_numba.kernel.signatures)]
     seen["blas"] = sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
     return real(self, *a, **k)
 mpc.ForkContext.Pool = pool
@@ -270,7 +274,8 @@ def test_caseB_against_truth(caseB, extracted, run):
 
 
 def _broken_sqrt_inverse(kind):
-    """A broken ``solve.sqrt_inverse`` (Q = C^-1/2 and its row sums s; R = Q / s)."""
+    """A broken ``solve.sqrt_inverse`` (Q = C^-1/2 and its row sums s; R = Q / s): the
+    array path's decorrelation."""
     def f(C, threshold=None):
         xp = backend.get_array_module(C)
         if kind == "no_inverse":  # Q = C^(+1/2) instead of C^(-1/2)
@@ -283,11 +288,39 @@ def _broken_sqrt_inverse(kind):
     return f
 
 
+def _broken_host_decorrelation(monkeypatch, kind):
+    """Break the Numba twin's decorrelation: the eigenvalue weights (shared with the
+    array path) or the normalisation of R's rows in ``decorrelate_cpu.band_products``."""
+    from gpuspec.extract import decorrelate_cpu
+
+    if kind == "no_inverse":  # ws = λ^(+1/2): Q = C^(+1/2)
+        def eig(C, threshold=None):
+            w, V = np.linalg.eigh(0.5 * (C + np.swapaxes(C, -1, -2)))
+            return V, np.sqrt(np.maximum(w, 0))
+        monkeypatch.setattr(ex_core, "eig_inverse_sqrt", eig)
+        return
+    good = decorrelate_cpu.band_products
+
+    def band(V, ws, x, h):   # "unnormalised": R's band and R·x not divided by s
+        s, flux, rd = good(V, ws, x, h)
+        n = s.shape[-1]
+        i = np.arange(n)[None, :] - h + np.arange(2 * h + 1)[:, None]
+        si = np.where((i >= 0) & (i < n), s[..., np.clip(i, 0, n - 1)], 0.0)
+        return s, flux * s, rd * si
+    monkeypatch.setattr(decorrelate_cpu, "band_products", band)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("path", ["numba", "array"])
 @pytest.mark.parametrize("kind", ["no_inverse", "unnormalised"])
-def test_broken_decorrelation_fails_parity(caseB, monkeypatch, kind):
-    """The parity checks can fail: a deliberately broken decorrelation is caught."""
-    monkeypatch.setattr(ex_core, "sqrt_inverse", _broken_sqrt_inverse(kind))
+def test_broken_decorrelation_fails_parity(caseB, monkeypatch, kind, path):
+    """The parity checks can fail: a deliberately broken decorrelation is caught, on the
+    Numba twin's path (the default on the host) and on the array path (what CuPy runs)."""
+    if path == "numba":
+        _broken_host_decorrelation(monkeypatch, kind)
+    else:
+        monkeypatch.setattr(ex_core, "USE_NUMBA", False)
+        monkeypatch.setattr(ex_core, "sqrt_inverse", _broken_sqrt_inverse(kind))
     fr = extract_bundle(caseB["IMAGE"], caseB["IVAR"], caseB["psf"], caseB["WAVE"], 0,
                         xyrange=caseB["xyrange"], backend="numpy")
     fails = parity_failures(fr, caseB["clean"], fibers=slice(0, 25))

@@ -150,3 +150,46 @@ def test_diagnostics_refuse_a_box_outside_the_image():
     with pytest.raises(ValueError, match="diagnostics: a patch box"):
         pixels_cpu.diagnostics(stamps, xc, yc, image, ivar, x0, y0, _with_boxes(lay, b), x3,
                                0.0, False)
+
+
+@pytest.mark.parametrize("n,h", [(12, 3), (9, 8), (5, 0)])
+def test_decorrelate_band_products_match_array_path(n, h):
+    """``decorrelate_cpu.band_products`` (R's band, R·x and s from V and ws, without Q)
+    against the array path's products of ``Q = sqrt_inverse(C)`` (``core._band_products``),
+    on stacks (2, 3) of covariance blocks: well conditioned ones, one whose eigenvalue
+    floor is active (rank 2) and one with a negative eigenvalue."""
+    from gpuspec.extract import decorrelate_cpu
+    from gpuspec.extract.core import _band_products
+    from gpuspec.extract.solve import eig_inverse_sqrt, sqrt_inverse
+
+    rng = np.random.default_rng(n + h)
+    A = rng.normal(size=(2, 3, n, n))
+    C = A @ np.swapaxes(A, -1, -2) / n + 0.1 * np.eye(n)
+    C += 1e-3 * rng.normal(size=C.shape)           # not exactly symmetric: symmetrised
+    low = rng.normal(size=(n, 2))
+    C[1, 0] = low @ low.T                          # rank 2: the floor replaces n - 2 weights
+    C[1, 2] -= 1.5 * np.linalg.eigvalsh(C[1, 2])[0] * np.eye(n)     # λ_min < 0
+    x = rng.normal(size=(2, 3, n))
+    V, ws = eig_inverse_sqrt(C)
+    s, flux, rd = decorrelate_cpu.band_products(V, ws, x, h)
+    flux0, rd0, s0 = _band_products(np, sqrt_inverse(C), x, h)
+    assert rd.shape == rd0.shape == (2, 3, 2 * h + 1, n)
+    # relative to each block's largest value: achieved <= 2.6e-14 here (5e-14 at n = 73)
+    for got, want in ((s, s0), (flux, flux0), (rd, rd0)):
+        scale = np.abs(want).max(axis=tuple(range(2, want.ndim)), keepdims=True)
+        np.testing.assert_array_less(np.abs(got - want) / scale, 2e-13)
+    # the band: R[j-h+d, j] where that row exists, exactly 0 outside
+    R = sqrt_inverse(C)[0] / s0[..., :, None]
+    j = np.arange(n)
+    for d in range(2 * h + 1):
+        i = j - h + d
+        ok = (i >= 0) & (i < n)
+        np.testing.assert_allclose(rd[..., d, ok], R[..., i[ok], j[ok]], rtol=1e-9, atol=1e-12)
+        assert np.all(rd[..., d, ~ok] == 0.0)
+
+
+def test_decorrelate_band_products_refuse_mismatched_shapes():
+    from gpuspec.extract import decorrelate_cpu
+
+    with pytest.raises(ValueError, match="band_products"):
+        decorrelate_cpu.band_products(np.zeros((2, 4, 4)), np.zeros((2, 4)), np.zeros((2, 3)), 1)

@@ -181,8 +181,13 @@ def test_frame_model_without_psf_and_limits(tmp_path):
                                                                            "gemm_nw")},
                           "blocks_nw": 8.0})               # records before the split
     assert old["seconds_by_op"][C.BLOCK_SOLVE] == pytest.approx(fl[C.BLOCK_SOLVE] / 8e9)
+    # the host twin's band products at the dgemm rate; a model made before them
+    # charged the array path's Q at the batched small-GEMM rate
+    assert lim["seconds_by_op"][C.HOST_BANDS] == pytest.approx(fl[C.HOST_BANDS] / 60e9)
     key = "Q = V L^-1/2 V^T, R, flux"
-    assert lim["seconds_by_op"][key] == pytest.approx(fl[key] / 20e9)
+    assert key not in fl
+    older = {"cpu_extraction": {"flops_by_op": {key: 4e9}}}
+    assert C.cpu_limit(older, rates)["seconds_by_op"][key] == pytest.approx(4e9 / 20e9)
     assert lim["seconds_at_dgemm_peak"] == pytest.approx(lim["flops"] / 60e9)
     assert lim["seconds"] > lim["seconds_at_dgemm_peak"]
 

@@ -36,13 +36,13 @@ from ..frame import Frame
 from ..maskbits import specmask
 from ..profiling import nvtx_range
 from ..psf import spots_cpu
-from . import blocksolve, normal_cpu, pixels_cpu, windows
+from . import blocksolve, decorrelate_cpu, normal_cpu, pixels_cpu, windows
 from .. import heap
 from .. import threads as _threads
 from .defaults import DEFAULT_PSFERR, SPECTER
 from .geometry import Patch, check_wave, plan_bundle, resolution_halfwidth
 from .layout import chunk_layout
-from .solve import regularize_normal, solve_tail, sqrt_inverse
+from .solve import eig_inverse_sqrt, regularize_normal, solve_tail, sqrt_inverse
 
 __all__ = ["extract_frame", "extract_bundle", "BAD2DFIT_CHI2"]
 
@@ -149,7 +149,7 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
             M, bvec, fw, coupled = normal_cpu.normal_matrices(stamps, xc, yc, ctx.ivar,
                                                               ctx.image, ctx.x0, ctx.y0, lay)
         sol = _solve_normal(ctx, lay, M, bvec, fw, fallback, slot_order=True,
-                            coupled=coupled if USE_BLOCKSOLVE else None)
+                            coupled=coupled if USE_BLOCKSOLVE else None, host_products=True)
         with nvtx_range("extract:chi2"):
             chi2pix, pixmask, boxmodel = pixels_cpu.diagnostics(
                 stamps, xc, yc, ctx.image, ctx.ivar, ctx.x0, ctx.y0, lay, sol["x3"],
@@ -169,16 +169,18 @@ def _solve_chunk(ctx: _Context, patches: list[Patch], b0: int, kmin: int, xc, yc
 
 @nvtx_range("extract:solve")
 def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order: bool,
-                  coupled=None):
+                  coupled=None, host_products: bool = False):
     """Regularise and solve the normal equations, decorrelate the kept fibers.
 
     ``M`` is in slot order (kept fibers last, :mod:`gpuspec.extract.layout`) when
     ``slot_order``, else in fiber order and permuted here; ``bvec``/``fw`` (P, F, NW)
     are in fiber order. ``coupled`` (host bool (P, F, F), fiber order, from the Numba
     twin): the fiber blocks of ``M`` that may be nonzero; the host solve then skips the
-    others (:mod:`gpuspec.extract.blocksolve`). Returns device arrays in fiber order:
-    ``x3`` (deconvolved flux, every fiber), ``flux``, ``ivar`` (P, F, NW) and ``rd`` (P, F, 2h+1, NW) for the kept
-    fibers (zero for the others), and ``chol_bad`` (device flags or None).
+    others (:mod:`gpuspec.extract.blocksolve`). ``host_products``: R's band and R·x by
+    the Numba twin (:mod:`gpuspec.extract.decorrelate_cpu`) instead of forming Q. Returns
+    device arrays in fiber order: ``x3`` (deconvolved flux, every fiber), ``flux``,
+    ``ivar`` (P, F, NW) and ``rd`` (P, F, 2h+1, NW) for the kept fibers (zero for the
+    others), and ``chol_bad`` (device flags or None).
     """
     xp = ctx.xp
     P, F, NW, NK, n = lay.P, lay.F, lay.NW, lay.NK, lay.n
@@ -195,20 +197,19 @@ def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order:
         perm = lay.perm[:, :, None]
         pattern = coupled[np.arange(P)[:, None, None], perm, np.swapaxes(perm, 1, 2)]
     x, Cb, chol_bad = solve_tail(M, b, NK * NW, NW, fallback, pattern=pattern)
-    Q, s = sqrt_inverse(Cb)                        # Q = C_ii^-1/2 (P, NK, NW, NW), s = Q·1
+    xs = x.reshape(P, F, NW)
+    # R = diag(1/s)·Q with Q = C_ii^-1/2 (P, NK, NW, NW) and s = Q·1: only R's band and
+    # R·x are stored
+    if host_products:
+        with nvtx_range("extract:decorrelate"):
+            V, ws = eig_inverse_sqrt(Cb)
+            s, flux, rd = decorrelate_cpu.band_products(V, ws, xs[:, F - NK:], ctx.ndiag)
+    else:
+        flux, rd, s = _band_products(xp, sqrt_inverse(Cb), xs[:, F - NK:], ctx.ndiag)
     ivar = s * s
     # patches without any weighted pixel carry no information
     nodata = w.max(axis=-1) <= 0
     ivar = xp.where(nodata[:, None, None], 0.0, ivar)
-    xs = x.reshape(P, F, NW)
-    # R = diag(1/s)·Q: only its band and R·x are formed
-    flux = xp.matmul(Q, xs[:, F - NK:, :, None])[..., 0] / s
-    h = ctx.ndiag
-    jj = xp.arange(NW)
-    ri = jj[None, :] - h + xp.arange(2 * h + 1)[:, None]             # (2h+1, NW)
-    rok = (ri >= 0) & (ri < NW)
-    rc = xp.clip(ri, 0, NW - 1)
-    rd = Q[:, :, rc, jj[None, :]] / s[:, :, rc] * rok                # (P,NK,2h+1,NW)
     # back to fiber order; fibers that are not kept get zeros
     kf = xp.asarray(lay.kept_fibers())
     out = dict(x3=xp.take_along_axis(xs, xp.asarray(lay.pos)[:, :, None], axis=1),
@@ -219,6 +220,21 @@ def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order:
         out[name] = full
     return out
 
+
+
+def _band_products(xp, Qs, x, h: int):
+    """``R·x``, R's band ``rd`` (..., 2h+1, NW) and ``s`` from ``(Q, s)`` of
+    :func:`~gpuspec.extract.solve.sqrt_inverse` (the array path; on the host the twin
+    :func:`gpuspec.extract.decorrelate_cpu.band_products` computes them without Q)."""
+    Q, s = Qs
+    NW = Q.shape[-1]
+    flux = xp.matmul(Q, x[..., None])[..., 0] / s
+    jj = xp.arange(NW)
+    ri = jj[None, :] - h + xp.arange(2 * h + 1)[:, None]             # (2h+1, NW)
+    rok = (ri >= 0) & (ri < NW)
+    rc = xp.clip(ri, 0, NW - 1)
+    rd = Q[..., rc, jj[None, :]] / s[..., rc] * rok                  # (..., 2h+1, NW)
+    return flux, rd, s
 
 
 #: numpy: spots are evaluated this many wavelengths at a time, so that the temporaries of
@@ -495,6 +511,7 @@ def _extract_parallel(ctx, ranges, nproc):
         # the workers inherit the compiled kernels instead of loading them each
         normal_cpu.warm()
         blocksolve.warm()
+        decorrelate_cpu.warm()
         pixels_cpu.warm()
         spots_cpu.warm()
     heap.release_kept_memory()        # workers must not copy the parent's free heap

@@ -27,8 +27,8 @@ from ..profiling import nvtx_range
 from .blocksolve import solve_tail_blocks
 
 __all__ = ["regularize_normal", "solve_tail", "inv_cholesky", "inv_cholesky_device",
-           "apply_fallback", "pinv_sqrt", "decorrelate", "EIG_THRESHOLD", "MINWEIGHT_SCALE",
-           "CHOLESKY_RESIDUAL"]
+           "apply_fallback", "pinv_sqrt", "decorrelate", "eig_inverse_sqrt", "sqrt_inverse",
+           "EIG_THRESHOLD", "MINWEIGHT_SCALE", "CHOLESKY_RESIDUAL"]
 
 #: specter's eigenvalue floor, relative: 10 machine epsilons.
 EIG_THRESHOLD = 10.0 * sys.float_info.epsilon
@@ -430,22 +430,37 @@ def decorrelate(Cblocks, threshold: float = EIG_THRESHOLD):
     return Q / s[..., :, None], s * s
 
 
-def sqrt_inverse(Cblocks, threshold: float = EIG_THRESHOLD):
-    """``Q = C_ii^(-1/2)`` of symmetrised covariance blocks and its row sums ``s = Q·1``.
+def eig_inverse_sqrt(Cblocks, threshold: float = EIG_THRESHOLD):
+    """Eigenvectors ``V`` and weights ``ws`` with ``C_ii^(-1/2) = V·diag(ws)·Vᵀ``.
 
-    The eigenvalue floor is specter's (see :func:`decorrelate`, which returns
-    ``R = diag(1/s)·Q``). The extraction takes ``Q`` and ``s`` and forms only what it
-    stores (the band of ``R`` and ``R·f``), not ``R`` itself.
+    ``eigh`` of the symmetrised blocks; ``ws = λ^(-1/2)``, with specter's eigenvalue
+    floor (see :func:`decorrelate`): the one home of that floor, for the array path's
+    :func:`sqrt_inverse` and the host twin :mod:`gpuspec.extract.decorrelate_cpu`.
 
     Backends: numpy, cupy (batched ``eigh``).
     """
     xp = get_array_module(Cblocks)
-    C = 0.5 * (Cblocks + xp.swapaxes(Cblocks, -1, -2))
+    C = Cblocks + xp.swapaxes(Cblocks, -1, -2)
+    C *= 0.5
     w, V = xp.linalg.eigh(C)
     wmax = xp.max(w, axis=-1, keepdims=True)
     minval = xp.sqrt(xp.maximum(wmax, 0.0)) * threshold
     sq = xp.sqrt(xp.maximum(w, 0.0))
     good = sq > minval
     ws = xp.where(good, 1.0 / xp.where(good, sq, 1.0), 1.0 / xp.where(minval > 0, minval, 1.0))
+    return V, ws
+
+
+def sqrt_inverse(Cblocks, threshold: float = EIG_THRESHOLD):
+    """``Q = C_ii^(-1/2)`` of symmetrised covariance blocks and its row sums ``s = Q·1``.
+
+    The eigenvalue floor is specter's (:func:`eig_inverse_sqrt`; :func:`decorrelate`
+    returns ``R = diag(1/s)·Q``). The extraction takes ``Q`` and ``s`` and forms only what
+    it stores (the band of ``R`` and ``R·f``), not ``R`` itself.
+
+    Backends: numpy, cupy (batched ``eigh``).
+    """
+    xp = get_array_module(Cblocks)
+    V, ws = eig_inverse_sqrt(Cblocks, threshold)
     Q = xp.matmul(V * ws[..., None, :], xp.swapaxes(V, -1, -2))
     return Q, Q.sum(axis=-1)
