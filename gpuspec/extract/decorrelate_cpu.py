@@ -20,17 +20,6 @@ import numpy as np
 
 __all__ = ["band_products", "warm"]
 
-_kernel = None
-
-
-def _get_kernel():
-    global _kernel
-    if _kernel is None:
-        from .decorrelate_numba import kernel
-
-        _kernel = kernel
-    return _kernel
-
 
 def band_products(V, ws, x, h: int):
     """R's band, ``R·x`` and ``s = Q·1`` of ``Q = V·diag(ws)·Vᵀ`` (host only).
@@ -57,6 +46,8 @@ def band_products(V, ws, x, h: int):
 
     Backends: numpy (Numba).
     """
+    from .decorrelate_numba import kernel      # numba is imported at the first use
+
     V = np.asarray(V, dtype=np.float64)
     lead, n = V.shape[:-2], V.shape[-1]
     if V.shape[-2] != n or np.shape(ws) != lead + (n,) or np.shape(x) != lead + (n,):
@@ -67,9 +58,9 @@ def band_products(V, ws, x, h: int):
     s = np.empty((B, n))
     flux = np.empty((B, n))
     rd = np.empty((B, 2 * h + 1, n))
-    _get_kernel()(np.ascontiguousarray(V.reshape(B, n, n)),
-                  np.ascontiguousarray(np.reshape(ws, (B, n)), dtype=np.float64),
-                  np.ascontiguousarray(np.reshape(x, (B, n)), dtype=np.float64), h, s, flux, rd)
+    kernel(np.ascontiguousarray(V.reshape(B, n, n)),
+           np.ascontiguousarray(np.reshape(ws, (B, n)), dtype=np.float64),
+           np.ascontiguousarray(np.reshape(x, (B, n)), dtype=np.float64), h, s, flux, rd)
     return (s.reshape(lead + (n,)), flux.reshape(lead + (n,)),
             rd.reshape(lead + (2 * h + 1, n)))
 
