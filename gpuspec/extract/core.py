@@ -221,7 +221,6 @@ def _solve_normal(ctx: _Context, lay, M, bvec, fw, fallback=None, *, slot_order:
     return out
 
 
-
 def _band_products(xp, Qs, x, h: int):
     """``R·x``, R's band ``rd`` (..., 2h+1, NW) and ``s`` from ``(Q, s)`` of
     :func:`~gpuspec.extract.solve.sqrt_inverse` (the array path; on the host the twin
