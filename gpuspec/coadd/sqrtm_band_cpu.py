@@ -178,17 +178,22 @@ def _combine(W0, rhs, blk, h, o, K, alpha0, bet, sh, Z, U, v, qb, s, y):
     sb = 0.0
     for k in range(o, o + K):
         sb += bet[k]
+    cz = bet[o:o + K] * sh[o:o + K]
+    cu = bet[o:o + K]
     for i in range(n):
+        zi = Z[i]
         for d in range(h + 1):
+            zr = zi[d, o:o + K]
             acc = 0.0
-            for k in range(o, o + K):
-                acc += bet[k] * sh[k] * Z[i, d, k]
+            for k in range(K):
+                acc += cz[k] * zr[k]
             qv = alpha0 * W0[blk, i, d] - acc if i + d < n else 0.0
             qb[blk, i, d] = qv + sb if d == 0 else qv
         for q in range(2):
+            ur = U[q, i, o:o + K]
             acc = 0.0
-            for k in range(o, o + K):
-                acc += bet[k] * U[q, i, k]
+            for k in range(K):
+                acc += cu[k] * ur[k]
             v[q, i] = alpha0 * (1.0 if q == 0 else rhs[blk, i]) + acc
     for i in range(n):
         y[blk, i] = v[1, i]
