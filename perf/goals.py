@@ -74,16 +74,30 @@ def _same_run_pair(records, bench, case):
     return max(pairs, key=lambda p: str(p[0].get("date_utc", "")))
 
 
+def machine_label(machine) -> str:
+    """Host and CPU model of a record's ``machine``, e.g. ``vm: AMD EPYC``: one host name
+    can stand for VMs of different CPU kinds, whose speeds differ (goal 1a: 4.4× on an
+    Intel Xeon VM, 6.0× on an AMD EPYC one, 2026-12-03)."""
+    m = machine or {}
+    host = m.get("host", "?")
+    model = (m.get("cpu") or {}).get("model") or ""
+    for w in ("(R)", "(TM)", " CPU", " Processor"):
+        model = model.replace(w, "")
+    model = " ".join(model.split())
+    return f"{host}: {model}" if model else host
+
+
 def _src(*recs):
-    """The record files of ``recs``, each with the machine (host) and commit that wrote it."""
-    files = sorted({(r.get("_file", "?"), (r.get("machine") or {}).get("host", "?"),
+    """The record files of ``recs``, each with the machine (host and CPU) and commit that
+    wrote it."""
+    files = sorted({(r.get("_file", "?"), machine_label(r.get("machine")),
                      str(r.get("git_commit") or "unknown")[:7]) for r in recs if r})
     return ", ".join(f"`{f}` ({h}, {c})" for f, h, c in files) if files else "–"
 
 
 def _cm_src(cm):
     """The cost model file with the machine it was computed on (a CPU: it is a model)."""
-    host = (cm.get("machine") or cm.get("cpu_machine") or {}).get("host", "?")
+    host = machine_label(cm.get("machine") or cm.get("cpu_machine"))
     return f"`costmodel.json` (model, computed on {host})"
 
 

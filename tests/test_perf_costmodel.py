@@ -615,3 +615,14 @@ def test_device_linalg_bench_scales_the_batched_calls_to_a_frame(emulate_cupy, m
     assert e["extra"]["per_frame_s"] == pytest.approx(e["timing"]["median_s"] * 70 / 12)
     assert c["extra"]["per_frame_s"] == pytest.approx(c["timing"]["median_s"] * 40 / 2)
     assert all(r["backend"] == "cupy" for r in recs)
+
+
+def test_record_sources_name_the_cpu_kind():
+    """One host name covers VMs of different CPU kinds: the goals table names the CPU."""
+    assert goals.machine_label({"host": "vm", "cpu": {"model": "Intel(R) Xeon(R) Processor"}}) \
+        == "vm: Intel Xeon"
+    assert goals.machine_label({"host": "vm", "cpu": {"model": "AMD EPYC"}}) == "vm: AMD EPYC"
+    assert goals.machine_label({"host": "old"}) == "old"        # records before the fingerprint
+    r = _rec("coadd", "healpix_plain", 1.0)
+    r["machine"] = {"host": "vm", "cpu": {"model": "AMD EPYC"}}
+    assert "(vm: AMD EPYC, " in goals._src(r)
