@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import os
 import types
 from typing import Any
@@ -123,6 +124,21 @@ def _import_cupy():
         except Exception:  # ImportError, or a broken CUDA install
             _cupy_module = None
     return _cupy_module
+
+
+def numba_twins_enabled(variable: str) -> bool:
+    """True when numba imports and the switch ``variable`` (e.g. ``GPUSPEC_COADD_NUMBA``)
+    is not 0/false/no: whether a module's Numba CPU twins run on the numpy backend.
+
+    Backends: host.
+    """
+    if os.environ.get(variable, "1").strip().lower() in ("0", "false", "no"):
+        return False
+    try:
+        importlib.import_module("numba")                   # availability probe
+    except Exception:  # pragma: no cover - numba is a dependency
+        return False
+    return True
 
 
 def cupy_available() -> bool:

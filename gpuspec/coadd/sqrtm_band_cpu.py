@@ -22,11 +22,10 @@ off). ``tests/test_coadd_decorrelate.py`` checks it against the array path.
 
 from __future__ import annotations
 
-import importlib
-import os
 
 import numpy as np
 
+from ..backend import numba_twins_enabled
 from .sqrtm_band import KAPPA, NPOLES, zolotarev_invsqrt
 
 __all__ = ["available", "band_sqrt", "TIERS", "LANES"]
@@ -50,13 +49,7 @@ def available() -> bool:
 
     Backends: host.
     """
-    if os.environ.get("GPUSPEC_COADD_NUMBA", "1").strip().lower() in ("0", "false", "no"):
-        return False
-    try:
-        importlib.import_module("numba")                   # availability probe
-    except Exception:  # pragma: no cover - numba is a dependency
-        return False
-    return True
+    return numba_twins_enabled("GPUSPEC_COADD_NUMBA")
 
 
 def _gershgorin(W0, blk):

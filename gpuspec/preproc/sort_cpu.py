@@ -19,10 +19,10 @@ Used for host arrays of float32/float64 when numba is importable
 
 from __future__ import annotations
 
-import importlib
-import os
 
 import numpy as np
+
+from ..backend import numba_twins_enabled
 
 __all__ = ["available", "sort_inplace", "MIN_SIZE"]
 
@@ -38,13 +38,7 @@ def available() -> bool:
 
     Backends: host.
     """
-    if os.environ.get("GPUSPEC_PREPROC_NUMBA", "1").strip().lower() in ("0", "false", "no"):
-        return False
-    try:
-        importlib.import_module("numba")                   # availability probe
-    except Exception:  # pragma: no cover - numba is a dependency
-        return False
-    return True
+    return numba_twins_enabled("GPUSPEC_PREPROC_NUMBA")
 
 
 def _radix(keys, tmp, npass):
@@ -81,48 +75,34 @@ def _radix(keys, tmp, npass):
     return src
 
 
-def _sort32(a):
-    u = a.view(np.uint32)
-    top = np.uint32(0x80000000)
+def _sort_keys(u, top, absmask, inf, nan, npass):
+    """Sort the float bits ``u`` (unsigned view) in place: order-preserving keys (sign
+    flipped; NaN the largest key), radix sort, back to floats (NaN as ``nan``)."""
+    allset = ~u.dtype.type(0)
     for i in range(u.size):
         x = u[i]
-        if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-            u[i] = np.uint32(0xFFFFFFFF)                # NaN: after +inf
+        if (x & absmask) > inf:
+            u[i] = allset                               # NaN: after +inf
         elif x & top:
             u[i] = ~x
         else:
             u[i] = x | top
-    r = _radix(u, np.empty_like(u), 3)
+    r = _radix(u, np.empty_like(u), npass)
     for i in range(u.size):
         k = r[i]
-        if k == np.uint32(0xFFFFFFFF):
-            u[i] = np.uint32(0x7FC00000)
+        if k == allset:
+            u[i] = nan
         elif k & top:
             u[i] = k ^ top
         else:
             u[i] = ~k
 
 
-def _sort64(a):
-    u = a.view(np.uint64)
-    top = np.uint64(0x8000000000000000)
-    for i in range(u.size):
-        x = u[i]
-        if (x & np.uint64(0x7FFFFFFFFFFFFFFF)) > np.uint64(0x7FF0000000000000):
-            u[i] = np.uint64(0xFFFFFFFFFFFFFFFF)
-        elif x & top:
-            u[i] = ~x
-        else:
-            u[i] = x | top
-    r = _radix(u, np.empty_like(u), 6)
-    for i in range(u.size):
-        k = r[i]
-        if k == np.uint64(0xFFFFFFFFFFFFFFFF):
-            u[i] = np.uint64(0x7FF8000000000000)
-        elif k & top:
-            u[i] = k ^ top
-        else:
-            u[i] = ~k
+#: per float dtype: unsigned view, sign bit, |x| mask, +inf bits, canonical NaN, passes
+_LAYOUT = {np.dtype(np.float32): (np.uint32, 0x80000000, 0x7FFFFFFF, 0x7F800000,
+                                  0x7FC00000, 3),
+           np.dtype(np.float64): (np.uint64, 0x8000000000000000, 0x7FFFFFFFFFFFFFFF,
+                                  0x7FF0000000000000, 0x7FF8000000000000, 6)}
 
 
 def _get():
@@ -131,9 +111,9 @@ def _get():
         from numba import njit
 
         g = globals()
-        for name in ("_radix", "_sort32", "_sort64"):
+        for name in ("_radix", "_sort_keys"):
             g[name] = njit(**_FLAGS)(g[name])
-        _compiled = {np.dtype(np.float32): g["_sort32"], np.dtype(np.float64): g["_sort64"]}
+        _compiled = g["_sort_keys"]
     return _compiled
 
 
@@ -147,6 +127,7 @@ def sort_inplace(a) -> None:
     """
     if (a.ndim == 1 and a.size >= MIN_SIZE and a.flags.c_contiguous
             and a.dtype in (np.float32, np.float64) and available()):
-        _get()[a.dtype](a)
+        ut, *bits, npass = _LAYOUT[a.dtype]
+        _get()(a.view(ut), *(ut(b) for b in bits), npass)
     else:
         a.sort()
