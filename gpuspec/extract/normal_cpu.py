@@ -14,10 +14,9 @@ checks it against the array path.
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
+
+from ..backend import numba_twins_enabled
 
 __all__ = ["available", "normal_matrices", "warm"]
 
@@ -29,13 +28,7 @@ def available() -> bool:
 
     Backends: host only.
     """
-    if os.environ.get("GPUSPEC_EXTRACT_NUMBA", "1").strip().lower() in ("0", "false", "no"):
-        return False
-    try:
-        importlib.import_module("numba")          # availability probe
-    except Exception:
-        return False
-    return True
+    return numba_twins_enabled("GPUSPEC_EXTRACT_NUMBA")
 
 
 def _get_kernel():
